@@ -1,0 +1,77 @@
+"""Airflow configuration for the CLI, the demo and the tests.
+
+Must run before Airflow is imported: it points Airflow at a project-local home
+(SQLite metadata, no example DAGs, this project's dags/ folder) and exposes the
+services as the `lethe_primary` / `lethe_aws` connections.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+from lethe.config import PRIMARY_REGION, PROJECT_DIR, lethe_home
+
+DAGS_FOLDER = PROJECT_DIR / "dags"
+
+
+def pseudonym_key_file() -> Path:
+    return lethe_home() / "pseudonym.key"
+
+
+def local_pseudonym_key() -> str:
+    """The demo's HMAC key, made once per LETHE_HOME. Production keeps it in a secrets backend."""
+    path = pseudonym_key_file()
+    if not path.exists():
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def configure(database_url: str, s3_endpoint_url: str, airflow_home: Path | None = None) -> Path:
+    """Set the environment Airflow reads; return AIRFLOW_HOME. Idempotent."""
+    home = airflow_home or Path(os.environ.get("AIRFLOW_HOME") or lethe_home() / "airflow")
+    home.mkdir(parents=True, exist_ok=True)
+    env = {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+        "AIRFLOW_CONN_LETHE_PRIMARY": database_url.replace("postgresql://", "postgres://", 1),
+        "AIRFLOW_CONN_LETHE_AWS": json.dumps(
+            {
+                "conn_type": "aws",
+                "login": os.environ.get("AWS_ACCESS_KEY_ID", "lethe"),
+                "password": os.environ.get("AWS_SECRET_ACCESS_KEY", "lethe-secret"),
+                "extra": {"endpoint_url": s3_endpoint_url, "region_name": PRIMARY_REGION},
+            }
+        ),
+    }
+    if "AIRFLOW_CONN_LETHE_PSEUDONYM_KEY" not in os.environ:
+        env["AIRFLOW_CONN_LETHE_PSEUDONYM_KEY"] = json.dumps(
+            {"conn_type": "generic", "password": local_pseudonym_key()}
+        )
+    for key, value in env.items():
+        os.environ.setdefault(key, value) if key == "AIRFLOW_HOME" else os.environ.__setitem__(key, value)
+    return home
+
+
+def migrate_metadata() -> None:
+    """`airflow db migrate` once per AIRFLOW_HOME (dag.test needs the metadata tables)."""
+    marker = Path(os.environ["AIRFLOW_HOME"]) / ".lethe-migrated"
+    if marker.exists():
+        return
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        env=os.environ.copy(),
+    )
+    marker.write_text("ok")

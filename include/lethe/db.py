@@ -1,0 +1,101 @@
+"""Connections to the primary database and its migrations."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from datetime import date
+from importlib import resources
+
+import psycopg2
+import psycopg2.extensions
+from psycopg2 import sql
+
+MIGRATIONS = "lethe.migrations"
+
+# Monthly partitions kept ready around "now" for the time-partitioned tables.
+PARTITIONED_TABLES = ("usage_events", "visitor_logs")
+
+
+class ConfigurationError(RuntimeError):
+    """Something Lethe needs is not set or not reachable; the message says what."""
+
+
+def database_url() -> str:
+    url = os.environ.get("LETHE_DATABASE_URL")
+    if not url:
+        raise ConfigurationError(
+            "LETHE_DATABASE_URL is not set: export it, or run through `lethe` which starts the embedded PostgreSQL"
+        )
+    return url
+
+
+def connect(url: str | None = None) -> psycopg2.extensions.connection:
+    url = url or database_url()
+    try:
+        return psycopg2.connect(url)
+    except psycopg2.OperationalError as exc:
+        host = psycopg2.extensions.parse_dsn(url).get("host", "?")
+        raise ConfigurationError(f"cannot reach the primary database at host {host}: {exc}".strip()) from exc
+
+
+@contextlib.contextmanager
+def transaction(url: str | None = None) -> Iterator[psycopg2.extensions.cursor]:
+    """A cursor in one transaction: committed on success, rolled back on error."""
+    conn = connect(url)
+    try:
+        with conn, conn.cursor() as cur:
+            yield cur
+    finally:
+        conn.close()
+
+
+def migrate(url: str | None = None, *, months_back: int = 30, months_ahead: int = 3) -> list[str]:
+    """Apply every SQL migration not yet applied; return the names applied."""
+    applied: list[str] = []
+    files = sorted(
+        (f for f in resources.files(MIGRATIONS).iterdir() if f.name.endswith(".sql")), key=lambda f: f.name
+    )
+    with transaction(url) as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext('lethe.migrate'))")
+        cur.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (name text PRIMARY KEY, applied_at timestamptz DEFAULT now())"
+        )
+        cur.execute("SELECT name FROM schema_migrations")
+        done = {row[0] for row in cur.fetchall()}
+        for f in files:
+            if f.name in done:
+                continue
+            cur.execute(f.read_text())
+            cur.execute("INSERT INTO schema_migrations (name) VALUES (%s)", (f.name,))
+            applied.append(f.name)
+        today = date.today()
+        for table in PARTITIONED_TABLES:
+            ensure_month_partitions(cur, table, add_months(today, -months_back), add_months(today, months_ahead))
+    return applied
+
+
+def add_months(d: date, months: int) -> date:
+    index = d.year * 12 + d.month - 1 + months
+    return date(index // 12, index % 12 + 1, 1)
+
+
+def partition_name(table: str, month: date) -> str:
+    return f"{table}_{month:%Y_%m}"
+
+
+def ensure_month_partitions(cur: psycopg2.extensions.cursor, table: str, start: date, end: date) -> None:
+    """Create the monthly partitions of `table` covering [start, end]."""
+    month = date(start.year, start.month, 1)
+    while month <= end:
+        nxt = add_months(month, 1)
+        cur.execute(
+            sql.SQL("CREATE TABLE IF NOT EXISTS {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
+                sql.Identifier(partition_name(table, month)),
+                sql.Identifier(table),
+                sql.Literal(month.isoformat()),
+                sql.Literal(nxt.isoformat()),
+            )
+        )
+        month = nxt

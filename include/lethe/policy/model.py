@@ -1,0 +1,253 @@
+"""The policy file's models. Loading fails with the file, line and field of each error."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+# The privacy policy's purposes (clauses 1-7), plus the record of removals.
+PURPOSES = {
+    "updates": "1. To provide you with latest information",
+    "services": "2. To enable providing services to you",
+    "usage": "3. To improve our offering based on your usage",
+    "security": "4. To protect us from unlawful usage of the services",
+    "marketing": "5. For promoting or marketing our services",
+    "evidence": "6. For internal evidence and to protect the rights and interests of CodeOps and other users",
+    "legal": "7. To fulfil legal duties",
+    "erasure_record": "Data retention: pseudonyms kept solely for a record about the data removal",
+}
+Purpose = Literal["updates", "services", "usage", "security", "marketing", "evidence", "legal", "erasure_record"]
+LegalBasis = Literal["contract", "legitimate_interest", "consent", "legal_obligation"]
+
+# Column classes: the policy's data categories, then Lethe's structural classes.
+PERSONAL_CATEGORIES = (
+    "name email phone username password cookie ip_address ssh_key address payment tax_id usage comment "
+    "feedback survey app_data issue_report age city interests device communication dispute security"
+).split()
+STRUCTURAL_CLASSES = ["identifier", "pseudonym", "pending_identifier", "timestamp", "attribute"]
+ColumnClass = Literal[tuple(PERSONAL_CATEGORIES + STRUCTURAL_CLASSES)]  # type: ignore[valid-type]
+
+CONSENT_PURPOSES = ("updates", "third_party", "analytics", "marketing", "quotes")
+Strategy = Literal["null", "redact", "truncate_ip", "pseudonym_link"]
+
+_DURATION = re.compile(r"^P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?$")
+
+
+class PolicyError(ValueError):
+    """A policy file that cannot be used; `problems` lists each located problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class Duration(str):
+    """An ISO-8601 duration such as P30D, P1Y6M or PT12H; years count 365 days, months 30."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        from pydantic_core import core_schema
+
+        return core_schema.no_info_plain_validator_function(_duration, serialization=core_schema.to_string_ser_schema())
+
+    def to_timedelta(self) -> timedelta:
+        m = _DURATION.match(self)
+        assert m
+        y, mo, w, d, h, mi, s = (int(g or 0) for g in m.groups())
+        return timedelta(days=y * 365 + mo * 30 + w * 7 + d, hours=h, minutes=mi, seconds=s)
+
+    def postgres_interval(self) -> str:
+        """The same length as a PostgreSQL interval literal (fixed days, so plan and SQL agree)."""
+        td = self.to_timedelta()
+        return f"{td.days} days {td.seconds} seconds"
+
+
+def _duration(value: Any) -> Duration:
+    if not isinstance(value, str) or value in ("P", "PT") or not _DURATION.match(value) or value.endswith("T"):
+        raise ValueError(f"{value!r} is not an ISO-8601 duration (for example P30D, P1Y, PT12H)")
+    return Duration(value)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RetentionRule(_Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    keep: Duration
+    after: str
+    action: Literal["delete", "anonymise", "drop_partitions"]
+    columns: dict[str, Strategy] = Field(default_factory=dict)
+
+    @field_validator("after")
+    @classmethod
+    def _after(cls, value: str) -> str:
+        if value.startswith("consent_ended:"):
+            purpose = value.split(":", 1)[1]
+            if purpose not in CONSENT_PURPOSES:
+                raise ValueError(f"unknown consent purpose {purpose!r}; expected one of {', '.join(CONSENT_PURPOSES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _columns_for_anonymise(self) -> RetentionRule:
+        if self.action == "anonymise" and not self.columns:
+            raise ValueError("action anonymise needs `columns` (column: strategy)")
+        if self.action != "anonymise" and self.columns:
+            raise ValueError(f"`columns` only applies to action anonymise, not {self.action}")
+        return self
+
+    @property
+    def event(self) -> str | None:
+        """`account_closed` or `consent_ended`, when the clock starts at an event of the subject."""
+        if self.after == "account_closed":
+            return "account_closed"
+        if self.after.startswith("consent_ended:"):
+            return "consent_ended"
+        return None
+
+    @property
+    def consent_purpose(self) -> str | None:
+        return self.after.split(":", 1)[1] if self.after.startswith("consent_ended:") else None
+
+
+class Erasure(_Strict):
+    action: Literal["delete", "pseudonymise", "retain"]
+    columns: dict[str, Strategy] = Field(default_factory=dict)
+    retained_because: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Erasure:
+        if self.action == "pseudonymise" and not self.columns:
+            raise ValueError("action pseudonymise needs `columns` (column: strategy)")
+        if self.action in ("pseudonymise", "retain") and not self.retained_because:
+            raise ValueError(f"action {self.action} keeps data: say why in `retained_because`")
+        return self
+
+
+class TableRule(_Strict):
+    description: str
+    purpose: Purpose
+    legal_basis: LegalBasis
+    subject: str | None
+    backup: bool
+    columns: dict[str, ColumnClass]
+    retention: list[RetentionRule] = Field(default_factory=list)
+    retain_indefinitely: str | None = None
+    erasure: Erasure | None = None
+    partitioned_by: str | None = None
+    free_text: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TableRule:
+        if not self.retention and not self.retain_indefinitely:
+            raise ValueError("missing retention: give `retention` rules, or `retain_indefinitely` with the reason")
+        if self.subject is not None and self.erasure is None:
+            raise ValueError("a table linked to the data subject needs an `erasure` action")
+        named = [self.subject, self.partitioned_by, *self.free_text]
+        named += [r.after for r in self.retention if r.event is None]
+        named += [c for r in self.retention for c in r.columns]
+        named += list(self.erasure.columns) if self.erasure else []
+        for column in named:
+            if column is not None and column not in self.columns:
+                raise ValueError(f"column {column!r} is used but not listed under `columns`")
+        for rule in self.retention:
+            if rule.action == "drop_partitions" and rule.after != self.partitioned_by:
+                raise ValueError(f"rule {rule.name}: drop_partitions must count from the partition key")
+            if rule.event and self.subject is None:
+                raise ValueError(f"rule {rule.name}: {rule.after} needs a `subject` link")
+        return self
+
+
+class Subject(_Strict):
+    table: str
+    key: str
+    identifiers: dict[Literal["user_id", "email", "phone", "username"], str]
+
+
+class Policy(_Strict):
+    version: str
+    source: str
+    subject: Subject
+    system_tables: list[str] = Field(default_factory=list)
+    tables: dict[str, TableRule]
+    path: Path | None = None
+    digest: str = ""
+
+    @model_validator(mode="after")
+    def _unique_rule_names(self) -> Policy:
+        seen: set[str] = set()
+        for rule in self.rules():
+            if rule[1].name in seen:
+                raise ValueError(f"rule name {rule[1].name!r} is used twice")
+            seen.add(rule[1].name)
+        if self.subject.table not in self.tables:
+            raise ValueError(f"subject table {self.subject.table!r} is not under `tables`")
+        return self
+
+    def rules(self) -> list[tuple[str, RetentionRule]]:
+        """Every retention rule with its table, in file order."""
+        return [(table, rule) for table, t in self.tables.items() for rule in t.retention]
+
+    def rule(self, name: str) -> tuple[str, RetentionRule]:
+        for table, rule in self.rules():
+            if rule.name == name:
+                return table, rule
+        raise KeyError(f"no retention rule named {name!r} in the policy")
+
+
+def _line_index(node: yaml.Node, path: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], int]:
+    """Map each path in the YAML document to its 1-based line."""
+    index = {path: node.start_mark.line + 1}
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            index.update(_line_index(value, (*path, key.value)))
+            index[(*path, key.value)] = key.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, value in enumerate(node.value):
+            index.update(_line_index(value, (*path, i)))
+    return index
+
+
+def _locate(loc: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> int:
+    for end in range(len(loc), -1, -1):
+        if loc[:end] in lines:
+            return lines[loc[:end]]
+    return 1
+
+
+def load_policy(path: Path | str | None = None) -> Policy:
+    """Load and validate the policy file; raise PolicyError naming file, line and field."""
+    from lethe.config import policy_file
+
+    path = Path(path) if path else policy_file()
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise PolicyError([f"{path}: cannot read the policy file: {exc.strerror}"]) from exc
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else 1
+        raise PolicyError([f"{path}:{line}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from exc
+    if not isinstance(data, dict) or node is None:
+        raise PolicyError([f"{path}:1: the policy file must be a mapping with `version`, `subject` and `tables`"])
+    lines = _line_index(node)
+    try:
+        policy = Policy.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal["))))
+            field = ".".join(str(p) for p in loc) or "(top level)"
+            message = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{path}:{_locate(loc, lines)}: {field}: {message}")
+        raise PolicyError(problems) from None
+    return policy.model_copy(update={"path": path, "digest": hashlib.sha256(text.encode()).hexdigest()[:16]})

@@ -1,0 +1,64 @@
+"""S3 clients for each region, and the buckets Lethe writes to."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from lethe.config import BUCKETS
+from lethe.db import ConfigurationError
+
+
+def s3_client(region: str, endpoint_url: str | None = None) -> Any:
+    """A boto3 S3 client for `region`; LETHE_S3_ENDPOINT_URL points it at MinIO or the local server."""
+    endpoint_url = endpoint_url or os.environ.get("LETHE_S3_ENDPOINT_URL") or None
+    extra: dict[str, Any] = {}
+    if endpoint_url:
+        extra = {
+            "aws_access_key_id": os.environ.get("AWS_ACCESS_KEY_ID", "lethe"),
+            "aws_secret_access_key": os.environ.get("AWS_SECRET_ACCESS_KEY", "lethe-secret"),
+        }
+    return boto3.client(
+        "s3",
+        region_name=region,
+        endpoint_url=endpoint_url,
+        config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60),
+        **extra,
+    )
+
+
+def ensure_buckets(endpoint_url: str | None = None) -> dict[str, str]:
+    """Create Lethe's buckets (versioned, encrypted at rest) where they are missing."""
+    for bucket, region in BUCKETS.all().items():
+        client = s3_client(region, endpoint_url)
+        try:
+            client.head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket"):
+                raise
+            kwargs: dict[str, Any] = {"Bucket": bucket}
+            if region != "us-east-1":
+                kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+            client.create_bucket(**kwargs)
+        client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+        client.put_bucket_encryption(
+            Bucket=bucket,
+            ServerSideEncryptionConfiguration={"Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]},
+        )
+    return BUCKETS.all()
+
+
+def require_bucket(client: Any, bucket: str) -> None:
+    """Fail with a plain message naming the bucket when it does not exist or cannot be reached."""
+    try:
+        client.head_bucket(Bucket=bucket)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "?")
+        raise ConfigurationError(
+            f"bucket {bucket!r} at {client.meta.endpoint_url} is not usable (S3 said {code}); "
+            "create it with `lethe db migrate` or check the lethe_aws connection"
+        ) from exc

@@ -1,0 +1,79 @@
+"""Test support shared by the test suite and the benchmarks: real services, fresh databases.
+
+A migrated template database is built once per session; each test gets its own
+copy (CREATE DATABASE ... TEMPLATE), so tests never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+from psycopg2 import sql
+
+from lethe.config import BUCKETS
+from lethe.db import migrate
+from lethe.storage import ensure_buckets, s3_client
+
+TEMPLATE = "lethe_test_template"
+
+
+def _admin(url: str) -> psycopg2.extensions.connection:
+    dsn = psycopg2.extensions.parse_dsn(url)
+    dsn["dbname"] = "postgres"
+    conn = psycopg2.connect(**dsn)
+    conn.autocommit = True
+    return conn
+
+
+def with_database(url: str, name: str) -> str:
+    dsn = psycopg2.extensions.parse_dsn(url)
+    host, port, user = dsn.get("host", "127.0.0.1"), dsn.get("port", "5432"), dsn.get("user", "postgres")
+    password = f":{dsn['password']}" if dsn.get("password") else ""
+    return f"postgresql://{user}{password}@{host}:{port}/{name}"
+
+
+def build_template(url: str) -> None:
+    """(Re)create the migrated template database."""
+    with _admin(url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (TEMPLATE,),
+        )
+        cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(TEMPLATE)))
+        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE)))
+    migrate(with_database(url, TEMPLATE))
+
+
+def fresh_database(url: str, prefix: str = "lethe_t") -> str:
+    """A new database cloned from the template; return its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with _admin(url) as conn, conn.cursor() as cur:
+        cur.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(TEMPLATE)))
+    return with_database(url, name)
+
+
+def drop_database(url: str) -> None:
+    name = psycopg2.extensions.parse_dsn(url)["dbname"]
+    with _admin(url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        )
+        cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def empty_buckets(endpoint_url: str) -> None:
+    """Create Lethe's buckets if needed and delete every object version in them."""
+    ensure_buckets(endpoint_url)
+    for bucket, region in BUCKETS.all().items():
+        client: Any = s3_client(region, endpoint_url)
+        for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket):
+            doomed = [
+                {"Key": v["Key"], "VersionId": v["VersionId"]}
+                for v in page.get("Versions", []) + page.get("DeleteMarkers", [])
+            ]
+            if doomed:
+                client.delete_objects(Bucket=bucket, Delete={"Objects": doomed, "Quiet": True})

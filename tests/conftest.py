@@ -1,0 +1,49 @@
+"""Fixtures: real PostgreSQL and S3 over HTTP, embedded when LETHE_* is unset.
+
+- `services`: (database URL, S3 endpoint) for the session, via lethe.embedded.services.
+- `db_url`: a fresh migrated database for one test, exported as LETHE_DATABASE_URL.
+- `s3_endpoint`: the S3 endpoint with Lethe's buckets present and empty.
+- `airflow_home`: Airflow configured against both (SQLite metadata, migrated once).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lethe import airflow_env, testing
+from lethe.embedded import services as start_services
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    os.environ.setdefault("LETHE_HOME", str(tmp_path_factory.mktemp("lethe-home")))
+    with start_services() as (db, s3):
+        testing.build_template(db)
+        yield db, s3
+
+
+@pytest.fixture
+def db_url(services: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    url = testing.fresh_database(services[0])
+    monkeypatch.setenv("LETHE_DATABASE_URL", url)
+    monkeypatch.setenv("AIRFLOW_CONN_LETHE_PRIMARY", url.replace("postgresql://", "postgres://", 1))
+    yield url
+    testing.drop_database(url)
+
+
+@pytest.fixture
+def s3_endpoint(services: tuple[str, str]) -> str:
+    testing.empty_buckets(services[1])
+    return services[1]
+
+
+@pytest.fixture(scope="session")
+def airflow_home(services: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = airflow_env.configure(services[0], services[1], tmp_path_factory.mktemp("airflow"))
+    os.environ["AIRFLOW_HOME"] = str(home)
+    airflow_env.migrate_metadata()
+    return home
