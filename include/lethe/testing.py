@@ -6,6 +6,7 @@ copy (CREATE DATABASE ... TEMPLATE), so tests never see each other's rows.
 
 from __future__ import annotations
 
+import os
 import uuid
 from typing import Any
 
@@ -17,7 +18,8 @@ from lethe.config import BUCKETS
 from lethe.db import migrate
 from lethe.storage import ensure_buckets, s3_client
 
-TEMPLATE = "lethe_test_template"
+# One template per test process, so parallel sessions on one server never collide.
+TEMPLATE = f"lethe_tpl_{os.getpid()}"
 
 
 def _admin(url: str) -> psycopg2.extensions.connection:
