@@ -244,6 +244,14 @@ CREATE TABLE IF NOT EXISTS erasure_tombstones (
     counts                 jsonb NOT NULL DEFAULT '{}'::jsonb
 );
 
+-- Up to when raw usage data has been aggregated by usage_sharing: retention
+-- must not purge raw rows that are still due to be aggregated.
+CREATE TABLE IF NOT EXISTS aggregation_watermarks (
+    source_table      text PRIMARY KEY,
+    aggregated_until  timestamptz NOT NULL,
+    updated_at        timestamptz NOT NULL DEFAULT now()
+);
+
 -- Append-only, hash-chained record of what Lethe did (lethe.ledger).
 CREATE TABLE IF NOT EXISTS ledger (
     entry_id     bigserial PRIMARY KEY,

@@ -1,0 +1,34 @@
+"""Keyed pseudonyms (HMAC-SHA256): the only form in which an erased person is remembered.
+
+A bare hash of an email can be reversed by hashing candidate emails; an HMAC
+cannot without the key, which lives in the lethe_pseudonym_key connection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+
+
+def normalise(kind: str, value: str) -> str:
+    """One spelling per identifier, so the same person always gets the same pseudonym."""
+    value = value.strip()
+    if kind in ("email", "username"):
+        return value.lower()
+    if kind == "phone":
+        return re.sub(r"[^0-9+]", "", value)
+    if kind == "user_id":
+        return str(int(value))
+    raise ValueError(f"unknown identifier kind {kind!r}")
+
+
+def pseudonym(key: bytes, kind: str, value: str | int) -> str:
+    """HMAC-SHA256 of `kind:value`, hex."""
+    message = f"{kind}:{normalise(kind, str(value))}".encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def subject_pseudonym(key: bytes, user_id: int) -> str:
+    """The pseudonym of a data subject, from the subject key (accounts.user_id)."""
+    return pseudonym(key, "user_id", user_id)
