@@ -76,6 +76,34 @@ def migrate(url: str | None = None, *, months_back: int = 30, months_ahead: int 
     return applied
 
 
+def recreate_database(server_url: str, name: str) -> str:
+    """Drop and create database `name` on the server of `server_url`; return its URL."""
+    dsn = psycopg2.extensions.parse_dsn(server_url)
+    admin = psycopg2.connect(**{**dsn, "dbname": "postgres"})
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    finally:
+        admin.close()
+    url = url_for_database(server_url, name)
+    migrate(url)
+    return url
+
+
+def url_for_database(server_url: str, name: str) -> str:
+    """The URL of database `name` on the same server, as the same user."""
+    dsn = psycopg2.extensions.parse_dsn(server_url)
+    host, port, user = dsn.get("host", "127.0.0.1"), dsn.get("port", "5432"), dsn.get("user", "postgres")
+    password = f":{dsn['password']}" if dsn.get("password") else ""
+    return f"postgresql://{user}{password}@{host}:{port}/{name}"
+
+
 def add_months(d: date, months: int) -> date:
     index = d.year * 12 + d.month - 1 + months
     return date(index // 12, index % 12 + 1, 1)

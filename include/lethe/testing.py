@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import closing
 from typing import Any
 
 import psycopg2
@@ -15,7 +16,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from lethe.config import BUCKETS
-from lethe.db import migrate
+from lethe.db import migrate, url_for_database
 from lethe.storage import ensure_buckets, s3_client
 
 # One template per test process, so parallel sessions on one server never collide.
@@ -30,36 +31,29 @@ def _admin(url: str) -> psycopg2.extensions.connection:
     return conn
 
 
-def with_database(url: str, name: str) -> str:
-    dsn = psycopg2.extensions.parse_dsn(url)
-    host, port, user = dsn.get("host", "127.0.0.1"), dsn.get("port", "5432"), dsn.get("user", "postgres")
-    password = f":{dsn['password']}" if dsn.get("password") else ""
-    return f"postgresql://{user}{password}@{host}:{port}/{name}"
-
-
 def build_template(url: str) -> None:
     """(Re)create the migrated template database."""
-    with _admin(url) as conn, conn.cursor() as cur:
+    with closing(_admin(url)) as conn, conn.cursor() as cur:
         cur.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
             (TEMPLATE,),
         )
         cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(TEMPLATE)))
         cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE)))
-    migrate(with_database(url, TEMPLATE))
+    migrate(url_for_database(url, TEMPLATE))
 
 
 def fresh_database(url: str, prefix: str = "lethe_t") -> str:
     """A new database cloned from the template; return its URL."""
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    with _admin(url) as conn, conn.cursor() as cur:
+    with closing(_admin(url)) as conn, conn.cursor() as cur:
         cur.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(TEMPLATE)))
-    return with_database(url, name)
+    return url_for_database(url, name)
 
 
 def drop_database(url: str) -> None:
     name = psycopg2.extensions.parse_dsn(url)["dbname"]
-    with _admin(url) as conn, conn.cursor() as cur:
+    with closing(_admin(url)) as conn, conn.cursor() as cur:
         cur.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
             (name,),

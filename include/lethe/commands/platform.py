@@ -1,0 +1,96 @@
+"""Foundation commands: db migrate, seed, policy check/report, demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lethe.embedded import services
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    db = sub.add_parser("db", help="the primary database").add_subparsers(dest="db_command", required=True)
+    p = db.add_parser("migrate", help="apply the SQL migrations and create the S3 buckets")
+    p.set_defaults(handler=cmd_migrate)
+
+    p = sub.add_parser("seed", help="fill an empty database with deterministic synthetic data")
+    p.add_argument("--users", type=int, default=1000, help="number of accounts (default 1000)")
+    p.add_argument("--events-per-user", type=int, default=20, help="usage events per account (default 20)")
+    p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    p.set_defaults(handler=cmd_seed)
+
+    policy = sub.add_parser("policy", help="the policy file").add_subparsers(dest="policy_command", required=True)
+    p = policy.add_parser("check", help="validate the policy file and lint it against the live schema")
+    p.add_argument("--file", type=Path, help="policy file (default: LETHE_POLICY_FILE or the shipped one)")
+    p.add_argument("--no-db", action="store_true", help="validate the file only, without the live schema")
+    p.set_defaults(handler=cmd_policy_check)
+    p = policy.add_parser("report", help="print the traceability matrix: clause -> rule -> DAG -> test")
+    p.add_argument("--file", type=Path)
+    p.set_defaults(handler=cmd_policy_report)
+
+    p = sub.add_parser("demo", help="migrate, seed a small dataset and run every DAG with dag.test()")
+    p.add_argument("--users", type=int, default=300, help="accounts to seed (default 300)")
+    p.set_defaults(handler=cmd_demo)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from lethe.db import migrate
+    from lethe.storage import ensure_buckets
+
+    with services() as (db_url, s3_url):
+        applied = migrate(db_url)
+        buckets = ensure_buckets(s3_url)
+    print(f"migrations applied: {', '.join(applied) or 'none (up to date)'}")
+    print(f"buckets ready: {', '.join(sorted(buckets))}")
+    return 0
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    import time
+
+    from lethe.db import migrate
+    from lethe.seed import seed
+
+    with services() as (db_url, _):
+        migrate(db_url)
+        print(f"seeding {args.users:,} users ...", file=sys.stderr)
+        started = time.perf_counter()
+        counts = seed(db_url, args.users, random_seed=args.seed, events_per_user=args.events_per_user, progress=True)
+    elapsed = time.perf_counter() - started
+    total = sum(counts.values())
+    print(f"seeded {total:,} rows in {len(counts)} tables in {elapsed:.1f} s ({total / elapsed:,.0f} rows/s)")
+    return 0
+
+
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    from lethe.policy import load_policy
+    from lethe.policy.check import check
+
+    policy = load_policy(args.file)  # PolicyError is printed, located, by the CLI
+    if args.no_db:
+        print(f"{policy.path}: valid ({len(policy.tables)} tables, {len(policy.rules())} retention rules)")
+        return 0
+    with services() as (db_url, s3_url):
+        problems = check(policy, db_url, s3_url)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        print(f"lethe policy check: {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print(f"{policy.path}: valid and matches the live schema ({len(policy.tables)} tables, {len(policy.rules())} rules)")
+    return 0
+
+
+def cmd_policy_report(args: argparse.Namespace) -> int:
+    from lethe.policy import load_policy
+    from lethe.policy.report import render
+
+    print(render(load_policy(args.file)))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from lethe.demo import run_demo
+
+    return run_demo(users=args.users)

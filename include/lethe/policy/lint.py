@@ -1,0 +1,91 @@
+"""Lint the policy against the live schema: every column classified, nothing unknown.
+
+Problems are located: policy-side ones at the file line of the rule, schema-side
+ones (a column nobody classified) at the table's `columns:` line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg2.extensions
+import yaml
+
+from lethe.policy.model import PERSONAL_CATEGORIES, Policy, _line_index
+
+
+def live_schema(cur: psycopg2.extensions.cursor) -> dict[str, list[str]]:
+    """Ordinary and partitioned tables of the public schema (not partitions) -> columns."""
+    cur.execute(
+        """
+        SELECT c.relname, a.attname
+        FROM pg_class c
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+        WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+        ORDER BY c.relname, a.attnum
+        """
+    )
+    schema: dict[str, list[str]] = {}
+    for table, column in cur.fetchall():
+        schema.setdefault(table, []).append(column)
+    return schema
+
+
+def subject_foreign_keys(cur: psycopg2.extensions.cursor, subject_table: str) -> set[tuple[str, str]]:
+    """(table, column) pairs with a foreign key to the subject table."""
+    cur.execute(
+        """
+        SELECT src.relname, a.attname
+        FROM pg_constraint con
+        JOIN pg_class src ON src.oid = con.conrelid
+        JOIN pg_class dst ON dst.oid = con.confrelid
+        JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = con.conkey[1]
+        WHERE con.contype = 'f' AND dst.relname = %s AND array_length(con.conkey, 1) = 1
+        """,
+        (subject_table,),
+    )
+    return {(t, c) for t, c in cur.fetchall()}
+
+
+def lint(policy: Policy, cur: psycopg2.extensions.cursor) -> list[str]:
+    path = policy.path
+    lines: dict[tuple[Any, ...], int] = _line_index(yaml.compose(path.read_text())) if path else {}
+
+    def at(*loc: Any) -> str:
+        for end in range(len(loc), -1, -1):
+            if loc[:end] in lines:
+                return f"{path}:{lines[loc[:end]]}"
+        return str(path)
+
+    schema = live_schema(cur)
+    fks = subject_foreign_keys(cur, policy.subject.table)
+    problems: list[str] = []
+    for table in sorted(set(schema) - set(policy.tables) - set(policy.system_tables)):
+        problems.append(f"{at('tables')}: table {table!r} exists in the database but no rule of the policy covers it")
+    for table, rule in policy.tables.items():
+        if table not in schema:
+            problems.append(f"{at('tables', table)}: tables.{table}: unknown table: not in the database")
+            continue
+        live = schema[table]
+        for column in rule.columns:
+            if column not in live:
+                problems.append(f"{at('tables', table, 'columns', column)}: tables.{table}.columns.{column}: unknown column")
+        for column in live:
+            if column not in rule.columns:
+                problems.append(
+                    f"{at('tables', table, 'columns')}: tables.{table}.columns: column {column!r} exists in the "
+                    "database but is not classified"
+                )
+        personal = sorted(c for c, cls in rule.columns.items() if cls in PERSONAL_CATEGORIES)
+        if personal and rule.subject is None and table != policy.subject.table:
+            problems.append(
+                f"{at('tables', table, 'subject')}: tables.{table}.subject: holds personal data "
+                f"({', '.join(personal)}) but is not linked to the data subject"
+            )
+        if rule.subject and table != policy.subject.table and (table, rule.subject) not in fks:
+            problems.append(
+                f"{at('tables', table, 'subject')}: tables.{table}.subject: column {rule.subject!r} has no foreign key "
+                f"to {policy.subject.table}.{policy.subject.key}, so the subject cannot be reached through it"
+            )
+    return problems
