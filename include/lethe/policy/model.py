@@ -164,6 +164,13 @@ class TableRule(_Strict):
         return self
 
 
+class Backups(_Strict):
+    """Cross-region backups: how long a snapshot is kept, how many subject buckets per table."""
+
+    retention: Duration = Duration("P35D")
+    buckets: int = Field(default=64, ge=1, le=4096)
+
+
 class Subject(_Strict):
     table: str
     key: str
@@ -175,6 +182,7 @@ class Policy(_Strict):
     source: str
     subject: Subject
     system_tables: list[str] = Field(default_factory=list)
+    backups: Backups = Field(default_factory=Backups)
     tables: dict[str, TableRule]
     path: Path | None = None
     digest: str = ""
