@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from lethe.db import ConfigurationError
 from lethe.policy import PolicyError
 
-# Feature modules add their own sub-commands: register(subparsers) in each.
+# Feature modules add their own sub-commands: register(subparsers) in each; an absent one is skipped.
 FEATURE_COMMANDS = (
     "lethe.commands.platform",
     "lethe.retention.cli",
@@ -33,7 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lethe", description="Enforce the privacy policy over the platform's data.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in FEATURE_COMMANDS:
-        importlib.import_module(name).register(sub)
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:  # a broken import inside the module is a bug, not an absent feature
+                raise
+            continue
+        module.register(sub)
     return parser
 
 

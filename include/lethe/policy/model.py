@@ -143,6 +143,11 @@ class TableRule(_Strict):
     partitioned_by: str | None = None
     free_text: list[str] = Field(default_factory=list)
 
+    @field_validator("retention", mode="before")
+    @classmethod
+    def _empty_retention(cls, value: Any) -> Any:
+        return [] if value is None else value  # `retention:` with nothing under it
+
     @model_validator(mode="after")
     def _consistent(self) -> TableRule:
         if not self.retention and not self.retain_indefinitely:
@@ -171,6 +176,67 @@ class Backups(_Strict):
     buckets: int = Field(default=64, ge=1, le=4096)
 
 
+class AirflowMetadata(_Strict):
+    """Airflow's own records of Lethe's runs (airflow_metadata_cleanup): all of them, and erasure requests."""
+
+    retention: Duration = Duration("P30D")
+    erasure_conf_retention: Duration = Duration("P1D")
+
+
+SHARING_DIMENSIONS = ("feature", "region", "device_type", "browser_family")
+
+
+class SharingRecipient(_Strict):
+    """One third party that receives aggregated usage releases (lethe.sharing)."""
+
+    description: str
+    k: int = Field(default=10, ge=2)
+    dimensions: list[Literal["feature", "region", "device_type", "browser_family"]] = Field(
+        default_factory=lambda: list(SHARING_DIMENSIONS)
+    )
+    mechanism: Literal["none", "laplace", "gaussian"] = "none"
+    epsilon: float | None = Field(default=None, gt=0)
+    delta: float | None = Field(default=None, gt=0, lt=1)
+    epsilon_budget: float | None = Field(default=None, gt=0)
+    budget_period: Duration | None = None
+    first_window_days: int = Field(default=7, ge=1, le=366)
+    max_events_per_cell: int | None = Field(default=None, ge=1)  # overrides the section's bound
+    max_cells_per_day: int | None = Field(default=None, ge=1)
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _noise_settings(self) -> SharingRecipient:
+        if self.mechanism == "none" and (self.epsilon or self.delta or self.epsilon_budget):
+            raise ValueError("epsilon, delta and epsilon_budget only apply with mechanism laplace or gaussian")
+        if self.mechanism != "none" and (self.epsilon is None or self.epsilon_budget is None):
+            raise ValueError(f"mechanism {self.mechanism} needs `epsilon` (per day of data) and `epsilon_budget`")
+        if self.mechanism == "gaussian" and self.delta is None:
+            raise ValueError("mechanism gaussian needs `delta`")
+        if self.mechanism == "laplace" and self.delta is not None:
+            raise ValueError("`delta` only applies to mechanism gaussian")
+        if len(set(self.dimensions)) != len(self.dimensions):
+            raise ValueError("a dimension is listed twice")
+        return self
+
+
+class Sharing(_Strict):
+    """Aggregated anonymous releases of usage and visitor data (clause 3, Analytics)."""
+
+    max_events_per_cell: int = Field(default=50, ge=1)
+    max_cells_per_day: int = Field(default=20, ge=1)
+    max_duration_ms: int = Field(default=4 * 3600 * 1000, ge=1)
+    anonymous_visitors: Literal["by_visitor_id", "exclude"] = "by_visitor_id"
+    recipients: dict[str, SharingRecipient] = Field(default_factory=dict)
+
+    @field_validator("recipients")
+    @classmethod
+    def _recipient_names(cls, value: dict[str, SharingRecipient]) -> dict[str, SharingRecipient]:
+        for name in value:
+            if not re.fullmatch(r"[a-z][a-z0-9_-]{0,62}", name):
+                raise ValueError(f"recipient name {name!r} must be lower-case letters, digits, _ or - (an S3 prefix)")
+        return value
+
+
 class Subject(_Strict):
     table: str
     key: str
@@ -183,6 +249,8 @@ class Policy(_Strict):
     subject: Subject
     system_tables: list[str] = Field(default_factory=list)
     backups: Backups = Field(default_factory=Backups)
+    sharing: Sharing = Field(default_factory=Sharing)
+    airflow_metadata: AirflowMetadata = Field(default_factory=AirflowMetadata)
     tables: dict[str, TableRule]
     path: Path | None = None
     digest: str = ""

@@ -1,0 +1,85 @@
+"""The policy file loads, and each kind of mistake is reported with file, line and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lethe.config import DEFAULT_POLICY_FILE
+from lethe.policy import PolicyError, load_policy
+
+SHIPPED = DEFAULT_POLICY_FILE.read_text()
+
+
+def broken(tmp_path: Path, old: str, new: str) -> Path:
+    assert old in SHIPPED, f"fixture text not in the shipped policy: {old!r}"
+    path = tmp_path / "policy.yaml"
+    path.write_text(SHIPPED.replace(old, new, 1))
+    return path
+
+
+def line_of(path: Path, needle: str) -> int:
+    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if needle in line)
+
+
+def test_shipped_policy_covers_every_purpose_and_basis() -> None:
+    policy = load_policy()
+    assert {t.purpose for t in policy.tables.values()} >= {"services", "usage", "security", "marketing", "evidence", "legal"}
+    assert {t.legal_basis for t in policy.tables.values()} == {
+        "contract",
+        "legitimate_interest",
+        "consent",
+        "legal_obligation",
+    }
+    table, rule = policy.rule("raw_usage_events")
+    assert table == "usage_events" and rule.action == "drop_partitions" and rule.keep.to_timedelta().days == 90
+
+
+def test_invalid_duration_is_located(tmp_path: Path) -> None:
+    path = broken(tmp_path, "{name: expired_cookies, keep: P0D", "{name: expired_cookies, keep: 30 days")
+    with pytest.raises(PolicyError) as err:
+        load_policy(path)
+    (problem,) = err.value.problems
+    assert problem.startswith(f"{path}:{line_of(path, 'expired_cookies')}: tables.sessions.retention.0.keep:")
+    assert "not an ISO-8601 duration" in problem
+
+
+def test_missing_retention_is_located(tmp_path: Path) -> None:
+    path = broken(
+        tmp_path,
+        "    retention:\n      - {name: ssh_keys_of_closed_accounts, keep: P0D, after: account_closed, action: delete}\n",
+        "",
+    )
+    with pytest.raises(PolicyError) as err:
+        load_policy(path)
+    (problem,) = err.value.problems
+    assert problem.startswith(f"{path}:{line_of(path, '  ssh_keys:')}: tables.ssh_keys:")
+    assert "missing retention" in problem
+
+
+def test_rule_on_unlisted_column_is_located(tmp_path: Path) -> None:
+    path = broken(tmp_path, "keep: P3Y, after: ended_at", "keep: P3Y, after: cancelled_at")
+    with pytest.raises(PolicyError) as err:
+        load_policy(path)
+    assert "column 'cancelled_at' is used but not listed under `columns`" in str(err.value)
+    assert f"{path}:{line_of(path, '  subscriptions:')}: tables.subscriptions" in str(err.value)
+
+
+def test_unknown_action_and_category_are_located(tmp_path: Path) -> None:
+    path = broken(tmp_path, "public_key: ssh_key", "public_key: secret_sauce")
+    with pytest.raises(PolicyError) as err:
+        load_policy(path)
+    assert f"{path}:{line_of(path, 'secret_sauce')}: tables.ssh_keys.columns.public_key:" in str(err.value)
+
+
+def test_not_yaml_is_located(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text("version: 1\ntables: [unclosed\n")
+    with pytest.raises(PolicyError, match=rf"^{path}:\d+: not valid YAML"):
+        load_policy(path)
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="cannot read the policy file"):
+        load_policy(tmp_path / "nope.yaml")
