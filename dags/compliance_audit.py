@@ -1,0 +1,117 @@
+"""compliance_audit: nightly proof that the privacy policy holds (logic in lethe.audit)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, TriggerRule, dag, task
+from lethe.assets import BACKUP_PROPAGATION_URI
+from lethe.audit.alerts import notify_failure
+
+DOC = """
+### compliance_audit
+
+Checks, every night after the other Lethe DAGs, that what they promise actually holds.
+Each check is a Great Expectations expectation over a count that must be zero:
+
+| suite | check | what it proves |
+| --- | --- | --- |
+| `retention` | `expired_rows.<rule>` | no unheld row is past the retention of a policy rule (or left un-anonymised) |
+| `legal_holds` | `held_rows_removed` | no row of a person under an active legal hold disappeared since the last audit |
+| `erasure_residue` | `erased_subject_rows.<table>`, `erased_identifiers_left` | nothing of an erased person is left |
+| `erasure_residue` | `identifier_kept_after_completion` | completed requests no longer hold the identifier |
+| `erasure_deadlines` | `overdue_erasure_requests` | no open erasure request is past its due date |
+| `ledger` | `ledger_chain_broken` | the ledger's hash chain verifies end to end |
+
+The `verdict` task stores every result in the `audit_runs` table (shown on the
+**Privacy compliance** page) and fails, naming each failed check, when any check failed.
+Failures and overdue erasure requests raise an alert (table `audit_alerts`, and the webhook in
+`LETHE_ALERT_WEBHOOK_URL` or the `lethe_alerts` connection when set). No check reads or logs a row's values.
+
+**When it fails**, read the `verdict` task's log: it lists `suite.check` names.
+
+- `retention.expired_rows.<rule>`: `retention_nightly` did not run or failed; check its last run and
+  rerun it. If it succeeded, the rule's rows are blocked (e.g. not yet aggregated by `usage_sharing`).
+- `legal_holds.held_rows_removed`: rows of a held person were deleted. Stop the deleting DAGs, find
+  the deletion in the ledger (Privacy compliance page), and restore the rows from a backup (`lethe restore`).
+- `erasure_residue.*`: an erasure did not reach every table; rerun `subject_erasure` for the open
+  request or investigate rows re-created by the application.
+- `erasure_deadlines.overdue_erasure_requests`: trigger `subject_erasure` (batch mode) now.
+- `ledger.ledger_chain_broken`: the ledger was altered outside Lethe. Treat as a security incident;
+  the `details` of the check name the first broken entry.
+- `<suite>.suite_completed`: that check's task itself errored (database or S3 unreachable); fix the
+  connection named in its log and clear the task.
+
+Reruns are safe: the audit only reads, and a rerun replaces the run's row in `audit_runs`.
+"""
+
+CHECKS = ("primary", "legal_holds", "ledger")
+
+
+@dag(
+    dag_id="compliance_audit",
+    # Nightly after the backups; also as soon as erasures have been propagated to the backups.
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable("30 4 * * *", timezone="UTC"), assets=Asset(BACKUP_PROPAGATION_URI)
+    ),
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=DOC,
+    tags=["lethe", "privacy", "audit"],
+    default_args={
+        "owner": "privacy-engineering",
+        "retries": 1,
+        "retry_delay": timedelta(minutes=2),
+        "on_failure_callback": notify_failure,
+    },
+)
+def compliance_audit() -> None:
+    @task
+    def primary() -> list[dict[str, Any]]:
+        """Retention, erasure residue and erasure deadlines over the primary database."""
+        from lethe.audit.run import check_primary
+        from lethe.connections import primary_url, pseudonym_key
+
+        return check_primary(primary_url(), pseudonym_key())
+
+    @task
+    def legal_holds(run_id: str | None = None) -> dict[str, Any]:
+        """Held rows compared with the previous audit."""
+        from lethe.audit.run import check_holds
+        from lethe.connections import primary_url
+
+        results, held = check_holds(primary_url(), run_id or "")
+        return {"results": results, "held_rows": held}
+
+    @task
+    def ledger() -> list[dict[str, Any]]:
+        """The ledger's hash chain."""
+        from lethe.audit.run import check_ledger
+        from lethe.connections import primary_url
+
+        return check_ledger(primary_url())
+
+    @task(trigger_rule=TriggerRule.ALL_DONE, retries=0)
+    def verdict(ti: Any = None, run_id: str | None = None) -> str:
+        """Keep the results; fail naming each failed check."""
+        from lethe.audit.run import conclude
+        from lethe.connections import primary_url
+
+        suites: dict[str, Any] = {}
+        held = None
+        for task_id in CHECKS:
+            value = ti.xcom_pull(task_ids=task_id)
+            if value is None:
+                suites[task_id] = "task did not finish: see its log"
+            elif isinstance(value, dict):
+                suites[task_id], held = value["results"], value["held_rows"]
+            else:
+                suites[task_id] = value
+        return conclude(primary_url(), run_id or "", suites, held)
+
+    [primary(), legal_holds(), ledger()] >> verdict()
+
+
+compliance_audit()

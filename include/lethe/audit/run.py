@@ -1,0 +1,78 @@
+"""The audit's steps as plain functions: each DAG task calls one; the CLI and tests call them too.
+
+Each check step returns CheckResult dicts (plain data, safe for XCom: names and
+counts only). `conclude` keeps them, raises alerts and gives the verdict.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from lethe.db import transaction
+
+# The suites compliance_audit runs, by task id; conclude() reports a suite whose task died.
+SUITES = ("primary", "legal_holds", "ledger")
+
+
+def check_primary(db_url: str, key: bytes, now: datetime | None = None) -> list[dict[str, Any]]:
+    from lethe.audit import primary
+    from lethe.policy import load_policy
+
+    policy = load_policy()
+    now = now or datetime.now(UTC)
+    with transaction(db_url) as cur:
+        return [
+            primary.check_retention(cur, policy, now).as_dict(),
+            primary.check_erasure(cur, policy, key).as_dict(),
+            primary.check_deadlines(cur, now).as_dict(),
+        ]
+
+
+def check_holds(db_url: str, run_id: str) -> tuple[list[dict[str, Any]], dict[str, dict[str, int]]]:
+    from lethe.audit import primary, results
+    from lethe.policy import load_policy
+
+    with transaction(db_url) as cur:
+        current = primary.held_rows(cur, load_policy())
+        previous = results.previous_held_rows(cur, run_id)
+    return [primary.check_holds(current, previous).as_dict()], current
+
+
+def check_ledger(db_url: str) -> list[dict[str, Any]]:
+    from lethe.audit.ledger_checks import check_ledger as check
+
+    with transaction(db_url) as cur:
+        return [check(cur).as_dict()]
+
+
+def conclude(
+    db_url: str,
+    run_id: str,
+    suites: dict[str, list[dict[str, Any]] | str],
+    held_rows: dict[str, dict[str, int]] | None = None,
+) -> str:
+    """Keep the results, alert on overdue erasures, and raise AuditFailed naming any failed check.
+
+    `suites` maps each suite's task to its results, or to the error class name when the task died.
+    """
+    from lethe.audit import alerts, results
+
+    collected: list[dict[str, Any]] = []
+    for suite, value in suites.items():
+        collected.extend(results.errored(suite, value) if isinstance(value, str) else value)
+    outcome = results.outcome(run_id, collected)
+    with transaction(db_url) as cur:
+        results.record(cur, outcome, held_rows)
+    overdue = [
+        c for r in collected for c in r["checks"] if c["name"] == "overdue_erasure_requests" and not c["success"]
+    ]
+    if overdue:
+        alerts.raise_alert(
+            db_url,
+            "erasure_overdue",
+            f"{overdue[0]['observed']} erasure request(s) are past their due date: run subject_erasure",
+            dag_id=results.DAG_ID,
+            run_id=run_id,
+        )
+    return results.verdict(outcome)
