@@ -1,0 +1,112 @@
+"""What retention needs to know about the live schema: keys, foreign keys, partitions.
+
+Read from pg_catalog, so the plan follows the database as it is, not as a
+migration file says it should be.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg2.extensions
+from lethe.db import ConfigurationError
+
+INTEGER_TYPES = {"smallint", "integer", "bigint"}
+_BOUND = re.compile(r"^FOR VALUES FROM \('([^']*)'\) TO \('([^']*)'\)$")
+
+
+@dataclass(frozen=True)
+class ForeignKey:
+    """`child.child_columns` references `parent.parent_columns`."""
+
+    child: str
+    child_columns: tuple[str, ...]
+    parent: str
+    parent_columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Partition:
+    name: str
+    lower: datetime
+    upper: datetime
+    bound: str  # the FOR VALUES clause as PostgreSQL prints it, to re-attach a partition
+
+
+def _oid(cur: psycopg2.extensions.cursor, table: str) -> int:
+    cur.execute("SELECT to_regclass(%s)::oid", (table,))
+    row = cur.fetchone()
+    if row is None or row[0] is None:
+        raise ConfigurationError(f"table {table!r} named in the policy does not exist in the primary database")
+    return int(row[0])
+
+
+def primary_key(cur: psycopg2.extensions.cursor, table: str) -> list[tuple[str, str]]:
+    """(column, type) of the primary key, in key order."""
+    cur.execute(
+        """
+        SELECT a.attname, format_type(a.atttypid, a.atttypmod)
+        FROM pg_index i
+        JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) ON true
+        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+        WHERE i.indrelid = %s AND i.indisprimary
+        ORDER BY k.n
+        """,
+        (_oid(cur, table),),
+    )
+    rows = [(str(r[0]), str(r[1])) for r in cur.fetchall()]
+    if not rows:
+        raise ConfigurationError(f"table {table!r} has no primary key: retention batches over primary-key ranges")
+    return rows
+
+
+def column_types(cur: psycopg2.extensions.cursor, table: str) -> dict[str, str]:
+    cur.execute(
+        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
+        " WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+        (_oid(cur, table),),
+    )
+    return {str(name): str(kind) for name, kind in cur.fetchall()}
+
+
+def foreign_keys(cur: psycopg2.extensions.cursor) -> list[ForeignKey]:
+    """Every foreign key between top-level tables (partitions' cloned constraints left out)."""
+    cur.execute(
+        """
+        SELECT c.conrelid::regclass::text, c.confrelid::regclass::text,
+               array(SELECT attname FROM unnest(c.conkey) WITH ORDINALITY k(n, o)
+                     JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.o),
+               array(SELECT attname FROM unnest(c.confkey) WITH ORDINALITY k(n, o)
+                     JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.o)
+        FROM pg_constraint c
+        JOIN pg_class child ON child.oid = c.conrelid
+        WHERE c.contype = 'f' AND c.conparentid = 0 AND NOT child.relispartition
+        """
+    )
+    return [ForeignKey(child, tuple(ccols), parent, tuple(pcols)) for child, parent, ccols, pcols in cur.fetchall()]
+
+
+def is_partitioned(cur: psycopg2.extensions.cursor, table: str) -> bool:
+    cur.execute("SELECT relkind = 'p' FROM pg_class WHERE oid = %s", (_oid(cur, table),))
+    row = cur.fetchone()
+    return bool(row and row[0])
+
+
+def partitions(cur: psycopg2.extensions.cursor, table: str) -> list[Partition]:
+    """The range partitions of `table` with both bounds set, oldest first (DEFAULT and open ranges left out)."""
+    cur.execute(
+        "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i"
+        " JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %s",
+        (_oid(cur, table),),
+    )
+    found = []
+    for name, bound in cur.fetchall():
+        m = _BOUND.match(bound or "")
+        if not m:
+            continue
+        cur.execute("SELECT %s::timestamptz, %s::timestamptz", (m.group(1), m.group(2)))
+        lower, upper = cur.fetchone()  # type: ignore[misc]
+        found.append(Partition(str(name), lower, upper, str(bound)))
+    return sorted(found, key=lambda p: p.lower)

@@ -1,0 +1,194 @@
+"""The SQL that says which rows a retention rule acts on. Plan, executor and checks share it.
+
+For a rule on table T, a row is acted on when it is
+- expired: the rule's clock (a column of the row, or an event of its subject)
+  started before the rule's cutoff;
+- unheld: its subject has no legal hold with released_at IS NULL;
+- for deleting rules, unreferenced: no row of another table that survives this
+  run still points at it through a foreign key (such rows wait for a later night);
+- not already taken by an earlier deleting rule on T (so rules never overlap and
+  per-rule counts add up), and for anonymise, not deleted by this run anyway and
+  not anonymised already (so a rerun counts nothing twice).
+
+Cutoffs and consent purposes are query parameters (`params()`); identifiers
+from the policy are quoted with sql.Identifier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from lethe.policy import Policy, RetentionRule
+from lethe.retention.catalog import ForeignKey
+from psycopg2 import sql
+
+DELETING = ("delete", "drop_partitions")
+REDACTED = "[redacted]"
+CLOSED_AT = "closed_at"  # accounts.closed_at: when the account_closed clock starts
+CONSENTS = "consents"
+HOLDS = "legal_holds"
+MAX_DEPTH = 8
+
+_TRUE = sql.SQL("true")
+
+
+def _and(parts: Iterable[sql.Composable]) -> sql.Composable:
+    parts = list(parts)
+    return sql.SQL(" AND ").join(parts) if parts else _TRUE
+
+
+class Predicates:
+    def __init__(
+        self, policy: Policy, cutoffs: dict[str, datetime], foreign_keys: list[ForeignKey], active: Iterable[str]
+    ) -> None:
+        self.policy = policy
+        self.cutoffs = cutoffs
+        self.fks = foreign_keys
+        self.active = set(active)
+
+    def params(self) -> dict[str, Any]:
+        params: dict[str, Any] = {f"c_{name}": cutoff for name, cutoff in self.cutoffs.items()}
+        for _, rule in self.policy.rules():
+            if rule.consent_purpose:
+                params[f"p_{rule.name}"] = rule.consent_purpose
+        return params
+
+    def rules_on(self, table: str) -> list[RetentionRule]:
+        return [r for r in self.policy.tables[table].retention if r.name in self.active]
+
+    def _subject(self, table: str, alias: str) -> sql.Composable | None:
+        column = self.policy.tables[table].subject
+        return sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(column)) if column else None
+
+    def expired(self, table: str, rule: RetentionRule, alias: str) -> sql.Composable:
+        """The rule's clock started before its cutoff (never NULL, so it can be negated safely)."""
+        cutoff = sql.Placeholder(f"c_{rule.name}")
+        subject = self._subject(table, alias) or sql.SQL("NULL")  # the model requires a subject for events
+        if rule.event == "account_closed":
+            inner = sql.SQL("EXISTS (SELECT 1 FROM {} s WHERE s.{} = {} AND s.{} < {})").format(
+                sql.Identifier(self.policy.subject.table),
+                sql.Identifier(self.policy.subject.key),
+                subject,
+                sql.Identifier(CLOSED_AT),
+                cutoff,
+            )
+        elif rule.event == "consent_ended":
+            inner = sql.SQL(
+                "EXISTS (SELECT 1 FROM {} s WHERE s.user_id = {} AND s.purpose = {}"
+                " AND least(s.withdrawn_at, s.objected_at) < {})"
+            ).format(sql.Identifier(CONSENTS), subject, sql.Placeholder(f"p_{rule.name}"), cutoff)
+        else:
+            inner = sql.SQL("{}.{} < {}").format(sql.Identifier(alias), sql.Identifier(rule.after), cutoff)
+        return sql.SQL("coalesce(({}), false)").format(inner)
+
+    def held(self, table: str, alias: str) -> sql.Composable:
+        subject = self._subject(table, alias)
+        if subject is None:
+            return sql.SQL("false")
+        return sql.SQL("EXISTS (SELECT 1 FROM {} h WHERE h.user_id = {} AND h.released_at IS NULL)").format(
+            sql.Identifier(HOLDS), subject
+        )
+
+    def unheld(self, table: str, alias: str) -> sql.Composable:
+        return sql.SQL("NOT {}").format(self.held(table, alias))
+
+    def deleted(self, table: str, alias: str, depth: int = 0) -> sql.Composable:
+        """Rows of `table` that this run deletes (union of its active deleting rules)."""
+        rules = [r for r in self.rules_on(table) if r.action in DELETING]
+        if not rules:
+            return sql.SQL("false")
+        expired = sql.SQL(" OR ").join(self.expired(table, r, alias) for r in rules)
+        return _and(
+            [sql.SQL("({})").format(expired), self.unheld(table, alias), self.unreferenced(table, alias, depth)]
+        )
+
+    def unreferenced(self, table: str, alias: str, depth: int = 0) -> sql.Composable:
+        """No row that survives this run references the row through a foreign key."""
+        if depth > MAX_DEPTH:
+            raise ValueError(f"foreign keys around {table!r} nest deeper than {MAX_DEPTH} levels (a cycle?)")
+        parts = []
+        for fk in self.fks:
+            if fk.parent != table:
+                continue
+            child = f"r{depth + 1}"
+            join = _and(
+                sql.SQL("{}.{} = {}.{}").format(
+                    sql.Identifier(child), sql.Identifier(cc), sql.Identifier(alias), sql.Identifier(pc)
+                )
+                for cc, pc in zip(fk.child_columns, fk.parent_columns, strict=True)
+            )
+            survives = (
+                sql.SQL("NOT ({})").format(self.deleted(fk.child, child, depth + 1))
+                if fk.child in self.policy.tables
+                else _TRUE
+            )
+            parts.append(
+                sql.SQL("NOT EXISTS (SELECT 1 FROM {} {} WHERE {} AND {})").format(
+                    sql.Identifier(fk.child), sql.Identifier(child), join, survives
+                )
+            )
+        return _and(parts)
+
+    def _not_earlier(self, table: str, rule: RetentionRule, alias: str) -> list[sql.Composable]:
+        parts: list[sql.Composable] = []
+        for other in self.rules_on(table):
+            if other.name == rule.name:
+                break
+            if other.action in DELETING:
+                parts.append(sql.SQL("NOT {}").format(self.expired(table, other, alias)))
+        return parts
+
+    def anonymised(self, rule: RetentionRule, alias: str) -> sql.Composable:
+        """Every column of an anonymise rule already has its anonymised form."""
+        parts = []
+        for column, strategy in rule.columns.items():
+            col = sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(column))
+            if strategy == "null":
+                parts.append(sql.SQL("{} IS NULL").format(col))
+            else:
+                parts.append(
+                    sql.SQL("({} IS NULL OR {} = {})").format(col, col, anonymised_value(column, strategy, alias))
+                )
+        return _and(parts)
+
+    def matched(self, table: str, rule: RetentionRule, alias: str = "t") -> sql.Composable:
+        """The rows this rule acts on in this run."""
+        parts = [self.expired(table, rule, alias), self.unheld(table, alias), *self._not_earlier(table, rule, alias)]
+        if rule.action in DELETING:
+            parts.append(self.unreferenced(table, alias))
+        else:
+            parts.append(sql.SQL("NOT ({})").format(self.deleted(table, alias)))
+            parts.append(sql.SQL("NOT ({})").format(self.anonymised(rule, alias)))
+        return _and(parts)
+
+    def held_expired(self, table: str, rule: RetentionRule, alias: str = "t") -> sql.Composable:
+        """Expired rows the rule leaves alone because of a legal hold."""
+        return _and([self.expired(table, rule, alias), self.held(table, alias), *self._not_earlier(table, rule, alias)])
+
+    def referenced_expired(self, table: str, rule: RetentionRule, alias: str = "t") -> sql.Composable:
+        """Expired, unheld rows a deleting rule must leave until the rows referencing them are gone."""
+        if rule.action not in DELETING:
+            return sql.SQL("false")
+        return _and(
+            [
+                self.expired(table, rule, alias),
+                self.unheld(table, alias),
+                *self._not_earlier(table, rule, alias),
+                sql.SQL("NOT ({})").format(self.unreferenced(table, alias)),
+            ]
+        )
+
+
+def anonymised_value(column: str, strategy: str, alias: str | None = None) -> sql.Composable:
+    """The SQL expression a column is rewritten to."""
+    col = sql.Identifier(alias, column) if alias else sql.Identifier(column)
+    if strategy == "null":
+        return sql.SQL("NULL")
+    if strategy == "redact":
+        return sql.Literal(REDACTED)
+    if strategy == "truncate_ip":
+        # /24 for IPv4, /48 for IPv6: the network, not the host.
+        return sql.SQL("network(set_masklen({}, CASE WHEN family({}) = 4 THEN 24 ELSE 48 END))::inet").format(col, col)
+    raise ValueError(f"strategy {strategy!r} is not a retention anonymisation (use null, redact or truncate_ip)")
