@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from lethe import airflow_env, testing
 from lethe.embedded import services as start_services
 

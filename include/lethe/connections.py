@@ -22,7 +22,7 @@ def _airflow_connection(conn_id: str) -> Any | None:
         return None
     try:
         return Connection.get(conn_id)
-    except Exception:  # noqa: BLE001 - not defined in this deployment: fall back to the environment
+    except Exception:
         return None
 
 

@@ -54,9 +54,7 @@ def transaction(url: str | None = None) -> Iterator[psycopg2.extensions.cursor]:
 def migrate(url: str | None = None, *, months_back: int = 30, months_ahead: int = 3) -> list[str]:
     """Apply every SQL migration not yet applied; return the names applied."""
     applied: list[str] = []
-    files = sorted(
-        (f for f in resources.files(MIGRATIONS).iterdir() if f.name.endswith(".sql")), key=lambda f: f.name
-    )
+    files = sorted((f for f in resources.files(MIGRATIONS).iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
     with transaction(url) as cur:
         cur.execute("SELECT pg_advisory_xact_lock(hashtext('lethe.migrate'))")
         cur.execute(

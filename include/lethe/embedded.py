@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from lethe.config import lethe_home
 
@@ -133,7 +134,7 @@ class EmbeddedS3:
     """moto's S3 server on a free loopback port, spoken to over HTTP by boto3."""
 
     def __init__(self) -> None:
-        self.server = None
+        self.server: Any = None
         self.url = ""
 
     def start(self) -> str:

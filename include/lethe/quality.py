@@ -79,7 +79,12 @@ def counts_equal(suite: str, observed: dict[str, int], expected: dict[str, int])
     return validate(
         suite,
         frame,
-        [("observed_equals_expected", gx.expectations.ExpectColumnPairValuesToBeEqual(column_A="observed", column_B="expected"))],
+        [
+            (
+                "observed_equals_expected",
+                gx.expectations.ExpectColumnPairValuesToBeEqual(column_A="observed", column_B="expected"),
+            )
+        ],
     )
 
 
@@ -89,5 +94,7 @@ def zero_rows(suite: str, counts: dict[str, int]) -> CheckResult:
 
     frame = pd.DataFrame([{"check": k, "rows": int(v)} for k, v in counts.items()] or [{"check": "-", "rows": 0}])
     return validate(
-        suite, frame, [("no_rows_left", gx.expectations.ExpectColumnValuesToBeBetween(column="rows", min_value=0, max_value=0))]
+        suite,
+        frame,
+        [("no_rows_left", gx.expectations.ExpectColumnValuesToBeBetween(column="rows", min_value=0, max_value=0))],
     )

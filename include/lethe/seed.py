@@ -69,7 +69,9 @@ class Seeder:
         chunk = 500_000
         for lo in range(0, len(frame), chunk):
             buf = io.StringIO()
-            frame.iloc[lo : lo + chunk].to_csv(buf, index=False, header=False, na_rep="\\N", date_format="%Y-%m-%d %H:%M:%S%z")
+            frame.iloc[lo : lo + chunk].to_csv(
+                buf, index=False, header=False, na_rep="\\N", date_format="%Y-%m-%d %H:%M:%S%z"
+            )
             buf.seek(0)
             cols = ", ".join(f'"{c}"' for c in frame.columns)
             self.cur.copy_expert(f"COPY {table} ({cols}) FROM STDIN WITH (FORMAT csv, NULL '\\N')", buf)
@@ -146,7 +148,9 @@ class Seeder:
                 {
                     "key_id": np.arange(1, len(u) + 1),
                     "user_id": u,
-                    "public_key": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5" + f"{x:032x}" for x in rng.integers(0, 2**62, len(u))],
+                    "public_key": [
+                        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5" + f"{x:032x}" for x in rng.integers(0, 2**62, len(u))
+                    ],
                     "added_at": self.ts(self.when(u)),
                 }
             ),
@@ -155,7 +159,12 @@ class Seeder:
         self.copy(
             "comments",
             pd.DataFrame(
-                {"comment_id": np.arange(1, len(u) + 1), "user_id": u, "body": self.mention(len(u), 0.1), "created_at": self.ts(self.when(u))}
+                {
+                    "comment_id": np.arange(1, len(u) + 1),
+                    "user_id": u,
+                    "body": self.mention(len(u), 0.1),
+                    "created_at": self.ts(self.when(u)),
+                }
             ),
         )
         u = self.per_user(0.2)
@@ -180,7 +189,10 @@ class Seeder:
                     "response_id": np.arange(1, len(u) + 1),
                     "user_id": u,
                     "survey": self.pick(["onboarding", "nps", "course_exit"], len(u)),
-                    "answers": [f'{{"score": {x}, "would_recommend": {str(x > 6).lower()}}}' for x in rng.integers(0, 11, len(u))],
+                    "answers": [
+                        f'{{"score": {x}, "would_recommend": {str(x > 6).lower()}}}'
+                        for x in rng.integers(0, 11, len(u))
+                    ],
                     "created_at": self.ts(self.when(u)),
                 }
             ),
@@ -209,7 +221,9 @@ class Seeder:
                     "title": self.pick(["Video stalls", "Quiz score wrong", "Cannot log in", "Typo in lesson"], len(u)),
                     "body": self.mention(len(u), 0.1),
                     "created_at": self.ts(created),
-                    "resolved_at": self.ts(created + rng.integers(DAY_S, 30 * DAY_S, len(u))).where(rng.random(len(u)) < 0.8),
+                    "resolved_at": self.ts(created + rng.integers(DAY_S, 30 * DAY_S, len(u))).where(
+                        rng.random(len(u)) < 0.8
+                    ),
                 }
             ),
         )
@@ -222,7 +236,9 @@ class Seeder:
                     "user_id": u,
                     "channel": self.pick(["email", "chat"], len(u)),
                     "direction": self.pick(["inbound", "outbound"], len(u)),
-                    "subject": self.pick(["Welcome", "Your certificate", "Billing question", "Challenge update"], len(u)),
+                    "subject": self.pick(
+                        ["Welcome", "Your certificate", "Billing question", "Challenge update"], len(u)
+                    ),
                     "body": self.mention(len(u), 0.05),
                     "sent_at": self.ts(self.when(u)),
                 }
@@ -310,9 +326,17 @@ class Seeder:
             ended_at = granted + (self.now_s - granted) * rng.random(len(u))
             withdrawn = np.where(rng.random(len(u)) < 0.12, ended_at, np.nan)
             objected = np.where(np.isnan(withdrawn) & (rng.random(len(u)) < 0.06), ended_at, np.nan)
-            rows.append(pd.DataFrame({"user_id": u, "purpose": purpose, "granted_at": self.ts(granted),
-                                      "withdrawn_at": pd.to_datetime(withdrawn, unit="s", utc=True),
-                                      "objected_at": pd.to_datetime(objected, unit="s", utc=True)}))
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "user_id": u,
+                        "purpose": purpose,
+                        "granted_at": self.ts(granted),
+                        "withdrawn_at": pd.to_datetime(withdrawn, unit="s", utc=True),
+                        "objected_at": pd.to_datetime(objected, unit="s", utc=True),
+                    }
+                )
+            )
         frame = pd.concat(rows, ignore_index=True)
         frame.insert(0, "consent_id", np.arange(1, len(frame) + 1))
         self.copy("consents", frame)
@@ -395,7 +419,9 @@ class Seeder:
                     "user_agent": [f"Mozilla/5.0 {BROWSERS[b][0]}/{BROWSERS[b][1]}" for b in browser],
                     "language": self.pick(LANGS, size),
                     "file_accessed": self.pick(["/courses", "/labs/run?session=1", "/quiz/12", "/"], size),
-                    "referrer": self.pick(["https://search.example.com/?q=reskill", None, "https://example.org/blog"], size),
+                    "referrer": self.pick(
+                        ["https://search.example.com/?q=reskill", None, "https://example.org/blog"], size
+                    ),
                     "error": self.pick([None, None, None, "404"], size),
                     "os": self.pick(OSES, size),
                     "time_zone": self.pick(ZONES, size),
@@ -435,9 +461,6 @@ class Seeder:
                 }
             ),
         )
-
-
-TABLE_ORDER = "accounts ssh_keys subscriptions invoices payments consents marketing_contacts sessions".split()
 
 
 def seed(

@@ -47,7 +47,9 @@ def ensure_buckets(endpoint_url: str | None = None) -> dict[str, str]:
         client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
         client.put_bucket_encryption(
             Bucket=bucket,
-            ServerSideEncryptionConfiguration={"Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]},
+            ServerSideEncryptionConfiguration={
+                "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+            },
         )
     return BUCKETS.all()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from lethe.airflow_env import DAGS_FOLDER
 
 pytestmark = pytest.mark.dags

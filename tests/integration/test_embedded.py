@@ -6,7 +6,6 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-
 from lethe.config import BUCKETS
 from lethe.embedded import EmbeddedPostgres
 from lethe.storage import s3_client

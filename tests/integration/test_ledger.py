@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import psycopg2
 import pytest
-
 from lethe import ledger
 from lethe.db import transaction
 
@@ -37,7 +36,9 @@ def test_tampered_entry_is_found(db_url: str) -> None:
             ledger.append(cur, "retention", {"deleted": n})
     with transaction() as cur:
         cur.execute("ALTER TABLE ledger DISABLE TRIGGER ledger_append_only")
-        cur.execute("UPDATE ledger SET payload = '{\"deleted\": 0}' WHERE entry_id = (SELECT min(entry_id) + 1 FROM ledger)")
+        cur.execute(
+            "UPDATE ledger SET payload = '{\"deleted\": 0}' WHERE entry_id = (SELECT min(entry_id) + 1 FROM ledger)"
+        )
         cur.execute("ALTER TABLE ledger ENABLE TRIGGER ledger_append_only")
     with transaction() as cur:
         status = ledger.verify_chain(cur)

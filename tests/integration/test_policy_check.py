@@ -6,7 +6,6 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-
 from lethe.cli import main
 from lethe.config import DEFAULT_POLICY_FILE
 from lethe.policy import load_policy

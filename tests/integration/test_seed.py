@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-
 from lethe.db import transaction
 from lethe.seed import seed
 
@@ -15,14 +14,18 @@ NOW = datetime(2026, 11, 1, tzinfo=UTC)
 
 def fingerprint() -> tuple[object, ...]:
     with transaction() as cur:
-        cur.execute("SELECT md5(string_agg(email || coalesce(closed_at::text, ''), ',' ORDER BY user_id)) FROM accounts")
+        cur.execute(
+            "SELECT md5(string_agg(email || coalesce(closed_at::text, ''), ',' ORDER BY user_id)) FROM accounts"
+        )
         accounts = cur.fetchone()[0]
         cur.execute("SELECT count(*), sum(duration_ms) FROM usage_events")
         events = cur.fetchone()
     return accounts, events
 
 
-def test_seed_is_deterministic_and_covers_the_policy_cases(services: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_seed_is_deterministic_and_covers_the_policy_cases(
+    services: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from lethe import testing
 
     results = []

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from lethe.config import DEFAULT_POLICY_FILE
 from lethe.policy import PolicyError, load_policy
 
@@ -25,7 +24,14 @@ def line_of(path: Path, needle: str) -> int:
 
 def test_shipped_policy_covers_every_purpose_and_basis() -> None:
     policy = load_policy()
-    assert {t.purpose for t in policy.tables.values()} >= {"services", "usage", "security", "marketing", "evidence", "legal"}
+    assert {t.purpose for t in policy.tables.values()} >= {
+        "services",
+        "usage",
+        "security",
+        "marketing",
+        "evidence",
+        "legal",
+    }
     assert {t.legal_basis for t in policy.tables.values()} == {
         "contract",
         "legitimate_interest",
@@ -48,7 +54,8 @@ def test_invalid_duration_is_located(tmp_path: Path) -> None:
 def test_missing_retention_is_located(tmp_path: Path) -> None:
     path = broken(
         tmp_path,
-        "    retention:\n      - {name: ssh_keys_of_closed_accounts, keep: P0D, after: account_closed, action: delete}\n",
+        "    retention:\n"
+        "      - {name: ssh_keys_of_closed_accounts, keep: P0D, after: account_closed, action: delete}\n",
         "",
     )
     with pytest.raises(PolicyError) as err:

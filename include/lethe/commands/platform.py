@@ -78,7 +78,9 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     if problems:
         print(f"lethe policy check: {len(problems)} problem(s)", file=sys.stderr)
         return 1
-    print(f"{policy.path}: valid and matches the live schema ({len(policy.tables)} tables, {len(policy.rules())} rules)")
+    print(
+        f"{policy.path}: valid and matches the live schema ({len(policy.tables)} tables, {len(policy.rules())} rules)"
+    )
     return 0
 
 

@@ -50,7 +50,8 @@ def subject_foreign_keys(cur: psycopg2.extensions.cursor, subject_table: str) ->
 
 def lint(policy: Policy, cur: psycopg2.extensions.cursor) -> list[str]:
     path = policy.path
-    lines: dict[tuple[Any, ...], int] = _line_index(yaml.compose(path.read_text())) if path else {}
+    node = yaml.compose(path.read_text()) if path else None
+    lines: dict[tuple[Any, ...], int] = _line_index(node) if node else {}
 
     def at(*loc: Any) -> str:
         for end in range(len(loc), -1, -1):
@@ -70,7 +71,9 @@ def lint(policy: Policy, cur: psycopg2.extensions.cursor) -> list[str]:
         live = schema[table]
         for column in rule.columns:
             if column not in live:
-                problems.append(f"{at('tables', table, 'columns', column)}: tables.{table}.columns.{column}: unknown column")
+                problems.append(
+                    f"{at('tables', table, 'columns', column)}: tables.{table}.columns.{column}: unknown column"
+                )
         for column in live:
             if column not in rule.columns:
                 problems.append(

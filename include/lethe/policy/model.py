@@ -6,10 +6,10 @@ import hashlib
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # The privacy policy's purposes (clauses 1-7), plus the record of removals.
 PURPOSES = {
@@ -26,12 +26,46 @@ Purpose = Literal["updates", "services", "usage", "security", "marketing", "evid
 LegalBasis = Literal["contract", "legitimate_interest", "consent", "legal_obligation"]
 
 # Column classes: the policy's data categories, then Lethe's structural classes.
-PERSONAL_CATEGORIES = (
-    "name email phone username password cookie ip_address ssh_key address payment tax_id usage comment "
-    "feedback survey app_data issue_report age city interests device communication dispute security"
-).split()
+PERSONAL_CATEGORIES = [
+    "name",
+    "email",
+    "phone",
+    "username",
+    "password",
+    "cookie",
+    "ip_address",
+    "ssh_key",
+    "address",
+    "payment",
+    "tax_id",
+    "usage",
+    "comment",
+    "feedback",
+    "survey",
+    "app_data",
+    "issue_report",
+    "age",
+    "city",
+    "interests",
+    "device",
+    "communication",
+    "dispute",
+    "security",
+]
 STRUCTURAL_CLASSES = ["identifier", "pseudonym", "pending_identifier", "timestamp", "attribute"]
-ColumnClass = Literal[tuple(PERSONAL_CATEGORIES + STRUCTURAL_CLASSES)]  # type: ignore[valid-type]
+COLUMN_CLASSES = frozenset(PERSONAL_CATEGORIES + STRUCTURAL_CLASSES)
+
+
+def _column_class(value: str) -> str:
+    if value not in COLUMN_CLASSES:
+        raise ValueError(
+            f"unknown class {value!r}; use a data category of the policy ({', '.join(PERSONAL_CATEGORIES)}) "
+            f"or one of {', '.join(STRUCTURAL_CLASSES)}"
+        )
+    return value
+
+
+ColumnClass = Annotated[str, AfterValidator(_column_class)]
 
 CONSENT_PURPOSES = ("updates", "third_party", "analytics", "marketing", "quotes")
 Strategy = Literal["null", "redact", "truncate_ip", "pseudonym_link"]

@@ -21,27 +21,61 @@ class Clause:
 
 
 CLAUSES = (
-    Clause("Data categories ... (every column classified)", "(lint) lethe policy check", ("tests/integration/test_policy_check.py",)),
-    Clause("Generally, the data is retained for as long as we need ... for the purpose", "retention_nightly",
-           ("tests/dags/test_retention_nightly.py",)),
-    Clause("We may also keep the data ... in case of litigation", "retention_nightly, subject_erasure",
-           ("tests/dags/test_retention_nightly.py", "tests/dags/test_subject_erasure.py")),
-    Clause("You may object to the processing ... for the purposes i) to v)", "retention_nightly, usage_sharing",
-           ("tests/dags/test_retention_nightly.py", "tests/dags/test_usage_sharing.py")),
-    Clause("Temporary cookies will be removed ... each time you close your browser", "retention_nightly",
-           ("tests/dags/test_retention_nightly.py",)),
-    Clause("you may ask for your data to be removed from our servers", "subject_erasure",
-           ("tests/dags/test_subject_erasure.py",)),
-    Clause("we may keep pseudonyms ... solely for a record about the data removal", "subject_erasure",
-           ("tests/dags/test_subject_erasure.py",)),
-    Clause("keeping and disclosing ... our tax records (clause 7)", "subject_erasure",
-           ("tests/dags/test_subject_erasure.py",)),
-    Clause("we keep backups stored in AWS North Virginia and/or Singapore", "backup_nightly, backup_erasure_propagation",
-           ("tests/dags/test_backup_dags.py",)),
-    Clause("we may share this information in an aggregated anonymous form", "usage_sharing",
-           ("tests/dags/test_usage_sharing.py",)),
-    Clause("Anonymized and aggregated information ... may be made public", "usage_sharing",
-           ("tests/dags/test_usage_sharing.py",)),
+    Clause(
+        "Data categories ... (every column classified)",
+        "(lint) lethe policy check",
+        ("tests/integration/test_policy_check.py",),
+    ),
+    Clause(
+        "Generally, the data is retained for as long as we need ... for the purpose",
+        "retention_nightly",
+        ("tests/dags/test_retention_nightly.py",),
+    ),
+    Clause(
+        "We may also keep the data ... in case of litigation",
+        "retention_nightly, subject_erasure",
+        ("tests/dags/test_retention_nightly.py", "tests/dags/test_subject_erasure.py"),
+    ),
+    Clause(
+        "You may object to the processing ... for the purposes i) to v)",
+        "retention_nightly, usage_sharing",
+        ("tests/dags/test_retention_nightly.py", "tests/dags/test_usage_sharing.py"),
+    ),
+    Clause(
+        "Temporary cookies will be removed ... each time you close your browser",
+        "retention_nightly",
+        ("tests/dags/test_retention_nightly.py",),
+    ),
+    Clause(
+        "you may ask for your data to be removed from our servers",
+        "subject_erasure",
+        ("tests/dags/test_subject_erasure.py",),
+    ),
+    Clause(
+        "we may keep pseudonyms ... solely for a record about the data removal",
+        "subject_erasure",
+        ("tests/dags/test_subject_erasure.py",),
+    ),
+    Clause(
+        "keeping and disclosing ... our tax records (clause 7)",
+        "subject_erasure",
+        ("tests/dags/test_subject_erasure.py",),
+    ),
+    Clause(
+        "we keep backups stored in AWS North Virginia and/or Singapore",
+        "backup_nightly, backup_erasure_propagation",
+        ("tests/dags/test_backup_dags.py",),
+    ),
+    Clause(
+        "we may share this information in an aggregated anonymous form",
+        "usage_sharing",
+        ("tests/dags/test_usage_sharing.py",),
+    ),
+    Clause(
+        "Anonymized and aggregated information ... may be made public",
+        "usage_sharing",
+        ("tests/dags/test_usage_sharing.py",),
+    ),
     Clause("All of the above, verified nightly", "compliance_audit", ("tests/dags/test_compliance_audit.py",)),
 )
 
@@ -49,7 +83,7 @@ CLAUSES = (
 def render(policy: Policy) -> str:
     out = [f"Traceability matrix: {policy.source}; policy file version {policy.version} ({policy.digest})", ""]
     for clause in CLAUSES:
-        out.append(f"- \"{clause.quote}\"")
+        out.append(f'- "{clause.quote}"')
         out.append(f"    DAG:   {clause.dag}")
         for test in clause.tests:
             mark = "" if (PROJECT_DIR / test).exists() else "   [MISSING]"
