@@ -65,16 +65,19 @@ class Seeder:
         return pd.to_datetime(seconds.astype("int64"), unit="s", utc=True)
 
     def copy(self, table: str, frame: pd.DataFrame) -> None:
+        """COPY the frame in, rendered to CSV by Arrow (several times faster than pandas' to_csv)."""
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+
         started = time.perf_counter()
+        cols = ", ".join(f'"{c}"' for c in frame.columns)
+        options = pacsv.WriteOptions(include_header=False, quoting_style="needed")
         chunk = 500_000
         for lo in range(0, len(frame), chunk):
-            buf = io.StringIO()
-            frame.iloc[lo : lo + chunk].to_csv(
-                buf, index=False, header=False, na_rep="\\N", date_format="%Y-%m-%d %H:%M:%S%z"
-            )
-            buf.seek(0)
-            cols = ", ".join(f'"{c}"' for c in frame.columns)
-            self.cur.copy_expert(f"COPY {table} ({cols}) FROM STDIN WITH (FORMAT csv, NULL '\\N')", buf)
+            sink = pa.BufferOutputStream()
+            pacsv.write_csv(pa.Table.from_pandas(frame.iloc[lo : lo + chunk], preserve_index=False), sink, options)
+            # FORMAT csv: an unquoted empty field is NULL, a quoted "" is an empty string.
+            self.cur.copy_expert(f"COPY {table} ({cols}) FROM STDIN WITH (FORMAT csv)", io.BytesIO(sink.getvalue()))
         self.counts[table] = self.counts.get(table, 0) + len(frame)
         if self.progress:
             rate = len(frame) / max(time.perf_counter() - started, 1e-6)
@@ -486,6 +489,10 @@ def seed(
             start = add_months((now - timedelta(days=2 * 365 + 30)).date(), 0)
             for table in ("usage_events", "visitor_logs"):
                 ensure_month_partitions(cur, table, start, add_months(now.date(), 1))
+            cur.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+            if cur.fetchone()[0]:  # type: ignore[index]
+                # Generated rows are consistent by construction: skip per-row FK triggers while loading.
+                cur.execute("SET LOCAL session_replication_role = replica")
             seeder = Seeder(cur, users, random_seed, now, progress)
             seeder.accounts()
             seeder.simple_tables()
