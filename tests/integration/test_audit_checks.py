@@ -104,7 +104,8 @@ def test_anonymise_rule_checks_the_columns_not_the_row(db_url: str) -> None:
     policy = load_policy()
     with transaction(db_url) as cur:
         add_account(cur, 1)
-        for log_id, ip, agent in [(1, "203.0.113.0", None), (2, "203.0.113.77", None), (3, "203.0.113.0", "Mozilla")]:
+        rows = [(1, "203.0.113.0/24", None), (2, "203.0.113.77", None), (3, "203.0.113.0/24", "Mozilla")]
+        for log_id, ip, agent in rows:
             cur.execute(
                 "INSERT INTO visitor_logs (log_id, user_id, visitor_id, occurred_at, ip_address, user_agent)"
                 " VALUES (%s, 1, 'v', %s, %s, %s)",

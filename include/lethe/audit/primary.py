@@ -1,8 +1,7 @@
 """Checks over the primary database: retention, legal holds, erasure residue, erasure deadlines.
 
-The audit recomputes each condition from the policy file with its own SQL, not
-from what the DAGs reported: a check that read the executors' own counts back
-would only prove they are consistent with themselves.
+Each check reads the database as it is now, not what the DAGs reported: a check
+that read the executors' own counts back would only prove they agree with themselves.
 """
 
 from __future__ import annotations
@@ -14,95 +13,44 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from lethe.audit.expect import expect_counts, merge
-from lethe.policy.model import Policy, RetentionRule
+from lethe.policy.model import Policy
 from lethe.pseudonym import pseudonym, subject_pseudonym
 from lethe.quality import CheckResult
 
-# Lethe's schema conventions the policy's events rely on (see 001_platform.sql).
-CLOSED_AT = "closed_at"
 HOLDS_TABLE = "legal_holds"
-CONSENTS_TABLE = "consents"
 # 'held': a legal hold keeps the person's rows and the request open; it is reported, not failed.
 OPEN_STATUSES = ("pending", "running", "failed", "held")
 OVERDUE_STATUSES = ("pending", "running", "failed")
 DONE_STATUSES = ("completed", "no_data")
 
 
-def _held(policy: Policy, table: str) -> sql.Composable:
-    """`AND` clause excluding rows of people under an active legal hold (holds block deletion)."""
-    subject = policy.tables[table].subject
-    if subject is None:
-        return sql.SQL("")
-    return sql.SQL(
-        " AND NOT EXISTS (SELECT 1 FROM {holds} h WHERE h.user_id = t.{subject} AND h.released_at IS NULL)"
-    ).format(holds=sql.Identifier(HOLDS_TABLE), subject=sql.Identifier(subject))
+def expired_rows(
+    cur: psycopg2.extensions.cursor, policy: Policy, now: datetime
+) -> tuple[dict[str, int], dict[str, Any]]:
+    """Per retention rule: rows retention_nightly would still act on now (must be zero after its run).
 
+    Counted with lethe.retention's own plan (dry run), so the audit and the purge never disagree
+    on what a rule means; rows kept for a legal hold, for a reference from rows kept longer, or
+    until usage_sharing has aggregated them are reported beside the count, not failed.
+    """
+    from lethe.retention.plan import build_plan
 
-def _due(policy: Policy, table: str, rule: RetentionRule, cutoff: datetime) -> tuple[sql.Composable, list[Any]]:
-    """The rows of `table` whose retention under `rule` has run out at `cutoff`."""
-    subject = policy.tables[table].subject
-    if rule.event == "account_closed":
-        assert subject is not None  # the policy model enforces a subject link for event rules
-        return sql.SQL("t.{s} IN (SELECT {key} FROM {accounts} WHERE {closed} < %s)").format(
-            s=sql.Identifier(subject),
-            key=sql.Identifier(policy.subject.key),
-            accounts=sql.Identifier(policy.subject.table),
-            closed=sql.Identifier(CLOSED_AT),
-        ), [cutoff]
-    if rule.event == "consent_ended":
-        assert subject is not None
-        return sql.SQL(
-            "t.{s} IN (SELECT user_id FROM {consents} WHERE purpose = %s AND LEAST(withdrawn_at, objected_at) < %s)"
-        ).format(s=sql.Identifier(subject), consents=sql.Identifier(CONSENTS_TABLE)), [rule.consent_purpose, cutoff]
-    if rule.action == "drop_partitions":
-        # Whole monthly partitions go: only months that ended before the cutoff are due.
-        return sql.SQL("t.{c} < date_trunc('month', %s::timestamptz AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'").format(
-            c=sql.Identifier(rule.after)
-        ), [cutoff]
-    return sql.SQL("t.{c} < %s").format(c=sql.Identifier(rule.after)), [cutoff]
-
-
-def _not_anonymised(rule: RetentionRule) -> sql.Composable:
-    """Rows on which an anonymise rule's columns still hold their original value."""
-    parts: list[sql.Composable] = []
-    for column, strategy in rule.columns.items():
-        col = sql.Identifier(column)
-        if strategy == "null":
-            parts.append(sql.SQL("t.{} IS NOT NULL").format(col))
-        elif strategy == "truncate_ip":
-            # Truncated means the host bits are zero: /24 for IPv4, /48 for IPv6.
-            parts.append(
-                sql.SQL(
-                    "(t.{c} IS NOT NULL AND host(t.{c}) <> host(t.{c} & CASE WHEN family(t.{c}) = 4 "
-                    "THEN inet '255.255.255.0' ELSE inet 'ffff:ffff:ffff::' END))"
-                ).format(c=col)
-            )
-        elif strategy == "redact":
-            parts.append(sql.SQL("(t.{c} IS NOT NULL AND t.{c}::text <> '[redacted]')").format(c=col))
-        else:
-            raise ValueError(f"rule {rule.name}: the audit cannot check anonymise strategy {strategy!r}")
-    return sql.SQL("(") + sql.SQL(" OR ").join(parts) + sql.SQL(")")
-
-
-def expired_rows(cur: psycopg2.extensions.cursor, policy: Policy, now: datetime) -> dict[str, int]:
-    """Per retention rule: unheld rows still present (or not anonymised) past their retention."""
-    counts: dict[str, int] = {}
-    for table, rule in policy.rules():
-        cutoff = now - rule.keep.to_timedelta()
-        due, params = _due(policy, table, rule, cutoff)
-        query = sql.SQL("SELECT count(*) FROM {table} t WHERE {due}{held}").format(
-            table=sql.Identifier(table), due=due, held=_held(policy, table)
-        )
-        if rule.action == "anonymise":
-            query = query + sql.SQL(" AND ") + _not_anonymised(rule)
-        cur.execute(query, params)
-        counts[rule.name] = int(cur.fetchone()[0])  # type: ignore[index]
-    return counts
+    plan = build_plan(cur, now, policy=policy, dry_run=True)
+    counts = {rp.rule: rp.rows for rp in plan.rules}
+    details = {
+        rp.rule: {"held": rp.held, "referenced": rp.referenced, "awaiting_aggregation": rp.cutoff != rp.rule_cutoff}
+        for rp in plan.rules
+    }
+    return counts, details
 
 
 def check_retention(cur: psycopg2.extensions.cursor, policy: Policy, now: datetime) -> CheckResult:
-    counts = expired_rows(cur, policy, now)
-    return expect_counts("retention", {f"expired_rows.{rule}": n for rule, n in counts.items()})
+    counts, details = expired_rows(cur, policy, now)
+    return expect_counts(
+        "retention",
+        {f"expired_rows.{rule}": n for rule, n in counts.items()},
+        details={f"expired_rows.{rule}": d for rule, d in details.items()},
+    )
 
 
 def held_rows(cur: psycopg2.extensions.cursor, policy: Policy) -> dict[str, dict[str, int]]:

@@ -1,0 +1,79 @@
+"""compliance_audit end to end with dag.test(): passes on a clean state, fails naming each planted fault."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from lethe import ledger
+from lethe.db import transaction
+
+pytestmark = pytest.mark.dags
+
+NOW = datetime.now(UTC)
+
+
+def seed_small_state(url: str) -> None:
+    """Two people, live rows only, a ledger with two entries: nothing for the audit to object to."""
+    with transaction(url) as cur:
+        for user_id in (1, 2):
+            cur.execute(
+                "INSERT INTO accounts (user_id, name, username, email, password_hash, created_at)"
+                " VALUES (%s, 'Person', %s, %s, 'x', %s)",
+                (user_id, f"user{user_id}", f"user{user_id}@example.com", NOW - timedelta(days=400)),
+            )
+            cur.execute(
+                "INSERT INTO sessions (session_id, user_id, cookie_id, kind, created_at, expires_at)"
+                " VALUES (%s, %s, 'c', 'persistent', %s, %s)",
+                (user_id, user_id, NOW - timedelta(days=1), NOW + timedelta(days=10)),
+            )
+        cur.execute(
+            "INSERT INTO legal_holds (hold_id, user_id, reason, placed_at) VALUES (1, 2, 'litigation', %s)",
+            (NOW - timedelta(days=3),),
+        )
+        for n in (3, 4):
+            ledger.append(cur, "retention", {"rule": "expired_cookies", "table": "sessions", "counts": {"deleted": n}})
+
+
+def audit_rows(url: str) -> list[tuple]:
+    with transaction(url) as cur:
+        cur.execute("SELECT success, failed FROM audit_runs ORDER BY audited_at")
+        return cur.fetchall()
+
+
+def alerts(url: str) -> list[str]:
+    with transaction(url) as cur:
+        cur.execute("SELECT message FROM audit_alerts ORDER BY alert_id")
+        return [m for (m,) in cur.fetchall()]
+
+
+def test_audit_passes_clean_then_fails_naming_each_planted_fault(
+    db_url: str, s3_endpoint: str, airflow_home: Path
+) -> None:
+    from lethe.dagrun import DagRunFailed, run_dag
+
+    seed_small_state(db_url)
+    run_dag("compliance_audit")
+    assert audit_rows(db_url) == [(True, [])]
+
+    # Fault 1: an expired cookie left behind.
+    with transaction(db_url) as cur:
+        cur.execute("UPDATE sessions SET expires_at = %s WHERE session_id = 1", (NOW - timedelta(days=1),))
+    with pytest.raises(DagRunFailed, match="verdict"):
+        run_dag("compliance_audit")
+    assert audit_rows(db_url)[-1] == (False, ["retention.expired_rows.expired_cookies"])
+    assert any("retention.expired_rows.expired_cookies" in m for m in alerts(db_url))
+
+    # Fault 2: a broken ledger link (the append-only trigger disabled to plant it).
+    with transaction(db_url) as cur:
+        cur.execute("DELETE FROM sessions WHERE session_id = 1")
+        cur.execute("ALTER TABLE ledger DISABLE TRIGGER ledger_append_only")
+        cur.execute("DELETE FROM ledger WHERE entry_id = (SELECT min(entry_id) FROM ledger)")
+        cur.execute("ALTER TABLE ledger ENABLE TRIGGER ledger_append_only")
+    with pytest.raises(DagRunFailed):
+        run_dag("compliance_audit")
+    assert audit_rows(db_url)[-1] == (False, ["ledger.ledger_chain_broken"])
+
+    # The alerts name the DAG and the checks, never a person's data.
+    assert all("user1" not in m and "@" not in m for m in alerts(db_url))
