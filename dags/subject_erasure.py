@@ -1,0 +1,173 @@
+"""subject_erasure: erase one person everywhere on request, or the queued requests nightly."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.sdk import Asset, Param, dag, get_current_context, task
+from lethe.assets import ERASURE_TOMBSTONES_URI
+from lethe.erasure.form import FORM_PATTERN, IDENTIFIER_HELP, IDENTIFIER_KINDS
+from lethe.erasure.notify import ErasureAlert
+
+DOC = """
+### subject_erasure
+
+Erases one person from the primary database, as the privacy policy's "removal on request" asks,
+and leaves the proof: a keyed-pseudonym tombstone, a ledger entry and a certificate
+(`certificates/<request_id>.json` and `.md` in the evidence bucket).
+
+**Trigger with config** (the form): identifier kind and identifier, a reference, a reason.
+**Dry run is on by default**: the run then only plans and reports counts per table, and changes
+nothing. Untick it to erase. Triggered with no identifier (and nightly), the run processes the
+queued requests in `erasure_requests` in batches. `lethe erasure submit` queues a request and
+triggers a run with its `request_id` only.
+
+Tasks: `register` (the raw identifier goes into erasure_requests; only ids and counts travel on),
+`plan`, `gate` / `approve` (human approval when `require_approval` is set), `erase` (one
+transaction per chunk, verified before commit, emits the erasure_tombstones asset), `verify`,
+`certify` (certificate, then the identifier is nulled), `deadlines` (alerts on overdue or
+failed requests).
+
+**When it fails**: nothing half-done is committed. `erasure_requests.detail->>'error'` names
+the error class of each failed request. Fix the cause and clear the failed task, or trigger
+again with the same identifier (the open request is resumed), or leave it to the nightly batch.
+See docs/erasure.md.
+"""
+
+
+@dag(
+    dag_id="subject_erasure",
+    schedule="@daily",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=DOC,
+    tags=["lethe", "privacy", "erasure"],
+    default_args={
+        "owner": "lethe",
+        "retries": 1,
+        "retry_delay": timedelta(minutes=5),
+        "on_failure_callback": ErasureAlert(),
+    },
+    params={
+        "identifier_kind": Param(
+            "email",
+            type="string",
+            enum=list(IDENTIFIER_KINDS),
+            title="Identifier kind",
+            description="Which identifier of the person you give below.",
+            values_display={"user_id": "User id", "email": "Email", "phone": "Phone", "username": "Username"},
+        ),
+        "identifier": Param(
+            None,
+            type=["null", "string"],
+            maxLength=254,
+            pattern=FORM_PATTERN,
+            title="Identifier",
+            description=IDENTIFIER_HELP,
+        ),
+        "request_reference": Param(
+            "",
+            type="string",
+            maxLength=200,
+            title="Request reference",
+            description="Your ticket or case number (shown on the certificate).",
+        ),
+        "reason": Param("", type="string", maxLength=500, title="Reason", description="Why the person asked."),
+        "dry_run": Param(
+            True,
+            type="boolean",
+            title="Dry run",
+            description="On by default: plan and report counts only, change nothing. Untick to erase.",
+        ),
+        "require_approval": Param(
+            False, type="boolean", title="Require approval", description="Wait for a human approval before erasing."
+        ),
+        "request_id": Param(
+            None,
+            type=["null", "string"],
+            title="Request id",
+            description="Process this queued request (set by `lethe erasure submit`).",
+        ),
+        "batch_size": Param(
+            10_000,
+            type="integer",
+            minimum=1,
+            maximum=100_000,
+            title="Batch size",
+            description="Queued requests taken by one run without an identifier.",
+        ),
+    },
+)
+def subject_erasure() -> None:
+    @task
+    def register() -> dict[str, Any]:
+        from lethe.connections import primary_url
+        from lethe.erasure import tasks
+
+        ctx = get_current_context()
+        return tasks.register(dict(ctx["params"]), ctx["run_id"], primary_url())
+
+    @task
+    def plan(registered: Any) -> dict[str, Any]:
+        from lethe.connections import primary_url, pseudonym_key
+        from lethe.erasure import tasks
+
+        return tasks.plan_run(get_current_context()["run_id"], primary_url(), pseudonym_key())
+
+    @task.branch
+    def gate(planned: Any) -> str:
+        params = get_current_context()["params"]
+        return "approve" if params.get("require_approval") and planned["requests"] > planned["dry_run"] else "erase"
+
+    approve = ApprovalOperator(
+        task_id="approve",
+        subject="Approve erasure for subject_erasure run {{ run_id }}",
+        body="The plan (counts per table, no identifiers) is in the `plan` task's XCom. Approve to erase.",
+    )
+
+    @task(outlets=[Asset(ERASURE_TOMBSTONES_URI)], trigger_rule="none_failed_min_one_success")
+    def erase(planned: Any) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowSkipException
+        from lethe.connections import primary_url, pseudonym_key
+        from lethe.erasure import tasks
+
+        if planned["requests"] <= planned["dry_run"]:
+            raise AirflowSkipException("nothing to erase (dry run, or no open request)")
+        return tasks.erase_run(get_current_context()["run_id"], primary_url(), pseudonym_key())
+
+    @task
+    def verify(erased: Any) -> dict[str, Any]:
+        from lethe.connections import primary_url
+        from lethe.erasure import tasks
+
+        return tasks.verify_run(get_current_context()["run_id"], primary_url())
+
+    @task
+    def certify(verified: Any) -> dict[str, Any]:
+        from lethe.config import PRIMARY_REGION
+        from lethe.connections import primary_url, s3_endpoint_url
+        from lethe.erasure import tasks
+        from lethe.storage import s3_client
+
+        s3 = s3_client(PRIMARY_REGION, s3_endpoint_url())
+        return tasks.certify_run(get_current_context()["run_id"], primary_url(), s3)
+
+    @task(trigger_rule="all_done")
+    def deadlines() -> dict[str, Any]:
+        from lethe.connections import primary_url
+        from lethe.erasure import tasks
+
+        return tasks.deadlines(get_current_context()["run_id"], primary_url())
+
+    planned = plan(register())
+    branch = gate(planned)
+    erased = erase(planned)
+    branch >> [approve, erased]
+    approve >> erased
+    certify(verify(erased)) >> deadlines()
+
+
+subject_erasure()

@@ -1,0 +1,171 @@
+"""Erasure certificates: JSON (the record) and Markdown rendered from it, in the evidence bucket.
+
+A certificate names the request (id, reference), the subject pseudonym, per
+table what happened and how many rows, what was kept and on which legal
+basis, the checks that passed, and one backup_propagation entry per backup
+region (filled in later by backup_erasure_propagation). Never a raw identifier.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from lethe.config import BACKUP_REGIONS, BUCKETS, PRIMARY_REGION
+
+SCHEMA_VERSION = 1
+
+_OUTCOME_TEXT = {
+    "erased": "Erased. Only the keyed pseudonym below remains, as the record of the removal.",
+    "held": "Held. An active legal hold keeps the person's rows until it is released; the request stays open "
+    "and is retried by the nightly batch.",
+    "no_data": "No data found: no person matches the identifier given.",
+    "already_erased": "Already erased: a tombstone from an earlier request matches the identifier.",
+    "same_subject": "Same person as another request in the same batch; erased under that request.",
+}
+
+
+def json_key(request_id: str) -> str:
+    return f"certificates/{request_id}.json"
+
+
+def markdown_key(request_id: str) -> str:
+    return f"certificates/{request_id}.md"
+
+
+def build(request: dict[str, Any], policy_version: str, issued_at: datetime | None = None) -> dict[str, Any]:
+    """The certificate of one processed request, from its row (no identifier is read from it)."""
+    detail = request.get("detail") or {}
+    tables = detail.get("tables") or {}
+    retained = {
+        t: {
+            "action": v["action"],
+            "rows": v["rows"],
+            "legal_basis": v.get("legal_basis"),
+            "because": v.get("retained_because"),
+        }
+        for t, v in tables.items()
+        if v["action"] != "delete"
+    }
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "request_id": request["request_id"],
+        "reference": request.get("reference"),
+        "identifier_kind": request.get("kind"),
+        "subject_pseudonym": request.get("subject_pseudonym"),
+        "outcome": detail.get("outcome", "no_data"),
+        "received_at": _iso(request.get("received_at")),
+        "due_at": _iso(request.get("due_at")),
+        "issued_at": _iso(issued_at or datetime.now(UTC)),
+        "policy_version": policy_version,
+        "primary_region": PRIMARY_REGION,
+        "tables": {t: {"action": v["action"], "rows": v["rows"]} for t, v in tables.items()},
+        "rows_total": sum(int(v["rows"]) for v in tables.values()),
+        "redactions": detail.get("redactions") or {},
+        "retained": retained,
+        "legal_holds": detail.get("legal_holds") or [],
+        "checks": detail.get("checks") or {},
+        "backup_propagation": {region: {"status": "pending"} for region in BACKUP_REGIONS},
+    }
+
+
+def _iso(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+def _check_lines(checks: dict[str, Any]) -> list[str]:
+    lines = []
+    for name, result in sorted(checks.items()):
+        if isinstance(result, dict) and "success" in result:
+            mark = "passed" if result["success"] else "FAILED: " + ", ".join(result.get("failed") or [])
+            lines.append(f"- {name.replace('_', ' ')}: {mark}")
+    return lines
+
+
+def render_markdown(cert: dict[str, Any]) -> str:
+    """The human-readable page of a certificate; re-rendered whenever the JSON changes."""
+    out = [
+        f"# Erasure certificate {cert['request_id']}",
+        "",
+        _OUTCOME_TEXT.get(cert.get("outcome", ""), f"Outcome: {cert.get('outcome')}"),
+        "",
+        "| | |",
+        "| --- | --- |",
+        f"| Request | `{cert['request_id']}` |",
+        f"| Reference | {cert.get('reference') or '-'} |",
+        f"| Identifier kind | {cert.get('identifier_kind') or '-'} |",
+        f"| Subject pseudonym (HMAC-SHA256) | `{cert.get('subject_pseudonym') or '-'}` |",
+        f"| Received | {cert.get('received_at') or '-'} |",
+        f"| Due | {cert.get('due_at') or '-'} |",
+        f"| Issued | {cert.get('issued_at') or '-'} |",
+        f"| Policy version | {cert.get('policy_version') or '-'} |",
+        "",
+        f"## Primary database ({cert.get('primary_region', PRIMARY_REGION)})",
+        "",
+    ]
+    tables = cert.get("tables") or {}
+    if tables:
+        out += ["| Table | Action | Rows |", "| --- | --- | ---: |"]
+        out += [f"| {t} | {v['action']} | {v['rows']} |" for t, v in tables.items()]
+        out += ["", f"Rows in total: {cert.get('rows_total', 0)}."]
+    else:
+        out.append("No rows of the person were found.")
+    redactions = cert.get("redactions") or {}
+    if redactions:
+        out += ["", "Mentions redacted in other people's free text:", ""]
+        out += [f"- {column}: {n} row(s)" for column, n in sorted(redactions.items())]
+    retained = cert.get("retained") or {}
+    if retained:
+        out += [
+            "",
+            "## Retained, and why",
+            "",
+            "| Table | Kept as | Rows | Legal basis | Why |",
+            "| --- | --- | ---: | --- | --- |",
+        ]
+        out += [
+            f"| {t} | {v['action']} | {v['rows']} | {v.get('legal_basis') or '-'} | {v.get('because') or '-'} |"
+            for t, v in retained.items()
+        ]
+    if cert.get("legal_holds"):
+        out += ["", f"Active legal holds: {', '.join(str(h) for h in cert['legal_holds'])}."]
+    checks = _check_lines(cert.get("checks") or {})
+    out += ["", "## Checks", ""] + (checks or ["- none run (nothing was erased)"])
+    out += ["", "## Backup propagation", "", "| Region | Status | Details |", "| --- | --- | --- |"]
+    for region, entry in sorted((cert.get("backup_propagation") or {}).items()):
+        extra = ", ".join(f"{k}: {v}" for k, v in entry.items() if k != "status") or "-"
+        out.append(f"| {region} | {entry.get('status', '?')} | {extra} |")
+    out.append("")
+    return "\n".join(out)
+
+
+def write(client: Any, cert: dict[str, Any]) -> tuple[str, str]:
+    """Put the JSON and the Markdown in the evidence bucket; return both keys.
+
+    A rewrite keeps a backup_propagation section that the backup DAG already filled in.
+    """
+    bucket = BUCKETS.evidence
+    key = json_key(cert["request_id"])
+    try:
+        previous = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+        cert["backup_propagation"] = {**cert["backup_propagation"], **(previous.get("backup_propagation") or {})}
+    except client.exceptions.NoSuchKey:
+        pass
+    client.put_object(
+        Bucket=bucket, Key=key, Body=json.dumps(cert, indent=2, sort_keys=True).encode(), ContentType="application/json"
+    )
+    client.put_object(
+        Bucket=bucket,
+        Key=markdown_key(cert["request_id"]),
+        Body=render_markdown(cert).encode(),
+        ContentType="text/markdown; charset=utf-8",
+    )
+    return key, markdown_key(cert["request_id"])
+
+
+def read(client: Any, request_id: str) -> dict[str, Any]:
+    body = client.get_object(Bucket=BUCKETS.evidence, Key=json_key(request_id))["Body"].read()
+    return dict(json.loads(body))

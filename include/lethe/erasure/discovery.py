@@ -1,0 +1,326 @@
+"""Find every row of a set of people: the foreign-key graph, identifiers and free-text mentions.
+
+The graph is read from pg_constraint on each run, so a new table that
+references accounts is found without editing Lethe. Rows linked to the people
+are materialised into one temporary table per table (primary key + owner),
+parents first; the executor and the plan read those, so plan and deletion
+see the same rows.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg2.extensions
+from lethe.policy import Policy
+from lethe.pseudonym import normalise
+from psycopg2 import sql
+
+
+class ErasureGraphError(RuntimeError):
+    """The schema cannot be erased safely (cycle, unmapped table, un-nullable link); names tables and columns."""
+
+
+@dataclass(frozen=True)
+class ForeignKey:
+    name: str
+    child: str
+    child_columns: tuple[str, ...]
+    parent: str
+    parent_columns: tuple[str, ...]
+
+
+@dataclass
+class Graph:
+    """Tables holding rows of the subject, their keys and links, and the order to delete them in."""
+
+    subject_table: str
+    tables: list[str]  # parents first; reversed, children first (the deletion order)
+    primary_keys: dict[str, tuple[str, ...]]
+    foreign_keys: list[ForeignKey]
+    not_null: dict[str, set[str]] = field(default_factory=dict)
+
+    def parents_of(self, table: str) -> list[ForeignKey]:
+        return [fk for fk in self.foreign_keys if fk.child == table and fk.parent in self.tables]
+
+    @property
+    def deletion_order(self) -> list[str]:
+        return list(reversed(self.tables))
+
+
+_FK_SQL = """
+SELECT c.conname, ch.relname, pa.relname,
+       ARRAY(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY k(n, i)
+             JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.i),
+       ARRAY(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY k(n, i)
+             JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.i)
+FROM pg_constraint c
+JOIN pg_class ch ON ch.oid = c.conrelid
+JOIN pg_class pa ON pa.oid = c.confrelid
+JOIN pg_namespace n ON n.oid = ch.relnamespace
+WHERE c.contype = 'f' AND c.conparentid = 0 AND n.nspname = current_schema() AND NOT ch.relispartition
+ORDER BY ch.relname, c.conname
+"""
+
+_PK_SQL = """
+SELECT cl.relname,
+       ARRAY(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY k(n, i)
+             JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.i)
+FROM pg_constraint c
+JOIN pg_class cl ON cl.oid = c.conrelid
+JOIN pg_namespace n ON n.oid = cl.relnamespace
+WHERE c.contype = 'p' AND n.nspname = current_schema() AND NOT cl.relispartition
+"""
+
+_NOT_NULL_SQL = """
+SELECT cl.relname, a.attname::text
+FROM pg_attribute a JOIN pg_class cl ON cl.oid = a.attrelid JOIN pg_namespace n ON n.oid = cl.relnamespace
+WHERE n.nspname = current_schema() AND cl.relname = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped AND a.attnotnull
+"""
+
+
+def read_graph(cur: psycopg2.extensions.cursor, policy: Policy) -> Graph:
+    """The tables reachable from the subject table through foreign keys and the policy's subject links."""
+    cur.execute(_FK_SQL)
+    fks = [ForeignKey(n, c, tuple(cc), p, tuple(pc)) for n, c, p, cc, pc in cur.fetchall()]
+    cur.execute(_PK_SQL)
+    pks = {t: tuple(cols) for t, cols in cur.fetchall()}
+    subject = policy.subject.table
+
+    involved = {subject}
+    involved |= {name for name, rule in policy.tables.items() if rule.subject is not None}
+    frontier = list(involved)
+    while frontier:  # every table whose rows point (directly or not) at rows already involved
+        parent = frontier.pop()
+        for fk in fks:
+            if fk.parent == parent and fk.child not in involved:
+                involved.add(fk.child)
+                frontier.append(fk.child)
+
+    missing = sorted(t for t in involved if t not in pks)
+    if missing:
+        raise ErasureGraphError(f"tables without a primary key cannot be erased row by row: {', '.join(missing)}")
+    unmapped = sorted(t for t in involved if t not in policy.tables or policy.tables[t].erasure is None)
+    if unmapped:
+        raise ErasureGraphError(
+            f"tables linked to the data subject have no `erasure` rule in the policy: {', '.join(unmapped)}"
+        )
+
+    edges = [fk for fk in fks if fk.child in involved and fk.parent in involved]
+    order = _parents_first(involved, edges)
+    cur.execute(_NOT_NULL_SQL, (order,))
+    not_null: dict[str, set[str]] = defaultdict(set)
+    for table, column in cur.fetchall():
+        not_null[table].add(column)
+    return Graph(subject, order, {t: pks[t] for t in order}, edges, dict(not_null))
+
+
+def _parents_first(tables: set[str], edges: list[ForeignKey]) -> list[str]:
+    """Topological order (Kahn); a cycle is reported with the tables on it, never broken by guessing."""
+    parents: dict[str, set[str]] = {t: set() for t in tables}
+    for fk in edges:
+        parents[fk.child].add(fk.parent)
+    order: list[str] = []
+    ready = sorted(t for t, ps in parents.items() if not ps)
+    while ready:
+        table = ready.pop(0)
+        order.append(table)
+        for child in sorted(t for t, ps in parents.items() if table in ps):
+            parents[child].discard(table)
+            if not parents[child] and child not in order and child not in ready:
+                ready.append(child)
+    stuck = sorted(t for t in tables if t not in order)
+    if stuck:
+        links = sorted(f"{fk.child}.{','.join(fk.child_columns)} -> {fk.parent}" for fk in edges if fk.child in stuck)
+        raise ErasureGraphError(
+            f"foreign keys form a cycle among {', '.join(stuck)} ({'; '.join(links)}): "
+            "no safe deletion order; break the cycle or make one link nullable and list it in the policy"
+        )
+    return order
+
+
+def temp_name(table: str) -> sql.Identifier:
+    return sql.Identifier(f"lethe_erase_{table}")
+
+
+def materialise(cur: psycopg2.extensions.cursor, graph: Graph, policy: Policy, owners: list[int]) -> dict[str, int]:
+    """Create lethe_erase_<table> (pk columns, owner) for each table, parents first; return rows per table."""
+    counts: dict[str, int] = {}
+    key = policy.subject.key
+    for table in graph.tables:
+        pk = graph.primary_keys[table]
+        pk_cols = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in pk)
+        sources: list[sql.Composable] = []
+        link = key if table == graph.subject_table else policy.tables[table].subject
+        if link:
+            sources.append(
+                sql.SQL("SELECT {pk}, t.{link}::bigint AS owner FROM {t} t WHERE t.{link} = ANY(%(owners)s)").format(
+                    pk=pk_cols, link=sql.Identifier(link), t=sql.Identifier(table)
+                )
+            )
+        for fk in graph.parents_of(table):
+            if fk.parent == table:
+                continue
+            join_ref = sql.SQL(" AND ").join(
+                sql.SQL("t.{} = p.{}").format(sql.Identifier(c), sql.Identifier(pc))
+                for c, pc in zip(fk.child_columns, fk.parent_columns, strict=True)
+            )
+            join_pk = sql.SQL(" AND ").join(
+                sql.SQL("p.{0} = e.{0}").format(sql.Identifier(c)) for c in graph.primary_keys[fk.parent]
+            )
+            sources.append(
+                sql.SQL("SELECT {pk}, e.owner FROM {t} t JOIN {p} p ON {ref} JOIN {e} e ON {jpk}").format(
+                    pk=pk_cols,
+                    t=sql.Identifier(table),
+                    p=sql.Identifier(fk.parent),
+                    ref=join_ref,
+                    e=temp_name(fk.parent),
+                    jpk=join_pk,
+                )
+            )
+        pk_plain = sql.SQL(", ").join(sql.Identifier(c) for c in pk)
+        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(temp_name(table)))
+        cur.execute(
+            sql.SQL(
+                "CREATE TEMP TABLE {e} ON COMMIT DROP AS"
+                " SELECT DISTINCT ON ({pk}) {pk}, owner FROM ({u}) s ORDER BY {pk}, owner"
+            ).format(e=temp_name(table), pk=pk_plain, u=sql.SQL(" UNION ALL ").join(sources)),
+            {"owners": owners},
+        )
+        counts[table] = int(cur.rowcount)
+    return counts
+
+
+def rows_per_owner(cur: psycopg2.extensions.cursor, graph: Graph) -> dict[int, dict[str, int]]:
+    """owner -> table -> rows linked to that owner."""
+    out: dict[int, dict[str, int]] = defaultdict(dict)
+    for table in graph.tables:
+        cur.execute(sql.SQL("SELECT owner, count(*) FROM {} GROUP BY owner").format(temp_name(table)))
+        for owner, n in cur.fetchall():
+            out[int(owner)][table] = int(n)
+    return dict(out)
+
+
+# --- identifiers and free text ---------------------------------------------------------------
+
+
+@dataclass
+class Subject:
+    """One person found in the subject table: the key and the identifiers to search for."""
+
+    user_id: int
+    identifiers: dict[str, str]  # kind -> stored value (email, phone, username)
+
+    def search_terms(self) -> list[str]:
+        """Spellings of the identifiers as they may appear in free text, lowercased."""
+        terms: set[str] = set()
+        for kind, value in self.identifiers.items():
+            if not value or kind == "user_id":
+                continue
+            terms.add(value.strip().lower())
+            if kind == "phone":
+                norm = normalise("phone", value)
+                terms |= {norm, norm.lstrip("+")}
+                last = value.strip().split()[-1] if value.strip() else ""
+                if len(re.sub(r"\D", "", last)) >= 7:
+                    terms.add(last)
+        return sorted(t for t in terms if len(t) >= 3)
+
+
+def resolve(cur: psycopg2.extensions.cursor, policy: Policy, lookups: list[tuple[str, str]]) -> list[Subject | None]:
+    """Find the person each (kind, identifier) names; None where nobody matches."""
+    subject = policy.subject
+    columns = {kind: col for kind, col in subject.identifiers.items() if kind != "user_id"}
+    select = sql.SQL(", ").join(
+        [sql.SQL("{}::bigint").format(sql.Identifier(subject.key))]
+        + [sql.SQL("{}::text").format(sql.Identifier(c)) for c in columns.values()]
+    )
+    by_kind: dict[str, list[str]] = defaultdict(list)
+    for kind, value in lookups:
+        by_kind[kind].append(value)
+    found: dict[tuple[str, str], Subject] = {}
+    for kind, values in by_kind.items():
+        column = subject.identifiers.get(kind)  # type: ignore[call-overload]
+        if column is None:
+            continue
+        if kind == "user_id":
+            where = sql.SQL("{} = ANY(%s)").format(sql.Identifier(column))
+            params: list[Any] = [[int(v) for v in values]]
+        elif kind == "phone":  # stored phones vary in spacing: compare normalised digits
+            where = sql.SQL("regexp_replace({}, '[^0-9+]', '', 'g') = ANY(%s)").format(sql.Identifier(column))
+            params = [[normalise("phone", v) for v in values]]
+        else:  # exact or lowercased spelling, so the unique index is used
+            variants = sorted({v.strip() for v in values} | {v.strip().lower() for v in values})
+            where = sql.SQL("{} = ANY(%s)").format(sql.Identifier(column))
+            params = [variants]
+        cur.execute(sql.SQL("SELECT {} FROM {} WHERE {}").format(select, sql.Identifier(subject.table), where), params)
+        for row in cur.fetchall():
+            person = Subject(int(row[0]), dict(zip(columns, row[1:], strict=True)))
+            person.identifiers["user_id"] = str(row[0])
+            value = person.identifiers.get(kind, "")
+            found[(kind, normalise(kind, value))] = person
+    return [found.get((kind, normalise(kind, value))) for kind, value in lookups]
+
+
+def mention_pattern(terms: list[str]) -> re.Pattern[str]:
+    """A term counts as mentioned when it is not part of a longer email, name or number."""
+    alternatives = "|".join(re.escape(t) for t in sorted(terms, key=len, reverse=True))
+    return re.compile(rf"(?<![A-Za-z0-9._%+@-])(?:{alternatives})(?![A-Za-z0-9_@-])(?!\.[A-Za-z0-9])", re.IGNORECASE)
+
+
+def _like_escape(term: str) -> str:
+    return "%" + term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def free_text_columns(policy: Policy) -> list[tuple[str, str]]:
+    return [(table, column) for table, rule in policy.tables.items() for column in rule.free_text]
+
+
+def find_mentions(
+    cur: psycopg2.extensions.cursor,
+    graph: Graph,
+    policy: Policy,
+    people: list[Subject],
+    exclude_linked: bool = True,
+) -> dict[tuple[str, str], list[tuple[tuple[Any, ...], str, set[int]]]]:
+    """(table, column) -> [(primary key, text, owners mentioned)] for rows not themselves being erased.
+
+    SQL narrows with ILIKE; Python confirms with word boundaries, so 'al' does not match 'also'.
+    """
+    term_owner: dict[str, set[int]] = defaultdict(set)
+    for person in people:
+        for term in person.search_terms():
+            term_owner[term].add(person.user_id)
+    out: dict[tuple[str, str], list[tuple[tuple[Any, ...], str, set[int]]]] = {}
+    if not term_owner:
+        return out
+    pattern = mention_pattern(list(term_owner))
+    likes = [_like_escape(t) for t in term_owner]
+    for table, column in free_text_columns(policy):
+        pk = graph.primary_keys.get(table)
+        if pk is None:
+            continue
+        pk_cols = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in pk)
+        query = sql.SQL("SELECT {pk}, t.{c} FROM {t} t WHERE t.{c} ILIKE ANY(%s)").format(
+            pk=pk_cols, c=sql.Identifier(column), t=sql.Identifier(table)
+        )
+        if exclude_linked and table in graph.tables and policy.tables[table].erasure.action == "delete":  # type: ignore[union-attr]
+            match_pk = sql.SQL(" AND ").join(sql.SQL("e.{0} = t.{0}").format(sql.Identifier(c)) for c in pk)
+            query += sql.SQL(" AND NOT EXISTS (SELECT 1 FROM {e} e WHERE {m})").format(e=temp_name(table), m=match_pk)
+        cur.execute(query, (likes,))
+        hits = []
+        for row in cur.fetchall():
+            text = row[-1] or ""
+            owners = {o for m in pattern.finditer(text) for o in term_owner[m.group(0).lower()]}
+            if owners:
+                hits.append((tuple(row[:-1]), text, owners))
+        if hits:
+            out[(table, column)] = hits
+    return out
+
+
+def redact(text: str, terms: list[str], replacement: str = "[erased]") -> str:
+    return mention_pattern(terms).sub(replacement, text)

@@ -1,0 +1,202 @@
+"""Apply a plan: delete, pseudonymise, cut links of retained rows, redact mentions; then the tombstone.
+
+Runs in the caller's transaction, children first. Every statement returns the
+owner of each row it touched, so the counts checked against the plan are what
+the database did, not what the plan hoped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from typing import Any
+
+import psycopg2.extensions
+import psycopg2.extras
+from lethe import ledger
+from lethe.erasure import discovery
+from lethe.erasure.discovery import ErasureGraphError, Graph
+from lethe.erasure.plan import Work
+from lethe.policy import Policy
+from lethe.pseudonym import pseudonym
+from psycopg2 import sql
+
+REDACTED = "[erased]"
+TARGETS = sql.Identifier("lethe_erase_targets")
+
+
+def _pk_match(pk: tuple[str, ...], left: str, right: str) -> sql.Composable:
+    return sql.SQL(" AND ").join(
+        sql.SQL("{}.{} = {}.{}").format(
+            sql.Identifier(left), sql.Identifier(c), sql.Identifier(right), sql.Identifier(c)
+        )
+        for c in pk
+    )
+
+
+def _pseudonym_column(policy: Policy, table: str) -> str | None:
+    return next((c for c, cls in policy.tables[table].columns.items() if cls == "pseudonym"), None)
+
+
+def _strategy(column: str, strategy: str) -> sql.Composable:
+    col = sql.Identifier(column)
+    if strategy in ("null", "pseudonym_link"):
+        return sql.SQL("{} = NULL").format(col)
+    if strategy == "redact":
+        return sql.SQL("{} = {}").format(col, sql.Literal(REDACTED))
+    if strategy == "truncate_ip":
+        return sql.SQL("{0} = network(set_masklen({0}, CASE WHEN family({0}) = 4 THEN 24 ELSE 48 END))::inet").format(
+            col
+        )
+    raise ErasureGraphError(f"unknown erasure strategy {strategy!r} for column {column}")
+
+
+def _counted(cur: psycopg2.extensions.cursor, query: sql.Composable) -> Counter[int]:
+    cur.execute(query)
+    return Counter(int(row[0]) for row in cur.fetchall())
+
+
+def apply(
+    cur: psycopg2.extensions.cursor,
+    policy: Policy,
+    graph: Graph,
+    works: list[Work],
+    mentions: dict[tuple[str, str], list[tuple[tuple[Any, ...], str, set[int]]]],
+) -> tuple[dict[int, dict[str, int]], dict[int, dict[str, int]]]:
+    """Erase the people of `works` whose outcome is 'erased'; return (rows per owner and table, redactions)."""
+    targets = [(w.subject.user_id, w.pseudonym) for w in works if w.outcome == "erased" and w.subject]
+    done: dict[int, dict[str, int]] = defaultdict(dict)
+    redacted: dict[int, dict[str, int]] = defaultdict(dict)
+    if not targets:
+        return done, redacted
+    cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(TARGETS))
+    cur.execute(
+        sql.SQL("CREATE TEMP TABLE {} (owner bigint PRIMARY KEY, pseudonym text) ON COMMIT DROP").format(TARGETS)
+    )
+    psycopg2.extras.execute_values(cur, sql.SQL("INSERT INTO {} VALUES %s").format(TARGETS).as_string(cur), targets)
+
+    deleted = {t for t in graph.tables if policy.tables[t].erasure.action == "delete"}  # type: ignore[union-attr]
+    for table in graph.deletion_order:
+        erasure = policy.tables[table].erasure
+        assert erasure is not None
+        pk = graph.primary_keys[table]
+        linked = sql.SQL("FROM {e} e JOIN {g} g ON g.owner = e.owner WHERE {m}").format(
+            e=discovery.temp_name(table), g=TARGETS, m=_pk_match(pk, "t", "e")
+        )
+        if erasure.action == "delete":
+            counts = _counted(
+                cur,
+                sql.SQL(
+                    "DELETE FROM {t} t USING {e} e JOIN {g} g ON g.owner = e.owner WHERE {m} RETURNING e.owner"
+                ).format(t=sql.Identifier(table), e=discovery.temp_name(table), g=TARGETS, m=_pk_match(pk, "t", "e")),
+            )
+        else:
+            _cut_links(cur, graph, table, deleted, set(erasure.columns))
+            sets = [_strategy(c, s) for c, s in erasure.columns.items()]
+            pcol = _pseudonym_column(policy, table)
+            if pcol:
+                sets.append(sql.SQL("{} = g.pseudonym").format(sql.Identifier(pcol)))
+            if not sets:  # retained as is: nothing to write, the rows are the plan's count
+                cur.execute(
+                    sql.SQL("SELECT e.owner FROM {e} e JOIN {g} g ON g.owner = e.owner").format(
+                        e=discovery.temp_name(table), g=TARGETS
+                    )
+                )
+                counts = Counter(int(r[0]) for r in cur.fetchall())
+            else:
+                counts = _counted(
+                    cur,
+                    sql.SQL("UPDATE {t} t SET {s} {l} RETURNING e.owner").format(
+                        t=sql.Identifier(table), s=sql.SQL(", ").join(sets), l=linked
+                    ),
+                )
+        for owner, n in counts.items():
+            done[owner][table] = n
+
+    target_ids = {owner for owner, _ in targets}
+    terms = {w.subject.user_id: w.subject.search_terms() for w in works if w.outcome == "erased" and w.subject}
+    for (table, column), hits in mentions.items():
+        pk = graph.primary_keys[table]
+        where = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in pk)
+        for key, text, owners in hits:
+            mine = owners & target_ids
+            if not mine:
+                continue
+            words = sorted({t for o in mine for t in terms[o]})
+            cur.execute(
+                sql.SQL("UPDATE {} SET {} = %s WHERE {}").format(sql.Identifier(table), sql.Identifier(column), where),
+                (discovery.redact(text, words, REDACTED), *key),
+            )
+            for owner in mine:
+                redacted[owner][f"{table}.{column}"] = redacted[owner].get(f"{table}.{column}", 0) + 1
+    return done, redacted
+
+
+def _cut_links(cur: psycopg2.extensions.cursor, graph: Graph, table: str, deleted: set[str], handled: set[str]) -> None:
+    """A kept row must not point at a row being deleted: null that link (it must be nullable)."""
+    for fk in graph.parents_of(table):
+        if fk.parent not in deleted or set(fk.child_columns) <= handled:
+            continue
+        blocked = [c for c in fk.child_columns if c in graph.not_null.get(table, set())]
+        if blocked:
+            raise ErasureGraphError(
+                f"{table} keeps rows that reference {fk.parent} via {', '.join(blocked)} (NOT NULL): "
+                f"make the column nullable or give {table} a delete action"
+            )
+        ref = sql.SQL(" AND ").join(
+            sql.SQL("t.{} = p.{}").format(sql.Identifier(c), sql.Identifier(pc))
+            for c, pc in zip(fk.child_columns, fk.parent_columns, strict=True)
+        )
+        cur.execute(
+            sql.SQL(
+                "UPDATE {t} t SET {s} FROM {p} p JOIN {pe} pe ON {ppk} JOIN {g} g ON g.owner = pe.owner"
+                " WHERE {ref} AND EXISTS (SELECT 1 FROM {e} e WHERE {tpk})"
+            ).format(
+                t=sql.Identifier(table),
+                s=sql.SQL(", ").join(sql.SQL("{} = NULL").format(sql.Identifier(c)) for c in fk.child_columns),
+                p=sql.Identifier(fk.parent),
+                pe=discovery.temp_name(fk.parent),
+                ppk=_pk_match(graph.primary_keys[fk.parent], "p", "pe"),
+                g=TARGETS,
+                ref=ref,
+                e=discovery.temp_name(table),
+                tpk=_pk_match(graph.primary_keys[table], "t", "e"),
+            )
+        )
+
+
+def write_tombstones(cur: psycopg2.extensions.cursor, key: bytes, works: list[Work]) -> int:
+    """One tombstone per erased person: keyed pseudonyms of the key and of every identifier."""
+    rows = []
+    for w in works:
+        if w.outcome != "erased" or not w.subject:
+            continue
+        ids = sorted(
+            pseudonym(key, kind, value) for kind, value in w.subject.identifiers.items() if value and kind != "user_id"
+        )
+        rows.append((w.pseudonym, ids, w.request_id, json.dumps(w.rows)))
+    if rows:
+        psycopg2.extras.execute_values(
+            cur,
+            "INSERT INTO erasure_tombstones (subject_pseudonym, identifier_pseudonyms, request_id, counts)"
+            " VALUES %s ON CONFLICT (subject_pseudonym) DO NOTHING",
+            rows,
+            template="(%s, %s::text[], %s::uuid, %s::jsonb)",
+        )
+    return len(rows)
+
+
+def record(cur: psycopg2.extensions.cursor, works: list[Work], checks: dict[str, Any]) -> None:
+    """Ledger entry and request detail for each processed request: tables and counts only."""
+    for w in works:
+        detail = {**w.as_detail(), "stage": "erased", "checks": checks}
+        if w.outcome in ("erased", "same_subject", "already_erased"):
+            ledger.append(
+                cur,
+                "erasure",
+                {"request_id": w.request_id, "outcome": w.outcome, "tables": w.rows, "redactions": w.redactions},
+            )
+        cur.execute(
+            "UPDATE erasure_requests SET status = 'running', subject_pseudonym = %s, detail = %s WHERE request_id = %s",
+            (w.pseudonym, json.dumps(detail), w.request_id),
+        )

@@ -1,0 +1,141 @@
+"""The erasure plan: per request, what happens to each table's rows, as counts.
+
+A plan is plain data (no identifier in it): it is stored in the request's
+`detail`, printed by a dry run and written into the certificate. It is built
+inside the same transaction that executes it, so the counts describe the rows
+actually touched.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg2.extensions
+from lethe.erasure import discovery
+from lethe.erasure.discovery import Graph, Subject
+from lethe.policy import Policy
+from lethe.pseudonym import pseudonym, subject_pseudonym
+
+HOLD_REASON = "An active legal hold on the person keeps every row of the person until it is released."
+OUTCOMES = ("erased", "held", "no_data", "already_erased", "same_subject", "dry_run")
+
+
+@dataclass
+class Work:
+    """One request being processed: what was found and what is (to be) done. Holds the raw
+    identifier in memory only; `as_detail()` is what leaves the task."""
+
+    request_id: str
+    kind: str
+    identifier: str
+    subject: Subject | None = None
+    outcome: str = "no_data"
+    pseudonym: str | None = None
+    tables: dict[str, dict[str, Any]] = field(default_factory=dict)
+    redactions: dict[str, int] = field(default_factory=dict)
+    holds: list[int] = field(default_factory=list)
+    same_as: str | None = None
+
+    @property
+    def rows(self) -> dict[str, int]:
+        return {t: int(v["rows"]) for t, v in self.tables.items()}
+
+    def as_detail(self) -> dict[str, Any]:
+        detail: dict[str, Any] = {
+            "outcome": self.outcome,
+            "tables": self.tables,
+            "redactions": self.redactions,
+            "rows_total": sum(self.rows.values()),
+        }
+        if self.holds:
+            detail["legal_holds"] = self.holds
+        if self.same_as:
+            detail["same_subject_as"] = self.same_as
+        return detail
+
+
+def table_entry(policy: Policy, table: str, rows: int, held: bool) -> dict[str, Any]:
+    rule = policy.tables[table]
+    erasure = rule.erasure
+    assert erasure is not None
+    if held:
+        return {
+            "action": "held",
+            "rows": rows,
+            "legal_basis": policy.tables["legal_holds"].legal_basis
+            if "legal_holds" in policy.tables
+            else "legal_obligation",
+            "retained_because": HOLD_REASON,
+        }
+    entry: dict[str, Any] = {"action": erasure.action, "rows": rows}
+    if erasure.action != "delete":
+        entry["legal_basis"] = rule.legal_basis
+        entry["retained_because"] = erasure.retained_because
+    if erasure.columns:
+        entry["columns"] = dict(erasure.columns)
+    return entry
+
+
+def tombstone_match(cur: psycopg2.extensions.cursor, key: bytes, kind: str, identifier: str) -> bool:
+    """Whether a tombstone already records this identifier (the person was erased before)."""
+    p = pseudonym(key, kind, identifier)
+    cur.execute(
+        "SELECT 1 FROM erasure_tombstones WHERE subject_pseudonym = %s OR identifier_pseudonyms @> ARRAY[%s] LIMIT 1",
+        (p, p),
+    )
+    return cur.fetchone() is not None
+
+
+def active_holds(cur: psycopg2.extensions.cursor, owners: list[int]) -> dict[int, list[int]]:
+    cur.execute(
+        "SELECT user_id, array_agg(hold_id ORDER BY hold_id) FROM legal_holds"
+        " WHERE user_id = ANY(%s) AND released_at IS NULL GROUP BY user_id",
+        (owners,),
+    )
+    return {int(u): [int(h) for h in ids] for u, ids in cur.fetchall()}
+
+
+def build(
+    cur: psycopg2.extensions.cursor, policy: Policy, graph: Graph, key: bytes, works: list[Work]
+) -> dict[tuple[str, str], list[tuple[tuple[Any, ...], str, set[int]]]]:
+    """Fill each Work with its outcome and per-table plan; return the free-text mentions to redact.
+
+    Leaves the lethe_erase_<table> temp tables in the transaction for the executor.
+    """
+    found = discovery.resolve(cur, policy, [(w.kind, w.identifier) for w in works])
+    first_for: dict[int, Work] = {}
+    for work, person in zip(works, found, strict=True):
+        if person is None:
+            work.outcome = "already_erased" if tombstone_match(cur, key, work.kind, work.identifier) else "no_data"
+            continue
+        work.pseudonym = subject_pseudonym(key, person.user_id)
+        if person.user_id in first_for:  # two requests in one batch name the same person
+            work.outcome, work.same_as = "same_subject", first_for[person.user_id].request_id
+            continue
+        work.subject, work.outcome = person, "erased"
+        first_for[person.user_id] = work
+
+    owners = sorted(first_for)
+    holds = active_holds(cur, owners) if owners else {}
+    per_owner: dict[int, dict[str, int]] = {}
+    if owners:
+        discovery.materialise(cur, graph, policy, owners)
+        per_owner = discovery.rows_per_owner(cur, graph)
+    erasing = [w.subject for w in first_for.values() if w.subject and w.subject.user_id not in holds]
+    mentions = discovery.find_mentions(cur, graph, policy, [p for p in erasing if p is not None]) if erasing else {}
+    redactions: dict[int, Counter[str]] = {}
+    for (table, column), hits in mentions.items():
+        for _pk, _text, mentioned in hits:
+            for owner in mentioned:
+                redactions.setdefault(owner, Counter())[f"{table}.{column}"] += 1
+
+    for owner, work in first_for.items():
+        held = owner in holds
+        if held:
+            work.outcome, work.holds = "held", holds[owner]
+        counts = per_owner.get(owner, {})
+        work.tables = {t: table_entry(policy, t, counts[t], held) for t in graph.deletion_order if counts.get(t)}
+        work.redactions = dict(sorted(redactions.get(owner, Counter()).items()))
+    return mentions
