@@ -17,6 +17,7 @@ from pathlib import Path
 from lethe.config import PRIMARY_REGION, PROJECT_DIR, lethe_home
 
 DAGS_FOLDER = PROJECT_DIR / "dags"
+PLUGINS_FOLDER = PROJECT_DIR / "plugins"  # the Privacy compliance page (plugins/lethe_compliance)
 
 
 def pseudonym_key_file() -> Path:
@@ -39,6 +40,7 @@ def configure(database_url: str, s3_endpoint_url: str, airflow_home: Path | None
     env = {
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PLUGINS_FOLDER),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
