@@ -1,0 +1,58 @@
+"""backup_erasure_propagation: carry erasure tombstones into every retained snapshot, region by region."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import Asset, AssetAny, AssetOrTimeSchedule, CronTriggerTimetable, dag, task
+from lethe.assets import BACKUP_PROPAGATION_URI, ERASURE_TOMBSTONES_URI
+from lethe.backup.layout import purged_table_uris
+from lethe.config import BACKUP_REGIONS
+
+DOC = """
+### backup_erasure_propagation
+
+Runs when subject_erasure writes tombstones or retention_nightly purges a table,
+and nightly at 03:30 UTC. For each backup region (one mapped task each, with its
+own S3 client) it applies every tombstone not yet applied to every retained
+snapshot: only the objects of the tombstoned subjects' buckets are rewritten, each
+once for all its tombstones; the rewrite is read back and verified (checksum,
+rows = before - erased), the manifest updated, and then every noncurrent version
+of the object deleted. Per-region status goes to `backup_propagation_status`,
+the ledger (`backup_propagation`) and each erasure certificate.
+
+Purged (expired) rows are not rewritten out of backups: they leave when the
+snapshots that hold them expire (policy `backups.retention`); see docs/backups.md.
+
+**When it fails**
+- A region task names the region and endpoint it could not reach; the other region's
+  work is done and recorded. Fix the endpoint and clear the task (or wait for the next run).
+- "rewrite not verified": S3 served something else than was written; the old version is
+  kept. Rerun; a rerun repairs half-done rewrites and removes old versions.
+"""
+
+
+@dag(
+    dag_id="backup_erasure_propagation",
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable("30 3 * * *", timezone="UTC"),
+        # Any erasure, or a purge of a backed-up table (the policy's `backup: true` tables).
+        assets=AssetAny(Asset(ERASURE_TOMBSTONES_URI), *(Asset(uri) for uri in purged_table_uris())),
+    ),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=DOC,
+    tags=["lethe", "backup", "erasure"],
+    default_args={"owner": "lethe", "retries": 2, "retry_delay": timedelta(minutes=10)},
+)
+def backup_erasure_propagation() -> None:
+    @task(outlets=[Asset(BACKUP_PROPAGATION_URI)])
+    def propagate_region(region: str) -> dict:  # type: ignore[type-arg]
+        from lethe.backup.tasks import propagate_task
+
+        return propagate_task(region)
+
+    propagate_region.expand(region=list(BACKUP_REGIONS))
+
+
+backup_erasure_propagation()

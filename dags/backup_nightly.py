@@ -1,0 +1,79 @@
+"""backup_nightly: snapshot the primary into every backup region, then expire old snapshots."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import Asset, Param, dag, task
+from lethe.assets import BACKUP_SNAPSHOTS_URI
+from lethe.config import BACKUP_REGIONS
+
+DOC = """
+### backup_nightly
+
+Takes one snapshot of every table the policy marks `backup: true` and writes it
+to the backup bucket of **each backup region** (us-east-1, ap-southeast-1) as
+Parquet (zstd), one object per table and subject bucket, with server-side
+encryption on versioned buckets. The manifest (schema, row counts, sha256 per
+object, policy version) is written last: a snapshot without one does not exist.
+Then snapshots older than the policy's `backups.retention` are deleted, every
+object version included.
+
+Each region is its own mapped task with its own S3 client.
+
+**When it fails**
+- `snapshot_region[i]` names the region and endpoint it could not reach: fix the
+  endpoint / connection `lethe_aws` and clear the task; it finishes the same snapshot id.
+- "refusing to write a snapshot: ... Object Lock in COMPLIANCE mode": that bucket keeps
+  versions longer than the erasure deadline, so an erasure could not reach it in time.
+  Shorten its default retention (or use GOVERNANCE mode); the other region is unaffected.
+- `expire_region[i]`: rerun; expiry deletes the manifest first, so a half-expired
+  snapshot is already invisible to restores.
+
+See docs/backups.md.
+"""
+
+
+@dag(
+    dag_id="backup_nightly",
+    schedule="0 2 * * *",
+    catchup=False,
+    max_active_runs=1,
+    doc_md=DOC,
+    tags=["lethe", "backup"],
+    default_args={"owner": "lethe", "retries": 2, "retry_delay": timedelta(minutes=10)},
+    params={
+        "erasure_deadline_days": Param(
+            30,
+            type="integer",
+            minimum=1,
+            title="Erasure deadline (days)",
+            description="A bucket whose COMPLIANCE Object Lock keeps versions longer than this is refused.",
+        ),
+    },
+)
+def backup_nightly() -> None:
+    @task
+    def plan() -> str:
+        """One snapshot id for all regions, fixed here so a retried region writes the same snapshot."""
+        from lethe.backup.snapshot import new_snapshot_id
+
+        return new_snapshot_id()
+
+    @task(outlets=[Asset(BACKUP_SNAPSHOTS_URI)])
+    def snapshot_region(region: str, snapshot_id: str, params: dict | None = None) -> dict:  # type: ignore[type-arg]
+        from lethe.backup.tasks import snapshot_task
+
+        return snapshot_task(region, snapshot_id, int((params or {}).get("erasure_deadline_days", 30)))
+
+    @task(trigger_rule="all_done")
+    def expire_region(region: str) -> dict:  # type: ignore[type-arg]
+        from lethe.backup.tasks import expire_task
+
+        return expire_task(region)
+
+    snapshots = snapshot_region.partial(snapshot_id=plan()).expand(region=list(BACKUP_REGIONS))
+    snapshots >> expire_region.expand(region=list(BACKUP_REGIONS))
+
+
+backup_nightly()

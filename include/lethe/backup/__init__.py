@@ -1,0 +1,14 @@
+"""Cross-region backups: nightly Parquet snapshots bucketed by subject, erasures carried into them, safe restores.
+
+Modules, one concern each:
+- layout: object keys, subject buckets, snapshot ids, per-region endpoints
+- store: S3 helpers (every version of a key, deletes that really delete)
+- frames: PostgreSQL <-> Arrow, Parquet bytes, the erasure of rows in a frame
+- manifest: the per-snapshot manifest, written last
+- snapshot: backup_nightly's export of one region
+- propagate: backup_erasure_propagation's rewrite of one region
+- expiry: snapshots past the backup retention, every version deleted
+- restore: a snapshot loaded into a database with every tombstone replayed
+- locks: S3 Object Lock settings that would block erasure
+- certificate: the erasure certificate's per-region section
+"""

@@ -1,0 +1,124 @@
+"""The manifest of one snapshot in one region: written last, so a snapshot is complete or absent.
+
+It names every data object with its bucket, row count, size and sha256, the
+schema of each table and the policy version the snapshot was taken under. It
+holds no personal data: no rows, no pseudonyms.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from lethe.backup import layout, store
+
+FORMAT = "lethe-backup/1 parquet+zstd"
+
+
+@dataclass
+class ObjectEntry:
+    key: str
+    bucket: int | None
+    rows: int
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class TableEntry:
+    columns: list[dict[str, str]]  # name, pg_type, arrow_type
+    subject_column: str | None
+    erasure_action: str | None
+    erasure_columns: dict[str, str]
+    pseudonym_column: str | None = None  # where a pseudonymised row keeps its subject's pseudonym
+    rows: int = 0
+    objects: list[ObjectEntry] = field(default_factory=list)
+
+    def object(self, key: str) -> ObjectEntry:
+        for entry in self.objects:
+            if entry.key == key:
+                return entry
+        raise KeyError(key)
+
+
+@dataclass
+class Manifest:
+    snapshot_id: str
+    region: str
+    bucket: str
+    created_at: str
+    policy_version: str
+    policy_digest: str
+    buckets: int
+    tables: dict[str, TableEntry]
+    format: str = FORMAT
+    tombstones_at_export: int = 0
+    rewrites: list[dict[str, Any]] = field(default_factory=list)  # one entry per propagation that changed it
+
+    @property
+    def objects(self) -> list[ObjectEntry]:
+        return [o for t in self.tables.values() for o in t.objects]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(o.bytes for o in self.objects)
+
+    @property
+    def total_rows(self) -> int:
+        return sum(t.rows for t in self.tables.values())
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=1, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, where: str) -> Manifest:
+        try:
+            raw = json.loads(data)
+            tables = {
+                name: TableEntry(**{**t, "objects": [ObjectEntry(**o) for o in t["objects"]]})
+                for name, t in raw.pop("tables").items()
+            }
+            return cls(**raw, tables=tables)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{where}: not a Lethe backup manifest ({exc})") from exc
+
+
+def write(client: Any, bucket: str, manifest: Manifest) -> str:
+    body = manifest.to_json()
+    store.put(client, bucket, layout.manifest_key(manifest.snapshot_id), body, "application/json")
+    return hashlib.sha256(body).hexdigest()
+
+
+def read(client: Any, bucket: str, sid: str) -> Manifest:
+    key = layout.manifest_key(sid)
+    return Manifest.from_json(store.get(client, bucket, key), f"s3://{bucket}/{key}")
+
+
+def snapshot_ids(client: Any, bucket: str, *, include_hidden: bool = False) -> list[str]:
+    """Every snapshot prefix in the bucket, complete or not, oldest first.
+
+    include_hidden also finds prefixes whose only versions sit behind delete markers (expiry needs them).
+    """
+    ids: list[str] = []
+    for page in client.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=layout.SNAPSHOT_PREFIX, Delimiter="/"
+    ):
+        for p in page.get("CommonPrefixes", []):
+            ids.append(p["Prefix"][len(layout.SNAPSHOT_PREFIX) :].rstrip("/"))
+    # Versions hidden behind delete markers still hold bytes: find their prefixes too.
+    for v in store.versions(client, bucket, layout.SNAPSHOT_PREFIX) if include_hidden else ():
+        sid = v["Key"][len(layout.SNAPSHOT_PREFIX) :].split("/", 1)[0]
+        if sid not in ids:
+            ids.append(sid)
+    return sorted(ids)
+
+
+def complete_manifests(client: Any, bucket: str) -> list[Manifest]:
+    """The manifests of every complete snapshot, oldest first."""
+    found = []
+    for sid in snapshot_ids(client, bucket):
+        if store.exists(client, bucket, layout.manifest_key(sid)):
+            found.append(read(client, bucket, sid))
+    return found

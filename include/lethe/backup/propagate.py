@@ -1,0 +1,315 @@
+"""backup_erasure_propagation's work for one region: carry every pending tombstone into every retained snapshot.
+
+For each complete snapshot, the tombstones not yet applied to it are grouped by
+the objects that can hold their rows (subject bucket of the pseudonym), and each
+affected object is rewritten once for all of them. Order, so that a kill at any
+point loses nothing and a rerun finishes the job:
+
+1. put the rewritten object (the old version stays until step 4), read it back and
+   check its checksum and that rows = before - erased;
+2. write the manifest with the new checksums and row counts;
+3. record the tombstones as applied to this snapshot (database);
+4. delete every noncurrent version of each affected object and of the manifest.
+
+A rerun finds the tombstones still pending, sees the object already clean, repairs
+the manifest entry from the object itself and deletes the old versions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from lethe.backup import frames, layout, store
+from lethe.backup.manifest import Manifest, ObjectEntry, TableEntry, complete_manifests
+from lethe.backup.manifest import write as write_manifest
+from lethe.config import BUCKETS
+from lethe.db import transaction
+
+log = logging.getLogger(__name__)
+REWRITE_THREADS = 4
+
+
+class PropagationInterrupted(RuntimeError):
+    """Raised by the interruption drill (interrupt_after_puts) to prove a half-done run is safe."""
+
+
+@dataclass
+class RegionResult:
+    region: str
+    snapshots: int = 0
+    snapshots_rewritten: int = 0
+    tombstones: int = 0
+    tombstones_newly_applied: int = 0
+    objects_read: int = 0
+    objects_rewritten: int = 0
+    bytes_rewritten: int = 0
+    bytes_in_touched_snapshots: int = 0
+    rows_deleted: int = 0
+    rows_pseudonymised: int = 0
+    manifest_entries_repaired: int = 0
+    tombstoned_rows_left: int = 0  # post-condition: rows of a pending subject still in a rewritten object
+    noncurrent_versions_deleted: int = 0
+    certificates_updated: int = 0
+    certificates_missing: int = 0
+    rewrites_per_object: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        counts = list(self.rewrites_per_object.values())
+        data["rewrites_per_object"] = {"objects": len(counts), "max": max(counts, default=0)}
+        return data
+
+
+@dataclass
+class _Job:
+    table: str
+    entry: TableEntry
+    obj: ObjectEntry
+    pseudonyms: set[str]
+
+
+class _Drill:
+    def __init__(self, after: int | None) -> None:
+        self.after, self.puts, self.lock = after, 0, threading.Lock()
+
+    def put_done(self) -> None:
+        if self.after is None:
+            return
+        with self.lock:
+            self.puts += 1
+            if self.puts >= self.after:
+                raise PropagationInterrupted(f"interrupted after {self.puts} object rewrite(s) (drill)")
+
+
+def propagate_region(
+    db_url: str,
+    region: str,
+    endpoint_url: str | None,
+    *,
+    certificates_endpoint: str | None = None,
+    interrupt_after_puts: int | None = None,
+) -> RegionResult:
+    """Apply every pending tombstone to every complete snapshot in `region`; return counts (no personal data)."""
+    client = store.region_client(region, endpoint_url)
+    bucket = BUCKETS.backup(region)
+    result = RegionResult(region=region)
+    with transaction(db_url) as cur:
+        cur.execute("SELECT subject_pseudonym, request_id::text FROM erasure_tombstones")
+        tombstones: dict[str, str | None] = dict(cur.fetchall())
+        cur.execute(
+            "SELECT snapshot_id, subject_pseudonym FROM backup_tombstone_applications WHERE region = %s", (region,)
+        )
+        applied: dict[str, set[str]] = defaultdict(set)
+        for sid, pseudonym in cur.fetchall():
+            applied[sid].add(pseudonym)
+        cur.execute("SELECT subject_pseudonym FROM backup_propagation_status WHERE region = %s", (region,))
+        known_status = {row[0] for row in cur.fetchall()}
+    result.tombstones = len(tombstones)
+    drill = _Drill(interrupt_after_puts)
+    per_subject: dict[str, dict[str, int]] = defaultdict(lambda: {"snapshots": 0, "objects": 0, "bytes": 0})
+    touched: set[str] = set()
+    manifests = complete_manifests(client, bucket)
+    result.snapshots = len(manifests)
+    for manifest in manifests:
+        pending = set(tombstones) - applied[manifest.snapshot_id]
+        if not pending:
+            continue
+        _rewrite_snapshot(client, bucket, manifest, pending, result, per_subject, drill)
+        with transaction(db_url) as cur:
+            cur.execute(
+                "INSERT INTO backup_tombstone_applications (snapshot_id, region, subject_pseudonym)"
+                " SELECT %s, %s, unnest(%s::text[]) ON CONFLICT DO NOTHING",
+                (manifest.snapshot_id, region, sorted(pending)),
+            )
+        result.noncurrent_versions_deleted += _drop_old_versions(client, bucket, manifest, pending)
+        for pseudonym in pending:
+            per_subject[pseudonym]["snapshots"] += 1
+        touched |= pending
+    if result.objects_rewritten:
+        from lethe.quality import zero_rows
+
+        zero_rows(
+            f"backup_propagation_{region}", {"tombstoned_rows_left": result.tombstoned_rows_left}
+        ).raise_if_failed()
+    _record_status(db_url, region, tombstones, touched, known_status, per_subject, result)
+    _update_certificates(db_url, region, certificates_endpoint or endpoint_url, result)
+    return result
+
+
+def _affected_jobs(manifest: Manifest, pending: set[str]) -> list[_Job]:
+    by_bucket: dict[int, set[str]] = defaultdict(set)
+    for pseudonym in pending:
+        by_bucket[layout.bucket_of(pseudonym, manifest.buckets)].add(pseudonym)
+    jobs = []
+    for table, entry in manifest.tables.items():
+        if entry.erasure_action not in ("delete", "pseudonymise"):
+            continue  # `retain` tables and tables without a subject keep their rows by policy
+        for obj in entry.objects:
+            if obj.bucket is not None and obj.bucket in by_bucket:
+                jobs.append(_Job(table, entry, obj, by_bucket[obj.bucket]))
+    return jobs
+
+
+def _rewrite_snapshot(
+    client: Any,
+    bucket: str,
+    manifest: Manifest,
+    pending: set[str],
+    result: RegionResult,
+    per_subject: dict[str, dict[str, int]],
+    drill: _Drill,
+) -> None:
+    jobs = _affected_jobs(manifest, pending)
+    lock = threading.Lock()
+    changed = {"objects": 0, "deleted": 0, "pseudonymised": 0, "bytes": 0, "repaired": 0}
+
+    def rewrite(job: _Job) -> None:
+        data = store.get(client, bucket, job.obj.key)
+        frame = frames.from_parquet(data)
+        before = frame.num_rows
+        new, erased = frames.erase_subjects(
+            frame, job.pseudonyms, job.entry.erasure_action, job.entry.erasure_columns, job.entry.pseudonym_column
+        )
+        with lock:
+            result.objects_read += 1
+        if erased.changed == 0:
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != job.obj.sha256 or before != job.obj.rows:
+                # An interrupted run already rewrote this object but not the manifest: take the object's truth.
+                job.obj.sha256, job.obj.rows, job.obj.bytes = digest, before, len(data)
+                with lock:
+                    changed["repaired"] += 1
+            return
+        body = frames.to_parquet(new)
+        digest = store.put(client, bucket, job.obj.key, body)
+        drill.put_done()
+        served = store.get(client, bucket, job.obj.key)  # verify what S3 now serves, not what we meant to send
+        served_frame = frames.from_parquet(served)
+        served_rows = served_frame.num_rows
+        _, left = frames.erase_subjects(served_frame, job.pseudonyms, "delete", {})
+        if hashlib.sha256(served).hexdigest() != digest or served_rows != before - erased.deleted:
+            raise RuntimeError(
+                f"s3://{bucket}/{job.obj.key}: rewrite not verified (rows {served_rows}, expected "
+                f"{before - erased.deleted}); the previous version is kept, rerun the propagation"
+            )
+        job.obj.sha256, job.obj.rows, job.obj.bytes = digest, served_rows, len(body)
+        with lock:
+            result.tombstoned_rows_left += left.deleted
+            changed["objects"] += 1
+            changed["deleted"] += erased.deleted
+            changed["pseudonymised"] += erased.pseudonymised
+            changed["bytes"] += len(body)
+            result.rewrites_per_object[f"{manifest.snapshot_id}/{job.obj.key}"] = (
+                result.rewrites_per_object.get(f"{manifest.snapshot_id}/{job.obj.key}", 0) + 1
+            )
+            for pseudonym in erased.per_subject:
+                per_subject[pseudonym]["objects"] += 1
+                per_subject[pseudonym]["bytes"] += len(body)
+
+    result.bytes_in_touched_snapshots += manifest.total_bytes
+    with ThreadPoolExecutor(REWRITE_THREADS) as pool:
+        for future in [pool.submit(rewrite, job) for job in jobs]:
+            future.result()
+    if changed["objects"] or changed["repaired"]:
+        for entry in manifest.tables.values():
+            entry.rows = sum(o.rows for o in entry.objects)
+        manifest.rewrites.append(
+            {
+                "at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "tombstones": len(pending),
+                "objects_rewritten": changed["objects"],
+                "rows_deleted": changed["deleted"],
+                "rows_pseudonymised": changed["pseudonymised"],
+                "bytes_rewritten": changed["bytes"],
+            }
+        )
+        write_manifest(client, bucket, manifest)
+        result.snapshots_rewritten += 1
+    result.objects_rewritten += changed["objects"]
+    result.rows_deleted += changed["deleted"]
+    result.rows_pseudonymised += changed["pseudonymised"]
+    result.bytes_rewritten += changed["bytes"]
+    result.manifest_entries_repaired += changed["repaired"]
+
+
+def _drop_old_versions(client: Any, bucket: str, manifest: Manifest, pending: set[str]) -> int:
+    """Every noncurrent version of each affected object and of the manifest: old bytes must not stay readable."""
+    keys = [job.obj.key for job in _affected_jobs(manifest, pending)] + [layout.manifest_key(manifest.snapshot_id)]
+    with ThreadPoolExecutor(REWRITE_THREADS) as pool:
+        return sum(pool.map(lambda key: store.delete_noncurrent(client, bucket, key), keys))
+
+
+def _record_status(
+    db_url: str,
+    region: str,
+    tombstones: dict[str, str | None],
+    touched: set[str],
+    known_status: set[str],
+    per_subject: dict[str, dict[str, int]],
+    result: RegionResult,
+) -> None:
+    from lethe.ledger import append
+
+    rows = [
+        (p, region, per_subject[p]["snapshots"], per_subject[p]["objects"], per_subject[p]["bytes"])
+        for p in tombstones
+        if p in touched or p not in known_status
+    ]
+    result.tombstones_newly_applied = sum(1 for r in rows if r[0] not in known_status)
+    with transaction(db_url) as cur:
+        for row in rows:
+            cur.execute(
+                "INSERT INTO backup_propagation_status AS s (subject_pseudonym, region, status, snapshots,"
+                " objects_rewritten, bytes_rewritten, applied_at) VALUES (%s, %s, 'applied', %s, %s, %s, now())"
+                " ON CONFLICT (subject_pseudonym, region) DO UPDATE SET status = 'applied',"
+                " snapshots = s.snapshots + EXCLUDED.snapshots,"
+                " objects_rewritten = s.objects_rewritten + EXCLUDED.objects_rewritten,"
+                " bytes_rewritten = s.bytes_rewritten + EXCLUDED.bytes_rewritten, applied_at = now(),"
+                " certificate_updated = false",
+                row,
+            )
+        payload = result.as_dict()
+        payload.pop("certificates_updated")
+        payload.pop("certificates_missing")
+        append(cur, "backup_propagation", payload)
+
+
+def _update_certificates(db_url: str, region: str, endpoint_url: str | None, result: RegionResult) -> None:
+    from lethe.backup.certificate import mark_region_applied
+
+    with transaction(db_url) as cur:
+        cur.execute(
+            "SELECT s.subject_pseudonym, t.request_id::text, s.snapshots, s.objects_rewritten, s.bytes_rewritten,"
+            " to_char(s.applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+            " FROM backup_propagation_status s JOIN erasure_tombstones t USING (subject_pseudonym)"
+            " WHERE s.region = %s AND s.status = 'applied' AND NOT s.certificate_updated",
+            (region,),
+        )
+        for pseudonym, request_id, snapshots, objects, nbytes, applied_at in cur.fetchall():
+            done = True
+            if request_id is not None:
+                entry = {
+                    "status": "applied",
+                    "snapshots": snapshots,
+                    "objects_rewritten": objects,
+                    "bytes_rewritten": nbytes,
+                    "applied_at": applied_at,
+                }
+                done = mark_region_applied(endpoint_url, request_id, region, entry)
+                if done:
+                    result.certificates_updated += 1
+                else:
+                    result.certificates_missing += 1
+            if done:
+                cur.execute(
+                    "UPDATE backup_propagation_status SET certificate_updated = true"
+                    " WHERE subject_pseudonym = %s AND region = %s",
+                    (pseudonym, region),
+                )

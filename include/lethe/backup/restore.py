@@ -1,0 +1,210 @@
+"""Restore a snapshot into a database without bringing any erased person back.
+
+Every tombstone is replayed, whatever its date: those in the snapshot's own
+erasure_tombstones table and those in the live primary (when it can be reached),
+because a person erased after the snapshot was taken is still in it if
+propagation has not reached it yet. Rows of a tombstoned subject are erased in
+memory before they are loaded, by each table's erasure action, so they never
+touch the target. The result is then checked by recomputing the keyed pseudonym
+of every subject in the target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg2.extensions
+import pyarrow as pa
+from psycopg2 import sql
+
+from lethe.backup import frames, layout, store
+from lethe.backup.manifest import Manifest, TableEntry, read
+from lethe.config import BUCKETS
+from lethe.db import ConfigurationError, connect, migrate, transaction
+from lethe.pseudonym import subject_pseudonym
+
+TOMBSTONES = "erasure_tombstones"
+
+
+@dataclass
+class RestoreReport:
+    snapshot_id: str
+    region: str
+    tombstones_in_snapshot: int = 0
+    tombstones_from_primary: int = 0
+    primary_reachable: bool | None = None
+    rows_loaded: dict[str, int] = field(default_factory=dict)
+    rows_removed: dict[str, int] = field(default_factory=dict)
+    rows_pseudonymised: dict[str, int] = field(default_factory=dict)
+    tombstoned_rows_left: int = 0
+
+    @property
+    def tombstones_replayed(self) -> int:
+        return self.tombstones_in_snapshot + self.tombstones_from_primary
+
+
+def _read_table(client: Any, bucket: str, table: str, entry: TableEntry) -> pa.Table:
+    """Every object of a table, each checked against the manifest's checksum and row count."""
+    parts = []
+    for obj in entry.objects:
+        data = store.get(client, bucket, obj.key)
+        if hashlib.sha256(data).hexdigest() != obj.sha256:
+            raise ConfigurationError(f"s3://{bucket}/{obj.key}: checksum does not match the manifest; not restoring")
+        part = frames.from_parquet(data)
+        if part.num_rows != obj.rows:
+            raise ConfigurationError(f"s3://{bucket}/{obj.key}: {part.num_rows} rows, the manifest says {obj.rows}")
+        parts.append(part)
+    if not parts:
+        columns = {c["name"]: pa.array([], frames.Column(c["name"], c["pg_type"]).arrow_type) for c in entry.columns}
+        columns[layout.SUBJECT_COLUMN] = pa.array([], pa.string())
+        return pa.table(columns)
+    return pa.concat_tables(parts, promote_options="default")
+
+
+def load_order(cur: psycopg2.extensions.cursor, tables: list[str]) -> list[str]:
+    """Tables ordered so each comes after the tables its foreign keys point to."""
+    cur.execute(
+        "SELECT c.relname, p.relname FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid"
+        " JOIN pg_class p ON p.oid = k.confrelid WHERE k.contype = 'f' AND c.relname = ANY(%s) AND p.relname = ANY(%s)",
+        (tables, tables),
+    )
+    needs: dict[str, set[str]] = {t: set() for t in tables}
+    for child, parent in cur.fetchall():
+        if child != parent:
+            needs[child].add(parent)
+    ordered: list[str] = []
+    while needs:
+        ready = [t for t in tables if t in needs and not needs[t] - set(ordered)]
+        if not ready:
+            raise ConfigurationError(f"foreign keys form a cycle among {sorted(needs)}; cannot order the restore")
+        for t in ready:
+            ordered.append(t)
+            del needs[t]
+    return ordered
+
+
+def _primary_tombstones(primary_url: str | None, target_url: str) -> list[tuple[Any, ...]] | None:
+    if not primary_url or primary_url == target_url:
+        return None
+    try:
+        with transaction(primary_url) as cur:
+            cur.execute(
+                "SELECT subject_pseudonym, identifier_pseudonyms, request_id, erased_at, counts::text"
+                " FROM erasure_tombstones"
+            )
+            return list(cur.fetchall())
+    except (ConfigurationError, psycopg2.Error):
+        return None
+
+
+def restore_snapshot(
+    sid: str,
+    region: str,
+    target_url: str,
+    *,
+    endpoint_url: str | None,
+    key: bytes,
+    primary_url: str | None = None,
+    out: Callable[[str], None] = print,
+) -> RestoreReport:
+    layout.check_snapshot_id(sid)
+    client = store.region_client(region, endpoint_url)
+    bucket = BUCKETS.backup(region)
+    if not store.exists(client, bucket, layout.manifest_key(sid)):
+        from lethe.backup.manifest import complete_manifests
+
+        available = ", ".join(m.snapshot_id for m in complete_manifests(client, bucket)) or "none"
+        raise ConfigurationError(
+            f"no complete snapshot {sid} in region {region} (bucket {bucket}); complete snapshots there: {available}"
+        )
+    manifest: Manifest = read(client, bucket, sid)
+    report = RestoreReport(snapshot_id=sid, region=region)
+    migrate(target_url)
+    tables = list(manifest.tables)
+    with transaction(target_url) as cur:
+        not_empty = []
+        for table in tables:
+            cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(sql.Identifier(table)))
+            if cur.fetchone()[0]:  # type: ignore[index]
+                not_empty.append(table)
+        if not_empty:
+            raise ConfigurationError(
+                f"target database is not empty (rows in {', '.join(not_empty)}): restore into an empty database"
+            )
+        order = load_order(cur, tables)
+
+    snapshot_tombstones = (
+        _read_table(client, bucket, TOMBSTONES, manifest.tables[TOMBSTONES]) if TOMBSTONES in tables else None
+    )
+    in_snapshot = set(snapshot_tombstones.column("subject_pseudonym").to_pylist()) if snapshot_tombstones else set()
+    from_primary = _primary_tombstones(primary_url, target_url)
+    report.primary_reachable = None if from_primary is None and not primary_url else from_primary is not None
+    primary_only = [row for row in from_primary or [] if row[0] not in in_snapshot]
+    report.tombstones_in_snapshot = len(in_snapshot)
+    report.tombstones_from_primary = len(primary_only)
+    erased = in_snapshot | {row[0] for row in primary_only}
+    out(f"restoring snapshot {sid} from {region} (policy {manifest.policy_version}) into the target database")
+    if report.primary_reachable is False:
+        out("warning: the primary database could not be reached; only the snapshot's own tombstones are replayed")
+
+    with transaction(target_url) as cur:
+        for table in order:
+            entry = manifest.tables[table]
+            frame = snapshot_tombstones if table == TOMBSTONES and snapshot_tombstones else None
+            if frame is None:
+                frame = _read_table(client, bucket, table, entry)
+            frame, done = frames.erase_subjects(
+                frame, erased, entry.erasure_action, entry.erasure_columns, entry.pseudonym_column
+            )
+            report.rows_loaded[table] = frames.copy_into(cur, table, frame)
+            if done.deleted:
+                report.rows_removed[table] = done.deleted
+            if done.pseudonymised:
+                report.rows_pseudonymised[table] = done.pseudonymised
+        for row in primary_only:  # the tombstones themselves must survive the restore too
+            cur.execute(
+                "INSERT INTO erasure_tombstones (subject_pseudonym, identifier_pseudonyms, request_id, erased_at,"
+                " counts) VALUES (%s, %s, %s, %s, %s::jsonb) ON CONFLICT DO NOTHING",
+                row,
+            )
+    report.tombstoned_rows_left = verify_no_tombstoned_rows(target_url, manifest, erased, key)
+    out(
+        f"replayed {report.tombstones_replayed} tombstones ({report.tombstones_in_snapshot} in the snapshot, "
+        f"{report.tombstones_from_primary} more from the primary)"
+    )
+    for table in order:
+        extra = []
+        if table in report.rows_removed:
+            extra.append(f"{report.rows_removed[table]} erased rows left out")
+        if table in report.rows_pseudonymised:
+            extra.append(f"{report.rows_pseudonymised[table]} rows pseudonymised")
+        out(f"  {table}: {report.rows_loaded[table]} rows loaded" + (f" ({', '.join(extra)})" if extra else ""))
+    verdict = "ok" if report.tombstoned_rows_left == 0 else "FAILED"
+    out(f"verified: {report.tombstoned_rows_left} rows of any tombstoned subject in the target ({verdict})")
+    if report.tombstoned_rows_left:
+        raise ConfigurationError(f"restore left {report.tombstoned_rows_left} rows of erased people in the target")
+    return report
+
+
+def verify_no_tombstoned_rows(target_url: str, manifest: Manifest, erased: set[str], key: bytes) -> int:
+    """Rows in the target whose subject's keyed pseudonym is tombstoned (tables whose erasure removes the link)."""
+    counts: dict[str, int] = {}
+    conn = connect(target_url)
+    try:
+        with conn.cursor() as cur:
+            for table, entry in manifest.tables.items():
+                if entry.subject_column is None or entry.erasure_action not in ("delete", "pseudonymise"):
+                    continue
+                column = sql.Identifier(entry.subject_column)
+                cur.execute(
+                    sql.SQL("SELECT {c}, count(*) FROM {t} WHERE {c} IS NOT NULL GROUP BY {c}").format(
+                        c=column, t=sql.Identifier(table)
+                    )
+                )
+                counts[table] = sum(n for value, n in cur.fetchall() if subject_pseudonym(key, value) in erased)
+    finally:
+        conn.close()
+    return sum(counts.values())

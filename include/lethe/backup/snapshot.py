@@ -1,0 +1,151 @@
+"""backup_nightly's work for one region: export every backed-up table, write the manifest last.
+
+The export runs in one REPEATABLE READ transaction, so all tables are from one
+instant. The tombstones visible in that same transaction are filtered out of the
+rows (an erasure that wrote its tombstone before deleting rows is still honoured)
+and recorded as applied to this snapshot; any tombstone committed later is left
+for backup_erasure_propagation, so no erasure can slip between export and manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg2.extensions
+
+from lethe.backup import frames, layout, locks, store
+from lethe.backup.manifest import Manifest, ObjectEntry, TableEntry
+from lethe.backup.manifest import write as write_manifest
+from lethe.config import BUCKETS
+from lethe.db import connect, transaction
+from lethe.policy.model import Policy
+
+log = logging.getLogger(__name__)
+UPLOAD_THREADS = 8
+
+
+def backed_up_tables(policy: Policy) -> list[str]:
+    return [name for name, rule in policy.tables.items() if rule.backup]
+
+
+def take_snapshot(
+    db_url: str,
+    region: str,
+    endpoint_url: str | None,
+    sid: str,
+    policy: Policy,
+    key: bytes,
+    *,
+    erasure_deadline_days: int = 30,
+) -> dict[str, Any]:
+    """Write snapshot `sid` into `region`'s backup bucket; return counts (no personal data)."""
+    layout.check_snapshot_id(sid)
+    client = store.region_client(region, endpoint_url)
+    bucket = BUCKETS.backup(region)
+    problem = locks.bucket_violation(client, bucket, erasure_deadline_days)
+    if problem:
+        raise RuntimeError(f"backup region {region}: refusing to write a snapshot: {problem}")
+    if store.exists(client, bucket, layout.manifest_key(sid)):
+        log.info("snapshot %s already complete in %s", sid, region)
+        return {"region": region, "snapshot_id": sid, "status": "already complete"}
+    # Leftovers of a killed attempt are incomplete (no manifest): remove every version before writing anew.
+    leftovers = store.delete_everything(client, bucket, layout.snapshot_prefix(sid))
+    with transaction(db_url) as cur:
+        cur.execute(
+            "INSERT INTO backup_snapshots (snapshot_id, region, status, policy_version) VALUES (%s, %s, 'writing', %s)"
+            " ON CONFLICT (snapshot_id, region) DO UPDATE SET status = 'writing', started_at = now()",
+            (sid, region, policy.version),
+        )
+    manifest = Manifest(
+        snapshot_id=sid,
+        region=region,
+        bucket=bucket,
+        created_at=layout.snapshot_time(sid).isoformat(),
+        policy_version=policy.version,
+        policy_digest=policy.digest,
+        buckets=policy.backups.buckets,
+        tables={},
+    )
+    conn = connect(db_url)
+    try:
+        conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ, readonly=True)
+        with conn.cursor() as cur, ThreadPoolExecutor(UPLOAD_THREADS) as pool:
+            cur.execute("SELECT subject_pseudonym FROM erasure_tombstones")
+            tombstones = {row[0] for row in cur.fetchall()}
+            manifest.tombstones_at_export = len(tombstones)
+            for table in backed_up_tables(policy):
+                manifest.tables[table] = _export_table(cur, pool, client, bucket, sid, table, policy, key, tombstones)
+        conn.rollback()
+    finally:
+        conn.close()
+    write_manifest(client, bucket, manifest)  # last: from here on the snapshot exists
+    summary = {
+        "region": region,
+        "snapshot_id": sid,
+        "status": "complete",
+        "tables": len(manifest.tables),
+        "objects": len(manifest.objects),
+        "rows": manifest.total_rows,
+        "bytes": manifest.total_bytes,
+        "leftover_versions_removed": leftovers,
+    }
+    with transaction(db_url) as cur:
+        cur.execute(
+            "UPDATE backup_snapshots SET status = 'complete', completed_at = now(), objects = %s, rows = %s,"
+            " bytes = %s WHERE snapshot_id = %s AND region = %s",
+            (summary["objects"], summary["rows"], summary["bytes"], sid, region),
+        )
+        cur.execute(
+            "INSERT INTO backup_tombstone_applications (snapshot_id, region, subject_pseudonym)"
+            " SELECT %s, %s, unnest(%s::text[]) ON CONFLICT DO NOTHING",
+            (sid, region, sorted(tombstones)),
+        )
+        from lethe.ledger import append
+
+        append(cur, "backup_snapshot", {k: v for k, v in summary.items() if k != "status"})
+    return summary
+
+
+def _export_table(
+    cur: psycopg2.extensions.cursor,
+    pool: ThreadPoolExecutor,
+    client: Any,
+    bucket: str,
+    sid: str,
+    table: str,
+    policy: Policy,
+    key: bytes,
+    tombstones: set[str],
+) -> TableEntry:
+    rule = policy.tables[table]
+    columns = frames.table_columns(cur, table)
+    frame = frames.with_subject(frames.export_table(cur, table, columns), rule.subject, key)
+    erasure = rule.erasure
+    entry = TableEntry(
+        columns=[{"name": c.name, "pg_type": c.pg_type, "arrow_type": str(c.arrow_type)} for c in columns],
+        subject_column=rule.subject,
+        erasure_action=erasure.action if erasure else None,
+        erasure_columns=dict(erasure.columns) if erasure else {},
+        pseudonym_column=next((c for c, cls in rule.columns.items() if cls == "pseudonym"), None),
+    )
+    frame, _ = frames.erase_subjects(
+        frame, tombstones, entry.erasure_action, entry.erasure_columns, entry.pseudonym_column
+    )
+    entry.rows = frame.num_rows
+
+    def upload(bucket_no: int | None, part: Any) -> ObjectEntry:
+        body = frames.to_parquet(part)
+        object_key = layout.object_key(sid, table, bucket_no)
+        digest = store.put(client, bucket, object_key, body)
+        return ObjectEntry(key=object_key, bucket=bucket_no, rows=part.num_rows, bytes=len(body), sha256=digest)
+
+    futures = [pool.submit(upload, b, part) for b, part in frames.split_by_bucket(frame, policy.backups.buckets)]
+    entry.objects = sorted((f.result() for f in futures), key=lambda o: o.key)
+    return entry
+
+
+def new_snapshot_id(now: datetime | None = None) -> str:
+    return layout.snapshot_id(now or datetime.now(UTC))

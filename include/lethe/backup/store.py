@@ -1,0 +1,89 @@
+"""S3 helpers for versioned backup buckets.
+
+On a versioned bucket a delete without VersionId only adds a delete marker and
+the old bytes stay readable: erasing means deleting each version by its id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from lethe.db import ConfigurationError
+
+
+class RegionUnreachable(ConfigurationError):
+    """A backup region's S3 endpoint did not answer; names region and endpoint."""
+
+
+def region_client(region: str, endpoint_url: str | None) -> Any:
+    """A client for one region, checked against its backup bucket so a dead endpoint fails fast and clearly."""
+    from lethe.config import BUCKETS
+    from lethe.storage import s3_client
+
+    client = s3_client(region, endpoint_url)
+    bucket = BUCKETS.backup(region)
+    try:
+        client.head_bucket(Bucket=bucket)
+    except (BotoCoreError, ClientError) as exc:
+        raise RegionUnreachable(
+            f"backup region {region}: bucket {bucket!r} at endpoint {endpoint_url or 'AWS default'} is not usable "
+            f"({type(exc).__name__}: {exc}); this region's work is left for the next run"
+        ) from exc
+    return client
+
+
+def versions(client: Any, bucket: str, prefix: str) -> Iterator[dict[str, Any]]:
+    """Every version and delete marker under `prefix` (with IsLatest and a `DeleteMarker` flag)."""
+    for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
+        for v in page.get("Versions", []):
+            yield {**v, "DeleteMarker": False}
+        for m in page.get("DeleteMarkers", []):
+            yield {**m, "DeleteMarker": True}
+
+
+def delete_versions(client: Any, bucket: str, doomed: list[dict[str, Any]]) -> int:
+    """Delete the given versions for good (1000 per request); return how many."""
+    deleted = 0
+    for start in range(0, len(doomed), 1000):
+        batch = [{"Key": v["Key"], "VersionId": v["VersionId"]} for v in doomed[start : start + 1000]]
+        result = client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+        if result.get("Errors"):
+            first = result["Errors"][0]
+            raise RuntimeError(f"bucket {bucket}: could not delete {first.get('Key')}: {first.get('Message')}")
+        deleted += len(batch)
+    return deleted
+
+
+def delete_everything(client: Any, bucket: str, prefix: str) -> int:
+    """Delete every version and delete marker under a prefix."""
+    return delete_versions(client, bucket, list(versions(client, bucket, prefix)))
+
+
+def delete_noncurrent(client: Any, bucket: str, key: str) -> int:
+    """Delete every version of `key` except the current one (the rewritten object)."""
+    doomed = [v for v in versions(client, bucket, key) if v["Key"] == key and not v["IsLatest"]]
+    return delete_versions(client, bucket, doomed)
+
+
+def put(client: Any, bucket: str, key: str, body: bytes, content_type: str = "application/octet-stream") -> str:
+    """Put one object with server-side encryption; return its sha256 (hex)."""
+    client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type, ServerSideEncryption="AES256")
+    return hashlib.sha256(body).hexdigest()
+
+
+def get(client: Any, bucket: str, key: str) -> bytes:
+    return bytes(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def exists(client: Any, bucket: str, key: str) -> bool:
+    try:
+        client.head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+    return True

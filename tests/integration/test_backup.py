@@ -1,0 +1,327 @@
+"""Backups against a real PostgreSQL and S3 over HTTP: snapshot, propagate, interrupt, restore, Object Lock.
+
+The primary is filled by small SQL fixtures; expected outcomes are computed here
+from those rows, independently of the code under test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+from lethe import testing
+from lethe.backup import layout, store
+from lethe.backup.expiry import expire_region
+from lethe.backup.locks import object_lock_violations
+from lethe.backup.manifest import read as read_manifest
+from lethe.backup.propagate import PropagationInterrupted, propagate_region
+from lethe.backup.restore import restore_snapshot
+from lethe.backup.snapshot import take_snapshot
+from lethe.config import BACKUP_REGIONS, BUCKETS
+from lethe.db import transaction
+from lethe.policy import load_policy
+from lethe.pseudonym import subject_pseudonym
+from lethe.storage import ensure_buckets, s3_client
+
+pytestmark = pytest.mark.integration
+
+KEY = b"test-pseudonym-key"
+USERS = 40
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def fill_primary(url: str) -> None:
+    """40 people with rows in several backed-up tables, plus rows with no subject."""
+    with transaction(url) as cur:
+        for u in range(1, USERS + 1):
+            cur.execute(
+                "INSERT INTO accounts (user_id, name, username, email, phone, password_hash, interests, created_at)"
+                " VALUES (%s, %s, %s, %s, %s, 'x', %s, %s)",
+                (u, f"Person {u}", f"user{u}", f"user{u}@example.test", f"+9100000{u:04d}", ["sql", "go"], NOW),
+            )
+            cur.execute(
+                "INSERT INTO ssh_keys VALUES (%s, %s, %s, %s)", (u, u, f"ssh-ed25519 AAAA{u} user{u}@host", NOW)
+            )
+            cur.execute(
+                "INSERT INTO invoices VALUES (%s, %s, NULL, %s, 'Street 1', 'TAX', 1000, 'INR', %s)",
+                (u, u, f"Person {u}", NOW),
+            )
+            cur.execute(
+                "INSERT INTO payments VALUES (%s, %s, %s, NULL, 1000, 'card', '4242', %s, NULL)", (u, u, u, NOW)
+            )
+            for i in range(3):
+                cur.execute(
+                    "INSERT INTO comments VALUES (%s, %s, %s, %s)",
+                    (u * 10 + i, u, f'comment {i} with a "quote", a comma\nand a newline', NOW),
+                )
+                cur.execute(
+                    "INSERT INTO usage_events VALUES (%s, %s, %s, 'quiz', 100, 0)",
+                    (u * 10 + i, u, NOW - timedelta(days=i)),
+                )
+            cur.execute(
+                "INSERT INTO survey_responses VALUES (%s, %s, 'nps', %s, %s)", (u, u, json.dumps({"score": u}), NOW)
+            )
+        cur.execute("INSERT INTO security_evidence VALUES (1, NULL, '10.1.2.3', 'scan', 'port scan', %s)", (NOW,))
+        cur.execute("INSERT INTO sessions VALUES (1, 1, 'c1', 'temporary', '10.0.0.1', %s, %s)", (NOW, NOW))
+
+
+def erase(url: str, user_id: int) -> str:
+    """What subject_erasure does on the primary: delete, pseudonymise tax records, write the tombstone."""
+    p = subject_pseudonym(KEY, user_id)
+    with transaction(url) as cur:
+        for table in ("ssh_keys", "comments", "usage_events", "survey_responses", "sessions"):
+            cur.execute(f"DELETE FROM {table} WHERE user_id = %s", (user_id,))  # noqa: S608 - fixed test names
+        cur.execute(
+            "UPDATE payments SET user_id = NULL, card_last4 = NULL, subject_pseudonym = %s WHERE user_id = %s",
+            (p, user_id),
+        )
+        cur.execute("UPDATE invoices SET user_id = NULL, subject_pseudonym = %s WHERE user_id = %s", (p, user_id))
+        cur.execute("DELETE FROM accounts WHERE user_id = %s", (user_id,))
+        cur.execute(
+            "INSERT INTO erasure_tombstones (subject_pseudonym, identifier_pseudonyms, request_id) VALUES (%s, %s, %s)",
+            (p, [], str(uuid.uuid4())),
+        )
+    return p
+
+
+@pytest.fixture
+def primary(db_url: str) -> str:
+    fill_primary(db_url)
+    return db_url
+
+
+def snapshot_both(db_url: str, s3: str, sid: str) -> None:
+    policy = load_policy()
+    for region in BACKUP_REGIONS:
+        take_snapshot(db_url, region, s3, sid, policy, KEY)
+
+
+def every_version(s3: str, region: str, *, latest_only: bool = False) -> list[tuple[str, Any]]:
+    """(key, Arrow table) for every version (or only the current one) of every data object in the region."""
+    client = s3_client(region, s3)
+    bucket = BUCKETS.backup(region)
+    found = []
+    for v in store.versions(client, bucket, layout.SNAPSHOT_PREFIX):
+        if v["DeleteMarker"] or not v["Key"].endswith(".parquet") or (latest_only and not v["IsLatest"]):
+            continue
+        body = client.get_object(Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"])["Body"].read()
+        found.append((v["Key"], pq.read_table(io.BytesIO(body))))
+    return found
+
+
+def rows_of(tables: list[tuple[str, Any]], user_ids: set[int]) -> Counter[str]:
+    """Rows per table whose user_id column holds one of these people (raw id check, independent of pseudonyms)."""
+    found: Counter[str] = Counter()
+    for key, table in tables:
+        if "user_id" in table.column_names:
+            name = key.split("/data/")[1].split("/")[0]
+            hits = sum(1 for v in table.column("user_id").to_pylist() if v in user_ids)
+            if hits:
+                found[name] += hits
+    return found
+
+
+def current_counts(s3: str, region: str, sid: str) -> dict[str, int]:
+    manifest = read_manifest(s3_client(region, s3), BUCKETS.backup(region), sid)
+    return {t: e.rows for t, e in manifest.tables.items()}
+
+
+def test_snapshot_writes_bucketed_objects_and_a_manifest_last(primary: str, s3_endpoint: str) -> None:
+    sid = "20261101T020000Z"
+    snapshot_both(primary, s3_endpoint, sid)
+    policy = load_policy()
+    with transaction(primary) as cur:
+        expected = {}
+        for table, rule in policy.tables.items():
+            if rule.backup:
+                cur.execute(f"SELECT count(*) FROM {table}")  # noqa: S608 - names from the policy file
+                expected[table] = cur.fetchone()[0]
+    for region in BACKUP_REGIONS:
+        client = s3_client(region, s3_endpoint)
+        bucket = BUCKETS.backup(region)
+        manifest = read_manifest(client, bucket, sid)
+        assert manifest.policy_version == policy.version and manifest.buckets == 64
+        assert {t: e.rows for t, e in manifest.tables.items()} == expected
+        for obj in manifest.objects:
+            head = client.head_object(Bucket=bucket, Key=obj.key)
+            assert head["ServerSideEncryption"] == "AES256"
+            body = client.get_object(Bucket=bucket, Key=obj.key)["Body"].read()
+            assert hashlib.sha256(body).hexdigest() == obj.sha256 and len(body) == obj.bytes
+            table = pq.read_table(io.BytesIO(body))
+            assert table.num_rows == obj.rows
+            # every row sits in the bucket its subject's pseudonym names; rows without a subject are unbucketed
+            for user_id in set(table.column("user_id").to_pylist()) if "user_id" in table.column_names else set():
+                want = None if user_id is None else layout.bucket_of(subject_pseudonym(KEY, user_id), 64)
+                assert obj.bucket == want
+        # free text with quotes, commas and newlines and jsonb/arrays survive as written
+        comments = [t for k, t in every_version(s3_endpoint, region) if "/comments/" in k]
+        assert any('"quote", a comma\nand a newline' in b for t in comments for b in t.column("body").to_pylist())
+    # one person's rows live in one object per table: a computable, small set
+    p = subject_pseudonym(KEY, 7)
+    holding = {k for k, t in every_version(s3_endpoint, "us-east-1") if rows_of([(k, t)], {7})}
+    assert holding and all(k.endswith(f"b{layout.bucket_of(p, 64):04d}.parquet") for k in holding)
+    # a rerun of the same snapshot id leaves the complete snapshot alone
+    assert take_snapshot(primary, "us-east-1", s3_endpoint, sid, policy, KEY)["status"] == "already complete"
+
+
+def test_propagation_rewrites_only_affected_objects_in_both_regions(primary: str, s3_endpoint: str) -> None:
+    sids = ["20261101T020000Z", "20261102T020000Z"]
+    for sid in sids:
+        snapshot_both(primary, s3_endpoint, sid)
+    before = {r: current_counts(s3_endpoint, r, sids[0]) for r in BACKUP_REGIONS}
+    erased_ids = {3, 11}
+    pseudonyms = {erase(primary, u) for u in erased_ids}
+    affected_buckets = {layout.bucket_of(p, 64) for p in pseudonyms}
+    total_objects = len(
+        read_manifest(s3_client("us-east-1", s3_endpoint), BUCKETS.backup("us-east-1"), sids[0]).objects
+    )
+
+    results = {r: propagate_region(primary, r, s3_endpoint) for r in BACKUP_REGIONS}
+
+    for region, result in results.items():
+        # per snapshot: one object per table holding them (accounts, ssh_keys, invoices, payments, comments,
+        # usage_events, survey_responses) in each affected bucket, and nothing else
+        assert result.objects_rewritten == 2 * 7 * len(affected_buckets)
+        assert result.objects_rewritten < total_objects
+        assert max(Counter(result.rewrites_per_object).values()) == 1
+        assert result.rows_deleted == 2 * len(erased_ids) * (1 + 1 + 3 + 3 + 1)
+        assert result.rows_pseudonymised == 2 * len(erased_ids) * 2
+        versions = every_version(s3_endpoint, region)
+        assert sum(rows_of(versions, erased_ids).values()) == 0, "an erased person survives in some object version"
+        for _, table in versions:
+            assert not set(table.column(layout.SUBJECT_COLUMN).to_pylist()) & pseudonyms
+        # tax records stay, unlinked and pseudonymised, as on the primary
+        invoices = [t for k, t in versions if "/invoices/" in k]
+        linked = [p for t in invoices for p in t.column("subject_pseudonym").to_pylist() if p in pseudonyms]
+        assert len(linked) == 2 * len(erased_ids)
+        for sid in sids:
+            after = current_counts(s3_endpoint, region, sid)
+            for table, n in before[region].items():
+                removed = {"accounts": 1, "ssh_keys": 1, "comments": 3, "usage_events": 3, "survey_responses": 1}
+                assert after[table] == n - removed.get(table, 0) * len(erased_ids), table
+    with transaction(primary) as cur:
+        cur.execute("SELECT region, status, snapshots FROM backup_propagation_status ORDER BY region")
+        assert cur.fetchall() == [("ap-southeast-1", "applied", 2)] * 2 + [("us-east-1", "applied", 2)] * 2
+        cur.execute("SELECT payload FROM ledger WHERE kind = 'backup_propagation'")
+        payloads = [r[0] for r in cur.fetchall()]
+        assert len(payloads) == 2 and all("user" not in json.dumps(p) for p in payloads)
+    # nothing pending: a second run reads and rewrites nothing
+    again = propagate_region(primary, "us-east-1", s3_endpoint)
+    assert again.objects_read == 0 and again.objects_rewritten == 0
+
+
+def test_interrupted_propagation_loses_nobody_and_a_rerun_finishes(primary: str, s3_endpoint: str) -> None:
+    sid = "20261101T020000Z"
+    snapshot_both(primary, s3_endpoint, sid)
+    before = current_counts(s3_endpoint, "us-east-1", sid)
+    others = rows_of(every_version(s3_endpoint, "us-east-1"), set(range(1, USERS + 1)) - {5})
+    p = erase(primary, 5)
+    with pytest.raises(PropagationInterrupted):
+        propagate_region(primary, "us-east-1", s3_endpoint, interrupt_after_puts=3)
+    # half done: nobody else lost a row in the current objects
+    current = every_version(s3_endpoint, "us-east-1", latest_only=True)
+    assert rows_of(current, set(range(1, USERS + 1)) - {5}) == others
+
+    result = propagate_region(primary, "us-east-1", s3_endpoint)
+    assert result.manifest_entries_repaired >= 1  # the objects rewritten before the kill, taken as they are
+    versions = every_version(s3_endpoint, "us-east-1")
+    assert sum(rows_of(versions, {5}).values()) == 0
+    assert rows_of(versions, set(range(1, USERS + 1)) - {5}) == others
+    client = s3_client("us-east-1", s3_endpoint)
+    manifest = read_manifest(client, BUCKETS.backup("us-east-1"), sid)
+    for obj in manifest.objects:  # the manifest matches what is stored, object by object
+        body = client.get_object(Bucket=BUCKETS.backup("us-east-1"), Key=obj.key)["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == obj.sha256
+    assert manifest.tables["comments"].rows == before["comments"] - 3
+    assert not any(p in t.column(layout.SUBJECT_COLUMN).to_pylist() for _, t in versions)
+
+
+def test_restore_replays_every_tombstone(primary: str, s3_endpoint: str, services: tuple[str, str]) -> None:
+    early = erase(primary, 2)  # erased before the snapshot: its tombstone is inside it
+    sid = "20261101T020000Z"
+    snapshot_both(primary, s3_endpoint, sid)
+    late = erase(primary, 9)  # erased after, not yet propagated: only the primary knows
+    target = testing.fresh_database(services[0])
+    lines: list[str] = []
+    try:
+        report = restore_snapshot(
+            sid, "ap-southeast-1", target, endpoint_url=s3_endpoint, key=KEY, primary_url=primary, out=lines.append
+        )
+        assert report.tombstones_in_snapshot == 1 and report.tombstones_from_primary == 1
+        assert report.rows_removed["comments"] == 3 and report.rows_pseudonymised["invoices"] == 1
+        with transaction(target) as cur:
+            cur.execute("SELECT user_id FROM accounts ORDER BY 1")
+            assert [r[0] for r in cur.fetchall()] == [u for u in range(1, USERS + 1) if u not in (2, 9)]
+            cur.execute("SELECT count(*) FROM comments WHERE user_id IN (2, 9)")
+            assert cur.fetchone()[0] == 0
+            cur.execute("SELECT count(*), count(DISTINCT user_id) FROM comments")
+            assert cur.fetchone() == (3 * (USERS - 2), USERS - 2)
+            cur.execute("SELECT subject_pseudonym FROM invoices WHERE user_id IS NULL ORDER BY 1")
+            assert [r[0] for r in cur.fetchall()] == sorted([early, late])
+            cur.execute("SELECT subject_pseudonym FROM erasure_tombstones ORDER BY 1")
+            assert [r[0] for r in cur.fetchall()] == sorted([early, late])
+            cur.execute("SELECT interests, ip_address::text FROM accounts, security_evidence LIMIT 1")
+            assert cur.fetchone() == (["sql", "go"], "10.1.2.3/32")
+        assert any("replayed 2 tombstones" in line for line in lines)
+        assert any(line.startswith("verified: 0 rows") for line in lines)
+        assert not any("example.test" in line or "Person" in line for line in lines)
+    finally:
+        testing.drop_database(target)
+
+
+def test_expiry_deletes_every_version_of_old_snapshots(primary: str, s3_endpoint: str) -> None:
+    old, new = "20260101T020000Z", "20261101T020000Z"
+    snapshot_both(primary, s3_endpoint, old)
+    snapshot_both(primary, s3_endpoint, new)
+    client = s3_client("us-east-1", s3_endpoint)
+    bucket = BUCKETS.backup("us-east-1")
+    client.delete_object(Bucket=bucket, Key=layout.manifest_key(old))  # only a delete marker: bytes remain
+    client.put_object(Bucket=bucket, Key=layout.manifest_key(old), Body=b"{}")
+    summary = expire_region(
+        primary, "us-east-1", s3_endpoint, timedelta(days=35), now=datetime(2026, 11, 2, tzinfo=UTC)
+    )
+    assert summary["expired_snapshots"] == 1
+    assert list(store.versions(client, bucket, layout.snapshot_prefix(old))) == []
+    assert store.exists(client, bucket, layout.manifest_key(new))
+
+
+def test_object_lock_in_compliance_mode_longer_than_the_deadline_is_a_violation(
+    primary: str, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LETHE_BUCKET_PREFIX", f"lock{uuid.uuid4().hex[:8]}")
+    locked = BUCKETS.backup("ap-southeast-1")
+    client = s3_client("ap-southeast-1", s3_endpoint)
+    client.create_bucket(
+        Bucket=locked,
+        CreateBucketConfiguration={"LocationConstraint": "ap-southeast-1"},
+        ObjectLockEnabledForBucket=True,
+    )
+    client.put_object_lock_configuration(
+        Bucket=locked,
+        ObjectLockConfiguration={
+            "ObjectLockEnabled": "Enabled",
+            "Rule": {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": 365}},
+        },
+    )
+    governed = BUCKETS.backup("us-east-1")
+    s3_client("us-east-1", s3_endpoint).create_bucket(Bucket=governed, ObjectLockEnabledForBucket=True)
+    s3_client("us-east-1", s3_endpoint).put_object_lock_configuration(
+        Bucket=governed,
+        ObjectLockConfiguration={
+            "ObjectLockEnabled": "Enabled",
+            "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": 365}},
+        },
+    )
+    ensure_buckets(s3_endpoint)
+    violations = object_lock_violations(s3_endpoint, erasure_deadline_days=30)
+    assert len(violations) == 1 and locked in violations[0] and "COMPLIANCE" in violations[0]
+    assert object_lock_violations(s3_endpoint, erasure_deadline_days=400) == []
+    with pytest.raises(RuntimeError, match=locked):
+        take_snapshot(primary, "ap-southeast-1", s3_endpoint, "20261101T020000Z", load_policy(), KEY)
