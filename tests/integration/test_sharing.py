@@ -1,0 +1,241 @@
+"""usage_sharing against a real PostgreSQL and S3 over HTTP: crafted rows, releases read back from the bucket."""
+
+from __future__ import annotations
+
+import io
+import re
+from datetime import UTC, date, datetime, timedelta
+
+import pandas as pd
+import pytest
+from lethe.config import BUCKETS, PRIMARY_REGION
+from lethe.db import transaction
+from lethe.ledger import verify_chain
+from lethe.sharing import pipeline, release
+from lethe.sharing.budget import BudgetExceeded
+from lethe.sharing.config import RecipientConfig
+from lethe.sharing.gate import PII_PATTERNS, run_gate
+from lethe.sharing.pipeline import GateFailed
+from lethe.storage import s3_client
+
+pytestmark = pytest.mark.integration
+
+TODAY = datetime.now(UTC).date()
+DAY1 = TODAY - timedelta(days=3)  # inside the migrated partitions
+END = datetime(TODAY.year, TODAY.month, TODAY.day, tzinfo=UTC) - timedelta(days=1)
+START = END - timedelta(days=5)
+EXACT = RecipientConfig(name="partner", k=10, max_events_per_cell=5, max_cells_per_day=4)
+
+
+class Rows:
+    """Inserts accounts, consents, usage events and page views with unique ids."""
+
+    def __init__(self, cur) -> None:
+        self.cur = cur
+        self.next_event = 1
+        self.next_log = 1
+
+    def person(self, user_id: int, *, granted_days_ago: int = 400, withdrawn: bool = False, objected: bool = False):
+        now = datetime.now(UTC)
+        self.cur.execute(
+            "INSERT INTO accounts (user_id, name, username, email, phone, password_hash, created_at)"
+            " VALUES (%s, %s, %s, %s, %s, 'x', %s)",
+            (user_id, f"Person {user_id}", f"member{user_id}", f"member{user_id}@example.com",
+             f"+91 98765 {user_id:05d}", now - timedelta(days=500)),
+        )
+        self.cur.execute(
+            "INSERT INTO consents (consent_id, user_id, purpose, granted_at, withdrawn_at, objected_at)"
+            " VALUES (%s, %s, 'analytics', %s, %s, %s)",
+            (user_id, user_id, now - timedelta(days=granted_days_ago),
+             now - timedelta(hours=1) if withdrawn else None, now - timedelta(hours=1) if objected else None),
+        )
+
+    def usage(self, user_id: int, day: date, feature: str, count: int = 1, duration_ms: int = 60_000) -> None:
+        for i in range(count):
+            at = datetime(day.year, day.month, day.day, 9, tzinfo=UTC) + timedelta(minutes=i)
+            self.cur.execute(
+                "INSERT INTO usage_events (event_id, user_id, occurred_at, feature, duration_ms) VALUES (%s, %s, %s, %s, %s)",
+                (self.next_event, user_id, at, feature, duration_ms),
+            )
+            self.next_event += 1
+
+    def visit(self, user_id: int | None, day: date, *, path: str = "/courses?utm=mail", zone: str = "Asia/Kolkata",
+              device: str = "desktop", browser: str = "Chrome", visitor: str | None = None) -> None:
+        at = datetime(day.year, day.month, day.day, 8, tzinfo=UTC)
+        self.cur.execute(
+            "INSERT INTO visitor_logs (log_id, user_id, visitor_id, occurred_at, ip_address, device_type, browser,"
+            " user_agent, language, file_accessed, referrer, os, time_zone)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'en-IN', %s, 'https://example.org/?q=x', 'Linux', %s)",
+            (self.next_log, user_id, visitor or f"v{self.next_log:015x}", at, f"203.0.113.{self.next_log % 250}",
+             device, browser, f"Mozilla/5.0 (X11) {browser}/130.0.1 member{user_id}", path, zone),
+        )
+        self.next_log += 1
+
+
+def crowd(rows: Rows, first: int, n: int, day: date = DAY1, feature: str = "quiz") -> list[int]:
+    """n consenting people who each use `feature` twice and view one page that day."""
+    ids = list(range(first, first + n))
+    for u in ids:
+        rows.person(u)
+        rows.visit(u, day)
+        rows.usage(u, day, feature, count=2)
+    return ids
+
+
+def published_objects(endpoint: str, recipient: str) -> dict[str, bytes]:
+    client = s3_client(PRIMARY_REGION, endpoint)
+    out = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKETS.sharing, Prefix=f"recipients/{recipient}/"):
+        for obj in page.get("Contents", []):
+            out[obj["Key"]] = client.get_object(Bucket=BUCKETS.sharing, Key=obj["Key"])["Body"].read()
+    return out
+
+
+def test_a_person_alone_in_a_cell_is_not_published(db_url: str, s3_endpoint: str) -> None:
+    with transaction(db_url) as cur:
+        rows = Rows(cur)
+        crowd(rows, 1, 12)
+        rows.person(100)
+        rows.visit(100, DAY1, zone="Europe/Berlin", device="tablet", browser="Firefox")
+        rows.usage(100, DAY1, "rare_feature", count=3)
+    summary = pipeline.run_release(db_url, s3_endpoint, EXACT, START, END)
+    assert summary["status"] == "published" and summary["cells_suppressed"] >= 2
+    loaded = release.load_latest_release("partner", s3_endpoint)
+    assert loaded is not None and loaded.release_id == summary["release_id"]
+    frame = loaded.frame
+    assert "rare_feature" not in set(frame["feature"])
+    assert "Europe" not in set(frame["region"])
+    quiz = frame[(frame["feature"] == "quiz")]
+    assert len(quiz) == 1 and int(quiz["people"].iloc[0]) == 12 and int(quiz["events"].iloc[0]) == 24
+    pages = frame[frame["source"] == "page"]
+    assert list(pages["feature"]) == ["/courses"] and int(pages["people"].iloc[0]) == 12  # query string gone
+    assert (frame["people"] >= 10).all()
+    csv = pd.read_csv(io.BytesIO(published_objects(s3_endpoint, "partner")[
+        f"recipients/partner/{summary['release_id']}/cells.csv"]))
+    assert len(csv) == len(frame)
+
+
+def test_withdrawn_or_objected_consent_leaves_the_release_unchanged(db_url: str) -> None:
+    with transaction(db_url) as cur:
+        rows = Rows(cur)
+        crowd(rows, 1, 11)
+        # 200 withdrew, 201 objected, 202 consented only after these events: none may count.
+        rows.person(200, withdrawn=True)
+        rows.person(201, objected=True)
+        rows.person(202, granted_days_ago=1)
+        for u in (200, 201, 202):
+            rows.visit(u, DAY1, zone="America/New_York")
+            rows.usage(u, DAY1, "quiz", count=4, duration_ms=3_600_000)
+            rows.usage(u, DAY1, "forum", count=1)
+    with_them = pipeline.build(db_url, EXACT, START, END)
+    with transaction(db_url) as cur:
+        for table in ("usage_events", "visitor_logs"):
+            cur.execute(f"DELETE FROM {table} WHERE user_id IN (200, 201, 202)")  # noqa: S608 - test constant
+    without = pipeline.build(db_url, EXACT, START, END)
+    pd.testing.assert_frame_equal(with_them.protected.frame, without.protected.frame)
+    assert with_them.aggregate.rows_in == without.aggregate.rows_in
+    pd.testing.assert_frame_equal(with_them.aggregate.cells, without.aggregate.cells)
+    assert len(without.protected.frame) > 0
+
+
+def test_noisy_release_within_budget_then_the_next_is_refused(db_url: str, s3_endpoint: str) -> None:
+    noisy = RecipientConfig(
+        name="public", k=10, dimensions=("feature",), mechanism="laplace", epsilon=1.0, epsilon_budget=2.5,
+        max_events_per_cell=2, max_cells_per_day=2,
+    )
+    with transaction(db_url) as cur:
+        crowd(Rows(cur), 1, 400)
+    first = pipeline.run_release(db_url, s3_endpoint, noisy, END - timedelta(days=2), END)
+    assert first["status"] == "published" and first["epsilon_spent"] == pytest.approx(2.0)
+    loaded = release.load_latest_release("public", s3_endpoint)
+    assert loaded is not None and loaded.manifest["epsilon_spent"] == pytest.approx(2.0)
+    assert loaded.frame["total_duration_ms"].isna().all()  # durations withheld under noise
+    assert run_gate(loaded.frame, loaded.config).success
+    with pytest.raises(BudgetExceeded, match=r"needs epsilon 1 .* 2 of the budget 2.5 is spent"):
+        pipeline.run_release(db_url, s3_endpoint, noisy, END, END + timedelta(days=1))
+    keys = published_objects(s3_endpoint, "public")
+    assert {k.split("/")[2] for k in keys} == {first["release_id"]}
+    with transaction(db_url) as cur:
+        cur.execute("SELECT status, epsilon_spent FROM sharing_releases WHERE recipient = 'public' ORDER BY created_at")
+        assert cur.fetchall() == [("published", 2.0), ("refused", 0.0)]
+        cur.execute("SELECT sum(epsilon) FROM sharing_budget_spend WHERE recipient = 'public'")
+        assert cur.fetchone()[0] == pytest.approx(2.0)
+        cur.execute("SELECT payload->>'status' FROM ledger WHERE kind = 'sharing_release' ORDER BY entry_id")
+        assert [r[0] for r in cur.fetchall()] == ["published", "refused"]
+        assert verify_chain(cur).ok
+    # The refused window is decided: the plan moves on to the next day.
+    (window,) = pipeline.plan(db_url, [noisy], (END + timedelta(days=2)).date())
+    assert window["start"] == (END + timedelta(days=1)).isoformat()
+
+
+def test_a_planted_email_fails_the_gate_and_nothing_is_written(db_url: str, s3_endpoint: str) -> None:
+    with transaction(db_url) as cur:
+        rows = Rows(cur)
+        crowd(rows, 1, 12)
+        crowd(rows, 50, 12, feature="Contact alice.smith@example.com")
+    with pytest.raises(GateFailed, match="no_email_in_feature") as failure:
+        pipeline.run_release(db_url, s3_endpoint, EXACT, START, END)
+    assert "alice" not in str(failure.value)
+    assert published_objects(s3_endpoint, "partner") == {}
+    with transaction(db_url) as cur:
+        cur.execute("SELECT status, s3_prefix FROM sharing_releases")
+        assert cur.fetchall() == [("gate_failed", None)]
+    # Not processed: the next run still starts where a new recipient starts.
+    (window,) = pipeline.plan(db_url, [EXACT], END.date())
+    assert window["start"] == (END - timedelta(days=EXACT.first_window_days)).isoformat()
+
+
+def test_published_files_hold_no_personal_data(db_url: str, s3_endpoint: str) -> None:
+    with transaction(db_url) as cur:
+        rows = Rows(cur)
+        crowd(rows, 1, 15)
+        for i in range(15):  # anonymous visitors, counted by cookie in page rows
+            rows.visit(None, DAY1, path="/labs/run?session=42", visitor=f"anon{i:012x}")
+        cur.execute("SELECT email, username, phone FROM accounts")
+        personal = [v for row in cur.fetchall() for v in row]
+        cur.execute("SELECT visitor_id, host(ip_address), user_agent FROM visitor_logs")
+        personal += [v for row in cur.fetchall() for v in row]
+    summary = pipeline.run_release(db_url, s3_endpoint, EXACT, START, END)
+    objects = published_objects(s3_endpoint, "partner")
+    assert sorted(k.rsplit("/", 1)[1] for k in objects) == [
+        "cells.csv", "cells.parquet", "data_dictionary.md", "manifest.json"]
+    loaded = release.load_latest_release("partner", s3_endpoint)
+    assert loaded is not None
+    labs = loaded.frame[loaded.frame["feature"] == "/labs"]
+    assert int(labs["people"].iloc[0]) == 15  # 15 cookies, never joined to an account
+    for key, body in objects.items():
+        text = body.decode("utf-8", errors="replace")
+        for value in personal:
+            assert value not in text, f"{key} holds a raw value of the source rows"
+        if key.endswith((".csv", ".md")):
+            for kind, pattern in PII_PATTERNS.items():
+                if kind in ("phone", "ip_address"):  # dates and version numbers; checked per value below
+                    continue
+                assert not re.search(pattern, text), f"{key} has something that looks like {kind}"
+    assert run_gate(loaded.frame, loaded.config).success
+    with transaction(db_url) as cur:
+        cur.execute("SELECT source_table, aggregated_until FROM aggregation_watermarks")
+        assert cur.fetchall() == []
+    marks = pipeline.advance_watermarks(db_url, [EXACT])
+    assert marks == {"usage_events": END.isoformat(), "visitor_logs": END.isoformat()}
+    assert all(k.startswith(f"recipients/partner/{summary['release_id']}/") for k in objects)
+
+
+def test_a_release_left_half_written_is_removed_by_the_next_run(db_url: str, s3_endpoint: str) -> None:
+    with transaction(db_url) as cur:
+        crowd(Rows(cur), 1, 12)
+        cur.execute(
+            "INSERT INTO sharing_releases (release_id, recipient, status, window_start, window_end, days, mechanism)"
+            " VALUES ('20260101-000000-dead00', 'partner', 'pending', %s, %s, 5, 'none')",
+            (START, END),
+        )
+    client = s3_client(PRIMARY_REGION, s3_endpoint)
+    client.put_object(Bucket=BUCKETS.sharing, Key="recipients/partner/20260101-000000-dead00/cells.csv", Body=b"x")
+    summary = pipeline.run_release(db_url, s3_endpoint, EXACT, START, END)
+    keys = set(published_objects(s3_endpoint, "partner"))
+    assert not any("dead00" in k for k in keys)
+    versions = client.list_object_versions(Bucket=BUCKETS.sharing, Prefix="recipients/partner/20260101-000000-dead00/")
+    assert not versions.get("Versions") and not versions.get("DeleteMarkers")
+    with transaction(db_url) as cur:
+        cur.execute("SELECT release_id, status FROM sharing_releases ORDER BY created_at")
+        assert cur.fetchall() == [("20260101-000000-dead00", "abandoned"), (summary["release_id"], "published")]
