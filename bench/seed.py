@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         with conn.cursor() as cur:
             for table in TABLES:
                 buf = io.BytesIO()
-                cur.copy_expert(f"COPY {table} TO STDOUT WITH (FORMAT csv)", buf)
+                cur.copy_expert(f"COPY (SELECT * FROM {table}) TO STDOUT WITH (FORMAT csv)", buf)
                 cur.execute(f"CREATE TABLE anchor_{table} (LIKE {table} INCLUDING ALL)")
                 buf.seek(0)
                 t0 = time.perf_counter()
