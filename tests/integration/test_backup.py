@@ -325,3 +325,15 @@ def test_object_lock_in_compliance_mode_longer_than_the_deadline_is_a_violation(
     assert object_lock_violations(s3_endpoint, erasure_deadline_days=400) == []
     with pytest.raises(RuntimeError, match=locked):
         take_snapshot(primary, "ap-southeast-1", s3_endpoint, "20261101T020000Z", load_policy(), KEY)
+
+
+def test_an_unreachable_region_fails_with_its_name_and_endpoint(primary: str, s3_endpoint: str) -> None:
+    import socket
+
+    from lethe.backup.store import RegionUnreachable
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(RegionUnreachable, match=f"ap-southeast-1.*{dead}"):
+        propagate_region(primary, "ap-southeast-1", dead)

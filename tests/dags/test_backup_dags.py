@@ -1,0 +1,176 @@
+"""Backups end to end with dag.test(): seed, backup_nightly, subject_erasure, backup_erasure_propagation.
+
+Expected outcomes are computed here from the seeded rows and HMACs from the
+standard library; every version of every object in both regions is read back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import os
+import socket
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pyarrow.parquet as pq
+import pytest
+
+pytestmark = pytest.mark.dags
+
+REGIONS = ("us-east-1", "ap-southeast-1")
+
+
+def _key() -> bytes:
+    return json.loads(os.environ["AIRFLOW_CONN_LETHE_PSEUDONYM_KEY"])["password"].encode()
+
+
+def _pseudonym(user_id: int) -> str:
+    return hmac.new(_key(), f"user_id:{user_id}".encode(), hashlib.sha256).hexdigest()
+
+
+def _query(url: str, q: str, args: Any = None) -> list[tuple[Any, ...]]:
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute(q, args)
+        return cur.fetchall()
+
+
+def _people_without_holds(url: str, n: int) -> list[int]:
+    rows = _query(
+        url,
+        "SELECT user_id FROM accounts a WHERE NOT EXISTS (SELECT 1 FROM legal_holds h WHERE h.user_id = a.user_id)"
+        " AND NOT EXISTS (SELECT 1 FROM disputes d WHERE d.user_id = a.user_id)"
+        " AND EXISTS (SELECT 1 FROM invoices i WHERE i.user_id = a.user_id) ORDER BY user_id LIMIT %s",
+        (n,),
+    )
+    return [r[0] for r in rows]
+
+
+def _bucket(region: str) -> str:
+    from lethe.config import BUCKETS
+
+    return BUCKETS.backup(region)
+
+
+def _objects(s3: str, region: str, *, latest_only: bool = False) -> list[tuple[str, Any]]:
+    from lethe.storage import s3_client
+
+    client = s3_client(region, s3)
+    found = []
+    pages = client.get_paginator("list_object_versions").paginate(Bucket=_bucket(region), Prefix="snapshots/")
+    for page in pages:
+        for v in page.get("Versions", []):
+            if v["Key"].endswith(".parquet") and (v["IsLatest"] or not latest_only):
+                body = client.get_object(Bucket=_bucket(region), Key=v["Key"], VersionId=v["VersionId"])["Body"].read()
+                found.append((v["Key"], pq.read_table(io.BytesIO(body))))
+    return found
+
+
+def _rows_per_person(objects: list[tuple[str, Any]]) -> Counter[tuple[str, int]]:
+    counts: Counter[tuple[str, int]] = Counter()
+    for key, table in objects:
+        if "user_id" in table.column_names:
+            name = key.split("/data/")[1].split("/")[0]
+            for user_id in table.column("user_id").to_pylist():
+                if user_id is not None:
+                    counts[(name, user_id)] += 1
+    return counts
+
+
+def _erase(user_id: int) -> None:
+    from lethe.dagrun import run_dag
+
+    run_dag("subject_erasure", {"identifier_kind": "user_id", "identifier": str(user_id), "dry_run": False})
+
+
+def _run_without_retries(dag_id: str) -> Any:
+    """dag.test() with retries off, so a failed task fails the run now instead of waiting for its retry."""
+    from lethe.dagrun import load_dag
+
+    dag = load_dag(dag_id)
+    for task in dag.tasks:
+        if hasattr(task, "partial_kwargs"):
+            task.partial_kwargs["retries"] = 0
+        else:
+            task.retries = 0
+    return dag.test()
+
+
+def _states(run: Any) -> dict[str, str]:
+    return {
+        f"{ti.task_id}[{ti.map_index}]": str(getattr(ti.state, "value", ti.state)) for ti in run.get_task_instances()
+    }
+
+
+@pytest.fixture
+def seeded(db_url: str, s3_endpoint: str, airflow_home: Path) -> str:
+    from lethe.seed import seed
+
+    seed(db_url, 60)
+    return db_url
+
+
+def test_snapshot_erase_propagate_leaves_no_version_of_the_person_in_either_region(
+    seeded: str, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lethe.backup.demo import summary
+    from lethe.dagrun import run_dag
+
+    run_dag("backup_nightly")
+    before = {r: _rows_per_person(_objects(s3_endpoint, r, latest_only=True)) for r in REGIONS}
+    person, second = _people_without_holds(seeded, 2)
+    assert any(uid == person for (_, uid) in before["us-east-1"])
+    _erase(person)
+    request_id = _query(seeded, "SELECT request_id::text FROM erasure_tombstones")[0][0]
+
+    run_dag("backup_erasure_propagation")
+
+    for region in REGIONS:
+        versions = _objects(s3_endpoint, region)
+        after = _rows_per_person(versions)
+        assert not [k for k in after if k[1] == person], f"{region}: a version still holds the erased person"
+        assert not any(_pseudonym(person) in t.column("_lethe_subject").to_pylist() for _, t in versions)
+        # everyone else's rows, table by table, exactly as before (and no old versions doubling them)
+        assert after == Counter({k: n for k, n in before[region].items() if k[1] != person})
+    status = _query(seeded, "SELECT region, status, objects_rewritten > 0 FROM backup_propagation_status ORDER BY 1")
+    assert status == [("ap-southeast-1", "applied", True), ("us-east-1", "applied", True)]
+
+    from lethe.config import BUCKETS, PRIMARY_REGION
+    from lethe.storage import s3_client
+
+    evidence = s3_client(PRIMARY_REGION, s3_endpoint)
+    cert = json.loads(
+        evidence.get_object(Bucket=BUCKETS.evidence, Key=f"certificates/{request_id}.json")["Body"].read()
+    )
+    for region in REGIONS:
+        entry = cert["backup_propagation"][region]
+        assert entry["status"] == "applied" and entry["objects_rewritten"] > 0 and entry["bytes_rewritten"] > 0
+    markdown = evidence.get_object(Bucket=BUCKETS.evidence, Key=f"certificates/{request_id}.md")["Body"].read()
+    assert b"applied" in markdown
+    lines = summary(seeded, s3_endpoint)
+    assert any("us-east-1: snapshot" in line and "propagation rewrote" in line for line in lines)
+
+    # One region unreachable: its task fails naming it, the other region's work is done and recorded.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    monkeypatch.setenv("LETHE_BACKUP_ENDPOINT_AP_SOUTHEAST_1", f"http://127.0.0.1:{closed}")
+    _erase(second)
+    run = _run_without_retries("backup_erasure_propagation")
+    states = _states(run)
+    assert states == {"propagate_region[0]": "success", "propagate_region[1]": "failed"}
+    p2 = _pseudonym(second)
+    rows = _query(seeded, "SELECT region FROM backup_propagation_status WHERE subject_pseudonym = %s", (p2,))
+    assert rows == [("us-east-1",)]
+    assert not [k for k in _rows_per_person(_objects(s3_endpoint, "us-east-1")) if k[1] == second]
+    assert [k for k in _rows_per_person(_objects(s3_endpoint, "ap-southeast-1")) if k[1] == second]
+
+    monkeypatch.delenv("LETHE_BACKUP_ENDPOINT_AP_SOUTHEAST_1")
+    run_dag("backup_erasure_propagation")  # the rerun finishes the region that was down
+    assert not [k for k in _rows_per_person(_objects(s3_endpoint, "ap-southeast-1")) if k[1] == second]
+    rows = _query(seeded, "SELECT region, status FROM backup_propagation_status WHERE subject_pseudonym = %s", (p2,))
+    assert sorted(rows) == [("ap-southeast-1", "applied"), ("us-east-1", "applied")]

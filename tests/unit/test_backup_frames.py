@@ -1,0 +1,61 @@
+"""The in-memory parts of backups: subject buckets and the erasure of rows in an Arrow frame."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+from lethe.backup import frames, layout
+from lethe.pseudonym import subject_pseudonym
+
+KEY = b"unit-key"
+
+
+def _frame() -> pa.Table:
+    table = pa.table(
+        {
+            "invoice_id": pa.array([1, 2, 3, 4], pa.int64()),
+            "user_id": pa.array([10, 11, 10, None], pa.int64()),
+            "subject_pseudonym": pa.array([None, None, None, "old"], pa.string()),
+            "card_last4": pa.array(["1111", "2222", "3333", "4444"]),
+        }
+    )
+    return frames.with_subject(table, "user_id", KEY)
+
+
+def test_bucket_is_computed_from_the_pseudonym_alone() -> None:
+    p = subject_pseudonym(KEY, 10)
+    assert layout.bucket_of(p, 64) == int(p[:8], 16) % 64
+    groups = dict(frames.split_by_bucket(_frame(), 64))
+    assert groups[None].column("invoice_id").to_pylist() == [4]
+    assert groups[layout.bucket_of(p, 64)].column("user_id").to_pylist().count(10) == 2
+    assert sum(t.num_rows for t in groups.values()) == 4
+
+
+def test_delete_removes_only_the_tombstoned_subjects_rows() -> None:
+    out, erased = frames.erase_subjects(_frame(), {subject_pseudonym(KEY, 10)}, "delete", {})
+    assert out.column("invoice_id").to_pylist() == [2, 4]
+    assert erased.deleted == 2 and erased.per_subject == {subject_pseudonym(KEY, 10): 2}
+
+
+def test_pseudonymise_unlinks_masks_and_keeps_the_row() -> None:
+    p = subject_pseudonym(KEY, 10)
+    out, erased = frames.erase_subjects(
+        _frame(), {p}, "pseudonymise", {"user_id": "pseudonym_link", "card_last4": "null"}, "subject_pseudonym"
+    )
+    assert erased.pseudonymised == 2 and out.num_rows == 4
+    assert out.column("user_id").to_pylist() == [None, 11, None, None]
+    assert out.column("card_last4").to_pylist() == [None, "2222", None, "4444"]
+    assert out.column("subject_pseudonym").to_pylist() == [p, None, p, "old"]
+    assert p not in out.column(layout.SUBJECT_COLUMN).to_pylist()
+
+
+def test_retain_and_unknown_subjects_leave_the_frame_alone() -> None:
+    frame = _frame()
+    assert frames.erase_subjects(frame, {subject_pseudonym(KEY, 10)}, "retain", {})[0] is frame
+    assert frames.erase_subjects(frame, {"f" * 64}, "delete", {})[1].changed == 0
+
+
+def test_snapshot_ids_are_checked() -> None:
+    assert layout.check_snapshot_id("20261130T020000Z")
+    with pytest.raises(ValueError, match="YYYYMMDDTHHMMSSZ"):
+        layout.check_snapshot_id("../../etc")
