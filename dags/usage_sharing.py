@@ -22,8 +22,10 @@ and visitor data it has not received yet, aggregated so that no person can be pi
    noise when the recipient has a mechanism, check the privacy budget, run the release gate (Great
    Expectations), then write Parquet + CSV + data dictionary + manifest to
    `s3://<sharing bucket>/recipients/<recipient>/<release_id>/` and a ledger entry.
-3. **watermark**: records in `aggregation_watermarks` up to when raw `usage_events` and
-   `visitor_logs` have been processed for every recipient; retention_nightly purges no later.
+3. **watermark** (runs even when a release was refused): records in `aggregation_watermarks` up to
+   when raw `usage_events` and `visitor_logs` have been processed for every recipient;
+   retention_nightly purges no later.
+4. **verdict**: marks the run failed when any release was refused.
 
 Params: `recipient` limits the run to one recipient; `until` (YYYY-MM-DD) ends the window at that
 day instead of the run's day; `dry_run` builds and gates, publishes and spends nothing.
@@ -83,8 +85,15 @@ def usage_sharing() -> None:
 
         return tasks.watermark(params or {})
 
+    @task(trigger_rule=TriggerRule.NONE_FAILED)
+    def verdict() -> str:
+        """Ends upstream_failed when a release was refused, so the run shows it."""
+        return "every due release was published"
+
     published = publish.expand(window=plan())
-    published >> watermark()
+    marked = watermark()
+    published >> marked
+    [published, marked] >> verdict()
 
 
 usage_sharing()

@@ -61,7 +61,7 @@ def processed_until(cur: Any, recipient: str) -> datetime | None:
 
 def plan(url: str, configs: list[RecipientConfig], until: date) -> list[dict[str, Any]]:
     """The window each recipient is due, ending at `until` 00:00 UTC; recipients already up to date are left out."""
-    end = day_start(until)
+    end = day_start(min(until, datetime.now(UTC).date()))  # only whole days: today is not over yet
     windows = []
     with transaction(url) as cur:
         for config in configs:
