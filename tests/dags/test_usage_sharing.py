@@ -40,7 +40,8 @@ def crowd(db_url: str, people: int, *, withdrawn: tuple[int, ...] = ()) -> None:
                 cur.execute(
                     "INSERT INTO visitor_logs (log_id, user_id, visitor_id, occurred_at, ip_address, device_type,"
                     " browser, user_agent, file_accessed, time_zone) VALUES (%s, %s, %s, %s, '198.51.100.7',"
-                    " 'mobile', 'Safari', 'Mozilla/5.0 Version/18.1 Safari/605.1', '/quiz/12?attempt=3', 'Asia/Kolkata')",
+                    " 'mobile', 'Safari', 'Mozilla/5.0 Version/18.1 Safari/605.1', '/quiz/12?attempt=3',"
+                    " 'Asia/Kolkata')",
                     (event, u, f"v{u:015x}", at),
                 )
                 for _ in range(3):

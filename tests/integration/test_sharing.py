@@ -40,34 +40,65 @@ class Rows:
         self.cur.execute(
             "INSERT INTO accounts (user_id, name, username, email, phone, password_hash, created_at)"
             " VALUES (%s, %s, %s, %s, %s, 'x', %s)",
-            (user_id, f"Person {user_id}", f"member{user_id}", f"member{user_id}@example.com",
-             f"+91 98765 {user_id:05d}", now - timedelta(days=500)),
+            (
+                user_id,
+                f"Person {user_id}",
+                f"member{user_id}",
+                f"member{user_id}@example.com",
+                f"+91 98765 {user_id:05d}",
+                now - timedelta(days=500),
+            ),
         )
         self.cur.execute(
             "INSERT INTO consents (consent_id, user_id, purpose, granted_at, withdrawn_at, objected_at)"
             " VALUES (%s, %s, 'analytics', %s, %s, %s)",
-            (user_id, user_id, now - timedelta(days=granted_days_ago),
-             now - timedelta(hours=1) if withdrawn else None, now - timedelta(hours=1) if objected else None),
+            (
+                user_id,
+                user_id,
+                now - timedelta(days=granted_days_ago),
+                now - timedelta(hours=1) if withdrawn else None,
+                now - timedelta(hours=1) if objected else None,
+            ),
         )
 
     def usage(self, user_id: int, day: date, feature: str, count: int = 1, duration_ms: int = 60_000) -> None:
         for i in range(count):
             at = datetime(day.year, day.month, day.day, 9, tzinfo=UTC) + timedelta(minutes=i)
             self.cur.execute(
-                "INSERT INTO usage_events (event_id, user_id, occurred_at, feature, duration_ms) VALUES (%s, %s, %s, %s, %s)",
+                "INSERT INTO usage_events (event_id, user_id, occurred_at, feature, duration_ms)"
+                " VALUES (%s, %s, %s, %s, %s)",
                 (self.next_event, user_id, at, feature, duration_ms),
             )
             self.next_event += 1
 
-    def visit(self, user_id: int | None, day: date, *, path: str = "/courses?utm=mail", zone: str = "Asia/Kolkata",
-              device: str = "desktop", browser: str = "Chrome", visitor: str | None = None) -> None:
+    def visit(
+        self,
+        user_id: int | None,
+        day: date,
+        *,
+        path: str = "/courses?utm=mail",
+        zone: str = "Asia/Kolkata",
+        device: str = "desktop",
+        browser: str = "Chrome",
+        visitor: str | None = None,
+    ) -> None:
         at = datetime(day.year, day.month, day.day, 8, tzinfo=UTC)
         self.cur.execute(
             "INSERT INTO visitor_logs (log_id, user_id, visitor_id, occurred_at, ip_address, device_type, browser,"
             " user_agent, language, file_accessed, referrer, os, time_zone)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'en-IN', %s, 'https://example.org/?q=x', 'Linux', %s)",
-            (self.next_log, user_id, visitor or f"v{self.next_log:015x}", at, f"203.0.113.{self.next_log % 250}",
-             device, browser, f"Mozilla/5.0 (X11) {browser}/130.0.1 member{user_id}", path, zone),
+            (
+                self.next_log,
+                user_id,
+                visitor or f"v{self.next_log:015x}",
+                at,
+                f"203.0.113.{self.next_log % 250}",
+                device,
+                browser,
+                f"Mozilla/5.0 (X11) {browser}/130.0.1 member{user_id}",
+                path,
+                zone,
+            ),
         )
         self.next_log += 1
 
@@ -85,7 +116,8 @@ def crowd(rows: Rows, first: int, n: int, day: date = DAY1, feature: str = "quiz
 def published_objects(endpoint: str, recipient: str) -> dict[str, bytes]:
     client = s3_client(PRIMARY_REGION, endpoint)
     out = {}
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKETS.sharing, Prefix=f"recipients/{recipient}/"):
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKETS.sharing, Prefix=f"recipients/{recipient}/")
+    for page in pages:
         for obj in page.get("Contents", []):
             out[obj["Key"]] = client.get_object(Bucket=BUCKETS.sharing, Key=obj["Key"])["Body"].read()
     return out
@@ -110,8 +142,9 @@ def test_a_person_alone_in_a_cell_is_not_published(db_url: str, s3_endpoint: str
     pages = frame[frame["source"] == "page"]
     assert list(pages["feature"]) == ["/courses"] and int(pages["people"].iloc[0]) == 12  # query string gone
     assert (frame["people"] >= 10).all()
-    csv = pd.read_csv(io.BytesIO(published_objects(s3_endpoint, "partner")[
-        f"recipients/partner/{summary['release_id']}/cells.csv"]))
+    csv = pd.read_csv(
+        io.BytesIO(published_objects(s3_endpoint, "partner")[f"recipients/partner/{summary['release_id']}/cells.csv"])
+    )
     assert len(csv) == len(frame)
 
 
@@ -140,8 +173,14 @@ def test_withdrawn_or_objected_consent_leaves_the_release_unchanged(db_url: str)
 
 def test_noisy_release_within_budget_then_the_next_is_refused(db_url: str, s3_endpoint: str) -> None:
     noisy = RecipientConfig(
-        name="public", k=10, dimensions=("feature",), mechanism="laplace", epsilon=1.0, epsilon_budget=2.5,
-        max_events_per_cell=2, max_cells_per_day=2,
+        name="public",
+        k=10,
+        dimensions=("feature",),
+        mechanism="laplace",
+        epsilon=1.0,
+        epsilon_budget=2.5,
+        max_events_per_cell=2,
+        max_cells_per_day=2,
     )
     with transaction(db_url) as cur:
         crowd(Rows(cur), 1, 400)
@@ -198,7 +237,11 @@ def test_published_files_hold_no_personal_data(db_url: str, s3_endpoint: str) ->
     summary = pipeline.run_release(db_url, s3_endpoint, EXACT, START, END)
     objects = published_objects(s3_endpoint, "partner")
     assert sorted(k.rsplit("/", 1)[1] for k in objects) == [
-        "cells.csv", "cells.parquet", "data_dictionary.md", "manifest.json"]
+        "cells.csv",
+        "cells.parquet",
+        "data_dictionary.md",
+        "manifest.json",
+    ]
     loaded = release.load_latest_release("partner", s3_endpoint)
     assert loaded is not None
     labs = loaded.frame[loaded.frame["feature"] == "/labs"]
