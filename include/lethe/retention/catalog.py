@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import psycopg2.extensions
 from lethe.db import ConfigurationError
@@ -33,6 +33,11 @@ class Partition:
     lower: datetime
     upper: datetime
     bound: str  # the FOR VALUES clause as PostgreSQL prints it, to re-attach a partition
+
+
+def aware(value: datetime) -> datetime:
+    """Timestamps from timestamptz columns, made timezone-aware whatever the driver's type casters do."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _oid(cur: psycopg2.extensions.cursor, table: str) -> int:
@@ -108,5 +113,5 @@ def partitions(cur: psycopg2.extensions.cursor, table: str) -> list[Partition]:
             continue
         cur.execute("SELECT %s::timestamptz, %s::timestamptz", (m.group(1), m.group(2)))
         lower, upper = cur.fetchone()  # type: ignore[misc]
-        found.append(Partition(str(name), lower, upper, str(bound)))
+        found.append(Partition(str(name), aware(lower), aware(upper), str(bound)))
     return sorted(found, key=lambda p: p.lower)

@@ -183,7 +183,7 @@ def build_plan(
             raise PlanError(f"no retention rule named {', '.join(unknown)} in {policy.path}")
         chosen = [(t, r) for t, r in chosen if r.name in rules]
     cur.execute("SELECT source_table, aggregated_until FROM aggregation_watermarks")
-    watermarks: dict[str, datetime] = dict(cur.fetchall())
+    watermarks: dict[str, datetime] = {t: catalog.aware(w) for t, w in cur.fetchall()}
 
     cutoffs: dict[str, datetime] = {}
     rule_cutoffs: dict[str, datetime] = {}
