@@ -70,25 +70,25 @@ def retention_nightly() -> None:
         return tasks.plan(params or {}, context)
 
     @task
-    def rules(plan_data: dict[str, Any], k: int) -> list[str]:
+    def rules(plan_data: Any, k: int) -> list[str]:
         from lethe.retention import tasks
 
         return tasks.stage(plan_data, k)
 
     @task(trigger_rule=TriggerRule.NONE_FAILED)
-    def purge(plan_data: dict[str, Any], rule: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    def purge(plan_data: Any, rule: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         from lethe.retention import tasks
 
         return tasks.purge(plan_data, rule, (params or {}).get("batch_size", 10000))
 
     @task(trigger_rule=TriggerRule.NONE_FAILED)
-    def check(plan_data: dict[str, Any]) -> list[dict[str, Any]]:
+    def check(plan_data: Any) -> list[dict[str, Any]]:
         from lethe.retention import tasks
 
         return tasks.check(plan_data)
 
     @task(outlets=[AssetAlias("lethe-retention-purged")])
-    def announce(plan_data: dict[str, Any], *, outlet_events: Any = None) -> dict[str, int]:
+    def announce(plan_data: Any, *, outlet_events: Any = None) -> dict[str, int]:
         from lethe.retention import tasks
 
         return tasks.announce(plan_data, outlet_events)

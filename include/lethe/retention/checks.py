@@ -39,7 +39,7 @@ def postconditions(url: str, plan: Plan) -> list[CheckResult]:
                 ),
                 params,
             )
-            remaining, held_now = cur.fetchone()
+            remaining, held_now = cur.fetchone()  # type: ignore[misc]
             left[rp.rule] = int(remaining)
             held_missing[rp.rule] = max(0, rp.held - int(held_now))
         done = done_counts(cur, plan.plan_id)
