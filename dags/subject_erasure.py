@@ -7,6 +7,7 @@ from typing import Any
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Asset, Param, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
 from lethe.assets import ERASURE_TOMBSTONES_URI
 from lethe.erasure.form import FORM_PATTERN, IDENTIFIER_HELP, IDENTIFIER_KINDS
 from lethe.erasure.notify import ErasureAlert
@@ -108,7 +109,10 @@ def subject_erasure() -> None:
         from lethe.erasure import tasks
 
         ctx = get_current_context()
-        return tasks.register(dict(ctx["params"]), ctx["run_id"], primary_url())
+        try:
+            return tasks.register(dict(ctx["params"]), ctx["run_id"], primary_url())
+        except ValueError as exc:  # bad input: retrying cannot help; the message names the rule, not the value
+            raise AirflowFailException(str(exc)) from None
 
     @task
     def plan(registered: Any) -> dict[str, Any]:
@@ -136,7 +140,10 @@ def subject_erasure() -> None:
 
         if planned["requests"] <= planned["dry_run"]:
             raise AirflowSkipException("nothing to erase (dry run, or no open request)")
-        return tasks.erase_run(get_current_context()["run_id"], primary_url(), pseudonym_key())
+        try:
+            return tasks.erase_run(get_current_context()["run_id"], primary_url(), pseudonym_key())
+        except tasks.RequestsFailed as exc:  # already rolled back and marked failed: the nightly batch retries them
+            raise AirflowFailException(str(exc)) from None
 
     @task
     def verify(erased: Any) -> dict[str, Any]:
@@ -162,12 +169,21 @@ def subject_erasure() -> None:
 
         return tasks.deadlines(get_current_context()["run_id"], primary_url())
 
-    planned = plan(register())
+    @task(trigger_rule="one_failed")
+    def run_failed() -> None:
+        # deadlines runs whatever happened; without this leaf a failed erasure would leave the run green.
+        raise AirflowFailException("a task of this run failed: see its log and erasure_requests.detail")
+
+    registered = register()
+    planned = plan(registered)
     branch = gate(planned)
     erased = erase(planned)
     branch >> [approve, erased]
     approve >> erased
-    certify(verify(erased)) >> deadlines()
+    verified = verify(erased)
+    certified = certify(verified)
+    certified >> deadlines()
+    [registered, planned, branch, approve, erased, verified, certified] >> run_failed()
 
 
 subject_erasure()

@@ -29,6 +29,10 @@ STALE_CLAIM = timedelta(hours=6)
 TODO = ("pending", "failed", "held")
 
 
+class RequestsFailed(RuntimeError):
+    """Some requests were rolled back and marked failed; each one's error class is in its detail."""
+
+
 def register(params: dict[str, Any], run_id: str, db_url: str) -> dict[str, Any]:
     """Turn the trigger into claimed request rows; return the mode and counts (no identifier)."""
     kind = params.get("identifier_kind") or "email"
@@ -197,7 +201,7 @@ def erase_run(run_id: str, db_url: str, key: bytes, policy: Policy | None = None
     summary = {"requests": len(rows), "outcomes": dict(outcomes), "failed": failed}
     log.info("erasure executed: %s", json.dumps(summary, sort_keys=True))
     if failed:
-        raise RuntimeError(f"{failed} erasure request(s) failed; their error class is in erasure_requests.detail")
+        raise RequestsFailed(f"{failed} erasure request(s) failed; their error class is in erasure_requests.detail")
     return summary
 
 

@@ -1,0 +1,251 @@
+"""subject_erasure end to end with dag.test(): real PostgreSQL, S3 over HTTP, Airflow metadata in SQLite.
+
+Expected outcomes come from tests/erasure_people.py (plain SQL inserts) and
+from HMACs computed here with the standard library, not from lethe.erasure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import erasure_people as people
+import psycopg2
+import pytest
+
+pytestmark = pytest.mark.dags
+
+ASHA = people.ASHA
+
+
+def _key() -> bytes:
+    return json.loads(os.environ["AIRFLOW_CONN_LETHE_PSEUDONYM_KEY"])["password"].encode()
+
+
+def _hmac(kind: str, value: str) -> str:
+    return hmac.new(_key(), f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()
+
+
+def _query(url: str, q: str, args: Any = None) -> list[tuple[Any, ...]]:
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute(q, args)
+        return cur.fetchall()
+
+
+def _run(conf: dict[str, Any]) -> Any:
+    from lethe.dagrun import run_dag
+
+    return run_dag("subject_erasure", conf)
+
+
+def _xcom_and_fields(run: Any) -> str:
+    """Everything Airflow stored for the run besides its conf: XComs and rendered template fields."""
+    from airflow.models.renderedtifields import RenderedTaskInstanceFields
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        xcoms = session.query(XComModel).filter_by(dag_id="subject_erasure", run_id=run.run_id).all()
+        fields = session.query(RenderedTaskInstanceFields).filter_by(dag_id="subject_erasure", run_id=run.run_id).all()
+        return json.dumps([x.value for x in xcoms], default=str) + json.dumps(
+            [f.rendered_fields for f in fields], default=str
+        )
+
+
+def _s3_text(s3_endpoint: str, key: str) -> str:
+    from lethe.config import BUCKETS, PRIMARY_REGION
+    from lethe.storage import s3_client
+
+    return s3_client(PRIMARY_REGION, s3_endpoint).get_object(Bucket=BUCKETS.evidence, Key=key)["Body"].read().decode()
+
+
+def _assert_no_pii(text: str, person: dict[str, Any]) -> None:
+    lowered = text.lower()
+    for field in ("email", "phone", "username"):
+        assert person[field].lower() not in lowered, f"the {field} leaked"
+    assert person["phone"].replace(" ", "") not in text
+
+
+def test_erases_a_person_everywhere_and_leaves_only_proof(
+    db_url: str,
+    s3_endpoint: str,
+    airflow_home: Path,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    people.insert_people(db_url)
+    others_before = {
+        t: [r for r in rows if "'2'" in r or "'3'" in r] for t, rows in people.table_snapshot(db_url).items()
+    }
+    run = _run({"identifier_kind": "email", "identifier": ASHA["email"], "request_reference": "T-1", "dry_run": False})
+
+    # Every row linked to Asha is gone, by key and by foreign key.
+    assert people.count_rows(db_url, 1) == dict.fromkeys(people.ASHA_ROWS, 0)
+    pseudonym = _hmac("user_id", "1")
+    # Invoices and payments stay for the statutory period, linked to the pseudonym only; card digits nulled.
+    assert _query(
+        db_url, "SELECT invoice_id, user_id, subject_pseudonym, amount_cents FROM invoices WHERE invoice_id < 200"
+    ) == [
+        (101, None, pseudonym, 1000),
+        (102, None, pseudonym, 1000),
+    ]
+    assert _query(db_url, "SELECT user_id, subject_pseudonym, card_last4 FROM payments WHERE payment_id < 200") == [
+        (None, pseudonym, None),
+        (None, pseudonym, None),
+    ]
+    # The released hold is kept as a record, its links cut.
+    assert _query(
+        db_url, "SELECT hold_id, user_id, dispute_id, subject_pseudonym FROM legal_holds WHERE hold_id = 101"
+    ) == [(101, None, None, pseudonym)]
+    # Mentions in other people's free text are redacted; a longer address that is not hers is left alone.
+    assert _query(db_url, "SELECT body FROM comments WHERE user_id = 2 ORDER BY comment_id") == [
+        ("Ask [erased] for the notes.",),
+        ("write to asha.rao@example.community instead",),
+    ]
+    assert _query(db_url, "SELECT body FROM issue_reports WHERE user_id = 2") == [("user [erased] keeps posting",)]
+    assert _query(db_url, "SELECT body FROM communications WHERE user_id = 2") == [("her number is [erased]",)]
+    # Other people's rows (besides the redactions) are untouched.
+    after = people.table_snapshot(db_url)
+    for table in ("accounts", "ssh_keys", "usage_events", "disputes", "marketing_contacts"):
+        assert [r for r in after[table] if "'2'" in r or "'3'" in r] == others_before[table]
+
+    # The tombstone: keyed pseudonyms of the key and of every identifier.
+    tomb = _query(db_url, "SELECT subject_pseudonym, identifier_pseudonyms, counts FROM erasure_tombstones")
+    assert len(tomb) == 1 and tomb[0][0] == pseudonym
+    assert set(tomb[0][1]) == {
+        _hmac("email", ASHA["email"]),
+        _hmac("phone", "+919000000001"),
+        _hmac("username", ASHA["username"]),
+    }
+    assert tomb[0][2] == people.ASHA_ROWS
+
+    # The request is closed and forgets the identifier.
+    (rid, status, identifier, detail) = _query(
+        db_url, "SELECT request_id::text, status, identifier, detail FROM erasure_requests"
+    )[0]
+    assert (status, identifier) == ("completed", None)
+    assert detail["redactions"] == people.MENTIONS_OF_ASHA
+
+    # Ledger: tables and counts only, chain intact.
+    (payload,) = _query(db_url, "SELECT payload FROM ledger WHERE kind = 'erasure'")[0]
+    assert payload["tables"] == people.ASHA_ROWS
+    _assert_no_pii(json.dumps(payload), ASHA)
+
+    # Certificate in the evidence bucket: JSON and Markdown, no raw identifier, backup section pending.
+    cert = json.loads(_s3_text(s3_endpoint, f"certificates/{rid}.json"))
+    page = _s3_text(s3_endpoint, f"certificates/{rid}.md")
+    assert cert["outcome"] == "erased" and cert["subject_pseudonym"] == pseudonym and cert["reference"] == "T-1"
+    assert {t: v["rows"] for t, v in cert["tables"].items()} == people.ASHA_ROWS
+    assert cert["retained"]["invoices"]["legal_basis"] == "legal_obligation"
+    assert set(cert["backup_propagation"]) == {"us-east-1", "ap-southeast-1"}
+    assert all(v["status"] == "pending" for v in cert["backup_propagation"].values())
+    assert all(c["success"] for c in cert["checks"].values())
+    assert "| invoices | pseudonymise | 2 |" in page
+    for text in (json.dumps(cert), page):
+        _assert_no_pii(text, ASHA)
+
+    # Nothing of hers in task logs or XComs.
+    out, err = capfd.readouterr()
+    logs = out + err + caplog.text + _xcom_and_fields(run)
+    for folder in (airflow_home / "logs",):
+        if folder.exists():
+            logs += "".join(p.read_text(errors="replace") for p in folder.rglob("*") if p.is_file())
+    assert "erasure executed" in logs or "erased" in logs  # the capture did see the run
+    _assert_no_pii(logs, ASHA)
+
+    # A second request for the same person changes nothing and says so.
+    before = people.table_snapshot(db_url)
+    _run({"identifier_kind": "username", "identifier": ASHA["username"], "dry_run": False})
+    assert people.table_snapshot(db_url) == before
+    assert _query(db_url, "SELECT detail->>'outcome' FROM erasure_requests WHERE request_id <> %s", (rid,)) == [
+        ("already_erased",)
+    ]
+
+
+def test_dry_run_changes_nothing_and_reports_the_plan(db_url: str, s3_endpoint: str, airflow_home: Path) -> None:
+    people.insert_people(db_url)
+    before = people.table_snapshot(db_url)
+    _run({"identifier_kind": "email", "identifier": ASHA["email"]})  # dry run is the default
+    assert people.table_snapshot(db_url) == before
+    assert _query(db_url, "SELECT count(*) FROM erasure_tombstones") == [(0,)]
+    ((status, identifier, detail),) = _query(db_url, "SELECT status, identifier, detail FROM erasure_requests")
+    assert (status, identifier) == ("dry_run", None)
+    assert {t: v["rows"] for t, v in detail["tables"].items()} == people.ASHA_ROWS
+    assert detail["redactions"] == people.MENTIONS_OF_ASHA
+
+
+def test_unknown_person_and_held_person(db_url: str, s3_endpoint: str, airflow_home: Path) -> None:
+    people.insert_people(db_url)
+    before = people.table_snapshot(db_url)
+    _run({"identifier_kind": "phone", "identifier": "+91 9999999999", "dry_run": False})
+    _run({"identifier_kind": "username", "identifier": people.CHITRA["username"], "dry_run": False})
+    assert people.table_snapshot(db_url) == before  # nobody erased: one unknown, one under hold
+    rows = _query(
+        db_url, "SELECT identifier_kind, status, identifier IS NULL, detail FROM erasure_requests ORDER BY received_at"
+    )
+    (_, s1, nulled1, d1), (_, s2, nulled2, d2) = rows
+    assert (s1, nulled1, d1["outcome"]) == ("no_data", True, "no_data")
+    assert (s2, nulled2, d2["outcome"]) == ("held", False, "held")  # stays open until the hold is released
+    assert d2["legal_holds"] == [301]
+    assert all(v["action"] == "held" for v in d2["tables"].values())
+    assert _query(db_url, "SELECT count(*) FROM erasure_tombstones") == [(0,)]
+
+
+def test_queued_requests_of_every_kind_run_as_a_nightly_batch(
+    db_url: str, s3_endpoint: str, airflow_home: Path
+) -> None:
+    from lethe.db import transaction
+    from lethe.erasure import request
+
+    people.insert_people(db_url)
+    with transaction(db_url) as cur:
+        request.register(cur, "user_id", "1", reference="Q-1")
+        request.register(cur, "phone", "+91 90000 00003")  # Chitra, held
+        request.register(cur, "username", "nobody_here")
+    _run({})  # no identifier: the queue
+    assert people.count_rows(db_url, 1) == dict.fromkeys(people.ASHA_ROWS, 0)
+    assert people.count_rows(db_url, 3)["accounts"] == 1
+    statuses = dict(_query(db_url, "SELECT identifier_kind, status FROM erasure_requests"))
+    assert statuses == {"user_id": "completed", "phone": "held", "username": "no_data"}
+
+
+def test_malformed_identifiers_are_refused_plainly(db_url: str, airflow_home: Path) -> None:
+    from lethe.dagrun import DagRunFailed
+
+    with pytest.raises(Exception, match="identifier"):  # the form's schema refuses it before any task runs
+        _run({"identifier_kind": "email", "identifier": "x' OR 1=1; DROP TABLE accounts; --"})
+    with pytest.raises(DagRunFailed, match="register"):  # a valid email is not a valid phone number
+        _run({"identifier_kind": "phone", "identifier": ASHA["email"], "dry_run": False})
+    assert _query(db_url, "SELECT count(*) FROM accounts") == [(0,)]
+    assert _query(db_url, "SELECT count(*) FROM erasure_requests") == [(0,)]
+
+
+def test_a_failed_erasure_changes_nothing_and_a_rerun_completes(
+    db_url: str, s3_endpoint: str, airflow_home: Path
+) -> None:
+    from lethe.dagrun import DagRunFailed
+
+    people.insert_people(db_url)
+    before = people.table_snapshot(db_url)
+    # Make the erasure die half-way through its deletes (after other tables were already deleted from).
+    _query(
+        db_url,
+        "CREATE FUNCTION boom() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'disk on fire'; END $$ LANGUAGE plpgsql;"
+        " CREATE TRIGGER boom BEFORE DELETE ON disputes FOR EACH ROW EXECUTE FUNCTION boom(); SELECT 1",
+    )
+    conf = {"identifier_kind": "email", "identifier": ASHA["email"], "dry_run": False}
+    with pytest.raises(DagRunFailed, match="erase"):
+        _run(conf)
+    assert people.table_snapshot(db_url) == before
+    ((status, error),) = _query(db_url, "SELECT status, detail->>'error' FROM erasure_requests")
+    assert status == "failed" and error == "RaiseException"  # the class only: a message may quote a row
+
+    _query(db_url, "DROP TRIGGER boom ON disputes; SELECT 1")
+    _run(conf)  # the same identifier resumes the open request
+    assert people.count_rows(db_url, 1) == dict.fromkeys(people.ASHA_ROWS, 0)
+    assert _query(db_url, "SELECT status, identifier FROM erasure_requests") == [("completed", None)]
+    assert _query(db_url, "SELECT counts FROM erasure_tombstones") == [(people.ASHA_ROWS,)]
