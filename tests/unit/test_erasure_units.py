@@ -54,11 +54,11 @@ def test_order_is_parents_first_and_a_cycle_is_reported_not_guessed() -> None:
 
 
 def test_mentions_match_whole_identifiers_only() -> None:
-    person = discovery.Subject(1, {"email": "asha.rao@example.com", "phone": "+91 9000000001", "username": "al"})
+    person = discovery.Subject(1, {"email": "asha.rao@example.com", "phone": "+91 9000000001", "username": "ali"})
     terms = person.search_terms()
     assert discovery.redact("mail ASHA.RAO@example.com.", terms) == "mail [erased]."
     assert discovery.redact("mail asha.rao@example.community", terms) == "mail asha.rao@example.community"
-    assert discovery.redact("also al said", terms) == "also [erased] said"
+    assert discovery.redact("alibaba ali said", terms) == "alibaba [erased] said"
     assert discovery.redact("call +919000000001 or 9000000001", terms) == "call [erased] or [erased]"
 
 
