@@ -1,0 +1,1 @@
+"""Operating Lethe itself: Airflow's own footprint of Lethe's runs (airflow_metadata_cleanup)."""
