@@ -240,10 +240,17 @@ def _rewrite_snapshot(
 
 
 def _drop_old_versions(client: Any, bucket: str, manifest: Manifest, pending: set[str]) -> int:
-    """Every noncurrent version of each affected object and of the manifest: old bytes must not stay readable."""
-    keys = [job.obj.key for job in _affected_jobs(manifest, pending)] + [layout.manifest_key(manifest.snapshot_id)]
-    with ThreadPoolExecutor(REWRITE_THREADS) as pool:
-        return sum(pool.map(lambda key: store.delete_noncurrent(client, bucket, key), keys))
+    """Every noncurrent version of each affected object and of the manifest: old bytes must not stay readable.
+
+    One listing of the snapshot's prefix, not one per object: listing cost grows with the bucket on some servers.
+    """
+    keys = {job.obj.key for job in _affected_jobs(manifest, pending)} | {layout.manifest_key(manifest.snapshot_id)}
+    doomed = [
+        v
+        for v in store.versions(client, bucket, layout.snapshot_prefix(manifest.snapshot_id))
+        if v["Key"] in keys and not v["IsLatest"]
+    ]
+    return store.delete_versions(client, bucket, doomed)
 
 
 def _record_status(
