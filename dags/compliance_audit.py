@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, TriggerRule, dag, task
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, TriggerRule, dag, task
 from lethe.assets import BACKUP_PROPAGATION_URI
 from lethe.audit.alerts import notify_failure
 
@@ -22,6 +22,10 @@ Each check is a Great Expectations expectation over a count that must be zero:
 | `erasure_residue` | `erased_subject_rows.<table>`, `erased_identifiers_left` | nothing of an erased person is left |
 | `erasure_residue` | `identifier_kept_after_completion` | completed requests no longer hold the identifier |
 | `erasure_deadlines` | `overdue_erasure_requests` | no open erasure request is past its due date |
+| `backups` | `snapshot_within_rpo.<region>` | a complete snapshot younger than the recovery-point objective |
+| `backups` | `manifest_mismatches.<region>` | every object a manifest names exists with its size and sha256 |
+| `backups` | `tombstones_not_applied.<region>` | no retained snapshot holds a row of an erased person |
+| `shares` | `<recipient>.<gate check>` | the latest release of each recipient still passes the release gate |
 | `ledger` | `ledger_chain_broken` | the ledger's hash chain verifies end to end |
 
 The `verdict` task stores every result in the `audit_runs` table (shown on the
@@ -38,6 +42,14 @@ Failures and overdue erasure requests raise an alert (table `audit_alerts`, and 
 - `erasure_residue.*`: an erasure did not reach every table; rerun `subject_erasure` for the open
   request or investigate rows re-created by the application.
 - `erasure_deadlines.overdue_erasure_requests`: trigger `subject_erasure` (batch mode) now.
+- `backups.snapshot_within_rpo.<region>`: `backup_nightly` did not complete in that region; check
+  its run and the region's endpoint (the check's details say `unreachable` when S3 did not answer).
+- `backups.manifest_mismatches.<region>`: an object was changed or removed outside Lethe; take a
+  fresh snapshot (`backup_nightly`) and investigate the bucket's access log.
+- `backups.tombstones_not_applied.<region>`: run `backup_erasure_propagation`; it rewrites the
+  affected objects. A restore must not use that region's snapshots until this passes.
+- `shares.<recipient>.*`: a published release no longer passes the gate (e.g. the policy's
+  thresholds were raised); withdraw it with `lethe sharing` and rerun `usage_sharing`.
 - `ledger.ledger_chain_broken`: the ledger was altered outside Lethe. Treat as a security incident;
   the `details` of the check name the first broken entry.
 - `<suite>.suite_completed`: that check's task itself errored (database or S3 unreachable); fix the
@@ -46,7 +58,7 @@ Failures and overdue erasure requests raise an alert (table `audit_alerts`, and 
 Reruns are safe: the audit only reads, and a rerun replaces the run's row in `audit_runs`.
 """
 
-CHECKS = ("primary", "legal_holds", "ledger")
+CHECKS = ("primary", "legal_holds", "backups", "shares", "ledger")
 
 
 @dag(
@@ -60,6 +72,15 @@ CHECKS = ("primary", "legal_holds", "ledger")
     max_active_runs=1,
     doc_md=DOC,
     tags=["lethe", "privacy", "audit"],
+    params={
+        "rpo_hours": Param(
+            26,
+            type="number",
+            minimum=1,
+            title="Recovery-point objective (hours)",
+            description="The newest complete snapshot in each backup region must be younger than this.",
+        ),
+    },
     default_args={
         "owner": "privacy-engineering",
         "retries": 1,
@@ -84,6 +105,22 @@ def compliance_audit() -> None:
 
         results, held = check_holds(primary_url(), run_id or "")
         return {"results": results, "held_rows": held}
+
+    @task
+    def backups(params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Snapshots within the RPO, manifests against the objects, tombstones applied, per region."""
+        from lethe.audit.run import check_backups
+        from lethe.connections import primary_url, s3_endpoint_url
+
+        return check_backups(primary_url(), s3_endpoint_url(), float((params or {}).get("rpo_hours", 26)))
+
+    @task
+    def shares() -> list[dict[str, Any]]:
+        """The release gate re-run on each recipient's latest release."""
+        from lethe.audit.run import check_shares
+        from lethe.connections import s3_endpoint_url
+
+        return check_shares(s3_endpoint_url())
 
     @task
     def ledger() -> list[dict[str, Any]]:
@@ -111,7 +148,7 @@ def compliance_audit() -> None:
                 suites[task_id] = value
         return conclude(primary_url(), run_id or "", suites, held)
 
-    [primary(), legal_holds(), ledger()] >> verdict()
+    [primary(), legal_holds(), backups(), shares(), ledger()] >> verdict()
 
 
 compliance_audit()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from lethe import ledger
 from lethe.db import transaction
+from lethe.pseudonym import subject_pseudonym
 
 pytestmark = pytest.mark.dags
 
@@ -15,9 +18,9 @@ NOW = datetime.now(UTC)
 
 
 def seed_small_state(url: str) -> None:
-    """Two people, live rows only, a ledger with two entries: nothing for the audit to object to."""
+    """Three people, live rows only, a ledger with two entries: nothing for the audit to object to."""
     with transaction(url) as cur:
-        for user_id in (1, 2):
+        for user_id in (1, 2, 3):
             cur.execute(
                 "INSERT INTO accounts (user_id, name, username, email, password_hash, created_at)"
                 " VALUES (%s, 'Person', %s, %s, 'x', %s)",
@@ -48,32 +51,48 @@ def alerts(url: str) -> list[str]:
         return [m for (m,) in cur.fetchall()]
 
 
+def pseudonym_key() -> bytes:
+    """The key the DAGs use (the lethe_pseudonym_key connection airflow_env set up)."""
+    return json.loads(os.environ["AIRFLOW_CONN_LETHE_PSEUDONYM_KEY"])["password"].encode()
+
+
 def test_audit_passes_clean_then_fails_naming_each_planted_fault(
     db_url: str, s3_endpoint: str, airflow_home: Path
 ) -> None:
+    from lethe.backup.propagate import propagate_region
     from lethe.dagrun import DagRunFailed, run_dag
 
     seed_small_state(db_url)
+    run_dag("backup_nightly")
     run_dag("compliance_audit")
     assert audit_rows(db_url) == [(True, [])]
 
-    # Fault 1: an expired cookie left behind.
     with transaction(db_url) as cur:
+        # Fault 1: an expired cookie left behind.
         cur.execute("UPDATE sessions SET expires_at = %s WHERE session_id = 1", (NOW - timedelta(days=1),))
-    with pytest.raises(DagRunFailed, match="verdict"):
-        run_dag("compliance_audit")
-    assert audit_rows(db_url)[-1] == (False, ["retention.expired_rows.expired_cookies"])
-    assert any("retention.expired_rows.expired_cookies" in m for m in alerts(db_url))
-
-    # Fault 2: a broken ledger link (the append-only trigger disabled to plant it).
+        # Fault 2: person 3 erased on the primary, the erasure carried into one backup region only.
+        cur.execute("DELETE FROM sessions WHERE user_id = 3")
+        cur.execute("DELETE FROM accounts WHERE user_id = 3")
+        cur.execute(
+            "INSERT INTO erasure_tombstones (subject_pseudonym, identifier_pseudonyms) VALUES (%s, '{}')",
+            (subject_pseudonym(pseudonym_key(), 3),),
+        )
+    propagate_region(db_url, "us-east-1", s3_endpoint)
     with transaction(db_url) as cur:
-        cur.execute("DELETE FROM sessions WHERE session_id = 1")
+        # Fault 3: a broken ledger link (the append-only trigger disabled to plant it).
         cur.execute("ALTER TABLE ledger DISABLE TRIGGER ledger_append_only")
         cur.execute("DELETE FROM ledger WHERE entry_id = (SELECT min(entry_id) FROM ledger)")
         cur.execute("ALTER TABLE ledger ENABLE TRIGGER ledger_append_only")
-    with pytest.raises(DagRunFailed):
-        run_dag("compliance_audit")
-    assert audit_rows(db_url)[-1] == (False, ["ledger.ledger_chain_broken"])
 
-    # The alerts name the DAG and the checks, never a person's data.
-    assert all("user1" not in m and "@" not in m for m in alerts(db_url))
+    with pytest.raises(DagRunFailed, match="verdict"):
+        run_dag("compliance_audit")
+    success, names = audit_rows(db_url)[-1]
+    assert not success
+    assert sorted(names) == [
+        "backups.tombstones_not_applied.ap-southeast-1",
+        "ledger.ledger_chain_broken",
+        "retention.expired_rows.expired_cookies",
+    ]
+    # The failure alert names the checks, never a person's data.
+    assert any("retention.expired_rows.expired_cookies" in m for m in alerts(db_url))
+    assert all("user" not in m and "@" not in m for m in alerts(db_url))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg2.extensions
 
 from lethe.audit.expect import expect_counts
@@ -11,7 +13,7 @@ from lethe.quality import CheckResult
 
 def check_ledger(cur: psycopg2.extensions.cursor) -> CheckResult:
     status = verify_chain(cur)
-    details = {"entries": status.entries}
+    details: dict[str, Any] = {"entries": status.entries}
     if not status.ok:
         details |= {"first_broken_entry": status.first_broken_entry, "problem": status.problem}
     return expect_counts(

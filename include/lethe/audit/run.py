@@ -12,7 +12,7 @@ from typing import Any
 from lethe.db import transaction
 
 # The suites compliance_audit runs, by task id; conclude() reports a suite whose task died.
-SUITES = ("primary", "legal_holds", "ledger")
+SUITES = ("primary", "legal_holds", "backups", "shares", "ledger")
 
 
 def check_primary(db_url: str, key: bytes, now: datetime | None = None) -> list[dict[str, Any]]:
@@ -39,6 +39,22 @@ def check_holds(db_url: str, run_id: str) -> tuple[list[dict[str, Any]], dict[st
     return [primary.check_holds(current, previous).as_dict()], current
 
 
+def check_backups(
+    db_url: str, endpoint_url: str | None, rpo_hours: float = 26, now: datetime | None = None
+) -> list[dict[str, Any]]:
+    from datetime import timedelta
+
+    from lethe.audit.backups import check_backups as check
+
+    return [check(db_url, endpoint_url, now or datetime.now(UTC), timedelta(hours=rpo_hours)).as_dict()]
+
+
+def check_shares(endpoint_url: str | None) -> list[dict[str, Any]]:
+    from lethe.audit.shares import check_shares as check
+
+    return [check(endpoint_url).as_dict()]
+
+
 def check_ledger(db_url: str) -> list[dict[str, Any]]:
     from lethe.audit.ledger_checks import check_ledger as check
 
@@ -60,7 +76,7 @@ def conclude(
 
     collected: list[dict[str, Any]] = []
     for suite, value in suites.items():
-        collected.extend(results.errored(suite, value) if isinstance(value, str) else value)
+        collected.extend([results.errored(suite, value)] if isinstance(value, str) else value)
     outcome = results.outcome(run_id, collected)
     with transaction(db_url) as cur:
         results.record(cur, outcome, held_rows)
