@@ -202,9 +202,8 @@ def test_noisy_release_within_budget_then_the_next_is_refused(db_url: str, s3_en
         cur.execute("SELECT payload->>'status' FROM ledger WHERE kind = 'sharing_release' ORDER BY entry_id")
         assert [r[0] for r in cur.fetchall()] == ["published", "refused"]
         assert verify_chain(cur).ok
-    # The refused window is decided: the plan moves on to the next day.
-    (window,) = pipeline.plan(db_url, [noisy], (END + timedelta(days=2)).date())
-    assert window["start"] == (END + timedelta(days=1)).isoformat()
+    # The refused window (yesterday) is decided, not retried: nothing is due until tomorrow.
+    assert pipeline.plan(db_url, [noisy], TODAY) == []
 
 
 def test_a_planted_email_fails_the_gate_and_nothing_is_written(db_url: str, s3_endpoint: str) -> None:

@@ -1,7 +1,8 @@
 """The bounded aggregate: cells of day x source x dimensions, each person's contribution capped.
 
-Engine: DuckDB over the Arrow table from lethe.sharing.extract (bench/sharing.md
-compares it with a plain DuckDB aggregate and with pandas on the same rows).
+Engine: DuckDB over integer cell codes (lethe.sharing.generalise.generalise);
+bench/sharing.md compares it with a plain DuckDB aggregate and with pandas on
+the same rows.
 
 Contribution bounds (docs/sharing.md):
 - a person counts at most `max_events_per_cell` events in a cell: beyond that
@@ -22,8 +23,8 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from lethe.sharing.config import ALL, DIMENSIONS, RecipientConfig
-from lethe.sharing.generalise import select_sql
+from lethe.sharing.config import DIMENSIONS, RecipientConfig
+from lethe.sharing.generalise import generalise
 
 CELL_KEYS = ("day", "source", *DIMENSIONS)
 MEASURES = ("events", "people", "total_duration_ms", "median_duration_ms")
@@ -46,52 +47,57 @@ def connect_duckdb(threads: int | None = None) -> Any:
     return con
 
 
-def bounded_sql(source_name: str, config: RecipientConfig) -> tuple[str, str]:
-    """(SQL of the kept per-person cells, SQL of the published cells) over a generalised relation."""
-    dims = [d if d in config.dimensions else f"'{ALL}' AS {d}" for d in DIMENSIONS]
-    keys = ", ".join(CELL_KEYS)
-    per_person = (
-        f"SELECT unit, day, source, {', '.join(dims)}, count(*) AS n, sum(d) AS s, count(d) AS nd "  # noqa: S608 - no values
-        f"FROM {source_name} GROUP BY ALL"
+def bounded_cells(con: Any, source_name: str, config: RecipientConfig) -> tuple[dict[str, Any], dict[str, int]]:
+    """The bounded cells of rows (unit, day, cell, d) in DuckDB: (columns as numpy arrays, bound statistics)."""
+    cap, per_day = int(config.max_events_per_cell), int(config.max_cells_per_day)
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE per_person AS SELECT unit, day, cell, count(*) AS n, sum(d) AS s,"  # noqa: S608 - no values
+        f" count(d) AS nd FROM {source_name} GROUP BY unit, day, cell"
     )
-    kept = (
-        f"SELECT * FROM ({per_person}) QUALIFY row_number() OVER "  # noqa: S608 - no values
-        f"(PARTITION BY unit, day ORDER BY n DESC, {', '.join(CELL_KEYS[1:])}) <= {int(config.max_cells_per_day)}"
+    # Only the person-days over the cap need ranking; sorting every person-day costs as much as the aggregate.
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE heavy AS SELECT unit, day FROM per_person GROUP BY unit, day HAVING count(*) > ?",
+        [per_day],
     )
-    cap = int(config.max_events_per_cell)
-    cells = (
-        f"SELECT {keys}, sum(least(n, {cap}))::BIGINT AS events, count(*)::BIGINT AS people, "  # noqa: S608 - no values
+    (heavy,) = con.execute("SELECT count(*) FROM heavy").fetchone()
+    kept = "per_person"
+    if heavy:
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE kept AS SELECT p.* FROM per_person p ANTI JOIN heavy h USING (unit, day) "
+            "UNION ALL SELECT * FROM (SELECT p.* FROM per_person p SEMI JOIN heavy h USING (unit, day)) "
+            "QUALIFY row_number() OVER (PARTITION BY unit, day ORDER BY n DESC, cell) <= ?",
+            [per_day],
+        )
+        kept = "kept"
+    cells = con.execute(
+        f"SELECT day, cell, sum(least(n, {cap}))::BIGINT AS events, count(*)::BIGINT AS people, "  # noqa: S608 - no values
         f"round(sum(s * least(n, {cap}) / n))::BIGINT AS total_duration_ms, "
-        f"round(median(s / nullif(nd, 0)))::BIGINT AS median_duration_ms "
-        f"FROM kept GROUP BY ALL ORDER BY {keys}"
-    )
-    return kept, cells
+        "round(median(s / nullif(nd, 0)))::BIGINT AS median_duration_ms "
+        f"FROM {kept} GROUP BY day, cell ORDER BY day, cell"
+    ).fetchnumpy()
+    stats = con.execute(
+        "SELECT count(DISTINCT unit), coalesce(max(c), 0), coalesce(max(m), 0) FROM "  # noqa: S608 - no values
+        f"(SELECT unit, count(*) AS c, max(least(n, {cap})) AS m FROM {kept} GROUP BY unit, day)"
+    ).fetchone()
+    con.execute("DROP TABLE IF EXISTS kept; DROP TABLE heavy; DROP TABLE per_person")
+    assert stats is not None
+    return cells, {
+        "people_in": int(stats[0]),
+        "max_cells_per_person_day": int(stats[1]),
+        "max_events_per_person_cell": int(stats[2]),
+    }
 
 
 def aggregate(events: pa.Table, config: RecipientConfig, con: Any = None) -> Aggregate:
     """Generalise the extracted rows and compute the bounded, exact cells for `config`."""
     con = con or connect_duckdb()
-    con.register("raw_events", events)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE generalised AS {select_sql('raw_events', config.max_duration_ms)}")
-    con.unregister("raw_events")
-    kept, cells_sql = bounded_sql("generalised", config)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE kept AS {kept}")
-    frame = con.execute(cells_sql).df()
-    stats = con.execute(
-        "SELECT (SELECT count(*) FROM generalised), (SELECT count(DISTINCT unit) FROM generalised), "
-        "(SELECT coalesce(max(c), 0) FROM (SELECT count(*) AS c FROM kept GROUP BY unit, day)), "
-        "(SELECT coalesce(max(least(n, ?)), 0) FROM kept)",
-        [int(config.max_events_per_cell)],
-    ).fetchone()
-    con.execute("DROP TABLE generalised")
-    con.execute("DROP TABLE kept")
-    assert stats is not None
-    return Aggregate(
-        cells=normalise(frame),
-        rows_in=int(stats[0]),
-        people_in=int(stats[1]),
-        contributions={"max_cells_per_person_day": int(stats[2]), "max_events_per_person_cell": int(stats[3])},
-    )
+    g = generalise(events, config.dimensions, config.max_duration_ms, con)
+    con.register("generalised", g.rows)
+    cells, stats = bounded_cells(con, "generalised", config)
+    con.unregister("generalised")
+    frame = pd.DataFrame({"day": cells["day"], **g.decode(cells["cell"]), **{m: cells[m] for m in MEASURES}})
+    people_in = stats.pop("people_in")
+    return Aggregate(cells=normalise(frame), rows_in=events.num_rows, people_in=people_in, contributions=stats)
 
 
 def normalise(frame: pd.DataFrame) -> pd.DataFrame:
@@ -99,7 +105,7 @@ def normalise(frame: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(
         {
             "day": pd.to_datetime(frame["day"]).dt.date if len(frame) else pd.Series([], dtype="object"),
-            **{k: frame[k].astype("string") for k in CELL_KEYS[1:]},
+            **{k: pd.array(frame[k], dtype="string") for k in CELL_KEYS[1:]},
             **{m: pd.array(frame[m], dtype="Int64") for m in MEASURES},
         }
     )
