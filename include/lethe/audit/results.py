@@ -8,8 +8,6 @@ from typing import Any
 
 import psycopg2.extensions
 
-from lethe.quality import CheckResult
-
 DAG_ID = "compliance_audit"
 
 
@@ -33,6 +31,8 @@ class Outcome:
 
 def errored(suite: str, error: str) -> dict[str, Any]:
     """The result of a suite whose task did not finish (its error class only: messages may quote data)."""
+    from lethe.quality import CheckResult
+
     return CheckResult(
         suite=suite, success=False, checks=[{"name": "suite_completed", "success": False, "observed": error}]
     ).as_dict()
