@@ -211,7 +211,7 @@ def test_a_planted_email_fails_the_gate_and_nothing_is_written(db_url: str, s3_e
         rows = Rows(cur)
         crowd(rows, 1, 12)
         crowd(rows, 50, 12, feature="Contact alice.smith@example.com")
-    with pytest.raises(GateFailed, match="no_email_in_feature") as failure:
+    with pytest.raises(GateFailed, match="no_email_in_dimension_values") as failure:
         pipeline.run_release(db_url, s3_endpoint, EXACT, START, END)
     assert "alice" not in str(failure.value)
     assert published_objects(s3_endpoint, "partner") == {}
