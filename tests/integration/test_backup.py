@@ -33,7 +33,7 @@ from lethe.storage import ensure_buckets, s3_client
 pytestmark = pytest.mark.integration
 
 KEY = b"test-pseudonym-key"
-USERS = 40
+USERS = 20
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 

@@ -47,12 +47,8 @@ class Column:
         return _ARROW_TYPES.get(self.pg_type, pa.string())
 
     def select_expr(self) -> sql.Composable:
-        ident = sql.Identifier(self.name)
-        if self.pg_type == "timestamptz":  # ISO with Z, which Arrow parses without a locale guess
-            return sql.SQL("""to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')""").format(ident)
-        if self.pg_type == "timestamp":
-            return sql.SQL("""to_char({}, 'YYYY-MM-DD"T"HH24:MI:SS.US')""").format(ident)
-        return ident
+        # Times come out with their UTC offset (e.g. +00, +05:30), which Arrow's ISO-8601 parser reads.
+        return sql.Identifier(self.name)
 
 
 def table_columns(cur: psycopg2.extensions.cursor, table: str) -> list[Column]:
@@ -95,23 +91,43 @@ def export_table(cur: psycopg2.extensions.cursor, table: str, columns: list[Colu
         )
 
 
-def with_subject(frame: pa.Table, subject_column: str | None, key: bytes) -> pa.Table:
-    """Add the keyed pseudonym of each row's subject as SUBJECT_COLUMN (NULL when the row has none)."""
+def with_subject(
+    frame: pa.Table, subject_column: str | None, key: bytes, cache: dict[int, str] | None = None
+) -> pa.Table:
+    """Add the keyed pseudonym of each row's subject as SUBJECT_COLUMN (NULL when the row has none).
+
+    One HMAC per distinct subject; `cache` carries them across the tables of one snapshot.
+    """
     if subject_column is None:
         return frame.append_column(SUBJECT_COLUMN, pa.nulls(frame.num_rows, pa.string()))
+    cache = {} if cache is None else cache
     encoded = pc.dictionary_encode(frame.column(subject_column).combine_chunks())
-    uniques = [subject_pseudonym(key, v) for v in encoded.dictionary.to_pylist()]  # one HMAC per person
+    uniques = []
+    for value in encoded.dictionary.to_pylist():
+        if value not in cache:
+            cache[value] = subject_pseudonym(key, value)
+        uniques.append(cache[value])
     pseudonyms = pa.array(uniques, pa.string()).take(encoded.indices)
     return frame.append_column(SUBJECT_COLUMN, pseudonyms)
 
 
-def split_by_bucket(frame: pa.Table, buckets: int) -> Iterable[tuple[int | None, pa.Table]]:
-    """(bucket, rows) groups; rows without a subject come as bucket None."""
+def split_by_bucket(
+    frame: pa.Table, buckets: int, by: str | None = None, pseudonyms: dict[int, str] | None = None
+) -> Iterable[tuple[int | None, pa.Table]]:
+    """(bucket, rows) groups; rows without a subject come as bucket None.
+
+    With `by` (the integer subject column) and the `pseudonyms` cache filled by with_subject,
+    buckets come from the integer ids, which is cheaper than hashing the pseudonym strings again.
+    """
     if frame.num_rows == 0:
         return
-    subjects = frame.column(SUBJECT_COLUMN).combine_chunks()
-    encoded = pc.dictionary_encode(subjects)
-    per_unique = np.array([bucket_of(p, buckets) for p in encoded.dictionary.to_pylist()] + [-1], dtype=np.int32)
+    if by is not None and pseudonyms is not None:
+        encoded = pc.dictionary_encode(frame.column(by).combine_chunks())
+        keys = [pseudonyms[v] for v in encoded.dictionary.to_pylist()]
+    else:
+        encoded = pc.dictionary_encode(frame.column(SUBJECT_COLUMN).combine_chunks())
+        keys = encoded.dictionary.to_pylist()
+    per_unique = np.array([bucket_of(p, buckets) for p in keys] + [-1], dtype=np.int32)
     indices = encoded.indices.fill_null(len(per_unique) - 1).to_numpy(zero_copy_only=False)
     row_buckets = per_unique[indices]
     order = np.argsort(row_buckets, kind="stable")

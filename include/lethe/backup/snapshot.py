@@ -76,8 +76,11 @@ def take_snapshot(
             cur.execute("SELECT subject_pseudonym FROM erasure_tombstones")
             tombstones = {row[0] for row in cur.fetchall()}
             manifest.tombstones_at_export = len(tombstones)
+            pseudonyms: dict[int, str] = {}  # one HMAC per person for the whole snapshot
             for table in backed_up_tables(policy):
-                manifest.tables[table] = _export_table(cur, pool, client, bucket, sid, table, policy, key, tombstones)
+                manifest.tables[table] = _export_table(
+                    cur, pool, client, bucket, sid, table, policy, key, tombstones, pseudonyms
+                )
         conn.rollback()
     finally:
         conn.close()
@@ -119,10 +122,11 @@ def _export_table(
     policy: Policy,
     key: bytes,
     tombstones: set[str],
+    pseudonyms: dict[int, str],
 ) -> TableEntry:
     rule = policy.tables[table]
     columns = frames.table_columns(cur, table)
-    frame = frames.with_subject(frames.export_table(cur, table, columns), rule.subject, key)
+    frame = frames.with_subject(frames.export_table(cur, table, columns), rule.subject, key, pseudonyms)
     erasure = rule.erasure
     entry = TableEntry(
         columns=[{"name": c.name, "pg_type": c.pg_type, "arrow_type": str(c.arrow_type)} for c in columns],
@@ -142,7 +146,10 @@ def _export_table(
         digest = store.put(client, bucket, object_key, body)
         return ObjectEntry(key=object_key, bucket=bucket_no, rows=part.num_rows, bytes=len(body), sha256=digest)
 
-    futures = [pool.submit(upload, b, part) for b, part in frames.split_by_bucket(frame, policy.backups.buckets)]
+    # after the tombstone filter a pseudonymised row has no subject left: bucket by the pseudonym column then
+    by = rule.subject if entry.erasure_action != "pseudonymise" or not tombstones else None
+    parts = frames.split_by_bucket(frame, policy.backups.buckets, by, pseudonyms if by else None)
+    futures = [pool.submit(upload, b, part) for b, part in parts]
     entry.objects = sorted((f.result() for f in futures), key=lambda o: o.key)
     return entry
 
