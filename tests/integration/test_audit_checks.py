@@ -222,5 +222,10 @@ def test_results_are_kept_and_the_verdict_names_failed_checks(db_url: str) -> No
         kept = results.latest(cur)
     with pytest.raises(results.AuditFailed, match=r"retention\.expired_rows\.expired_cookies"):
         results.verdict(outcome)
+    from lethe.audit.demo import summary
+
+    lines = summary(db_url, "")
+    assert lines[-1] == "VERDICT: NOT COMPLIANT: retention.expired_rows.expired_cookies"
+    assert any(line.strip().startswith("retention") and "FAILED" in line for line in lines)
     assert kept[0]["run_id"] == "run-1" and kept[0]["failed"] == ["retention.expired_rows.expired_cookies"]
     assert kept[0]["checks_failed"] == 1 and not kept[0]["success"]
