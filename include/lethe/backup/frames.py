@@ -70,6 +70,7 @@ def export_table(cur: psycopg2.extensions.cursor, table: str, columns: list[Colu
     query = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT WITH (FORMAT csv)").format(
         sql.SQL(", ").join(c.select_expr() for c in columns), sql.Identifier(table)
     )
+    cur.execute("SET LOCAL DateStyle = 'ISO, YMD'")  # the time format Arrow parses, whatever the server default
     with tempfile.SpooledTemporaryFile(max_size=64 << 20) as spool:
         cur.copy_expert(query.as_string(cur), spool)
         spool.seek(0)
