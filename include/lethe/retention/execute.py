@@ -114,37 +114,60 @@ def ledger_payload(plan: Plan, rp: RulePlan, rows: int, partitions: int) -> dict
 
 
 def _drop_partition(
-    cur: psycopg2.extensions.cursor, preds: Predicates, rp: RulePlan, part: PartitionPlan, plan_id: str
-) -> bool:
-    """Detach and drop one expired partition, keeping held rows in a fresh partition. One transaction."""
-    cur.execute(
-        "SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-        " WHERE i.inhparent = to_regclass(%s) AND c.relname = %s",
-        (rp.table, part.name),
-    )
-    if cur.fetchone() is None:  # gone already (another run): nothing of ours to count
-        _advance(cur, plan_id, rp.rule, f"partition:{part.name}", 0, None, True)
-        return False
+    conn: psycopg2.extensions.connection,
+    cur: psycopg2.extensions.cursor,
+    preds: Predicates,
+    rp: RulePlan,
+    part: PartitionPlan,
+    plan_id: str,
+    timings: list[float],
+) -> None:
+    """Detach one expired partition (held rows kept in a fresh one for the range), then drop it.
+
+    Two transactions: a DROP forces a synchronous WAL flush at commit, so it runs on its own,
+    after the parent's lock is released. A run killed between them leaves `<name>__expired`
+    detached; the next attempt drops it first.
+    """
+    step = f"partition:{part.name}"
     parent, old = sql.Identifier(rp.table), sql.Identifier(part.name)
+    expired = sql.Identifier(f"{part.name}__expired")
     keep = sql.Identifier(f"{part.name}__held")
-    held = preds.held(rp.table, "t")
-    cur.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(old))  # no writes slip in while held rows are copied
-    cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} t WHERE {})").format(old, held))
-    has_held = bool(cur.fetchone()[0])  # type: ignore[index]
-    if has_held:
-        cur.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)").format(keep, parent))
-        columns = sql.SQL(", ").join(sql.Identifier(c) for c in column_types(cur, rp.table))
+    started = time.perf_counter()
+    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{part.name}__expired",))
+    if not cur.fetchone()[0]:  # type: ignore[index]
         cur.execute(
-            sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} t WHERE {}").format(keep, columns, columns, old, held)
+            "SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = to_regclass(%s) AND c.relname = %s",
+            (rp.table, part.name),
         )
-    cur.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(parent, old))
-    cur.execute(sql.SQL("DROP TABLE {}").format(old))
-    if has_held:
-        cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(keep, old))
-        # The bound clause comes from pg_get_expr for this very partition (not from user input).
-        cur.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} ").format(parent, old) + sql.SQL(part.bound))
-    _advance(cur, plan_id, rp.rule, f"partition:{part.name}", part.rows, None, True)
-    return True
+        if cur.fetchone() is None:  # gone already (another run): nothing of ours to count
+            _advance(cur, plan_id, rp.rule, step, 0, None, True)
+            conn.commit()
+            return
+        held = preds.held_where(rp.table, "t")
+        cur.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(old))  # no writes slip in while held rows move
+        cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} t WHERE {})").format(old, held))
+        has_held = bool(cur.fetchone()[0])  # type: ignore[index]
+        if has_held:
+            # Indexes are built now, on the few held rows, so ATTACH below only adopts them.
+            cur.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(keep, parent))
+            columns = sql.SQL(", ").join(sql.Identifier(c) for c in column_types(cur, rp.table))
+            cur.execute(
+                sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} t WHERE {}").format(keep, columns, columns, old, held)
+            )
+        cur.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(parent, old))
+        cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(old, expired))
+        if has_held:
+            cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(keep, old))
+            # The bound clause comes from pg_get_expr for this very partition (not from user input).
+            cur.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} ").format(parent, old) + sql.SQL(part.bound))
+        conn.commit()
+        timings.append((time.perf_counter() - started) * 1000)
+        started = time.perf_counter()
+    cur.execute(sql.SQL("DROP TABLE {}").format(expired))
+    _advance(cur, plan_id, rp.rule, step, part.rows, None, True)
+    conn.commit()
+    timings.append((time.perf_counter() - started) * 1000)
 
 
 def _statement(preds: Predicates, rp: RulePlan, rule: Any, key_range: sql.Composable) -> sql.Composable:
@@ -178,6 +201,9 @@ def execute_rule(
     try:
         with conn.cursor() as cur:
             cur.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
+            # Batches need not wait for their WAL flush: a server crash can only lose the last few,
+            # together with their checkpoint rows, and a rerun redoes them. The ledger entry waits.
+            cur.execute("SET synchronous_commit = off")
             preds = plan.predicates(policy, cur)
             params = preds.params()
             progress = _progress(cur, plan.plan_id, rp.rule)
@@ -192,16 +218,14 @@ def execute_rule(
                     step = f"partition:{part.name}"
                     if step in progress and progress[step][3]:
                         continue
-                    started = time.perf_counter()
-                    _drop_partition(cur, preds, rp, part, plan.plan_id)
-                    conn.commit()
-                    result.batch_ms.append((time.perf_counter() - started) * 1000)
+                    _drop_partition(conn, cur, preds, rp, part, plan.plan_id, result.batch_ms)
                 if rp.key_min is not None or not rp.integer_key:
                     _batches(conn, cur, preds, rp, rule, params, plan.plan_id, progress, batch_size, result, on_batch)
             progress = _progress(cur, plan.plan_id, rp.rule)
             result.rows = sum(v[0] for v in progress.values())
             result.partitions_dropped = sum(1 for k in progress if k.startswith("partition:"))
             result.batches = sum(v[1] for k, v in progress.items() if k == "batches")
+            cur.execute("SET LOCAL synchronous_commit = on")
             cur.execute(
                 "INSERT INTO retention_progress (plan_id, rule, step, finished) VALUES (%s, %s, 'ledger', true)"
                 " ON CONFLICT DO NOTHING",

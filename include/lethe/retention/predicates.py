@@ -87,8 +87,18 @@ class Predicates:
         subject = self._subject(table, alias)
         if subject is None:
             return sql.SQL("false")
-        return sql.SQL("EXISTS (SELECT 1 FROM {} h WHERE h.user_id = {} AND h.released_at IS NULL)").format(
-            sql.Identifier(HOLDS), subject
+        # IN over a subquery becomes one hashed lookup per statement (holds are few), not a probe per row.
+        return sql.SQL("coalesce({} IN (SELECT h.user_id FROM {} h WHERE h.released_at IS NULL), false)").format(
+            subject, sql.Identifier(HOLDS)
+        )
+
+    def held_where(self, table: str, alias: str) -> sql.Composable:
+        """`held` for a WHERE clause only: a bare semi-join the planner can drive through the subject index."""
+        subject = self._subject(table, alias)
+        if subject is None:
+            return sql.SQL("false")
+        return sql.SQL("{} IN (SELECT h.user_id FROM {} h WHERE h.released_at IS NULL)").format(
+            subject, sql.Identifier(HOLDS)
         )
 
     def unheld(self, table: str, alias: str) -> sql.Composable:
