@@ -37,7 +37,7 @@ def _pg_dump(server_major: int) -> str:
     return str(POSTGRES_BIN_PATH / "pg_dump")
 
 
-def _export_local(url: str, tables: list[str], policy: object, out: Path) -> tuple[int, int]:
+def _export_local(url: str, tables: list[str], policy: object, out: Path, buckets: int) -> tuple[int, int]:
     """The snapshot's export path without S3: rows and bytes written as bucketed Parquet files."""
     import psycopg2.extensions
     from lethe.backup import frames, layout
@@ -60,7 +60,7 @@ def _export_local(url: str, tables: list[str], policy: object, out: Path) -> tup
             columns = frames.table_columns(cur, table)
             frame = frames.with_subject(frames.export_table(cur, table, columns), rule.subject, KEY, pseudonyms)
             rows += frame.num_rows
-            for bucket, part in frames.split_by_bucket(frame, policy.backups.buckets, rule.subject, pseudonyms):  # type: ignore[attr-defined]
+            for bucket, part in frames.split_by_bucket(frame, buckets, rule.subject, pseudonyms):  # type: ignore[attr-defined]
                 path = out / layout.object_key("bench", table, bucket).replace("/", "_")
                 futures.append(pool.submit(write, path, part))
         written = sum(f.result() for f in futures)
@@ -103,10 +103,14 @@ def main(argv: list[str] | None = None) -> int:
 
         # 1. export throughput beside pg_dump -Fc of the same tables
         work = Path(tempfile.mkdtemp(prefix="lethe-bench-backup-"))
+        (work / "flat").mkdir()
         try:
             t0 = time.perf_counter()
-            rows, parquet_bytes = _export_local(url, tables, policy, work)
+            rows, parquet_bytes = _export_local(url, tables, policy, work, policy.backups.buckets)
             export_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            _, flat_bytes = _export_local(url, tables, policy, work / "flat", 1)
+            flat_s = time.perf_counter() - t0
             dump = _pg_dump(major)
             patterns = [a for t in tables for a in ("-t", t)]
             patterns += [a for t in tables if policy.tables[t].partitioned_by for a in ("-t", f"{t}_*")]
@@ -131,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             f"anchor `pg_dump -Fc` ({Path(dump).parent.parent.name} binary, server {major}) of the same tables: "
             f"{dump_s:.2f} s = {rows / dump_s:,.0f} rows/s, {dump_bytes / 1e6:.1f} MB",
             f"export / pg_dump time: {export_s / dump_s:.2f}x",
+            f"same export in one object per table (no subject buckets): {flat_s:.2f} s = {rows / flat_s:,.0f} rows/s, "
+            f"{flat_bytes / 1e6:.1f} MB ({flat_s / dump_s:.2f}x pg_dump's time)",
             f"full snapshot into {REGION} over HTTP (S3 puts, manifest, catalogue): {snapshot_s:.2f} s = "
             f"{rows / snapshot_s:,.0f} rows/s, {snap['objects']} objects, {snap['bytes'] / 1e6:.1f} MB",
         ]

@@ -337,3 +337,33 @@ def test_an_unreachable_region_fails_with_its_name_and_endpoint(primary: str, s3
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"
     with pytest.raises(RegionUnreachable, match=f"ap-southeast-1.*{dead}"):
         propagate_region(primary, "ap-southeast-1", dead)
+
+
+def test_restore_command(
+    primary: str, s3_endpoint: str, services: tuple[str, str], monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    from lethe.cli import main
+
+    sid = "20261101T020000Z"
+    snapshot_both(primary, s3_endpoint, sid)
+    erase(primary, 4)
+    monkeypatch.setenv("LETHE_PSEUDONYM_KEY", KEY.decode())
+    target = testing.fresh_database(services[0])
+    try:
+        assert main(["restore", "--snapshot", "yesterday", "--region", "us-east-1", "--target", target]) == 2
+        assert "YYYYMMDDTHHMMSSZ" in capsys.readouterr().err
+        assert main(["restore", "--snapshot", "20200101T000000Z", "--region", "us-east-1", "--target", target]) == 2
+        assert "no complete snapshot 20200101T000000Z in region us-east-1" in capsys.readouterr().err
+        assert main(["restore", "--snapshot", sid, "--region", "us-east-1", "--target", target]) == 0
+        out = capsys.readouterr().out
+        assert "replayed 1 tombstones (0 in the snapshot, 1 more from the primary)" in out
+        with transaction(target) as cur:
+            cur.execute("SELECT count(*) FROM accounts WHERE user_id = 4")
+            assert cur.fetchone()[0] == 0
+            cur.execute("SELECT count(*) FROM accounts")
+            assert cur.fetchone()[0] == USERS - 1
+        # a second restore into the now non-empty target is refused, naming the tables
+        assert main(["restore", "--snapshot", sid, "--region", "us-east-1", "--target", target]) == 2
+        assert "target database is not empty" in capsys.readouterr().err
+    finally:
+        testing.drop_database(target)

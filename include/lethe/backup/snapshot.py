@@ -50,6 +50,12 @@ def take_snapshot(
         raise RuntimeError(f"backup region {region}: refusing to write a snapshot: {problem}")
     if store.exists(client, bucket, layout.manifest_key(sid)):
         log.info("snapshot %s already complete in %s", sid, region)
+        with transaction(db_url) as cur:  # killed after the manifest, before the catalogue: catch up
+            cur.execute(
+                "UPDATE backup_snapshots SET status = 'complete', completed_at = coalesce(completed_at, now())"
+                " WHERE snapshot_id = %s AND region = %s AND status = 'writing'",
+                (sid, region),
+            )
         return {"region": region, "snapshot_id": sid, "status": "already complete"}
     # Leftovers of a killed attempt are incomplete (no manifest): remove every version before writing anew.
     leftovers = store.delete_everything(client, bucket, layout.snapshot_prefix(sid))
