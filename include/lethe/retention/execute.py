@@ -32,6 +32,8 @@ from psycopg2 import sql
 
 LEDGER_KIND = "retention"
 DEFAULT_BATCH = 10_000
+TARGET_BATCH_MS = 40.0  # integer-key batches widen up to MAX_WIDEN x batch_size while faster than half this
+MAX_WIDEN = 8
 LOCK_TIMEOUT = "5s"  # give up (and let the task retry) rather than queue behind a long transaction
 
 
@@ -260,9 +262,10 @@ def _batches(
     if rp.integer_key:
         assert rp.key_min is not None and rp.key_max is not None
         lo = int(last) + 1 if last is not None else rp.key_min
+        width = batch_size
         ranged = _statement(preds, rp, rule, sql.SQL("{} BETWEEN %(lo)s AND %(hi)s").format(key))
         while lo <= rp.key_max:
-            hi = min(lo + batch_size - 1, rp.key_max)
+            hi = min(lo + width - 1, rp.key_max)
             started = time.perf_counter()
             cur.execute(ranged, {**params, "lo": lo, "hi": hi})
             n = cur.rowcount
@@ -273,6 +276,11 @@ def _batches(
             if on_batch:
                 on_batch(n, elapsed)
             lo = hi + 1
+            # Sparse or cheap ranges: widen (fewer commits); slow ones: narrow, never below batch_size.
+            if elapsed < TARGET_BATCH_MS / 2:
+                width = min(width * 2, batch_size * MAX_WIDEN)
+            elif elapsed > TARGET_BATCH_MS:
+                width = max(width // 2, batch_size)
         return
     # Keys that are not integers (uuid, text): keyset ranges of batch_size keys each.
     table = sql.Identifier(rp.table)
