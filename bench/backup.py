@@ -20,8 +20,8 @@ import subprocess
 import tempfile
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 KEY = b"bench-pseudonym-key"
 REGION = "us-east-1"
@@ -37,35 +37,26 @@ def _pg_dump(server_major: int) -> str:
     return str(POSTGRES_BIN_PATH / "pg_dump")
 
 
-def _export_local(url: str, tables: list[str], policy: object, out: Path, buckets: int) -> tuple[int, int]:
-    """The snapshot's export path without S3: rows and bytes written as bucketed Parquet files."""
+def _export_local(url: str, tables: list[str], policy: Any, out: Path, buckets: int) -> tuple[int, int]:
+    """The snapshot's own export (lethe.backup.snapshot.export_tables) with local files instead of S3 puts."""
+    import hashlib
+
     import psycopg2.extensions
-    from lethe.backup import frames, layout
-    from lethe.backup.snapshot import UPLOAD_THREADS
+    from lethe.backup import layout
+    from lethe.backup.snapshot import export_tables
     from lethe.db import connect
 
-    def write(path: Path, part: object) -> int:
-        path.write_bytes(frames.to_parquet(part))  # type: ignore[arg-type]
-        return path.stat().st_size
+    def to_file(table: str, bucket: int | None, body: bytes) -> tuple[str, str]:
+        name = layout.object_key("bench", table, bucket).replace("/", "_")
+        (out / name).write_bytes(body)
+        return name, hashlib.sha256(body).hexdigest()
 
-    rows = 0
-    futures = []
-    pseudonyms: dict[int, str] = {}
     conn = connect(url)
     conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ, readonly=True)
-    # the same shape as lethe.backup.snapshot: Parquet encoding in a thread pool while the next table is read
-    with conn.cursor() as cur, ThreadPoolExecutor(UPLOAD_THREADS) as pool:
-        for table in tables:
-            rule = policy.tables[table]  # type: ignore[attr-defined]
-            columns = frames.table_columns(cur, table)
-            frame = frames.with_subject(frames.export_table(cur, table, columns), rule.subject, KEY, pseudonyms)
-            rows += frame.num_rows
-            for bucket, part in frames.split_by_bucket(frame, buckets, rule.subject, pseudonyms):  # type: ignore[attr-defined]
-                path = out / layout.object_key("bench", table, bucket).replace("/", "_")
-                futures.append(pool.submit(write, path, part))
-        written = sum(f.result() for f in futures)
+    with conn.cursor() as cur:
+        entries = export_tables(cur, tables, policy, KEY, set(), to_file, buckets=buckets)
     conn.close()
-    return rows, written
+    return sum(e.rows for e in entries.values()), sum(o.bytes for e in entries.values() for o in e.objects)
 
 
 def main(argv: list[str] | None = None) -> int:

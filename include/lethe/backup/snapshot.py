@@ -10,7 +10,8 @@ for backup_erasure_propagation, so no erasure can slip between export and manife
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -78,15 +79,16 @@ def take_snapshot(
     conn = connect(db_url)
     try:
         conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ, readonly=True)
-        with conn.cursor() as cur, ThreadPoolExecutor(UPLOAD_THREADS) as pool:
+        with conn.cursor() as cur:
             cur.execute("SELECT subject_pseudonym FROM erasure_tombstones")
             tombstones = {row[0] for row in cur.fetchall()}
             manifest.tombstones_at_export = len(tombstones)
-            pseudonyms: dict[int, str] = {}  # one HMAC per person for the whole snapshot
-            for table in backed_up_tables(policy):
-                manifest.tables[table] = _export_table(
-                    cur, pool, client, bucket, sid, table, policy, key, tombstones, pseudonyms
-                )
+
+            def upload(table: str, bucket_no: int | None, body: bytes) -> tuple[str, str]:
+                object_key = layout.object_key(sid, table, bucket_no)
+                return object_key, store.put(client, bucket, object_key, body)
+
+            manifest.tables = export_tables(cur, backed_up_tables(policy), policy, key, tombstones, upload)
         conn.rollback()
     finally:
         conn.close()
@@ -118,18 +120,49 @@ def take_snapshot(
     return summary
 
 
-def _export_table(
+Sink = Callable[[str, int | None, bytes], tuple[str, str]]
+"""Stores one encoded object: (table, bucket, Parquet bytes) -> (object key, sha256)."""
+
+
+def export_tables(
     cur: psycopg2.extensions.cursor,
-    pool: ThreadPoolExecutor,
-    client: Any,
-    bucket: str,
-    sid: str,
+    tables: list[str],
+    policy: Policy,
+    key: bytes,
+    tombstones: set[str],
+    sink: Sink,
+    *,
+    buckets: int | None = None,
+    threads: int = UPLOAD_THREADS,
+) -> dict[str, TableEntry]:
+    """Export tables in the caller's transaction; split, encode and store each in a worker.
+
+    The next table's COPY runs while the workers bucket, encode and upload the previous ones.
+    """
+    pseudonyms: dict[int, str] = {}  # one HMAC per person for the whole snapshot
+    nbuckets = buckets or policy.backups.buckets
+    entries: dict[str, TableEntry] = {}
+    pending: list[tuple[TableEntry, Future[list[ObjectEntry]]]] = []
+    with ThreadPoolExecutor(threads) as pool:
+        for table in tables:
+            entry, frame = _table_frame(cur, table, policy, key, tombstones, pseudonyms)
+            entries[table] = entry
+            # after the tombstone filter a pseudonymised row has no subject left: bucket by the pseudonym column then
+            by = entry.subject_column if entry.erasure_action != "pseudonymise" or not tombstones else None
+            pending.append((entry, pool.submit(_write_parts, table, frame, nbuckets, by, pseudonyms, sink)))
+        for entry, future in pending:
+            entry.objects = sorted(future.result(), key=lambda o: o.key)
+    return entries
+
+
+def _table_frame(
+    cur: psycopg2.extensions.cursor,
     table: str,
     policy: Policy,
     key: bytes,
     tombstones: set[str],
     pseudonyms: dict[int, str],
-) -> TableEntry:
+) -> tuple[TableEntry, Any]:
     rule = policy.tables[table]
     columns = frames.table_columns(cur, table)
     frame = frames.with_subject(frames.export_table(cur, table, columns), rule.subject, key, pseudonyms)
@@ -145,19 +178,20 @@ def _export_table(
         frame, tombstones, entry.erasure_action, entry.erasure_columns, entry.pseudonym_column
     )
     entry.rows = frame.num_rows
+    return entry, frame
 
-    def upload(bucket_no: int | None, part: Any) -> ObjectEntry:
+
+def _write_parts(
+    table: str, frame: Any, buckets: int, by: str | None, pseudonyms: dict[int, str], sink: Sink
+) -> list[ObjectEntry]:
+    written = []
+    for bucket_no, part in frames.split_by_bucket(frame, buckets, by, pseudonyms if by else None):
         body = frames.to_parquet(part)
-        object_key = layout.object_key(sid, table, bucket_no)
-        digest = store.put(client, bucket, object_key, body)
-        return ObjectEntry(key=object_key, bucket=bucket_no, rows=part.num_rows, bytes=len(body), sha256=digest)
-
-    # after the tombstone filter a pseudonymised row has no subject left: bucket by the pseudonym column then
-    by = rule.subject if entry.erasure_action != "pseudonymise" or not tombstones else None
-    parts = frames.split_by_bucket(frame, policy.backups.buckets, by, pseudonyms if by else None)
-    futures = [pool.submit(upload, b, part) for b, part in parts]
-    entry.objects = sorted((f.result() for f in futures), key=lambda o: o.key)
-    return entry
+        object_key, digest = sink(table, bucket_no, body)
+        written.append(
+            ObjectEntry(key=object_key, bucket=bucket_no, rows=part.num_rows, bytes=len(body), sha256=digest)
+        )
+    return written
 
 
 def new_snapshot_id(now: datetime | None = None) -> str:
