@@ -8,7 +8,8 @@ For end-to-end tests and local trials: DAGs run under the real scheduler and exe
 
 The metadata database is a fresh PostgreSQL database created on `metadata_server` (the machine's
 server or the embedded one) and dropped on stop. The executor is Celery when a Redis broker
-answers and the Celery provider is installed, LocalExecutor otherwise (or as `executor` says).
+answers and the Celery provider is installed, LocalExecutor otherwise (or as `executor` or
+LETHE_STACK_EXECUTOR says).
 Every process runs in its own process group; stop() ends each group it started, even after a
 failed start.
 """
@@ -82,7 +83,11 @@ class AirflowStack:
         self.metadata_server = metadata_server
         self.dags_folder = dags_folder
         self.plugins_folder = plugins_folder
-        self.executor = executor or ("CeleryExecutor" if celery_available() else "LocalExecutor")
+        self.executor = (
+            executor
+            or os.environ.get("LETHE_STACK_EXECUTOR")
+            or ("CeleryExecutor" if celery_available() else "LocalExecutor")
+        )
         self.extra_env = extra_env or {}
         self.port = _free_port()
         self.password = secrets.token_urlsafe(12)
