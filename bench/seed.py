@@ -12,6 +12,7 @@ import io
 import time
 
 from lethe.embedded import services
+from psycopg2 import sql
 
 TABLES = ("accounts", "usage_events", "visitor_logs", "sessions", "consents")
 
@@ -37,11 +38,12 @@ def main(argv: list[str] | None = None) -> int:
         with conn.cursor() as cur:
             for table in TABLES:
                 buf = io.BytesIO()
-                cur.copy_expert(f"COPY (SELECT * FROM {table}) TO STDOUT WITH (FORMAT csv)", buf)
-                cur.execute(f"CREATE TABLE anchor_{table} (LIKE {table} INCLUDING ALL)")
+                source, anchor = sql.Identifier(table), sql.Identifier(f"anchor_{table}")
+                cur.copy_expert(sql.SQL("COPY (SELECT * FROM {}) TO STDOUT WITH (FORMAT csv)").format(source), buf)
+                cur.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(anchor, source))
                 buf.seek(0)
                 t0 = time.perf_counter()
-                cur.copy_expert(f"COPY anchor_{table} FROM STDIN WITH (FORMAT csv)", buf)
+                cur.copy_expert(sql.SQL("COPY {} FROM STDIN WITH (FORMAT csv)").format(anchor), buf)
                 copy_s += time.perf_counter() - t0
                 copied += counts[table]
         conn.close()
