@@ -30,20 +30,22 @@ def _timestamp(value: str) -> datetime:
 def cmd_purge(args: argparse.Namespace) -> int:
     from lethe.cli import CommandError
     from lethe.db import migrate, transaction
+    from lethe.policy import load_policy
     from lethe.retention.checks import postconditions
     from lethe.retention.execute import execute_rule
     from lethe.retention.plan import MAX_STAGES, build_plan
 
     if args.batch_size < 1:
         raise CommandError(f"--batch-size must be at least 1, not {args.batch_size}")
+    policy = load_policy()
     with services() as (db_url, _):
         migrate(db_url)
         with transaction(db_url) as cur:
-            plan = build_plan(cur, args.now or datetime.now(UTC), rules=args.rule, dry_run=args.dry_run)
+            plan = build_plan(cur, args.now or datetime.now(UTC), policy=policy, rules=args.rule, dry_run=args.dry_run)
         print("\n".join(plan.lines()))
         for k in range(MAX_STAGES):
             for rule in plan.stage(k):
-                result = execute_rule(db_url, plan, rule, batch_size=args.batch_size)
+                result = execute_rule(db_url, plan, rule, batch_size=args.batch_size, policy=policy)
                 if not plan.dry_run:
                     print(f"{rule}: {result.rows} rows {'anonymised' if result.action == 'anonymise' else 'deleted'}")
         if plan.dry_run:

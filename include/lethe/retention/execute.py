@@ -25,6 +25,7 @@ from typing import Any
 import psycopg2.extensions
 from lethe import ledger
 from lethe.db import connect
+from lethe.policy import Policy
 from lethe.retention.catalog import column_types
 from lethe.retention.plan import PartitionPlan, Plan, RulePlan
 from lethe.retention.predicates import Predicates, anonymised_value
@@ -191,12 +192,17 @@ def execute_rule(
     *,
     batch_size: int = DEFAULT_BATCH,
     on_batch: Callable[[int, float], None] | None = None,
+    policy: Policy | None = None,
 ) -> RuleResult:
-    """Run one rule of `plan` to completion (or resume it); return what was actually done."""
+    """Run one rule of `plan` to completion (or resume it); return what was actually done.
+
+    `policy`: the already loaded policy the plan was made from (saves re-reading it per rule).
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
     rp = plan.rule(rule_name)
-    policy = plan.load_policy()
+    if policy is None or policy.digest != plan.policy_digest:
+        policy = plan.load_policy()
     _, rule = policy.rule(rule_name)
     result = RuleResult(rp.rule, rp.table, rp.action, rp.rows, dry_run=plan.dry_run)
     conn = connect(url)
