@@ -90,3 +90,13 @@ def test_not_yaml_is_located(tmp_path: Path) -> None:
 def test_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(PolicyError, match="cannot read the policy file"):
         load_policy(tmp_path / "nope.yaml")
+
+
+def test_traceability_report_names_existing_tests_and_every_rule() -> None:
+    from lethe.policy.report import render
+
+    policy = load_policy()
+    report = render(policy)
+    assert "[MISSING]" not in report
+    for table, rule in policy.rules():
+        assert f"{table}.{rule.name}: keep {rule.keep} after {rule.after}, then {rule.action}" in report

@@ -67,6 +67,16 @@ CLAUSES = (
         ("tests/dags/test_backup_dags.py",),
     ),
     Clause(
+        "your files and data may remain on our servers even after deletion (a restore never brings them back)",
+        "lethe restore",
+        ("tests/integration/test_backup.py",),
+    ),
+    Clause(
+        "the contents of your user account will not be disclosed (not even through Airflow's own records)",
+        "airflow_metadata_cleanup",
+        ("tests/dags/test_airflow_metadata_cleanup.py", "tests/e2e/test_real_scheduler.py"),
+    ),
+    Clause(
         "we may share this information in an aggregated anonymous form",
         "usage_sharing",
         ("tests/dags/test_usage_sharing.py",),
