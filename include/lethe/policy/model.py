@@ -217,7 +217,12 @@ class AirflowMetadata(_Strict):
     erasure_conf_retention: Duration = Duration("P1D")
 
 
-SHARING_DIMENSIONS = ("feature", "region", "device_type", "browser_family")
+SharingDimension = Literal["feature", "region", "device_type", "browser_family"]
+SHARING_DIMENSIONS: tuple[SharingDimension, ...] = ("feature", "region", "device_type", "browser_family")
+
+
+def _all_sharing_dimensions() -> list[SharingDimension]:
+    return list(SHARING_DIMENSIONS)
 
 
 class SharingRecipient(_Strict):
@@ -225,9 +230,7 @@ class SharingRecipient(_Strict):
 
     description: str
     k: int = Field(default=10, ge=2)
-    dimensions: list[Literal["feature", "region", "device_type", "browser_family"]] = Field(
-        default_factory=lambda: list(SHARING_DIMENSIONS)
-    )
+    dimensions: list[SharingDimension] = Field(default_factory=_all_sharing_dimensions)
     mechanism: Literal["none", "laplace", "gaussian"] = "none"
     epsilon: float | None = Field(default=None, gt=0)
     delta: float | None = Field(default=None, gt=0, lt=1)
