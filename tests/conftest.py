@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,11 +20,18 @@ from lethe.embedded import services as start_services
 
 
 @pytest.fixture(scope="session")
-def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    os.environ.setdefault("LETHE_HOME", str(tmp_path_factory.mktemp("lethe-home")))
-    with start_services() as (db, s3):
-        testing.build_template(db)
-        yield db, s3
+def services() -> Iterator[tuple[str, str]]:
+    # Not under pytest's basetemp: another pytest run on the machine may rotate that away
+    # while this session's embedded PostgreSQL still has its data directory there.
+    home = Path(tempfile.mkdtemp(prefix="lethe-test-home-"))
+    os.environ.setdefault("LETHE_HOME", str(home))
+    try:
+        with start_services() as (db, s3):
+            testing.build_template(db)
+            yield db, s3
+            testing.drop_template(db)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture

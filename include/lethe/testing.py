@@ -43,6 +43,10 @@ def build_template(url: str) -> None:
     migrate(url_for_database(url, TEMPLATE))
 
 
+def drop_template(url: str) -> None:
+    drop_database(url_for_database(url, TEMPLATE))
+
+
 def fresh_database(url: str, prefix: str = "lethe_t") -> str:
     """A new database cloned from the template; return its URL."""
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
