@@ -28,7 +28,7 @@ from lethe.db import connect
 from lethe.policy import Policy
 from lethe.retention.catalog import column_types
 from lethe.retention.plan import PartitionPlan, Plan, RulePlan
-from lethe.retention.predicates import Predicates, anonymised_value
+from lethe.retention.predicates import HOLDS, Predicates, anonymised_value
 from psycopg2 import sql
 
 LEDGER_KIND = "retention"
@@ -173,6 +173,13 @@ def _drop_partition(
     timings.append((time.perf_counter() - started) * 1000)
 
 
+def _held_ids(cur: psycopg2.extensions.cursor) -> list[int]:
+    """People under legal hold, read under a lock that makes a hold placed now wait for this batch."""
+    cur.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(sql.Identifier(HOLDS)))
+    cur.execute(sql.SQL("SELECT user_id FROM {} WHERE released_at IS NULL").format(sql.Identifier(HOLDS)))
+    return [int(r[0]) for r in cur.fetchall()]
+
+
 def _statement(preds: Predicates, rp: RulePlan, rule: Any, key_range: sql.Composable) -> sql.Composable:
     table = sql.Identifier(rp.table)
     if rp.action == "anonymise":
@@ -212,7 +219,7 @@ def execute_rule(
             # Batches need not wait for their WAL flush: a server crash can only lose the last few,
             # together with their checkpoint rows, and a rerun redoes them. The ledger entry waits.
             cur.execute("SET synchronous_commit = off")
-            preds = plan.predicates(policy, cur)
+            preds = plan.predicates(policy, cur, held_ids_param=True)
             params = preds.params()
             progress = _progress(cur, plan.plan_id, rp.rule)
             conn.commit()
@@ -273,7 +280,7 @@ def _batches(
         while lo <= rp.key_max:
             hi = min(lo + width - 1, rp.key_max)
             started = time.perf_counter()
-            cur.execute(ranged, {**params, "lo": lo, "hi": hi})
+            cur.execute(ranged, {**params, "held_ids": _held_ids(cur), "lo": lo, "hi": hi})
             n = cur.rowcount
             _advance(cur, plan_id, rp.rule, "batches", n, hi, hi >= rp.key_max)
             conn.commit()
@@ -303,7 +310,7 @@ def _batches(
         top = row[0] if row else None
         upper = sql.SQL("{} <= %(hi)s").format(key) if top is not None else sql.SQL("true")
         statement = _statement(preds, rp, rule, sql.SQL("{} AND {}").format(after, upper))
-        cur.execute(statement, {**params, "lo": last, "hi": top})
+        cur.execute(statement, {**params, "held_ids": _held_ids(cur), "lo": last, "hi": top})
         n = cur.rowcount
         _advance(cur, plan_id, rp.rule, "batches", n, top if top is not None else last, top is None)
         conn.commit()

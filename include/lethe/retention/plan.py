@@ -98,9 +98,9 @@ class Plan:
             )
         return policy
 
-    def predicates(self, policy: Policy, cur: psycopg2.extensions.cursor) -> Predicates:
+    def predicates(self, policy: Policy, cur: psycopg2.extensions.cursor, held_ids_param: bool = False) -> Predicates:
         cutoffs = {rp.rule: datetime.fromisoformat(rp.cutoff) for rp in self.rules}
-        return Predicates(policy, cutoffs, catalog.foreign_keys(cur), cutoffs)
+        return Predicates(policy, cutoffs, catalog.foreign_keys(cur), cutoffs, held_ids_param)
 
     def lines(self) -> list[str]:
         """The dry run: one line per rule with its counts."""

@@ -41,12 +41,20 @@ def _and(parts: Iterable[sql.Composable]) -> sql.Composable:
 
 class Predicates:
     def __init__(
-        self, policy: Policy, cutoffs: dict[str, datetime], foreign_keys: list[ForeignKey], active: Iterable[str]
+        self,
+        policy: Policy,
+        cutoffs: dict[str, datetime],
+        foreign_keys: list[ForeignKey],
+        active: Iterable[str],
+        held_ids_param: bool = False,
     ) -> None:
+        """`held_ids_param`: held people come as the %(held_ids)s parameter (the executor reads them
+        under a lock per batch), a constant array being cheaper per row than a subquery."""
         self.policy = policy
         self.cutoffs = cutoffs
         self.fks = foreign_keys
         self.active = set(active)
+        self.held_ids_param = held_ids_param
 
     def params(self) -> dict[str, Any]:
         params: dict[str, Any] = {f"c_{name}": cutoff for name, cutoff in self.cutoffs.items()}
@@ -87,6 +95,8 @@ class Predicates:
         subject = self._subject(table, alias)
         if subject is None:
             return sql.SQL("false")
+        if self.held_ids_param:
+            return sql.SQL("coalesce({} = ANY(%(held_ids)s::bigint[]), false)").format(subject)
         # IN over a subquery becomes one hashed lookup per statement (holds are few), not a probe per row.
         return sql.SQL("coalesce({} IN (SELECT h.user_id FROM {} h WHERE h.released_at IS NULL), false)").format(
             subject, sql.Identifier(HOLDS)
