@@ -34,9 +34,13 @@ def _pseudonym(user_id: int) -> str:
 
 
 def _query(url: str, q: str, args: Any = None) -> list[tuple[Any, ...]]:
-    with psycopg2.connect(url) as conn, conn.cursor() as cur:
-        cur.execute(q, args)
-        return cur.fetchall()
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(q, args)
+            return cur.fetchall()
+    finally:
+        conn.close()
 
 
 def _people_without_holds(url: str, n: int) -> list[int]:
