@@ -19,6 +19,11 @@ from lethe import airflow_env, testing
 from lethe.embedded import services as start_services
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Configure Airflow before any test module imports it (Airflow reads its settings on import)."""
+    airflow_env.configure_home(Path(tempfile.mkdtemp(prefix="lethe-test-airflow-")))
+
+
 @pytest.fixture(scope="session")
 def services() -> Iterator[tuple[str, str]]:
     # Not under pytest's basetemp: another pytest run on the machine may rotate that away
@@ -50,8 +55,8 @@ def s3_endpoint(services: tuple[str, str]) -> str:
 
 
 @pytest.fixture(scope="session")
-def airflow_home(services: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    home = airflow_env.configure(services[0], services[1], tmp_path_factory.mktemp("airflow"))
-    os.environ["AIRFLOW_HOME"] = str(home)
+def airflow_home(services: tuple[str, str]) -> Iterator[Path]:
+    home = airflow_env.configure(services[0], services[1], Path(os.environ["AIRFLOW_HOME"]))
     airflow_env.migrate_metadata()
-    return home
+    yield home
+    shutil.rmtree(home, ignore_errors=True)

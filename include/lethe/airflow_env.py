@@ -33,35 +33,40 @@ def local_pseudonym_key() -> str:
     return path.read_text().strip()
 
 
-def configure(database_url: str, s3_endpoint_url: str, airflow_home: Path | None = None) -> Path:
-    """Set the environment Airflow reads; return AIRFLOW_HOME. Idempotent."""
-    home = airflow_home or Path(os.environ.get("AIRFLOW_HOME") or lethe_home() / "airflow")
+def configure_home(home: Path) -> Path:
+    """Point Airflow at `home` (SQLite metadata, this project's dags/ and plugins/, no examples)."""
     home.mkdir(parents=True, exist_ok=True)
-    env = {
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PLUGINS_FOLDER),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
-        "AIRFLOW_CONN_LETHE_PRIMARY": database_url.replace("postgresql://", "postgres://", 1),
-        "AIRFLOW_CONN_LETHE_AWS": json.dumps(
-            {
-                "conn_type": "aws",
-                "login": os.environ.get("AWS_ACCESS_KEY_ID", "lethe"),
-                "password": os.environ.get("AWS_SECRET_ACCESS_KEY", "lethe-secret"),
-                "extra": {"endpoint_url": s3_endpoint_url, "region_name": PRIMARY_REGION},
-            }
-        ),
-    }
+    os.environ.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(PLUGINS_FOLDER),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+        }
+    )
+    return home
+
+
+def configure(database_url: str, s3_endpoint_url: str, airflow_home: Path | None = None) -> Path:
+    """Configure Airflow's home and expose the services as Lethe's connections; return AIRFLOW_HOME."""
+    home = configure_home(airflow_home or Path(os.environ.get("AIRFLOW_HOME") or lethe_home() / "airflow"))
+    os.environ["AIRFLOW_CONN_LETHE_PRIMARY"] = database_url.replace("postgresql://", "postgres://", 1)
+    os.environ["AIRFLOW_CONN_LETHE_AWS"] = json.dumps(
+        {
+            "conn_type": "aws",
+            "login": os.environ.get("AWS_ACCESS_KEY_ID", "lethe"),
+            "password": os.environ.get("AWS_SECRET_ACCESS_KEY", "lethe-secret"),
+            "extra": {"endpoint_url": s3_endpoint_url, "region_name": PRIMARY_REGION},
+        }
+    )
     if "AIRFLOW_CONN_LETHE_PSEUDONYM_KEY" not in os.environ:
-        env["AIRFLOW_CONN_LETHE_PSEUDONYM_KEY"] = json.dumps(
+        os.environ["AIRFLOW_CONN_LETHE_PSEUDONYM_KEY"] = json.dumps(
             {"conn_type": "generic", "password": local_pseudonym_key()}
         )
-    for key, value in env.items():
-        os.environ.setdefault(key, value) if key == "AIRFLOW_HOME" else os.environ.__setitem__(key, value)
     return home
 
 
