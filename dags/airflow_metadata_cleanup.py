@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import CronTriggerTimetable, Param, dag, task
+from lethe.audit.alerts import notify_failure
 
 DOC = """
 ### airflow_metadata_cleanup
@@ -44,7 +45,12 @@ A failed erasure run whose conf was already cleared cannot be retried: submit th
     max_active_runs=1,
     doc_md=DOC,
     tags=["lethe", "privacy", "operations"],
-    default_args={"owner": "lethe", "retries": 2, "retry_delay": timedelta(minutes=5)},
+    default_args={
+        "owner": "privacy-engineering",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=5),
+        "on_failure_callback": notify_failure,
+    },
     params={
         "dry_run": Param(False, type="boolean", title="Dry run", description="Count what would go; change nothing."),
         "retention": Param(

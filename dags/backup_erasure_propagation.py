@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from airflow.sdk import Asset, AssetAny, AssetOrTimeSchedule, CronTriggerTimetable, dag, task
 from lethe.assets import BACKUP_PROPAGATION_URI, ERASURE_TOMBSTONES_URI
+from lethe.audit.alerts import notify_failure
 from lethe.backup.layout import purged_table_uris
 from lethe.config import BACKUP_REGIONS
 
@@ -43,7 +44,12 @@ snapshots that hold them expire (policy `backups.retention`); see docs/backups.m
     max_active_runs=1,
     doc_md=DOC,
     tags=["lethe", "backup", "erasure"],
-    default_args={"owner": "lethe", "retries": 2, "retry_delay": timedelta(minutes=10)},
+    default_args={
+        "owner": "privacy-engineering",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=10),
+        "on_failure_callback": notify_failure,
+    },
 )
 def backup_erasure_propagation() -> None:
     @task(outlets=[Asset(BACKUP_PROPAGATION_URI)])

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from airflow.sdk import Asset, Param, dag, task
 from lethe.assets import BACKUP_SNAPSHOTS_URI
+from lethe.audit.alerts import notify_failure
 from lethe.config import BACKUP_REGIONS
 
 DOC = """
@@ -41,7 +42,12 @@ See docs/backups.md.
     max_active_runs=1,
     doc_md=DOC,
     tags=["lethe", "backup"],
-    default_args={"owner": "lethe", "retries": 2, "retry_delay": timedelta(minutes=10)},
+    default_args={
+        "owner": "privacy-engineering",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=10),
+        "on_failure_callback": notify_failure,
+    },
     params={
         "erasure_deadline_days": Param(
             30,

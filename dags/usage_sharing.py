@@ -7,6 +7,7 @@ from typing import Any
 
 from airflow.sdk import Asset, Param, TriggerRule, dag, task
 from lethe.assets import SHARING_RELEASES_URI
+from lethe.audit.alerts import notify_failure
 
 DOC = """
 ### usage_sharing
@@ -47,7 +48,12 @@ release left half-written is removed by the next attempt, its budget spend kept.
     max_active_runs=1,
     doc_md=DOC,
     tags=["lethe", "privacy", "sharing"],
-    default_args={"owner": "privacy-engineering", "retries": 2, "retry_delay": timedelta(minutes=5)},
+    default_args={
+        "owner": "privacy-engineering",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=5),
+        "on_failure_callback": notify_failure,
+    },
     params={
         "recipient": Param(
             "",
