@@ -84,7 +84,14 @@ KEEPS = st.fixed_dictionaries(
         "raw_usage_events": st.integers(0, 500),
     }
 )
-RULES = ["expired_cookies", "comments_of_closed_accounts", "old_feedback", "feedback_after_quote_withdrawal"]
+# consents_after_closure deletes the very consent rows feedback_after_quote_withdrawal reads its clock from.
+RULES = [
+    "expired_cookies",
+    "comments_of_closed_accounts",
+    "old_feedback",
+    "feedback_after_quote_withdrawal",
+    "consents_after_closure",
+]
 
 
 def reset(url: str) -> None:
@@ -108,6 +115,7 @@ def test_property_holds_and_unexpired_rows_survive_and_expired_unheld_rows_go(
         "comments": set(),
         "feedback": set(),
         "usage_events": set(),
+        "consents": set(),
     }
     everything: dict[str, set[int]] = {t: set() for t in expected_gone}
     ids = iter(range(1, 10_000))
@@ -129,6 +137,9 @@ def test_property_holds_and_unexpired_rows_survive_and_expired_unheld_rows_go(
                     "INSERT INTO consents VALUES (%s, %s, 'quotes', %s, %s, NULL)",
                     (uid, uid, NOW - 800 * days, quotes_end),
                 )
+                everything["consents"].add(uid)
+                if closed and closed < NOW - 365 * days and not held:
+                    expected_gone["consents"].add(uid)
             for ago in p["sessions"]:
                 sid = next(ids)
                 expires = NOW - ago * days
@@ -165,7 +176,13 @@ def test_property_holds_and_unexpired_rows_survive_and_expired_unheld_rows_go(
     plan = make_plan(db_url, policy, [*RULES, "raw_usage_events"])
     done = run_all(db_url, plan)
 
-    keys = {"sessions": "session_id", "comments": "comment_id", "feedback": "feedback_id", "usage_events": "event_id"}
+    keys = {
+        "sessions": "session_id",
+        "comments": "comment_id",
+        "feedback": "feedback_id",
+        "usage_events": "event_id",
+        "consents": "consent_id",
+    }
     with transaction(db_url) as cur:
         for table, key in keys.items():
             cur.execute(f"SELECT {key} FROM {table}")  # noqa: S608 - the test's own constants

@@ -16,7 +16,7 @@ import psycopg2.extensions
 from lethe.db import ConfigurationError
 from lethe.policy import Policy, RetentionRule, load_policy
 from lethe.retention import catalog
-from lethe.retention.predicates import DELETING, Predicates, anonymised_value
+from lethe.retention.predicates import CONSENTS, DELETING, Predicates, anonymised_value
 from psycopg2 import sql
 
 # Tables referencing other tables are purged first: children in stage 0, their parents after.
@@ -145,15 +145,24 @@ def _validate(policy: Policy, cur: psycopg2.extensions.cursor, table: str, rule:
 
 
 def _stages(policy: Policy, fks: list[catalog.ForeignKey], active: set[str]) -> dict[str, int]:
-    """Stage of each table: after every table whose deleted rows reference it."""
+    """Stage of each table: after every table whose deleted rows reference it, and after every table
+    whose rules read it as the clock's event (consents for consent_ended, the subject table for
+    account_closed): deleting a consent first would erase the evidence that it ended."""
     deleting = {t for t, r in policy.rules() if r.name in active and r.action in DELETING}
+    readers: dict[str, set[str]] = {CONSENTS: set(), policy.subject.table: set()}
+    for table, rule in policy.rules():
+        if rule.name in active and rule.event == "consent_ended":
+            readers[CONSENTS].add(table)
+        elif rule.name in active and rule.event == "account_closed":
+            readers[policy.subject.table].add(table)
     memo: dict[str, int] = {}
 
     def stage(table: str, path: tuple[str, ...]) -> int:
         if table in path:
-            raise PlanError(f"foreign keys form a cycle through {' -> '.join((*path, table))}")
+            raise PlanError(f"foreign keys or event clocks form a cycle through {' -> '.join((*path, table))}")
         if table not in memo:
-            children = {fk.child for fk in fks if fk.parent == table and fk.child in deleting and fk.child != table}
+            children = {fk.child for fk in fks if fk.parent == table and fk.child in deleting}
+            children = (children | readers.get(table, set())) - {table}
             memo[table] = 1 + max((stage(c, (*path, table)) for c in children), default=-1)
         return memo[table]
 
