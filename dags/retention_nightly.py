@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import AssetAlias, Param, TriggerRule, dag, task
+from lethe.audit.alerts import notify_failure
 
 DOC = """
 ### retention_nightly
@@ -47,7 +48,12 @@ STAGES = 3  # lethe.retention.plan.MAX_STAGES
     max_active_runs=1,
     doc_md=DOC,
     tags=["lethe", "privacy", "retention"],
-    default_args={"owner": "privacy-engineering", "retries": 2, "retry_delay": timedelta(minutes=5)},
+    default_args={
+        "owner": "privacy-engineering",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=5),
+        "on_failure_callback": notify_failure,
+    },
     params={
         "dry_run": Param(False, type="boolean", title="Dry run", description="Plan and record counts; change nothing."),
         "rule": Param(

@@ -70,7 +70,12 @@ def migrate(url: str | None = None, *, months_back: int = 30, months_ahead: int 
             applied.append(f.name)
         today = date.today()
         for table in PARTITIONED_TABLES:
-            ensure_month_partitions(cur, table, add_months(today, -months_back), add_months(today, months_ahead))
+            start = add_months(today, -months_back)
+            # Never bring back months that retention already dropped: start at the oldest partition left.
+            oldest = oldest_partition_month(cur, table)
+            if oldest is not None and oldest > start:
+                start = min(oldest, date(today.year, today.month, 1))
+            ensure_month_partitions(cur, table, start, add_months(today, months_ahead))
     return applied
 
 
@@ -109,6 +114,20 @@ def add_months(d: date, months: int) -> date:
 
 def partition_name(table: str, month: date) -> str:
     return f"{table}_{month:%Y_%m}"
+
+
+def oldest_partition_month(cur: psycopg2.extensions.cursor, table: str) -> date | None:
+    """The month of the oldest monthly partition of `table` (by its lethe naming), or None."""
+    cur.execute(
+        "SELECT min(c.relname) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = %s AND c.relname ~ %s",
+        (table, f"^{table}_[0-9]{{4}}_[0-9]{{2}}$"),
+    )
+    name = cur.fetchone()[0]  # type: ignore[index]
+    if name is None:
+        return None
+    year, month = name.rsplit("_", 2)[-2:]
+    return date(int(year), int(month), 1)
 
 
 def ensure_month_partitions(cur: psycopg2.extensions.cursor, table: str, start: date, end: date) -> None:

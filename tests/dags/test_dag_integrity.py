@@ -43,3 +43,4 @@ def test_every_dag_is_documented_owned_and_retried(dagbag) -> None:  # type: ign
         assert (dag.default_args or {}).get("retries", 0) >= 1, f"{dag_id}: no retries in default_args"
         for task in dag.tasks:
             assert task.owner and task.owner != "airflow", f"{dag_id}.{task.task_id}: no owner"
+            assert task.on_failure_callback, f"{dag_id}.{task.task_id}: a failure would alert nobody"
