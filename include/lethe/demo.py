@@ -34,7 +34,7 @@ def _demo_module(package: str) -> ModuleType | None:
         return None
 
 
-def run_demo(users: int = 300) -> int:
+def run_demo(users: int = 2000) -> int:
     from lethe.dagrun import DagRunFailed, run_dag
     from lethe.db import recreate_database
     from lethe.seed import seed

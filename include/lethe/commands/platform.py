@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(handler=cmd_policy_report)
 
     p = sub.add_parser("demo", help="migrate, seed a small dataset and run every DAG with dag.test()")
-    p.add_argument("--users", type=int, default=300, help="accounts to seed (default 300)")
+    p.add_argument("--users", type=int, default=2000, help="accounts to seed (default 2000)")
     p.set_defaults(handler=cmd_demo)
 
 
