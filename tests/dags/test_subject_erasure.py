@@ -166,6 +166,22 @@ def test_erases_a_person_everywhere_and_leaves_only_proof(
     ]
 
 
+@pytest.mark.parametrize(
+    ("kind", "identifier"), [("user_id", "1"), ("phone", ASHA["phone"]), ("username", ASHA["username"].upper())]
+)
+def test_every_identifier_kind_erases_the_person(
+    db_url: str, s3_endpoint: str, airflow_home: Path, kind: str, identifier: str
+) -> None:
+    people.insert_people(db_url)
+    _run({"identifier_kind": kind, "identifier": identifier, "dry_run": False})
+    assert people.count_rows(db_url, 1) == dict.fromkeys(people.ASHA_ROWS, 0)
+    assert _query(db_url, "SELECT DISTINCT user_id, subject_pseudonym FROM invoices WHERE invoice_id < 200") == [
+        (None, _hmac("user_id", "1"))
+    ]
+    assert _query(db_url, "SELECT subject_pseudonym FROM erasure_tombstones") == [(_hmac("user_id", "1"),)]
+    assert people.count_rows(db_url, 2) != dict.fromkeys(people.ASHA_ROWS, 0)  # others keep their rows
+
+
 def test_dry_run_changes_nothing_and_reports_the_plan(db_url: str, s3_endpoint: str, airflow_home: Path) -> None:
     people.insert_people(db_url)
     before = people.table_snapshot(db_url)
