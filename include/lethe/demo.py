@@ -22,8 +22,8 @@ STEPS = (
     ("subject_erasure", "lethe.erasure"),
     ("backup_erasure_propagation", "lethe.backup"),
     ("usage_sharing", "lethe.sharing"),
-    ("compliance_audit", "lethe.audit"),
     ("airflow_metadata_cleanup", "lethe.ops"),
+    ("compliance_audit", "lethe.audit"),  # last: its verdict covers everything above
 )
 
 
