@@ -5,11 +5,11 @@ Logic in lethe.ops.cleanup.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from airflow.sdk import CronTriggerTimetable, Param, dag, task
-from lethe.audit.alerts import notify_failure
+from lethe.dag_defaults import default_args
 
 DOC = """
 ### airflow_metadata_cleanup
@@ -45,12 +45,7 @@ A failed erasure run whose conf was already cleared cannot be retried: submit th
     max_active_runs=1,
     doc_md=DOC,
     tags=["lethe", "privacy", "operations"],
-    default_args={
-        "owner": "privacy-engineering",
-        "retries": 2,
-        "retry_delay": timedelta(minutes=5),
-        "on_failure_callback": notify_failure,
-    },
+    default_args=default_args(),
     params={
         "dry_run": Param(False, type="boolean", title="Dry run", description="Count what would go; change nothing."),
         "retention": Param(

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from airflow.sdk import Asset, AssetAny, AssetOrTimeSchedule, CronTriggerTimetable, dag, task
 from lethe.assets import BACKUP_PROPAGATION_URI, ERASURE_TOMBSTONES_URI
-from lethe.audit.alerts import notify_failure
 from lethe.backup.layout import purged_table_uris
 from lethe.config import BACKUP_REGIONS
+from lethe.dag_defaults import default_args
 
 DOC = """
 ### backup_erasure_propagation
@@ -44,12 +42,7 @@ snapshots that hold them expire (policy `backups.retention`); see docs/backups.m
     max_active_runs=1,
     doc_md=DOC,
     tags=["lethe", "backup", "erasure"],
-    default_args={
-        "owner": "privacy-engineering",
-        "retries": 2,
-        "retry_delay": timedelta(minutes=10),
-        "on_failure_callback": notify_failure,
-    },
+    default_args=default_args(retry_minutes=10),
 )
 def backup_erasure_propagation() -> None:
     @task(outlets=[Asset(BACKUP_PROPAGATION_URI)])

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from airflow.sdk import Asset, Param, dag, task
 from lethe.assets import BACKUP_SNAPSHOTS_URI
-from lethe.audit.alerts import notify_failure
 from lethe.config import BACKUP_REGIONS
+from lethe.dag_defaults import default_args
 
 DOC = """
 ### backup_nightly
@@ -42,12 +40,7 @@ See docs/backups.md.
     max_active_runs=1,
     doc_md=DOC,
     tags=["lethe", "backup"],
-    default_args={
-        "owner": "privacy-engineering",
-        "retries": 2,
-        "retry_delay": timedelta(minutes=10),
-        "on_failure_callback": notify_failure,
-    },
+    default_args=default_args(retry_minutes=10),
     params={
         "erasure_deadline_days": Param(
             30,

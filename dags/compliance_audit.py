@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, TriggerRule, dag, task
 from lethe.assets import BACKUP_PROPAGATION_URI
-from lethe.audit.alerts import notify_failure
+from lethe.dag_defaults import default_args
 
 DOC = """
 ### compliance_audit
@@ -81,12 +81,7 @@ CHECKS = ("primary", "legal_holds", "backups", "shares", "ledger")
             description="The newest complete snapshot in each backup region must be younger than this.",
         ),
     },
-    default_args={
-        "owner": "privacy-engineering",
-        "retries": 1,
-        "retry_delay": timedelta(minutes=2),
-        "on_failure_callback": notify_failure,
-    },
+    default_args=default_args(retries=1, retry_minutes=2),
 )
 def compliance_audit() -> None:
     @task

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from airflow.sdk import AssetAlias, Param, TriggerRule, dag, task
-from lethe.audit.alerts import notify_failure
+from lethe.dag_defaults import default_args
 
 DOC = """
 ### retention_nightly
@@ -48,12 +48,7 @@ STAGES = 3  # lethe.retention.plan.MAX_STAGES
     max_active_runs=1,
     doc_md=DOC,
     tags=["lethe", "privacy", "retention"],
-    default_args={
-        "owner": "privacy-engineering",
-        "retries": 2,
-        "retry_delay": timedelta(minutes=5),
-        "on_failure_callback": notify_failure,
-    },
+    default_args=default_args(),
     params={
         "dry_run": Param(False, type="boolean", title="Dry run", description="Plan and record counts; change nothing."),
         "rule": Param(

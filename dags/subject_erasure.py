@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 from lethe.assets import ERASURE_TOMBSTONES_URI
+from lethe.dag_defaults import default_args
 from lethe.erasure.form import FORM_PATTERN, IDENTIFIER_HELP, IDENTIFIER_KINDS
 from lethe.erasure.notify import ErasureAlert
 
@@ -46,12 +47,7 @@ See docs/erasure.md.
     max_active_runs=1,
     doc_md=DOC,
     tags=["lethe", "privacy", "erasure"],
-    default_args={
-        "owner": "lethe",
-        "retries": 1,
-        "retry_delay": timedelta(minutes=5),
-        "on_failure_callback": ErasureAlert(),
-    },
+    default_args=default_args(retries=1, on_failure=ErasureAlert()),
     params={
         "identifier_kind": Param(
             "email",

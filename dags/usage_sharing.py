@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from airflow.sdk import Asset, Param, TriggerRule, dag, task
 from lethe.assets import SHARING_RELEASES_URI
-from lethe.audit.alerts import notify_failure
+from lethe.dag_defaults import default_args
 
 DOC = """
 ### usage_sharing
@@ -48,12 +48,7 @@ release left half-written is removed by the next attempt, its budget spend kept.
     max_active_runs=1,
     doc_md=DOC,
     tags=["lethe", "privacy", "sharing"],
-    default_args={
-        "owner": "privacy-engineering",
-        "retries": 2,
-        "retry_delay": timedelta(minutes=5),
-        "on_failure_callback": notify_failure,
-    },
+    default_args=default_args(),
     params={
         "recipient": Param(
             "",

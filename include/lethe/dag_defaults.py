@@ -1,0 +1,20 @@
+"""default_args every Lethe DAG shares: one owner, retries, and an alert on failure."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+OWNER = "privacy-engineering"
+
+
+def default_args(*, retries: int = 2, retry_minutes: int = 5, on_failure: Any = None) -> dict[str, Any]:
+    """Defaults for a Lethe DAG; `on_failure` replaces the standard alert (lethe.audit.alerts.notify_failure)."""
+    from lethe.audit.alerts import notify_failure
+
+    return {
+        "owner": OWNER,
+        "retries": retries,
+        "retry_delay": timedelta(minutes=retry_minutes),
+        "on_failure_callback": on_failure or notify_failure,
+    }
