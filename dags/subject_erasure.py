@@ -32,6 +32,13 @@ transaction per chunk, verified before commit, emits the erasure_tombstones asse
 `certify` (certificate, then the identifier is nulled), `deadlines` (alerts on overdue or
 failed requests).
 
+**Reading the certificate**: open `certificates/<request_id>.md` in the evidence bucket (the
+request id is in the `register` task's return value and in `erasure_requests`). It lists every
+table with the rows deleted or pseudonymised, what was kept and under which legal basis (tax
+records: legal obligation), the data-quality checks that passed, and one line per backup region
+that `backup_erasure_propagation` turns from `pending` to `applied`. It holds no raw identifier,
+only the keyed pseudonym and the request reference.
+
 **When it fails**: nothing half-done is committed. `erasure_requests.detail->>'error'` names
 the error class of each failed request. Fix the cause and clear the failed task, or trigger
 again with the same identifier (the open request is resumed), or leave it to the nightly batch.
