@@ -33,7 +33,8 @@ transaction per chunk, verified before commit, emits the erasure_tombstones asse
 failed requests).
 
 **Reading the certificate**: open `certificates/<request_id>.md` in the evidence bucket (the
-request id is in the `register` task's return value and in `erasure_requests`). It lists every
+request id is returned by the `register` task of a form run, printed by `lethe erasure submit`,
+and kept in `erasure_requests`). It lists every
 table with the rows deleted or pseudonymised, what was kept and under which legal basis (tax
 records: legal obligation), the data-quality checks that passed, and one line per backup region
 that `backup_erasure_propagation` turns from `pending` to `applied`. It holds no raw identifier,
