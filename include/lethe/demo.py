@@ -7,10 +7,12 @@ demo module (lethe.<feature>.demo) may give the run conf and prints a summary.
 from __future__ import annotations
 
 import importlib
+import os
 import time
 from types import ModuleType
 
 from lethe import airflow_env
+from lethe.config import BUCKETS
 from lethe.embedded import services
 
 DEMO_DATABASE = "lethe_demo"
@@ -38,14 +40,15 @@ def run_demo(users: int = 2000) -> int:
     from lethe.dagrun import DagRunFailed, run_dag
     from lethe.db import recreate_database
     from lethe.seed import seed
-    from lethe.storage import ensure_buckets
     from lethe.testing import empty_buckets
 
+    # The demo empties its buckets and recreates its database: never the deployment's own,
+    # even when LETHE_* point at real services.
+    os.environ["LETHE_BUCKET_PREFIX"] = f"{BUCKETS.prefix}-demo"
     with services() as (server_url, s3_url):
-        print("Lethe demo: embedded services ready" if "127.0.0.1" in server_url else "Lethe demo")
         db_url = recreate_database(server_url, DEMO_DATABASE)
         empty_buckets(s3_url)
-        ensure_buckets(s3_url)
+        print(f"Lethe demo: database {DEMO_DATABASE!r}, buckets {BUCKETS.prefix}-*")
         airflow_env.configure(db_url, s3_url)
         airflow_env.migrate_metadata()
         started = time.perf_counter()
