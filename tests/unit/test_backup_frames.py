@@ -59,3 +59,25 @@ def test_snapshot_ids_are_checked() -> None:
     assert layout.check_snapshot_id("20261130T020000Z")
     with pytest.raises(ValueError, match="YYYYMMDDTHHMMSSZ"):
         layout.check_snapshot_id("../../etc")
+
+
+def test_each_object_carries_only_its_own_rows_pseudonyms() -> None:
+    """The pseudonym column is dictionary-encoded; no object's dictionary may name anyone else."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    people = list(range(200))
+    table = pa.table({"user_id": pa.array([p for p in people for _ in range(3)] + [None], pa.int64())})
+    erased = subject_pseudonym(KEY, 7)
+    frame, _ = frames.erase_subjects(frames.with_subject(table, "user_id", KEY), {erased}, "delete", {})
+    seen: set[str] = set()
+    for bucket, part in frames.split_by_bucket(frame, 8):
+        raw = pq.read_table(io.BytesIO(frames.to_parquet(part))).column(layout.SUBJECT_COLUMN).combine_chunks()
+        in_rows = {p for p in raw.to_pylist() if p is not None}
+        assert set(raw.dictionary.to_pylist()) == in_rows  # nothing but this object's own subjects
+        assert all(layout.bucket_of(p, 8) == bucket for p in in_rows)
+        assert frames.from_parquet(frames.to_parquet(part)).column(layout.SUBJECT_COLUMN).type == pa.string()
+        seen |= in_rows
+    assert erased not in seen
+    assert seen == {subject_pseudonym(KEY, p) for p in people if p != 7}

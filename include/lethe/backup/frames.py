@@ -97,7 +97,9 @@ def with_subject(
 ) -> pa.Table:
     """Add the keyed pseudonym of each row's subject as SUBJECT_COLUMN (NULL when the row has none).
 
-    One HMAC per distinct subject; `cache` carries them across the tables of one snapshot.
+    The column is dictionary-encoded: one HMAC and one 64-character string per distinct
+    subject, and per row only an index, which keeps the split and the Parquet encoding cheap.
+    `cache` carries the HMACs across the tables of one snapshot.
     """
     if subject_column is None:
         return frame.append_column(SUBJECT_COLUMN, pa.nulls(frame.num_rows, pa.string()))
@@ -108,45 +110,71 @@ def with_subject(
         if value not in cache:
             cache[value] = subject_pseudonym(key, value)
         uniques.append(cache[value])
-    pseudonyms = pa.array(uniques, pa.string()).take(encoded.indices)
+    pseudonyms = pa.DictionaryArray.from_arrays(encoded.indices, pa.array(uniques, pa.string()))
     return frame.append_column(SUBJECT_COLUMN, pseudonyms)
 
 
-def split_by_bucket(
-    frame: pa.Table, buckets: int, by: str | None = None, pseudonyms: dict[int, str] | None = None
-) -> Iterable[tuple[int | None, pa.Table]]:
-    """(bucket, rows) groups; rows without a subject come as bucket None.
+def _as_dictionary(column: pa.ChunkedArray) -> pa.DictionaryArray:
+    array = column.combine_chunks()
+    if pa.types.is_dictionary(array.type):
+        return array
+    return pc.dictionary_encode(array)
 
-    With `by` (the integer subject column) and the `pseudonyms` cache filled by with_subject,
-    buckets come from the integer ids, which is cheaper than hashing the pseudonym strings again.
+
+def split_by_bucket(frame: pa.Table, buckets: int) -> Iterable[tuple[int | None, pa.Table]]:
+    """(bucket, rows) groups by the subject pseudonym; rows without a subject come as bucket None.
+
+    Each group's pseudonym column is dictionary-encoded with only the pseudonyms of its own
+    rows: the distinct pseudonyms are ordered by bucket once, so every bucket's dictionary is
+    one contiguous slice of them and no object carries anyone else's pseudonym.
     """
     if frame.num_rows == 0:
         return
-    if by is not None and pseudonyms is not None:
-        encoded = pc.dictionary_encode(frame.column(by).combine_chunks())
-        keys = [pseudonyms[v] for v in encoded.dictionary.to_pylist()]
-    else:
-        encoded = pc.dictionary_encode(frame.column(SUBJECT_COLUMN).combine_chunks())
-        keys = encoded.dictionary.to_pylist()
-    per_unique = np.array([bucket_of(p, buckets) for p in keys] + [-1], dtype=np.int32)
-    indices = encoded.indices.fill_null(len(per_unique) - 1).to_numpy(zero_copy_only=False)
-    row_buckets = per_unique[indices]
-    order = np.argsort(row_buckets, kind="stable")
-    ordered = frame.take(pa.array(order))
-    values, starts = np.unique(row_buckets[order], return_index=True)
+    subjects = _as_dictionary(frame.column(SUBJECT_COLUMN))
+    distinct = len(subjects.dictionary)
+    indices = subjects.indices.fill_null(distinct).to_numpy(zero_copy_only=False)  # NULL -> one past the end
+    used = np.bincount(indices, minlength=distinct + 1)[:distinct] > 0  # erased rows leave unused entries
+    unique_bucket = np.array([bucket_of(p, buckets) for p in subjects.dictionary.to_pylist()], dtype=np.int64)
+    unique_bucket[~used] = buckets  # past every bucket: left out of all dictionaries
+    unique_order = np.argsort(unique_bucket, kind="stable")
+    position = np.empty(distinct + 1, dtype=np.int64)
+    position[unique_order] = np.arange(distinct)
+    dictionary = subjects.dictionary.take(pa.array(unique_order))
+    dictionary_start = np.searchsorted(unique_bucket[unique_order], np.arange(buckets + 1))
+
+    row_bucket = np.append(unique_bucket, -1)[indices]
+    order = np.argsort(row_bucket, kind="stable")
+    rows = frame.drop_columns([SUBJECT_COLUMN]).take(pa.array(order))
+    row_position = position[indices][order]
+    values, starts = np.unique(row_bucket[order], return_index=True)
     ends = [*starts[1:], frame.num_rows]
     for value, start, end in zip(values, starts, ends, strict=True):
-        yield (None if value < 0 else int(value)), ordered.slice(int(start), int(end - start))
+        part = rows.slice(int(start), int(end - start))
+        if value < 0:
+            column = pa.DictionaryArray.from_arrays(pa.nulls(part.num_rows, pa.int32()), dictionary.slice(0, 0))
+            yield None, part.append_column(SUBJECT_COLUMN, column)
+            continue
+        first, last = int(dictionary_start[value]), int(dictionary_start[value + 1])
+        local = (row_position[start:end] - first).astype(np.int32)
+        column = pa.DictionaryArray.from_arrays(pa.array(local), dictionary.slice(first, last - first))
+        yield int(value), part.append_column(SUBJECT_COLUMN, column)
 
 
 def to_parquet(frame: pa.Table) -> bytes:
+    # No column statistics (nothing reads them: objects are always read whole); dictionary
+    # encoding only for the pseudonym, whose few distinct values repeat on many rows.
     buf = io.BytesIO()
-    pq.write_table(frame, buf, compression="zstd")
+    pq.write_table(frame, buf, compression="zstd", write_statistics=False, use_dictionary=[SUBJECT_COLUMN])
     return buf.getvalue()
 
 
 def from_parquet(data: bytes) -> pa.Table:
-    return pq.read_table(io.BytesIO(data))
+    """An object's rows, with the pseudonym column as plain strings whatever encoding it was written in."""
+    frame = pq.read_table(io.BytesIO(data))
+    if SUBJECT_COLUMN in frame.column_names and pa.types.is_dictionary(frame.schema.field(SUBJECT_COLUMN).type):
+        index = frame.column_names.index(SUBJECT_COLUMN)
+        frame = frame.set_column(index, SUBJECT_COLUMN, frame.column(index).cast(pa.string()))
+    return frame
 
 
 @dataclass
@@ -202,7 +230,12 @@ def erase_subjects(
     if action not in ("delete", "pseudonymise") or not pseudonyms or frame.num_rows == 0:
         return frame, result
     subjects = frame.column(SUBJECT_COLUMN).combine_chunks()
-    mask = pc.fill_null(pc.is_in(subjects, value_set=pa.array(sorted(pseudonyms), pa.string())), False)
+    value_set = pa.array(sorted(pseudonyms), pa.string())
+    if pa.types.is_dictionary(subjects.type):  # test each distinct pseudonym once, then spread to the rows
+        mask = pc.fill_null(pc.is_in(subjects.dictionary, value_set=value_set).take(subjects.indices), False)
+        subjects = subjects.cast(pa.string())
+    else:
+        mask = pc.fill_null(pc.is_in(subjects, value_set=value_set), False)
     hits = int(pc.sum(mask).as_py() or 0)
     if hits == 0:
         return frame, result

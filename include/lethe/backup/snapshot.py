@@ -147,9 +147,7 @@ def export_tables(
         for table in tables:
             entry, frame = _table_frame(cur, table, policy, key, tombstones, pseudonyms)
             entries[table] = entry
-            # after the tombstone filter a pseudonymised row has no subject left: bucket by the pseudonym column then
-            by = entry.subject_column if entry.erasure_action != "pseudonymise" or not tombstones else None
-            pending.append((entry, pool.submit(_write_parts, table, frame, nbuckets, by, pseudonyms, sink)))
+            pending.append((entry, pool.submit(_write_parts, table, frame, nbuckets, sink)))
         for entry, future in pending:
             entry.objects = sorted(future.result(), key=lambda o: o.key)
     return entries
@@ -181,11 +179,9 @@ def _table_frame(
     return entry, frame
 
 
-def _write_parts(
-    table: str, frame: Any, buckets: int, by: str | None, pseudonyms: dict[int, str], sink: Sink
-) -> list[ObjectEntry]:
+def _write_parts(table: str, frame: Any, buckets: int, sink: Sink) -> list[ObjectEntry]:
     written = []
-    for bucket_no, part in frames.split_by_bucket(frame, buckets, by, pseudonyms if by else None):
+    for bucket_no, part in frames.split_by_bucket(frame, buckets):
         body = frames.to_parquet(part)
         object_key, digest = sink(table, bucket_no, body)
         written.append(
