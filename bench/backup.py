@@ -1,12 +1,14 @@
 """Backups: snapshot export throughput beside `pg_dump -Fc`, and what propagating erasures rewrites.
 
-Three measurements in one run, on one seeded database:
-1. export of every backed-up table (COPY -> Arrow -> Parquet zstd, bucketed by subject) to local
-   files, beside its anchor `pg_dump -Fc` of the same tables to a local file (pg_dump of the
-   server's major version when it is installed, else the embedded one); then the full snapshot
-   into one region's bucket over HTTP (S3 puts included);
-2. one erased person propagated: bytes rewritten over the snapshot's bytes (target <= 1/64);
-3. 1,000 tombstones in one propagation run: every affected object is rewritten exactly once.
+Four measurements in one run, on one seeded database:
+1. export of every backed-up table (COPY -> Arrow -> Parquet zstd, split into subject buckets) to
+   local files, beside its anchor `pg_dump -Fc` of the same tables to a local file (pg_dump of the
+   server's major version when it is installed, else the embedded one), `--repeat` times in
+   alternating order, medians compared; then the full snapshot into one region's bucket over HTTP;
+2. for every seeded person, the bytes their erasure would rewrite (one object per table holding
+   their rows), from the manifest: the worst person against the 1/64 bound;
+3. one erased person propagated: bytes rewritten over the snapshot's bytes (target <= 1/64);
+4. 1,000 tombstones in one propagation run: every affected object is rewritten exactly once.
 
 Run: `lethe bench backup` (default 20,000 users) or `uv run python bench/backup.py --users 2000`.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import random
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -37,8 +40,11 @@ def _pg_dump(server_major: int) -> str:
     return str(POSTGRES_BIN_PATH / "pg_dump")
 
 
-def _export_local(url: str, tables: list[str], policy: Any, out: Path, buckets: int) -> tuple[int, int]:
-    """The snapshot's own export (lethe.backup.snapshot.export_tables) with local files instead of S3 puts."""
+def _export_local(url: str, tables: list[str], policy: Any, out: Path, buckets: int | None) -> tuple[int, int, int]:
+    """The snapshot's own export (lethe.backup.snapshot.export_tables) with local files instead of S3 puts.
+
+    Returns rows, bytes and objects written.
+    """
     import hashlib
 
     import psycopg2.extensions
@@ -56,19 +62,57 @@ def _export_local(url: str, tables: list[str], policy: Any, out: Path, buckets: 
     with conn.cursor() as cur:
         entries = export_tables(cur, tables, policy, KEY, set(), to_file, buckets=buckets)
     conn.close()
-    return sum(e.rows for e in entries.values()), sum(o.bytes for e in entries.values() for o in e.objects)
+    objects = [o for e in entries.values() for o in e.objects]
+    return sum(e.rows for e in entries.values()), sum(o.bytes for o in objects), len(objects)
+
+
+def _pg_dump_command(url: str, dump: str, tables: list[str], policy: Any, out: Path) -> list[str]:
+    import psycopg2.extensions
+
+    patterns = [a for t in tables for a in ("-t", t)]
+    patterns += [a for t in tables if policy.tables[t].partitioned_by for a in ("-t", f"{t}_*")]
+    dsn = psycopg2.extensions.parse_dsn(url)
+    return [dump, "-Fc", "-h", dsn.get("host", "127.0.0.1"), "-p", str(dsn.get("port", 5432)), "-U",
+            dsn.get("user", "postgres"), "-d", dsn["dbname"], "-f", str(out), *patterns]  # fmt: skip
+
+
+def _rewrite_per_person(url: str, manifest: Any, pseudonyms: dict[int, str]) -> dict[int, int]:
+    """Bytes each person's erasure would rewrite: the object of their bucket in every rewritable table
+    that holds a row of theirs (read from the database and the snapshot's manifest)."""
+    from lethe.backup import layout
+    from lethe.db import transaction
+    from psycopg2 import sql
+
+    per_person: Counter[int] = Counter()
+    with transaction(url) as cur:
+        for table, entry in manifest.tables.items():
+            if not entry.rewritable or entry.subject_column is None:
+                continue
+            sizes = {o.bucket: o.bytes for o in entry.objects}
+            buckets = entry.buckets or manifest.buckets
+            cur.execute(
+                sql.SQL("SELECT DISTINCT {} FROM {} WHERE {} IS NOT NULL").format(
+                    sql.Identifier(entry.subject_column), sql.Identifier(table), sql.Identifier(entry.subject_column)
+                )
+            )
+            for (subject,) in cur.fetchall():
+                per_person[subject] += sizes[layout.bucket_of(pseudonyms[subject], buckets)]
+    return per_person
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lethe bench backup")
     parser.add_argument("--users", type=int, default=20_000, help="accounts to seed (default 20,000)")
     parser.add_argument("--tombstones", type=int, default=1_000, help="tombstones in the batch run (default 1,000)")
+    parser.add_argument("--repeat", type=int, default=3, help="export/pg_dump rounds (default 3)")
     args = parser.parse_args(argv)
 
-    import psycopg2.extensions
     import pyarrow as pa
+    from lethe.backup.manifest import read as read_manifest
     from lethe.backup.propagate import propagate_region
     from lethe.backup.snapshot import backed_up_tables, take_snapshot
+    from lethe.backup.store import region_client
+    from lethe.config import BUCKETS
     from lethe.db import migrate, recreate_database, transaction
     from lethe.embedded import services
     from lethe.policy import load_policy
@@ -92,47 +136,63 @@ def main(argv: list[str] | None = None) -> int:
             cur.execute("SELECT user_id FROM accounts ORDER BY user_id")
             user_ids = [r[0] for r in cur.fetchall()]
 
-        # 1. export throughput beside pg_dump -Fc of the same tables
-        work = Path(tempfile.mkdtemp(prefix="lethe-bench-backup-"))
-        (work / "flat").mkdir()
-        try:
-            t0 = time.perf_counter()
-            rows, parquet_bytes = _export_local(url, tables, policy, work, policy.backups.buckets)
-            export_s = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            _, flat_bytes = _export_local(url, tables, policy, work / "flat", 1)
-            flat_s = time.perf_counter() - t0
-            dump = _pg_dump(major)
-            patterns = [a for t in tables for a in ("-t", t)]
-            patterns += [a for t in tables if policy.tables[t].partitioned_by for a in ("-t", f"{t}_*")]
-            dsn = psycopg2.extensions.parse_dsn(url)
-            t0 = time.perf_counter()
-            subprocess.run(
-                [dump, "-Fc", "-h", dsn.get("host", "127.0.0.1"), "-p", str(dsn.get("port", 5432)), "-U",
-                 dsn.get("user", "postgres"), "-d", dsn["dbname"], "-f", str(work / "dump.fc"), *patterns],
-                check=True,
-            )  # fmt: skip
-            dump_s = time.perf_counter() - t0
-            dump_bytes = (work / "dump.fc").stat().st_size
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        # 1. export throughput beside pg_dump -Fc of the same tables, alternating which runs first
+        dump = _pg_dump(major)
+        timings: dict[str, list[float]] = {"export": [], "flat": [], "pg_dump": []}
+        for round_no in range(args.repeat):
+            order = ["export", "flat", "pg_dump"] if round_no % 2 == 0 else ["pg_dump", "flat", "export"]
+            for what in order:
+                work = Path(tempfile.mkdtemp(prefix="lethe-bench-backup-"))
+                try:
+                    t0 = time.perf_counter()
+                    if what == "pg_dump":
+                        subprocess.run(_pg_dump_command(url, dump, tables, policy, work / "dump.fc"), check=True)
+                        dump_bytes = (work / "dump.fc").stat().st_size
+                    elif what == "export":
+                        rows, parquet_bytes, parquet_objects = _export_local(url, tables, policy, work, None)
+                    else:
+                        _, flat_bytes, _ = _export_local(url, tables, policy, work, 1)
+                    timings[what].append(time.perf_counter() - t0)
+                finally:
+                    shutil.rmtree(work, ignore_errors=True)
+        export_s, flat_s, dump_s = (statistics.median(timings[k]) for k in ("export", "flat", "pg_dump"))
+        sid = "20261101T020000Z"
         t0 = time.perf_counter()
-        snap = take_snapshot(url, REGION, s3_url, "20261101T020000Z", policy, KEY)
+        snap = take_snapshot(url, REGION, s3_url, sid, policy, KEY)
         snapshot_s = time.perf_counter() - t0
+        ratios = [e / d for e, d in zip(timings["export"], timings["pg_dump"], strict=True)]
         lines += [
             f"seeded {args.users:,} users; {len(tables)} backed-up tables, {rows:,} rows",
-            f"export COPY->Arrow->Parquet(zstd), 64 buckets, local files: {export_s:.2f} s = "
-            f"{rows / export_s:,.0f} rows/s, {parquet_bytes / 1e6:.1f} MB",
+            f"{args.repeat} rounds, alternating which side runs first; medians below, every round in brackets",
+            f"export COPY->Arrow->Parquet(zstd), subject buckets per table, local files: {export_s:.2f} s = "
+            f"{rows / export_s:,.0f} rows/s, {parquet_bytes / 1e6:.1f} MB in {parquet_objects} objects "
+            f"[{', '.join(f'{t:.2f}' for t in timings['export'])}]",
             f"anchor `pg_dump -Fc` ({Path(dump).parent.parent.name} binary, server {major}) of the same tables: "
-            f"{dump_s:.2f} s = {rows / dump_s:,.0f} rows/s, {dump_bytes / 1e6:.1f} MB",
-            f"export / pg_dump time: {export_s / dump_s:.2f}x",
+            f"{dump_s:.2f} s = {rows / dump_s:,.0f} rows/s, {dump_bytes / 1e6:.1f} MB "
+            f"[{', '.join(f'{t:.2f}' for t in timings['pg_dump'])}]",
+            f"export / pg_dump time: {export_s / dump_s:.2f}x (per round: {', '.join(f'{r:.2f}' for r in ratios)})",
             f"same export in one object per table (no subject buckets): {flat_s:.2f} s = {rows / flat_s:,.0f} rows/s, "
             f"{flat_bytes / 1e6:.1f} MB ({flat_s / dump_s:.2f}x pg_dump's time)",
             f"full snapshot into {REGION} over HTTP (S3 puts, manifest, catalogue): {snapshot_s:.2f} s = "
             f"{rows / snapshot_s:,.0f} rows/s, {snap['objects']} objects, {snap['bytes'] / 1e6:.1f} MB",
         ]
 
-        # 2. one erased person
+        # 2. every person: what their erasure would rewrite, worst case against the bound
+        manifest = read_manifest(region_client(REGION, s3_url), BUCKETS.backup(REGION), sid)
+        buckets = {t: e.buckets for t, e in manifest.tables.items()}
+        lines.append(f"subject buckets per table: {buckets} ({len(manifest.objects)} objects)")
+        pseudonyms = {u: subject_pseudonym(KEY, u) for u in user_ids}
+        per_person = sorted(_rewrite_per_person(url, manifest, pseudonyms).values())
+        total_bytes = manifest.total_bytes
+        worst, median = per_person[-1], per_person[len(per_person) // 2]
+        over = sum(1 for b in per_person if b * manifest.buckets > total_bytes)
+        lines.append(
+            f"every person's erasure ({len(per_person):,} people), bytes rewritten of {total_bytes:,}: median"
+            f" {median:,} = 1/{total_bytes / median:.0f}, worst {worst:,} = 1/{total_bytes / worst:.0f}"
+            f" (target <= 1/{manifest.buckets}); people over the bound: {over}"
+        )
+
+        # 3. one erased person
         rng = random.Random(7)
         with transaction(url) as cur:
             cur.execute(
@@ -149,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             f" in {one_s:.2f} s"
         )
 
-        # 3. many tombstones in one run
+        # 4. many tombstones in one run
         batch = rng.sample(user_ids, min(args.tombstones, len(user_ids)))
         with transaction(url) as cur:
             cur.executemany(

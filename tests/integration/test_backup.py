@@ -20,6 +20,7 @@ from lethe import testing
 from lethe.backup import layout, store
 from lethe.backup.expiry import expire_region
 from lethe.backup.locks import object_lock_violations
+from lethe.backup.manifest import TableEntry
 from lethe.backup.manifest import read as read_manifest
 from lethe.backup.propagate import PropagationInterrupted, propagate_region
 from lethe.backup.restore import restore_snapshot
@@ -128,6 +129,12 @@ def rows_of(tables: list[tuple[str, Any]], user_ids: set[int]) -> Counter[str]:
     return found
 
 
+def bucket_of(key: bytes, user_id: int, entry: TableEntry) -> int:
+    """The subject bucket the manifest says a person's rows of one table sit in."""
+    assert entry.buckets is not None
+    return layout.bucket_of(subject_pseudonym(key, user_id), entry.buckets)
+
+
 def current_counts(s3: str, region: str, sid: str) -> dict[str, int]:
     manifest = read_manifest(s3_client(region, s3), BUCKETS.backup(region), sid)
     return {t: e.rows for t, e in manifest.tables.items()}
@@ -149,24 +156,31 @@ def test_snapshot_writes_bucketed_objects_and_a_manifest_last(primary: str, s3_e
         manifest = read_manifest(client, bucket, sid)
         assert manifest.policy_version == policy.version and manifest.buckets == 64
         assert {t: e.rows for t, e in manifest.tables.items()} == expected
-        for obj in manifest.objects:
-            head = client.head_object(Bucket=bucket, Key=obj.key)
-            assert head["ServerSideEncryption"] == "AES256"
-            body = client.get_object(Bucket=bucket, Key=obj.key)["Body"].read()
-            assert hashlib.sha256(body).hexdigest() == obj.sha256 and len(body) == obj.bytes
-            table = pq.read_table(io.BytesIO(body))
-            assert table.num_rows == obj.rows
-            # every row sits in the bucket its subject's pseudonym names; rows without a subject are unbucketed
-            for user_id in set(table.column("user_id").to_pylist()) if "user_id" in table.column_names else set():
-                want = None if user_id is None else layout.bucket_of(subject_pseudonym(KEY, user_id), 64)
-                assert obj.bucket == want
+        # every table that erasure rewrites is split into subject buckets; retained ones are not
+        assert all(e.buckets and e.buckets > 1 for e in manifest.tables.values() if e.rewritable)
+        assert manifest.tables["legal_holds"].buckets == 1
+        for entry in manifest.tables.values():
+            for obj in entry.objects:
+                head = client.head_object(Bucket=bucket, Key=obj.key)
+                assert head["ServerSideEncryption"] == "AES256"
+                body = client.get_object(Bucket=bucket, Key=obj.key)["Body"].read()
+                assert hashlib.sha256(body).hexdigest() == obj.sha256 and len(body) == obj.bytes
+                table = pq.read_table(io.BytesIO(body))
+                assert table.num_rows == obj.rows
+                # every row sits in the bucket its subject's pseudonym names; rows without a subject are unbucketed
+                for user_id in set(table.column("user_id").to_pylist()) if "user_id" in table.column_names else set():
+                    want = None if user_id is None else bucket_of(KEY, user_id, entry)
+                    assert obj.bucket == want
         # free text with quotes, commas and newlines and jsonb/arrays survive as written
         comments = [t for k, t in every_version(s3_endpoint, region) if "/comments/" in k]
         assert any('"quote", a comma\nand a newline' in b for t in comments for b in t.column("body").to_pylist())
     # one person's rows live in one object per table: a computable, small set
-    p = subject_pseudonym(KEY, 7)
+    tables = read_manifest(s3_client("us-east-1", s3_endpoint), BUCKETS.backup("us-east-1"), sid).tables
     holding = {k for k, t in every_version(s3_endpoint, "us-east-1") if rows_of([(k, t)], {7})}
-    assert holding and all(k.endswith(f"b{layout.bucket_of(p, 64):04d}.parquet") for k in holding)
+    assert holding
+    for k in holding:
+        table = k.split("/data/")[1].split("/")[0]
+        assert k.endswith(f"b{bucket_of(KEY, 7, tables[table]):04d}.parquet")
     # a rerun of the same snapshot id leaves the complete snapshot alone
     assert take_snapshot(primary, "us-east-1", s3_endpoint, sid, policy, KEY)["status"] == "already complete"
 
@@ -178,17 +192,16 @@ def test_propagation_rewrites_only_affected_objects_in_both_regions(primary: str
     before = {r: current_counts(s3_endpoint, r, sids[0]) for r in BACKUP_REGIONS}
     erased_ids = {3, 11}
     pseudonyms = {erase(primary, u) for u in erased_ids}
-    affected_buckets = {layout.bucket_of(p, 64) for p in pseudonyms}
-    total_objects = len(
-        read_manifest(s3_client("us-east-1", s3_endpoint), BUCKETS.backup("us-east-1"), sids[0]).objects
-    )
+    manifest = read_manifest(s3_client("us-east-1", s3_endpoint), BUCKETS.backup("us-east-1"), sids[0])
+    holding_tables = ["accounts", "ssh_keys", "invoices", "payments", "comments", "usage_events", "survey_responses"]
+    affected = sum(len({bucket_of(KEY, u, manifest.tables[t]) for u in erased_ids}) for t in holding_tables)
+    total_objects = len(manifest.objects)
 
     results = {r: propagate_region(primary, r, s3_endpoint) for r in BACKUP_REGIONS}
 
     for region, result in results.items():
-        # per snapshot: one object per table holding them (accounts, ssh_keys, invoices, payments, comments,
-        # usage_events, survey_responses) in each affected bucket, and nothing else
-        assert result.objects_rewritten == 2 * 7 * len(affected_buckets)
+        # per snapshot: the object of each table holding them, in the bucket each of them falls in, and nothing else
+        assert result.objects_rewritten == 2 * affected
         assert result.objects_rewritten < total_objects
         assert max(Counter(result.rewrites_per_object).values()) == 1
         assert result.rows_deleted == 2 * len(erased_ids) * (1 + 1 + 3 + 3 + 1)

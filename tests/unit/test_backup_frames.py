@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from lethe.backup import frames, layout
 from lethe.pseudonym import subject_pseudonym
 
@@ -81,3 +83,26 @@ def test_each_object_carries_only_its_own_rows_pseudonyms() -> None:
         seen |= in_rows
     assert erased not in seen
     assert seen == {subject_pseudonym(KEY, p) for p in people if p != 7}
+
+
+@given(
+    sizes=st.dictionaries(st.sampled_from([f"t{i}" for i in range(20)]), st.integers(0, 10**11), min_size=1),
+    share=st.integers(1, 512),
+)
+def test_bucket_counts_keep_any_one_persons_rewrite_within_the_share(sizes: dict[str, int], share: int) -> None:
+    """A person in every rewritable table rewrites one bucket of each: at most 1/share of all bytes."""
+    rewritable = set(sorted(sizes)[::2])
+    counts = layout.bucket_counts(sizes, rewritable, share)
+    assert set(counts) == set(sizes)
+    assert all(counts[t] == 1 for t in set(sizes) - rewritable)
+    assert all(1 <= b <= layout.MAX_BUCKETS for b in counts.values())
+    worst = sum(sizes[t] / counts[t] for t in rewritable)
+    if all(counts[t] < layout.MAX_BUCKETS for t in rewritable):
+        assert worst <= sum(sizes.values()) / share * 1.000001
+
+
+def test_bucket_counts_give_big_tables_more_buckets_and_fewer_objects_than_a_flat_split() -> None:
+    sizes = {"events": 32_000_000, "accounts": 5_000_000, "disputes": 65_000, "holds": 65_000}
+    counts = layout.bucket_counts(sizes, {"events", "accounts", "disputes"}, 64)
+    assert counts["events"] > counts["accounts"] > counts["disputes"] and counts["holds"] == 1
+    assert sum(counts.values()) < 64 * len(sizes)

@@ -12,7 +12,6 @@ Per backup region:
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -49,21 +48,18 @@ def audit_region(
     mismatched = 0
     left: set[str] = set()
     for m in manifests:
-        by_bucket: dict[int, set[str]] = defaultdict(set)
-        for p in erased:
-            by_bucket[layout.bucket_of(p, m.buckets)].add(p)
-        for entry in m.tables.values():
-            for obj in entry.objects:
-                try:
-                    data = store.get(client, bucket, obj.key)
-                except Exception:  # missing object: the manifest no longer verifies
-                    mismatched += 1
-                    continue
-                if len(data) != obj.bytes or hashlib.sha256(data).hexdigest() != obj.sha256:
-                    mismatched += 1
-                if entry.erasure_action in ("delete", "pseudonymise") and obj.bucket in by_bucket:
-                    _, found = frames.erase_subjects(frames.from_parquet(data), by_bucket[obj.bucket], "delete", {})
-                    left.update(found.per_subject)
+        suspects = {obj.key: found for _, _, obj, found in m.holding(erased)}
+        for obj in m.objects:
+            try:
+                data = store.get(client, bucket, obj.key)
+            except Exception:  # missing object: the manifest no longer verifies
+                mismatched += 1
+                continue
+            if len(data) != obj.bytes or hashlib.sha256(data).hexdigest() != obj.sha256:
+                mismatched += 1
+            if obj.key in suspects:
+                _, found = frames.erase_subjects(frames.from_parquet(data), suspects[obj.key], "delete", {})
+                left.update(found.per_subject)
     counts = {
         "snapshot_within_rpo": 0 if newest is not None and now - newest <= rpo else 1,
         "manifest_mismatches": mismatched,

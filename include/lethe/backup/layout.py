@@ -7,6 +7,7 @@ rewrite from the tombstone alone, without the raw id.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from datetime import UTC, datetime
@@ -43,6 +44,27 @@ def manifest_key(sid: str) -> str:
 def bucket_of(pseudonym: str, buckets: int) -> int:
     """The subject bucket of a pseudonym (hex HMAC): its first 32 bits modulo the bucket count."""
     return int(pseudonym[:8], 16) % buckets
+
+
+# Aim this far below the bound: bucket sizes vary with the hash, and table sizes are estimates.
+BUCKET_HEADROOM = 1.25
+MAX_BUCKETS = 4096
+
+
+def bucket_counts(sizes: dict[str, int], rewritable: set[str], share: int) -> dict[str, int]:
+    """Subject buckets per table, so that erasing any one person rewrites at most 1/share of a snapshot.
+
+    Erasing a person rewrites one object per table holding their rows, S_t / b_t bytes for a
+    table of S_t bytes in b_t buckets. The fewest objects that keep the sum over every
+    rewritable table at or under C = S / share (S: all tables) are b_t = sqrt(S_t) * sum_j
+    sqrt(S_j) / C: minimise sum b_t subject to sum S_t / b_t <= C. Big tables get more
+    buckets, small ones few; tables erasure never rewrites (retained, no subject) get one.
+    """
+    total = sum(sizes.values())
+    roots = {t: math.sqrt(sizes[t]) for t in rewritable if sizes.get(t)}
+    budget = total / (share * BUCKET_HEADROOM)
+    spread = sum(roots.values()) / budget if budget else 0.0
+    return {t: min(MAX_BUCKETS, max(1, math.ceil(roots.get(t, 0.0) * spread))) for t in sizes}
 
 
 def object_key(sid: str, table: str, bucket: int | None) -> str:

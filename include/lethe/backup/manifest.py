@@ -35,6 +35,12 @@ class TableEntry:
     pseudonym_column: str | None = None  # where a pseudonymised row keeps its subject's pseudonym
     rows: int = 0
     objects: list[ObjectEntry] = field(default_factory=list)
+    buckets: int | None = None  # this table's subject buckets; None in manifests from before per-table counts
+
+    @property
+    def rewritable(self) -> bool:
+        """Erasure changes this table's rows (`retain` tables and tables without a subject keep them)."""
+        return self.erasure_action in ("delete", "pseudonymise")
 
     def object(self, key: str) -> ObjectEntry:
         for entry in self.objects:
@@ -51,11 +57,24 @@ class Manifest:
     created_at: str
     policy_version: str
     policy_digest: str
-    buckets: int
+    buckets: int  # the policy's rewrite bound: erasing one person rewrites at most 1/buckets of the bytes
     tables: dict[str, TableEntry]
     format: str = FORMAT
     tombstones_at_export: int = 0
     rewrites: list[dict[str, Any]] = field(default_factory=list)  # one entry per propagation that changed it
+
+    def holding(self, pseudonyms: set[str]) -> list[tuple[str, TableEntry, ObjectEntry, set[str]]]:
+        """(table, entry, object, pseudonyms in it) for each object of a rewritable table that can hold
+        rows of these subjects: the one object per table whose bucket each pseudonym hashes to."""
+        found = []
+        for table, entry in self.tables.items():
+            if not entry.rewritable:
+                continue
+            per_bucket: dict[int, set[str]] = {}
+            for pseudonym in pseudonyms:
+                per_bucket.setdefault(layout.bucket_of(pseudonym, entry.buckets or self.buckets), set()).add(pseudonym)
+            found += [(table, entry, o, per_bucket[o.bucket]) for o in entry.objects if o.bucket in per_bucket]
+        return found
 
     @property
     def objects(self) -> list[ObjectEntry]:

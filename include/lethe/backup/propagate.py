@@ -144,17 +144,7 @@ def propagate_region(
 
 
 def _affected_jobs(manifest: Manifest, pending: set[str]) -> list[_Job]:
-    by_bucket: dict[int, set[str]] = defaultdict(set)
-    for pseudonym in pending:
-        by_bucket[layout.bucket_of(pseudonym, manifest.buckets)].add(pseudonym)
-    jobs = []
-    for table, entry in manifest.tables.items():
-        if entry.erasure_action not in ("delete", "pseudonymise"):
-            continue  # `retain` tables and tables without a subject keep their rows by policy
-        for obj in entry.objects:
-            if obj.bucket is not None and obj.bucket in by_bucket:
-                jobs.append(_Job(table, entry, obj, by_bucket[obj.bucket]))
-    return jobs
+    return [_Job(table, entry, obj, found) for table, entry, obj, found in manifest.holding(pending)]
 
 
 def _rewrite_snapshot(

@@ -137,20 +137,44 @@ def export_tables(
 ) -> dict[str, TableEntry]:
     """Export tables in the caller's transaction; split, encode and store each in a worker.
 
-    The next table's COPY runs while the workers bucket, encode and upload the previous ones.
+    Each table gets its own bucket count (layout.bucket_counts, from the tables' sizes on disk)
+    unless `buckets` fixes one for all. The next table's COPY runs while the workers bucket,
+    encode and upload the previous ones.
     """
     pseudonyms: dict[int, str] = {}  # one HMAC per person for the whole snapshot
-    nbuckets = buckets or policy.backups.buckets
+    if buckets is None:
+        rewritable = {t for t in tables if _rewritable(policy, t)}
+        counts = layout.bucket_counts(table_sizes(cur, tables), rewritable, policy.backups.buckets)
+    else:
+        counts = dict.fromkeys(tables, buckets)
     entries: dict[str, TableEntry] = {}
     pending: list[tuple[TableEntry, Future[list[ObjectEntry]]]] = []
     with ThreadPoolExecutor(threads) as pool:
         for table in tables:
             entry, frame = _table_frame(cur, table, policy, key, tombstones, pseudonyms)
+            entry.buckets = counts[table]
             entries[table] = entry
-            pending.append((entry, pool.submit(_write_parts, table, frame, nbuckets, sink)))
+            pending.append((entry, pool.submit(_write_parts, table, frame, counts[table], sink)))
         for entry, future in pending:
             entry.objects = sorted(future.result(), key=lambda o: o.key)
     return entries
+
+
+def _rewritable(policy: Policy, table: str) -> bool:
+    rule = policy.tables[table]
+    return rule.subject is not None and rule.erasure is not None and rule.erasure.action in ("delete", "pseudonymise")
+
+
+def table_sizes(cur: psycopg2.extensions.cursor, tables: list[str]) -> dict[str, int]:
+    """Bytes on disk per table (a partitioned table: all its partitions), to size the subject buckets."""
+    cur.execute(
+        "SELECT c.relname, CASE WHEN c.relkind = 'p' THEN (SELECT coalesce(sum(pg_table_size(p.relid)), 0)"
+        " FROM pg_partition_tree(c.oid) p) ELSE pg_table_size(c.oid) END FROM pg_class c"
+        " WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = ANY(%s)",
+        (tables,),
+    )
+    sizes = {name: int(size) for name, size in cur.fetchall()}
+    return {t: sizes.get(t, 0) for t in tables}
 
 
 def _table_frame(

@@ -204,7 +204,7 @@ class TableRule(_Strict):
 
 
 class Backups(_Strict):
-    """Cross-region backups: how long a snapshot is kept, how many subject buckets per table."""
+    """Cross-region backups: how long a snapshot is kept; one erasure rewrites at most 1/buckets of it."""
 
     retention: Duration = Duration("P35D")
     buckets: int = Field(default=64, ge=1, le=4096)
