@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 
 import numpy as np
 import pandas as pd
@@ -187,3 +188,71 @@ def test_policy_sharing_section_is_validated() -> None:
         Sharing.model_validate({"recipients": {"Bad Name": {"description": "d"}}})
     ok = Sharing.model_validate({"recipients": {"x": {"description": "d", "dimensions": ["feature"]}}})
     assert ok.recipients["x"].k == 10
+
+
+def _oracle(rows: pd.DataFrame, cap: int, per_day: int) -> pd.DataFrame:
+    """The bounded aggregate as docs/sharing.md defines it, written plainly in pandas: an independent reference."""
+    out = []
+    for (day, cell), group in _bounded_person_cells(rows, cap, per_day).groupby(["day", "cell"]):
+        timed = group[group["nd"] > 0]  # a person-cell without any duration adds none (SQL's NULL)
+        means = list(timed["s"] / timed["nd"])
+        total = sum(s * k / n for s, k, n in zip(timed["s"], timed["kept"], timed["n"], strict=True))
+        out.append(
+            {
+                "day": day,
+                "cell": cell,
+                "events": int(group["kept"].sum()),
+                "people": len(group),
+                "total": _half_up(total) if means else None,
+                "median": _half_up(float(np.median(means))) if means else None,
+            }
+        )
+    return pd.DataFrame(out)
+
+
+def _half_up(x: float) -> int:
+    return math.floor(x + 0.5)  # SQL's round(), not Python's round-half-to-even
+
+
+def _bounded_person_cells(rows: pd.DataFrame, cap: int, per_day: int) -> pd.DataFrame:
+    kept = []
+    for _, person_day in rows.groupby(["unit", "day"]):
+        cells = [
+            {"day": g["day"].iloc[0], "cell": cell, "n": len(g), "s": g["d"].sum(), "nd": g["d"].notna().sum()}
+            for cell, g in person_day.groupby("cell")
+        ]
+        cells.sort(key=lambda c: (-c["n"], c["cell"]))  # busiest first, ties by the cell's value
+        kept += [{**c, "kept": min(c["n"], cap)} for c in cells[:per_day]]
+    return pd.DataFrame(kept)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_bounded_cells_match_a_plain_reference_on_skewed_data(seed: int) -> None:
+    from lethe.sharing.aggregate import bounded_cells, connect_duckdb
+
+    rng = np.random.default_rng(seed)
+    n = 4000
+    weights = rng.lognormal(0, 1.5, 40)  # a few heavy people who hit both bounds
+    rows = pd.DataFrame(
+        {
+            "unit": rng.choice(40, size=n, p=weights / weights.sum()).astype("int64"),
+            "day": pd.to_datetime("2026-11-01") + pd.to_timedelta(rng.integers(0, 3, n), unit="D"),
+            "cell": rng.integers(0, 30, n).astype("int64"),
+            "d": pd.array(np.where(rng.random(n) < 0.2, None, rng.integers(0, 9000, n)), dtype="Int64"),
+        }
+    )
+    rows.loc[rows["cell"] >= 27, "d"] = pd.NA  # cells without durations, as page views are
+    config = RecipientConfig(name="t", max_events_per_cell=3, max_cells_per_day=4)
+    con = connect_duckdb(2)
+    con.register("coded", pa.Table.from_pandas(rows.assign(day=rows["day"].dt.date), preserve_index=False))
+    cells, stats = bounded_cells(con, "coded", config)
+    want = _oracle(rows, 3, 4).sort_values(["day", "cell"]).reset_index(drop=True)
+    assert stats["max_cells_per_person_day"] == 4 and stats["max_events_per_person_cell"] == 3
+    assert stats["people_in"] == rows["unit"].nunique()
+    assert [pd.Timestamp(d) for d in cells["day"]] == list(want["day"])
+    assert list(cells["cell"]) == list(want["cell"])
+    assert list(cells["events"]) == list(want["events"]) and list(cells["people"]) == list(want["people"])
+    for measure, column in (("total_duration_ms", "total"), ("median_duration_ms", "median")):
+        got = [None if v is np.ma.masked else int(v) for v in cells[measure]]
+        assert got == [None if pd.isna(v) else int(v) for v in want[column]], measure
+    assert want["total"].isna().any()  # the data has cells without any duration

@@ -48,43 +48,48 @@ def connect_duckdb(threads: int | None = None) -> Any:
 
 
 def bounded_cells(con: Any, source_name: str, config: RecipientConfig) -> tuple[dict[str, Any], dict[str, int]]:
-    """The bounded cells of rows (unit, day, cell, d) in DuckDB: (columns as numpy arrays, bound statistics)."""
+    """The bounded cells of rows (unit, day, cell, d) in DuckDB: (columns as numpy arrays, bound statistics).
+
+    Two passes over the rows' person-cells, the least the per-person bounds need:
+    1. per_person: one row per person, day and cell (events, duration sum);
+    2. the cells, skipping `dropped`: the person-cells beyond each person-day's busiest
+       `max_cells_per_day`. Only person-days over that bound are ranked, a small share of them,
+       so the full sort a window over every person-day would need is never paid.
+    The statistics are counted from what is left, not derived from the caps.
+    """
     cap, per_day = int(config.max_events_per_cell), int(config.max_cells_per_day)
     con.execute(
         "CREATE OR REPLACE TEMP TABLE per_person AS SELECT unit, day, cell, count(*) AS n, sum(d) AS s,"  # noqa: S608 - no values
         f" count(d) AS nd FROM {source_name} GROUP BY unit, day, cell"
     )
-    # Only the person-days over the cap need ranking; sorting every person-day costs as much as the aggregate.
     con.execute(
-        "CREATE OR REPLACE TEMP TABLE heavy AS SELECT unit, day FROM per_person GROUP BY unit, day HAVING count(*) > ?",
+        "CREATE OR REPLACE TEMP TABLE person_day AS SELECT unit, day, count(*) AS cells FROM per_person GROUP BY ALL"
+    )
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE dropped AS SELECT unit, day, cell FROM (SELECT p.* FROM per_person p"
+        " SEMI JOIN (SELECT unit, day FROM person_day WHERE cells > $1) USING (unit, day))"
+        " QUALIFY row_number() OVER (PARTITION BY unit, day ORDER BY n DESC, cell) > $1",
         [per_day],
     )
-    (heavy,) = con.execute("SELECT count(*) FROM heavy").fetchone()
-    kept = "per_person"
-    if heavy:
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE kept AS SELECT p.* FROM per_person p ANTI JOIN heavy h USING (unit, day) "
-            "UNION ALL SELECT * FROM (SELECT p.* FROM per_person p SEMI JOIN heavy h USING (unit, day)) "
-            "QUALIFY row_number() OVER (PARTITION BY unit, day ORDER BY n DESC, cell) <= ?",
-            [per_day],
-        )
-        kept = "kept"
     cells = con.execute(
-        f"SELECT day, cell, sum(least(n, {cap}))::BIGINT AS events, count(*)::BIGINT AS people, "  # noqa: S608 - no values
-        f"round(sum(s * least(n, {cap}) / n))::BIGINT AS total_duration_ms, "
-        "round(median(s / nullif(nd, 0)))::BIGINT AS median_duration_ms "
-        f"FROM {kept} GROUP BY day, cell ORDER BY day, cell"
+        "SELECT day, cell, sum(least(n, $1))::BIGINT AS events, count(*)::BIGINT AS people, "
+        "round(sum(s * least(n, $1) / n))::BIGINT AS total_duration_ms, "
+        "round(median(s / nullif(nd, 0)))::BIGINT AS median_duration_ms, "
+        "max(least(n, $1))::BIGINT AS max_events_per_person "
+        "FROM per_person ANTI JOIN dropped USING (unit, day, cell) GROUP BY day, cell ORDER BY day, cell",
+        [cap],
     ).fetchnumpy()
     stats = con.execute(
-        "SELECT count(DISTINCT unit), coalesce(max(c), 0), coalesce(max(m), 0) FROM "  # noqa: S608 - no values
-        f"(SELECT unit, count(*) AS c, max(least(n, {cap})) AS m FROM {kept} GROUP BY unit, day)"
+        "SELECT count(DISTINCT unit), coalesce(max(cells - coalesce(d.n, 0)), 0) FROM person_day"
+        " LEFT JOIN (SELECT unit, day, count(*) AS n FROM dropped GROUP BY ALL) d USING (unit, day)"
     ).fetchone()
-    con.execute("DROP TABLE IF EXISTS kept; DROP TABLE heavy; DROP TABLE per_person")
+    con.execute("DROP TABLE dropped; DROP TABLE person_day; DROP TABLE per_person")
     assert stats is not None
+    most_events = cells.pop("max_events_per_person")
     return cells, {
         "people_in": int(stats[0]),
         "max_cells_per_person_day": int(stats[1]),
-        "max_events_per_person_cell": int(stats[2]),
+        "max_events_per_person_cell": int(most_events.max()) if len(most_events) else 0,
     }
 
 
