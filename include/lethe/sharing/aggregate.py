@@ -1,8 +1,8 @@
 """The bounded aggregate: cells of day x source x dimensions, each person's contribution capped.
 
 Engine: DuckDB over integer cell codes (lethe.sharing.generalise.generalise);
-bench/sharing.md compares it with a plain DuckDB aggregate and with pandas on
-the same rows.
+bench/sharing.py compares it with DuckDB computing the same aggregate in one
+statement, with an unbounded GROUP BY and with pandas on the same rows.
 
 Contribution bounds (docs/sharing.md):
 - a person counts at most `max_events_per_cell` events in a cell: beyond that
