@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
 import pytest
 from hypothesis import given
@@ -106,3 +108,27 @@ def test_bucket_counts_give_big_tables_more_buckets_and_fewer_objects_than_a_fla
     counts = layout.bucket_counts(sizes, {"events", "accounts", "disputes"}, 64)
     assert counts["events"] > counts["accounts"] > counts["disputes"] and counts["holds"] == 1
     assert sum(counts.values()) < 64 * len(sizes)
+
+
+def test_manifest_finds_a_persons_objects_by_each_tables_bucket_count() -> None:
+    from lethe.backup.manifest import Manifest, ObjectEntry, TableEntry
+
+    def table(buckets: int | None, count: int, action: str = "delete") -> TableEntry:
+        objects = [
+            ObjectEntry(key=f"{action}/{buckets}/b{b}", bucket=b, rows=1, bytes=1, sha256="") for b in range(count)
+        ]
+        return TableEntry(columns=[], subject_column="user_id", erasure_action=action, erasure_columns={},
+                          objects=objects, buckets=buckets)  # fmt: skip
+
+    tables = {"events": table(150, 150), "holds": table(1, 1, "retain"), "older": table(None, 64)}
+    manifest = Manifest(snapshot_id="20261101T020000Z", region="r", bucket="b", created_at="", policy_version="1",
+                        policy_digest="", buckets=64, tables=tables)  # fmt: skip
+    p = subject_pseudonym(KEY, 42)
+    found = {(t, o.bucket) for t, _, o, who in manifest.holding({p}) if who == {p}}
+    # per-table counts; a manifest written before them falls back to the snapshot's; retained tables are never read
+    assert found == {("events", layout.bucket_of(p, 150)), ("older", layout.bucket_of(p, 64))}
+    raw = json.loads(manifest.to_json())
+    del raw["tables"]["older"]["buckets"]  # as manifests written before per-table counts are
+    back = Manifest.from_json(json.dumps(raw).encode(), "test")
+    assert back.tables["events"].buckets == 150 and back.tables["older"].buckets is None
+    assert {(t, o.bucket) for t, _, o, _ in back.holding({p})} == found
