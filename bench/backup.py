@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                 (subject_pseudonym(KEY, rng.choice(user_ids)),),
             )
         t0 = time.perf_counter()
-        one = propagate_region(url, REGION, s3_url)
+        one = propagate_region(url, REGION, s3_url, key=KEY)
         one_s = time.perf_counter() - t0
         total = one.bytes_in_touched_snapshots
         lines.append(
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                 [(subject_pseudonym(KEY, u),) for u in batch],
             )
         t0 = time.perf_counter()
-        many = propagate_region(url, REGION, s3_url)
+        many = propagate_region(url, REGION, s3_url, key=KEY)
         many_s = time.perf_counter() - t0
         per_object = Counter(many.rewrites_per_object.values())
         lines.append(

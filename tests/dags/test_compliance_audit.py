@@ -77,7 +77,7 @@ def test_audit_passes_clean_then_fails_naming_each_planted_fault(
             "INSERT INTO erasure_tombstones (subject_pseudonym, identifier_pseudonyms) VALUES (%s, '{}')",
             (subject_pseudonym(pseudonym_key(), 3),),
         )
-    propagate_region(db_url, "us-east-1", s3_endpoint)
+    propagate_region(db_url, "us-east-1", s3_endpoint, key=pseudonym_key())
     with transaction(db_url) as cur:
         # Fault 3: a broken ledger link (the append-only trigger disabled to plant it).
         cur.execute("ALTER TABLE ledger DISABLE TRIGGER ledger_append_only")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -28,7 +29,7 @@ from lethe.backup.snapshot import take_snapshot
 from lethe.config import BACKUP_REGIONS, BUCKETS
 from lethe.db import transaction
 from lethe.policy import load_policy
-from lethe.pseudonym import subject_pseudonym
+from lethe.pseudonym import pseudonym, subject_pseudonym
 from lethe.storage import ensure_buckets, s3_client
 
 pytestmark = pytest.mark.integration
@@ -197,7 +198,7 @@ def test_propagation_rewrites_only_affected_objects_in_both_regions(primary: str
     affected = sum(len({bucket_of(KEY, u, manifest.tables[t]) for u in erased_ids}) for t in holding_tables)
     total_objects = len(manifest.objects)
 
-    results = {r: propagate_region(primary, r, s3_endpoint) for r in BACKUP_REGIONS}
+    results = {r: propagate_region(primary, r, s3_endpoint, key=KEY) for r in BACKUP_REGIONS}
 
     for region, result in results.items():
         # per snapshot: the object of each table holding them, in the bucket each of them falls in, and nothing else
@@ -226,7 +227,7 @@ def test_propagation_rewrites_only_affected_objects_in_both_regions(primary: str
         payloads = [r[0] for r in cur.fetchall()]
         assert len(payloads) == 2 and all("user" not in json.dumps(p) for p in payloads)
     # nothing pending: a second run reads and rewrites nothing
-    again = propagate_region(primary, "us-east-1", s3_endpoint)
+    again = propagate_region(primary, "us-east-1", s3_endpoint, key=KEY)
     assert again.objects_read == 0 and again.objects_rewritten == 0
 
 
@@ -237,12 +238,12 @@ def test_interrupted_propagation_loses_nobody_and_a_rerun_finishes(primary: str,
     others = rows_of(every_version(s3_endpoint, "us-east-1"), set(range(1, USERS + 1)) - {5})
     p = erase(primary, 5)
     with pytest.raises(PropagationInterrupted):
-        propagate_region(primary, "us-east-1", s3_endpoint, interrupt_after_puts=3)
+        propagate_region(primary, "us-east-1", s3_endpoint, key=KEY, interrupt_after_puts=3)
     # half done: nobody else lost a row in the current objects
     current = every_version(s3_endpoint, "us-east-1", latest_only=True)
     assert rows_of(current, set(range(1, USERS + 1)) - {5}) == others
 
-    result = propagate_region(primary, "us-east-1", s3_endpoint)
+    result = propagate_region(primary, "us-east-1", s3_endpoint, key=KEY)
     assert result.manifest_entries_repaired >= 1  # the objects rewritten before the kill, taken as they are
     versions = every_version(s3_endpoint, "us-east-1")
     assert sum(rows_of(versions, {5}).values()) == 0
@@ -287,6 +288,62 @@ def test_restore_replays_every_tombstone(primary: str, s3_endpoint: str, service
         assert not any("example.test" in line or "Person" in line for line in lines)
     finally:
         testing.drop_database(target)
+
+
+def test_mentions_of_an_erased_person_leave_every_backup_version_and_every_restore(
+    primary: str, s3_endpoint: str, services: tuple[str, str]
+) -> None:
+    """Person 6 wrote about person 4 by email, handle and phone; person 4 is erased after the snapshot."""
+    text = "ask USER4@example.test or @user4, call +91 00000 0004; user40 is someone else"
+    redacted = "ask [erased] or @[erased], call [erased]; user40 is someone else"
+    with transaction(primary) as cur:
+        cur.execute("INSERT INTO comments VALUES (9001, 6, %s, %s)", (text, NOW))
+    sid = "20261101T020000Z"
+    snapshot_both(primary, s3_endpoint, sid)
+    erase(primary, 4)
+    with transaction(primary) as cur:  # what subject_erasure leaves: the mention redacted, identifiers pseudonymised
+        cur.execute("UPDATE comments SET body = %s WHERE comment_id = 9001", (redacted,))
+        ids = [pseudonym(KEY, k, v) for k, v in (("email", "user4@example.test"), ("username", "user4"))]
+        ids.append(pseudonym(KEY, "phone", "+91000000004"))
+        cur.execute("UPDATE erasure_tombstones SET identifier_pseudonyms = %s", (ids,))
+
+    # a restore before propagation: the mention never reaches the target
+    target = testing.fresh_database(services[0])
+    lines: list[str] = []
+    try:
+        report = restore_snapshot(
+            sid, "us-east-1", target, endpoint_url=s3_endpoint, key=KEY, primary_url=primary, out=lines.append
+        )
+        assert report.mentions_redacted == {"comments": 3}
+        with transaction(target) as cur:
+            cur.execute("SELECT body FROM comments WHERE comment_id = 9001")
+            assert cur.fetchone() == (redacted,)
+            cur.execute(r"SELECT count(*) FROM comments WHERE body ~* '(user4@|@user4\M|0004)'")
+            assert cur.fetchone() == (0,)
+        assert not any("user4" in line for line in lines)
+    finally:
+        testing.drop_database(target)
+
+    others_before = every_version(s3_endpoint, "us-east-1", latest_only=True)
+    for region in BACKUP_REGIONS:
+        result = propagate_region(primary, region, s3_endpoint, key=KEY)
+        assert result.mentions_redacted == 3 and result.mentions_left == 0
+        bodies = [b for k, t in every_version(s3_endpoint, region) if "/comments/" in k for b in t["body"].to_pylist()]
+        assert redacted in bodies and text not in bodies
+        assert not any(re.search(r"user4@|@user4\b|0004", b or "", re.IGNORECASE) for b in bodies)
+    # everyone else's comments are as they were
+    after = every_version(s3_endpoint, "us-east-1", latest_only=True)
+    assert _comments(after, exclude={4, 9001}) == _comments(others_before, exclude={4, 9001})
+
+
+def _comments(tables: list[tuple[str, Any]], exclude: set[int]) -> list[tuple[Any, ...]]:
+    rows = [
+        r
+        for k, t in tables
+        if "/comments/" in k
+        for r in zip(*(t[c].to_pylist() for c in ("comment_id", "user_id", "body")), strict=True)
+    ]
+    return sorted(r for r in rows if r[0] not in exclude and r[1] not in exclude)
 
 
 def test_expiry_deletes_every_version_of_old_snapshots(primary: str, s3_endpoint: str) -> None:
@@ -349,7 +406,7 @@ def test_an_unreachable_region_fails_with_its_name_and_endpoint(primary: str, s3
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"
     with pytest.raises(RegionUnreachable, match=f"ap-southeast-1.*{dead}"):
-        propagate_region(primary, "ap-southeast-1", dead)
+        propagate_region(primary, "ap-southeast-1", dead, key=KEY)
 
 
 def test_restore_command(

@@ -59,6 +59,7 @@ def test_mentions_match_whole_identifiers_only() -> None:
     assert discovery.redact("mail ASHA.RAO@example.com.", terms) == "mail [erased]."
     assert discovery.redact("mail asha.rao@example.community", terms) == "mail asha.rao@example.community"
     assert discovery.redact("alibaba ali said", terms) == "alibaba [erased] said"
+    assert discovery.redact("thanks @ali, not x@ali.example", terms) == "thanks @[erased], not x@ali.example"
     assert discovery.redact("call +919000000001 or 9000000001", terms) == "call [erased] or [erased]"
 
 

@@ -2,7 +2,9 @@
 
 For each complete snapshot, the tombstones not yet applied to it are grouped by
 the objects that can hold their rows (subject bucket of the pseudonym), and each
-affected object is rewritten once for all of them. Order, so that a kill at any
+affected object is rewritten once for all of them. Free-text columns of every
+object are searched too, for mentions of the erased people by the keyed
+pseudonyms of their identifiers (lethe.backup.mentions), in the same rewrite. Order, so that a kill at any
 point loses nothing and a rerun finishes the job:
 
 1. put the rewritten object (the old version stays until step 4), read it back and
@@ -29,6 +31,7 @@ from typing import Any
 from lethe.backup import frames, layout, store
 from lethe.backup.manifest import Manifest, ObjectEntry, TableEntry, complete_manifests
 from lethe.backup.manifest import write as write_manifest
+from lethe.backup.mentions import MentionFinder
 from lethe.config import BUCKETS
 from lethe.db import transaction
 
@@ -55,6 +58,8 @@ class RegionResult:
     rows_pseudonymised: int = 0
     manifest_entries_repaired: int = 0
     tombstoned_rows_left: int = 0  # post-condition: rows of a pending subject still in a rewritten object
+    mentions_redacted: int = 0  # erased people's identifiers replaced in other people's free text
+    mentions_left: int = 0  # post-condition: such mentions still in a rewritten object
     noncurrent_versions_deleted: int = 0
     certificates_updated: int = 0
     certificates_missing: int = 0
@@ -72,7 +77,8 @@ class _Job:
     table: str
     entry: TableEntry
     obj: ObjectEntry
-    pseudonyms: set[str]
+    pseudonyms: set[str]  # subjects whose rows this object can hold (empty: searched for mentions only)
+    mentions: bool = False  # search the table's free-text columns
 
 
 class _Drill:
@@ -93,16 +99,22 @@ def propagate_region(
     region: str,
     endpoint_url: str | None,
     *,
+    key: bytes,
     certificates_endpoint: str | None = None,
     interrupt_after_puts: int | None = None,
 ) -> RegionResult:
-    """Apply every pending tombstone to every complete snapshot in `region`; return counts (no personal data)."""
+    """Apply every pending tombstone to every complete snapshot in `region`; return counts (no personal data).
+
+    `key` is the pseudonym key, needed to recognise erased identifiers in free text.
+    """
     client = store.region_client(region, endpoint_url)
     bucket = BUCKETS.backup(region)
     result = RegionResult(region=region)
     with transaction(db_url) as cur:
-        cur.execute("SELECT subject_pseudonym, request_id::text FROM erasure_tombstones")
-        tombstones: dict[str, str | None] = dict(cur.fetchall())
+        cur.execute("SELECT subject_pseudonym, request_id::text, identifier_pseudonyms FROM erasure_tombstones")
+        rows = cur.fetchall()
+        tombstones: dict[str, str | None] = {p: request for p, request, _ in rows}
+        identifiers: dict[str, list[str]] = {p: list(ids or []) for p, _, ids in rows}
         cur.execute(
             "SELECT snapshot_id, subject_pseudonym FROM backup_tombstone_applications WHERE region = %s", (region,)
         )
@@ -121,14 +133,16 @@ def propagate_region(
         pending = set(tombstones) - applied[manifest.snapshot_id]
         if not pending:
             continue
-        _rewrite_snapshot(client, bucket, manifest, pending, result, per_subject, drill)
+        finder = MentionFinder(key, frozenset(i for p in pending for i in identifiers[p]))
+        jobs = _affected_jobs(manifest, pending, finder)
+        _rewrite_snapshot(client, bucket, manifest, jobs, finder, len(pending), result, per_subject, drill)
         with transaction(db_url) as cur:
             cur.execute(
                 "INSERT INTO backup_tombstone_applications (snapshot_id, region, subject_pseudonym)"
                 " SELECT %s, %s, unnest(%s::text[]) ON CONFLICT DO NOTHING",
                 (manifest.snapshot_id, region, sorted(pending)),
             )
-        result.noncurrent_versions_deleted += _drop_old_versions(client, bucket, manifest, pending)
+        result.noncurrent_versions_deleted += _drop_old_versions(client, bucket, manifest, jobs)
         for pseudonym in pending:
             per_subject[pseudonym]["snapshots"] += 1
         touched |= pending
@@ -136,29 +150,38 @@ def propagate_region(
         from lethe.quality import zero_rows
 
         zero_rows(
-            f"backup_propagation_{region}", {"tombstoned_rows_left": result.tombstoned_rows_left}
+            f"backup_propagation_{region}",
+            {"tombstoned_rows_left": result.tombstoned_rows_left, "mentions_left": result.mentions_left},
         ).raise_if_failed()
     _record_status(db_url, region, tombstones, touched, known_status, per_subject, result)
     _update_certificates(db_url, region, certificates_endpoint or endpoint_url, result)
     return result
 
 
-def _affected_jobs(manifest: Manifest, pending: set[str]) -> list[_Job]:
-    return [_Job(table, entry, obj, found) for table, entry, obj, found in manifest.holding(pending)]
+def _affected_jobs(manifest: Manifest, pending: set[str], finder: MentionFinder) -> list[_Job]:
+    """One job per object to read: the buckets that can hold the pending subjects' rows and, when
+    they left identifiers behind, every object of a table with free text (mentions can be anywhere)."""
+    jobs = {obj.key: _Job(table, entry, obj, found) for table, entry, obj, found in manifest.holding(pending)}
+    if finder.identifier_pseudonyms:
+        for table, entry in manifest.tables.items():
+            for obj in entry.objects if entry.free_text else ():
+                jobs.setdefault(obj.key, _Job(table, entry, obj, set())).mentions = True
+    return list(jobs.values())
 
 
 def _rewrite_snapshot(
     client: Any,
     bucket: str,
     manifest: Manifest,
-    pending: set[str],
+    jobs: list[_Job],
+    finder: MentionFinder,
+    pending: int,
     result: RegionResult,
     per_subject: dict[str, dict[str, int]],
     drill: _Drill,
 ) -> None:
-    jobs = _affected_jobs(manifest, pending)
     lock = threading.Lock()
-    changed = {"objects": 0, "deleted": 0, "pseudonymised": 0, "bytes": 0, "repaired": 0}
+    changed = {"objects": 0, "deleted": 0, "pseudonymised": 0, "bytes": 0, "repaired": 0, "mentions": 0}
 
     def rewrite(job: _Job) -> None:
         data = store.get(client, bucket, job.obj.key)
@@ -167,9 +190,12 @@ def _rewrite_snapshot(
         new, erased = frames.erase_subjects(
             frame, job.pseudonyms, job.entry.erasure_action, job.entry.erasure_columns, job.entry.pseudonym_column
         )
+        mentions = 0
+        if job.mentions:
+            new, mentions = finder.redact_columns(new, job.entry.free_text)
         with lock:
             result.objects_read += 1
-        if erased.changed == 0:
+        if erased.changed == 0 and mentions == 0:
             digest = hashlib.sha256(data).hexdigest()
             if digest != job.obj.sha256 or before != job.obj.rows:
                 # An interrupted run already rewrote this object but not the manifest: take the object's truth.
@@ -184,6 +210,7 @@ def _rewrite_snapshot(
         served_frame = frames.from_parquet(served)
         served_rows = served_frame.num_rows
         _, left = frames.erase_subjects(served_frame, job.pseudonyms, "delete", {})
+        _, mentions_left = finder.redact_columns(served_frame, job.entry.free_text) if job.mentions else (None, 0)
         if hashlib.sha256(served).hexdigest() != digest or served_rows != before - erased.deleted:
             raise RuntimeError(
                 f"s3://{bucket}/{job.obj.key}: rewrite not verified (rows {served_rows}, expected "
@@ -192,6 +219,8 @@ def _rewrite_snapshot(
         job.obj.sha256, job.obj.rows, job.obj.bytes = digest, served_rows, len(body)
         with lock:
             result.tombstoned_rows_left += left.deleted
+            result.mentions_left += mentions_left
+            changed["mentions"] += mentions
             changed["objects"] += 1
             changed["deleted"] += erased.deleted
             changed["pseudonymised"] += erased.pseudonymised
@@ -213,10 +242,11 @@ def _rewrite_snapshot(
         manifest.rewrites.append(
             {
                 "at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "tombstones": len(pending),
+                "tombstones": pending,
                 "objects_rewritten": changed["objects"],
                 "rows_deleted": changed["deleted"],
                 "rows_pseudonymised": changed["pseudonymised"],
+                "mentions_redacted": changed["mentions"],
                 "bytes_rewritten": changed["bytes"],
             }
         )
@@ -226,15 +256,16 @@ def _rewrite_snapshot(
     result.rows_deleted += changed["deleted"]
     result.rows_pseudonymised += changed["pseudonymised"]
     result.bytes_rewritten += changed["bytes"]
+    result.mentions_redacted += changed["mentions"]
     result.manifest_entries_repaired += changed["repaired"]
 
 
-def _drop_old_versions(client: Any, bucket: str, manifest: Manifest, pending: set[str]) -> int:
+def _drop_old_versions(client: Any, bucket: str, manifest: Manifest, jobs: list[_Job]) -> int:
     """Every noncurrent version of each affected object and of the manifest: old bytes must not stay readable.
 
     One listing of the snapshot's prefix, not one per object: listing cost grows with the bucket on some servers.
     """
-    keys = {job.obj.key for job in _affected_jobs(manifest, pending)} | {layout.manifest_key(manifest.snapshot_id)}
+    keys = {job.obj.key for job in jobs} | {layout.manifest_key(manifest.snapshot_id)}
     doomed = [
         v
         for v in store.versions(client, bucket, layout.snapshot_prefix(manifest.snapshot_id))

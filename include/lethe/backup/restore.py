@@ -4,7 +4,8 @@ Every tombstone is replayed, whatever its date: those in the snapshot's own
 erasure_tombstones table and those in the live primary (when it can be reached),
 because a person erased after the snapshot was taken is still in it if
 propagation has not reached it yet. Rows of a tombstoned subject are erased in
-memory before they are loaded, by each table's erasure action, so they never
+memory before they are loaded, by each table's erasure action, and mentions of
+erased people in free text are redacted (lethe.backup.mentions), so they never
 touch the target. The result is then checked by recomputing the keyed pseudonym
 of every subject in the target.
 """
@@ -22,8 +23,10 @@ from psycopg2 import sql
 
 from lethe.backup import frames, layout, store
 from lethe.backup.manifest import Manifest, TableEntry, read
+from lethe.backup.mentions import MentionFinder
 from lethe.config import BUCKETS
 from lethe.db import ConfigurationError, connect, migrate, transaction
+from lethe.policy import load_policy
 from lethe.pseudonym import subject_pseudonym
 
 TOMBSTONES = "erasure_tombstones"
@@ -39,6 +42,7 @@ class RestoreReport:
     rows_loaded: dict[str, int] = field(default_factory=dict)
     rows_removed: dict[str, int] = field(default_factory=dict)
     rows_pseudonymised: dict[str, int] = field(default_factory=dict)
+    mentions_redacted: dict[str, int] = field(default_factory=dict)
     tombstoned_rows_left: int = 0
 
     @property
@@ -62,6 +66,13 @@ def _read_table(client: Any, bucket: str, table: str, entry: TableEntry) -> pa.T
         columns[layout.SUBJECT_COLUMN] = pa.array([], pa.string())
         return pa.table(columns)
     return pa.concat_tables(parts, promote_options="default")
+
+
+def _array(value: Any) -> list[str]:
+    """A text[] value as exported (PostgreSQL's text form, e.g. {a,b}) or as psycopg2 returns it (a list)."""
+    if isinstance(value, list):
+        return value
+    return [v for v in (value or "").strip("{}").split(",") if v]
 
 
 def load_order(cur: psycopg2.extensions.cursor, tables: list[str]) -> list[str]:
@@ -146,6 +157,11 @@ def restore_snapshot(
     report.tombstones_in_snapshot = len(in_snapshot)
     report.tombstones_from_primary = len(primary_only)
     erased = in_snapshot | {row[0] for row in primary_only}
+    identifiers = {i for row in primary_only for i in row[1] or []}
+    if snapshot_tombstones is not None:
+        identifiers |= {i for v in snapshot_tombstones.column("identifier_pseudonyms").to_pylist() for i in _array(v)}
+    finder = MentionFinder(key, frozenset(identifiers))
+    policy = load_policy()
     out(f"restoring snapshot {sid} from {region} (policy {manifest.policy_version}) into the target database")
     if report.primary_reachable is False:
         out("warning: the primary database could not be reached; only the snapshot's own tombstones are replayed")
@@ -159,7 +175,11 @@ def restore_snapshot(
             frame, done = frames.erase_subjects(
                 frame, erased, entry.erasure_action, entry.erasure_columns, entry.pseudonym_column
             )
+            free_text = entry.free_text or (policy.tables[table].free_text if table in policy.tables else [])
+            frame, mentions = finder.redact_columns(frame, free_text)
             report.rows_loaded[table] = frames.copy_into(cur, table, frame)
+            if mentions:
+                report.mentions_redacted[table] = mentions
             if done.deleted:
                 report.rows_removed[table] = done.deleted
             if done.pseudonymised:
@@ -181,6 +201,8 @@ def restore_snapshot(
             extra.append(f"{report.rows_removed[table]} erased rows left out")
         if table in report.rows_pseudonymised:
             extra.append(f"{report.rows_pseudonymised[table]} rows pseudonymised")
+        if table in report.mentions_redacted:
+            extra.append(f"{report.mentions_redacted[table]} mentions of erased people redacted")
         out(f"  {table}: {report.rows_loaded[table]} rows loaded" + (f" ({', '.join(extra)})" if extra else ""))
     verdict = "ok" if report.tombstoned_rows_left == 0 else "FAILED"
     out(f"verified: {report.tombstoned_rows_left} rows of any tombstoned subject in the target ({verdict})")

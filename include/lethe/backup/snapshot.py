@@ -195,6 +195,7 @@ def _table_frame(
         erasure_action=erasure.action if erasure else None,
         erasure_columns=dict(erasure.columns) if erasure else {},
         pseudonym_column=next((c for c, cls in rule.columns.items() if cls == "pseudonym"), None),
+        free_text=list(rule.free_text),
     )
     frame, _ = frames.erase_subjects(
         frame, tombstones, entry.erasure_action, entry.erasure_columns, entry.pseudonym_column

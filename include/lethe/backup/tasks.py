@@ -53,9 +53,12 @@ def expire_task(region: str) -> dict[str, Any]:
 def propagate_task(region: str) -> dict[str, Any]:
     from lethe.backup.layout import region_endpoint
     from lethe.backup.propagate import propagate_region
+    from lethe.connections import pseudonym_key
 
     db_url, endpoint = _services()
-    result = propagate_region(db_url, region, region_endpoint(region, endpoint), certificates_endpoint=endpoint)
+    result = propagate_region(
+        db_url, region, region_endpoint(region, endpoint), key=pseudonym_key(), certificates_endpoint=endpoint
+    )
     summary = result.as_dict()
     log.info("backup propagation %s", summary)
     return summary

@@ -266,9 +266,15 @@ def resolve(cur: psycopg2.extensions.cursor, policy: Policy, lookups: list[tuple
 
 
 def mention_pattern(terms: list[str]) -> re.Pattern[str]:
-    """A term counts as mentioned when it is not part of a longer email, name or number."""
+    """A term counts as mentioned when it is not part of a longer email, name or number.
+
+    An @ before it is allowed when it starts a handle (@name), not when it ends an email's local part.
+    """
     alternatives = "|".join(re.escape(t) for t in sorted(terms, key=len, reverse=True))
-    return re.compile(rf"(?<![A-Za-z0-9._%+@-])(?:{alternatives})(?![A-Za-z0-9_@-])(?!\.[A-Za-z0-9])", re.IGNORECASE)
+    return re.compile(
+        rf"(?<![A-Za-z0-9._%+-])(?<![A-Za-z0-9._%+-]@)(?:{alternatives})(?![A-Za-z0-9_@-])(?!\.[A-Za-z0-9])",
+        re.IGNORECASE,
+    )
 
 
 def _like_escape(term: str) -> str:
