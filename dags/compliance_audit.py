@@ -25,6 +25,7 @@ Each check is a Great Expectations expectation over a count that must be zero:
 | `backups` | `snapshot_within_rpo.<region>` | a complete snapshot younger than the recovery-point objective |
 | `backups` | `manifest_mismatches.<region>` | every object a manifest names exists with its size and sha256 |
 | `backups` | `tombstones_not_applied.<region>` | no retained snapshot holds a row of an erased person |
+| `backups` | `erased_mentions_left.<region>` | no retained snapshot names an erased person in others' free text |
 | `shares` | `<recipient>.<gate check>` | the latest release of each recipient still passes the release gate |
 | `ledger` | `ledger_chain_broken` | the ledger's hash chain verifies end to end |
 
@@ -103,11 +104,12 @@ def compliance_audit() -> None:
 
     @task
     def backups(params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        """Snapshots within the RPO, manifests against the objects, tombstones applied, per region."""
+        """Snapshots within the RPO, manifests against the objects, tombstones and mentions applied, per region."""
         from lethe.audit.run import check_backups
-        from lethe.connections import primary_url, s3_endpoint_url
+        from lethe.connections import primary_url, pseudonym_key, s3_endpoint_url
 
-        return check_backups(primary_url(), s3_endpoint_url(), float((params or {}).get("rpo_hours", 26)))
+        rpo_hours = float((params or {}).get("rpo_hours", 26))
+        return check_backups(primary_url(), s3_endpoint_url(), pseudonym_key(), rpo_hours)
 
     @task
     def shares() -> list[dict[str, Any]]:

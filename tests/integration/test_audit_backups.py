@@ -9,7 +9,7 @@ from lethe.audit.backups import check_backups
 from lethe.config import BACKUP_REGIONS, BUCKETS
 from lethe.db import transaction
 from lethe.policy import load_policy
-from lethe.pseudonym import subject_pseudonym
+from lethe.pseudonym import pseudonym, subject_pseudonym
 from lethe.storage import s3_client
 
 pytestmark = pytest.mark.integration
@@ -31,10 +31,11 @@ def seed_people(url: str) -> None:
                 " VALUES (%s, %s, 'c', 'persistent', %s, %s)",
                 (uid, uid, now, now + timedelta(days=5)),
             )
+        cur.execute("INSERT INTO comments VALUES (1, 1, 'ask u2@example.com', %s)", (now,))  # 1 names 2
 
 
 def failed(db_url: str, s3: str, now: datetime | None = None) -> list[str]:
-    return check_backups(db_url, s3, now or datetime.now(UTC)).failed
+    return check_backups(db_url, s3, KEY, now or datetime.now(UTC)).failed
 
 
 def test_backup_checks_find_each_fault_in_its_region(db_url: str, s3_endpoint: str) -> None:
@@ -52,17 +53,23 @@ def test_backup_checks_find_each_fault_in_its_region(db_url: str, s3_endpoint: s
         f"snapshot_within_rpo.{r}" for r in BACKUP_REGIONS
     }
 
-    # Person 2 erased on the primary; the erasure reaches us-east-1 only.
+    # Person 2 erased on the primary (and person 1's mention of them redacted); the erasure reaches us-east-1 only.
     with transaction(db_url) as cur:
         cur.execute("DELETE FROM sessions WHERE user_id = 2")
         cur.execute("DELETE FROM accounts WHERE user_id = 2")
+        cur.execute("UPDATE comments SET body = 'ask [erased]' WHERE comment_id = 1")
         cur.execute(
-            "INSERT INTO erasure_tombstones (subject_pseudonym, identifier_pseudonyms) VALUES (%s, '{}')",
-            (subject_pseudonym(KEY, 2),),
+            "INSERT INTO erasure_tombstones (subject_pseudonym, identifier_pseudonyms) VALUES (%s, %s)",
+            (subject_pseudonym(KEY, 2), [pseudonym(KEY, "email", "u2@example.com"), pseudonym(KEY, "username", "u2")]),
         )
-    assert set(failed(db_url, s3_endpoint)) == {f"tombstones_not_applied.{r}" for r in BACKUP_REGIONS}
+    assert set(failed(db_url, s3_endpoint)) == {
+        f"{check}.{r}" for r in BACKUP_REGIONS for check in ("tombstones_not_applied", "erased_mentions_left")
+    }
     propagate_region(db_url, "us-east-1", s3_endpoint, key=KEY)
-    assert failed(db_url, s3_endpoint) == ["tombstones_not_applied.ap-southeast-1"]
+    assert failed(db_url, s3_endpoint) == [
+        "tombstones_not_applied.ap-southeast-1",
+        "erased_mentions_left.ap-southeast-1",
+    ]
     propagate_region(db_url, "ap-southeast-1", s3_endpoint, key=KEY)
     assert failed(db_url, s3_endpoint) == []
 

@@ -6,7 +6,9 @@ Per backup region:
 - manifest_mismatches: every object a retained manifest names exists with the size and sha256
   the manifest gives;
 - tombstones_not_applied: no retained snapshot still holds a row of an erased person (rows are
-  matched by the keyed pseudonym each object carries, only in the subject buckets tombstones fall in).
+  matched by the keyed pseudonym each object carries, only in the subject buckets tombstones fall in);
+- erased_mentions_left: no retained snapshot still names an erased person in other people's free
+  text (spellings matched by the keyed pseudonyms of the tombstones' identifiers).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from lethe.audit.expect import expect_counts
+from lethe.backup.mentions import MentionFinder
 from lethe.config import BACKUP_REGIONS, BUCKETS
 from lethe.db import transaction
 from lethe.quality import CheckResult
@@ -24,14 +27,16 @@ from lethe.quality import CheckResult
 DEFAULT_RPO = timedelta(hours=26)
 
 
-def tombstones(db_url: str) -> set[str]:
+def tombstones(db_url: str) -> tuple[set[str], set[str]]:
+    """The erased subjects' pseudonyms, and the pseudonyms of their identifiers."""
     with transaction(db_url) as cur:
-        cur.execute("SELECT subject_pseudonym FROM erasure_tombstones")
-        return {p for (p,) in cur.fetchall()}
+        cur.execute("SELECT subject_pseudonym, identifier_pseudonyms FROM erasure_tombstones")
+        rows = cur.fetchall()
+    return {p for p, _ in rows}, {i for _, ids in rows for i in ids or []}
 
 
 def audit_region(
-    region: str, endpoint_url: str | None, erased: set[str], now: datetime, rpo: timedelta
+    region: str, endpoint_url: str | None, erased: set[str], now: datetime, rpo: timedelta, finder: MentionFinder
 ) -> tuple[dict[str, int], dict[str, Any]]:
     """Counts (zero when the region is fine) and details for one region."""
     from lethe.backup import frames, layout, manifest, store
@@ -41,29 +46,39 @@ def audit_region(
         bucket = BUCKETS.backup(region)
         manifests = manifest.complete_manifests(client, bucket)
     except Exception as exc:  # an unreachable region fails its checks; the other region is still audited
-        counts = {"snapshot_within_rpo": 1, "manifest_mismatches": 1, "tombstones_not_applied": 1}
+        counts = {
+            "snapshot_within_rpo": 1,
+            "manifest_mismatches": 1,
+            "tombstones_not_applied": 1,
+            "erased_mentions_left": 1,
+        }
         return counts, {"unreachable": type(exc).__name__}
     newest = max((datetime.fromisoformat(m.created_at) for m in manifests), default=None)
     age_hours = round((now - newest).total_seconds() / 3600, 2) if newest else None
     mismatched = 0
     left: set[str] = set()
+    mentions = 0
     for m in manifests:
         suspects = {obj.key: found for _, _, obj, found in m.holding(erased)}
-        for obj in m.objects:
-            try:
-                data = store.get(client, bucket, obj.key)
-            except Exception:  # missing object: the manifest no longer verifies
-                mismatched += 1
-                continue
-            if len(data) != obj.bytes or hashlib.sha256(data).hexdigest() != obj.sha256:
-                mismatched += 1
-            if obj.key in suspects:
-                _, found = frames.erase_subjects(frames.from_parquet(data), suspects[obj.key], "delete", {})
-                left.update(found.per_subject)
+        for entry in m.tables.values():
+            for obj in entry.objects:
+                try:
+                    data = store.get(client, bucket, obj.key)
+                except Exception:  # missing object: the manifest no longer verifies
+                    mismatched += 1
+                    continue
+                if len(data) != obj.bytes or hashlib.sha256(data).hexdigest() != obj.sha256:
+                    mismatched += 1
+                if obj.key in suspects:
+                    _, found = frames.erase_subjects(frames.from_parquet(data), suspects[obj.key], "delete", {})
+                    left.update(found.per_subject)
+                if entry.free_text and finder.identifier_pseudonyms:
+                    mentions += finder.redact_columns(frames.from_parquet(data), entry.free_text)[1]
     counts = {
         "snapshot_within_rpo": 0 if newest is not None and now - newest <= rpo else 1,
         "manifest_mismatches": mismatched,
         "tombstones_not_applied": len(left),
+        "erased_mentions_left": mentions,
     }
     details = {
         "snapshots": len(manifests),
@@ -75,12 +90,15 @@ def audit_region(
     return counts, details
 
 
-def check_backups(db_url: str, endpoint_url: str | None, now: datetime, rpo: timedelta = DEFAULT_RPO) -> CheckResult:
-    erased = tombstones(db_url)
+def check_backups(
+    db_url: str, endpoint_url: str | None, key: bytes, now: datetime, rpo: timedelta = DEFAULT_RPO
+) -> CheckResult:
+    erased, identifiers = tombstones(db_url)
+    finder = MentionFinder(key, frozenset(identifiers))
     counts: dict[str, int] = {}
     details: dict[str, Any] = {}
     for region in BACKUP_REGIONS:
-        region_counts, region_details = audit_region(region, endpoint_url, erased, now, rpo)
+        region_counts, region_details = audit_region(region, endpoint_url, erased, now, rpo, finder)
         for name, n in region_counts.items():
             counts[f"{name}.{region}"] = n
             details[f"{name}.{region}"] = region_details

@@ -40,13 +40,13 @@ def check_holds(db_url: str, run_id: str) -> tuple[list[dict[str, Any]], dict[st
 
 
 def check_backups(
-    db_url: str, endpoint_url: str | None, rpo_hours: float = 26, now: datetime | None = None
+    db_url: str, endpoint_url: str | None, key: bytes, rpo_hours: float = 26, now: datetime | None = None
 ) -> list[dict[str, Any]]:
     from datetime import timedelta
 
     from lethe.audit.backups import check_backups as check
 
-    return [check(db_url, endpoint_url, now or datetime.now(UTC), timedelta(hours=rpo_hours)).as_dict()]
+    return [check(db_url, endpoint_url, key, now or datetime.now(UTC), timedelta(hours=rpo_hours)).as_dict()]
 
 
 def check_shares(endpoint_url: str | None) -> list[dict[str, Any]]:
