@@ -49,6 +49,9 @@ def bucket_of(pseudonym: str, buckets: int) -> int:
 # Aim this far below the bound: bucket sizes vary with the hash, and table sizes are estimates.
 BUCKET_HEADROOM = 1.25
 MAX_BUCKETS = 4096
+# What every object costs beyond its rows (Parquet footer and schema, about 2 KB), in the
+# on-disk table bytes the sizes are given in (which Parquet compresses about fourfold).
+OBJECT_OVERHEAD = 8192
 
 
 def bucket_counts(sizes: dict[str, int], rewritable: set[str], share: int) -> dict[str, int]:
@@ -59,12 +62,26 @@ def bucket_counts(sizes: dict[str, int], rewritable: set[str], share: int) -> di
     rewritable table at or under C = S / share (S: all tables) are b_t = sqrt(S_t) * sum_j
     sqrt(S_j) / C: minimise sum b_t subject to sum S_t / b_t <= C. Big tables get more
     buckets, small ones few; tables erasure never rewrites (retained, no subject) get one.
+    In a small snapshot the objects' own overhead weighs too, so the counts grow in the same
+    proportions until the bound holds with it.
     """
     total = sum(sizes.values())
     roots = {t: math.sqrt(sizes[t]) for t in rewritable if sizes.get(t)}
     budget = total / (share * BUCKET_HEADROOM)
     spread = sum(roots.values()) / budget if budget else 0.0
-    return {t: min(MAX_BUCKETS, max(1, math.ceil(roots.get(t, 0.0) * spread))) for t in sizes}
+
+    def counts(factor: float) -> dict[str, int]:
+        return {t: min(MAX_BUCKETS, max(1, math.ceil(roots.get(t, 0.0) * factor))) for t in sizes}
+
+    def within(b: dict[str, int]) -> bool:
+        worst = sum(sizes[t] / b[t] + OBJECT_OVERHEAD for t in roots)
+        return worst * share * BUCKET_HEADROOM <= total + OBJECT_OVERHEAD * sum(b.values())
+
+    chosen = counts(spread)
+    while roots and not within(chosen) and any(chosen[t] < MAX_BUCKETS for t in roots):
+        spread *= 1.1
+        chosen = counts(spread)
+    return chosen
 
 
 def object_key(sid: str, table: str, bucket: int | None) -> str:
