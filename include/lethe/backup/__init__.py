@@ -1,9 +1,10 @@
 """Cross-region backups: nightly Parquet snapshots bucketed by subject, erasures carried into them, safe restores.
 
 Modules, one concern each:
-- layout: object keys, subject buckets, snapshot ids, per-region endpoints
+- layout: object keys, subject buckets and how many per table, snapshot ids, per-region endpoints
 - store: S3 helpers (every version of a key, deletes that really delete)
 - frames: PostgreSQL <-> Arrow, Parquet bytes, the erasure of rows in a frame
+- mentions: erased people's identifiers in others' free text, found by keyed pseudonyms
 - manifest: the per-snapshot manifest, written last
 - snapshot: backup_nightly's export of one region
 - propagate: backup_erasure_propagation's rewrite of one region
