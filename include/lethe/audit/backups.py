@@ -69,11 +69,14 @@ def audit_region(
                     continue
                 if len(data) != obj.bytes or hashlib.sha256(data).hexdigest() != obj.sha256:
                     mismatched += 1
+                search_mentions = bool(entry.free_text and finder.identifier_pseudonyms)
+                if obj.key not in suspects and not search_mentions:
+                    continue
+                rows = frames.from_parquet(data)
                 if obj.key in suspects:
-                    _, found = frames.erase_subjects(frames.from_parquet(data), suspects[obj.key], "delete", {})
-                    left.update(found.per_subject)
-                if entry.free_text and finder.identifier_pseudonyms:
-                    mentions += finder.redact_columns(frames.from_parquet(data), entry.free_text)[1]
+                    left.update(frames.erase_subjects(rows, suspects[obj.key], "delete", {})[1].per_subject)
+                if search_mentions:
+                    mentions += finder.redact_columns(rows, entry.free_text)[1]
     counts = {
         "snapshot_within_rpo": 0 if newest is not None and now - newest <= rpo else 1,
         "manifest_mismatches": mismatched,

@@ -44,7 +44,7 @@ class MentionFinder:
 
     key: bytes
     identifier_pseudonyms: frozenset[str]
-    _seen: dict[tuple[str, str], bool] = field(default_factory=dict)  # one HMAC per distinct spelling
+    _seen: dict[tuple[str, str], bool] = field(default_factory=dict, init=False)  # one HMAC per distinct spelling
 
     def _erased(self, kind: str, spelling: str) -> bool:
         found = self._seen.get((kind, spelling))

@@ -218,7 +218,7 @@ def verify_no_tombstoned_rows(target_url: str, manifest: Manifest, erased: set[s
     try:
         with conn.cursor() as cur:
             for table, entry in manifest.tables.items():
-                if entry.subject_column is None or entry.erasure_action not in ("delete", "pseudonymise"):
+                if entry.subject_column is None or not entry.rewritable:
                     continue
                 column = sql.Identifier(entry.subject_column)
                 cur.execute(
