@@ -1,0 +1,453 @@
+"""The residue scanner: where a person still appears, in any text-like column of any table.
+
+Independent of the eraser on purpose (it imports nothing from lethe.erasure): it
+does not follow foreign keys or read the policy's free-text lists. It reads
+every text, varchar, citext, json/jsonb, inet and array column of every table
+in the policy's schemas, once per table for a whole batch of people, and looks
+for each person's footprint:
+
+- emails, case-folded and NFKC-normalised (also inside URL-encoded text);
+- phones, parsed with `phonenumbers` and compared as E.164, so `98765 43210`,
+  `098765 43210`, `9876543210`, `+91 98765-43210` and `0091 9876543210` are
+  the same number;
+- usernames in any case, also written as @handle;
+- the names in the person's own name-classified columns, as whole words;
+- the cookies, visitor ids and IP addresses of the person's own rows.
+
+Findings are counts per table and column, never values. The same candidate
+extraction serves a keyed mode (`KeyedIndex`): after an erasure only keyed
+pseudonyms of the footprint remain (the tombstone), and a spelling in a text is
+matched by its pseudonym, so audits and backups match what the primary matched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import re
+import unicodedata
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import unquote_plus
+
+import phonenumbers
+import psycopg2.extensions
+from psycopg2 import sql
+
+from lethe.policy import Policy
+
+DEFAULT_REGION = "IN"  # re:Skill's members: a number without country code is Indian
+REPLACEMENT = "[erased]"
+MIN_LENGTH = 3  # shorter values ("v", "a") would match everywhere
+KINDS = ("email", "phone", "username", "name", "cookie", "ip")
+
+# Column classes of the policy whose values, in the person's own rows, are part of the footprint.
+FOOTPRINT_CLASSES = {
+    "email": "email",
+    "phone": "phone",
+    "username": "username",
+    "name": "name",
+    "cookie": "cookie",
+    "ip_address": "ip",
+}
+
+_TEXT_TYPES = ("text", "varchar", "bpchar", "citext", "json", "jsonb", "inet", "cidr")
+
+_EMAIL = re.compile(r"[\w.%+-]+@[\w-]+(?:\.[\w-]+)+")
+_PHONE_RUN = re.compile(r"[(+]{0,2}\d[\d \t().-]*\d")
+_DIGITS = re.compile(r"\d+")
+_IPV4 = re.compile(r"(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?![\w.]*\w)")
+_IPV6 = re.compile(r"(?<![\w:])[0-9a-f]{0,4}(?::[0-9a-f]{0,4}){2,7}(?![\w:])")
+_TOKEN = re.compile(r"@?\w(?:[\w.-]*\w)?")
+_WORD = re.compile(r"\w+")
+
+
+def fold(value: str) -> str:
+    """NFKC, then case-folded: full-width and ASCII letters, any case, are one spelling."""
+    return unicodedata.normalize("NFKC", value).casefold()
+
+
+def phone_e164(value: str, region: str = DEFAULT_REGION) -> str | None:
+    """The number as E.164 (+919876543210), or None when it is not a possible phone number."""
+    try:
+        number = phonenumbers.parse(value, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_possible_number(number):
+        return None
+    return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
+
+
+def name_key(value: str) -> str:
+    """A name as its folded words: `O'Brien,  Asha` -> `o brien asha`."""
+    return " ".join(_WORD.findall(fold(value)))
+
+
+def ip_key(value: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(value.split("/", 1)[0]))
+    except ValueError:
+        return None
+
+
+def normalise(kind: str, value: str) -> str | None:
+    """The one spelling a footprint value is compared in; None when it cannot be one."""
+    if kind == "phone":
+        return phone_e164(value)
+    if kind == "name":
+        out = name_key(value)
+    elif kind == "ip":
+        return ip_key(value)
+    elif kind == "username":
+        out = fold(value.strip()).lstrip("@")
+    else:
+        out = fold(value.strip())
+    return out if len(out) >= MIN_LENGTH else None
+
+
+def keyed(key: bytes, kind: str, normalised: str) -> str:
+    """HMAC-SHA256 of `kind:value`, the same message lethe.pseudonym signs for its identifier kinds."""
+    return hmac.new(key, f"{kind}:{normalised}".encode(), hashlib.sha256).hexdigest()
+
+
+# --- candidates in a text --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    kind: str
+    value: str  # normalised
+    start: int
+    end: int
+
+
+def _phone_candidates(text: str) -> Iterator[Candidate]:
+    """Every run of digit groups that parses as a phone number, in any grouping of its groups.
+
+    `call 98765 43210 2 times` holds the run `98765 43210 2`; its sub-runs of whole groups
+    include `98765 43210`, so a number next to another number is still found.
+    """
+    for run in _PHONE_RUN.finditer(text):
+        groups = [(m.start() + run.start(), m.end() + run.start(), m.group(0)) for m in _DIGITS.finditer(run.group(0))]
+        plus = "+" in run.group(0)[:2]
+        for i in range(len(groups)):
+            digits = ""
+            for j in range(i, len(groups)):
+                digits += groups[j][2]
+                if len(digits) > 15:
+                    break
+                if len(digits) < 7:
+                    continue
+                spellings = ["+" + digits] if plus and i == 0 else [digits, "+" + digits]
+                for spelling in spellings:
+                    e164 = phone_e164(spelling)
+                    if e164:
+                        start = run.start() if plus and i == 0 else groups[i][0]  # with its "(+"
+                        yield Candidate("phone", e164, start, groups[j][1])
+
+
+def candidates(text: str, max_name_words: int = 4) -> Iterator[Candidate]:
+    """Every spelling in `text` that could be one of a person's identifiers, normalised."""
+    folded = fold(text)  # spans refer to the folded text (the same length but for rare letters like ß)
+    emails = []
+    for m in _EMAIL.finditer(folded):
+        value = m.group(0).rstrip(".")
+        emails.append((m.start(), m.start() + len(value)))
+        yield Candidate("email", value, m.start(), m.start() + len(value))
+    yield from _phone_candidates(folded)
+    for m in _IPV4.finditer(folded):
+        ip = ip_key(m.group(0))
+        if ip:
+            yield Candidate("ip", ip, m.start(), m.end())
+    for m in _IPV6.finditer(folded):
+        if m.group(0).count(":") >= 2:
+            ip = ip_key(m.group(0))
+            if ip:
+                yield Candidate("ip", ip, m.start(), m.end())
+    for m in _TOKEN.finditer(folded):
+        if any(s <= m.start() < e for s, e in emails):
+            continue  # part of an email: the email is the candidate, not its pieces
+        token = m.group(0).lstrip("@")
+        if len(token) >= MIN_LENGTH:
+            start = m.start() + (1 if m.group(0).startswith("@") else 0)
+            yield Candidate("username", token, start, m.end())
+            yield Candidate("cookie", token, start, m.end())
+    words = [(m.start(), m.end(), m.group(0)) for m in _WORD.finditer(folded)]
+    for i in range(len(words)):
+        for n in range(1, max_name_words + 1):
+            if i + n > len(words):
+                break
+            value = " ".join(w for _, _, w in words[i : i + n])
+            if len(value) >= MIN_LENGTH:
+                yield Candidate("name", value, words[i][0], words[i + n - 1][1])
+    if "%" in text or "+" in text:  # an email inside a URL's query string: asha%40example.com
+        decoded = unquote_plus(text)
+        if decoded != text:
+            for m in _EMAIL.finditer(fold(decoded)):
+                yield Candidate("email", m.group(0).rstrip("."), 0, len(text))  # the whole value goes
+
+
+# --- who is who -------------------------------------------------------------------------------
+
+
+class Index(Protocol):
+    """Which people (by id) a normalised candidate belongs to."""
+
+    max_name_words: int
+
+    def owners(self, kind: str, value: str) -> frozenset[int]: ...
+
+
+@dataclass
+class Footprint:
+    """One person's identifiers, normalised, by kind."""
+
+    user_id: int
+    values: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+
+    def add(self, kind: str, raw: Any) -> None:
+        if raw is None:
+            return
+        items = raw if isinstance(raw, list | tuple) else [raw]
+        for item in items:
+            value = normalise(kind, str(item))
+            if value:
+                self.values[kind].add(value)
+
+    def pseudonyms(self, key: bytes) -> list[str]:
+        """Keyed pseudonyms of every value: what a tombstone keeps so backups and audits can match."""
+        return sorted({keyed(key, kind, v) for kind, values in self.values.items() for v in values})
+
+
+@dataclass
+class PlainIndex:
+    """Footprints with their raw (normalised) values, while the people still exist."""
+
+    people: list[Footprint]
+    max_name_words: int = 1
+    _by: dict[tuple[str, str], frozenset[int]] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        by: dict[tuple[str, str], set[int]] = defaultdict(set)
+        for person in self.people:
+            for kind, values in person.values.items():
+                for value in values:
+                    by[(kind, value)].add(person.user_id)
+                    if kind == "name":
+                        self.max_name_words = max(self.max_name_words, value.count(" ") + 1)
+        self._by = {k: frozenset(v) for k, v in by.items()}
+
+    def owners(self, kind: str, value: str) -> frozenset[int]:
+        return self._by.get((kind, value), frozenset())
+
+
+ERASED = -1  # the owner a keyed match reports: the tombstone says someone erased, not who
+
+
+@dataclass
+class KeyedIndex:
+    """Only keyed pseudonyms are known (tombstones): a candidate matches when its pseudonym is one."""
+
+    key: bytes
+    pseudonyms: frozenset[str]
+    max_name_words: int = 4
+    _seen: dict[tuple[str, str], bool] = field(default_factory=dict, init=False)  # one HMAC per spelling
+
+    def owners(self, kind: str, value: str) -> frozenset[int]:
+        hit = self._seen.get((kind, value))
+        if hit is None:
+            hit = self._seen[(kind, value)] = keyed(self.key, kind, value) in self.pseudonyms
+        return frozenset((ERASED,)) if hit else frozenset()
+
+
+def matches(index: Index, text: str) -> list[tuple[int, int, frozenset[int]]]:
+    """Spans of `text` (start, end, owners) that belong to someone in the index, longest first, no overlaps."""
+    found = []
+    for c in candidates(text, index.max_name_words):
+        owners = index.owners(c.kind, c.value)
+        if owners:
+            found.append((c.start, c.end, owners))
+    found.sort(key=lambda s: (s[0] - s[1], s[0]))
+    kept: list[tuple[int, int, frozenset[int]]] = []
+    for start, end, owners in found:
+        if not any(s < end and start < e for s, e, _ in kept):
+            kept.append((start, end, owners))
+    return sorted(kept)
+
+
+def who(index: Index, text: str) -> set[int]:
+    return {o for _, _, owners in matches(index, text) for o in owners}
+
+
+def redact(index: Index, text: str, only: set[int] | None = None) -> tuple[str, int]:
+    """`text` with every span of the people in `only` (all when None) replaced; (new text, spans replaced)."""
+    spans = [(s, e) for s, e, owners in matches(index, text) if only is None or owners & only]
+    if not spans:
+        return text, 0
+    out = text if len(fold(text)) == len(text) else fold(text)
+    for start, end in sorted(spans, reverse=True):
+        out = out[:start] + REPLACEMENT + out[end:]
+    return out, len(spans)
+
+
+# --- footprints from the database -------------------------------------------------------------
+
+
+def footprints(cur: psycopg2.extensions.cursor, policy: Policy, user_ids: list[int]) -> list[Footprint]:
+    """Each person's footprint, from their own rows: identifiers, names, cookies and IPs."""
+    people = {uid: Footprint(uid) for uid in user_ids}
+    if not people:
+        return []
+    for table, rule in policy.tables.items():
+        link = rule.subject or (policy.subject.key if table == policy.subject.table else None)
+        if link is None:
+            continue
+        columns = [(c, FOOTPRINT_CLASSES[cls]) for c, cls in rule.columns.items() if cls in FOOTPRINT_CLASSES]
+        if not columns:
+            continue
+        cur.execute(
+            sql.SQL("SELECT {link}::bigint, {cols} FROM {t} WHERE {link} = ANY(%s)").format(
+                link=sql.Identifier(link),
+                cols=sql.SQL(", ").join(_as_text(sql.Identifier(c)) for c, _ in columns),
+                t=sql.Identifier(table),
+            ),
+            (list(people),),
+        )
+        for row in cur.fetchall():
+            for (_, kind), value in zip(columns, row[1:], strict=True):
+                people[int(row[0])].add(kind, value)
+    return list(people.values())
+
+
+def _as_text(column: sql.Composable) -> sql.Composable:
+    return sql.SQL("{}::text").format(column)  # an inet reads as 10.1.2.3/32: ip_key drops the mask
+
+
+# --- the scan ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # format_type(), to write a value back in its own type
+    is_json: bool
+    is_array: bool
+    not_null: bool
+
+
+@dataclass(frozen=True)
+class Table:
+    schema: str
+    name: str
+    columns: tuple[Column, ...]
+
+    @property
+    def ident(self) -> sql.Composable:
+        return sql.Identifier(self.schema, self.name)
+
+
+def policy_schemas(cur: psycopg2.extensions.cursor, policy: Policy) -> list[str]:
+    """The schemas holding the policy's tables (wherever the search path finds them)."""
+    cur.execute(
+        "SELECT DISTINCT n.nspname FROM unnest(%s::text[]) t(name)"
+        " JOIN pg_class c ON c.oid = to_regclass(quote_ident(t.name))"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace",
+        (list(policy.tables),),
+    )
+    return sorted(r[0] for r in cur.fetchall())
+
+
+def text_tables(cur: psycopg2.extensions.cursor, schemas: list[str]) -> list[Table]:
+    """Every table (partitioned parents, not their partitions) and its text-like columns."""
+    cur.execute(
+        """
+        SELECT n.nspname, c.relname, a.attname, format_type(a.atttypid, a.atttypmod),
+               coalesce(et.typname, t.typname) IN ('json', 'jsonb'), et.oid IS NOT NULL, a.attnotnull
+        FROM pg_class c
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+        JOIN pg_type t ON t.oid = a.atttypid
+        LEFT JOIN pg_type et ON et.oid = t.typelem AND t.typcategory = 'A'
+        WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+          AND coalesce(et.typname, t.typname) = ANY(%s)
+        ORDER BY n.nspname, c.relname, a.attnum
+        """,
+        (schemas, list(_TEXT_TYPES)),
+    )
+    tables: dict[tuple[str, str], list[Column]] = defaultdict(list)
+    for schema, table, column, typ, is_json, is_array, not_null in cur.fetchall():
+        tables[(schema, table)].append(Column(column, typ, bool(is_json), bool(is_array), bool(not_null)))
+    return [Table(s, t, tuple(cols)) for (s, t), cols in tables.items()]
+
+
+@dataclass
+class Hit:
+    """One row where someone of the index appears: its physical address and the owners per column."""
+
+    table: Table
+    tableoid: int
+    ctid: str
+    values: dict[str, str]  # column -> text value (only the columns with a hit)
+    owners: dict[str, frozenset[int]]  # column -> people found in it
+    extra: tuple[Any, ...] = ()  # the values of `with_columns`, in order
+
+
+def scan_rows(
+    cur: psycopg2.extensions.cursor,
+    tables: Iterable[Table],
+    index: Index,
+    with_columns: dict[str, list[str]] | None = None,
+) -> Iterator[Hit]:
+    """Read each table once; yield every row in which someone of the index appears.
+
+    `with_columns` names, per table, other columns to return with each hit (a subject link).
+    """
+    for table in tables:
+        extra = (with_columns or {}).get(table.name, [])
+        cols = [_as_text(sql.Identifier(c.name)) for c in table.columns]
+        cur.execute(
+            sql.SQL("SELECT tableoid::int, ctid::text, {extra}{cols} FROM {t} WHERE {any}").format(
+                extra=sql.SQL("").join(sql.SQL("{}, ").format(sql.Identifier(c)) for c in extra),
+                cols=sql.SQL(", ").join(cols),
+                t=table.ident,
+                any=sql.SQL(" OR ").join(
+                    sql.SQL("{} IS NOT NULL").format(sql.Identifier(c.name)) for c in table.columns
+                ),
+            )
+        )
+        for row in cur.fetchall():
+            values = row[2 + len(extra) :]
+            owners: dict[str, frozenset[int]] = {}
+            texts: dict[str, str] = {}
+            for column, value in zip(table.columns, values, strict=True):
+                if value is None or len(value) < MIN_LENGTH:
+                    continue
+                found = who(index, value)
+                if found:
+                    owners[column.name] = frozenset(found)
+                    texts[column.name] = value
+            if owners:
+                yield Hit(table, int(row[0]), str(row[1]), texts, owners, tuple(row[2 : 2 + len(extra)]))
+
+
+Findings = dict[int, dict[str, int]]  # person -> "table.column" -> rows
+
+
+def scan(
+    cur: psycopg2.extensions.cursor,
+    policy: Policy,
+    index: Index,
+    skip: Iterable[str] = (),
+) -> Findings:
+    """Rows per person and `table.column` where the person appears; tables in `skip` are not read."""
+    skipped = set(skip)
+    tables = [t for t in text_tables(cur, policy_schemas(cur, policy)) if t.name not in skipped]
+    out: dict[int, Counter[str]] = defaultdict(Counter)
+    for hit in scan_rows(cur, tables, index):
+        for column, owners in hit.owners.items():
+            for owner in owners:
+                out[owner][f"{hit.table.name}.{column}"] += 1
+    return {owner: dict(sorted(c.items())) for owner, c in out.items()}

@@ -1,0 +1,75 @@
+"""The residue scanner over a real database: every text-like column, counts only, one batch."""
+
+from __future__ import annotations
+
+import psycopg2
+from erasure_people import ASHA, BHAVIN, insert_people
+from lethe import residue
+from lethe.policy import load_policy
+
+
+def _plant(url: str) -> None:
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        # Asha in other people's structured and free text, in formats the old search missed.
+        cur.execute(
+            "INSERT INTO survey_responses VALUES (901, 2, 'nps', '{\"ref\": \"ASHA.RAO@EXAMPLE.COM\"}', now()),"
+            " (902, 2, 'nps', '{\"tel\": \"090000 00001\"}', now())"
+        )
+        cur.execute("INSERT INTO app_data VALUES (901, 2, 'labs', '{\"mentor\": \"@Asha_Rao\"}', now())")
+        cur.execute("INSERT INTO comments VALUES (901, 2, 'Asha_Rao helped, ring 90000 00001', now())")
+        cur.execute(
+            "INSERT INTO visitor_logs (log_id, user_id, visitor_id, occurred_at, ip_address, file_accessed)"
+            " VALUES (901, NULL, 'anon-1', now() - interval '1 day', '10.77.0.1',"
+            " '/join?email=asha.rao%40example.com'), (902, NULL, 'cookie-101', now() - interval '1 day', NULL, NULL)"
+        )
+
+
+def test_scan_counts_every_column_of_the_footprint(db_url: str) -> None:
+    insert_people(db_url)
+    _plant(db_url)
+    policy = load_policy()
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        people = residue.footprints(cur, policy, [ASHA["user_id"], BHAVIN["user_id"]])
+        findings = residue.scan(cur, policy, residue.PlainIndex(people))
+    asha = findings[ASHA["user_id"]]
+    # Her own rows, found by value alone (the scanner knows no foreign key).
+    assert asha["accounts.email"] == 1
+    assert asha["accounts.phone"] == 1
+    assert asha["marketing_contacts.email"] == 1
+    assert asha["sessions.cookie_id"] == 2
+    # Her mentions elsewhere: json, handles, names, phone without country code, URL-encoded email.
+    assert asha["survey_responses.answers"] == 2
+    assert asha["app_data.payload"] == 1
+    assert asha["comments.body"] == 3  # her own 101, Bhavin's 201 and 901
+    assert asha["issue_reports.body"] == 1
+    assert asha["communications.body"] == 1
+    assert asha["visitor_logs.file_accessed"] == 1
+    assert asha["visitor_logs.visitor_id"] == 1  # her cookie in an anonymous row
+    # Counts only: no value of hers anywhere in what the scan returns.
+    assert not any(ASHA["email"] in key or "9000000001" in key for key in asha)
+    # One pass, two people: Bhavin's own identifiers are counted under him, not under her.
+    assert findings[BHAVIN["user_id"]]["accounts.email"] == 1
+    assert "survey_responses.answers" not in findings[BHAVIN["user_id"]]
+
+
+def test_one_pass_reads_each_table_once(db_url: str) -> None:
+    insert_people(db_url)
+    policy = load_policy()
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        people = residue.footprints(cur, policy, [1, 2, 3])
+        tables = residue.text_tables(cur, residue.policy_schemas(cur, policy))
+        cur.execute("SELECT relname, seq_scan FROM pg_stat_user_tables")
+        before = dict(cur.fetchall())
+    conn = psycopg2.connect(db_url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        list(residue.scan_rows(cur, tables, residue.PlainIndex(people)))
+    conn.close()
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_stat_force_next_flush()")
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT relname, seq_scan FROM pg_stat_user_tables")
+        after = dict(cur.fetchall())
+    read = {t.name for t in tables if t.name in after and after[t.name] - before.get(t.name, 0) == 1}
+    assert {"accounts", "comments", "survey_responses", "sessions", "legal_holds"} <= read
+    assert all(after[t] - before.get(t, 0) <= 1 for t in after)

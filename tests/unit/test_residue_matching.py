@@ -1,0 +1,98 @@
+"""The residue scanner's matching: every spelling of a person's footprint, nobody else's."""
+
+from __future__ import annotations
+
+import pytest
+from lethe import residue
+from lethe.residue import Footprint, KeyedIndex, PlainIndex
+
+KEY = b"residue-key"
+
+
+def asha() -> Footprint:
+    person = Footprint(1)
+    person.add("email", "Asha.K@Example.test")
+    person.add("phone", "+91 98765 43210")
+    person.add("username", "Asha_K")
+    person.add("name", "Asha  Kulkarni")
+    person.add("cookie", "ck-7f3a9b")
+    person.add("ip", "203.0.113.7")
+    return person
+
+
+def bhavin() -> Footprint:
+    person = Footprint(2)
+    person.add("email", "bhavin@example.org")
+    person.add("phone", "9000000002")
+    return person
+
+
+SPELLINGS = [
+    ("mail asha.k@example.test.", "mail [erased]."),
+    ("cc ASHA.K@EXAMPLE.TEST, thanks", "cc [erased], thanks"),
+    ("\uff41\uff53\uff48\uff41.\uff4b@example.test", "[erased]"),  # full-width letters: NFKC
+    ("call 98765 43210", "call [erased]"),
+    ("call 098765 43210", "call [erased]"),
+    ("call 9876543210 now", "call [erased] now"),
+    ("call +91 98765-43210", "call [erased]"),
+    ("call +919876543210 or 0091 98765 43210", "call [erased] or [erased]"),
+    ("call 91 98765 43210", "call [erased]"),
+    ("(+91) 98765.43210", "[erased]"),
+    ("call 98765 43210 2 times", "call [erased] 2 times"),
+    ("@asha_k said so (ASHA_K)", "@[erased] said so ([erased])"),
+    ("thanks Asha Kulkarni!", "thanks [erased]!"),
+    ("ASHA KULKARNI wrote", "[erased] wrote"),
+    ('{"contact": "asha.k@example.test", "tel": 9876543210}', '{"contact": "[erased]", "tel": [erased]}'),
+    ("cookie ck-7f3a9b seen from 203.0.113.7", "cookie [erased] seen from [erased]"),
+]
+
+
+@pytest.mark.parametrize(("text", "want"), SPELLINGS)
+def test_every_spelling_is_found_and_redacted(text: str, want: str) -> None:
+    index = PlainIndex([asha(), bhavin()])
+    assert residue.who(index, text) == {1}
+    assert residue.redact(index, text)[0] == want
+
+
+@pytest.mark.parametrize(("text", "want"), SPELLINGS)
+def test_keyed_index_matches_the_same_spellings(text: str, want: str) -> None:
+    index = KeyedIndex(KEY, frozenset(asha().pseudonyms(KEY)))
+    assert residue.redact(index, text)[0] == want
+
+
+def test_url_encoded_email_in_a_url() -> None:
+    index = PlainIndex([asha()])
+    assert residue.who(index, "/signup?email=asha.k%40example.test&next=%2F") == {1}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "asha_kumar and xasha_k are other people",
+        "asha.k@example.org is someone else; so is basha.k@example.test",
+        "Asha alone is not the name; Kulkarni neither",
+        "call 98765 43211, 198765432100 or 2039876543210",
+        "203.0.113.70 and 10.203.0.113",
+        "ck-7f3a9bc",
+        "",
+    ],
+)
+def test_near_misses_are_not_the_person(text: str) -> None:
+    index = PlainIndex([asha(), bhavin()])
+    assert residue.who(index, text) == set()
+    assert residue.redact(index, text) == (text, 0)
+
+
+def test_a_batch_tells_people_apart() -> None:
+    index = PlainIndex([asha(), bhavin()])
+    text = "asha_k and bhavin@example.org and 090000 00002"
+    assert residue.who(index, text) == {1, 2}
+    assert residue.redact(index, text, only={2}) == ("asha_k and [erased] and [erased]", 2)
+
+
+def test_footprint_ignores_values_too_short_or_unparseable() -> None:
+    person = Footprint(3)
+    person.add("cookie", "v")
+    person.add("phone", "n/a")
+    person.add("ip", "not an ip")
+    assert dict(person.values) == {}
