@@ -100,3 +100,18 @@ def test_traceability_report_names_existing_tests_and_every_rule() -> None:
     assert "[MISSING]" not in report
     for table, rule in policy.rules():
         assert f"{table}.{rule.name}: keep {rule.keep} after {rule.after}, then {rule.action}" in report
+
+
+def test_processors_are_declared_and_their_mistakes_located(tmp_path: Path) -> None:
+    processors = load_policy().processors
+    assert set(processors) == {"amazon_ses", "mixpanel", "mailchimp"}
+    assert processors["amazon_ses"].regions == ["us-east-1", "ap-southeast-1"]
+    assert [n for n, p in processors.items() if "marketing" in p.on_objection] == ["mailchimp"]
+
+    path = broken(tmp_path, "    connector: aws_sesv2\n", "    connector: aws_sesv2\n    http: {method: POST}\n")
+    with pytest.raises(PolicyError) as caught:
+        load_policy(path)
+    assert "processors.amazon_ses" in str(caught.value)
+    path = broken(tmp_path, "      success_statuses: [204, 404]", "      success_statuses: []\n      oops: 1")
+    with pytest.raises(PolicyError, match=r"processors\.mailchimp\.http\.oops"):
+        load_policy(path)

@@ -274,6 +274,64 @@ class Sharing(_Strict):
         return value
 
 
+HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+
+class HttpStatusCheck(_Strict):
+    """How to ask an HTTP processor whether an erasure is done (`{job_id}` and `{id}` in the URL)."""
+
+    method: HttpMethod = "GET"
+    url: str
+    field: str | None = None  # dotted path to the job's state in the JSON response
+    done: list[str] = Field(default_factory=list)  # states of `field` meaning erased
+    gone_statuses: list[int] = Field(default_factory=list)  # HTTP statuses meaning "no such person any more"
+
+    @model_validator(mode="after")
+    def _some_signal(self) -> HttpStatusCheck:
+        if not (self.field and self.done) and not self.gone_statuses:
+            raise ValueError("a status check needs `field` with `done` states, or `gone_statuses`")
+        return self
+
+
+class HttpDeletion(_Strict):
+    """A provider's deletion API: templates take {id}, {host} and {extra[NAME]} of the Airflow connection."""
+
+    method: HttpMethod
+    url: str
+    auth: Literal["bearer", "basic", "none"]
+    body: dict[str, Any] | None = None  # JSON; string values are templates
+    success_statuses: list[int]
+    job_id_field: str | None = None  # dotted path to the provider's job id in the JSON response
+    status: HttpStatusCheck | None = None
+
+
+class Processor(_Strict):
+    """A service outside the primary database holding copies of people's data, and how to erase them there."""
+
+    description: str
+    connector: Literal["aws_sesv2", "http"]
+    connection: str = Field(pattern=r"^[a-z][a-z0-9_]*$")  # the Airflow connection with its credentials
+    holds: list[ColumnClass]
+    purposes: list[Purpose]
+    regions: list[str] = Field(min_length=1)
+    identifier: Literal["email", "user_id"]
+    hash: Literal["none", "md5_lower", "sha256_lower"] = "none"  # as the provider's API wants the identifier
+    on_objection: list[Literal["updates", "third_party", "analytics", "marketing", "quotes"]] = Field(
+        default_factory=list
+    )  # consent purposes whose objection or withdrawal removes the person here
+    http: HttpDeletion | None = None
+
+    @model_validator(mode="after")
+    def _connector_settings(self) -> Processor:
+        if self.connector == "http" and self.http is None:
+            raise ValueError("connector http needs an `http` block (method, url, auth, success_statuses)")
+        if self.connector != "http" and self.http is not None:
+            raise ValueError(f"`http` only applies to connector http, not {self.connector}")
+        if self.connector == "aws_sesv2" and self.identifier != "email":
+            raise ValueError("connector aws_sesv2 erases by email: set `identifier: email`")
+        return self
+
+
 class Subject(_Strict):
     table: str
     key: str
@@ -288,6 +346,7 @@ class Policy(_Strict):
     backups: Backups = Field(default_factory=Backups)
     sharing: Sharing = Field(default_factory=Sharing)
     airflow_metadata: AirflowMetadata = Field(default_factory=AirflowMetadata)
+    processors: dict[str, Processor] = Field(default_factory=dict)
     tables: dict[str, TableRule]
     path: Path | None = None
     digest: str = ""
