@@ -28,6 +28,7 @@ Each check is a Great Expectations expectation over a count that must be zero:
 | `backups` | `erased_mentions_left.<region>` | no retained snapshot names an erased person in others' free text |
 | `shares` | `<recipient>.<gate check>` | the latest release of each recipient still passes the release gate |
 | `ledger` | `ledger_chain_broken` | the ledger's hash chain verifies end to end |
+| `ledger` | `ledger_tail_missing` | every chain head anchored in the evidence bucket is still in the ledger |
 
 The `verdict` task stores every result in the `audit_runs` table (shown on the
 **Privacy compliance** page) and fails, naming each failed check, when any check failed.
@@ -53,6 +54,9 @@ Failures and overdue erasure requests raise an alert (table `audit_alerts`, and 
   thresholds were raised); withdraw it with `lethe sharing` and rerun `usage_sharing`.
 - `ledger.ledger_chain_broken`: the ledger was altered outside Lethe. Treat as a security incident;
   the `details` of the check name the first broken entry.
+- `ledger.ledger_tail_missing`: entries the evidence bucket's anchors vouch for were removed (the
+  ledger truncated or its newest entries deleted, with the triggers disabled by the table's owner).
+  Treat as a security incident; the details give the lowest missing position.
 - `<suite>.suite_completed`: that check's task itself errored (database or S3 unreachable); fix the
   connection named in its log and clear the task.
 
@@ -121,11 +125,11 @@ def compliance_audit() -> None:
 
     @task
     def ledger() -> list[dict[str, Any]]:
-        """The ledger's hash chain."""
+        """The ledger's hash chain, and every anchored head still in it."""
         from lethe.audit.run import check_ledger
-        from lethe.connections import primary_url
+        from lethe.connections import primary_url, s3_endpoint_url
 
-        return check_ledger(primary_url())
+        return check_ledger(primary_url(), s3_endpoint_url())
 
     @task(trigger_rule=TriggerRule.ALL_DONE, retries=0)
     def verdict(ti: Any = None, run_id: str | None = None) -> str:

@@ -22,6 +22,8 @@ from lethe.embedded import services as start_services
 def pytest_configure(config: pytest.Config) -> None:
     """Configure Airflow before any test module imports it (Airflow reads its settings on import)."""
     airflow_env.configure_home(Path(tempfile.mkdtemp(prefix="lethe-test-airflow-")))
+    # Ledger anchors are locked in GOVERNANCE mode here, so emptying the buckets between tests may bypass it.
+    os.environ.setdefault("LETHE_LEDGER_ANCHOR_LOCK_MODE", "GOVERNANCE")
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""default_args every Lethe DAG shares: one owner, retries, and an alert on failure."""
+"""default_args every Lethe DAG shares: one owner, retries, an alert on failure, the ledger anchored on success."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ OWNER = "privacy-engineering"
 def default_args(*, retries: int = 2, retry_minutes: int = 5, on_failure: Any = None) -> dict[str, Any]:
     """Defaults for a Lethe DAG; `on_failure` replaces the standard alert (lethe.audit.alerts.notify_failure)."""
     from lethe.audit.alerts import notify_failure
+    from lethe.ledger_anchor import after_task
 
     return {
         "owner": OWNER,
         "retries": retries,
         "retry_delay": timedelta(minutes=retry_minutes),
         "on_failure_callback": on_failure or notify_failure,
+        "on_success_callback": after_task,
     }

@@ -1,7 +1,8 @@
 """The audit ledger: append-only, each entry hash-chained to the one before.
 
 Entries name tables, rules and counts, never a raw identifier. The chain
-makes a removed or edited entry detectable (`verify_chain`).
+makes a removed or edited entry detectable (`verify_chain`); anchors of its head kept
+outside the database (lethe.ledger_anchor) make a removed tail detectable too.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ def _digest(prev_hash: str, kind: str, payload: dict[str, Any], recorded_at: str
 def append(cur: psycopg2.extensions.cursor, kind: str, payload: dict[str, Any]) -> str:
     """Append one entry in the caller's transaction; return its hash."""
     payload = json.loads(json.dumps(payload, default=str))  # what jsonb will give back
-    cur.execute("LOCK TABLE ledger IN SHARE ROW EXCLUSIVE MODE")  # one writer at a time keeps the chain linear
+    # One writer at a time keeps the chain linear. An advisory lock, not LOCK TABLE: that would need UPDATE or
+    # DELETE privilege on the ledger, which Lethe's role does not have (docs/deployment.md).
+    cur.execute("SELECT pg_advisory_xact_lock(hashtext('lethe.ledger'))")
     cur.execute("SELECT entry_hash FROM ledger ORDER BY entry_id DESC LIMIT 1")
     row = cur.fetchone()
     prev_hash = row[0] if row else GENESIS
@@ -38,6 +41,20 @@ def append(cur: psycopg2.extensions.cursor, kind: str, payload: dict[str, Any]) 
         (recorded_at, kind, json.dumps(payload), prev_hash, entry_hash),
     )
     return entry_hash
+
+
+@dataclass(frozen=True)
+class Head:
+    seq: int  # the head's position in the chain, counted from 1 (entry_id has gaps after rollbacks)
+    entry_id: int
+    entry_hash: str
+
+
+def head(cur: psycopg2.extensions.cursor) -> Head | None:
+    """The chain's newest entry and its position, read in one snapshot; None for an empty ledger."""
+    cur.execute("SELECT count(*) OVER (), entry_id, entry_hash FROM ledger ORDER BY entry_id DESC LIMIT 1")
+    row = cur.fetchone()
+    return Head(*row) if row else None
 
 
 @dataclass

@@ -32,7 +32,10 @@ def s3_client(region: str, endpoint_url: str | None = None) -> Any:
 
 
 def ensure_buckets(endpoint_url: str | None = None) -> dict[str, str]:
-    """Create Lethe's buckets (versioned, encrypted at rest) where they are missing."""
+    """Create Lethe's buckets (versioned, encrypted at rest, in their regions) where they are missing.
+
+    The evidence bucket is created with Object Lock enabled (no default retention: only what asks is locked).
+    """
     for bucket, region in BUCKETS.all().items():
         client = s3_client(region, endpoint_url)
         try:
@@ -41,8 +44,10 @@ def ensure_buckets(endpoint_url: str | None = None) -> dict[str, str]:
             if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket"):
                 raise
             kwargs: dict[str, Any] = {"Bucket": bucket}
-            if region != "us-east-1":
+            if region != "us-east-1":  # us-east-1 is S3's default and refuses a LocationConstraint
                 kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+            if bucket == BUCKETS.evidence:  # ledger anchors are written under Object Lock (lethe.ledger_anchor)
+                kwargs["ObjectLockEnabledForBucket"] = True
             client.create_bucket(**kwargs)
         client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
         client.put_bucket_encryption(

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 from lethe import ledger
+from lethe.config import BUCKETS, PRIMARY_REGION
 from lethe.db import transaction
 from lethe.pseudonym import subject_pseudonym
+from lethe.storage import s3_client
 
 pytestmark = pytest.mark.dags
 
@@ -64,6 +66,14 @@ def test_audit_passes_clean_then_fails_naming_each_planted_fault(
 
     seed_small_state(db_url)
     run_dag("backup_nightly")
+    # Each task's success anchored the ledger's head in the evidence bucket.
+    with transaction(db_url) as cur:
+        cur.execute("SELECT count(*) FROM ledger")
+        entries = cur.fetchone()[0]
+        cur.execute("SELECT entry_hash FROM ledger ORDER BY entry_id DESC LIMIT 1")
+        head_hash = cur.fetchone()[0]
+    evidence = s3_client(PRIMARY_REGION, s3_endpoint).list_objects_v2(Bucket=BUCKETS.evidence, Prefix="ledger-anchors/")
+    assert max(o["Key"] for o in evidence["Contents"]).endswith(f"/{entries:012d}-{head_hash}.json")
     run_dag("compliance_audit")
     assert audit_rows(db_url) == [(True, [])]
 

@@ -198,14 +198,18 @@ def test_held_rows_may_grow_but_never_shrink(db_url: str) -> None:
     assert result.checks[0]["details"]["tables"] == {"sessions": 1}
 
 
-def test_ledger_check_fails_on_a_broken_link(db_url: str) -> None:
+def test_ledger_check_fails_on_a_broken_link(db_url: str, s3_endpoint: str) -> None:
+    from lethe.config import BUCKETS, PRIMARY_REGION
+    from lethe.storage import s3_client
+
+    client = s3_client(PRIMARY_REGION, s3_endpoint)
     with transaction(db_url) as cur:
         for n in range(3):
             ledger.append(cur, "retention", {"rule": "expired_cookies", "table": "sessions", "counts": {"deleted": n}})
-        assert check_ledger(cur).success
+        assert check_ledger(cur, client, BUCKETS.evidence).success
         cur.execute("ALTER TABLE ledger DISABLE TRIGGER ledger_append_only")
         cur.execute("UPDATE ledger SET payload = jsonb_set(payload, '{counts,deleted}', '99') WHERE entry_id = 2")
-        result = check_ledger(cur)
+        result = check_ledger(cur, client, BUCKETS.evidence)
     assert failed(result) == ["ledger_chain_broken"]
     assert result.checks[0]["details"]["first_broken_entry"] == 2
 

@@ -25,7 +25,7 @@ def test_chain_verifies_and_links(db_url: str) -> None:
 def test_updates_and_deletes_are_refused(db_url: str) -> None:
     with transaction() as cur:
         ledger.append(cur, "retention", {"deleted": 1})
-    for statement in ("UPDATE ledger SET kind = 'x'", "DELETE FROM ledger"):
+    for statement in ("UPDATE ledger SET kind = 'x'", "DELETE FROM ledger", "TRUNCATE ledger"):
         with pytest.raises(psycopg2.errors.RaiseException, match="append-only"), transaction() as cur:
             cur.execute(statement)
 

@@ -55,11 +55,13 @@ def check_shares(endpoint_url: str | None) -> list[dict[str, Any]]:
     return [check(endpoint_url).as_dict()]
 
 
-def check_ledger(db_url: str) -> list[dict[str, Any]]:
+def check_ledger(db_url: str, endpoint_url: str | None) -> list[dict[str, Any]]:
     from lethe.audit.ledger_checks import check_ledger as check
+    from lethe.config import BUCKETS, PRIMARY_REGION
+    from lethe.storage import s3_client
 
     with transaction(db_url) as cur:
-        return [check(cur).as_dict()]
+        return [check(cur, s3_client(PRIMARY_REGION, endpoint_url), BUCKETS.evidence).as_dict()]
 
 
 def conclude(
