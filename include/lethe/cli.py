@@ -11,7 +11,9 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 
-from lethe.db import ConfigurationError
+import psycopg2
+
+from lethe.db import ConfigurationError, DatabaseError, describe_error
 from lethe.policy import PolicyError
 
 # Feature modules add their own sub-commands: register(subparsers) in each; an absent one is skipped.
@@ -49,8 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int | None] = args.handler
     try:
         return int(handler(args) or 0)
-    except (CommandError, ConfigurationError, PolicyError, FileNotFoundError) as exc:
+    except (CommandError, ConfigurationError, DatabaseError, PolicyError, FileNotFoundError) as exc:
         print(f"lethe {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except psycopg2.Error as exc:  # a step that did not name itself: still no traceback, no row values
+        print(f"lethe {args.command}: database error: {describe_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"lethe {args.command}: interrupted", file=sys.stderr)

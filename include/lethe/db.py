@@ -9,6 +9,7 @@ from datetime import date
 from importlib import resources
 
 import psycopg2
+import psycopg2.errorcodes
 import psycopg2.extensions
 from psycopg2 import sql
 
@@ -20,6 +21,36 @@ PARTITIONED_TABLES = ("usage_events", "visitor_logs")
 
 class ConfigurationError(RuntimeError):
     """Something Lethe needs is not set or not reachable; the message says what."""
+
+
+class DatabaseError(RuntimeError):
+    """A database error of a named step (rule and table), told without any value of any row.
+
+    PostgreSQL's own message can quote row values ("Failing row contains (...)", the value
+    that broke a type); only the error's code and the names of table, column and constraint are kept.
+    """
+
+    def __init__(self, where: str, exc: psycopg2.Error) -> None:
+        self.where = where
+        self.pgcode = exc.pgcode
+        super().__init__(f"{where}: {describe_error(exc)}")
+
+
+def describe_error(exc: psycopg2.Error) -> str:
+    """The error's kind and the objects it names; never PostgreSQL's message text (it can hold values)."""
+    kind = (psycopg2.errorcodes.lookup(exc.pgcode) if exc.pgcode else None) or type(exc).__name__
+    diag = exc.diag
+    named = [
+        f"{label} {value}"
+        for label, value in (
+            ("table", diag.table_name),
+            ("column", diag.column_name),
+            ("constraint", diag.constraint_name),
+        )
+        if value
+    ]
+    text = kind.replace("_", " ").lower()
+    return f"{text} ({', '.join(named)})" if named else text
 
 
 def database_url() -> str:

@@ -55,6 +55,14 @@ def fresh_database(url: str, prefix: str = "lethe_t") -> str:
     return url_for_database(url, name)
 
 
+def empty_database(url: str, prefix: str = "lethe_e") -> str:
+    """A new database with nothing in it (not even Lethe's schema); return its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with closing(_admin(url)) as conn, conn.cursor() as cur:
+        cur.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
+    return url_for_database(url, name)
+
+
 def drop_database(url: str) -> None:
     name = psycopg2.extensions.parse_dsn(url)["dbname"]
     with closing(_admin(url)) as conn, conn.cursor() as cur:

@@ -44,3 +44,38 @@ def test_every_dag_is_documented_owned_and_retried(dagbag) -> None:  # type: ign
         for task in dag.tasks:
             assert task.owner and task.owner != "airflow", f"{dag_id}.{task.task_id}: no owner"
             assert task.on_failure_callback, f"{dag_id}.{task.task_id}: a failure would alert nobody"
+
+
+def test_every_task_checks_the_policy_before_it_acts(dagbag) -> None:  # type: ignore[no-untyped-def]
+    from lethe.policy.check import check_before_acting
+
+    for dag_id, dag in dagbag.dags.items():
+        for task in dag.tasks:
+            # A mapped task carries it in the arguments each mapped instance is built from.
+            hook = getattr(task, "_pre_execute_hook", None) or task.partial_kwargs.get("pre_execute")
+            assert hook is check_before_acting, f"{dag_id}.{task.task_id}: acts unchecked"
+
+
+def test_a_policy_that_cannot_be_applied_fails_the_run_at_once_without_retries(
+    db_url: str, airflow_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psycopg2
+    from lethe.config import DEFAULT_POLICY_FILE
+    from lethe.dagrun import load_dag
+
+    broken = tmp_path / "policy.yaml"
+    # password_hash is NOT NULL: this rule could only fail half-way through the night.
+    shipped = DEFAULT_POLICY_FILE.read_text()
+    broken.write_text(shipped.replace("password_hash: redact, age:", 'password_hash: "null", age:'))
+    monkeypatch.setenv("LETHE_POLICY_FILE", str(broken))
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM ledger")
+        ledger_before = cur.fetchone()[0]
+    run = load_dag("retention_nightly").test()
+    assert str(getattr(run.state, "value", run.state)) == "failed"
+    plan = next(ti for ti in run.get_task_instances() if ti.task_id == "plan")
+    assert str(getattr(plan.state, "value", plan.state)) == "failed"  # not up_for_retry
+    assert plan.try_number == 1
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM ledger")
+        assert cur.fetchone()[0] == ledger_before, "a run of a broken policy recorded work"

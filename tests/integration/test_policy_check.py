@@ -8,7 +8,7 @@ import psycopg2
 import pytest
 from lethe.cli import main
 from lethe.config import DEFAULT_POLICY_FILE
-from lethe.policy import load_policy
+from lethe.policy import PolicyError, load_policy
 from lethe.policy.check import check
 
 pytestmark = pytest.mark.integration
@@ -73,3 +73,153 @@ def test_cli_reports_file_errors_plainly(
     assert output.startswith(f"lethe policy: {path}:")
     assert expected in output
     assert "Traceback" not in output
+
+
+def line_of(path: Path, text: str, nth: int = 1) -> int:
+    return [i for i, line in enumerate(path.read_text().splitlines(), 1) if text in line][nth - 1]
+
+
+def test_a_duplicate_key_anywhere_is_refused_not_silently_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    statutory = "      - {name: invoices_statutory_period, keep: P8Y, after: issued_at, action: delete}\n"
+    assert statutory in SHIPPED
+    # The same key twice inside one flow mapping, and a whole table given twice.
+    path.write_text(
+        SHIPPED.replace(statutory, statutory.replace("keep: P8Y,", "keep: P8Y, keep: P1D,"), 1).replace(
+            "\n  ssh_keys:\n", "\n  ssh_keys: {}\n  ssh_keys:\n", 1
+        )
+    )
+    with pytest.raises(PolicyError) as err:
+        load_policy(path)
+    problems = err.value.problems
+    keep = line_of(path, "keep: P1D,")
+    assert f"{path}:{keep}: tables.invoices.retention.0.keep: duplicate key 'keep' (first given at line {keep})" in (
+        problems
+    )
+    first, second = line_of(path, "  ssh_keys:"), line_of(path, "  ssh_keys:", 2)
+    assert f"{path}:{second}: tables.ssh_keys: duplicate key 'ssh_keys' (first given at line {first})" in problems
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field", "expected"),
+    [
+        (
+            "backups: {retention: P35D, buckets: 64}",
+            "backups: {retention: P0D, buckets: 64}",
+            "backups.retention",
+            "a backup retention must be longer than zero",
+        ),
+        (
+            "keep: P8Y, after: issued_at",
+            "keep: P999999Y, after: issued_at",
+            "tables.invoices.retention.0.keep",
+            "no date can be that old",
+        ),
+    ],
+)
+def test_impossible_periods_are_refused_located(tmp_path: Path, old: str, new: str, field: str, expected: str) -> None:
+    path = tmp_path / "p.yaml"
+    assert old in SHIPPED
+    path.write_text(SHIPPED.replace(old, new, 1))
+    with pytest.raises(PolicyError) as err:
+        load_policy(path)
+    (problem,) = err.value.problems
+    assert problem.startswith(f"{path}:{line_of(path, new)}: {field}: ")
+    assert expected in problem
+
+
+def test_null_into_not_null_column_is_refused_located(db_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    # password_hash is NOT NULL in the schema: anonymising it to null would fail on the first closed account.
+    path.write_text(SHIPPED.replace("password_hash: redact, age:", 'password_hash: "null", age:', 1))
+    problems = check(load_policy(path), db_url)
+    line = line_of(path, 'password_hash: "null"')
+    assert (
+        f"{path}:{line}: tables.accounts.retention.0.columns.password_hash: rule closed_account_details sets "
+        "'password_hash' to null, but the column is NOT NULL"
+    ) in problems
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("ALTER TABLE invoices ALTER COLUMN user_id SET NOT NULL")
+    problems = check(load_policy(), db_url)
+    assert any(
+        ": tables.invoices.erasure.columns.user_id: erasure sets 'user_id' to null (pseudonym_link), "
+        "but the column is NOT NULL" in p
+        for p in problems
+    ), problems
+
+
+def test_clock_on_a_missing_or_non_time_column_is_refused_located(db_url: str, tmp_path: Path) -> None:
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("ALTER TABLE subscriptions DROP COLUMN ended_at")
+        cur.execute("ALTER TABLE disputes ALTER COLUMN closed_at TYPE text")
+    problems = check(load_policy(), db_url)
+    at = DEFAULT_POLICY_FILE
+    ended = line_of(at, "{name: ended_subscriptions")
+    assert (
+        f"{at}:{ended}: tables.subscriptions.retention.0.after: rule ended_subscriptions counts from 'ended_at', "
+        "which is not a column of subscriptions in the database"
+    ) in problems
+    closed = line_of(at, "{name: closed_disputes")
+    assert (
+        f"{at}:{closed}: tables.disputes.retention.0.after: rule closed_disputes counts from 'closed_at', "
+        "which is text, not a timestamp or date"
+    ) in problems
+
+
+def catalogue_digest(url: str) -> str:
+    """Every schema object, column, constraint and index of the database, as one digest."""
+    import hashlib
+
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT n.nspname, c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') ORDER BY 1, 2"
+        )
+        relations = cur.fetchall()
+        cur.execute(
+            "SELECT table_schema, table_name, column_name, data_type, is_nullable, column_default"
+            " FROM information_schema.columns WHERE table_schema NOT IN ('pg_catalog', 'information_schema')"
+            " ORDER BY 1, 2, 3"
+        )
+        columns = cur.fetchall()
+        cur.execute("SELECT nspname FROM pg_namespace ORDER BY 1")
+        schemas = cur.fetchall()
+    return hashlib.sha256(repr((relations, columns, schemas)).encode()).hexdigest()
+
+
+def test_policy_check_is_read_only(services: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    from lethe.testing import drop_database, empty_database
+
+    url = empty_database(services[0])
+    try:
+        with psycopg2.connect(url) as conn, conn.cursor() as cur:
+            cur.execute("CREATE TABLE sessions (token text PRIMARY KEY, payload jsonb)")
+        before = catalogue_digest(url)
+        problems = check(load_policy(), url)
+        assert any("tables.sessions.columns: column 'token' exists in the database" in p for p in problems)
+        assert catalogue_digest(url) == before
+    finally:
+        drop_database(url)
+
+
+def test_cli_database_error_names_rule_and_table_and_no_row_values(
+    db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A constraint the policy cannot see: anonymising the closed account's phone breaks it.
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("ALTER TABLE accounts ADD CONSTRAINT phone_required CHECK (phone IS NOT NULL)")
+        cur.execute(
+            "INSERT INTO accounts (user_id, name, username, email, phone, password_hash, created_at, closed_at)"
+            " VALUES (7, 'Asha Secretname', 'asha7', 'asha7@example.com', '+91 98765 43210', 'h',"
+            " now() - interval '3 years', now() - interval '60 days')"
+        )
+    code = main(["purge", "--rule", "closed_account_details"])
+    out = capsys.readouterr()
+    output = out.out + out.err
+    assert code == 2
+    assert (
+        "retention rule closed_account_details on table accounts: check violation "
+        "(table accounts, constraint phone_required)" in output
+    )
+    assert "Traceback" not in output
+    assert not any(value in output for value in ("Secretname", "asha7", "98765", "Failing row"))

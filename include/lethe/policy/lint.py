@@ -6,19 +6,29 @@ ones (a column nobody classified) at the table's `columns:` line.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg2.extensions
 import yaml
 
 from lethe.policy.model import PERSONAL_CATEGORIES, Policy, _line_index
 
+# Types a retention clock can count from.
+CLOCK_TYPES = ("timestamp with time zone", "timestamp without time zone", "date")
+# Erasure and anonymisation strategies that leave the column NULL.
+NULLING = ("null", "pseudonym_link")
 
-def live_schema(cur: psycopg2.extensions.cursor) -> dict[str, list[str]]:
-    """Ordinary and partitioned tables of the public schema (not partitions) -> columns."""
+
+class LiveColumn(NamedTuple):
+    type: str
+    not_null: bool
+
+
+def live_schema(cur: psycopg2.extensions.cursor) -> dict[str, dict[str, LiveColumn]]:
+    """Ordinary and partitioned tables of the public schema (not partitions) -> columns in order."""
     cur.execute(
         """
-        SELECT c.relname, a.attname
+        SELECT c.relname, a.attname, format_type(a.atttypid, NULL), a.attnotnull
         FROM pg_class c
         JOIN pg_namespace n ON n.oid = c.relnamespace
         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -26,9 +36,9 @@ def live_schema(cur: psycopg2.extensions.cursor) -> dict[str, list[str]]:
         ORDER BY c.relname, a.attnum
         """
     )
-    schema: dict[str, list[str]] = {}
-    for table, column in cur.fetchall():
-        schema.setdefault(table, []).append(column)
+    schema: dict[str, dict[str, LiveColumn]] = {}
+    for table, column, type_, not_null in cur.fetchall():
+        schema.setdefault(table, {})[column] = LiveColumn(type_, not_null)
     return schema
 
 
@@ -80,6 +90,7 @@ def lint(policy: Policy, cur: psycopg2.extensions.cursor) -> list[str]:
                     f"{at('tables', table, 'columns')}: tables.{table}.columns: column {column!r} exists in the "
                     "database but is not classified"
                 )
+        problems += _impossible(policy, table, live, at)
         personal = sorted(c for c, cls in rule.columns.items() if cls in PERSONAL_CATEGORIES)
         if personal and rule.subject is None and table != policy.subject.table:
             problems.append(
@@ -90,5 +101,37 @@ def lint(policy: Policy, cur: psycopg2.extensions.cursor) -> list[str]:
             problems.append(
                 f"{at('tables', table, 'subject')}: tables.{table}.subject: column {rule.subject!r} has no foreign key "
                 f"to {policy.subject.table}.{policy.subject.key}, so the subject cannot be reached through it"
+            )
+    return problems
+
+
+def _impossible(policy: Policy, table: str, live: dict[str, LiveColumn], at: Any) -> list[str]:
+    """Rules the database cannot carry out: a NULL into a NOT NULL column, a clock that is not a time."""
+    rule = policy.tables[table]
+    problems: list[str] = []
+    for i, r in enumerate(rule.retention):
+        if r.event is None and r.after not in live:
+            problems.append(
+                f"{at('tables', table, 'retention', i, 'after')}: tables.{table}.retention.{i}.after: rule {r.name} "
+                f"counts from {r.after!r}, which is not a column of {table} in the database"
+            )
+        elif r.event is None and live[r.after].type not in CLOCK_TYPES:
+            problems.append(
+                f"{at('tables', table, 'retention', i, 'after')}: tables.{table}.retention.{i}.after: rule {r.name} "
+                f"counts from {r.after!r}, which is {live[r.after].type}, not a timestamp or date"
+            )
+        for column, strategy in r.columns.items():
+            if strategy in NULLING and column in live and live[column].not_null:
+                problems.append(
+                    f"{at('tables', table, 'retention', i, 'columns', column)}: "
+                    f"tables.{table}.retention.{i}.columns.{column}: rule {r.name} sets {column!r} to null, "
+                    "but the column is NOT NULL"
+                )
+    erasure_columns = rule.erasure.columns if rule.erasure else {}
+    for column, strategy in erasure_columns.items():
+        if strategy in NULLING and column in live and live[column].not_null:
+            problems.append(
+                f"{at('tables', table, 'erasure', 'columns', column)}: tables.{table}.erasure.columns.{column}: "
+                f"erasure sets {column!r} to null ({strategy}), but the column is NOT NULL"
             )
     return problems

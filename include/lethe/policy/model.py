@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -105,7 +105,12 @@ class Duration(str):
 def _duration(value: Any) -> Duration:
     if not isinstance(value, str) or value in ("P", "PT") or not _DURATION.match(value) or value.endswith("T"):
         raise ValueError(f"{value!r} is not an ISO-8601 duration (for example P30D, P1Y, PT12H)")
-    return Duration(value)
+    duration = Duration(value)
+    try:  # the cutoff `now - keep` must still be a date
+        datetime.now(UTC) - duration.to_timedelta()
+    except OverflowError:
+        raise ValueError(f"{value!r} reaches back before the year 1: no date can be that old") from None
+    return duration
 
 
 class _Strict(BaseModel):
@@ -208,6 +213,13 @@ class Backups(_Strict):
 
     retention: Duration = Duration("P35D")
     buckets: int = Field(default=64, ge=1, le=4096)
+
+    @field_validator("retention")
+    @classmethod
+    def _positive(cls, value: Duration) -> Duration:
+        if value.to_timedelta() <= timedelta(0):
+            raise ValueError(f"{value} keeps no snapshot at all: a backup retention must be longer than zero")
+        return value
 
 
 class AirflowMetadata(_Strict):
@@ -386,6 +398,28 @@ def _line_index(node: yaml.Node, path: tuple[Any, ...] = ()) -> dict[tuple[Any, 
     return index
 
 
+def duplicate_keys(node: yaml.Node, path: tuple[Any, ...] = ()) -> list[tuple[int, str, str]]:
+    """(line, field, message) of every key given twice in one mapping, anywhere in the document.
+
+    PyYAML keeps the last value silently; a repeated `keep:` would quietly replace a statutory period.
+    """
+    found: list[tuple[int, str, str]] = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict[Any, int] = {}
+        for key, value in node.value:
+            line = key.start_mark.line + 1
+            if key.value in first:
+                field = ".".join(str(p) for p in (*path, key.value))
+                found.append((line, field, f"duplicate key {key.value!r} (first given at line {first[key.value]})"))
+            else:
+                first[key.value] = line
+            found += duplicate_keys(value, (*path, key.value))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, value in enumerate(node.value):
+            found += duplicate_keys(value, (*path, i))
+    return found
+
+
 def _locate(loc: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> int:
     for end in range(len(loc), -1, -1):
         if loc[:end] in lines:
@@ -411,6 +445,9 @@ def load_policy(path: Path | str | None = None) -> Policy:
         raise PolicyError([f"{path}:{line}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from exc
     if not isinstance(data, dict) or node is None:
         raise PolicyError([f"{path}:1: the policy file must be a mapping with `version`, `subject` and `tables`"])
+    duplicates = duplicate_keys(node)
+    if duplicates:
+        raise PolicyError([f"{path}:{line}: {field}: {message}" for line, field, message in duplicates])
     lines = _line_index(node)
     try:
         policy = Policy.model_validate(data)

@@ -31,6 +31,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
     from lethe.cli import CommandError
     from lethe.db import migrate, transaction
     from lethe.policy import load_policy
+    from lethe.policy.check import schema_problems
     from lethe.retention.checks import postconditions
     from lethe.retention.execute import execute_rule
     from lethe.retention.plan import MAX_STAGES, build_plan
@@ -40,6 +41,9 @@ def cmd_purge(args: argparse.Namespace) -> int:
     policy = load_policy()
     with services() as (db_url, _):
         migrate(db_url)
+        problems = schema_problems(policy, db_url)
+        if problems:
+            raise CommandError("the policy does not match the live schema; nothing purged:\n" + "\n".join(problems))
         with transaction(db_url) as cur:
             plan = build_plan(cur, args.now or datetime.now(UTC), policy=policy, rules=args.rule, dry_run=args.dry_run)
         print("\n".join(plan.lines()))

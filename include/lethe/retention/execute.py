@@ -24,7 +24,7 @@ from typing import Any
 
 import psycopg2.extensions
 from lethe import ledger
-from lethe.db import connect
+from lethe.db import DatabaseError, connect
 from lethe.policy import Policy
 from lethe.retention.catalog import column_types
 from lethe.retention.plan import PartitionPlan, Plan, RulePlan
@@ -249,6 +249,8 @@ def execute_rule(
             if cur.rowcount == 1:
                 ledger.append(cur, LEDGER_KIND, ledger_payload(plan, rp, result.rows, result.partitions_dropped))
             conn.commit()
+    except psycopg2.Error as exc:  # told by rule and table; PostgreSQL's text can quote the failing row
+        raise DatabaseError(f"retention rule {rp.rule} on table {rp.table}", exc) from None
     finally:
         conn.close()
     return result
