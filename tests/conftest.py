@@ -33,7 +33,7 @@ def services() -> Iterator[tuple[str, str]]:
     home = Path(tempfile.mkdtemp(prefix="lethe-test-home-"))
     os.environ.setdefault("LETHE_HOME", str(home))
     try:
-        with start_services() as (db, s3):
+        with start_services(stop_started=True) as (db, s3):
             testing.build_template(db)
             yield db, s3
             testing.drop_template(db)

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lethe.config import PRIMARY_REGION, PROJECT_DIR, lethe_home
+from lethe.config import PRIMARY_REGION, PROJECT_DIR, lethe_home, local_s3_credentials
 
 DAGS_FOLDER = PROJECT_DIR / "dags"
 PLUGINS_FOLDER = PROJECT_DIR / "plugins"  # the Privacy compliance page (plugins/lethe_compliance)
@@ -55,11 +55,12 @@ def configure(database_url: str, s3_endpoint_url: str, airflow_home: Path | None
     """Configure Airflow's home and expose the services as Lethe's connections; return AIRFLOW_HOME."""
     home = configure_home(airflow_home or Path(os.environ.get("AIRFLOW_HOME") or lethe_home() / "airflow"))
     os.environ["AIRFLOW_CONN_LETHE_PRIMARY"] = database_url.replace("postgresql://", "postgres://", 1)
+    key_id, secret = local_s3_credentials()
     os.environ["AIRFLOW_CONN_LETHE_AWS"] = json.dumps(
         {
             "conn_type": "aws",
-            "login": os.environ.get("AWS_ACCESS_KEY_ID", "lethe"),
-            "password": os.environ.get("AWS_SECRET_ACCESS_KEY", "lethe-secret"),
+            "login": key_id,
+            "password": secret,
             "extra": {"endpoint_url": s3_endpoint_url, "region_name": PRIMARY_REGION},
         }
     )

@@ -19,6 +19,7 @@ from lethe.policy import PolicyError
 # Feature modules add their own sub-commands: register(subparsers) in each; an absent one is skipped.
 FEATURE_COMMANDS = (
     "lethe.commands.platform",
+    "lethe.commands.services",
     "lethe.retention.cli",
     "lethe.erasure.cli",
     "lethe.backup.cli",

@@ -27,6 +27,11 @@ def lethe_home() -> Path:
     return home
 
 
+def local_s3_credentials() -> tuple[str, str]:
+    """Access key and secret for a local S3 endpoint (the embedded server, MinIO): AWS_* or the defaults."""
+    return os.environ.get("AWS_ACCESS_KEY_ID", "lethe"), os.environ.get("AWS_SECRET_ACCESS_KEY", "lethe-secret")
+
+
 def policy_file() -> Path:
     return Path(os.environ.get("LETHE_POLICY_FILE", DEFAULT_POLICY_FILE))
 

@@ -9,7 +9,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from lethe.config import BUCKETS
+from lethe.config import BUCKETS, local_s3_credentials
 from lethe.db import ConfigurationError
 
 
@@ -18,10 +18,8 @@ def s3_client(region: str, endpoint_url: str | None = None) -> Any:
     endpoint_url = endpoint_url or os.environ.get("LETHE_S3_ENDPOINT_URL") or None
     extra: dict[str, Any] = {}
     if endpoint_url:
-        extra = {
-            "aws_access_key_id": os.environ.get("AWS_ACCESS_KEY_ID", "lethe"),
-            "aws_secret_access_key": os.environ.get("AWS_SECRET_ACCESS_KEY", "lethe-secret"),
-        }
+        key_id, secret = local_s3_credentials()
+        extra = {"aws_access_key_id": key_id, "aws_secret_access_key": secret}
     return boto3.client(
         "s3",
         region_name=region,
