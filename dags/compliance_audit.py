@@ -17,7 +17,8 @@ Each check is a Great Expectations expectation over a count that must be zero:
 
 | suite | check | what it proves |
 | --- | --- | --- |
-| `retention` | `expired_rows.<rule>` | no unheld row is past the retention of a policy rule (or left un-anonymised) |
+| `retention` | `expired_rows.<rule>` | no unheld row is past the cutoff of the rule's last completed run |
+| `retention` | `stale.<rule>` | the rule's last completed, non-dry run is at most `stale_after_hours` old |
 | `legal_holds` | `held_rows_removed` | no row of a person under an active legal hold disappeared since the last audit |
 | `erasure_residue` | `erased_subject_rows.<table>`, `erased_identifiers_left` | nothing of an erased person is left |
 | `erasure_residue` | `identifier_kept_after_completion` | completed requests no longer hold the identifier |
@@ -37,8 +38,12 @@ Failures and overdue erasure requests raise an alert (table `audit_alerts`, and 
 
 **When it fails**, read the `verdict` task's log: it lists `suite.check` names.
 
-- `retention.expired_rows.<rule>`: `retention_nightly` did not run or failed; check its last run and
-  rerun it. If it succeeded, the rule's rows are blocked (e.g. not yet aggregated by `usage_sharing`).
+- `retention.expired_rows.<rule>`: rows that the rule's last completed `retention_nightly` run should
+  have removed are still there (the check is judged as of that run's cutoff, read from the ledger, so
+  rows that crossed the line since do not count). Rows were re-created, or the run skipped them: rerun
+  `retention_nightly` and read its post-conditions. The check names the table and column.
+- `retention.stale.<rule>`: the rule has not completed a (non-dry) run within `stale_after_hours`
+  (default 26) of the audit: `retention_nightly` is paused, failing, or the rule is new. Check its runs.
 - `legal_holds.held_rows_removed`: rows of a held person were deleted. Stop the deleting DAGs, find
   the deletion in the ledger (Privacy compliance page), and restore the rows from a backup (`lethe restore`).
 - `erasure_residue.*`: an erasure did not reach every table; rerun `subject_erasure` for the open
@@ -78,6 +83,20 @@ CHECKS = ("primary", "legal_holds", "backups", "shares", "ledger")
     doc_md=DOC,
     tags=["lethe", "privacy", "audit"],
     params={
+        "as_of": Param(
+            None,
+            type=["null", "string"],
+            format="date-time",
+            title="Audit as of (UTC)",
+            description="The audit's clock; empty means now. Retention is judged as of each rule's last run.",
+        ),
+        "stale_after_hours": Param(
+            26,
+            type="number",
+            minimum=1,
+            title="Retention staleness (hours)",
+            description="A retention rule whose last completed run is older than this fails as stale.",
+        ),
         "rpo_hours": Param(
             26,
             type="number",
@@ -90,12 +109,15 @@ CHECKS = ("primary", "legal_holds", "backups", "shares", "ledger")
 )
 def compliance_audit() -> None:
     @task
-    def primary() -> list[dict[str, Any]]:
-        """Retention, erasure residue and erasure deadlines over the primary database."""
-        from lethe.audit.run import check_primary
+    def primary(params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Retention (as of each rule's last run, and its staleness), erasure residue and deadlines."""
+        from lethe.audit.run import audit_clock, check_primary
         from lethe.connections import primary_url, pseudonym_key
 
-        return check_primary(primary_url(), pseudonym_key())
+        params = params or {}
+        return check_primary(
+            primary_url(), pseudonym_key(), audit_clock(params), float(params.get("stale_after_hours", 26))
+        )
 
     @task
     def legal_holds(run_id: str | None = None) -> dict[str, Any]:
@@ -109,11 +131,12 @@ def compliance_audit() -> None:
     @task
     def backups(params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Snapshots within the RPO, manifests against the objects, tombstones and mentions applied, per region."""
-        from lethe.audit.run import check_backups
+        from lethe.audit.run import audit_clock, check_backups
         from lethe.connections import primary_url, pseudonym_key, s3_endpoint_url
 
-        rpo_hours = float((params or {}).get("rpo_hours", 26))
-        return check_backups(primary_url(), s3_endpoint_url(), pseudonym_key(), rpo_hours)
+        params = params or {}
+        rpo_hours = float(params.get("rpo_hours", 26))
+        return check_backups(primary_url(), s3_endpoint_url(), pseudonym_key(), rpo_hours, audit_clock(params))
 
     @task
     def shares() -> list[dict[str, Any]]:

@@ -2,8 +2,9 @@
 
 Each check validates a small pandas frame (the result of a query Lethe ran, or
 rows it read back) against a list of GX expectations in an ephemeral context.
-The outcome is plain data, safe for XCom and the ledger: check names and
-counts, never row values.
+Every named count gets its own expectation, so a failure names the rule, table
+and column it is about. The outcome is plain data, safe for XCom and the
+ledger: check names and counts, never row values.
 """
 
 from __future__ import annotations
@@ -26,12 +27,16 @@ class CheckResult:
     def failed(self) -> list[str]:
         return [c["name"] for c in self.checks if not c["success"]]
 
+    def failures(self) -> list[str]:
+        """Each failed check in words (name, table and column, counts), never a row's values."""
+        return [describe(c) for c in self.checks if not c["success"]]
+
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def raise_if_failed(self) -> None:
         if not self.success:
-            raise DataQualityError(f"data-quality suite {self.suite!r} failed: {', '.join(self.failed)}")
+            raise DataQualityError(f"data-quality suite {self.suite!r} failed: {'; '.join(self.failures())}")
 
 
 class DataQualityError(AssertionError):
@@ -68,33 +73,82 @@ def validate(suite: str, frame: pd.DataFrame, expectations: list[tuple[str, Any]
     return CheckResult(suite=suite, success=all(c["success"] for c in checks), checks=checks)
 
 
-def counts_equal(suite: str, observed: dict[str, int], expected: dict[str, int]) -> CheckResult:
-    """Check, per key, that an observed count equals the expected one (e.g. rows deleted vs. planned)."""
+def expect_counts(
+    suite: str,
+    counts: dict[str, int],
+    *,
+    maximum: int = 0,
+    minimum: int = 0,
+    details: dict[str, Any] | None = None,
+    where: dict[str, str] | None = None,
+) -> CheckResult:
+    """One GX expectation per named count: each must lie in [minimum, maximum].
+
+    A failure is reported under its own name (the rule or table it is about), with `where` (table and
+    column) and the observed count beside it; `details` (counts, never values) ride along.
+    """
     import great_expectations as gx
 
-    frame = pd.DataFrame(
-        [{"key": k, "observed": int(observed.get(k, 0)), "expected": int(v)} for k, v in expected.items()]
-        or [{"key": "-", "observed": 0, "expected": 0}]
-    )
-    return validate(
+    if not counts:
+        raise ValueError(f"suite {suite!r}: nothing to check (give at least one named count)")
+    # One row, one column per check: GX reports each expectation under its check name.
+    columns = {f"c{i}": name for i, name in enumerate(counts)}
+    frame = pd.DataFrame([{col: int(counts[name]) for col, name in columns.items()}])
+    result = validate(
         suite,
         frame,
         [
-            (
-                "observed_equals_expected",
-                gx.expectations.ExpectColumnPairValuesToBeEqual(column_A="observed", column_B="expected"),
-            )
+            (name, gx.expectations.ExpectColumnValuesToBeBetween(column=col, min_value=minimum, max_value=maximum))
+            for col, name in columns.items()
         ],
     )
+    for check in result.checks:
+        name = check["name"]
+        check["observed"] = int(counts[name])
+        check["expected"] = minimum if minimum == maximum else [minimum, maximum]
+        if where and name in where:
+            check["where"] = where[name]
+        if details and name in details:
+            check["details"] = details[name]
+    return result
 
 
-def zero_rows(suite: str, counts: dict[str, int]) -> CheckResult:
-    """Check that every named count is zero (e.g. expired rows left, rows of an erased person)."""
-    import great_expectations as gx
+def zero_rows(suite: str, counts: dict[str, int], where: dict[str, str] | None = None) -> CheckResult:
+    """Every named count is zero (expired rows left, rows of an erased person): one check per name."""
+    if not counts:
+        return CheckResult(suite=suite, success=True)
+    return expect_counts(suite, counts, where=where)
 
-    frame = pd.DataFrame([{"check": k, "rows": int(v)} for k, v in counts.items()] or [{"check": "-", "rows": 0}])
-    return validate(
-        suite,
-        frame,
-        [("no_rows_left", gx.expectations.ExpectColumnValuesToBeBetween(column="rows", min_value=0, max_value=0))],
-    )
+
+def counts_equal(
+    suite: str, observed: dict[str, int], expected: dict[str, int], where: dict[str, str] | None = None
+) -> CheckResult:
+    """Per key, the observed count equals the expected one (rows deleted vs. planned): one check per key."""
+    checks = [
+        expect_counts(suite, {key: int(observed.get(key, 0))}, minimum=int(n), maximum=int(n), where=where).checks[0]
+        for key, n in expected.items()
+    ]
+    # A key done but never planned is a failure too (observed rows where none were expected).
+    checks += [
+        expect_counts(suite, {key: int(n)}, where=where).checks[0]
+        for key, n in observed.items()
+        if key not in expected and n
+    ]
+    return CheckResult(suite=suite, success=all(c["success"] for c in checks), checks=checks)
+
+
+def merge(suite: str, *results: CheckResult) -> CheckResult:
+    """Several results as one suite (the checks keep their own names)."""
+    checks = [c for r in results for c in r.checks]
+    return CheckResult(suite=suite, success=all(c["success"] for c in checks), checks=checks)
+
+
+def describe(check: dict[str, Any]) -> str:
+    """One failed check in words: its name, where (table and column), the count seen and the count allowed."""
+    where = f" [{check['where']}]" if check.get("where") else ""
+    observed = check.get("observed")
+    if "expected" not in check or not isinstance(observed, int):
+        return f"{check['name']}{where}: {observed}"
+    expected = check["expected"]
+    allowed = f"{expected[0]}..{expected[1]}" if isinstance(expected, list) else str(expected)
+    return f"{check['name']}{where}: observed {observed}, expected {allowed}"

@@ -53,6 +53,13 @@ def alerts(url: str) -> list[str]:
         return [m for (m,) in cur.fetchall()]
 
 
+def failed_check(url: str, suite: str, name: str) -> dict:
+    with transaction(url) as cur:
+        cur.execute("SELECT results FROM audit_runs ORDER BY audited_at DESC LIMIT 1")
+        (suites,) = cur.fetchone()
+    return next(c for r in suites if r["suite"] == suite for c in r["checks"] if c["name"] == name)
+
+
 def pseudonym_key() -> bytes:
     """The key the DAGs use (the lethe_pseudonym_key connection airflow_env set up)."""
     return json.loads(os.environ["AIRFLOW_CONN_LETHE_PSEUDONYM_KEY"])["password"].encode()
@@ -65,6 +72,7 @@ def test_audit_passes_clean_then_fails_naming_each_planted_fault(
     from lethe.dagrun import DagRunFailed, run_dag
 
     seed_small_state(db_url)
+    run_dag("retention_nightly", logical_date=NOW)
     run_dag("backup_nightly")
     # Each task's success anchored the ledger's head in the evidence bucket.
     with transaction(db_url) as cur:
@@ -103,6 +111,46 @@ def test_audit_passes_clean_then_fails_naming_each_planted_fault(
         "ledger.ledger_chain_broken",
         "retention.expired_rows.expired_cookies",
     ]
+    # The failed check says where (table and column) and how many, never which rows.
+    expired = failed_check(db_url, "retention", "expired_rows.expired_cookies")
+    assert expired["where"] == "table sessions, column expires_at" and expired["observed"] == 1
     # The failure alert names the checks, never a person's data.
     assert any("retention.expired_rows.expired_cookies" in m for m in alerts(db_url))
     assert all("user" not in m and "@" not in m for m in alerts(db_url))
+
+
+def test_an_audit_hours_after_the_purge_passes_and_a_missed_night_is_stale(
+    db_url: str, s3_endpoint: str, airflow_home: Path
+) -> None:
+    """Rows that cross their limit after the purge are not "left behind"; a rule not run for a day is stale."""
+    from lethe.dagrun import DagRunFailed, run_dag
+    from lethe.policy import load_policy
+
+    seed_small_state(db_url)
+    with transaction(db_url) as cur:
+        # A cookie that expires two hours after tonight's purge.
+        cur.execute(
+            "INSERT INTO sessions (session_id, user_id, cookie_id, kind, created_at, expires_at)"
+            " VALUES (4, 1, 'c4', 'persistent', %s, %s)",
+            (NOW - timedelta(days=1), NOW + timedelta(hours=2)),
+        )
+    run_dag("retention_nightly", logical_date=NOW)
+    run_dag("backup_nightly")
+    later = NOW + timedelta(hours=5)
+    run_dag("compliance_audit", {"as_of": later.isoformat()})
+    run_dag("compliance_audit", {"as_of": later.isoformat()})
+    # The same state, audited twice five hours after the purge: the same verdict, a pass.
+    assert audit_rows(db_url) == [(True, []), (True, [])]
+    with transaction(db_url) as cur:
+        cur.execute("SELECT expires_at < %s FROM sessions WHERE session_id = 4", (later,))
+        assert cur.fetchone() == (True,)  # the cookie did cross its limit, and waits for the next purge
+
+    # A day and six hours on, no purge has run since: every rule is stale (a different alarm
+    # from rows left behind, which is not raised: the cookie is still within the last run's cutoff).
+    with pytest.raises(DagRunFailed, match="verdict"):
+        run_dag("compliance_audit", {"as_of": (NOW + timedelta(hours=30)).isoformat(), "rpo_hours": 48})
+    success, names = audit_rows(db_url)[-1]
+    assert not success
+    assert sorted(names) == sorted(f"retention.stale.{rule.name}" for _, rule in load_policy().rules())
+    stale = failed_check(db_url, "retention", "stale.expired_cookies")
+    assert stale["details"]["stale_after_hours"] == 26

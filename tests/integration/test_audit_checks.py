@@ -56,14 +56,44 @@ def failed(result) -> list[str]:
     return result.failed
 
 
+def ran_retention(cur, policy, as_of: datetime = NOW) -> None:
+    """Record that every rule completed a run as of `as_of` (the ledger entry retention writes)."""
+    for table, rule in policy.rules():
+        cutoff = as_of - rule.keep.to_timedelta()
+        payload = {"rule": rule.name, "table": table, "now": as_of.isoformat(), "cutoff": cutoff.isoformat()}
+        ledger.append(cur, "retention", payload | {"dry_run": False})
+
+
 def test_retention_passes_when_only_live_rows_remain(db_url: str) -> None:
     policy = load_policy()
     with transaction(db_url) as cur:
         add_account(cur, 1)
         add_session(cur, 1, 1, expires_days_ago=-3)  # expires in three days
+        ran_retention(cur, policy)
         result = primary.check_retention(cur, policy, NOW)
     assert result.success, result.failed
-    assert {c["name"] for c in result.checks} == {f"expired_rows.{rule.name}" for _, rule in policy.rules()}
+    names = {rule.name for _, rule in policy.rules()}
+    assert {c["name"] for c in result.checks} == {f"expired_rows.{n}" for n in names} | {f"stale.{n}" for n in names}
+
+
+def test_a_rule_that_never_ran_or_ran_too_long_ago_is_stale_not_expired(db_url: str) -> None:
+    policy = load_policy()
+    with transaction(db_url) as cur:
+        add_account(cur, 1)
+        add_session(cur, 1, 1, expires_days_ago=2)  # expired before any run
+        never = primary.check_retention(cur, policy, NOW)
+        ran_retention(cur, policy, NOW - timedelta(hours=30))
+        late = primary.check_retention(cur, policy, NOW)
+        on_time = primary.check_retention(cur, policy, NOW - timedelta(hours=5))
+    names = {rule.name for _, rule in policy.rules()}
+    # Nothing has run: every rule is stale, and there is no run to judge expired rows against.
+    assert set(failed(never)) == {f"stale.{n}" for n in names}
+    # The last run is 30 hours old: stale; the row it should have purged is left behind as well.
+    assert set(failed(late)) == {f"stale.{n}" for n in names} | {"expired_rows.expired_cookies"}
+    stale = next(c for c in late.checks if c["name"] == "stale.expired_cookies")
+    assert stale["details"]["last_run_as_of"] == (NOW - timedelta(hours=30)).isoformat()
+    assert "table sessions" in stale["where"]
+    assert set(failed(on_time)) == {"expired_rows.expired_cookies"}
 
 
 def test_an_expired_row_fails_its_rule_unless_the_person_is_held(db_url: str) -> None:
@@ -74,6 +104,7 @@ def test_an_expired_row_fails_its_rule_unless_the_person_is_held(db_url: str) ->
         add_session(cur, 1, 1, expires_days_ago=2)
         add_session(cur, 2, 2, expires_days_ago=2)
         add_hold(cur, 1, 2)
+        ran_retention(cur, policy)
         result = primary.check_retention(cur, policy, NOW)
     assert failed(result) == ["expired_rows.expired_cookies"]
     check = next(c for c in result.checks if c["name"] == "expired_rows.expired_cookies")
@@ -96,6 +127,7 @@ def test_event_rules_closed_accounts_and_withdrawn_consent(db_url: str) -> None:
             " VALUES (1, 3, 'user3@example.com', 'news', %s)",
             (NOW - timedelta(days=300),),
         )
+        ran_retention(cur, policy)
         result = primary.check_retention(cur, policy, NOW)
     assert set(failed(result)) == {"expired_rows.closed_accounts", "expired_rows.marketing_after_objection"}
 
@@ -111,6 +143,7 @@ def test_anonymise_rule_checks_the_columns_not_the_row(db_url: str) -> None:
                 " VALUES (%s, 1, 'v', %s, %s, %s)",
                 (log_id, NOW - timedelta(days=10), ip, agent),
             )
+        ran_retention(cur, policy)
         result = primary.check_retention(cur, policy, NOW)
     check = next(c for c in result.checks if c["name"] == "expired_rows.visitor_ip_truncation")
     assert check["observed"] == 2  # a full IP, and a kept user agent; the truncated, nulled row is fine
@@ -219,6 +252,7 @@ def test_results_are_kept_and_the_verdict_names_failed_checks(db_url: str) -> No
     with transaction(db_url) as cur:
         add_account(cur, 1)
         add_session(cur, 1, 1, expires_days_ago=1)
+        ran_retention(cur, policy)
         outcome = results.outcome("run-1", [primary.check_retention(cur, policy, NOW).as_dict()])
         results.record(cur, outcome, {"3": {"sessions": 1}})
         assert results.previous_held_rows(cur, "run-2") == {"3": {"sessions": 1}}

@@ -17,11 +17,10 @@ import hashlib
 from datetime import datetime, timedelta
 from typing import Any
 
-from lethe.audit.expect import expect_counts
 from lethe.backup.mentions import MentionFinder
 from lethe.config import BACKUP_REGIONS, BUCKETS
 from lethe.db import transaction
-from lethe.quality import CheckResult
+from lethe.quality import CheckResult, expect_counts
 
 # Nightly snapshots plus a couple of hours' slack for a slow night.
 DEFAULT_RPO = timedelta(hours=26)

@@ -11,10 +11,9 @@ from typing import Any
 
 import psycopg2.extensions
 
-from lethe.audit.expect import expect_counts
 from lethe.ledger import verify_chain
 from lethe.ledger_anchor import anchors
-from lethe.quality import CheckResult
+from lethe.quality import CheckResult, expect_counts
 
 
 def check_ledger(cur: psycopg2.extensions.cursor, client: Any, bucket: str) -> CheckResult:

@@ -6,16 +6,16 @@ that read the executors' own counts back would only prove they agree with themse
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg2.extensions
 from psycopg2 import sql
 
-from lethe.audit.expect import expect_counts, merge
 from lethe.policy.model import Policy
 from lethe.pseudonym import pseudonym, subject_pseudonym
-from lethe.quality import CheckResult
+from lethe.quality import CheckResult, expect_counts
 
 HOLDS_TABLE = "legal_holds"
 # 'held': a legal hold keeps the person's rows and the request open; it is reported, not failed.
@@ -24,32 +24,98 @@ OVERDUE_STATUSES = ("pending", "running", "failed")
 DONE_STATUSES = ("completed", "no_data")
 
 
-def expired_rows(
-    cur: psycopg2.extensions.cursor, policy: Policy, now: datetime
-) -> tuple[dict[str, int], dict[str, Any]]:
-    """Per retention rule: rows retention_nightly would still act on now (must be zero after its run).
+# A nightly rule whose last completed run is older than this has gone stale (a day plus slack).
+STALE_AFTER = timedelta(hours=26)
 
-    Counted with lethe.retention's own plan (dry run), so the audit and the purge never disagree
-    on what a rule means; rows kept for a legal hold, for a reference from rows kept longer, or
-    until usage_sharing has aggregated them are reported beside the count, not failed.
+
+@dataclass(frozen=True)
+class LastRun:
+    """The last completed, non-dry retention run of a rule, as the ledger recorded it."""
+
+    as_of: datetime  # the run's `now`: what it purged up to
+    cutoff: datetime  # the cutoff it applied (clamped by the aggregation watermark where one applies)
+    awaiting_aggregation: bool  # the watermark held the cutoff back: newer raw rows wait for usage_sharing
+
+
+def last_runs(cur: psycopg2.extensions.cursor) -> dict[str, LastRun]:
+    """Per rule, its last completed retention run, read from the ledger (what was done, not planned)."""
+    cur.execute(
+        "SELECT DISTINCT ON (payload->>'rule') payload->>'rule', payload->>'now', payload->>'cutoff',"
+        " coalesce((payload->>'watermark_clamped')::boolean, false) FROM ledger"
+        " WHERE kind = 'retention' AND payload ? 'now' AND payload ? 'cutoff'"
+        " AND NOT coalesce((payload->>'dry_run')::boolean, false)"
+        " ORDER BY payload->>'rule', entry_id DESC"
+    )
+    return {
+        rule: LastRun(datetime.fromisoformat(as_of), datetime.fromisoformat(cutoff), clamped)
+        for rule, as_of, cutoff, clamped in cur.fetchall()
+    }
+
+
+def expired_rows(
+    cur: psycopg2.extensions.cursor, policy: Policy, runs: dict[str, LastRun]
+) -> tuple[dict[str, int], dict[str, Any]]:
+    """Per rule that has run: rows still past the cutoff its last run applied (must be zero).
+
+    Judged as of that run's cutoff, not the wall clock, so rows that crossed the line since the
+    purge are not "left behind", and the same state always gives the same verdict. Rows kept for a
+    legal hold, for a reference from rows kept longer, or until usage_sharing has aggregated them
+    are reported beside the count, not failed.
     """
     from lethe.retention.plan import build_plan
 
-    plan = build_plan(cur, now, policy=policy, dry_run=True)
+    ran = [rule.name for _, rule in policy.rules() if rule.name in runs]
+    if not ran:
+        return {}, {}
+    latest = max(runs[r].as_of for r in ran)
+    plan = build_plan(
+        cur, latest, policy=policy, rules=ran, dry_run=True, cutoffs_as_run={r: runs[r].cutoff for r in ran}
+    )
     counts = {rp.rule: rp.rows for rp in plan.rules}
     details = {
-        rp.rule: {"held": rp.held, "referenced": rp.referenced, "awaiting_aggregation": rp.cutoff != rp.rule_cutoff}
+        rp.rule: {
+            "cutoff": rp.cutoff,
+            "held": rp.held,
+            "referenced": rp.referenced,
+            "awaiting_aggregation": runs[rp.rule].awaiting_aggregation,
+        }
         for rp in plan.rules
     }
     return counts, details
 
 
-def check_retention(cur: psycopg2.extensions.cursor, policy: Policy, now: datetime) -> CheckResult:
-    counts, details = expired_rows(cur, policy, now)
+def _where(table: str, rule: Any) -> str:
+    columns = ", ".join(rule.columns) if rule.columns else rule.after
+    return f"table {table}, column {columns}"
+
+
+def check_retention(
+    cur: psycopg2.extensions.cursor, policy: Policy, now: datetime, stale_after: timedelta = STALE_AFTER
+) -> CheckResult:
+    """Two alarms per rule: `stale.<rule>` (no completed run within `stale_after` of `now`) and
+    `expired_rows.<rule>` (rows its last run should have removed are still there)."""
+    runs = last_runs(cur)
+    rules = policy.rules()
+    stale = {
+        f"stale.{rule.name}": int(rule.name not in runs or now - runs[rule.name].as_of > stale_after)
+        for _, rule in rules
+    }
+    stale_details = {
+        f"stale.{rule.name}": {
+            "last_run_as_of": runs[rule.name].as_of.isoformat() if rule.name in runs else None,
+            "stale_after_hours": stale_after.total_seconds() / 3600,
+        }
+        for _, rule in rules
+    }
+    counts, details = expired_rows(cur, policy, runs)
+    where = {f"stale.{r.name}": _where(t, r) for t, r in rules} | {
+        f"expired_rows.{r.name}": _where(t, r) for t, r in rules
+    }
     return expect_counts(
         "retention",
-        {f"expired_rows.{rule}": n for rule, n in counts.items()},
-        details={f"expired_rows.{rule}": d for rule, d in details.items()},
+        stale | {f"expired_rows.{rule}": n for rule, n in counts.items()},
+        details=stale_details | {f"expired_rows.{rule}": d for rule, d in details.items()},
+        where=where,
     )
 
 
@@ -185,11 +251,4 @@ def check_deadlines(cur: psycopg2.extensions.cursor, now: datetime, warn_days: i
                 "overdue_but_held": overdue_requests(cur, now, ("held",)),
             }
         },
-    )
-
-
-def check_primary(cur: psycopg2.extensions.cursor, policy: Policy, now: datetime, key: bytes) -> CheckResult:
-    """All primary checks but the holds (which need the previous audit's counts)."""
-    return merge(
-        "primary", check_retention(cur, policy, now), check_erasure(cur, policy, key), check_deadlines(cur, now)
     )

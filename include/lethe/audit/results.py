@@ -26,7 +26,10 @@ class Outcome:
     def message(self) -> str:
         if self.success:
             return f"compliance audit passed: {self.checks_total} checks"
-        return f"compliance audit failed {len(self.failed)} of {self.checks_total} checks: {', '.join(self.failed)}"
+        from lethe.quality import describe
+
+        failures = [f"{r['suite']}.{describe(c)}" for r in self.results for c in r["checks"] if not c["success"]]
+        return f"compliance audit failed {len(self.failed)} of {self.checks_total} checks: {'; '.join(failures)}"
 
 
 def errored(suite: str, error: str) -> dict[str, Any]:

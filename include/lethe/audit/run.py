@@ -15,7 +15,27 @@ from lethe.db import transaction
 SUITES = ("primary", "legal_holds", "backups", "shares", "ledger")
 
 
-def check_primary(db_url: str, key: bytes, now: datetime | None = None) -> list[dict[str, Any]]:
+def audit_clock(params: dict[str, Any]) -> datetime:
+    """The audit's `now`: the `as_of` param (ISO 8601; naive means UTC) or the wall clock."""
+    from lethe.db import ConfigurationError
+
+    value = params.get("as_of")
+    if not value:
+        return datetime.now(UTC)
+    try:
+        when = datetime.fromisoformat(str(value))
+    except ValueError:
+        raise ConfigurationError(f"compliance_audit param as_of: {value!r} is not an ISO 8601 date-time") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def check_primary(
+    db_url: str, key: bytes, now: datetime | None = None, stale_after_hours: float = 26
+) -> list[dict[str, Any]]:
+    """`now` is the audit's clock (default: the wall clock); each retention rule is judged as of
+    its last completed run and is stale when that run is more than `stale_after_hours` before `now`."""
+    from datetime import timedelta
+
     from lethe.audit import primary
     from lethe.policy import load_policy
 
@@ -23,7 +43,7 @@ def check_primary(db_url: str, key: bytes, now: datetime | None = None) -> list[
     now = now or datetime.now(UTC)
     with transaction(db_url) as cur:
         return [
-            primary.check_retention(cur, policy, now).as_dict(),
+            primary.check_retention(cur, policy, now, timedelta(hours=stale_after_hours)).as_dict(),
             primary.check_erasure(cur, policy, key).as_dict(),
             primary.check_deadlines(cur, now).as_dict(),
         ]

@@ -3,8 +3,7 @@ must still pass the release gate (lethe.sharing.gate) under the policy's current
 
 from __future__ import annotations
 
-from lethe.audit.expect import expect_counts
-from lethe.quality import CheckResult
+from lethe.quality import CheckResult, expect_counts
 
 
 def check_shares(endpoint_url: str | None) -> CheckResult:

@@ -68,8 +68,8 @@ def in_transaction(
     left = quality.zero_rows("erasure_residue", residue(cur, policy, graph, people))
     counted = quality.counts_equal("erasure_counts_equal_plan", done, planned)
     summary = {
-        "residue": {"success": left.success, "checks": len(left.checks), "failed": left.failed},
-        "counts_equal_plan": {"success": counted.success, "failed": counted.failed},
+        "residue": {"success": left.success, "checks": len(left.checks), "failed": left.failures()},
+        "counts_equal_plan": {"success": counted.success, "failed": counted.failures()},
     }
     left.raise_if_failed()
     counted.raise_if_failed()
@@ -100,6 +100,6 @@ def after_commit(cur: psycopg2.extensions.cursor, policy: Policy, requests: list
     equal = quality.counts_equal("erasure_tombstone_counts", observed, expected)
     return {
         "success": left.success and equal.success,
-        "after_commit": {"success": left.success, "checks": len(counts), "failed": left.failed},
-        "tombstone_counts_equal_plan": {"success": equal.success, "failed": equal.failed},
+        "after_commit": {"success": left.success, "checks": len(counts), "failed": left.failures()},
+        "tombstone_counts_equal_plan": {"success": equal.success, "failed": equal.failures()},
     }

@@ -43,8 +43,10 @@ def postconditions(url: str, plan: Plan) -> list[CheckResult]:
             left[rp.rule] = int(remaining)
             held_missing[rp.rule] = max(0, rp.held - int(held_now))
         done = done_counts(cur, plan.plan_id)
+    # Each failure names its rule, table and column(s), never a row.
+    where = {rp.rule: f"table {rp.table}, column {', '.join(rp.columns) or rp.after}" for rp in plan.rules}
     return [
-        zero_rows("retention_nothing_expired_left", left),
-        zero_rows("retention_held_rows_kept", held_missing),
-        counts_equal("retention_done_equals_plan", done, {rp.rule: rp.rows for rp in plan.rules}),
+        zero_rows("retention_nothing_expired_left", left, where),
+        zero_rows("retention_held_rows_kept", held_missing, where),
+        counts_equal("retention_done_equals_plan", done, {rp.rule: rp.rows for rp in plan.rules}, where),
     ]

@@ -57,5 +57,5 @@ def cmd_purge(args: argparse.Namespace) -> int:
             return 0
         failed = [c for c in postconditions(db_url, plan) if not c.success]
     for check in failed:
-        print(f"post-condition {check.suite} failed: {', '.join(check.failed)}")
+        print(f"post-condition {check.suite} failed: {'; '.join(check.failures())}")
     return 1 if failed else 0

@@ -180,8 +180,13 @@ def build_plan(
     policy: Policy | None = None,
     rules: list[str] | None = None,
     dry_run: bool = False,
+    cutoffs_as_run: dict[str, datetime] | None = None,
 ) -> Plan:
-    """Plan every retention rule of the policy (or only `rules`) as of `now`."""
+    """Plan every retention rule of the policy (or only `rules`) as of `now`.
+
+    `cutoffs_as_run` replaces a rule's cutoff by one a past run used (the audit judges each rule
+    as of its last completed run, not as of the wall clock).
+    """
     if now.tzinfo is None:
         raise PlanError("`now` must be timezone-aware (the run's logical date)")
     policy = policy or load_policy()
@@ -202,6 +207,8 @@ def build_plan(
         # Raw usage not yet aggregated by usage_sharing is kept until it is (a clock on the row only).
         clamp = watermarks.get(table) if rule.event is None else None
         cutoffs[rule.name] = min(rule_cutoffs[rule.name], clamp) if clamp else rule_cutoffs[rule.name]
+        if cutoffs_as_run and rule.name in cutoffs_as_run:
+            rule_cutoffs[rule.name] = cutoffs[rule.name] = cutoffs_as_run[rule.name]
     fks = catalog.foreign_keys(cur)
     preds = Predicates(policy, cutoffs, fks, cutoffs)
     stages = _stages(policy, fks, set(cutoffs))

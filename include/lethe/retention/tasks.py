@@ -63,7 +63,7 @@ def check(plan_data: dict[str, Any]) -> list[dict[str, Any]]:
         return []
     results = postconditions(primary_url(), p)
     for r in results:
-        log.info("check %s: %s", r.suite, "passed" if r.success else f"FAILED {r.failed}")
+        log.info("check %s: %s", r.suite, "passed" if r.success else f"FAILED {'; '.join(r.failures())}")
     for r in results:
         r.raise_if_failed()
     return [r.as_dict() for r in results]
