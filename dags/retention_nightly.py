@@ -18,7 +18,8 @@ Every night, makes the policy file's retention rules true on the primary databas
    what `usage_sharing` has aggregated), the rows it will delete or anonymise, the rows it leaves
    because of a legal hold, and the rows it leaves because rows kept longer still reference them.
    The task log prints the plan (this is the dry run).
-2. **purge_stage_0..2**: one mapped task per rule. Tables referenced by other tables' purged rows run
+2. **purge_stage_0..2**: one mapped task per table, running that table's rules one after the other
+   (two rules of one table at once deadlock). Tables referenced by other tables' purged rows run
    in a later stage. Deletes and anonymisation run in short primary-key range batches; wholly expired
    partitions are detached and dropped (held people's rows are kept in a fresh partition for the range).
    Each rule writes one ledger entry (rule, cutoff, counts, policy version; never a row's values).
@@ -71,16 +72,16 @@ def retention_nightly() -> None:
         return tasks.plan(params or {}, context)
 
     @task
-    def rules(plan_data: Any, k: int) -> list[str]:
+    def tables(plan_data: Any, k: int) -> list[str]:
         from lethe.retention import tasks
 
         return tasks.stage(plan_data, k)
 
-    @task(trigger_rule=TriggerRule.NONE_FAILED)
-    def purge(plan_data: Any, rule: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    @task(trigger_rule=TriggerRule.NONE_FAILED, map_index_template="{{ task.op_kwargs['table'] }}")
+    def purge(plan_data: Any, table: str, k: int, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         from lethe.retention import tasks
 
-        return tasks.purge(plan_data, rule, (params or {}).get("batch_size", 10000))
+        return tasks.purge(plan_data, table, k, (params or {}).get("batch_size", 10000))
 
     @task(trigger_rule=TriggerRule.NONE_FAILED)
     def check(plan_data: Any) -> list[dict[str, Any]]:
@@ -99,8 +100,8 @@ def retention_nightly() -> None:
     for k in range(STAGES):
         stage = (
             purge.override(task_id=f"purge_stage_{k}")
-            .partial(plan_data=planned)
-            .expand(rule=rules.override(task_id=f"rules_stage_{k}")(planned, k))
+            .partial(plan_data=planned, k=k)
+            .expand(table=tables.override(task_id=f"tables_stage_{k}")(planned, k))
         )
         previous >> stage
         previous = stage

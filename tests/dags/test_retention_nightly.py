@@ -129,10 +129,19 @@ def test_night_deletes_exactly_what_the_policy_says_and_keeps_held_rows(
     assert not any(email in text for email in emails), "a ledger entry names a person"
 
     from airflow.models.asset import AssetEvent
+    from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
 
     with create_session() as session:
         uris = {e.uri for e in session.query(AssetEvent).filter(AssetEvent.source_run_id == run.run_id)}
+        purges = (
+            session.query(TaskInstance.task_id, TaskInstance.rendered_map_index)
+            .filter(TaskInstance.run_id == run.run_id, TaskInstance.task_id.like("purge_stage_%"))
+            .all()
+        )
+    # One purge task per table and stage, named by its table: two rules of a table never run at once.
+    assert len(purges) == len(set(purges))
+    assert {table for _, table in purges} == {t for t, _ in load_policy().rules()}
     assert "lethe://primary/sessions" in uris and "lethe://primary/usage_events" in uris
     assert "lethe://primary/accounts" not in uris or by_rule["closed_accounts"]["counts"]["done"] > 0
 

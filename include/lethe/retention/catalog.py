@@ -99,6 +99,44 @@ def is_partitioned(cur: psycopg2.extensions.cursor, table: str) -> bool:
     return bool(row and row[0])
 
 
+EXPIRED_SUFFIX = "__expired"
+
+
+def expired_marker(table: str) -> str:
+    """The comment on a partition retention detached from `table` and has yet to drop."""
+    return f"lethe retention: expired partition detached from {table}, to be dropped"
+
+
+def detached_leftovers(cur: psycopg2.extensions.cursor, table: str) -> list[str]:
+    """Expired partitions of `table` that a killed run detached but did not drop (`<name>__expired`).
+
+    Known by retention's comment on them, or (left by a version that set none) by a name
+    `<table>_...__expired` and exactly the table's columns.
+    """
+    cur.execute(
+        """
+        WITH parent AS (SELECT %(oid)s::oid AS oid),
+             shape AS (SELECT array_agg(attname || ' ' || format_type(atttypid, atttypmod) ORDER BY attname) AS cols
+                       FROM pg_attribute, parent WHERE attrelid = parent.oid AND attnum > 0 AND NOT attisdropped)
+        SELECT c.relname FROM pg_class c, parent p, shape s
+        WHERE c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = p.oid)
+          AND c.relkind = 'r' AND NOT c.relispartition AND c.relname LIKE %(like)s
+          AND (obj_description(c.oid, 'pg_class') = %(marker)s
+               OR (starts_with(c.relname, %(prefix)s)
+                   AND s.cols = (SELECT array_agg(attname || ' ' || format_type(atttypid, atttypmod) ORDER BY attname)
+                                 FROM pg_attribute WHERE attrelid = c.oid AND attnum > 0 AND NOT attisdropped)))
+        ORDER BY c.relname
+        """,
+        {
+            "oid": _oid(cur, table),
+            "like": "%" + EXPIRED_SUFFIX.replace("_", r"\_"),
+            "marker": expired_marker(table),
+            "prefix": f"{table}_",
+        },
+    )
+    return [str(r[0]) for r in cur.fetchall()]
+
+
 def partitions(cur: psycopg2.extensions.cursor, table: str) -> list[Partition]:
     """The range partitions of `table` with both bounds set, oldest first (DEFAULT and open ranges left out)."""
     cur.execute(

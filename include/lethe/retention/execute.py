@@ -22,11 +22,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg2.errors
 import psycopg2.extensions
 from lethe import ledger
 from lethe.db import DatabaseError, connect
 from lethe.policy import Policy
-from lethe.retention.catalog import column_types
+from lethe.retention.catalog import EXPIRED_SUFFIX, column_types, expired_marker
 from lethe.retention.plan import PartitionPlan, Plan, RulePlan
 from lethe.retention.predicates import HOLDS, Predicates, anonymised_value
 from psycopg2 import sql
@@ -129,14 +130,20 @@ def _drop_partition(
 
     Two transactions: a DROP forces a synchronous WAL flush at commit, so it runs on its own,
     after the parent's lock is released. A run killed between them leaves `<name>__expired`
-    detached; the next attempt drops it first.
+    detached: a retry of the same plan drops it here, a new plan lists it (`detached`).
     """
     step = f"partition:{part.name}"
-    parent, old = sql.Identifier(rp.table), sql.Identifier(part.name)
-    expired = sql.Identifier(f"{part.name}__expired")
-    keep = sql.Identifier(f"{part.name}__held")
     started = time.perf_counter()
-    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{part.name}__expired",))
+    if part.detached:  # left detached by a killed run of an earlier plan
+        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(part.name)))
+        _advance(cur, plan_id, rp.rule, step, part.rows, None, True)
+        conn.commit()
+        timings.append((time.perf_counter() - started) * 1000)
+        return
+    parent, old = sql.Identifier(rp.table), sql.Identifier(part.name)
+    expired = sql.Identifier(f"{part.name}{EXPIRED_SUFFIX}")
+    keep = sql.Identifier(f"{part.name}__held")
+    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{part.name}{EXPIRED_SUFFIX}",))
     if not cur.fetchone()[0]:  # type: ignore[index]
         cur.execute(
             "SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
@@ -160,6 +167,8 @@ def _drop_partition(
             )
         cur.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(parent, old))
         cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(old, expired))
+        # Marks it as retention's leftover should this run die before the DROP: the next plan drops it.
+        cur.execute(sql.SQL("COMMENT ON TABLE {} IS %s").format(expired), (expired_marker(rp.table),))
         if has_held:
             cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(keep, old))
             # The bound clause comes from pg_get_expr for this very partition (not from user input).
@@ -171,6 +180,22 @@ def _drop_partition(
     _advance(cur, plan_id, rp.rule, step, part.rows, None, True)
     conn.commit()
     timings.append((time.perf_counter() - started) * 1000)
+
+
+def _lock_table(cur: psycopg2.extensions.cursor, table: str) -> None:
+    """One purge per table at a time, across tasks, DAG runs and `lethe purge` (held until the session ends).
+
+    Two rules of one table at once deadlocked under a real executor (a batched DELETE against a
+    DETACH PARTITION of usage_events); the DAG runs a table's rules in one task, and this lock
+    covers every other way two purges could meet.
+    """
+    try:
+        cur.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (f"lethe.retention:{table}",))
+    except psycopg2.errors.LockNotAvailable:
+        raise RuntimeError(
+            f"another purge of table {table} is running (a second DAG run or `lethe purge`); "
+            f"this one gave up after waiting {LOCK_TIMEOUT}: retry when it is done"
+        ) from None
 
 
 def _held_ids(cur: psycopg2.extensions.cursor) -> list[int]:
@@ -216,6 +241,7 @@ def execute_rule(
     try:
         with conn.cursor() as cur:
             cur.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
+            _lock_table(cur, rp.table)
             # Batches need not wait for their WAL flush: a server crash can only lose the last few,
             # together with their checkpoint rows, and a rerun redoes them. The ledger entry waits.
             cur.execute("SET synchronous_commit = off")

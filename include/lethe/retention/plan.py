@@ -34,6 +34,9 @@ class PartitionPlan:
     upper: str
     rows: int  # unheld rows dropped with it (counted when planning)
     held: int  # rows of held people kept: moved into a fresh partition for the same range
+    # An earlier run detached this expired partition and died before dropping it: only the DROP is left
+    # (its held rows were already copied back into the table in the transaction that detached it).
+    detached: bool = False
 
 
 @dataclass
@@ -87,6 +90,14 @@ class Plan:
 
     def stage(self, k: int) -> list[str]:
         return [rp.rule for rp in self.rules if rp.stage == k]
+
+    def stage_tables(self, k: int) -> list[str]:
+        """Tables with rules in stage `k`: one purge task each, so no two rules of a table run at once."""
+        return list(dict.fromkeys(rp.table for rp in self.rules if rp.stage == k))
+
+    def table_rules(self, table: str, k: int) -> list[str]:
+        """The rules of `table` in stage `k`, in policy order (drop_partitions before delete)."""
+        return [rp.rule for rp in self.rules if rp.table == table and rp.stage == k]
 
     def load_policy(self) -> Policy:
         """The policy the plan was made from; refuse if the file changed since."""
@@ -222,6 +233,14 @@ def build_plan(
         if rule.action == "drop_partitions":
             if any(fk.parent == table for fk in fks):
                 raise PlanError(f"table {table}, rule {rule.name}: drop_partitions on a table other tables reference")
+            for name in catalog.detached_leftovers(cur, table):
+                cur.execute(
+                    sql.SQL("SELECT count(*) FILTER (WHERE NOT {h}), count(*) FILTER (WHERE {h}) FROM {p} t").format(
+                        h=preds.held(table, "t"), p=sql.Identifier(name)
+                    )
+                )
+                rows, held = cur.fetchone()  # type: ignore[misc]
+                partitions.append(PartitionPlan(name, "", "", rows, held, detached=True))
             for part in catalog.partitions(cur, table):
                 if part.upper > cutoffs[rule.name]:
                     continue

@@ -38,19 +38,25 @@ def plan(params: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
 
 
 def stage(plan_data: dict[str, Any], k: int) -> list[str]:
+    """The tables purged in stage `k`: one mapped task per table, never two at once on one table."""
     from lethe.retention.plan import Plan
 
-    return Plan.from_dict(plan_data).stage(k)
+    return Plan.from_dict(plan_data).stage_tables(k)
 
 
-def purge(plan_data: dict[str, Any], rule: str, batch_size: int) -> dict[str, Any]:
+def purge(plan_data: dict[str, Any], table: str, k: int, batch_size: int) -> list[dict[str, Any]]:
+    """Every rule of `table` in stage `k`, one after the other, in policy order."""
     from lethe.retention.execute import execute_rule
     from lethe.retention.plan import Plan
 
-    result = execute_rule(primary_url(), Plan.from_dict(plan_data), rule, batch_size=int(batch_size))
-    summary = result.summary()
-    log.info("rule %s: %s of %s planned rows done", rule, summary["rows"], summary["planned"])
-    return summary
+    plan = Plan.from_dict(plan_data)
+    policy = plan.load_policy()
+    summaries = []
+    for rule in plan.table_rules(table, k):
+        summary = execute_rule(primary_url(), plan, rule, batch_size=int(batch_size), policy=policy).summary()
+        log.info("rule %s: %s of %s planned rows done", rule, summary["rows"], summary["planned"])
+        summaries.append(summary)
+    return summaries
 
 
 def check(plan_data: dict[str, Any]) -> list[dict[str, Any]]:
