@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from airflow.sdk import CronTriggerTimetable, Param, dag, task
-from lethe.dag_defaults import default_args
+from lethe.dag_defaults import RUN_TIMEOUT, default_args
 
 DOC = """
 ### airflow_metadata_cleanup
@@ -46,6 +46,7 @@ A failed erasure run whose conf was already cleared cannot be retried: submit th
     doc_md=DOC,
     tags=["lethe", "privacy", "operations"],
     default_args=default_args(),
+    dagrun_timeout=RUN_TIMEOUT,
     params={
         "dry_run": Param(False, type="boolean", title="Dry run", description="Count what would go; change nothing."),
         "retention": Param(

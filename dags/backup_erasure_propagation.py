@@ -6,7 +6,7 @@ from airflow.sdk import Asset, AssetAny, AssetOrTimeSchedule, CronTriggerTimetab
 from lethe.assets import BACKUP_PROPAGATION_URI, ERASURE_TOMBSTONES_URI
 from lethe.backup.layout import purged_table_uris
 from lethe.config import BACKUP_REGIONS
-from lethe.dag_defaults import default_args
+from lethe.dag_defaults import BACKUP_TASK_TIMEOUT, RUN_TIMEOUT, default_args
 
 DOC = """
 ### backup_erasure_propagation
@@ -42,7 +42,8 @@ snapshots that hold them expire (policy `backups.retention`); see docs/backups.m
     max_active_runs=1,
     doc_md=DOC,
     tags=["lethe", "backup", "erasure"],
-    default_args=default_args(retry_minutes=10),
+    default_args=default_args(retry_minutes=10, execution_timeout=BACKUP_TASK_TIMEOUT),
+    dagrun_timeout=RUN_TIMEOUT,
 )
 def backup_erasure_propagation() -> None:
     @task(outlets=[Asset(BACKUP_PROPAGATION_URI)])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from airflow.sdk import Asset, Param, dag, task
 from lethe.assets import BACKUP_SNAPSHOTS_URI
 from lethe.config import BACKUP_REGIONS
-from lethe.dag_defaults import default_args
+from lethe.dag_defaults import BACKUP_TASK_TIMEOUT, RUN_TIMEOUT, default_args
 
 DOC = """
 ### backup_nightly
@@ -40,7 +40,8 @@ See docs/backups.md.
     max_active_runs=1,
     doc_md=DOC,
     tags=["lethe", "backup"],
-    default_args=default_args(retry_minutes=10),
+    default_args=default_args(retry_minutes=10, execution_timeout=BACKUP_TASK_TIMEOUT),
+    dagrun_timeout=RUN_TIMEOUT,
     params={
         "erasure_deadline_days": Param(
             30,

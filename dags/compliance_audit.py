@@ -7,7 +7,7 @@ from typing import Any
 
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, TriggerRule, dag, task
 from lethe.assets import BACKUP_PROPAGATION_URI
-from lethe.dag_defaults import default_args
+from lethe.dag_defaults import RUN_TIMEOUT, default_args
 
 DOC = """
 ### compliance_audit
@@ -106,6 +106,7 @@ CHECKS = ("primary", "legal_holds", "backups", "shares", "ledger")
         ),
     },
     default_args=default_args(retries=1, retry_minutes=2),
+    dagrun_timeout=RUN_TIMEOUT,
 )
 def compliance_audit() -> None:
     @task

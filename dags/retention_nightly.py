@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from airflow.sdk import AssetAlias, Param, TriggerRule, dag, task
-from lethe.dag_defaults import default_args
+from lethe.dag_defaults import RUN_TIMEOUT, default_args
 
 DOC = """
 ### retention_nightly
@@ -50,6 +50,7 @@ STAGES = 3  # lethe.retention.plan.MAX_STAGES
     doc_md=DOC,
     tags=["lethe", "privacy", "retention"],
     default_args=default_args(),
+    dagrun_timeout=RUN_TIMEOUT,
     params={
         "dry_run": Param(False, type="boolean", title="Dry run", description="Plan and record counts; change nothing."),
         "rule": Param(

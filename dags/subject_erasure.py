@@ -9,7 +9,7 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 from lethe.assets import ERASURE_TOMBSTONES_URI
-from lethe.dag_defaults import default_args
+from lethe.dag_defaults import APPROVAL_TIMEOUT, ERASURE_RUN_TIMEOUT, default_args
 from lethe.erasure.form import FORM_PATTERN, IDENTIFIER_HELP, IDENTIFIER_KINDS
 from lethe.erasure.notify import ErasureAlert
 
@@ -56,6 +56,7 @@ See docs/erasure.md.
     doc_md=DOC,
     tags=["lethe", "privacy", "erasure"],
     default_args=default_args(retries=1, on_failure=ErasureAlert()),
+    dagrun_timeout=ERASURE_RUN_TIMEOUT,
     params={
         "identifier_kind": Param(
             "email",
@@ -134,6 +135,7 @@ def subject_erasure() -> None:
         task_id="approve",
         subject="Approve erasure for subject_erasure run {{ run_id }}",
         body="The plan (counts per table, no identifiers) is in the `plan` task's XCom. Approve to erase.",
+        response_timeout=APPROVAL_TIMEOUT,  # unanswered, the task fails (and alerts) instead of waiting for ever
     )
 
     @task(outlets=[Asset(ERASURE_TOMBSTONES_URI)], trigger_rule="none_failed_min_one_success")

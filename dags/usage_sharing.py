@@ -7,7 +7,7 @@ from typing import Any
 
 from airflow.sdk import Asset, Param, TriggerRule, dag, task
 from lethe.assets import SHARING_RELEASES_URI
-from lethe.dag_defaults import default_args
+from lethe.dag_defaults import RUN_TIMEOUT, default_args
 
 DOC = """
 ### usage_sharing
@@ -49,6 +49,7 @@ release left half-written is removed by the next attempt, its budget spend kept.
     doc_md=DOC,
     tags=["lethe", "privacy", "sharing"],
     default_args=default_args(),
+    dagrun_timeout=RUN_TIMEOUT,
     params={
         "recipient": Param(
             "",

@@ -71,15 +71,20 @@ def configure(database_url: str, s3_endpoint_url: str, airflow_home: Path | None
     return home
 
 
+def pool_command() -> list[str]:
+    """`airflow ...` arguments that create (or resize) the pool every Lethe task takes a slot of."""
+    from lethe.dag_defaults import PRIMARY_POOL, PRIMARY_POOL_SLOTS
+
+    return ["pools", "set", PRIMARY_POOL, str(PRIMARY_POOL_SLOTS), "Lethe tasks loading the primary database"]
+
+
 def migrate_metadata() -> None:
-    """`airflow db migrate` once per AIRFLOW_HOME (dag.test needs the metadata tables)."""
+    """`airflow db migrate` and Lethe's pool once per AIRFLOW_HOME (dag.test needs the metadata tables)."""
     marker = Path(os.environ["AIRFLOW_HOME"]) / ".lethe-migrated"
     if marker.exists():
         return
-    subprocess.run(
-        [sys.executable, "-m", "airflow", "db", "migrate"],
-        check=True,
-        stdout=subprocess.DEVNULL,
-        env=os.environ.copy(),
-    )
+    for args in (["db", "migrate"], pool_command()):
+        subprocess.run(
+            [sys.executable, "-m", "airflow", *args], check=True, stdout=subprocess.DEVNULL, env=os.environ.copy()
+        )
     marker.write_text("ok")

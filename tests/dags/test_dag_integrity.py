@@ -46,6 +46,23 @@ def test_every_dag_is_documented_owned_and_retried(dagbag) -> None:  # type: ign
             assert task.on_failure_callback, f"{dag_id}.{task.task_id}: a failure would alert nobody"
 
 
+def test_every_task_and_every_run_is_bounded_and_takes_a_slot_of_the_primary_pool(dagbag) -> None:  # type: ignore[no-untyped-def]
+    from datetime import timedelta
+
+    for dag_id, dag in dagbag.dags.items():
+        assert dag.dagrun_timeout, f"{dag_id}: a run could last for ever"
+        for task in dag.tasks:
+            where = f"{dag_id}.{task.task_id}"
+            # A mapped task carries them in the arguments each mapped instance is built from.
+            timeout = task.execution_timeout or task.partial_kwargs.get("execution_timeout")
+            assert isinstance(timeout, timedelta) and timeout > timedelta(0), f"{where}: no execution_timeout"
+            assert timeout <= dag.dagrun_timeout, f"{where}: its timeout outlasts the run's"
+            if hasattr(task, "response_timeout"):  # a human approval: its wait is bounded apart
+                assert task.response_timeout and task.response_timeout < dag.dagrun_timeout, f"{where}: waits for ever"
+            pool = task.partial_kwargs.get("pool") if task.is_mapped else task.pool
+            assert pool == "lethe_primary", f"{where}: runs outside the primary's pool ({pool})"
+
+
 def test_every_task_checks_the_policy_before_it_acts(dagbag) -> None:  # type: ignore[no-untyped-def]
     from lethe.policy.check import check_before_acting
 

@@ -437,3 +437,26 @@ def test_restore_command(
         assert "target database is not empty" in capsys.readouterr().err
     finally:
         testing.drop_database(target)
+
+
+def test_the_export_transaction_is_bounded_in_statement_and_idle_time(db_url: str) -> None:
+    import time
+
+    import psycopg2
+    from lethe.backup.snapshot import export_transaction
+
+    with export_transaction(db_url) as cur:  # the export's own settings: neither is left unbounded ("0")
+        cur.execute("SHOW statement_timeout")
+        bounds = [cur.fetchone()[0]]
+        cur.execute("SHOW idle_in_transaction_session_timeout")
+        bounds.append(cur.fetchone()[0])
+        assert "0" not in bounds
+        cur.execute("SELECT current_setting('transaction_isolation'), current_setting('transaction_read_only')")
+        assert cur.fetchone() == ("repeatable read", "on")
+    with pytest.raises(psycopg2.errors.QueryCanceled), export_transaction(db_url, statement_timeout="100ms") as cur:
+        cur.execute("SELECT pg_sleep(5)")
+    # An export stalled between statements (a hung upload) loses its session, and so its snapshot.
+    with pytest.raises(psycopg2.OperationalError), export_transaction(db_url, idle_timeout="200ms") as cur:
+        cur.execute("SELECT 1")
+        time.sleep(1.5)
+        cur.execute("SELECT 1")

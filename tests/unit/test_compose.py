@@ -145,6 +145,13 @@ def test_primary_and_metadata_databases_are_separate(services: dict[str, Any]) -
     assert services["airflow-db"]["volumes"] != services["primary-db"]["volumes"]
 
 
+def test_the_init_job_creates_the_pool_every_lethe_task_takes_a_slot_of(services: dict[str, Any]) -> None:
+    from lethe.dag_defaults import PRIMARY_POOL, PRIMARY_POOL_SLOTS
+
+    script = "\n".join(services["airflow-init"]["command"])
+    assert f"airflow pools set {PRIMARY_POOL} {PRIMARY_POOL_SLOTS} " in script
+
+
 def test_minio_init_creates_every_bucket_versioned() -> None:
     script = (PROJECT_DIR / "deploy" / "minio-init.sh").read_text()
     names = re.search(r"for bucket in (.+); do", script)

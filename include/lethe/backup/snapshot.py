@@ -9,8 +9,9 @@ for backup_erasure_propagation, so no erasure can slip between export and manife
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +27,30 @@ from lethe.policy.model import Policy
 
 log = logging.getLogger(__name__)
 UPLOAD_THREADS = 8
+
+
+# The export holds one REPEATABLE READ snapshot open on the primary for its whole run (it keeps VACUUM
+# from removing rows deleted meanwhile). A 100,000-user export takes ~6 s (BENCHMARKS.md); these bound
+# one statement (the COPY of the largest table) and a stall between statements (an upload that hangs).
+EXPORT_STATEMENT_TIMEOUT = "30min"
+EXPORT_IDLE_TIMEOUT = "10min"
+
+
+@contextlib.contextmanager
+def export_transaction(
+    db_url: str, *, statement_timeout: str = EXPORT_STATEMENT_TIMEOUT, idle_timeout: str = EXPORT_IDLE_TIMEOUT
+) -> Iterator[psycopg2.extensions.cursor]:
+    """A read-only REPEATABLE READ transaction, all tables from one instant, bounded in time; rolled back."""
+    conn = connect(db_url)
+    try:
+        conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ, readonly=True)
+        with conn.cursor() as cur:
+            cur.execute("SELECT set_config('statement_timeout', %s, true)", (statement_timeout,))
+            cur.execute("SELECT set_config('idle_in_transaction_session_timeout', %s, true)", (idle_timeout,))
+            yield cur
+        conn.rollback()
+    finally:
+        conn.close()
 
 
 def backed_up_tables(policy: Policy) -> list[str]:
@@ -76,22 +101,16 @@ def take_snapshot(
         buckets=policy.backups.buckets,
         tables={},
     )
-    conn = connect(db_url)
-    try:
-        conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ, readonly=True)
-        with conn.cursor() as cur:
-            cur.execute("SELECT subject_pseudonym FROM erasure_tombstones")
-            tombstones = {row[0] for row in cur.fetchall()}
-            manifest.tombstones_at_export = len(tombstones)
+    with export_transaction(db_url) as cur:
+        cur.execute("SELECT subject_pseudonym FROM erasure_tombstones")
+        tombstones = {row[0] for row in cur.fetchall()}
+        manifest.tombstones_at_export = len(tombstones)
 
-            def upload(table: str, bucket_no: int | None, body: bytes) -> tuple[str, str]:
-                object_key = layout.object_key(sid, table, bucket_no)
-                return object_key, store.put(client, bucket, object_key, body)
+        def upload(table: str, bucket_no: int | None, body: bytes) -> tuple[str, str]:
+            object_key = layout.object_key(sid, table, bucket_no)
+            return object_key, store.put(client, bucket, object_key, body)
 
-            manifest.tables = export_tables(cur, backed_up_tables(policy), policy, key, tombstones, upload)
-        conn.rollback()
-    finally:
-        conn.close()
+        manifest.tables = export_tables(cur, backed_up_tables(policy), policy, key, tombstones, upload)
     write_manifest(client, bucket, manifest)  # last: from here on the snapshot exists
     summary = {
         "region": region,

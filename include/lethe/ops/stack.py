@@ -33,7 +33,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from lethe.airflow_env import DAGS_FOLDER, local_pseudonym_key
+from lethe.airflow_env import DAGS_FOLDER, local_pseudonym_key, pool_command
 from lethe.config import PRIMARY_REGION
 
 ADMIN_USER = "admin"
@@ -178,6 +178,7 @@ class AirflowStack:
         self.metadata_url = url_for_database(self.metadata_server, name)
         try:
             self._run(["db", "migrate"], "db-migrate", timeout=300)
+            self._run(pool_command(), "pools", timeout=120)
             self._spawn("api-server", ["api-server", "--port", str(self.port)])
             self._spawn("scheduler", ["scheduler"])
             self._spawn("dag-processor", ["dag-processor"])
