@@ -80,7 +80,7 @@ def _holds(url: str) -> None:
     )
     _sql(
         url,
-        "INSERT INTO legal_holds (hold_id, user_id, reason, placed_at) SELECT u, u, 'bench', now()"
+        "INSERT INTO legal_holds (hold_id, subject_key, reason, placed_at) SELECT u, u::text, 'bench', now()"
         " FROM unnest(%(u)s::bigint[]) u",
         params={"u": list(HELD_USERS)},
     )

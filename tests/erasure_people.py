@@ -35,7 +35,6 @@ ASHA_ROWS = {
     "security_evidence": 1,
     "communications": 1,
     "disputes": 1,
-    "legal_holds": 1,
 }
 MENTIONS_OF_ASHA = {"comments.body": 1, "issue_reports.body": 1, "communications.body": 1}
 
@@ -114,8 +113,8 @@ def insert_people(url: str) -> None:
         cur.execute("INSERT INTO issue_reports VALUES (101, 1, 'Bug', 'video stalls', now(), NULL)")
         cur.execute("INSERT INTO communications VALUES (101, 1, 'email', 'inbound', 'Hi', 'call me', now())")
         cur.execute(
-            "INSERT INTO legal_holds VALUES (101, 1, 101, 'old dispute',"
-            " now() - interval '300 days', now() - interval '100 days')"
+            "INSERT INTO legal_holds (hold_id, subject_key, reference, reason, placed_at, released_at)"
+            " VALUES (101, '1', 'dispute 101', 'old dispute', now() - interval '300 days', now() - interval '100 days')"
         )
         # Bhavin mentions Asha three ways, plus a near miss that is not her address.
         cur.execute(
@@ -129,7 +128,8 @@ def insert_people(url: str) -> None:
         )
         # Chitra: an active hold.
         cur.execute(
-            "INSERT INTO legal_holds VALUES (301, 3, 301, 'pending litigation', now() - interval '10 days', NULL)"
+            "INSERT INTO legal_holds (hold_id, subject_key, reference, reason, placed_at)"
+            " VALUES (301, '3', 'dispute 301', 'pending litigation', now() - interval '10 days')"
         )
 
 

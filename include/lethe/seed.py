@@ -456,8 +456,8 @@ class Seeder:
             pd.DataFrame(
                 {
                     "hold_id": np.arange(1, len(u) + 1),
-                    "user_id": u,
-                    "dispute_id": np.arange(1, len(u) + 1),
+                    "subject_key": u.astype(str),
+                    "reference": [f"dispute {i}" for i in range(1, len(u) + 1)],
                     "reason": "Litigation hold pending dispute",
                     "placed_at": self.ts(opened),
                     "released_at": pd.Series(self.ts(np.minimum(opened + 90 * DAY_S, self.now_s))).where(released),

@@ -46,7 +46,8 @@ def _query(url: str, q: str, args: Any = None) -> list[tuple[Any, ...]]:
 def _people_without_holds(url: str, n: int) -> list[int]:
     rows = _query(
         url,
-        "SELECT user_id FROM accounts a WHERE NOT EXISTS (SELECT 1 FROM legal_holds h WHERE h.user_id = a.user_id)"
+        "SELECT user_id FROM accounts a"
+        " WHERE NOT EXISTS (SELECT 1 FROM legal_holds h WHERE h.subject_key = a.user_id::text)"
         " AND NOT EXISTS (SELECT 1 FROM disputes d WHERE d.user_id = a.user_id)"
         " AND EXISTS (SELECT 1 FROM invoices i WHERE i.user_id = a.user_id) ORDER BY user_id LIMIT %s",
         (n,),

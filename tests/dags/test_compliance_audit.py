@@ -34,7 +34,7 @@ def seed_small_state(url: str) -> None:
                 (user_id, user_id, NOW - timedelta(days=1), NOW + timedelta(days=10)),
             )
         cur.execute(
-            "INSERT INTO legal_holds (hold_id, user_id, reason, placed_at) VALUES (1, 2, 'litigation', %s)",
+            "INSERT INTO legal_holds (hold_id, subject_key, reason, placed_at) VALUES (1, '2', 'litigation', %s)",
             (NOW - timedelta(days=3),),
         )
         for n in (3, 4):

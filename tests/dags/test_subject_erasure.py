@@ -99,7 +99,7 @@ def test_erases_a_person_everywhere_and_leaves_only_proof(
     ]
     # The released hold is kept as a record, its links cut.
     assert _query(
-        db_url, "SELECT hold_id, user_id, dispute_id, subject_pseudonym FROM legal_holds WHERE hold_id = 101"
+        db_url, "SELECT hold_id, subject_key, reference, subject_pseudonym FROM legal_holds WHERE hold_id = 101"
     ) == [(101, None, None, pseudonym)]
     # Mentions in other people's free text are redacted; a longer address that is not hers is left alone.
     assert _query(db_url, "SELECT body FROM comments WHERE user_id = 2 ORDER BY comment_id") == [

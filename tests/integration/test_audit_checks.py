@@ -47,8 +47,8 @@ def add_session(cur, session_id: int, user_id: int, expires_days_ago: float) -> 
 
 def add_hold(cur, hold_id: int, user_id: int) -> None:
     cur.execute(
-        "INSERT INTO legal_holds (hold_id, user_id, reason, placed_at) VALUES (%s, %s, 'litigation', %s)",
-        (hold_id, user_id, NOW - timedelta(days=10)),
+        "INSERT INTO legal_holds (hold_id, subject_key, reason, placed_at) VALUES (%s, %s, 'litigation', %s)",
+        (hold_id, str(user_id), NOW - timedelta(days=10)),
     )
 
 

@@ -25,3 +25,17 @@ def test_migrate_twice_changes_nothing_and_keeps_dropped_months_dropped(db_url: 
         cur.execute(PARTITIONS)
         after = [r[0] for r in cur.fetchall()]
     assert after == before[1:]
+
+
+def test_legal_holds_name_any_subject_by_key_value_with_no_link_into_the_platform(db_url: str) -> None:
+    with transaction() as cur:
+        cur.execute(
+            "SELECT count(*) FROM pg_constraint WHERE contype = 'f'"
+            " AND (conrelid = 'legal_holds'::regclass OR confrelid = 'legal_holds'::regclass)"
+        )
+        assert cur.fetchone()[0] == 0
+        cur.execute(
+            "SELECT data_type FROM information_schema.columns WHERE table_name = 'legal_holds'"
+            " AND column_name = 'subject_key'"
+        )
+        assert cur.fetchone()[0] == "text"

@@ -127,8 +127,9 @@ def test_property_holds_and_unexpired_rows_survive_and_expired_unheld_rows_go(
             held = p["hold"] == "active"
             if p["hold"] != "none":
                 cur.execute(
-                    "INSERT INTO legal_holds VALUES (%s, %s, NULL, 'case', %s, %s)",
-                    (uid, uid, NOW - 50 * days, NOW - days if p["hold"] == "released" else None),
+                    "INSERT INTO legal_holds (hold_id, subject_key, reason, placed_at, released_at)"
+                    " VALUES (%s, %s, 'case', %s, %s)",
+                    (uid, str(uid), NOW - 50 * days, NOW - days if p["hold"] == "released" else None),
                 )
             quotes_end = None
             if p["quotes_ended_days_ago"] is not None:
@@ -199,7 +200,10 @@ def fill_sessions(url: str) -> None:
     with transaction(url) as cur:
         for uid in (1, 2, 3):
             add_account(cur, uid)
-        cur.execute("INSERT INTO legal_holds VALUES (1, 2, NULL, 'case', %s, NULL)", (NOW - timedelta(days=3),))
+        cur.execute(
+            "INSERT INTO legal_holds (hold_id, subject_key, reason, placed_at) VALUES (1, '2', 'case', %s)",
+            (NOW - timedelta(days=3),),
+        )
         cur.execute(
             "INSERT INTO sessions SELECT g, 1 + g %% 3, 'c', 'temporary', NULL, %s - g * interval '1 minute',"
             " %s - (g %% 5 - 2) * interval '1 day' FROM generate_series(1, 20000) g",
@@ -290,7 +294,9 @@ def test_anonymise_truncates_ips_once_and_keeps_held_rows(db_url: str) -> None:
     with transaction(db_url) as cur:
         add_account(cur, 1)
         add_account(cur, 2)
-        cur.execute("INSERT INTO legal_holds VALUES (1, 2, NULL, 'case', %s, NULL)", (NOW,))
+        cur.execute(
+            "INSERT INTO legal_holds (hold_id, subject_key, reason, placed_at) VALUES (1, '2', 'case', %s)", (NOW,)
+        )
         rows = [
             (1, 1, "203.0.113.77", 10),
             (2, 1, "2001:db8:abcd:12::1", 10),

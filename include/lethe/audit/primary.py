@@ -13,11 +13,11 @@ from typing import Any
 import psycopg2.extensions
 from psycopg2 import sql
 
+from lethe import holds
 from lethe.policy.model import Policy
 from lethe.pseudonym import pseudonym, subject_pseudonym
 from lethe.quality import CheckResult, expect_counts
 
-HOLDS_TABLE = "legal_holds"
 # 'held': a legal hold keeps the person's rows and the request open; it is reported, not failed.
 OPEN_STATUSES = ("pending", "running", "failed", "held")
 OVERDUE_STATUSES = ("pending", "running", "failed")
@@ -122,14 +122,20 @@ def check_retention(
 def held_rows(cur: psycopg2.extensions.cursor, policy: Policy) -> dict[str, dict[str, int]]:
     """Rows per table of each person under an active hold: hold id -> table -> rows."""
     counts: dict[str, dict[str, int]] = {}
+    key_type = sql.SQL(holds.key_type(cur, policy))
     for table, rule in policy.tables.items():
         if rule.subject is None:
             continue
         cur.execute(
             sql.SQL(
-                "SELECT h.hold_id, count(*) FROM {table} t JOIN {holds} h ON h.user_id = t.{s} "
+                "SELECT h.hold_id, count(*) FROM {table} t JOIN {holds} h ON t.{s} = h.subject_key::{k} "
                 "WHERE h.released_at IS NULL GROUP BY h.hold_id"
-            ).format(table=sql.Identifier(table), holds=sql.Identifier(HOLDS_TABLE), s=sql.Identifier(rule.subject))
+            ).format(
+                table=sql.Identifier(table),
+                holds=sql.Identifier(holds.HOLDS),
+                s=sql.Identifier(rule.subject),
+                k=key_type,
+            )
         )
         for hold_id, n in cur.fetchall():
             counts.setdefault(str(hold_id), {})[table] = int(n)

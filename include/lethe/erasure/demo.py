@@ -14,7 +14,9 @@ def conf(db_url: str) -> dict[str, Any]:
             """
             SELECT a.email FROM accounts a
             WHERE a.closed_at IS NULL
-              AND NOT EXISTS (SELECT 1 FROM legal_holds h WHERE h.user_id = a.user_id AND h.released_at IS NULL)
+              AND NOT EXISTS (
+                  SELECT 1 FROM legal_holds h WHERE h.subject_key = a.user_id::text AND h.released_at IS NULL
+              )
             ORDER BY EXISTS (SELECT 1 FROM invoices i WHERE i.user_id = a.user_id) DESC, a.user_id
             LIMIT 1
             """

@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg2.extensions
 import psycopg2.extras
-from lethe import ledger
+from lethe import holds, ledger
 from lethe.erasure import discovery
 from lethe.erasure.discovery import ErasureGraphError, Graph
 from lethe.erasure.plan import Work
@@ -112,6 +112,7 @@ def apply(
                 )
         for owner, n in counts.items():
             done[owner][table] = n
+    holds.forget_subjects(cur, [(str(owner), p) for owner, p in targets if p is not None])
 
     target_ids = {owner for owner, _ in targets}
     terms = {w.subject.user_id: w.subject.search_terms() for w in works if w.outcome == "erased" and w.subject}

@@ -89,10 +89,11 @@ def tombstone_match(cur: psycopg2.extensions.cursor, key: bytes, kind: str, iden
 
 
 def active_holds(cur: psycopg2.extensions.cursor, owners: list[int]) -> dict[int, list[int]]:
+    """Owner -> ids of the active legal holds on them (holds name their subject by key value, as text)."""
     cur.execute(
-        "SELECT user_id, array_agg(hold_id ORDER BY hold_id) FROM legal_holds"
-        " WHERE user_id = ANY(%s) AND released_at IS NULL GROUP BY user_id",
-        (owners,),
+        "SELECT subject_key, array_agg(hold_id ORDER BY hold_id) FROM legal_holds"
+        " WHERE subject_key = ANY(%s) AND released_at IS NULL GROUP BY subject_key",
+        ([str(o) for o in owners],),
     )
     return {int(u): [int(h) for h in ids] for u, ids in cur.fetchall()}
 

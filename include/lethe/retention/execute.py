@@ -26,10 +26,11 @@ import psycopg2.errors
 import psycopg2.extensions
 from lethe import ledger
 from lethe.db import DatabaseError, connect
+from lethe.holds import HOLDS, active_keys
 from lethe.policy import Policy
 from lethe.retention.catalog import EXPIRED_SUFFIX, column_types, expired_marker
 from lethe.retention.plan import PartitionPlan, Plan, RulePlan
-from lethe.retention.predicates import HOLDS, Predicates, anonymised_value
+from lethe.retention.predicates import Predicates, anonymised_value
 from psycopg2 import sql
 
 LEDGER_KIND = "retention"
@@ -198,11 +199,10 @@ def _lock_table(cur: psycopg2.extensions.cursor, table: str) -> None:
         ) from None
 
 
-def _held_ids(cur: psycopg2.extensions.cursor) -> list[int]:
-    """People under legal hold, read under a lock that makes a hold placed now wait for this batch."""
+def _held_ids(cur: psycopg2.extensions.cursor) -> list[str]:
+    """Subject keys under legal hold, read under a lock that makes a hold placed now wait for this batch."""
     cur.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(sql.Identifier(HOLDS)))
-    cur.execute(sql.SQL("SELECT user_id FROM {} WHERE released_at IS NULL").format(sql.Identifier(HOLDS)))
-    return [int(r[0]) for r in cur.fetchall()]
+    return active_keys(cur)
 
 
 def _statement(preds: Predicates, rp: RulePlan, rule: Any, key_range: sql.Composable) -> sql.Composable:

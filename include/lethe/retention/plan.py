@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg2.extensions
+from lethe import holds
 from lethe.db import ConfigurationError
 from lethe.policy import Policy, RetentionRule, load_policy
 from lethe.retention import catalog
@@ -111,7 +112,8 @@ class Plan:
 
     def predicates(self, policy: Policy, cur: psycopg2.extensions.cursor, held_ids_param: bool = False) -> Predicates:
         cutoffs = {rp.rule: datetime.fromisoformat(rp.cutoff) for rp in self.rules}
-        return Predicates(policy, cutoffs, catalog.foreign_keys(cur), cutoffs, held_ids_param)
+        key_type = holds.key_type(cur, policy)
+        return Predicates(policy, cutoffs, catalog.foreign_keys(cur), cutoffs, held_ids_param, key_type)
 
     def lines(self) -> list[str]:
         """The dry run: one line per rule with its counts."""
@@ -221,7 +223,7 @@ def build_plan(
         if cutoffs_as_run and rule.name in cutoffs_as_run:
             rule_cutoffs[rule.name] = cutoffs[rule.name] = cutoffs_as_run[rule.name]
     fks = catalog.foreign_keys(cur)
-    preds = Predicates(policy, cutoffs, fks, cutoffs)
+    preds = Predicates(policy, cutoffs, fks, cutoffs, key_type=holds.key_type(cur, policy))
     stages = _stages(policy, fks, set(cutoffs))
     params = preds.params()
 

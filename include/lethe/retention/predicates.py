@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from lethe import holds
 from lethe.policy import Policy, RetentionRule
 from lethe.retention.catalog import ForeignKey
 from psycopg2 import sql
@@ -28,7 +29,6 @@ DELETING = ("delete", "drop_partitions")
 REDACTED = "[redacted]"
 CLOSED_AT = "closed_at"  # accounts.closed_at: when the account_closed clock starts
 CONSENTS = "consents"
-HOLDS = "legal_holds"
 MAX_DEPTH = 8
 
 _TRUE = sql.SQL("true")
@@ -47,10 +47,13 @@ class Predicates:
         foreign_keys: list[ForeignKey],
         active: Iterable[str],
         held_ids_param: bool = False,
+        key_type: str = "bigint",
     ) -> None:
         """`held_ids_param`: held people come as the %(held_ids)s parameter (the executor reads them
-        under a lock per batch), a constant array being cheaper per row than a subquery."""
+        under a lock per batch), a constant array being cheaper per row than a subquery.
+        `key_type`: the subject key's SQL type; held keys (text in Lethe's holds) are cast to it."""
         self.policy = policy
+        self.key_type = key_type
         self.cutoffs = cutoffs
         self.fks = foreign_keys
         self.active = set(active)
@@ -96,20 +99,18 @@ class Predicates:
         if subject is None:
             return sql.SQL("false")
         if self.held_ids_param:
-            return sql.SQL("coalesce({} = ANY(%(held_ids)s::bigint[]), false)").format(subject)
+            return sql.SQL("coalesce({} = ANY(%(held_ids)s::text[]::{}[]), false)").format(
+                subject, sql.SQL(self.key_type)
+            )
         # IN over a subquery becomes one hashed lookup per statement (holds are few), not a probe per row.
-        return sql.SQL("coalesce({} IN (SELECT h.user_id FROM {} h WHERE h.released_at IS NULL), false)").format(
-            subject, sql.Identifier(HOLDS)
-        )
+        return sql.SQL("coalesce({} IN ({}), false)").format(subject, holds.active_keys_sql(self.key_type))
 
     def held_where(self, table: str, alias: str) -> sql.Composable:
         """`held` for a WHERE clause only: a bare semi-join the planner can drive through the subject index."""
         subject = self._subject(table, alias)
         if subject is None:
             return sql.SQL("false")
-        return sql.SQL("{} IN (SELECT h.user_id FROM {} h WHERE h.released_at IS NULL)").format(
-            subject, sql.Identifier(HOLDS)
-        )
+        return sql.SQL("{} IN ({})").format(subject, holds.active_keys_sql(self.key_type))
 
     def unheld(self, table: str, alias: str) -> sql.Composable:
         return sql.SQL("NOT {}").format(self.held(table, alias))

@@ -1,0 +1,57 @@
+"""Legal holds: Lethe's own record of whose data must be kept, for any kind of subject key.
+
+A hold names its subject by the value of the policy's subject key, as text, with no
+foreign key into the platform's tables. Queries compare the platform's key cast to the
+key column's own type, so an index on the platform's link column still drives them.
+"""
+
+from __future__ import annotations
+
+import psycopg2.extensions
+import psycopg2.extras
+from psycopg2 import sql
+
+from lethe.policy.model import Policy
+
+HOLDS = "legal_holds"
+
+
+def key_type(cur: psycopg2.extensions.cursor, policy: Policy) -> str:
+    """The SQL type of the subject key column (format_type), to cast held keys to."""
+    cur.execute(
+        "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a"
+        " WHERE a.attrelid = to_regclass(%s) AND a.attname = %s AND NOT a.attisdropped",
+        (sql.Identifier(policy.subject.table).as_string(cur), policy.subject.key),
+    )
+    row = cur.fetchone()
+    if row is None:
+        raise ValueError(f"subject key {policy.subject.table}.{policy.subject.key} is not in the database")
+    return str(row[0])
+
+
+def active_keys_sql(type_: str) -> sql.Composable:
+    """The subject keys under an active hold, typed like the subject key."""
+    return sql.SQL("SELECT h.subject_key::{} FROM {} h WHERE h.released_at IS NULL").format(
+        sql.SQL(type_), sql.Identifier(HOLDS)
+    )
+
+
+def active_keys(cur: psycopg2.extensions.cursor) -> list[str]:
+    cur.execute(sql.SQL("SELECT DISTINCT subject_key FROM {} WHERE released_at IS NULL").format(sql.Identifier(HOLDS)))
+    return [str(r[0]) for r in cur.fetchall()]
+
+
+def forget_subjects(cur: psycopg2.extensions.cursor, erased: list[tuple[str, str]]) -> None:
+    """(subject key, keyed pseudonym) of people just erased: their (released) holds stay as the record of a
+    legal obligation, but name them only by the pseudonym; the free reference goes too."""
+    if erased:
+        psycopg2.extras.execute_values(
+            cur,
+            sql.SQL(
+                "UPDATE {} h SET subject_key = NULL, reference = NULL, subject_pseudonym = v.p"
+                " FROM (VALUES %s) v (k, p) WHERE h.subject_key = v.k"
+            )
+            .format(sql.Identifier(HOLDS))
+            .as_string(cur),
+            erased,
+        )
