@@ -23,8 +23,9 @@ Each check is a Great Expectations expectation over a count that must be zero:
 | `erasure_residue` | `erased_subject_rows.<table>`, `erased_identifiers_left` | nothing of an erased person is left |
 | `erasure_residue` | `identifier_kept_after_completion` | completed requests no longer hold the identifier |
 | `erasure_deadlines` | `overdue_erasure_requests` | no open erasure request is past its due date |
+| `backups` | `bucket_in_region.<region>` | the backup bucket is in the region the policy names (GetBucketLocation) |
 | `backups` | `snapshot_within_rpo.<region>` | a complete snapshot younger than the recovery-point objective |
-| `backups` | `manifest_mismatches.<region>` | every object a manifest names exists with its size and sha256 |
+| `backups` | `manifest_mismatches.<region>` | every object a manifest names exists with its size and sha256 (S3's checksum) |
 | `backups` | `tombstones_not_applied.<region>` | no retained snapshot holds a row of an erased person |
 | `backups` | `erased_mentions_left.<region>` | no retained snapshot names an erased person in others' free text |
 | `shares` | `<recipient>.<gate check>` | the latest release of each recipient still passes the release gate |
@@ -53,6 +54,7 @@ Failures and overdue erasure requests raise an alert (table `audit_alerts`, and 
   its run and the region's endpoint (the check's details say `unreachable` when S3 did not answer).
 - `backups.manifest_mismatches.<region>`: an object was changed or removed outside Lethe; take a
   fresh snapshot (`backup_nightly`) and investigate the bucket's access log.
+- `backups.bucket_in_region.<region>`: the bucket is not where the policy says; move it.
 - `backups.tombstones_not_applied.<region>`: run `backup_erasure_propagation`; it rewrites the
   affected objects. A restore must not use that region's snapshots until this passes.
 - `shares.<recipient>.*`: a published release no longer passes the gate (e.g. the policy's

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -79,3 +80,77 @@ def test_backup_checks_find_each_fault_in_its_region(db_url: str, s3_endpoint: s
     key = next(o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"] if o["Key"].endswith(".parquet"))
     client.put_object(Bucket=bucket, Key=key, Body=b"tampered")
     assert failed(db_url, s3_endpoint) == ["manifest_mismatches.us-east-1"]
+
+
+def region_details(result, region: str) -> dict:
+    return next(c["details"] for c in result.checks if c["name"] == f"manifest_mismatches.{region}")
+
+
+def test_after_a_passed_audit_only_what_changed_is_read(db_url: str, s3_endpoint: str) -> None:
+    from lethe.audit import results
+    from lethe.backup.snapshot import new_snapshot_id, take_snapshot
+
+    seed_people(db_url)
+    sid = new_snapshot_id()
+    for region in BACKUP_REGIONS:
+        take_snapshot(db_url, region, s3_endpoint, sid, load_policy(), KEY)
+    time.sleep(1.1)  # S3's clock has one-second steps: the audit's listing comes after the snapshot's writes
+    first = check_backups(db_url, s3_endpoint, KEY, datetime.now(UTC), sample=1)
+    assert first.success
+    details = region_details(first, "us-east-1")
+    assert details["objects"] > 2 and details["objects_read"] == details["objects"]  # no earlier audit: all read
+    with transaction(db_url) as cur:
+        results.record(cur, results.outcome("run-1", [first.as_dict()]))
+
+    # Nothing changed: checksums for every object, contents for the sample only.
+    second = check_backups(db_url, s3_endpoint, KEY, datetime.now(UTC), sample=1)
+    assert second.success
+    details = region_details(second, "us-east-1")
+    assert details["objects_read"] == 1 and details["read_because"]["sample"] == 1
+    assert details["bytes_read"] < details["bytes"]
+
+    # An object rewritten with other bytes of the same size, and a checksum S3 computed for them: found
+    # from the checksum alone.
+    client = s3_client("us-east-1", s3_endpoint)
+    bucket = BUCKETS.backup("us-east-1")
+    key = next(o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"] if o["Key"].endswith(".parquet"))
+    body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    client.put_object(Bucket=bucket, Key=key, Body=body[:-1] + bytes([body[-1] ^ 1]), ChecksumAlgorithm="SHA256")
+    assert check_backups(db_url, s3_endpoint, KEY, datetime.now(UTC), sample=0).failed == [
+        "manifest_mismatches.us-east-1"
+    ]
+    client.put_object(Bucket=bucket, Key=key, Body=body, ChecksumAlgorithm="SHA256")
+
+    # A person erased since the last passed audit, not yet carried into the backups: the old objects that
+    # can hold them (and every free-text object, for mentions) are read although unchanged.
+    with transaction(db_url) as cur:
+        cur.execute(
+            "INSERT INTO erasure_tombstones (subject_pseudonym, identifier_pseudonyms) VALUES (%s, %s)",
+            (subject_pseudonym(KEY, 2), [pseudonym(KEY, "email", "u2@example.com")]),
+        )
+    third = check_backups(db_url, s3_endpoint, KEY, datetime.now(UTC), sample=0)
+    assert set(third.failed) == {
+        f"{check}.{r}" for r in BACKUP_REGIONS for check in ("tombstones_not_applied", "erased_mentions_left")
+    }
+    reasons = region_details(third, "ap-southeast-1")["read_because"]
+    assert reasons["new_tombstones"] > 0 and reasons["new_mentions"] > 0 and reasons["sample"] == 0
+
+
+def test_a_backup_bucket_outside_its_region_fails(db_url: str, s3_endpoint: str) -> None:
+    from lethe.storage import ensure_buckets
+    from lethe.testing import empty_buckets
+
+    bucket = BUCKETS.backup("ap-southeast-1")
+    empty_buckets(s3_endpoint)
+    s3_client("ap-southeast-1", s3_endpoint).delete_bucket(Bucket=bucket)
+    elsewhere = s3_client("eu-west-1", s3_endpoint)
+    elsewhere.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    try:
+        result = check_backups(db_url, s3_endpoint, KEY, datetime.now(UTC))
+        assert "bucket_in_region.ap-southeast-1" in result.failed
+        assert "bucket_in_region.us-east-1" not in result.failed
+        details = next(c["details"] for c in result.checks if c["name"] == "bucket_in_region.ap-southeast-1")
+        assert details["bucket_region"] == "eu-west-1"
+    finally:
+        elsewhere.delete_bucket(Bucket=bucket)
+        ensure_buckets(s3_endpoint)

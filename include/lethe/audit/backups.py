@@ -1,21 +1,35 @@
 """Checks over the cross-region backups, read from S3 as they are (not from the backup catalogue).
 
 Per backup region:
+- bucket_in_region: the backup bucket is in the region the policy names (GetBucketLocation);
 - snapshot_within_rpo: the newest complete snapshot (one with a manifest) is younger than the
   recovery-point objective;
 - manifest_mismatches: every object a retained manifest names exists with the size and sha256
-  the manifest gives;
+  the manifest gives, from the SHA-256 checksum S3 keeps for it (GetObjectAttributes), so no byte is
+  downloaded for this; an object without one (uploaded before checksums) is read and hashed;
 - tombstones_not_applied: no retained snapshot still holds a row of an erased person (rows are
   matched by the keyed pseudonym each object carries, only in the subject buckets tombstones fall in);
 - erased_mentions_left: no retained snapshot still names an erased person in other people's free
   text (spellings matched by the keyed pseudonyms of the tombstones' identifiers).
+
+Contents are read only where they can have changed since the last audit that passed the region: the
+snapshots it did not see, objects written since it listed the bucket (by S3's own clock), objects a
+tombstone erased since then can be in (and, when it left identifiers, every free-text object), plus a
+small random sample of the rest, checked in full. The first audit reads everything.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
-from datetime import datetime, timedelta
+import random
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
+
+from botocore.exceptions import ClientError
 
 from lethe.backup.mentions import MentionFinder
 from lethe.config import BACKUP_REGIONS, BUCKETS
@@ -24,83 +38,205 @@ from lethe.quality import CheckResult, expect_counts
 
 # Nightly snapshots plus a couple of hours' slack for a slow night.
 DEFAULT_RPO = timedelta(hours=26)
+# Objects read in full each night beyond those that changed, per region.
+DEFAULT_SAMPLE = 8
+# Slack between the database's clock (tombstones' erased_at) and S3's (the last audit's listing time).
+CLOCK_SLACK = timedelta(minutes=15)
+CHECKS = ("bucket_in_region", "snapshot_within_rpo", "manifest_mismatches", "tombstones_not_applied",
+          "erased_mentions_left")  # fmt: skip
 
 
-def tombstones(db_url: str) -> tuple[set[str], set[str]]:
-    """The erased subjects' pseudonyms, and the pseudonyms of their identifiers."""
+@dataclass
+class Tombstones:
+    erased_at: dict[str, datetime]  # subject pseudonym -> when it was erased
+    identifiers_at: dict[str, datetime] = field(default_factory=dict)  # identifier pseudonym -> newest erasure
+
+    def since(self, when: datetime | None) -> tuple[set[str], bool]:
+        """Subjects erased at or after `when`, and whether any of those left identifiers."""
+        if when is None:
+            return set(self.erased_at), bool(self.identifiers_at)
+        return {p for p, at in self.erased_at.items() if at >= when}, any(
+            at >= when for at in self.identifiers_at.values()
+        )
+
+
+def tombstones(db_url: str) -> Tombstones:
     with transaction(db_url) as cur:
-        cur.execute("SELECT subject_pseudonym, identifier_pseudonyms FROM erasure_tombstones")
+        cur.execute("SELECT subject_pseudonym, identifier_pseudonyms, erased_at FROM erasure_tombstones")
         rows = cur.fetchall()
-    return {p for p, _ in rows}, {i for _, ids in rows for i in ids or []}
+    found = Tombstones({p: at for p, _, at in rows})
+    for _, ids, at in rows:
+        for i in ids or []:
+            found.identifiers_at[i] = max(at, found.identifiers_at.get(i, at))
+    return found
+
+
+@dataclass(frozen=True)
+class Baseline:
+    listed_at: datetime  # S3's clock when that audit started reading the region
+    snapshots: frozenset[str]  # the snapshots it audited
+
+
+def last_passed(db_url: str, region: str, lookback: int = 30) -> Baseline | None:
+    """What the latest audit that passed every backup check of this region saw."""
+    with transaction(db_url) as cur:
+        cur.execute("SELECT results FROM audit_runs ORDER BY audited_at DESC LIMIT %s", (lookback,))
+        runs = [r for (r,) in cur.fetchall()]
+    for results in runs:
+        checks = [
+            c
+            for r in results or []
+            if r.get("suite") == "backups"
+            for c in r["checks"]
+            if c["name"].endswith(f".{region}")
+        ]
+        if checks and all(c["success"] for c in checks):
+            details = checks[0].get("details") or {}
+            if details.get("listed_at") and "snapshot_ids" in details:
+                return Baseline(datetime.fromisoformat(details["listed_at"]), frozenset(details["snapshot_ids"]))
+    return None
+
+
+def bucket_region(client: Any, bucket: str) -> tuple[str, datetime]:
+    """The bucket's region, and S3's clock when it answered (to compare with LastModified, not ours)."""
+    answer = client.get_bucket_location(Bucket=bucket)
+    date = answer.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    clock = parsedate_to_datetime(date) if date else datetime.now(UTC) - CLOCK_SLACK
+    # S3 reports us-east-1, its original region, as no LocationConstraint at all.
+    return answer.get("LocationConstraint") or "us-east-1", clock
+
+
+def _attributes(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
+    try:
+        return dict(client.get_object_attributes(Bucket=bucket, Key=key, ObjectAttributes=["Checksum", "ObjectSize"]))
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise
 
 
 def audit_region(
-    region: str, endpoint_url: str | None, erased: set[str], now: datetime, rpo: timedelta, finder: MentionFinder
+    region: str,
+    endpoint_url: str | None,
+    found: Tombstones,
+    now: datetime,
+    rpo: timedelta,
+    finder: MentionFinder,
+    since: Baseline | None = None,
+    sample: int = DEFAULT_SAMPLE,
 ) -> tuple[dict[str, int], dict[str, Any]]:
-    """Counts (zero when the region is fine) and details for one region."""
+    """Counts (zero when the region is fine) and details for one region; `since`: the last passed audit."""
     from lethe.backup import frames, layout, manifest, store
 
     try:
         client = store.region_client(region, layout.region_endpoint(region, endpoint_url))
         bucket = BUCKETS.backup(region)
+        location, listed_at = bucket_region(client, bucket)
         manifests = manifest.complete_manifests(client, bucket)
     except Exception as exc:  # an unreachable region fails its checks; the other region is still audited
-        counts = {
-            "snapshot_within_rpo": 1,
-            "manifest_mismatches": 1,
-            "tombstones_not_applied": 1,
-            "erased_mentions_left": 1,
-        }
-        return counts, {"unreachable": type(exc).__name__}
+        return {name: 1 for name in CHECKS}, {"unreachable": type(exc).__name__}
     newest = max((datetime.fromisoformat(m.created_at) for m in manifests), default=None)
     age_hours = round((now - newest).total_seconds() / 3600, 2) if newest else None
+    new_erased, new_identifiers = found.since(since.listed_at - CLOCK_SLACK if since else None)
+    erased = set(found.erased_at)
+
+    objects = [(m, entry, obj) for m in manifests for entry in m.tables.values() for obj in entry.objects]
+    with ThreadPoolExecutor(max_workers=8) as pool:  # one small request per object: overlap the round trips
+        attrs = list(pool.map(lambda item: _attributes(client, bucket, item[2].key), objects))
+
     mismatched = 0
+    reasons = {"written": 0, "new_tombstones": 0, "new_mentions": 0, "no_checksum": 0, "sample": 0}
+    to_read: dict[str, tuple[Any, Any]] = {}  # key -> (table entry, object entry)
+    rest = []
+    new_suspects = {obj.key for m in manifests for _, _, obj, _ in m.holding(new_erased)}
+    for (m, entry, obj), attr in zip(objects, attrs, strict=True):
+        if attr is None or attr.get("ObjectSize") != obj.bytes:
+            mismatched += 1
+            continue
+        checksum = (attr.get("Checksum") or {}).get("ChecksumSHA256")
+        if checksum and base64.b64decode(checksum).hex() != obj.sha256:
+            mismatched += 1
+            continue
+        if not checksum:
+            reason = "no_checksum"
+        elif since is None or m.snapshot_id not in since.snapshots or attr["LastModified"] >= since.listed_at:
+            reason = "written"
+        elif obj.key in new_suspects:
+            reason = "new_tombstones"
+        elif new_identifiers and entry.free_text:
+            reason = "new_mentions"
+        else:
+            rest.append((entry, obj))
+            continue
+        reasons[reason] += 1
+        to_read[obj.key] = (entry, obj)
+    # Unpredictable, so nobody can tell which unchanged objects tonight's audit will read.
+    for entry, obj in random.SystemRandom().sample(rest, min(sample, len(rest))):
+        reasons["sample"] += 1
+        to_read[obj.key] = (entry, obj)
+
+    suspects = {obj.key: pseudonyms for m in manifests for _, _, obj, pseudonyms in m.holding(erased)}
     left: set[str] = set()
     mentions = 0
-    for m in manifests:
-        suspects = {obj.key: found for _, _, obj, found in m.holding(erased)}
-        for entry in m.tables.values():
-            for obj in entry.objects:
-                try:
-                    data = store.get(client, bucket, obj.key)
-                except Exception:  # missing object: the manifest no longer verifies
-                    mismatched += 1
-                    continue
-                if len(data) != obj.bytes or hashlib.sha256(data).hexdigest() != obj.sha256:
-                    mismatched += 1
-                search_mentions = bool(entry.free_text and finder.identifier_pseudonyms)
-                if obj.key not in suspects and not search_mentions:
-                    continue
-                rows = frames.from_parquet(data)
-                if obj.key in suspects:
-                    left.update(frames.erase_subjects(rows, suspects[obj.key], "delete", {})[1].per_subject)
-                if search_mentions:
-                    mentions += finder.redact_columns(rows, entry.free_text)[1]
+    bytes_read = 0
+    for key, (entry, obj) in to_read.items():
+        try:
+            data = store.get(client, bucket, key)
+        except Exception:  # gone since its attributes were read
+            mismatched += 1
+            continue
+        bytes_read += len(data)
+        if len(data) != obj.bytes or hashlib.sha256(data).hexdigest() != obj.sha256:
+            mismatched += 1
+            continue
+        search_mentions = bool(entry.free_text and finder.identifier_pseudonyms)
+        if key not in suspects and not search_mentions:
+            continue
+        rows = frames.from_parquet(data)
+        if key in suspects:
+            left.update(frames.erase_subjects(rows, suspects[key], "delete", {})[1].per_subject)
+        if search_mentions:
+            mentions += finder.redact_columns(rows, entry.free_text)[1]
     counts = {
+        "bucket_in_region": 0 if location == region else 1,
         "snapshot_within_rpo": 0 if newest is not None and now - newest <= rpo else 1,
         "manifest_mismatches": mismatched,
         "tombstones_not_applied": len(left),
         "erased_mentions_left": mentions,
     }
     details = {
+        "bucket_region": location,
         "snapshots": len(manifests),
         "newest_age_hours": age_hours,
         "rpo_hours": rpo.total_seconds() / 3600,
-        "objects": sum(len(m.objects) for m in manifests),
+        "objects": len(objects),
+        "bytes": sum(obj.bytes for _, _, obj in objects),
+        "objects_read": len(to_read),
+        "bytes_read": bytes_read,
+        "read_because": reasons,
+        "since": since.listed_at.isoformat() if since else None,
+        "listed_at": listed_at.isoformat(),
+        "snapshot_ids": [m.snapshot_id for m in manifests],
         "tombstones": len(erased),
     }
     return counts, details
 
 
 def check_backups(
-    db_url: str, endpoint_url: str | None, key: bytes, now: datetime, rpo: timedelta = DEFAULT_RPO
+    db_url: str,
+    endpoint_url: str | None,
+    key: bytes,
+    now: datetime,
+    rpo: timedelta = DEFAULT_RPO,
+    sample: int = DEFAULT_SAMPLE,
 ) -> CheckResult:
-    erased, identifiers = tombstones(db_url)
-    finder = MentionFinder(key, frozenset(identifiers))
+    found = tombstones(db_url)
+    finder = MentionFinder(key, frozenset(found.identifiers_at))
     counts: dict[str, int] = {}
     details: dict[str, Any] = {}
     for region in BACKUP_REGIONS:
-        region_counts, region_details = audit_region(region, endpoint_url, erased, now, rpo, finder)
+        since = last_passed(db_url, region)
+        region_counts, region_details = audit_region(region, endpoint_url, found, now, rpo, finder, since, sample)
         for name, n in region_counts.items():
             counts[f"{name}.{region}"] = n
             details[f"{name}.{region}"] = region_details

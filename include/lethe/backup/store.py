@@ -70,8 +70,18 @@ def delete_noncurrent(client: Any, bucket: str, key: str) -> int:
 
 
 def put(client: Any, bucket: str, key: str, body: bytes, content_type: str = "application/octet-stream") -> str:
-    """Put one object with server-side encryption; return its sha256 (hex)."""
-    client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type, ServerSideEncryption="AES256")
+    """Put one object with server-side encryption; return its sha256 (hex).
+
+    S3 keeps the object's SHA-256 (checked on arrival), so the audit verifies it without downloading it.
+    """
+    client.put_object(
+        Bucket=bucket,
+        Key=key,
+        Body=body,
+        ContentType=content_type,
+        ServerSideEncryption="AES256",
+        ChecksumAlgorithm="SHA256",
+    )
     return hashlib.sha256(body).hexdigest()
 
 
