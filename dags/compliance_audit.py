@@ -25,7 +25,7 @@ Each check is a Great Expectations expectation over a count that must be zero:
 | `erasure_deadlines` | `overdue_erasure_requests` | no open erasure request is past its due date |
 | `backups` | `bucket_in_region.<region>` | the backup bucket is in the region the policy names (GetBucketLocation) |
 | `backups` | `snapshot_within_rpo.<region>` | a complete snapshot younger than the recovery-point objective |
-| `backups` | `manifest_mismatches.<region>` | every object a manifest names exists with its size and sha256 (S3's checksum) |
+| `backups` | `manifest_mismatches.<region>` | every object a manifest names has its size and sha256 (S3 checksum) |
 | `backups` | `tombstones_not_applied.<region>` | no retained snapshot holds a row of an erased person |
 | `backups` | `erased_mentions_left.<region>` | no retained snapshot names an erased person in others' free text |
 | `shares` | `<recipient>.<gate check>` | the latest release of each recipient still passes the release gate |

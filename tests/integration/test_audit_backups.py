@@ -137,20 +137,37 @@ def test_after_a_passed_audit_only_what_changed_is_read(db_url: str, s3_endpoint
 
 
 def test_a_backup_bucket_outside_its_region_fails(db_url: str, s3_endpoint: str) -> None:
+    """On an S3 server that keeps each bucket's region (moto's, over HTTP); the embedded SeaweedFS reports none."""
     from lethe.storage import ensure_buckets
-    from lethe.testing import empty_buckets
+    from moto.server import ThreadedMotoServer
 
-    bucket = BUCKETS.backup("ap-southeast-1")
-    empty_buckets(s3_endpoint)
-    s3_client("ap-southeast-1", s3_endpoint).delete_bucket(Bucket=bucket)
-    elsewhere = s3_client("eu-west-1", s3_endpoint)
-    elsewhere.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    def region_checks(endpoint: str) -> dict[str, tuple[bool, str]]:
+        result = check_backups(db_url, endpoint, KEY, datetime.now(UTC))
+        return {
+            c["name"]: (c["success"], c["details"]["bucket_region"])
+            for c in result.checks
+            if c["name"].startswith("bucket_in_region")
+        }
+
+    assert region_checks(s3_endpoint)["bucket_in_region.ap-southeast-1"] == (True, "not reported by this S3 server")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
     try:
-        result = check_backups(db_url, s3_endpoint, KEY, datetime.now(UTC))
-        assert "bucket_in_region.ap-southeast-1" in result.failed
-        assert "bucket_in_region.us-east-1" not in result.failed
-        details = next(c["details"] for c in result.checks if c["name"] == "bucket_in_region.ap-southeast-1")
-        assert details["bucket_region"] == "eu-west-1"
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        ensure_buckets(endpoint)  # each bucket created with its region's LocationConstraint
+        assert region_checks(endpoint) == {
+            "bucket_in_region.us-east-1": (True, "us-east-1"),
+            "bucket_in_region.ap-southeast-1": (True, "ap-southeast-1"),
+        }
+        bucket = BUCKETS.backup("ap-southeast-1")
+        s3_client("ap-southeast-1", endpoint).delete_bucket(Bucket=bucket)
+        s3_client("eu-west-1", endpoint).create_bucket(
+            Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
+        )
+        assert region_checks(endpoint) == {
+            "bucket_in_region.us-east-1": (True, "us-east-1"),
+            "bucket_in_region.ap-southeast-1": (False, "eu-west-1"),
+        }
     finally:
-        elsewhere.delete_bucket(Bucket=bucket)
-        ensure_buckets(s3_endpoint)
+        server.stop()
