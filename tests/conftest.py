@@ -4,6 +4,9 @@
 - `db_url`: a fresh migrated database for one test, exported as LETHE_DATABASE_URL.
 - `s3_endpoint`: the S3 endpoint with Lethe's buckets present and empty.
 - `airflow_home`: Airflow configured against both (SQLite metadata, migrated once).
+
+Every S3 operation Lethe's code makes in the run is recorded (tests/s3_calls.py); the run fails
+if docs/deployment.md's IAM policy does not grant one of them.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 import pytest
 from lethe import airflow_env, testing
 from lethe.embedded import services as start_services
+from s3_calls import RECORDER, documented_policy
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -24,6 +28,17 @@ def pytest_configure(config: pytest.Config) -> None:
     airflow_env.configure_home(Path(tempfile.mkdtemp(prefix="lethe-test-airflow-")))
     # Ledger anchors are locked in GOVERNANCE mode here, so emptying the buckets between tests may bypass it.
     os.environ.setdefault("LETHE_LEDGER_ANCHOR_LOCK_MODE", "GOVERNANCE")
+    RECORDER.install()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Every S3 operation Lethe made in this run must be granted by docs/deployment.md's IAM policy."""
+    missing = RECORDER.ungranted(documented_policy())
+    if missing:
+        print("\nS3 operations Lethe made that the IAM policy in docs/deployment.md does not grant:")
+        for line in missing:
+            print(f"  {line}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

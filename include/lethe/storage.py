@@ -57,6 +57,27 @@ def ensure_buckets(endpoint_url: str | None = None) -> dict[str, str]:
     return BUCKETS.all()
 
 
+def delete_versions(client: Any, bucket: str, versions: list[dict[str, Any]]) -> int:
+    """Delete the given object versions for good (1000 per request); return how many.
+
+    DeleteObjects answers 200 even when it refused some keys (Object Lock, AccessDenied): those are
+    in its `Errors`, and any is raised here, so nothing is counted as removed that is still there.
+    """
+    deleted = 0
+    for start in range(0, len(versions), 1000):
+        batch = [{"Key": v["Key"], "VersionId": v["VersionId"]} for v in versions[start : start + 1000]]
+        result = client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+        errors = result.get("Errors") or []
+        if errors:
+            first = errors[0]
+            raise RuntimeError(
+                f"bucket {bucket}: S3 refused to delete {len(errors)} of {len(batch)} object versions, "
+                f"first {first.get('Key')} ({first.get('Code')}: {first.get('Message')})"
+            )
+        deleted += len(batch)
+    return deleted
+
+
 def require_bucket(client: Any, bucket: str) -> None:
     """Fail with a plain message naming the bucket when it does not exist or cannot be reached."""
     try:

@@ -34,6 +34,7 @@ from lethe.backup.manifest import write as write_manifest
 from lethe.backup.mentions import MentionFinder
 from lethe.config import BUCKETS
 from lethe.db import transaction
+from lethe.storage import delete_versions
 
 log = logging.getLogger(__name__)
 REWRITE_THREADS = 4
@@ -271,7 +272,7 @@ def _drop_old_versions(client: Any, bucket: str, manifest: Manifest, jobs: list[
         for v in store.versions(client, bucket, layout.snapshot_prefix(manifest.snapshot_id))
         if v["Key"] in keys and not v["IsLatest"]
     ]
-    return store.delete_versions(client, bucket, doomed)
+    return delete_versions(client, bucket, doomed)
 
 
 def _record_status(

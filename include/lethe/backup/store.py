@@ -13,6 +13,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from lethe.db import ConfigurationError
+from lethe.storage import delete_versions
 
 
 class RegionUnreachable(ConfigurationError):
@@ -43,19 +44,6 @@ def versions(client: Any, bucket: str, prefix: str) -> Iterator[dict[str, Any]]:
             yield {**v, "DeleteMarker": False}
         for m in page.get("DeleteMarkers", []):
             yield {**m, "DeleteMarker": True}
-
-
-def delete_versions(client: Any, bucket: str, doomed: list[dict[str, Any]]) -> int:
-    """Delete the given versions for good (1000 per request); return how many."""
-    deleted = 0
-    for start in range(0, len(doomed), 1000):
-        batch = [{"Key": v["Key"], "VersionId": v["VersionId"]} for v in doomed[start : start + 1000]]
-        result = client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
-        if result.get("Errors"):
-            first = result["Errors"][0]
-            raise RuntimeError(f"bucket {bucket}: could not delete {first.get('Key')}: {first.get('Message')}")
-        deleted += len(batch)
-    return deleted
 
 
 def delete_everything(client: Any, bucket: str, prefix: str) -> int:

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from lethe.config import BUCKETS, PRIMARY_REGION
 from lethe.sharing.aggregate import normalise
 from lethe.sharing.config import ALL, RecipientConfig
+from lethe.storage import delete_versions
 
 ARROW_SCHEMA = pa.schema(
     [
@@ -151,13 +152,7 @@ def delete(client: Any, bucket: str, key_prefix: str) -> int:
     """Remove every version of every object under the prefix (a delete marker would leave the data)."""
     removed = 0
     for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=key_prefix):
-        doomed = [
-            {"Key": v["Key"], "VersionId": v["VersionId"]}
-            for v in page.get("Versions", []) + page.get("DeleteMarkers", [])
-        ]
-        if doomed:
-            client.delete_objects(Bucket=bucket, Delete={"Objects": doomed, "Quiet": True})
-            removed += len(doomed)
+        removed += delete_versions(client, bucket, page.get("Versions", []) + page.get("DeleteMarkers", []))
     return removed
 
 
