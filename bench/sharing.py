@@ -219,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the median is reported")
     parser.add_argument("--threads", type=int, default=2, help="DuckDB threads (default 2, this machine's cores)")
     parser.add_argument("--no-pandas", action="store_true", help="skip the pandas comparison")
+    parser.add_argument("--step-only", action="store_true", help="skip the end-to-end measurements")
     args = parser.parse_args(argv)
     people = args.people or max(args.rows // 40, 100)
     config = RecipientConfig(name="bench")
@@ -251,19 +252,40 @@ def main(argv: list[str] | None = None) -> int:
         t_pandas, m_pandas, pcells = measure(lambda: pandas_bounded(frame, config), max(1, min(args.repeat, 2)))
         step.append(("pandas: same bounded aggregate", t_pandas, m_pandas, len(pcells)))
         del frame, pcells
-    t_e2e_anchor, m_e2e_anchor, e2e_anchor = measure(lambda: duckdb_raw(table, config, args.threads, True), args.repeat)
-    t_e2e, m_e2e, e2e = measure(lambda: lethe_end_to_end(table, config, args.threads), args.repeat)
-    t_e2e_floor, m_e2e_floor, e2e_floor = measure(lambda: duckdb_raw(table, config, args.threads, False), args.repeat)
-    ends = [
-        ("anchor: DuckDB SQL generalisation per row + the bounded statement", t_e2e_anchor, m_e2e_anchor,
-         len(e2e_anchor["day"])),
-        ("lethe: aggregate() = generalise() + bounded aggregate", t_e2e, m_e2e, len(e2e)),
-        ("floor: DuckDB SQL generalisation per row + plain GROUP BY", t_e2e_floor, m_e2e_floor,
-         len(e2e_floor["day"])),
-    ]  # fmt: skip
+    ratios = [
+        ("aggregation step", t_lethe, t_anchor, t_floor),
+        ("aggregation step + OpenDP noise", t_noisy, t_anchor, t_floor),
+    ]
+    ends: list[tuple[str, float, float, int]] = []
+    if not args.step_only:
+        t_e2e_anchor, m_e2e_anchor, e2e_anchor = measure(
+            lambda: duckdb_raw(table, config, args.threads, True), args.repeat
+        )
+        t_e2e, m_e2e, e2e = measure(lambda: lethe_end_to_end(table, config, args.threads), args.repeat)
+        t_e2e_floor, m_e2e_floor, e2e_floor = measure(
+            lambda: duckdb_raw(table, config, args.threads, False), args.repeat
+        )
+        ends = [
+            (
+                "anchor: DuckDB SQL generalisation per row + the bounded statement",
+                t_e2e_anchor,
+                m_e2e_anchor,
+                len(e2e_anchor["day"]),
+            ),
+            ("lethe: aggregate() = generalise() + bounded aggregate", t_e2e, m_e2e, len(e2e)),
+            (
+                "floor: DuckDB SQL generalisation per row + plain GROUP BY",
+                t_e2e_floor,
+                m_e2e_floor,
+                len(e2e_floor["day"]),
+            ),
+        ]
+        ratios.append(("end to end", t_e2e, t_e2e_anchor, t_e2e_floor))  # fmt: skip
     title = f"{args.rows:,} events, {args.threads} DuckDB threads, median of {args.repeat}"
     print(f"\ngeneralise() {t_gen:.2f} s, peak extra {m_gen:,.0f} MiB, {len(coded):,} coded rows\n")
     for heading, rows in (("aggregation step over the coded rows", step), ("end to end from raw rows", ends)):
+        if not rows:
+            continue
         print(f"| {heading} ({title}) | seconds | peak extra memory MiB | cells |")
         print("| --- | ---: | ---: | ---: |")
         for name, seconds, peak, n in rows:
@@ -275,11 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         f"scales {noise.people_scale:g} / {noise.events_scale:g}; "
         f"{len(released):,} of {len(cells['cell']):,} cells kept"
     )
-    for label, mine, anchor_t, floor_t in (
-        ("aggregation step", t_lethe, t_anchor, t_floor),
-        ("aggregation step + OpenDP noise", t_noisy, t_anchor, t_floor),
-        ("end to end", t_e2e, t_e2e_anchor, t_e2e_floor),
-    ):
+    for label, mine, anchor_t, floor_t in ratios:
         ratio = mine / anchor_t
         print(
             f"{label}: lethe / anchor = {ratio:.2f}x (target <= 1.5x): {'met' if ratio <= 1.5 else 'NOT met'}; "
