@@ -6,10 +6,6 @@ memory as one Arrow table. Measured on the same rows in one run:
 1. generalise: lethe.sharing.generalise.generalise(), raw rows -> integer cell codes.
 2. The aggregation step over those coded rows (unit, day, cell, duration):
    - lethe: the bounded aggregate (lethe.sharing.aggregate.bounded_cells), DuckDB;
-   - lethe + OpenDP: the same bounded aggregate, then lethe.sharing.protect.protect() for a
-     noisy recipient (OpenDP private partition selection on people, discrete Laplace on
-     events; epsilon 1, delta 1e-6 per person-day, the policy's default bounds), what a
-     noisy release costs; OpenDP's calibration runs once per process and is timed apart;
    - anchor: DuckDB computing the same aggregate as one plain SQL statement: per-person
      cells, a window ranking every person-day's cells, the capped sums and medians
      (written here, not Lethe's code; the bench checks both give the same cells);
@@ -32,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import gc
 import statistics
 import sys
@@ -42,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
@@ -50,8 +44,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
 from lethe.sharing.aggregate import CELL_KEYS, aggregate, bounded_cells, connect_duckdb
 from lethe.sharing.config import RecipientConfig
 from lethe.sharing.generalise import generalise, select_sql
-from lethe.sharing.measurements import plan as calibrate
-from lethe.sharing.protect import protect
 
 FEATURES = ["course_player", "code_lab", "quiz", "challenge", "forum", "certificate", "search", "profile"]
 PAGES = ["/courses", "/labs/run?session=1", "/quiz/12", "/", "https://reskill.example/forum/t/9?x=1"]
@@ -183,12 +175,6 @@ def lethe_coded(rows: pa.Table, config: RecipientConfig, threads: int) -> Any:
     return cells
 
 
-def lethe_noisy(rows: pa.Table, config: RecipientConfig, threads: int) -> Any:
-    """The bounded aggregate, then OpenDP's partition selection and noise: the noisy release's cells."""
-    cells = lethe_coded(rows, config, threads)
-    return protect(pd.DataFrame({k: cells[k] for k in ("day", "cell", "events", "people")}), config).frame
-
-
 def lethe_end_to_end(table: pa.Table, config: RecipientConfig, threads: int) -> Any:
     con = connect_duckdb(threads)
     result = aggregate(table, config, con)
@@ -219,7 +205,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the median is reported")
     parser.add_argument("--threads", type=int, default=2, help="DuckDB threads (default 2, this machine's cores)")
     parser.add_argument("--no-pandas", action="store_true", help="skip the pandas comparison")
-    parser.add_argument("--step-only", action="store_true", help="skip the end-to-end measurements")
     args = parser.parse_args(argv)
     people = args.people or max(args.rows // 40, 100)
     config = RecipientConfig(name="bench")
@@ -237,14 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     coded = g.rows
     t_anchor, m_anchor, anchor = measure(lambda: duckdb_coded(coded, config, args.threads, True), args.repeat)
     t_lethe, m_lethe, cells = measure(lambda: lethe_coded(coded, config, args.threads), args.repeat)
-    noisy = dataclasses.replace(config, mechanism="laplace", epsilon=1.0, delta=1e-6)
-    t_calibrate, _, noise = measure(lambda: calibrate(noisy), 1)
-    t_noisy, m_noisy, released = measure(lambda: lethe_noisy(coded, noisy, args.threads), args.repeat)
     t_floor, m_floor, floor = measure(lambda: duckdb_coded(coded, config, args.threads, False), args.repeat)
     step = [
         ("anchor: DuckDB, the same bounded aggregate as one SQL statement", t_anchor, m_anchor, len(anchor["cell"])),
         ("lethe: bounded aggregate (bounded_cells), DuckDB", t_lethe, m_lethe, len(cells["cell"])),
-        ("lethe + OpenDP: bounded aggregate, partition selection, noise", t_noisy, m_noisy, len(released)),
         ("floor: DuckDB plain GROUP BY, no contribution bounds", t_floor, m_floor, len(floor["cell"])),
     ]
     if not args.no_pandas:
@@ -252,52 +233,29 @@ def main(argv: list[str] | None = None) -> int:
         t_pandas, m_pandas, pcells = measure(lambda: pandas_bounded(frame, config), max(1, min(args.repeat, 2)))
         step.append(("pandas: same bounded aggregate", t_pandas, m_pandas, len(pcells)))
         del frame, pcells
-    ratios = [
-        ("aggregation step", t_lethe, t_anchor, t_floor),
-        ("aggregation step + OpenDP noise", t_noisy, t_anchor, t_floor),
-    ]
-    ends: list[tuple[str, float, float, int]] = []
-    if not args.step_only:
-        t_e2e_anchor, m_e2e_anchor, e2e_anchor = measure(
-            lambda: duckdb_raw(table, config, args.threads, True), args.repeat
-        )
-        t_e2e, m_e2e, e2e = measure(lambda: lethe_end_to_end(table, config, args.threads), args.repeat)
-        t_e2e_floor, m_e2e_floor, e2e_floor = measure(
-            lambda: duckdb_raw(table, config, args.threads, False), args.repeat
-        )
-        ends = [
-            (
-                "anchor: DuckDB SQL generalisation per row + the bounded statement",
-                t_e2e_anchor,
-                m_e2e_anchor,
-                len(e2e_anchor["day"]),
-            ),
-            ("lethe: aggregate() = generalise() + bounded aggregate", t_e2e, m_e2e, len(e2e)),
-            (
-                "floor: DuckDB SQL generalisation per row + plain GROUP BY",
-                t_e2e_floor,
-                m_e2e_floor,
-                len(e2e_floor["day"]),
-            ),
-        ]
-        ratios.append(("end to end", t_e2e, t_e2e_anchor, t_e2e_floor))  # fmt: skip
+    t_e2e_anchor, m_e2e_anchor, e2e_anchor = measure(lambda: duckdb_raw(table, config, args.threads, True), args.repeat)
+    t_e2e, m_e2e, e2e = measure(lambda: lethe_end_to_end(table, config, args.threads), args.repeat)
+    t_e2e_floor, m_e2e_floor, e2e_floor = measure(lambda: duckdb_raw(table, config, args.threads, False), args.repeat)
+    ends = [
+        ("anchor: DuckDB SQL generalisation per row + the bounded statement", t_e2e_anchor, m_e2e_anchor,
+         len(e2e_anchor["day"])),
+        ("lethe: aggregate() = generalise() + bounded aggregate", t_e2e, m_e2e, len(e2e)),
+        ("floor: DuckDB SQL generalisation per row + plain GROUP BY", t_e2e_floor, m_e2e_floor,
+         len(e2e_floor["day"])),
+    ]  # fmt: skip
     title = f"{args.rows:,} events, {args.threads} DuckDB threads, median of {args.repeat}"
     print(f"\ngeneralise() {t_gen:.2f} s, peak extra {m_gen:,.0f} MiB, {len(coded):,} coded rows\n")
     for heading, rows in (("aggregation step over the coded rows", step), ("end to end from raw rows", ends)):
-        if not rows:
-            continue
         print(f"| {heading} ({title}) | seconds | peak extra memory MiB | cells |")
         print("| --- | ---: | ---: | ---: |")
         for name, seconds, peak, n in rows:
             print(f"| {name} | {seconds:.2f} | {peak:,.0f} | {n:,} |")
         print()
     print(f"aggregation step: lethe's cells equal the anchor's: {same_cells(cells, anchor)}")
-    print(
-        f"OpenDP calibration (once per process): {t_calibrate:.2f} s; threshold {noise.threshold}, "
-        f"scales {noise.people_scale:g} / {noise.events_scale:g}; "
-        f"{len(released):,} of {len(cells['cell']):,} cells kept"
-    )
-    for label, mine, anchor_t, floor_t in ratios:
+    for label, mine, anchor_t, floor_t in (
+        ("aggregation step", t_lethe, t_anchor, t_floor),
+        ("end to end", t_e2e, t_e2e_anchor, t_e2e_floor),
+    ):
         ratio = mine / anchor_t
         print(
             f"{label}: lethe / anchor = {ratio:.2f}x (target <= 1.5x): {'met' if ratio <= 1.5 else 'NOT met'}; "

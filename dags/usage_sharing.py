@@ -17,17 +17,12 @@ and visitor data it has not received yet, aggregated so that no person can be pi
 (docs/sharing.md).
 
 1. **plan**: each recipient's window of whole UTC days: from the end of its last published (or
-   refused) release, or of the last day its audience received under any recipient name, up to the
-   run's day; a new recipient starts `first_window_days` back.
+   refused) release up to the run's day; a new recipient starts `first_window_days` back.
 2. **publish** (one mapped task per recipient): extract the rows of people whose analytics consent
-   holds (logged-out views of a cookie once linked to an account count as that account's; cookies
-   never linked are left out), generalise to the policy's allow-listed values, aggregate with
-   bounded contributions, then either suppress cells under k people (exact recipients) or let
-   OpenDP's private partition selection and discrete noise decide (noisy recipients); check the
-   audience's budget for each data day, run the release gate (Great Expectations, including the
-   check that no other recipient's suppressed cell can be derived), then write Parquet + CSV + data
-   dictionary + manifest to `s3://<sharing bucket>/recipients/<recipient>/<release_id>/` and a
-   ledger entry.
+   holds, generalise, aggregate with bounded contributions, suppress cells under k people, add
+   noise when the recipient has a mechanism, check the privacy budget, run the release gate (Great
+   Expectations), then write Parquet + CSV + data dictionary + manifest to
+   `s3://<sharing bucket>/recipients/<recipient>/<release_id>/` and a ledger entry.
 3. **watermark** (runs even when a release was refused): records in `aggregation_watermarks` up to
    when raw `usage_events` and `visitor_logs` have been processed for every recipient;
    retention_nightly purges no later.
@@ -37,14 +32,11 @@ Params: `recipient` limits the run to one recipient; `until` (YYYY-MM-DD) ends t
 day instead of the run's day; `dry_run` builds and gates, publishes and spends nothing.
 
 **When it fails**: a `publish` task fails without retry when a release is refused, and says why:
-*release gate failed ... <checks>* (nothing was written; a dimension value looked like personal data
-or was not allow-listed, a bound was broken, or another recipient's suppressed cell would be
-derivable, the cells named: fix the source data, the allow-list or the recipients' dimensions, then
-rerun), *release refused ... already received data day(s)* (that audience had those days under
-another recipient name: nothing to do), or *release refused ... budget* (the audience's epsilon for
-those days is spent, the public's releases included: it is spent for good). Other failures
-(database, S3) are safe to clear: a release left half-written is removed by the next attempt, its
-budget spend kept.
+*release gate failed ... <checks>* (nothing was written; a dimension value looked like personal data,
+or a bound was broken: fix the source data or the generalisation, then rerun) or *release refused ...
+epsilon* (the recipient's privacy budget is spent: raise `epsilon_budget` in the policy file only
+with the privacy officer's approval, or wait). Other failures (database, S3) are safe to clear: a
+release left half-written is removed by the next attempt, its budget spend kept.
 """
 
 

@@ -28,6 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = policy.add_parser("report", help="print the traceability matrix: clause -> rule -> DAG -> test")
     p.add_argument("--file", type=Path)
     p.set_defaults(handler=cmd_policy_report)
+    p = policy.add_parser(
+        "mutate", help="mutation-test the policy: every mutant of the file must fail a clause test (tests/clauses)"
+    )
+    p.add_argument("--file", type=Path, help="policy file to mutate (default: LETHE_POLICY_FILE or the shipped one)")
+    p.set_defaults(handler=cmd_policy_mutate)
 
     p = sub.add_parser("demo", help="migrate, seed a small dataset and run every DAG with dag.test()")
     p.add_argument("--users", type=int, default=2000, help="accounts to seed (default 2000)")
@@ -90,6 +95,24 @@ def cmd_policy_report(args: argparse.Namespace) -> int:
 
     print(render(load_policy(args.file)))
     return 0
+
+
+def cmd_policy_mutate(args: argparse.Namespace) -> int:
+    """Run the mutation harness (a pytest module of the clause tests) and pass its verdict on."""
+    import os
+    import subprocess
+
+    from lethe.cli import CommandError
+    from lethe.config import PROJECT_DIR
+    from lethe.policy import load_policy
+
+    harness = PROJECT_DIR / "tests" / "clauses" / "test_mutation.py"
+    if not harness.exists():
+        raise CommandError(f"{harness} not found: policy mutation testing needs a source checkout")
+    policy = load_policy(args.file)  # a broken file is reported, located, before anything runs
+    env = {**os.environ, "LETHE_POLICY_FILE": str(Path(policy.path or "").resolve())}
+    command = [sys.executable, "-m", "pytest", str(harness), "-q", "-p", "no:cacheprovider"]
+    return subprocess.run(command, cwd=PROJECT_DIR, env=env, check=False).returncode
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

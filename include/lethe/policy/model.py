@@ -237,31 +237,17 @@ def _all_sharing_dimensions() -> list[SharingDimension]:
     return list(SHARING_DIMENSIONS)
 
 
-_SHARING_NAME = r"[a-z][a-z0-9_-]{0,62}"
-
-
-class SharingAudience(_Strict):
-    """Who can see a recipient's releases: a data day is released to an audience once, under any recipient name.
-
-    The audience `public` is everyone: what it receives, every other audience has too, so its spend on a day
-    counts against every audience's budget for that day.
-    """
-
-    description: str
-    epsilon_per_day: float | None = Field(default=None, gt=0, le=5)  # for life, per data day
-    delta_per_day: float | None = Field(default=None, gt=0, le=1e-5)
-
-
 class SharingRecipient(_Strict):
     """One third party that receives aggregated usage releases (lethe.sharing)."""
 
     description: str
-    audience: str
     k: int = Field(default=10, ge=2)
     dimensions: list[SharingDimension] = Field(default_factory=_all_sharing_dimensions)
     mechanism: Literal["none", "laplace", "gaussian"] = "none"
-    epsilon: float | None = Field(default=None, gt=0, le=5)  # per person-day (lethe.sharing.measurements)
-    delta: float | None = Field(default=None, gt=0, le=1e-5)
+    epsilon: float | None = Field(default=None, gt=0)
+    delta: float | None = Field(default=None, gt=0, lt=1)
+    epsilon_budget: float | None = Field(default=None, gt=0)
+    budget_period: Duration | None = None
     first_window_days: int = Field(default=7, ge=1, le=366)
     max_events_per_cell: int | None = Field(default=None, ge=1)  # overrides the section's bound
     max_cells_per_day: int | None = Field(default=None, ge=1)
@@ -269,35 +255,17 @@ class SharingRecipient(_Strict):
 
     @model_validator(mode="after")
     def _noise_settings(self) -> SharingRecipient:
-        if self.mechanism == "none" and (self.epsilon or self.delta):
-            raise ValueError("epsilon and delta only apply with mechanism laplace or gaussian")
-        if self.mechanism != "none" and self.epsilon is None:
-            raise ValueError(f"mechanism {self.mechanism} needs `epsilon` (per day of data)")
-        if self.mechanism != "none" and self.delta is None:
-            raise ValueError(
-                f"mechanism {self.mechanism} needs `delta` (private partition selection decides the cells)"
-            )
+        if self.mechanism == "none" and (self.epsilon or self.delta or self.epsilon_budget):
+            raise ValueError("epsilon, delta and epsilon_budget only apply with mechanism laplace or gaussian")
+        if self.mechanism != "none" and (self.epsilon is None or self.epsilon_budget is None):
+            raise ValueError(f"mechanism {self.mechanism} needs `epsilon` (per day of data) and `epsilon_budget`")
+        if self.mechanism == "gaussian" and self.delta is None:
+            raise ValueError("mechanism gaussian needs `delta`")
+        if self.mechanism == "laplace" and self.delta is not None:
+            raise ValueError("`delta` only applies to mechanism gaussian")
         if len(set(self.dimensions)) != len(self.dimensions):
             raise ValueError("a dimension is listed twice")
         return self
-
-
-class SharingAllowList(_Strict):
-    """The only values a release may show per dimension; anything else is shown as `other`."""
-
-    feature: list[str] = Field(default_factory=list)  # usage features
-    site_section: list[str] = Field(default_factory=list)  # first path segments of page views, `/courses`
-    region: list[str] = Field(default_factory=list)
-    device_type: list[str] = Field(default_factory=list)
-    browser_family: list[str] = Field(default_factory=list)  # families; a major version may follow
-
-    @field_validator("site_section")
-    @classmethod
-    def _sections(cls, value: list[str]) -> list[str]:
-        for section in value:
-            if not re.fullmatch(r"/[a-z0-9_-]*", section):
-                raise ValueError(f"site section {section!r} must be `/` and one lower-case path segment")
-        return value
 
 
 class Sharing(_Strict):
@@ -306,40 +274,16 @@ class Sharing(_Strict):
     max_events_per_cell: int = Field(default=50, ge=1)
     max_cells_per_day: int = Field(default=20, ge=1)
     max_duration_ms: int = Field(default=4 * 3600 * 1000, ge=1)
-    anonymous_visitors: Literal["by_visitor_id", "exclude"] = "exclude"
-    allowed_values: SharingAllowList = Field(default_factory=SharingAllowList)
-    audiences: dict[str, SharingAudience] = Field(default_factory=dict)
+    anonymous_visitors: Literal["by_visitor_id", "exclude"] = "by_visitor_id"
     recipients: dict[str, SharingRecipient] = Field(default_factory=dict)
 
-    @field_validator("recipients", "audiences")
+    @field_validator("recipients")
     @classmethod
-    def _names(cls, value: dict[str, Any]) -> dict[str, Any]:
+    def _recipient_names(cls, value: dict[str, SharingRecipient]) -> dict[str, SharingRecipient]:
         for name in value:
-            if not re.fullmatch(_SHARING_NAME, name):
-                raise ValueError(f"name {name!r} must be lower-case letters, digits, _ or - (an S3 prefix)")
+            if not re.fullmatch(r"[a-z][a-z0-9_-]{0,62}", name):
+                raise ValueError(f"recipient name {name!r} must be lower-case letters, digits, _ or - (an S3 prefix)")
         return value
-
-    @model_validator(mode="after")
-    def _budgets(self) -> Sharing:
-        for name, r in self.recipients.items():
-            audience = self.audiences.get(r.audience)
-            if audience is None:
-                known = ", ".join(self.audiences) or "none"
-                raise ValueError(f"recipient {name}: audience {r.audience!r} is not under `audiences` ({known})")
-            if r.mechanism == "none":
-                continue
-            if audience.epsilon_per_day is None or audience.delta_per_day is None:
-                raise ValueError(
-                    f"recipient {name}: audience {r.audience} needs `epsilon_per_day` and `delta_per_day` "
-                    "for a noisy recipient"
-                )
-            assert r.epsilon is not None and r.delta is not None
-            if r.epsilon > audience.epsilon_per_day or r.delta > audience.delta_per_day:
-                raise ValueError(
-                    f"recipient {name}: epsilon {r.epsilon:g} / delta {r.delta:g} per day exceed audience "
-                    f"{r.audience}'s budget of {audience.epsilon_per_day:g} / {audience.delta_per_day:g} per day"
-                )
-        return self
 
 
 HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]

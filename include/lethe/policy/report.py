@@ -3,11 +3,19 @@
 For each enforceable clause: the policy rules that enforce it (read from the
 policy file), the DAG that applies them, and the tests that prove it. A test
 file that does not exist is flagged, so the matrix cannot silently overstate.
+
+The retention clauses come from the clause tests themselves (tests/clauses): each
+clause in the policy's words, the rule a test pins, the DAG, the test and its
+assertion in words. A rule no clause test pins, or a test pinning a rule the
+policy lacks, is flagged.
 """
 
 from __future__ import annotations
 
+import importlib
+import sys
 from dataclasses import dataclass
+from typing import Any
 
 from lethe.config import PROJECT_DIR
 from lethe.policy.model import Policy
@@ -90,8 +98,52 @@ CLAUSES = (
 )
 
 
+CLAUSE_TESTS = PROJECT_DIR / "tests" / "clauses"
+CLAUSE_TEST = "tests/clauses/test_clauses.py::test_clause[{}]"
+
+
+def clause_facts() -> tuple[dict[str, tuple[str, str]], list[Any]] | None:
+    """(clause id -> (section, words), facts) from the clause tests, or None outside a source checkout."""
+    if not (CLAUSE_TESTS / "clause_facts.py").exists():
+        return None
+    if str(CLAUSE_TESTS) not in sys.path:
+        sys.path.insert(0, str(CLAUSE_TESTS))
+    importlib.import_module("clause_facts")
+    facts = importlib.import_module("clause_harness").FACTS
+    return importlib.import_module("policy_clauses").CLAUSES, list(facts.values())
+
+
+def _clause_lines(policy: Policy) -> list[str]:
+    found = clause_facts()
+    if found is None:
+        return ["Clause tests: tests/clauses not found (the report needs a source checkout)"]
+    clauses, facts = found
+    rules = {rule.name: (table, rule) for table, rule in policy.rules()}
+    out = ["Clause tests (clause -> rule -> DAG -> test: what it asserts):"]
+    for cid, (section, words) in clauses.items():
+        out.append(f'- [{cid}] {section}: "{words}"')
+        for f in (f for f in facts if f.clause == cid):
+            for name in f.rules or ("(legal holds: lethe.retention honours legal_holds on every rule)",):
+                if name in rules:
+                    table, rule = rules[name]
+                    out.append(f"    rule:  {table}.{name}: keep {rule.keep} after {rule.after}, then {rule.action}")
+                elif f.rules:
+                    out.append(f"    rule:  {name}   [NOT IN THE POLICY FILE]")
+                else:
+                    out.append(f"    rule:  {f.table}: {name}")
+            out.append("    DAG:   retention_nightly")
+            out.append(f"    test:  {CLAUSE_TEST.format(f.name)}")
+            out.append(f"           asserts: {f.says}")
+    pinned = {name for f in facts for name in f.rules}
+    for table, rule in policy.rules():
+        if rule.name not in pinned:
+            out.append(f"- {table}.{rule.name}: [NO CLAUSE TEST]")
+    return out
+
+
 def render(policy: Policy) -> str:
     out = [f"Traceability matrix: {policy.source}; policy file version {policy.version} ({policy.digest})", ""]
+    out += [*_clause_lines(policy), "", "Other clauses:"]
     for clause in CLAUSES:
         out.append(f'- "{clause.quote}"')
         out.append(f"    DAG:   {clause.dag}")

@@ -96,7 +96,7 @@ def bounded_cells(con: Any, source_name: str, config: RecipientConfig) -> tuple[
 def aggregate(events: pa.Table, config: RecipientConfig, con: Any = None) -> Aggregate:
     """Generalise the extracted rows and compute the bounded, exact cells for `config`."""
     con = con or connect_duckdb()
-    g = generalise(events, config.dimensions, config.max_duration_ms, con, config.allowed)
+    g = generalise(events, config.dimensions, config.max_duration_ms, con)
     con.register("generalised", g.rows)
     cells, stats = bounded_cells(con, "generalised", config)
     con.unregister("generalised")

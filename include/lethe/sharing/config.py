@@ -8,32 +8,30 @@ published release with exactly the settings it was made under.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from typing import Any
 
 from lethe.db import ConfigurationError
 
 DIMENSIONS = ("feature", "region", "device_type", "browser_family")
 ALL = "all"  # the value of a dimension a recipient does not receive
-RETIRED = {"epsilon_budget", "budget_period_days"}  # settings of older manifests (a rolling per-recipient budget)
 
 
 @dataclass(frozen=True)
 class RecipientConfig:
     name: str
-    audience: str = ""  # the empty name only in tests of one module; the policy always names one
     k: int = 10
     dimensions: tuple[str, ...] = DIMENSIONS
     mechanism: str = "none"  # none | laplace | gaussian
     epsilon: float | None = None  # per day of data in a release
     delta: float | None = None
-    audience_epsilon: float | None = None  # the audience's budget per data day, for life
-    audience_delta: float | None = None
+    epsilon_budget: float | None = None
+    budget_period_days: float | None = None  # rolling window of the budget; None: the recipient's lifetime
     first_window_days: int = 7
     max_events_per_cell: int = 50
     max_cells_per_day: int = 20
     max_duration_ms: int = 4 * 3600 * 1000
-    anonymous_visitors: str = "exclude"
-    allowed: dict[str, tuple[str, ...]] | None = None  # per dimension; None: no allow-list (tests of one module)
+    anonymous_visitors: str = "by_visitor_id"
     description: str = ""
 
     @property
@@ -43,22 +41,17 @@ class RecipientConfig:
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["dimensions"] = list(self.dimensions)
-        if self.allowed is not None:
-            data["allowed"] = {k: list(v) for k, v in self.allowed.items()}
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RecipientConfig:
         known = set(cls.__dataclass_fields__)
-        data = {k: v for k, v in data.items() if k not in RETIRED}
         unknown = set(data) - known
         if unknown:
             raise ConfigurationError(f"unknown recipient settings: {', '.join(sorted(unknown))}")
         values = dict(data)
         if "dimensions" in values:
             values["dimensions"] = tuple(values["dimensions"])
-        if values.get("allowed") is not None:
-            values["allowed"] = {k: tuple(v) for k, v in values["allowed"].items()}
         return cls(**values)
 
 
@@ -74,24 +67,22 @@ def recipients(policy: Any = None, *, only: str | None = None, include_disabled:
             continue
         if not r.enabled and not include_disabled and only is None:
             continue
-        audience = sharing.audiences[r.audience]
+        period = r.budget_period.to_timedelta() if r.budget_period else None
         out.append(
             RecipientConfig(
                 name=name,
-                audience=r.audience,
                 k=r.k,
                 dimensions=tuple(r.dimensions),
                 mechanism=r.mechanism,
                 epsilon=r.epsilon,
                 delta=r.delta,
-                audience_epsilon=audience.epsilon_per_day,
-                audience_delta=audience.delta_per_day,
+                epsilon_budget=r.epsilon_budget,
+                budget_period_days=period / timedelta(days=1) if period else None,
                 first_window_days=r.first_window_days,
                 max_events_per_cell=r.max_events_per_cell or sharing.max_events_per_cell,
                 max_cells_per_day=r.max_cells_per_day or sharing.max_cells_per_day,
                 max_duration_ms=sharing.max_duration_ms,
                 anonymous_visitors=sharing.anonymous_visitors,
-                allowed={k: tuple(v) for k, v in sharing.allowed_values.model_dump().items()},
                 description=r.description,
             )
         )

@@ -5,14 +5,9 @@ Rules (docs/sharing.md):
   'analytics' consent was granted, and not at all once that consent has been
   withdrawn or objected to: a withdrawal removes the person from every release
   made from the next run on, whatever the events' dates.
-- Humans, not cookies: a logged-out page view whose cookie (visitor_id) was
-  ever seen logged in to exactly one account counts as that account's, under
-  that account's consent (so an objector's logged-out views are left out too).
-  A cookie seen with two or more accounts (a shared computer) is no one's:
-  its logged-out views are left out.
-- Cookies never linked to an account: `anonymous_visitors: exclude` (the
-  policy's choice) leaves them out; `by_visitor_id` counts each cookie as one
-  "person" in page rows, a guarantee per cookie, not per human (docs/sharing.md).
+- Anonymous page views (visitor_logs.user_id NULL) are counted by their cookie,
+  each cookie as one "person", in page rows only; they are never joined to an
+  account. `anonymous_visitors: exclude` in the policy leaves them out.
 - Usage events take region, device and browser from the person's first page
   view of that day (their "profile" for the day), or stay unknown.
 
@@ -66,20 +61,11 @@ LEFT JOIN profile p ON p.user_id = e.user_id AND p.day = e.occurred_at::date
 WHERE e.occurred_at >= %(start)s AND e.occurred_at < %(end)s
 """  # noqa: S608 - constant SQL, values bound by psycopg2
 
-# Every cookie ever seen logged in, with its account when it was only ever one.
-_LINKED = """
-linked AS (
-    SELECT visitor_id, min(user_id) AS user_id, count(DISTINCT user_id) AS accounts
-    FROM visitor_logs WHERE user_id IS NOT NULL GROUP BY visitor_id
-)"""
-
 _PAGES = f"""
-WITH {_CONSENTED}, {_LINKED}
-SELECT c.user_id AS unit, v.occurred_at::date AS day, 'page' AS source, v.file_accessed AS item,
+WITH {_CONSENTED}
+SELECT v.user_id AS unit, v.occurred_at::date AS day, 'page' AS source, v.file_accessed AS item,
        NULL::integer AS duration_ms, v.time_zone, v.device_type, v.browser, v.user_agent
-FROM visitor_logs v
-LEFT JOIN linked l ON v.user_id IS NULL AND l.visitor_id = v.visitor_id AND l.accounts = 1
-JOIN consented c ON c.user_id = coalesce(v.user_id, l.user_id) AND v.occurred_at >= c.granted_at
+FROM visitor_logs v JOIN consented c ON c.user_id = v.user_id AND v.occurred_at >= c.granted_at
 WHERE v.occurred_at >= %(start)s AND v.occurred_at < %(end)s
 """  # noqa: S608 - constant SQL, values bound by psycopg2
 
@@ -90,11 +76,10 @@ SELECT -1 - ('x' || substr(md5(v.visitor_id), 1, 15))::bit(60)::bigint AS unit, 
        v.time_zone, v.device_type, v.browser, v.user_agent
 FROM visitor_logs v
 WHERE v.user_id IS NULL AND v.occurred_at >= %(start)s AND v.occurred_at < %(end)s
-  AND NOT EXISTS (SELECT 1 FROM visitor_logs w WHERE w.visitor_id = v.visitor_id AND w.user_id IS NOT NULL)
 """
 
 
-def extract(url: str, start: datetime, end: datetime, *, anonymous_visitors: str = "exclude") -> pa.Table:
+def extract(url: str, start: datetime, end: datetime, *, anonymous_visitors: str = "by_visitor_id") -> pa.Table:
     """The consented rows with occurred_at in [start, end), days in UTC, as an Arrow table."""
     queries = [_USAGE, _PAGES] + ([_ANONYMOUS] if anonymous_visitors == "by_visitor_id" else [])
     tables = []

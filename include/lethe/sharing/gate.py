@@ -7,16 +7,13 @@ failed checks (names and counts only, never a value). compliance_audit re-runs
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import pandas as pd
 
 from lethe.quality import CheckResult, validate
-from lethe.sharing import measurements
 from lethe.sharing.aggregate import CELL_KEYS, MEASURES
-from lethe.sharing.config import ALL, RecipientConfig
-from lethe.sharing.generalise import OTHER, OTHER_SECTION, UNKNOWN
+from lethe.sharing.config import RecipientConfig
 
 SCHEMA = [*CELL_KEYS, *MEASURES]
 TEXT_COLUMNS = [c for c in CELL_KEYS if c != "day"]
@@ -85,11 +82,8 @@ def _expectations(
             between(column="median_duration_ms", min_value=0, max_value=config.max_duration_ms),
         ),
     ]
-    checks += _allow_list_checks(config)
-    if config.noisy:  # durations are not released under noise; cells only through partition selection
+    if config.noisy:  # durations are not released under noise
         checks += [(f"{m}_withheld_under_noise", e.ExpectColumnValuesToBeNull(column=m)) for m in MEASURES[2:]]
-        threshold = measurements.plan(config).threshold
-        checks.append(("every_cell_passed_partition_selection", between(column="people", min_value=threshold)))
     if contributions is not None:
         checks += [
             (
@@ -104,58 +98,13 @@ def _expectations(
     return work, checks
 
 
-def _allow_list_checks(config: RecipientConfig) -> list[tuple[str, Any]]:
-    """Every dimension value from the policy's allow-lists (no allow-list: only the generic values pass)."""
-    import great_expectations as gx
-
-    allowed = config.allowed or {}
-    generic = [ALL, UNKNOWN]
-    in_set = gx.expectations.ExpectColumnValuesToBeInSet
-    families = "|".join(re.escape(f) for f in [*allowed.get("browser_family", ()), OTHER, UNKNOWN, ALL])
-    features = [*allowed.get("feature", ()), *allowed.get("site_section", ()), OTHER, OTHER_SECTION, *generic]
-    return [
-        ("feature_values_allow_listed", in_set(column="feature", value_set=features)),
-        ("region_values_allow_listed", in_set(column="region", value_set=[*allowed.get("region", ()), *generic])),
-        (
-            "device_type_values_allow_listed",
-            in_set(
-                column="device_type", value_set=[*(d.lower() for d in allowed.get("device_type", ())), OTHER, *generic]
-            ),
-        ),
-        (
-            "browser_family_values_allow_listed",
-            gx.expectations.ExpectColumnValuesToMatchRegex(
-                column="browser_family", regex=rf"^(?:{families})(?: \d{{1,3}})?$"
-            ),
-        ),
-    ]
-
-
-CONSISTENCY_CHECK = "no_suppressed_cell_derivable_across_recipients"
-
-
 def run_gate(
-    frame: pd.DataFrame,
-    recipient_config: RecipientConfig,
-    contributions: dict[str, int] | None = None,
-    derivable: pd.DataFrame | None = None,
+    frame: pd.DataFrame, recipient_config: RecipientConfig, contributions: dict[str, int] | None = None
 ) -> CheckResult:
-    """Check a release frame (and, when known, the contribution maxima left after bounding and the
-    suppressed cells other recipients' releases would give away: lethe.sharing.consistency).
+    """Check a release frame (and, when known, the contribution maxima left after bounding).
 
     Text values are checked in one helper column `_dimension_values` (GX
     skips nulls in range checks, hence the explicit not-null checks).
     """
-    import great_expectations as gx
-
     work, checks = _expectations(frame, recipient_config, contributions)
-    result = validate(f"sharing_gate_{recipient_config.name}", work, checks)
-    if derivable is None:
-        return result
-    across = validate(
-        f"sharing_consistency_{recipient_config.name}",
-        derivable,
-        [(CONSISTENCY_CHECK, gx.expectations.ExpectTableRowCountToEqual(value=0))],
-    )
-    checks_all = result.checks + across.checks
-    return CheckResult(suite=result.suite, success=result.success and across.success, checks=checks_all)
+    return validate(f"sharing_gate_{recipient_config.name}", work, checks)

@@ -4,12 +4,6 @@ Each function returns a DuckDB SQL expression over the extracted columns
 (lethe.sharing.extract.COLUMNS). Nothing here keeps an identifier: the
 counting key `unit` is carried along for contribution bounds and dropped by
 the aggregate.
-
-Allow-lists (the policy's `sharing.allowed_values`): a usage feature, site
-section, region, device type or browser family that is not listed is shown as
-`other` (`/other` for a site section), so a free-form value such as a profile
-path `/<username>` can never reach a release. Without an allow-list (a test
-of one module) the built-in lists below apply and features stay free-form.
 """
 
 from __future__ import annotations
@@ -42,40 +36,25 @@ def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-Allowed = dict[str, tuple[str, ...]] | None
-OTHER, OTHER_SECTION, UNKNOWN = "other", "/other", "unknown"
-
-
-def _listed(allowed: Allowed, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(allowed.get(key, ())) if allowed is not None else default
-
-
-def _in(values: tuple[str, ...]) -> str:
-    return ", ".join(_quote(v) for v in values) if values else "NULL"
-
-
-def region(allowed: Allowed = None) -> str:
-    regions = _in(_listed(allowed, "region", REGIONS))
+def region() -> str:
+    regions = ", ".join(_quote(r) for r in REGIONS)
     continent = "split_part(time_zone, '/', 1)"
     return f"coalesce(CASE WHEN {continent} IN ({regions}) THEN {continent} END, 'unknown')"
 
 
-def device_type(allowed: Allowed = None) -> str:
-    devices = _in(tuple(d.lower() for d in _listed(allowed, "device_type", DEVICES)))
+def device_type() -> str:
+    devices = ", ".join(_quote(d) for d in DEVICES)
     return (
         "CASE WHEN device_type IS NULL OR trim(device_type) = '' THEN 'unknown' "
         f"WHEN lower(trim(device_type)) IN ({devices}) THEN lower(trim(device_type)) ELSE 'other' END"
     )
 
 
-def browser_family(allowed: Allowed = None) -> str:
+def browser_family() -> str:
     """Family from the `browser` column (else the user agent), plus the major version when the agent has one."""
     family_cases = []
     version_cases = []
-    families = _listed(allowed, "browser_family", tuple(f for f, _ in BROWSERS))
     for family, tokens in BROWSERS:
-        if family not in families:
-            continue
         alternatives = "|".join(tokens)
         family_cases.append(
             f"WHEN lower(browser) LIKE {_quote(family.lower() + '%')} THEN {_quote(family)} "
@@ -93,25 +72,20 @@ def browser_family(allowed: Allowed = None) -> str:
     return f"trim({family} || ' ' || coalesce({version}, ''))"
 
 
-def feature(allowed: Allowed = None) -> str:
+def feature() -> str:
     """Usage: the product's feature name. Pages: the first path segment, scheme, host and query removed."""
     path = "split_part(split_part(regexp_replace(item, '^[A-Za-z][A-Za-z0-9+.-]*://[^/]*', ''), '?', 1), '#', 1)"
     section = f"lower(regexp_extract({path}, '^/*([^/]*)', 1))"
     usage = f"left(lower(trim(item)), {MAX_FEATURE_LENGTH})"
     page = f"left('/' || {section}, {MAX_FEATURE_LENGTH})"
-    if allowed is not None:
-        usage = f"CASE WHEN {usage} IN ({_in(_listed(allowed, 'feature', ()))}) THEN {usage} ELSE '{OTHER}' END"
-        page = (
-            f"CASE WHEN {page} IN ({_in(_listed(allowed, 'site_section', ()))}) THEN {page} ELSE '{OTHER_SECTION}' END"
-        )
     return f"CASE WHEN item IS NULL OR trim(item) = '' THEN 'unknown' WHEN source = 'page' THEN {page} ELSE {usage} END"
 
 
-def select_sql(source_name: str, max_duration_ms: int, allowed: Allowed = None) -> str:
+def select_sql(source_name: str, max_duration_ms: int) -> str:
     """One generalised row per raw row, in plain SQL (the bench's anchor; the pipeline uses generalise())."""
     return (
-        f"SELECT unit, day, source, {feature(allowed)} AS feature, {region(allowed)} AS region, "  # noqa: S608 - no values
-        f"{device_type(allowed)} AS device_type, {browser_family(allowed)} AS browser_family, "
+        f"SELECT unit, day, source, {feature()} AS feature, {region()} AS region, {device_type()} AS device_type, "  # noqa: S608 - no values
+        f"{browser_family()} AS browser_family, "
         # DuckDB's least/greatest skip NULLs: keep a page view's missing duration missing.
         f"CASE WHEN duration_ms IS NOT NULL THEN least(greatest(duration_ms, 0), {int(max_duration_ms)}) END AS d "
         f"FROM {source_name}"
@@ -152,7 +126,7 @@ def _encode(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     return encoded.indices.to_numpy(zero_copy_only=False).astype("int64"), encoded.dictionary
 
 
-def _dimension(con: Any, table: pa.Table, key: str, allowed: Allowed) -> tuple[np.ndarray, np.ndarray]:
+def _dimension(con: Any, table: pa.Table, key: str) -> tuple[np.ndarray, np.ndarray]:
     """(per-row index, sorted generalised values) for one dimension.
 
     The SQL expressions run once per distinct input value (or combination),
@@ -178,7 +152,7 @@ def _dimension(con: Any, table: pa.Table, key: str, allowed: Allowed) -> tuple[n
         generalised = np.asarray(columns["source"].to_pylist(), dtype=object)
     else:
         con.register("combos", pa.table(columns))
-        expression = _EXPRESSIONS[key](allowed)
+        expression = _EXPRESSIONS[key]()
         found = con.execute(f"SELECT {expression} AS v FROM combos").fetchall()  # noqa: S608 - no values
         generalised = np.asarray([r[0] for r in found], dtype=object)
         con.unregister("combos")
@@ -186,9 +160,7 @@ def _dimension(con: Any, table: pa.Table, key: str, allowed: Allowed) -> tuple[n
     return inverse[code], values
 
 
-def generalise(
-    table: pa.Table, dimensions: tuple[str, ...], max_duration_ms: int, con: Any, allowed: Allowed = None
-) -> Generalised:
+def generalise(table: pa.Table, dimensions: tuple[str, ...], max_duration_ms: int, con: Any) -> Generalised:
     """Generalise the extracted rows (lethe.sharing.extract.COLUMNS) into cell codes."""
     cell = np.zeros(table.num_rows, dtype="int64")
     values: dict[str, np.ndarray] = {}
@@ -196,7 +168,7 @@ def generalise(
         if key != "source" and key not in dimensions:
             index, dim_values = np.zeros(table.num_rows, dtype="int64"), np.asarray([ALL], dtype=object)
         else:
-            index, dim_values = _dimension(con, table, key, allowed)
+            index, dim_values = _dimension(con, table, key)
         values[key] = dim_values
         cell = cell * len(dim_values) + index
     duration = table.column("duration_ms").combine_chunks()

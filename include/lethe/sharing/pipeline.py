@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-import pandas as pd
+import numpy as np
 import psycopg2.extras
 
 from lethe import ledger
 from lethe.config import BUCKETS, PRIMARY_REGION
 from lethe.db import transaction
 from lethe.quality import CheckResult
-from lethe.sharing import budget, consistency, release
+from lethe.sharing import budget, release
 from lethe.sharing.aggregate import Aggregate, aggregate
 from lethe.sharing.budget import SharingRefused
 from lethe.sharing.config import RecipientConfig
@@ -44,8 +44,6 @@ class Built:
     aggregate: Aggregate
     protected: Protected
     gate: CheckResult
-    cells: consistency.CellSet | None = None  # an exact release's cells, for later releases' consistency check
-    derivable: pd.DataFrame | None = None
 
 
 def day_start(d: date) -> datetime:
@@ -67,10 +65,7 @@ def plan(url: str, configs: list[RecipientConfig], until: date) -> list[dict[str
     windows = []
     with transaction(url) as cur:
         for config in configs:
-            # Never a day the audience already had, under this recipient's name or any other.
-            known = [processed_until(cur, config.name), budget.released_until(cur, config.audience)]
-            starts = [d for d in known if d is not None]
-            start = max(starts) if starts else end - timedelta(days=config.first_window_days)
+            start = processed_until(cur, config.name) or end - timedelta(days=config.first_window_days)
             if start < end:
                 windows.append(
                     {
@@ -83,21 +78,16 @@ def plan(url: str, configs: list[RecipientConfig], until: date) -> list[dict[str
     return windows
 
 
-def build(url: str, config: RecipientConfig, start: datetime, end: datetime) -> Built:
+def build(
+    url: str, config: RecipientConfig, start: datetime, end: datetime, rng: np.random.Generator | None = None
+) -> Built:
     """Extract, aggregate, protect and gate one window; no side effects."""
     events = extract(url, start, end, anonymous_visitors=config.anonymous_visitors)
     agg = aggregate(events, config)
     del events
-    protected = protect(agg.cells, config)
-    if config.noisy:
-        return Built(agg, protected, run_gate(protected.frame, config, agg.contributions))
-    assert protected.suppressed is not None
-    cells = consistency.CellSet(config.name, protected.frame, protected.suppressed)
-    with transaction(url) as cur:
-        others = consistency.earlier(cur, config.name, start, end)
-    derivable = consistency.derivable(cells, others)
-    gate = run_gate(protected.frame, config, agg.contributions, derivable)
-    return Built(agg, protected, gate, cells, derivable)
+    protected = protect(agg.cells, config, rng)
+    gate = run_gate(protected.frame, config, agg.contributions)
+    return Built(agg, protected, gate)
 
 
 def _summary(built: Built, release_id: str, status: str, epsilon: float) -> dict[str, Any]:
@@ -167,11 +157,10 @@ def _ledger(cur: Any, config: RecipientConfig, summary: dict[str, Any], start: d
     )
 
 
-def abandon_pending(url: str, client: Any, config: RecipientConfig) -> list[str]:
-    """Releases whose run died after reserving budget: remove their objects, keep their spend (and their days)."""
-    recipient = config.name
+def abandon_pending(url: str, client: Any, recipient: str) -> list[str]:
+    """Releases whose run died after reserving budget: remove their objects, keep their spend."""
     with transaction(url) as cur:
-        budget.lock(cur, config.audience)
+        budget.lock(cur, recipient)
         cur.execute("SELECT release_id FROM sharing_releases WHERE recipient = %s AND status = 'pending'", (recipient,))
         pending = [r[0] for r in cur.fetchall()]
         for release_id in pending:
@@ -197,6 +186,7 @@ def run_release(
     end: datetime,
     *,
     dry_run: bool = False,
+    rng: np.random.Generator | None = None,
 ) -> dict[str, Any]:
     """Build and (unless dry_run) publish one release; raise SharingRefused when it is not published."""
     from lethe.storage import require_bucket, s3_client
@@ -206,57 +196,48 @@ def run_release(
     client = s3_client(PRIMARY_REGION, endpoint_url)
     if not dry_run:
         require_bucket(client, BUCKETS.sharing)
-        abandon_pending(url, client, config)
-    built = build(url, config, start, end)
+        abandon_pending(url, client, config.name)
+    built = build(url, config, start, end, rng)
     if not built.gate.success:
         message = (
             f"release gate failed for recipient {config.name!r}: {', '.join(built.gate.failed)}; nothing was published"
         )
-        if built.derivable is not None and len(built.derivable):
-            message += f". Suppressed cells another release would give away: {consistency.describe(built.derivable)}"
         if not dry_run:
             with transaction(url) as cur:
-                budget.lock(cur, config.audience)
+                budget.lock(cur, config.name)
                 _record(cur, release_id, config, start, end, "gate_failed", built, message=message)
                 _ledger(cur, config, _summary(built, release_id, "gate_failed", 0.0), start, end)
         raise GateFailed(message, built.gate)
     if dry_run:
         with transaction(url) as cur:
-            epsilon = budget.check(cur, config, start, end)  # a dry run says whether the release would be refused
+            epsilon = budget.check(cur, config, days)  # a dry run says whether the release would be refused
         return {**_summary(built, release_id, "dry_run", epsilon), "gate": built.gate.as_dict()}
     key_prefix = release.prefix(config.name, release_id)
-    refusal: SharingRefused | None = None
+    refusal: budget.BudgetExceeded | None = None
     with transaction(url) as cur:
-        budget.lock(cur, config.audience)
+        budget.lock(cur, config.name)
         try:
-            epsilon = budget.check(cur, config, start, end)
-        except SharingRefused as exc:
+            epsilon = budget.check(cur, config, days)
+        except budget.BudgetExceeded as exc:
             refusal, epsilon = exc, 0.0
             _record(cur, release_id, config, start, end, "refused", built, message=str(exc))
             _ledger(cur, config, _summary(built, release_id, "refused", 0.0), start, end)
         else:
             _record(cur, release_id, config, start, end, "pending", built, epsilon=epsilon, s3_prefix=key_prefix)
-            budget.record(cur, config, release_id, start, end)
-            if built.cells is not None:
-                consistency.record(cur, release_id, built.cells)
+            budget.record(cur, config, release_id, days)
     if refusal is not None:
         raise refusal
     summary = _summary(built, release_id, "published", epsilon)
     manifest = {
         "release_id": release_id,
         "recipient": config.name,
-        "audience": config.audience,
         "window_start": start.isoformat(),
         "window_end": end.isoformat(),
         "window_last_day": (end - timedelta(days=1)).date().isoformat(),
         "days": days,
+        "cells_total": built.protected.cells_total,
         "cells_published": len(built.protected.frame),
-        # Exact counts of the cells left out would leak through a noisy release: only exact releases say them.
-        **(
-            {}
-            if config.noisy
-            else {"cells_total": built.protected.cells_total, "cells_suppressed": built.protected.cells_suppressed}
-        ),
+        "cells_suppressed": built.protected.cells_suppressed,
         "epsilon_spent": epsilon,
         "noise": built.protected.noise,
         "recipient_config": config.as_dict(),

@@ -41,17 +41,16 @@ COLUMN_DOCS = {
     "day": "UTC calendar day of the events (timestamps are coarsened to the day).",
     "source": "`usage`: product usage events of members; `page`: page views from the web logs.",
     "feature": "Usage: the product feature's name. Pages: the first path segment only (`/courses`), "
-    "scheme, host, query string and fragment removed. Only values on the policy's allow-list appear; any other "
-    "feature is `other`, any other site section `/other`.",
+    "scheme, host, query string and fragment removed. A feature nobody may see any more is never published "
+    "(see suppression).",
     "region": "Continent of the browser's IANA time zone (`Asia`, `Europe`, ...), else `unknown`. No IP address, "
     "city or country is used or shown.",
     "device_type": "desktop, mobile, tablet, tv, console or wearable; `other` for anything else, `unknown` if absent.",
     "browser_family": "Browser family plus major version when the user agent still carries one (`Chrome 130`); "
     "user agents are dropped from the raw logs after 7 days, so older days show the family only.",
     "events": "Events in the cell, each person counting at most max_events_per_cell of them.",
-    "people": "Distinct people in the cell, by account: a logged-out view from a browser cookie once logged in to "
-    "one account counts as that account's. Cookies never linked to an account are left out unless the consent "
-    "line below says they count by cookie (then a person with two browsers counts twice). Never below k.",
+    "people": "Distinct people in the cell: members by account, anonymous visitors by browser cookie "
+    "(a person with two browsers may count twice). Never below k.",
     "total_duration_ms": "Sum of event durations (each clipped to max_duration_ms, each person's events capped as "
     "above). Empty for page views and for noisy releases.",
     "median_duration_ms": "Median over the cell's people of each person's mean event duration. Empty for page views "
@@ -91,12 +90,8 @@ def data_dictionary(manifest: dict[str, Any]) -> str:
         "",
         f"- Days covered: {manifest['window_start'][:10]} to {manifest['window_last_day']} (UTC), "
         f"{manifest['days']} day(s)",
-        f"- Cells: {manifest['cells_published']} published"
-        + (
-            f", {manifest['cells_suppressed']} suppressed of {manifest['cells_total']}"
-            if "cells_total" in manifest
-            else " (how many were left out is not said: it would be an exact count)"
-        ),
+        f"- Cells: {manifest['cells_published']} published, {manifest['cells_suppressed']} suppressed "
+        f"of {manifest['cells_total']}",
         f"- Minimum people per published cell (k): {cfg['k']}",
         f"- Contribution bounds: at most {cfg['max_events_per_cell']} events per person per cell, "
         f"{cfg['max_cells_per_day']} cells per person per day; durations clipped to {cfg['max_duration_ms']} ms",
@@ -105,24 +100,16 @@ def data_dictionary(manifest: dict[str, Any]) -> str:
     if cfg["mechanism"] == "none":
         lines.append("- Noise: none (exact counts of the published cells)")
     else:
-        noise = manifest["noise"]
+        delta = f", delta {cfg['delta']:g}" if cfg.get("delta") else ""
         lines.append(
-            f"- Noise: discrete {cfg['mechanism']} (OpenDP), epsilon {cfg['epsilon']:g} and delta {cfg['delta']:g} "
-            f"per person-day, split between people and events; this release spent epsilon "
-            f"{manifest['epsilon_spent']:g}. Which cells appear is decided by private partition selection: a cell "
-            f"is published only when its noisy people count reaches {noise['threshold']} (scale "
-            f"{noise['people_scale']:g}); events get noise of scale {noise['events_scale']:g} and are made "
-            "consistent with people afterwards."
+            f"- Noise: {cfg['mechanism']}, epsilon {cfg['epsilon']:g} per day{delta} split between events and "
+            f"people; this release spent epsilon {manifest['epsilon_spent']:g}. Values are rounded and made "
+            "consistent after noise; cells whose noisy people fall below k are suppressed too."
         )
     lines += [
         "- Consent: only people whose analytics consent was given before the event and is neither withdrawn "
-        "nor objected to at release time; "
-        + (
-            "visitors never logged in are left out"
-            if cfg.get("anonymous_visitors", "exclude") == "exclude"
-            else "visitors never logged in count once per browser cookie in page rows (a guarantee per cookie, "
-            "not per human)"
-        ),
+        "nor objected to at release time; anonymous visitors by cookie in page rows"
+        + (" (excluded in this release)" if cfg.get("anonymous_visitors") == "exclude" else ""),
         "",
         "## Why these dimensions",
         "",

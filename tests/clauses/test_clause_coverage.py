@@ -1,0 +1,56 @@
+"""The clause tests cover the policy file: a rule without a clause test fails CI.
+
+No services: reads the policy file (LETHE_POLICY_FILE or the shipped one), the facts' declarations
+and the published privacy policy text.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import clause_facts  # noqa: F401  (declares the facts)
+from clause_harness import FACTS
+from lethe.policy import load_policy
+from policy_clauses import CLAUSES
+
+POLICY_TEXT = Path(__file__).with_name("privacy-policy.txt")
+
+
+def _words(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def test_every_retention_rule_has_a_clause_test() -> None:
+    pinned = {rule for f in FACTS.values() for rule in f.rules}
+    missing = [f"{table}.{rule.name}" for table, rule in load_policy().rules() if rule.name not in pinned]
+    assert not missing, (
+        "retention rules without a clause test (add a fact in tests/clauses/clause_facts.py whose expectations"
+        f" are written from the clause): {', '.join(missing)}"
+    )
+
+
+def test_clause_tests_pin_rules_of_the_policy_on_their_table() -> None:
+    rules = {rule.name: table for table, rule in load_policy().rules()}
+    wrong = [
+        f"{f.name} pins {rule} on {f.table}, but the policy has it on {rules.get(rule, 'no table')}"
+        for f in FACTS.values()
+        for rule in f.rules
+        if rules.get(rule) != f.table
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_every_table_with_rules_for_people_has_a_legal_hold_test() -> None:
+    policy = load_policy()
+    held = {f.table for f in FACTS.values() if f.clause == "litigation" and not f.rules}
+    missing = [t for t, spec in policy.tables.items() if spec.subject and spec.retention and t not in held]
+    assert not missing, f"tables without a legal-hold clause test (HELD_ROWS in clause_facts.py): {missing}"
+
+
+def test_clauses_are_quoted_verbatim_from_the_privacy_policy() -> None:
+    text = _words(POLICY_TEXT.read_text())
+    misquoted = [cid for cid, (_, quote) in CLAUSES.items() if _words(quote) not in text]
+    assert not misquoted, f"clauses not quoted word for word from {POLICY_TEXT.name}: {misquoted}"
+    unused = set(CLAUSES) - {f.clause for f in FACTS.values()}
+    assert not unused, f"clauses no test pins: {sorted(unused)}"
