@@ -54,3 +54,26 @@ def test_clauses_are_quoted_verbatim_from_the_privacy_policy() -> None:
     assert not misquoted, f"clauses not quoted word for word from {POLICY_TEXT.name}: {misquoted}"
     unused = set(CLAUSES) - {f.clause for f in FACTS.values()}
     assert not unused, f"clauses no test pins: {sorted(unused)}"
+
+
+def test_report_traces_clause_to_rule_dag_test_and_assertion(tmp_path: Path) -> None:
+    import yaml
+    from lethe.policy.report import render
+
+    text = render(load_policy())
+    for f in FACTS.values():
+        assert f"tests/clauses/test_clauses.py::test_clause[{f.name}]" in text
+        assert f"asserts: {f.says}" in text
+    assert "[NO CLAUSE TEST]" not in text and "[NOT IN THE POLICY FILE]" not in text
+
+    document = yaml.safe_load(Path(load_policy().path or "").read_text())
+    document["tables"]["comments"]["retention"].append(
+        {"name": "old_comments", "keep": "P5Y", "after": "created_at", "action": "delete"}
+    )
+    document["tables"]["invoices"]["retention"] = []
+    document["tables"]["invoices"]["retain_indefinitely"] = "test"
+    changed = tmp_path / "policy.yaml"
+    changed.write_text(yaml.safe_dump(document, sort_keys=False))
+    text = render(load_policy(changed))
+    assert "- comments.old_comments: [NO CLAUSE TEST]" in text
+    assert "rule:  invoices_statutory_period   [NOT IN THE POLICY FILE]" in text
