@@ -6,7 +6,8 @@ set -uo pipefail
 runs="${1:-10}"
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 work="$(mktemp -d -t lethe-demo-repeat-XXXXXX)"
-trap 'rm -rf "$work"' EXIT
+# The demo leaves the embedded PostgreSQL and S3 server running for the next command: stop them first.
+trap '(cd "$work/lethe" 2>/dev/null && .tools/bin/uv run --frozen lethe services stop >/dev/null 2>&1); rm -rf "$work"' EXIT
 unset LETHE_DATABASE_URL LETHE_S3_ENDPOINT_URL LETHE_HOME
 git clone --quiet "$repo" "$work/lethe"
 cd "$work/lethe"

@@ -74,14 +74,21 @@ See docs/erasure.md.
             title="Identifier",
             description=IDENTIFIER_HELP,
         ),
+        # Optional (null allowed): a batch run over the queued requests has no one reference or reason.
         "request_reference": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             maxLength=200,
             title="Request reference",
-            description="Your ticket or case number (shown on the certificate).",
+            description="Your ticket or case number (shown on the certificate). Optional.",
         ),
-        "reason": Param("", type="string", maxLength=500, title="Reason", description="Why the person asked."),
+        "reason": Param(
+            None,
+            type=["null", "string"],
+            maxLength=500,
+            title="Reason",
+            description="Why the person asked. Optional.",
+        ),
         "dry_run": Param(
             True,
             type="boolean",

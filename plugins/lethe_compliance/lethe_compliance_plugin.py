@@ -28,7 +28,11 @@ ICON = (
 
 
 class NotLoggedIn(Exception):
-    """No Airflow token came with the request."""
+    """No Airflow token came with the request, or it expired."""
+
+
+class NotAllowed(Exception):
+    """The user may not read compliance_audit runs."""
 
 
 def _token(request: Request) -> str | None:
@@ -41,20 +45,29 @@ def _token(request: Request) -> str | None:
 
 
 async def require_user(request: Request) -> Any:
-    """The logged-in Airflow user allowed to read compliance_audit runs; 401/403 otherwise."""
+    """The logged-in Airflow user allowed to read compliance_audit runs.
+
+    No token, or an expired or invalid one: the page redirects to Airflow's login (the API answers 401). A user
+    without that permission gets a plain "not allowed" page (the API: 403 JSON).
+    """
     from airflow.api_fastapi.app import get_auth_manager
     from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
     from airflow.api_fastapi.core_api.security import resolve_user_from_token
+    from airflow.models.dag import DagModel
 
     token = _token(request)
     if not token:
         raise NotLoggedIn
-    user = await resolve_user_from_token(token)  # 401 expired, 403 invalid or revoked
-    allowed = get_auth_manager().is_authorized_dag(
-        method="GET", access_entity=DagAccessEntity.RUN, details=DagDetails(id=AUDIT_DAG_ID), user=user
-    )
-    if not allowed:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "not allowed to read compliance_audit runs")
+    try:
+        user = await resolve_user_from_token(token)  # 401 expired, 403 invalid or revoked
+    except HTTPException:  # expired, forged or revoked: a fresh login is the way on
+        raise NotLoggedIn from None
+    # In multi-team mode the auth manager decides by the DAG's team, as Airflow's own routes do.
+    details = DagDetails(id=AUDIT_DAG_ID, team_name=DagModel.get_team_name(AUDIT_DAG_ID))
+    if not get_auth_manager().is_authorized_dag(
+        method="GET", access_entity=DagAccessEntity.RUN, details=details, user=user
+    ):
+        raise NotAllowed
     return user
 
 
@@ -100,6 +113,19 @@ def create_app() -> FastAPI:
         from airflow.api_fastapi.app import get_auth_manager
 
         return RedirectResponse(get_auth_manager().get_url_login(next_url=str(request.url)), status_code=303)
+
+    @app.exception_handler(NotAllowed)
+    async def _not_allowed(request: Request, exc: NotAllowed) -> Response:
+        detail = "not allowed to read compliance_audit runs"
+        if request.url.path.rstrip("/").endswith("/api/summary"):
+            return JSONResponse({"detail": detail}, status_code=status.HTTP_403_FORBIDDEN)
+        return HTMLResponse(
+            "<!doctype html><title>Not allowed</title><main style='font-family:sans-serif;margin:2rem'>"
+            "<h1>Not allowed</h1><p>Your Airflow user may not read the runs of the compliance_audit DAG, "
+            "so this page cannot show you Lethe's compliance status. Ask an Airflow admin for that permission."
+            "</p></main>",
+            status_code=status.HTTP_403_FORBIDDEN,
+        )
 
     @app.get("/icon.svg")
     def icon() -> Response:

@@ -165,6 +165,9 @@ def test_compliance_page_shows_the_state_to_logged_in_users_only(
     anonymous = httpx.get(page_url, follow_redirects=False)
     assert anonymous.status_code == 303 and "/auth/login" in anonymous.headers["location"]
     assert "TICKET-12" not in anonymous.text
+    # An expired or forged session sends the page to the login too, not to a JSON error in the frame.
+    stale = httpx.get(page_url, cookies={"_token": "not-a-jwt"}, follow_redirects=False)
+    assert stale.status_code == 303 and "/auth/login" in stale.headers["location"]
 
     # The plugin is registered with its nav entry, and a token from Airflow's own login opens its API.
     token = httpx.post(f"{api_server}/auth/token", json={"username": USER, "password": PASSWORD}).json()["access_token"]
