@@ -7,9 +7,10 @@ from typing import Any
 
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, TriggerRule, dag, task
 from lethe.assets import BACKUP_PROPAGATION_URI
+from lethe.audit import runbook
 from lethe.dag_defaults import RUN_TIMEOUT, default_args
 
-DOC = """
+DOC = f"""
 ### compliance_audit
 
 Checks, every night after the other Lethe DAGs, that what they promise actually holds.
@@ -39,33 +40,7 @@ Failures and overdue erasure requests raise an alert (table `audit_alerts`, and 
 
 **When it fails**, read the `verdict` task's log: it lists `suite.check` names.
 
-- `retention.expired_rows.<rule>`: rows that the rule's last completed `retention_nightly` run should
-  have removed are still there (the check is judged as of that run's cutoff, read from the ledger, so
-  rows that crossed the line since do not count). Rows were re-created, or the run skipped them: rerun
-  `retention_nightly` and read its post-conditions. The check names the table and column.
-- `retention.stale.<rule>`: the rule has not completed a (non-dry) run within `stale_after_hours`
-  (default 26) of the audit: `retention_nightly` is paused, failing, or the rule is new. Check its runs.
-- `legal_holds.held_rows_removed`: rows of a held person were deleted. Stop the deleting DAGs, find
-  the deletion in the ledger (Privacy compliance page), and restore the rows from a backup (`lethe restore`).
-- `erasure_residue.*`: an erasure did not reach every table; rerun `subject_erasure` for the open
-  request or investigate rows re-created by the application.
-- `erasure_deadlines.overdue_erasure_requests`: trigger `subject_erasure` (batch mode) now.
-- `backups.snapshot_within_rpo.<region>`: `backup_nightly` did not complete in that region; check
-  its run and the region's endpoint (the check's details say `unreachable` when S3 did not answer).
-- `backups.manifest_mismatches.<region>`: an object was changed or removed outside Lethe; take a
-  fresh snapshot (`backup_nightly`) and investigate the bucket's access log.
-- `backups.bucket_in_region.<region>`: the bucket is not where the policy says; move it.
-- `backups.tombstones_not_applied.<region>`: run `backup_erasure_propagation`; it rewrites the
-  affected objects. A restore must not use that region's snapshots until this passes.
-- `shares.<recipient>.*`: a published release no longer passes the gate (e.g. the policy's
-  thresholds were raised); withdraw it with `lethe sharing` and rerun `usage_sharing`.
-- `ledger.ledger_chain_broken`: the ledger was altered outside Lethe. Treat as a security incident;
-  the `details` of the check name the first broken entry.
-- `ledger.ledger_tail_missing`: entries the evidence bucket's anchors vouch for were removed (the
-  ledger truncated or its newest entries deleted, with the triggers disabled by the table's owner).
-  Treat as a security incident; the details give the lowest missing position.
-- `<suite>.suite_completed`: that check's task itself errored (database or S3 unreachable); fix the
-  connection named in its log and clear the task.
+{runbook.markdown()}
 
 Reruns are safe: the audit only reads, and a rerun replaces the run's row in `audit_runs`.
 """

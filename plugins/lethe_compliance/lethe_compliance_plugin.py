@@ -10,11 +10,12 @@ The data comes from lethe.audit.dashboard; this module only authenticates and re
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 from airflow.plugins_manager import AirflowPlugin
-from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 URL_PREFIX = "/lethe-compliance"
@@ -72,6 +73,9 @@ async def require_user(request: Request) -> Any:
 
 
 CurrentUser = Annotated[Any, Depends(require_user)]
+# Read-only filters of the request list: one state, or open requests due within N days.
+StateFilter = Annotated[str | None, Query(alias="state", pattern=r"^[a-z_]{1,40}$")]
+DueFilter = Annotated[int | None, Query(alias="due_within", ge=0, le=366)]
 
 
 def database_url() -> str:
@@ -94,13 +98,29 @@ def _base_url() -> str:
     return urlsplit(base).path.rstrip("/") if base else ""
 
 
+def _ts(value: datetime | str | None) -> str:
+    """A time in UTC, saying so; ISO strings (ledger payloads) too."""
+    if not value:
+        return "never"
+    if isinstance(value, str):
+        try:
+            return _ts(datetime.fromisoformat(value))
+        except ValueError:
+            return value
+    if value.tzinfo is None:  # no zone given: Lethe keeps its clocks in UTC
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def _render(page: Any, user: Any) -> str:
     import jinja2
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True)
-    env.filters["ts"] = lambda v: v.strftime("%Y-%m-%d %H:%M UTC") if v else "never"
+    env.filters["ts"] = _ts
     env.filters["hours"] = lambda v: "-" if v is None else (f"{v / 24:.1f} d" if v >= 48 else f"{v:.1f} h")
-    return env.get_template("compliance.html").render(page=page, user=user.get_name())
+    from lethe.audit.dashboard import STATES
+
+    return env.get_template("compliance.html").render(page=page, user=user.get_name(), states=STATES)
 
 
 def create_app() -> FastAPI:
@@ -133,17 +153,19 @@ def create_app() -> FastAPI:
         return Response(ICON, media_type="image/svg+xml")
 
     @app.get("/", response_class=HTMLResponse)
-    def page(user: CurrentUser) -> HTMLResponse:
+    def page(user: CurrentUser, state: StateFilter = None, due_within: DueFilter = None) -> HTMLResponse:
         from lethe.audit.dashboard import gather
 
-        return HTMLResponse(_render(gather(database_url(), _base_url()), user))
+        data = gather(database_url(), _base_url(), status=state, due_within_days=due_within)
+        return HTMLResponse(_render(data, user))
 
     @app.get("/api/summary")
-    def summary(user: CurrentUser) -> JSONResponse:
+    def summary(user: CurrentUser, state: StateFilter = None, due_within: DueFilter = None) -> JSONResponse:
         from fastapi.encoders import jsonable_encoder
         from lethe.audit.dashboard import gather
 
-        return JSONResponse(jsonable_encoder(gather(database_url(), _base_url()).as_dict()))
+        data = gather(database_url(), _base_url(), status=state, due_within_days=due_within)
+        return JSONResponse(jsonable_encoder(data.as_dict()))
 
     return app
 

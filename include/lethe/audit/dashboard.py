@@ -2,14 +2,15 @@
 
 Erasure requests are listed by id, kind of identifier, status and deadline, never
 by the identifier itself; purges and propagation come from the ledger and the
-backup catalogue; quality results from compliance_audit's audit_runs.
+backup catalogue; quality results from compliance_audit's audit_runs. Every section
+says how fresh its data is against the schedule of the DAG that feeds it.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg2.extensions
@@ -18,6 +19,85 @@ from lethe.config import BACKUP_REGIONS
 from lethe.db import transaction
 from lethe.ledger import verify_chain
 from lethe.policy import load_policy
+
+
+@dataclass(frozen=True)
+class State:
+    colour: str  # ok, warn, bad, info, muted: a CSS class of the page
+    meaning: str
+    open: bool  # still owed to the person: counts against its deadline
+
+
+# Every state of the erasure lifecycle; a state not listed here is shown as UNKNOWN_STATE.
+STATES: dict[str, State] = {
+    "awaiting_approval": State("info", "waiting for a second person to approve the erasure", True),
+    "pending": State("info", "received, waiting for the next subject_erasure run", True),
+    "planned": State("info", "approved; the rows to erase are listed, erasure not started", True),
+    "running": State("info", "subject_erasure is working on it", True),
+    "erasing": State("info", "subject_erasure is deleting and pseudonymising the rows", True),
+    "held": State("warn", "paused: the person is under an active legal hold", True),
+    "failed": State("bad", "the last attempt failed; the next run retries it (see its DAG run)", True),
+    "erased": State("ok", "rows erased in the primary; checks and certificate to follow", False),
+    "verified": State("ok", "erased, and the residue checks found nothing left", False),
+    "certified": State("ok", "erased, verified, and its certificate is written", False),
+    "completed": State("ok", "erased and closed", False),
+    "no_data": State("ok", "nothing of the person was found; closed", False),
+    "rejected": State("muted", "refused by the approver; nothing was erased", False),
+    "dry_run": State("muted", "a rehearsal: nothing was erased", False),
+}
+UNKNOWN_STATE = State("warn", "a state this page does not know: see the request's DAG run", True)
+CLOSED_STATES = [name for name, s in STATES.items() if not s.open]
+
+
+def state(name: str) -> State:
+    return STATES.get(name, UNKNOWN_STATE)
+
+
+@dataclass(frozen=True)
+class Feed:
+    dag_id: str
+    schedule: str  # in words, as the DAG file sets it
+    max_age_hours: float  # a daily schedule plus two hours of grace (the audit's own staleness limit)
+    what: str  # the event whose age is measured
+
+
+# The DAG that feeds each section (schedules from dags/*.py).
+FEEDS: dict[str, Feed] = {
+    "requests": Feed("subject_erasure", "daily at 00:00 UTC", 26, "erasure"),
+    "purges": Feed("retention_nightly", "daily at 01:15 UTC", 26, "purge"),
+    "regions": Feed("backup_nightly", "daily at 02:00 UTC", 26, "complete snapshot"),
+    "audit": Feed("compliance_audit", "daily at 04:30 UTC", 26, "audit"),
+}
+
+
+@dataclass
+class Freshness:
+    section: str
+    dag_id: str
+    schedule: str
+    last_at: datetime | None
+    age_hours: float | None
+    stale: bool
+    text: str
+
+
+def freshness(section: str, last_at: datetime | None, now: datetime) -> Freshness:
+    """How old a section's data is, in words, judged against its DAG's schedule."""
+    feed = FEEDS[section]
+    if last_at is None:
+        return Freshness(section, feed.dag_id, feed.schedule, None, None, True, f"no {feed.what} yet")
+    age = (now - last_at).total_seconds() / 3600
+    stale = age > feed.max_age_hours
+    when = last_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    if stale and last_at.astimezone(UTC).date() < now.astimezone(UTC).date() - timedelta(days=1):
+        text = f"no {feed.what} since {when}: more than {feed.max_age_hours:g} hours ago"
+    elif stale and last_at.astimezone(UTC).date() < now.astimezone(UTC).date():
+        text = f"no {feed.what} since yesterday: last {feed.what} more than {feed.max_age_hours:g} hours ago ({when})"
+    elif stale:
+        text = f"last {feed.what} more than {feed.max_age_hours:g} hours ago ({when})"
+    else:
+        text = f"last {feed.what} {age:.1f} hours ago ({when})"
+    return Freshness(section, feed.dag_id, feed.schedule, last_at, age, stale, text)
 
 
 @dataclass
@@ -30,6 +110,8 @@ class ErasureRow:
     due_at: datetime
     completed_at: datetime | None
     days_left: int | None  # open requests only; negative when overdue
+    colour: str = ""
+    meaning: str = ""
 
 
 @dataclass
@@ -42,6 +124,8 @@ class PurgeRow:
     done: int | None
     held: int | None
     referenced: int | None
+    counted: str = ""  # what `done` counts: rows deleted, rows anonymised, partitions dropped
+    stale: bool = False
 
 
 @dataclass
@@ -66,19 +150,35 @@ class QualityRun:
 
 
 @dataclass
+class Check:
+    suite: str
+    name: str
+    success: bool
+    observed: Any
+    expected: Any
+    where: str | None
+    meaning: str
+    action: str
+    doc: str
+
+
+@dataclass
 class Page:
     generated_at: datetime
     erasures: list[ErasureRow]
     purges: list[PurgeRow]
     regions: list[RegionRow]
-    runs: list[QualityRun]
-    latest_checks: list[dict[str, Any]]
+    runs: list[QualityRun]  # the last 30 audits, newest first: the verdict history
+    latest_checks: list[Check]  # failures first
+    freshness: dict[str, Freshness]
+    audit_doc_url: str
     ledger_ok: bool
     ledger_entries: int
     ledger_problem: str = ""
     ledger_first_broken: int | None = None
     ledger_last_at: datetime | None = None
     notes: list[str] = field(default_factory=list)
+    filters: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,26 +190,43 @@ def dag_run_url(dag_id: str, run_id: str, base_url: str = "") -> str:
     return f"{base_url.rstrip('/')}/dags/{quote(dag_id)}/runs/{quote(run_id, safe='')}"
 
 
-def erasures(cur: psycopg2.extensions.cursor, now: datetime, limit: int = 50) -> list[ErasureRow]:
-    """Open requests first (soonest deadline first), then the latest closed ones."""
+def erasures(
+    cur: psycopg2.extensions.cursor,
+    now: datetime,
+    limit: int = 50,
+    status: str | None = None,
+    due_within_days: int | None = None,
+) -> list[ErasureRow]:
+    """Open requests first (soonest deadline first), then the latest closed ones; optionally one state
+    only, or only open requests due within `due_within_days` (overdue ones included)."""
     cur.execute(
         """
         SELECT request_id::text, identifier_kind, reference, status, received_at, due_at, completed_at
         FROM erasure_requests
-        ORDER BY (status IN ('completed', 'no_data', 'dry_run')), due_at, received_at DESC
-        LIMIT %s
+        WHERE (%(status)s::text IS NULL OR status = %(status)s)
+          AND (%(due_by)s::timestamptz IS NULL OR (status <> ALL(%(closed)s) AND due_at <= %(due_by)s))
+        ORDER BY (status = ANY(%(closed)s)), due_at, received_at DESC
+        LIMIT %(limit)s
         """,
-        (limit,),
+        {
+            "status": status,
+            "due_by": None if due_within_days is None else now + timedelta(days=due_within_days),
+            "closed": CLOSED_STATES,
+            "limit": limit,
+        },
     )
     rows = []
-    for rid, kind, ref, status, received, due, completed in cur.fetchall():
-        open_ = status not in ("completed", "no_data", "dry_run")
-        days = math.floor((due - now).total_seconds() / 86400) if open_ else None
-        rows.append(ErasureRow(rid, kind, ref, status, received, due, completed, days))
+    for rid, kind, ref, name, received, due, completed in cur.fetchall():
+        st = state(name)
+        days = math.floor((due - now).total_seconds() / 86400) if st.open else None
+        rows.append(ErasureRow(rid, kind, ref, name, received, due, completed, days, st.colour, st.meaning))
     return rows
 
 
-def purges(cur: psycopg2.extensions.cursor) -> list[PurgeRow]:
+COUNTED = {"delete": "rows deleted", "anonymise": "rows anonymised", "drop_partitions": "rows dropped"}
+
+
+def purges(cur: psycopg2.extensions.cursor, now: datetime) -> list[PurgeRow]:
     """The last executed (not dry-run) purge of every policy rule, from the ledger's retention entries."""
     cur.execute(
         """
@@ -134,6 +251,8 @@ def purges(cur: psycopg2.extensions.cursor) -> list[PurgeRow]:
                 done=counts.get("done", counts.get("deleted")),
                 held=counts.get("held"),
                 referenced=counts.get("referenced"),
+                counted=COUNTED.get(payload.get("action", rule.action), "rows"),
+                stale=at is None or (now - at).total_seconds() / 3600 > FEEDS["purges"].max_age_hours,
             )
         )
     return rows
@@ -171,10 +290,11 @@ def regions(cur: psycopg2.extensions.cursor, now: datetime) -> list[RegionRow]:
 
 
 def quality(
-    cur: psycopg2.extensions.cursor, base_url: str = "", limit: int = 10
-) -> tuple[list[QualityRun], list[dict[str, Any]]]:
-    """The latest audit runs (with links to their DAG runs) and every check of the newest one."""
+    cur: psycopg2.extensions.cursor, base_url: str = "", limit: int = 30
+) -> tuple[list[QualityRun], list[Check]]:
+    """The latest audit runs (with links to their DAG runs) and every check of the newest one, failures first."""
     from lethe.audit.results import latest
+    from lethe.audit.runbook import DOC_SECTION, explain
 
     runs = latest(cur, limit)
     listed = [
@@ -193,34 +313,68 @@ def quality(
     if runs:
         for suite in runs[0]["results"]:
             for check in suite["checks"]:
+                entry = explain(suite["suite"], check["name"])
                 checks.append(
-                    {
-                        "suite": suite["suite"],
-                        "name": check["name"],
-                        "success": check["success"],
-                        "observed": check.get("observed"),
-                    }
+                    Check(
+                        suite=suite["suite"],
+                        name=check["name"],
+                        success=bool(check["success"]),
+                        observed=check.get("observed"),
+                        expected=check.get("expected"),
+                        where=check.get("where"),
+                        meaning=entry.meaning if entry else "",
+                        action=entry.action if entry else "",
+                        doc=DOC_SECTION,
+                    )
                 )
+    checks.sort(key=lambda c: c.success)  # stable: failures first, each group in the audit's order
     return listed, checks
 
 
-def gather(db_url: str, base_url: str = "", now: datetime | None = None) -> Page:
+def _latest(cur: psycopg2.extensions.cursor, query: str, *params: Any) -> datetime | None:
+    cur.execute(query, params)
+    row = cur.fetchone()
+    return row[0] if row else None
+
+
+def gather(
+    db_url: str,
+    base_url: str = "",
+    now: datetime | None = None,
+    status: str | None = None,
+    due_within_days: int | None = None,
+) -> Page:
     now = now or datetime.now(UTC)
     with transaction(db_url) as cur:
-        status = verify_chain(cur)
-        cur.execute("SELECT max(recorded_at) FROM ledger")
-        last_at = cur.fetchone()[0]  # type: ignore[index]
+        chain = verify_chain(cur)
+        last_at = _latest(cur, "SELECT max(recorded_at) FROM ledger")
         runs, checks = quality(cur, base_url)
+        fresh = {
+            "requests": _latest(cur, "SELECT max(recorded_at) FROM ledger WHERE kind = %s", "erasure"),
+            "purges": _latest(
+                cur,
+                "SELECT max(recorded_at) FROM ledger WHERE kind = %s"
+                " AND NOT coalesce((payload->>'dry_run')::boolean, false)",
+                "retention",
+            ),
+            "audit": runs[0].audited_at if runs else None,
+        }
+        region_rows = regions(cur, now)
+        snapshots = [r.last_snapshot_at for r in region_rows if r.last_snapshot_at]
+        fresh["regions"] = min(snapshots) if len(snapshots) == len(region_rows) and snapshots else None
         return Page(
             generated_at=now,
-            erasures=erasures(cur, now),
-            purges=purges(cur),
-            regions=regions(cur, now),
+            erasures=erasures(cur, now, status=status, due_within_days=due_within_days),
+            purges=purges(cur, now),
+            regions=region_rows,
             runs=runs,
             latest_checks=checks,
-            ledger_ok=status.ok,
-            ledger_entries=status.entries,
-            ledger_problem=status.problem,
-            ledger_first_broken=status.first_broken_entry,
+            freshness={section: freshness(section, at, now) for section, at in fresh.items()},
+            audit_doc_url=f"{base_url.rstrip('/')}/dags/compliance_audit",
+            ledger_ok=chain.ok,
+            ledger_entries=chain.entries,
+            ledger_problem=chain.problem,
+            ledger_first_broken=chain.first_broken_entry,
             ledger_last_at=last_at,
+            filters={"status": status, "due_within_days": due_within_days},
         )
