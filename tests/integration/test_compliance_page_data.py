@@ -186,3 +186,39 @@ def test_freshness_words() -> None:
     assert freshness("audit", None, now).text == "no audit yet"
     old = freshness("regions", now - timedelta(days=3), now)
     assert old.stale and old.text == "no complete snapshot since 2026-10-30 09:00 UTC: more than 26 hours ago"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "retention.expired_rows.accounts_closed",
+        "retention.stale.accounts_closed",
+        "legal_holds.held_rows_removed",
+        "erasure_residue.erased_subject_rows.accounts",
+        "erasure_residue.erased_identifiers_left",
+        "erasure_residue.identifier_kept_after_completion",
+        "erasure_deadlines.overdue_erasure_requests",
+        "backups.bucket_in_region.eu-west-1",
+        "backups.snapshot_within_rpo.eu-west-1",
+        "backups.manifest_mismatches.eu-west-1",
+        "backups.tombstones_not_applied.eu-west-1",
+        "backups.erased_mentions_left.eu-west-1",
+        "shares.partner_a.min_group_size",
+        "ledger.ledger_chain_broken",
+        "ledger.ledger_tail_missing",
+        "backups.suite_completed",
+    ],
+)
+def test_every_documented_check_has_a_meaning_and_an_action(name: str) -> None:
+    from lethe.audit.runbook import explain
+
+    suite, check = name.split(".", 1)
+    entry = explain(suite, check)
+    assert entry and entry.meaning and entry.action, name
+
+
+def test_a_suite_that_errored_is_explained_as_such_not_as_its_checks() -> None:
+    from lethe.audit.runbook import explain
+
+    entry = explain("shares", "suite_completed")
+    assert entry and "task itself errored" in entry.meaning

@@ -21,6 +21,11 @@ class Entry:
 
 ENTRIES: tuple[Entry, ...] = (
     Entry(
+        "*.suite_completed",
+        "That suite's task itself errored (database or S3 unreachable), so its checks did not run.",
+        "Fix the connection named in its log and clear the task.",
+    ),
+    Entry(
         "retention.expired_rows.*",
         "Rows that the rule's last completed retention_nightly run should have removed are still there "
         "(judged as of that run's cutoff, read from the ledger); the check names the table and column.",
@@ -86,11 +91,6 @@ ENTRIES: tuple[Entry, ...] = (
         "ledger.ledger_tail_missing",
         "Entries the evidence bucket's anchors vouch for were removed (the ledger truncated or its tail deleted).",
         "Treat as a security incident; the details give the lowest missing position; check the grants.",
-    ),
-    Entry(
-        "*.suite_completed",
-        "That suite's task itself errored (database or S3 unreachable), so its checks did not run.",
-        "Fix the connection named in its log and clear the task.",
     ),
 )
 
