@@ -20,19 +20,22 @@ from lethe.storage import s3_client
 pytestmark = pytest.mark.integration
 
 
-def test_embedded_postgres_starts_reuses_and_stops(tmp_path: Path) -> None:
-    first = EmbeddedPostgres(tmp_path / "pg")
+def test_embedded_postgres_starts_reuses_and_stops() -> None:
+    # Not under pytest's tmp_path: another pytest run resets its permissions, locking PostgreSQL's user out.
+    home = Path(tempfile.mkdtemp(prefix="lethe-test-pg-"))
+    first = EmbeddedPostgres(home / "pg")
     url = first.start()
     try:
         assert url.startswith("postgresql://postgres@127.0.0.1:")
         with psycopg2.connect(url) as conn, conn.cursor() as cur:
             cur.execute("SHOW server_version_num")
             assert int(cur.fetchone()[0]) >= 150000
-        second = EmbeddedPostgres(tmp_path / "pg")
+        second = EmbeddedPostgres(home / "pg")
         assert second.start() == url and not second.started_here  # found the running server
     finally:
         first.stop()
     assert not first.running()
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def test_buckets_are_versioned_and_encrypted(s3_endpoint: str) -> None:
