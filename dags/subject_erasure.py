@@ -12,6 +12,7 @@ from lethe.assets import ERASURE_TOMBSTONES_URI
 from lethe.dag_defaults import APPROVAL_TIMEOUT, ERASURE_RUN_TIMEOUT, default_args
 from lethe.erasure.form import FORM_PATTERN, IDENTIFIER_HELP, IDENTIFIER_KINDS
 from lethe.erasure.notify import ErasureAlert
+from lethe.processors.workflow import retry_args as processor_retry_args
 
 DOC = """
 ### subject_erasure
@@ -29,8 +30,12 @@ triggers a run with its `request_id` only.
 Tasks: `register` (the raw identifier goes into erasure_requests; only ids and counts travel on),
 `plan`, `gate` / `approve` (human approval when `require_approval` is set), `erase` (one
 transaction per chunk, verified before commit, emits the erasure_tombstones asset), `verify`,
-`certify` (certificate, then the identifier is nulled), `deadlines` (alerts on overdue or
-failed requests).
+`processors` / `reach_processor` (one mapped task per processor of the policy: erase the person
+there, with retries and backoff; a processor still down keeps the request open),
+`certify` (certificate with every processor's receipt, then the identifier is nulled),
+`deadlines` (alerts on overdue or failed requests). Scheduled runs also send objections:
+`objection_processors` / `reach_processor_for_objections` remove everyone who objected to (or
+withdrew) a consent purpose from the processors used for it (docs/processors.md).
 
 **Reading the certificate**: open `certificates/<request_id>.md` in the evidence bucket (the
 request id is returned by the `register` task of a form run, printed by `lethe erasure submit`,
@@ -165,7 +170,55 @@ def subject_erasure() -> None:
 
         return tasks.verify_run(get_current_context()["run_id"], primary_url())
 
+    @task(trigger_rule="none_failed")
+    def processors() -> list[str]:
+        from lethe.policy import load_policy
+        from lethe.processors import workflow
+
+        return workflow.erasure_targets(load_policy())
+
+    @task(trigger_rule="none_failed", map_index_template="{{ processor_name }}", **processor_retry_args())
+    def reach_processor(processor: str) -> dict[str, Any]:
+        from lethe.connections import primary_url, processor_credentials
+        from lethe.policy import load_policy
+        from lethe.processors import workflow
+
+        ctx = get_current_context()
+        ctx["processor_name"] = processor  # type: ignore[typeddict-unknown-key]
+        ti = ctx["ti"]
+        return workflow.erase_in(
+            processor,
+            ctx["run_id"],
+            primary_url(),
+            load_policy(),
+            processor_credentials,
+            final_try=ti.try_number > ti.max_tries,  # type: ignore[attr-defined]
+        )
+
     @task
+    def objection_processors() -> list[str]:
+        from airflow.sdk.exceptions import AirflowSkipException
+        from lethe.policy import load_policy
+        from lethe.processors import workflow
+
+        params = get_current_context()["params"]
+        if params.get("identifier") or params.get("request_id"):
+            raise AirflowSkipException("objections are sent by the scheduled (batch) runs")
+        return workflow.objection_targets(load_policy())
+
+    @task(map_index_template="{{ processor_name }}", **processor_retry_args())
+    def reach_processor_for_objections(processor: str) -> dict[str, Any]:
+        from lethe.connections import primary_url, processor_credentials
+        from lethe.policy import load_policy
+        from lethe.processors import workflow
+
+        ctx = get_current_context()
+        ctx["processor_name"] = processor  # type: ignore[typeddict-unknown-key]
+        ti = ctx["ti"]
+        final_try = ti.try_number > ti.max_tries  # type: ignore[attr-defined]
+        return workflow.object_in(processor, primary_url(), load_policy(), processor_credentials, final_try=final_try)
+
+    @task(trigger_rule="none_failed")
     def certify(verified: Any) -> dict[str, Any]:
         from lethe.config import PRIMARY_REGION
         from lethe.connections import primary_url, s3_endpoint_url
@@ -194,9 +247,14 @@ def subject_erasure() -> None:
     branch >> [approve, erased]
     approve >> erased
     verified = verify(erased)
+    targets = processors()
+    verified >> targets
+    reached = reach_processor.expand(processor=targets)
     certified = certify(verified)
+    reached >> certified
+    objected = reach_processor_for_objections.expand(processor=objection_processors())
     certified >> deadlines()
-    [registered, planned, branch, approve, erased, verified, certified] >> run_failed()
+    [registered, planned, branch, approve, erased, verified, targets, reached, certified, objected] >> run_failed()
 
 
 subject_erasure()

@@ -57,3 +57,19 @@ def pseudonym_key() -> bytes:
             "or LETHE_PSEUDONYM_KEY"
         )
     return str(key).encode()
+
+
+def processor_credentials(conn_id: str) -> Any | None:
+    """A processor's Airflow connection as lethe.processors.Credentials; None when it is not defined."""
+    from lethe.processors.base import Credentials
+
+    conn = _airflow_connection(conn_id)
+    if conn is None:
+        return None
+    host = str(conn.host or "")
+    if host and "://" not in host:  # as Airflow's HttpHook builds its base URL
+        host = f"{conn.schema or 'https'}://{host}"
+    if host and conn.port:
+        host = f"{host}:{conn.port}"
+    extra = dict(conn.extra_dejson or {})
+    return Credentials(conn_id, host=host, login=conn.login, password=conn.password, extra=extra)

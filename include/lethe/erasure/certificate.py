@@ -34,8 +34,14 @@ def markdown_key(request_id: str) -> str:
     return f"certificates/{request_id}.md"
 
 
-def build(request: dict[str, Any], policy_version: str, issued_at: datetime | None = None) -> dict[str, Any]:
-    """The certificate of one processed request, from its row (no identifier is read from it)."""
+def build(
+    request: dict[str, Any],
+    policy_version: str,
+    issued_at: datetime | None = None,
+    processors: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The certificate of one processed request, from its row (no identifier is read from it);
+    `processors` is each processor's receipt (lethe.processors.workflow.certificate_entries)."""
     detail = request.get("detail") or {}
     tables = detail.get("tables") or {}
     retained = {
@@ -67,6 +73,7 @@ def build(request: dict[str, Any], policy_version: str, issued_at: datetime | No
         "legal_holds": detail.get("legal_holds") or [],
         "checks": detail.get("checks") or {},
         "backup_propagation": {region: {"status": "pending"} for region in BACKUP_REGIONS},
+        "processors": processors or {},
     }
 
 
@@ -134,12 +141,28 @@ def render_markdown(cert: dict[str, Any]) -> str:
         out += ["", f"Active legal holds: {', '.join(str(h) for h in cert['legal_holds'])}."]
     checks = _check_lines(cert.get("checks") or {})
     out += ["", "## Checks", ""] + (checks or ["- none run (nothing was erased)"])
+    out += _processor_lines(cert.get("processors") or {})
     out += ["", "## Backup propagation", "", "| Region | Status | Details |", "| --- | --- | --- |"]
     for region, entry in sorted((cert.get("backup_propagation") or {}).items()):
         extra = ", ".join(f"{k}: {v}" for k, v in entry.items() if k != "status") or "-"
         out.append(f"| {region} | {entry.get('status', '?')} | {extra} |")
     out.append("")
     return "\n".join(out)
+
+
+def _processor_lines(processors: dict[str, Any]) -> list[str]:
+    if not processors:
+        return []
+    out = ["", "## Processors", "", "| Processor | Status | Provider job id | At | Calls | Details |"]
+    out.append("| --- | --- | --- | --- | ---: | --- |")
+    for name, r in sorted(processors.items()):
+        details = ", ".join(f"{k}: {v}" for k, v in sorted((r.get("detail") or {}).items()))
+        details = "; ".join(x for x in (details, r.get("error") or "") if x) or "-"
+        out.append(
+            f"| {name} | {r.get('status', '?')} | {r.get('job_id') or '-'} | {r.get('at') or '-'} "
+            f"| {r.get('attempts', 0)} | {details} |"
+        )
+    return out
 
 
 def write(client: Any, cert: dict[str, Any]) -> tuple[str, str]:

@@ -47,6 +47,18 @@ def summary(db_url: str, s3_endpoint: str) -> list[str]:
         lines.append(f"  {table:<20} {entry['action']:<13} {entry['rows']:>6} rows")
     for column, n in (detail.get("redactions") or {}).items():
         lines.append(f"  mentions redacted in {column}: {n}")
+    with transaction(db_url) as cur:
+        cur.execute(
+            "SELECT processor, status, job_id, error FROM processor_receipts"
+            " WHERE cause = 'erasure' AND subject_ref = %s ORDER BY processor",
+            (request_id,),
+        )
+        for processor, state, job_id, error in cur.fetchall():
+            lines.append(
+                f"  processor {processor:<12} {state}"
+                + (f" (job {job_id})" if job_id else "")
+                + (f": {error}" if error else "")
+            )
     key = certificate.json_key(request_id)
     try:
         s3_client(PRIMARY_REGION, s3_endpoint).head_object(Bucket=BUCKETS.evidence, Key=key)

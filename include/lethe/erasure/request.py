@@ -16,7 +16,7 @@ from typing import Any
 import psycopg2.extensions
 from lethe.erasure.form import FORMATS, IDENTIFIER_KINDS
 
-OPEN_STATUSES = ("pending", "running", "failed", "held")
+OPEN_STATUSES = ("pending", "running", "failed", "held", "awaiting_processors")
 DEFAULT_DEADLINE_DAYS = 30
 
 # A request id derived from the run id, so a retried registration finds its own row.
@@ -112,7 +112,7 @@ def claim_batch(cur: psycopg2.extensions.cursor, run_id: str, limit: int, stale_
         UPDATE erasure_requests r SET claimed_by = %(run)s, claimed_at = now()
         FROM (
             SELECT request_id FROM erasure_requests
-            WHERE (status IN ('pending', 'held', 'failed')
+            WHERE (status IN ('pending', 'held', 'failed', 'awaiting_processors')
                    OR (status = 'running' AND (claimed_at IS NULL OR claimed_at < now() - %(stale)s)))
               AND (claimed_by IS DISTINCT FROM %(run)s)
             ORDER BY due_at, request_id
@@ -140,7 +140,8 @@ def claimed(cur: psycopg2.extensions.cursor, run_id: str, statuses: tuple[str, .
 def overdue_or_failed(cur: psycopg2.extensions.cursor) -> dict[str, int]:
     """Counts of open requests past their due date and of failed requests (no identifiers)."""
     cur.execute(
-        "SELECT count(*) FILTER (WHERE status IN ('pending', 'running', 'failed') AND due_at < now()),"
+        "SELECT count(*) FILTER (WHERE status IN ('pending', 'running', 'failed', 'awaiting_processors')"
+        " AND due_at < now()),"
         " count(*) FILTER (WHERE status = 'failed'),"
         " count(*) FILTER (WHERE status = 'held' AND due_at < now())"
         " FROM erasure_requests"

@@ -21,6 +21,7 @@ from lethe.erasure import certificate, execute, plan, request, verify
 from lethe.erasure.discovery import read_graph
 from lethe.erasure.plan import Work
 from lethe.policy import Policy, load_policy
+from lethe.processors import workflow as processor_workflow
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,7 @@ def _erase_chunk(db_url: str, policy: Policy, key: bytes, chunk: list[dict[str, 
             checks = verify.in_transaction(cur, policy, graph, people, dict(planned), dict(executed))
         execute.write_tombstones(cur, key, works)
         execute.record(cur, works, checks)
+        processor_workflow.remember(cur, policy, works)  # before the rows holding the email are gone for good
         outcomes.update(w.outcome for w in works)
     return outcomes
 
@@ -237,8 +239,10 @@ def certify_run(run_id: str, db_url: str, s3: Any, policy: Policy | None = None)
     """Write each processed request's certificate, then close it: the identifier is nulled."""
     policy = policy or load_policy()
     with transaction(db_url) as cur:
-        rows = processed(cur, run_id)
+        # Requests erased earlier whose processors this run called again are certified again too.
+        rows = processed(cur, run_id) + request.claimed(cur, run_id, ("awaiting_processors",))
         ids = [r["request_id"] for r in rows]
+        receipts = processor_workflow.receipts(cur, ids)
         cur.execute(
             "SELECT request_id::text, reference, received_at, due_at FROM erasure_requests"
             " WHERE request_id = ANY(%s::uuid[])",
@@ -257,21 +261,25 @@ def certify_run(run_id: str, db_url: str, s3: Any, policy: Policy | None = None)
                 "due_at": due,
             },
             policy.version,
+            processors=processor_workflow.certificate_entries(policy, receipts.get(r["request_id"])),
         )
         keys.append(certificate.write(s3, cert)[0])
         outcome = r["detail"].get("outcome", "no_data")
         status = FINAL_STATUS.get(outcome, "held")
+        if status == "completed" and not processor_workflow.all_done(policy, receipts.get(r["request_id"])):
+            status = "awaiting_processors"
         statuses[status] += 1
         with transaction(db_url) as cur:
-            if status == "held":  # still open: the identifier stays until the hold is released and it completes
+            if status in ("held", "awaiting_processors"):  # still open: the identifiers stay until it completes
                 cur.execute(
-                    "UPDATE erasure_requests SET status = 'held', claimed_by = NULL,"
+                    "UPDATE erasure_requests SET status = %s, claimed_by = NULL,"
                     ' detail = detail || \'{"stage": "certified"}\'::jsonb WHERE request_id = %s',
-                    (r["request_id"],),
+                    (status, r["request_id"]),
                 )
             else:
                 cur.execute(
-                    "UPDATE erasure_requests SET status = %s, identifier = NULL, completed_at = now(),"
+                    "UPDATE erasure_requests SET status = %s, identifier = NULL, processor_identifiers = NULL,"
+                    " completed_at = now(),"
                     ' detail = detail || \'{"stage": "certified"}\'::jsonb WHERE request_id = %s',
                     (status, r["request_id"]),
                 )

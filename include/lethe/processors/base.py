@@ -20,6 +20,10 @@ class ProcessorUnavailable(RuntimeError):
     """The provider could not be reached or refused the call; safe to retry. The message has no identifier."""
 
 
+class MissingIdentifier(ValueError):
+    """The person has no value of the kind this processor knows people by: nothing can be sent."""
+
+
 @dataclass(frozen=True)
 class Person:
     """The identifiers a processor may need, read from the request at call time. Never printed."""
@@ -29,7 +33,7 @@ class Person:
     def value(self, kind: str, hashing: str = "none") -> str:
         raw = self.identifiers.get(kind)
         if not raw:
-            raise ProcessorUnavailable(f"the request holds no {kind} for this processor")
+            raise MissingIdentifier(f"no {kind} is known for the person")
         if hashing == "md5_lower":
             return hashlib.md5(raw.strip().lower().encode(), usedforsecurity=False).hexdigest()
         if hashing == "sha256_lower":
