@@ -26,6 +26,10 @@ from s3_calls import RECORDER, documented_policy
 def pytest_configure(config: pytest.Config) -> None:
     """Configure Airflow before any test module imports it (Airflow reads its settings on import)."""
     airflow_env.configure_home(Path(tempfile.mkdtemp(prefix="lethe-test-airflow-")))
+    # The tests' own connections see Lethe's tables as Lethe's do: platform schema first, then Lethe's.
+    from lethe.db import search_path
+
+    os.environ.setdefault("PGOPTIONS", f"-c search_path={search_path()}")
     # Ledger anchors are locked in GOVERNANCE mode here, so emptying the buckets between tests may bypass it.
     os.environ.setdefault("LETHE_LEDGER_ANCHOR_LOCK_MODE", "GOVERNANCE")
     RECORDER.install()

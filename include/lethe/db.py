@@ -1,9 +1,17 @@
-"""Connections to the primary database and its migrations."""
+"""Connections to the primary database, and Lethe's own schema in it with its migrations.
+
+All of Lethe's state lives in one schema of its own (`lethe`, or LETHE_SCHEMA). Lethe's
+connections search the platform's schema first and then Lethe's, so a statement that names
+a platform table resolves there and one that names a Lethe table unqualified still finds it;
+code that writes Lethe's state names it qualified (`table()`), so a platform table of the
+same name can never receive it.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator
 from datetime import date
 from importlib import resources
@@ -14,9 +22,30 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 MIGRATIONS = "lethe.migrations"
-
-# Monthly partitions kept ready around "now" for the time-partitioned tables.
-PARTITIONED_TABLES = ("usage_events", "visitor_logs")
+DEFAULT_SCHEMA = "lethe"
+PLATFORM_SCHEMA = "public"  # the schema of the platform's tables the policy names
+MIGRATIONS_TABLE = "schema_migrations"
+# Lethe's own tables and functions. The previous release kept them in the public schema
+# (with schema_migrations); migrate moves them into Lethe's schema.
+LETHE_TABLES = (
+    "erasure_requests",
+    "erasure_tombstones",
+    "legal_holds",
+    "aggregation_watermarks",
+    "ledger",
+    "retention_progress",
+    "backup_snapshots",
+    "backup_tombstone_applications",
+    "backup_propagation_status",
+    "sharing_releases",
+    "sharing_budget_spend",
+    "audit_runs",
+    "audit_alerts",
+)
+LETHE_FUNCTIONS = ("ledger_append_only()",)
+# The platform's migration the previous release recorded among Lethe's; the platform is no longer Lethe's to migrate.
+LEGACY_PLATFORM_MIGRATION = "001_platform.sql"
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 class ConfigurationError(RuntimeError):
@@ -62,10 +91,31 @@ def database_url() -> str:
     return url
 
 
+def lethe_schema() -> str:
+    """The schema that holds all of Lethe's state: LETHE_SCHEMA, default `lethe`."""
+    name = os.environ.get("LETHE_SCHEMA") or DEFAULT_SCHEMA
+    if not _SCHEMA_NAME.match(name) or name in (PLATFORM_SCHEMA, "pg_catalog", "information_schema"):
+        raise ConfigurationError(
+            f"LETHE_SCHEMA={name!r}: give a lower-case schema name of Lethe's own (letters, digits, _), "
+            f"not {PLATFORM_SCHEMA} or a system schema"
+        )
+    return name
+
+
+def table(name: str) -> sql.Identifier:
+    """One of Lethe's own tables, qualified with Lethe's schema."""
+    return sql.Identifier(lethe_schema(), name)
+
+
+def search_path() -> str:
+    """The platform's schema, then Lethe's (both validated names, safe in a connection option)."""
+    return f"{PLATFORM_SCHEMA},{lethe_schema()}"
+
+
 def connect(url: str | None = None) -> psycopg2.extensions.connection:
     url = url or database_url()
     try:
-        return psycopg2.connect(url)
+        return psycopg2.connect(url, options=f"-c search_path={search_path()}")
     except psycopg2.OperationalError as exc:
         host = psycopg2.extensions.parse_dsn(url).get("host", "?")
         raise ConfigurationError(f"cannot reach the primary database at host {host}: {exc}".strip()) from exc
@@ -82,32 +132,63 @@ def transaction(url: str | None = None) -> Iterator[psycopg2.extensions.cursor]:
         conn.close()
 
 
-def migrate(url: str | None = None, *, months_back: int = 30, months_ahead: int = 3) -> list[str]:
-    """Apply every SQL migration not yet applied; return the names applied."""
+def migrate(url: str | None = None) -> list[str]:
+    """Create or upgrade Lethe's own schema; return the migrations applied.
+
+    Creates, alters and drops nothing outside that schema. The only thing it does outside is
+    the one-time move of the previous release's Lethe tables out of the public schema into it.
+    """
+    schema = lethe_schema()
     applied: list[str] = []
     files = sorted((f for f in resources.files(MIGRATIONS).iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
     with transaction(url) as cur:
         cur.execute("SELECT pg_advisory_xact_lock(hashtext('lethe.migrate'))")
+        cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        _adopt_previous_layout(cur, schema)
         cur.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (name text PRIMARY KEY, applied_at timestamptz DEFAULT now())"
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} (name text PRIMARY KEY, applied_at timestamptz DEFAULT now())"
+            ).format(table(MIGRATIONS_TABLE))
         )
-        cur.execute("SELECT name FROM schema_migrations")
+        cur.execute(sql.SQL("SELECT name FROM {}").format(table(MIGRATIONS_TABLE)))
         done = {row[0] for row in cur.fetchall()}
+        # The migration files name tables unqualified: they resolve to, and are created in, Lethe's schema only.
+        cur.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
         for f in files:
             if f.name in done:
                 continue
             cur.execute(f.read_text())
-            cur.execute("INSERT INTO schema_migrations (name) VALUES (%s)", (f.name,))
+            cur.execute(sql.SQL("INSERT INTO {} (name) VALUES (%s)").format(table(MIGRATIONS_TABLE)), (f.name,))
             applied.append(f.name)
-        today = date.today()
-        for table in PARTITIONED_TABLES:
-            start = add_months(today, -months_back)
-            # Never bring back months that retention already dropped: start at the oldest partition left.
-            oldest = oldest_partition_month(cur, table)
-            if oldest is not None and oldest > start:
-                start = min(oldest, date(today.year, today.month, 1))
-            ensure_month_partitions(cur, table, start, add_months(today, months_ahead))
     return applied
+
+
+def _adopt_previous_layout(cur: psycopg2.extensions.cursor, schema: str) -> None:
+    """Move the previous release's Lethe tables (in public, listed in public.schema_migrations) into `schema`."""
+    cur.execute(
+        "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = %s AND table_name = %s"
+        " AND column_name = 'name')",
+        (PLATFORM_SCHEMA, MIGRATIONS_TABLE),
+    )
+    if not cur.fetchone()[0]:  # type: ignore[index]
+        return
+    cur.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text)) IS NOT NULL", (schema, MIGRATIONS_TABLE))
+    if cur.fetchone()[0]:  # type: ignore[index]
+        return  # both exist: the public one is not ours to move
+    target = sql.Identifier(schema)
+    for name in (MIGRATIONS_TABLE, *LETHE_TABLES):
+        cur.execute("SELECT to_regclass(format('%%I.%%I', %s::text, %s::text)) IS NOT NULL", (PLATFORM_SCHEMA, name))
+        if cur.fetchone()[0]:  # type: ignore[index]
+            cur.execute(sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(sql.Identifier(PLATFORM_SCHEMA, name), target))
+    for signature in LETHE_FUNCTIONS:
+        cur.execute("SELECT to_regprocedure(%s) IS NOT NULL", (f"{PLATFORM_SCHEMA}.{signature}",))
+        if cur.fetchone()[0]:  # type: ignore[index]
+            cur.execute(
+                sql.SQL("ALTER FUNCTION {}.{} SET SCHEMA {}").format(
+                    sql.Identifier(PLATFORM_SCHEMA), sql.SQL(signature), target
+                )
+            )
+    cur.execute(sql.SQL("DELETE FROM {} WHERE name = %s").format(table(MIGRATIONS_TABLE)), (LEGACY_PLATFORM_MIGRATION,))
 
 
 def recreate_database(server_url: str, name: str) -> str:
@@ -145,20 +226,6 @@ def add_months(d: date, months: int) -> date:
 
 def partition_name(table: str, month: date) -> str:
     return f"{table}_{month:%Y_%m}"
-
-
-def oldest_partition_month(cur: psycopg2.extensions.cursor, table: str) -> date | None:
-    """The month of the oldest monthly partition of `table` (by its lethe naming), or None."""
-    cur.execute(
-        "SELECT min(c.relname) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-        "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = %s AND c.relname ~ %s",
-        (table, f"^{table}_[0-9]{{4}}_[0-9]{{2}}$"),
-    )
-    name = cur.fetchone()[0]  # type: ignore[index]
-    if name is None:
-        return None
-    year, month = name.rsplit("_", 2)[-2:]
-    return date(int(year), int(month), 1)
 
 
 def ensure_month_partitions(cur: psycopg2.extensions.cursor, table: str, start: date, end: date) -> None:

@@ -11,6 +11,7 @@ import psycopg2.extensions
 import psycopg2.extras
 from psycopg2 import sql
 
+from lethe.db import table
 from lethe.policy.model import Policy
 
 HOLDS = "legal_holds"
@@ -32,12 +33,12 @@ def key_type(cur: psycopg2.extensions.cursor, policy: Policy) -> str:
 def active_keys_sql(type_: str) -> sql.Composable:
     """The subject keys under an active hold, typed like the subject key."""
     return sql.SQL("SELECT h.subject_key::{} FROM {} h WHERE h.released_at IS NULL").format(
-        sql.SQL(type_), sql.Identifier(HOLDS)
+        sql.SQL(type_), table(HOLDS)
     )
 
 
 def active_keys(cur: psycopg2.extensions.cursor) -> list[str]:
-    cur.execute(sql.SQL("SELECT DISTINCT subject_key FROM {} WHERE released_at IS NULL").format(sql.Identifier(HOLDS)))
+    cur.execute(sql.SQL("SELECT DISTINCT subject_key FROM {} WHERE released_at IS NULL").format(table(HOLDS)))
     return [str(r[0]) for r in cur.fetchall()]
 
 
@@ -51,7 +52,7 @@ def forget_subjects(cur: psycopg2.extensions.cursor, erased: list[tuple[str, str
                 "UPDATE {} h SET subject_key = NULL, reference = NULL, subject_pseudonym = v.p"
                 " FROM (VALUES %s) v (k, p) WHERE h.subject_key = v.k"
             )
-            .format(sql.Identifier(HOLDS))
+            .format(table(HOLDS))
             .as_string(cur),
             erased,
         )

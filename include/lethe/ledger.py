@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg2.extensions
+from psycopg2 import sql
+
+from lethe.db import table
 
 GENESIS = "0" * 64
 
@@ -30,14 +33,16 @@ def append(cur: psycopg2.extensions.cursor, kind: str, payload: dict[str, Any]) 
     # One writer at a time keeps the chain linear. An advisory lock, not LOCK TABLE: that would need UPDATE or
     # DELETE privilege on the ledger, which Lethe's role does not have (docs/deployment.md).
     cur.execute("SELECT pg_advisory_xact_lock(hashtext('lethe.ledger'))")
-    cur.execute("SELECT entry_hash FROM ledger ORDER BY entry_id DESC LIMIT 1")
+    cur.execute(sql.SQL("SELECT entry_hash FROM {} ORDER BY entry_id DESC LIMIT 1").format(table("ledger")))
     row = cur.fetchone()
     prev_hash = row[0] if row else GENESIS
     cur.execute("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
     recorded_at = cur.fetchone()[0]  # type: ignore[index]
     entry_hash = _digest(prev_hash, kind, payload, recorded_at)
     cur.execute(
-        "INSERT INTO ledger (recorded_at, kind, payload, prev_hash, entry_hash) VALUES (%s, %s, %s, %s, %s)",
+        sql.SQL(
+            "INSERT INTO {} (recorded_at, kind, payload, prev_hash, entry_hash) VALUES (%s, %s, %s, %s, %s)"
+        ).format(table("ledger")),
         (recorded_at, kind, json.dumps(payload), prev_hash, entry_hash),
     )
     return entry_hash
@@ -52,7 +57,11 @@ class Head:
 
 def head(cur: psycopg2.extensions.cursor) -> Head | None:
     """The chain's newest entry and its position, read in one snapshot; None for an empty ledger."""
-    cur.execute("SELECT count(*) OVER (), entry_id, entry_hash FROM ledger ORDER BY entry_id DESC LIMIT 1")
+    cur.execute(
+        sql.SQL("SELECT count(*) OVER (), entry_id, entry_hash FROM {} ORDER BY entry_id DESC LIMIT 1").format(
+            table("ledger")
+        )
+    )
     row = cur.fetchone()
     return Head(*row) if row else None
 
@@ -67,8 +76,10 @@ class ChainStatus:
 
 def verify_chain(cur: psycopg2.extensions.cursor) -> ChainStatus:
     cur.execute(
-        "SELECT entry_id, to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),"
-        " kind, payload, prev_hash, entry_hash FROM ledger ORDER BY entry_id"
+        sql.SQL(
+            "SELECT entry_id, to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),"
+            " kind, payload, prev_hash, entry_hash FROM {} ORDER BY entry_id"
+        ).format(table("ledger"))
     )
     prev = GENESIS
     count = 0

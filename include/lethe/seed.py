@@ -13,7 +13,8 @@ import io
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,10 @@ import pandas as pd
 import psycopg2.extensions
 
 from lethe.db import add_months, connect, ensure_month_partitions
+
+# The demo's platform schema (re:Skill's database), created in the public schema: not Lethe's, never migrated by it.
+PLATFORM_SQL = resources.files("lethe") / "reskill_platform.sql"
+PARTITIONED_TABLES = ("usage_events", "visitor_logs")
 
 YEAR_S = 365 * 86400
 DAY_S = 86400
@@ -466,6 +471,37 @@ class Seeder:
         )
 
 
+def create_platform(
+    cur: psycopg2.extensions.cursor, now: datetime | None = None, *, months_back: int = 30, months_ahead: int = 3
+) -> None:
+    """Create re:Skill's tables (idempotent) with monthly partitions around `now`, as the demo's platform.
+
+    A real deployment points Lethe at the company's own database instead; Lethe never creates it.
+    """
+    cur.execute(PLATFORM_SQL.read_text())
+    today = (now or datetime.now(UTC)).date()
+    for table in PARTITIONED_TABLES:
+        start = add_months(today, -months_back)
+        # Never bring back months that retention already dropped: start at the oldest partition left.
+        oldest = _oldest_partition_month(cur, table)
+        if oldest is not None and oldest > start:
+            start = min(oldest, date(today.year, today.month, 1))
+        ensure_month_partitions(cur, table, start, add_months(today, months_ahead))
+
+
+def _oldest_partition_month(cur: psycopg2.extensions.cursor, table: str) -> date | None:
+    cur.execute(
+        "SELECT min(c.relname) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = %s AND c.relname ~ %s",
+        (table, f"^{table}_[0-9]{{4}}_[0-9]{{2}}$"),
+    )
+    name = cur.fetchone()[0]  # type: ignore[index]
+    if name is None:
+        return None
+    year, month = name.rsplit("_", 2)[-2:]
+    return date(int(year), int(month), 1)
+
+
 def seed(
     url: str,
     users: int,
@@ -476,13 +512,14 @@ def seed(
     progress: bool = False,
     on_step: Callable[[str], None] | None = None,
 ) -> dict[str, int]:
-    """Fill an empty, migrated database; return rows per table. Refuses a database that has accounts."""
+    """Create the demo's platform (if absent) and fill it; return rows per table. Refuses one that has accounts."""
     if users < 1:
         raise ValueError("users must be at least 1")
     now = (now or datetime.now(UTC)).astimezone(UTC)
     conn = connect(url)
     try:
         with conn, conn.cursor() as cur:
+            create_platform(cur, now)
             cur.execute("SELECT count(*) FROM (SELECT 1 FROM accounts LIMIT 1) AS a")
             if cur.fetchone()[0]:  # type: ignore[index]
                 raise ValueError("the database already has accounts: seed only an empty, migrated database")

@@ -1,7 +1,8 @@
 """Test support shared by the test suite and the benchmarks: real services, fresh databases.
 
-A migrated template database is built once per session; each test gets its own
-copy (CREATE DATABASE ... TEMPLATE), so tests never see each other's rows.
+A template database is built once per session: the demo's platform (re:Skill's tables,
+in public, as `lethe seed` creates them) and Lethe's migrated schema. Each test gets its
+own copy (CREATE DATABASE ... TEMPLATE), so tests never see each other's rows.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from lethe.config import BUCKETS
-from lethe.db import migrate, url_for_database
+from lethe.db import migrate, transaction, url_for_database
 from lethe.storage import ensure_buckets, s3_client
 
 # One template per test process, so parallel sessions on one server never collide.
@@ -40,7 +41,12 @@ def build_template(url: str) -> None:
         )
         cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(TEMPLATE)))
         cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE)))
-    migrate(url_for_database(url, TEMPLATE))
+    from lethe.seed import create_platform
+
+    template = url_for_database(url, TEMPLATE)
+    with transaction(template) as cur:
+        create_platform(cur)
+    migrate(template)
 
 
 def drop_template(url: str) -> None:

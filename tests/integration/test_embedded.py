@@ -77,6 +77,8 @@ def test_a_snapshot_taken_by_one_command_is_restored_by_another_on_the_embedded_
 
         _lethe(env, "services", "stop")  # whatever the restore reads must have survived this
         assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in pids)
+        # Lethe migrates only its own schema in the target: the platform's tables come first.
+        _lethe(env, "seed", "--platform-only", "--database", "restored")
         _lethe(env, "restore", "--snapshot", snapshot_id, "--region", "ap-southeast-1", "--target", "restored")
 
         primary = EmbeddedPostgres(home / "pgdata").url

@@ -126,11 +126,12 @@ def test_lethes_role_under_the_documented_grants_cannot_rewrite_the_ledger(db_ur
     with transaction(db_url) as cur:
         cur.execute(f"CREATE ROLE {owner} NOLOGIN")
         cur.execute(f"CREATE ROLE {app} NOLOGIN")
-        cur.execute(f"ALTER TABLE ledger OWNER TO {owner}")
-        cur.execute(f"ALTER FUNCTION ledger_append_only() OWNER TO {owner}")
-        cur.execute(f"REVOKE ALL ON ledger FROM PUBLIC, {app}")
-        cur.execute(f"GRANT SELECT, INSERT ON ledger TO {app}")
-        cur.execute(f"GRANT USAGE ON SEQUENCE ledger_entry_id_seq TO {app}")
+        cur.execute(f"GRANT USAGE ON SCHEMA lethe TO {app}")
+        cur.execute(f"ALTER TABLE lethe.ledger OWNER TO {owner}")
+        cur.execute(f"ALTER FUNCTION lethe.ledger_append_only() OWNER TO {owner}")
+        cur.execute(f"REVOKE ALL ON lethe.ledger FROM PUBLIC, {app}")
+        cur.execute(f"GRANT SELECT, INSERT ON lethe.ledger TO {app}")
+        cur.execute(f"GRANT USAGE ON SEQUENCE lethe.ledger_entry_id_seq TO {app}")
     try:
         with transaction(db_url) as cur:
             cur.execute(f"SET ROLE {app}")

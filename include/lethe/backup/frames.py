@@ -53,9 +53,9 @@ class Column:
 
 def table_columns(cur: psycopg2.extensions.cursor, table: str) -> list[Column]:
     cur.execute(
-        "SELECT a.attname, t.typname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
-        " JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_type t ON t.oid = a.atttypid"
-        " WHERE c.relname = %s AND n.nspname = current_schema() AND a.attnum > 0 AND NOT a.attisdropped"
+        # The table as the connection's search_path finds it: the platform's, or Lethe's own state.
+        "SELECT a.attname, t.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
+        " WHERE a.attrelid = to_regclass(quote_ident(%s)) AND a.attnum > 0 AND NOT a.attisdropped"
         " ORDER BY a.attnum",
         (table,),
     )

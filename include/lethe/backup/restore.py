@@ -133,9 +133,16 @@ def restore_snapshot(
         )
     manifest: Manifest = read(client, bucket, sid)
     report = RestoreReport(snapshot_id=sid, region=region)
-    migrate(target_url)
+    migrate(target_url)  # Lethe's own schema only: the platform's tables must be there already
     tables = list(manifest.tables)
     with transaction(target_url) as cur:
+        cur.execute("SELECT t FROM unnest(%s::text[]) t WHERE to_regclass(quote_ident(t)) IS NULL", (tables,))
+        missing = [r[0] for r in cur.fetchall()]
+        if missing:
+            raise ConfigurationError(
+                f"target database has no table {', '.join(missing)}: Lethe creates only its own schema, so create "
+                "the platform's tables there first (the demo platform: `lethe seed --platform-only --database NAME`)"
+            )
         not_empty = []
         for table in tables:
             cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(sql.Identifier(table)))

@@ -189,7 +189,7 @@ def table_sizes(cur: psycopg2.extensions.cursor, tables: list[str]) -> dict[str,
     cur.execute(
         "SELECT c.relname, CASE WHEN c.relkind = 'p' THEN (SELECT coalesce(sum(pg_table_size(p.relid)), 0)"
         " FROM pg_partition_tree(c.oid) p) ELSE pg_table_size(c.oid) END FROM pg_class c"
-        " WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = ANY(%s)",
+        " WHERE c.oid IN (SELECT to_regclass(quote_ident(t)) FROM unnest(%s::text[]) t)",
         (tables,),
     )
     sizes = {name: int(size) for name, size in cur.fetchall()}

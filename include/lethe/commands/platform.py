@@ -18,6 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--users", type=int, default=1000, help="number of accounts (default 1000)")
     p.add_argument("--events-per-user", type=int, default=20, help="usage events per account (default 20)")
     p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    p.add_argument("--platform-only", action="store_true", help="create the demo platform's tables, add no rows")
+    p.add_argument("--database", metavar="NAME", help="another database on the same server (created when missing)")
     p.set_defaults(handler=cmd_seed)
 
     policy = sub.add_parser("policy", help="the policy file").add_subparsers(dest="policy_command", required=True)
@@ -58,7 +60,19 @@ def cmd_seed(args: argparse.Namespace) -> int:
     from lethe.seed import seed
 
     with services() as (db_url, _):
+        if args.database:
+            from lethe.backup.cli import _database
+
+            db_url = _database(db_url, args.database)
         migrate(db_url)
+        if args.platform_only:
+            from lethe.db import transaction
+            from lethe.seed import create_platform
+
+            with transaction(db_url) as cur:
+                create_platform(cur)
+            print("demo platform tables ready (no rows)")
+            return 0
         print(f"seeding {args.users:,} users ...", file=sys.stderr)
         started = time.perf_counter()
         counts = seed(db_url, args.users, random_seed=args.seed, events_per_user=args.events_per_user, progress=True)

@@ -16,7 +16,6 @@ CREATE INDEX IF NOT EXISTS erasure_requests_claim_idx ON erasure_requests (claim
 -- A released hold is kept as the record of a legal obligation, but once its
 -- person is erased its link becomes the keyed pseudonym (like invoices).
 ALTER TABLE legal_holds ADD COLUMN IF NOT EXISTS subject_pseudonym text;
-ALTER TABLE legal_holds ALTER COLUMN user_id DROP NOT NULL;
 
 CREATE INDEX IF NOT EXISTS erasure_tombstones_request_idx ON erasure_tombstones (request_id);
 CREATE INDEX IF NOT EXISTS erasure_tombstones_identifiers_idx ON erasure_tombstones USING gin (identifier_pseudonyms);

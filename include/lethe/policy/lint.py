@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 import psycopg2.extensions
 import yaml
 
+from lethe.db import LETHE_TABLES, PLATFORM_SCHEMA, lethe_schema
 from lethe.policy.model import PERSONAL_CATEGORIES, Policy, _line_index
 
 # Types a retention clock can count from.
@@ -24,21 +25,28 @@ class LiveColumn(NamedTuple):
     not_null: bool
 
 
-def live_schema(cur: psycopg2.extensions.cursor) -> dict[str, dict[str, LiveColumn]]:
-    """Ordinary and partitioned tables of the public schema (not partitions) -> columns in order."""
+def live_schema(
+    cur: psycopg2.extensions.cursor, lethe_tables: list[str] | None = None
+) -> dict[str, dict[str, LiveColumn]]:
+    """Ordinary and partitioned tables of the platform's schema (not partitions) -> columns in order,
+    plus those of `lethe_tables` that live in Lethe's own schema (its state the policy governs)."""
     cur.execute(
         """
-        SELECT c.relname, a.attname, format_type(a.atttypid, NULL), a.attnotnull
+        SELECT n.nspname, c.relname, a.attname, format_type(a.atttypid, NULL), a.attnotnull
         FROM pg_class c
         JOIN pg_namespace n ON n.oid = c.relnamespace
         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-        WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition
-        ORDER BY c.relname, a.attnum
-        """
+        WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+          AND (n.nspname = %(platform)s OR (n.nspname = %(lethe)s AND c.relname = ANY(%(named)s)))
+        ORDER BY n.nspname = %(platform)s DESC, c.relname, a.attnum
+        """,
+        {"platform": PLATFORM_SCHEMA, "lethe": lethe_schema(), "named": lethe_tables or []},
     )
     schema: dict[str, dict[str, LiveColumn]] = {}
-    for table, column, type_, not_null in cur.fetchall():
-        schema.setdefault(table, {})[column] = LiveColumn(type_, not_null)
+    home: dict[str, str] = {}
+    for namespace, table, column, type_, not_null in cur.fetchall():
+        if home.setdefault(table, namespace) == namespace:  # a platform table shadows Lethe's of the same name
+            schema.setdefault(table, {})[column] = LiveColumn(type_, not_null)
     return schema
 
 
@@ -69,7 +77,7 @@ def lint(policy: Policy, cur: psycopg2.extensions.cursor) -> list[str]:
                 return f"{path}:{lines[loc[:end]]}"
         return str(path)
 
-    schema = live_schema(cur)
+    schema = live_schema(cur, [t for t in policy.tables if t in LETHE_TABLES])
     fks = subject_foreign_keys(cur, policy.subject.table)
     problems: list[str] = []
     for table in sorted(set(schema) - set(policy.tables) - set(policy.system_tables)):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lethe.db import transaction
+from lethe.db import table, transaction
 from lethe.quality import CheckResult, counts_equal, zero_rows
 from lethe.retention.plan import Plan
 from psycopg2 import sql
@@ -18,7 +18,9 @@ from psycopg2 import sql
 def done_counts(cur: Any, plan_id: str) -> dict[str, int]:
     """Rows each rule of the plan actually deleted or anonymised, from the checkpoints."""
     cur.execute(
-        "SELECT rule, coalesce(sum(rows_done), 0) FROM retention_progress WHERE plan_id = %s GROUP BY rule",
+        sql.SQL("SELECT rule, coalesce(sum(rows_done), 0) FROM {} WHERE plan_id = %s GROUP BY rule").format(
+            table("retention_progress")
+        ),
         (plan_id,),
     )
     return {rule: int(n) for rule, n in cur.fetchall()}

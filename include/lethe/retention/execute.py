@@ -25,7 +25,7 @@ from typing import Any
 import psycopg2.errors
 import psycopg2.extensions
 from lethe import ledger
-from lethe.db import DatabaseError, connect
+from lethe.db import DatabaseError, connect, table
 from lethe.holds import HOLDS, active_keys
 from lethe.policy import Policy
 from lethe.retention.catalog import EXPIRED_SUFFIX, column_types, expired_marker
@@ -34,6 +34,7 @@ from lethe.retention.predicates import Predicates, anonymised_value
 from psycopg2 import sql
 
 LEDGER_KIND = "retention"
+PROGRESS = "retention_progress"  # Lethe's checkpoints, in its own schema
 DEFAULT_BATCH = 10_000
 TARGET_BATCH_MS = 40.0  # integer-key batches widen up to MAX_WIDEN x batch_size while faster than half this
 MAX_WIDEN = 8
@@ -73,7 +74,9 @@ class RuleResult:
 
 def _progress(cur: psycopg2.extensions.cursor, plan_id: str, rule: str) -> dict[str, tuple[int, int, str | None, bool]]:
     cur.execute(
-        "SELECT step, rows_done, batches, last_key, finished FROM retention_progress WHERE plan_id = %s AND rule = %s",
+        sql.SQL("SELECT step, rows_done, batches, last_key, finished FROM {} WHERE plan_id = %s AND rule = %s").format(
+            table(PROGRESS)
+        ),
         (plan_id, rule),
     )
     return {step: (rows, batches, key, done) for step, rows, batches, key, done in cur.fetchall()}
@@ -83,14 +86,16 @@ def _advance(
     cur: psycopg2.extensions.cursor, plan_id: str, rule: str, step: str, rows: int, last_key: Any, finished: bool
 ) -> None:
     cur.execute(
-        """
-        INSERT INTO retention_progress (plan_id, rule, step, rows_done, batches, last_key, finished)
+        sql.SQL(
+            """
+        INSERT INTO {t} AS p (plan_id, rule, step, rows_done, batches, last_key, finished)
         VALUES (%s, %s, %s, %s, 1, %s, %s)
         ON CONFLICT (plan_id, rule, step) DO UPDATE SET
-            rows_done = retention_progress.rows_done + EXCLUDED.rows_done,
-            batches = retention_progress.batches + 1,
+            rows_done = p.rows_done + EXCLUDED.rows_done,
+            batches = p.batches + 1,
             last_key = EXCLUDED.last_key, finished = EXCLUDED.finished, updated_at = now()
-        """,
+        """
+        ).format(t=table(PROGRESS)),
         (plan_id, rule, step, rows, None if last_key is None else str(last_key), finished),
     )
 
@@ -268,8 +273,10 @@ def execute_rule(
             result.batches = sum(v[1] for k, v in progress.items() if k == "batches")
             cur.execute("SET LOCAL synchronous_commit = on")
             cur.execute(
-                "INSERT INTO retention_progress (plan_id, rule, step, finished) VALUES (%s, %s, 'ledger', true)"
-                " ON CONFLICT DO NOTHING",
+                sql.SQL(
+                    "INSERT INTO {} (plan_id, rule, step, finished) VALUES (%s, %s, 'ledger', true)"
+                    " ON CONFLICT DO NOTHING"
+                ).format(table(PROGRESS)),
                 (plan.plan_id, rp.rule),
             )
             if cur.rowcount == 1:

@@ -1,3 +1,7 @@
+-- The layout of the release before Lethe had a schema of its own (commit af54acb): the re:Skill platform
+-- and Lethe's state together in the public schema, with public.schema_migrations. Test fixture for the upgrade.
+
+-- ==== 001_platform.sql
 -- The re:Skill platform's primary database: every data category the privacy
 -- policy names, plus Lethe's own bookkeeping (requests, tombstones, ledger).
 -- Idempotent: every statement can run again on a migrated database.
@@ -271,3 +275,170 @@ $$ LANGUAGE plpgsql;
 DROP TRIGGER IF EXISTS ledger_append_only ON ledger;
 CREATE TRIGGER ledger_append_only BEFORE UPDATE OR DELETE ON ledger
     FOR EACH ROW EXECUTE FUNCTION ledger_append_only();
+
+-- ==== 010_retention.sql
+-- retention_nightly's checkpoints: one row per (plan, rule, step). Each batch
+-- updates its row in the same transaction as its DELETE/UPDATE, so a killed
+-- run resumes after the last committed batch and its counts stay exact.
+-- Steps: 'batches' (primary-key range batches), 'partition:<name>' (one
+-- expired partition detached and dropped), 'ledger' (the rule's ledger entry).
+CREATE TABLE IF NOT EXISTS retention_progress (
+    plan_id     text NOT NULL,
+    rule        text NOT NULL,
+    step        text NOT NULL,
+    rows_done   bigint NOT NULL DEFAULT 0,
+    batches     integer NOT NULL DEFAULT 0,
+    last_key    text,
+    finished    boolean NOT NULL DEFAULT false,
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (plan_id, rule, step)
+);
+
+-- ==== 020_erasure.sql
+-- subject_erasure: the request queue's extra states and claims, and the
+-- pseudonymised link of a retained legal hold. Additive and idempotent.
+
+-- 'held': an active legal hold keeps the person's rows; the request stays open
+-- and the nightly batch retries it. 'dry_run': a preview that changed nothing.
+ALTER TABLE erasure_requests DROP CONSTRAINT IF EXISTS erasure_requests_status_check;
+ALTER TABLE erasure_requests ADD CONSTRAINT erasure_requests_status_check
+    CHECK (status IN ('pending', 'running', 'completed', 'no_data', 'failed', 'held', 'dry_run'));
+
+ALTER TABLE erasure_requests ADD COLUMN IF NOT EXISTS dry_run boolean NOT NULL DEFAULT false;
+-- The DAG run that claimed the request: a batch passes no request list through XCom.
+ALTER TABLE erasure_requests ADD COLUMN IF NOT EXISTS claimed_by text;
+ALTER TABLE erasure_requests ADD COLUMN IF NOT EXISTS claimed_at timestamptz;
+CREATE INDEX IF NOT EXISTS erasure_requests_claim_idx ON erasure_requests (claimed_by) WHERE claimed_by IS NOT NULL;
+
+-- A released hold is kept as the record of a legal obligation, but once its
+-- person is erased its link becomes the keyed pseudonym (like invoices).
+ALTER TABLE legal_holds ADD COLUMN IF NOT EXISTS subject_pseudonym text;
+ALTER TABLE legal_holds ALTER COLUMN user_id DROP NOT NULL;
+
+CREATE INDEX IF NOT EXISTS erasure_tombstones_request_idx ON erasure_tombstones (request_id);
+CREATE INDEX IF NOT EXISTS erasure_tombstones_identifiers_idx ON erasure_tombstones USING gin (identifier_pseudonyms);
+
+-- ==== 030_backup.sql
+-- Cross-region backups (lethe.backup): the snapshot catalogue and how far each
+-- erasure tombstone has been carried into each region's retained snapshots.
+-- Holds keyed pseudonyms and counts only, never a raw identifier.
+
+CREATE TABLE IF NOT EXISTS backup_snapshots (
+    snapshot_id     text NOT NULL,
+    region          text NOT NULL,
+    status          text NOT NULL DEFAULT 'writing' CHECK (status IN ('writing', 'complete', 'expired')),
+    started_at      timestamptz NOT NULL DEFAULT now(),
+    completed_at    timestamptz,
+    expired_at      timestamptz,
+    policy_version  text,
+    objects         integer,
+    rows            bigint,
+    bytes           bigint,
+    PRIMARY KEY (snapshot_id, region)
+);
+
+-- One row per (snapshot, region, tombstone) whose erasure that snapshot already
+-- reflects: written when the snapshot is taken (tombstones filtered at export)
+-- and when propagation rewrites it.
+CREATE TABLE IF NOT EXISTS backup_tombstone_applications (
+    snapshot_id        text NOT NULL,
+    region             text NOT NULL,
+    subject_pseudonym  text NOT NULL,
+    applied_at         timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (snapshot_id, region, subject_pseudonym)
+);
+
+-- Per tombstone and region: applied to every retained snapshot of the region?
+CREATE TABLE IF NOT EXISTS backup_propagation_status (
+    subject_pseudonym    text NOT NULL,
+    region               text NOT NULL,
+    status               text NOT NULL CHECK (status IN ('pending', 'applied')),
+    snapshots            integer NOT NULL DEFAULT 0,
+    objects_rewritten    integer NOT NULL DEFAULT 0,
+    bytes_rewritten      bigint NOT NULL DEFAULT 0,
+    applied_at           timestamptz,
+    certificate_updated  boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (subject_pseudonym, region)
+);
+
+-- ==== 040_sharing.sql
+-- usage_sharing (lethe.sharing): the releases made to each recipient and the
+-- privacy budget they spent. Recipient names, windows and counts only.
+
+CREATE TABLE IF NOT EXISTS sharing_releases (
+    release_id        text PRIMARY KEY,
+    recipient         text NOT NULL,
+    -- pending: budget reserved, objects being written; published: manifest written;
+    -- refused: over budget, nothing written; gate_failed: nothing written;
+    -- abandoned: a pending release whose run died, its objects removed by the next run.
+    status            text NOT NULL CHECK (status IN ('pending', 'published', 'refused', 'gate_failed', 'abandoned')),
+    window_start      timestamptz NOT NULL,
+    window_end        timestamptz NOT NULL,
+    days              integer NOT NULL,
+    rows_in           bigint NOT NULL DEFAULT 0,
+    cells_total       integer NOT NULL DEFAULT 0,
+    cells_published   integer NOT NULL DEFAULT 0,
+    cells_suppressed  integer NOT NULL DEFAULT 0,
+    mechanism         text NOT NULL,
+    epsilon_spent     double precision NOT NULL DEFAULT 0,
+    s3_prefix         text,
+    gate              jsonb,
+    message           text,
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    finished_at       timestamptz,
+    CHECK (window_end > window_start)
+);
+CREATE INDEX IF NOT EXISTS sharing_releases_recipient_idx ON sharing_releases (recipient, window_end);
+
+-- Privacy budget ledger: one row per noisy release, written before any object is.
+CREATE TABLE IF NOT EXISTS sharing_budget_spend (
+    spend_id    bigserial PRIMARY KEY,
+    recipient   text NOT NULL,
+    release_id  text NOT NULL REFERENCES sharing_releases (release_id),
+    epsilon     double precision NOT NULL CHECK (epsilon >= 0),
+    delta       double precision NOT NULL DEFAULT 0 CHECK (delta >= 0),
+    days        integer NOT NULL,
+    spent_at    timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS sharing_budget_spend_recipient_idx ON sharing_budget_spend (recipient, spent_at);
+
+-- ==== 050_audit.sql
+-- compliance_audit's results: one row per audit run (the verdict, the failed
+-- checks by name and the Great Expectations results as plain data), and the
+-- alerts Lethe raised. Neither holds personal data: check names and counts only.
+
+CREATE TABLE IF NOT EXISTS audit_runs (
+    run_id         text PRIMARY KEY,
+    dag_id         text NOT NULL,
+    audited_at     timestamptz NOT NULL DEFAULT now(),
+    success        boolean NOT NULL,
+    checks_total   integer NOT NULL,
+    checks_failed  integer NOT NULL,
+    failed         text[] NOT NULL DEFAULT '{}',
+    results        jsonb NOT NULL,
+    held_rows      jsonb NOT NULL DEFAULT '{}'::jsonb
+);
+CREATE INDEX IF NOT EXISTS audit_runs_audited_at_idx ON audit_runs (audited_at DESC);
+
+CREATE TABLE IF NOT EXISTS audit_alerts (
+    alert_id   bigserial PRIMARY KEY,
+    raised_at  timestamptz NOT NULL DEFAULT now(),
+    kind       text NOT NULL,
+    dag_id     text,
+    run_id     text,
+    message    text NOT NULL,
+    delivered  boolean NOT NULL DEFAULT false
+);
+CREATE INDEX IF NOT EXISTS audit_alerts_raised_at_idx ON audit_alerts (raised_at DESC);
+
+-- ==== 060_ledger_truncate.sql
+-- The ledger refuses TRUNCATE too. It fires no row trigger, so a statement-level one refuses it (the
+-- function is 001's, which raises naming the operation). Only the table's owner can disable these
+-- triggers; docs/deployment.md gives the grants under which Lethe's own role is not that owner.
+DROP TRIGGER IF EXISTS ledger_no_truncate ON ledger;
+CREATE TRIGGER ledger_no_truncate BEFORE TRUNCATE ON ledger
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger_append_only();
+
+CREATE TABLE schema_migrations (name text PRIMARY KEY, applied_at timestamptz DEFAULT now());
+INSERT INTO schema_migrations (name) VALUES ('001_platform.sql'), ('010_retention.sql'), ('020_erasure.sql'),
+    ('030_backup.sql'), ('040_sharing.sql'), ('050_audit.sql'), ('060_ledger_truncate.sql');
