@@ -41,6 +41,7 @@ LETHE_TABLES = (
     "sharing_budget_spend",
     "audit_runs",
     "audit_alerts",
+    "processor_receipts",
 )
 LETHE_FUNCTIONS = ("ledger_append_only()",)
 # The platform's migration the previous release recorded among Lethe's; the platform is no longer Lethe's to migrate.
