@@ -26,8 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     who.add_argument("--phone")
     who.add_argument("--username")
     who.add_argument("--user-id", dest="user_id")
-    p.add_argument("--reference", help="your ticket or case number (shown on the certificate)")
-    p.add_argument("--reason", help="why the person asked")
+    p.add_argument(
+        "--reference", help="your ticket or case number (shown on the certificate; no email, phone or @handle)"
+    )
+    p.add_argument("--reason", help="why the person asked (no email, phone or @handle)")
     p.add_argument("--execute", action="store_true", help="erase for real (default: dry run, changes nothing)")
     p.add_argument(
         "--airflow-url",
@@ -74,17 +76,24 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from lethe.embedded import services
     from lethe.erasure import request
 
-    kind, value = next((k, getattr(args, k)) for k in ("email", "phone", "username", "user_id") if getattr(args, k))
+    kind, value = next(
+        (k, getattr(args, k)) for k in ("email", "phone", "username", "user_id") if getattr(args, k) is not None
+    )
     try:
         value = request.validate_identifier(kind, value)
     except request.InvalidIdentifier as exc:
         raise CommandError(f"--{kind.replace('_', '-')}: {exc}") from None
+    try:  # reference and reason end up on the compliance page and the certificate: no identifier in them
+        reference = request.validate_note("reference", args.reference, 200)
+        reason = request.validate_note("reason", args.reason, 500)
+    except request.InvalidNote as exc:
+        raise CommandError(str(exc)) from None
     dry_run = not args.execute
     with services() as (db_url, _):
         migrate(db_url)
         with transaction(db_url) as cur:
             request_id, created = request.register(
-                cur, kind, value, reference=args.reference, reason=args.reason, dry_run=dry_run
+                cur, kind, value, reference=reference, reason=reason, dry_run=dry_run
             )
             cur.execute("SELECT due_at::date FROM erasure_requests WHERE request_id = %s", (request_id,))
             due = cur.fetchone()[0]  # type: ignore[index]

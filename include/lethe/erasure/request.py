@@ -23,8 +23,19 @@ DEFAULT_DEADLINE_DAYS = 30
 _NAMESPACE = uuid.UUID("6f1c1c1e-8d5a-4b7e-9a3e-1e7a5e0e2a51")
 
 
+# Identifier-shaped text in a note: an email, an @handle, or 7+ digits written like a phone
+# number and not glued to a ticket prefix (T-2026-0001 is a reference, 98765 43210 is a phone).
+_EMAIL = re.compile(r"[^\s@]+@[^\s@]+\.[A-Za-z]{2,}")
+_HANDLE = re.compile(r"(?<![\w.])@[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_DIGITS = re.compile(r"(?<![A-Za-z0-9#/_-])\+?\(?\d[\d ().-]*\d")
+
+
 class InvalidIdentifier(ValueError):
     """The identifier does not match its kind; the message names the kind and the rule only."""
+
+
+class InvalidNote(ValueError):
+    """A reference or reason holds identifier-shaped text; the message names the field and the rule only."""
 
 
 def validate_identifier(kind: str, value: object) -> str:
@@ -40,6 +51,28 @@ def validate_identifier(kind: str, value: object) -> str:
     if not re.fullmatch(pattern, text):
         raise InvalidIdentifier(f"the identifier is not a valid {kind}: {rule}")
     return text
+
+
+def validate_note(field: str, value: object, max_length: int) -> str | None:
+    """A reference or reason, stripped (None when empty); refuses emails, @handles and phone numbers."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidNote(f"the {field} must be text")
+    text = value.strip()
+    if len(text) > max_length:
+        raise InvalidNote(f"the {field} is longer than {max_length} characters")
+    if _EMAIL.search(text):
+        raise InvalidNote(f"the {field} holds an email address: write a ticket number or a plain reason, no identifier")
+    if _HANDLE.search(text):
+        raise InvalidNote(f"the {field} holds an @handle: write a ticket number or a plain reason, no identifier")
+    for match in _DIGITS.finditer(text):
+        if sum(c.isdigit() for c in match.group()) >= 7:
+            raise InvalidNote(
+                f"the {field} holds a number written like a phone number (7 or more digits): "
+                "give a ticket number with its prefix (e.g. T-2026-0001) and no identifier"
+            )
+    return text or None
 
 
 def deadline_days() -> int:
@@ -74,6 +107,8 @@ def register(
     failure, resumes the open request instead of queueing a duplicate.
     """
     identifier = validate_identifier(kind, identifier)
+    reference = validate_note("reference", reference, 200)
+    reason = validate_note("reason", reason, 500)
     cur.execute(
         "SELECT request_id::text FROM erasure_requests WHERE identifier_kind = %s AND identifier = %s"
         " AND status = ANY(%s) AND dry_run = %s ORDER BY received_at LIMIT 1",

@@ -1,0 +1,52 @@
+"""Erasure requests against a real database: reference and reason refuse identifier-shaped text."""
+
+from __future__ import annotations
+
+import psycopg2
+import pytest
+from lethe.cli import main
+
+pytestmark = pytest.mark.integration
+
+
+def _rows(url: str, q: str) -> list[tuple[object, ...]]:
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute(q)
+        return cur.fetchall()
+
+
+@pytest.mark.parametrize(
+    ("reference", "shape"),
+    [
+        ("asha.rao@example.com", "an email address"),
+        ("ticket for ASHA.RAO@EXAMPLE.COM please", "an email address"),
+        ("from @asha_rao on the forum", "an @handle"),
+        ("call 98765 43210", "a number written like a phone number"),
+        ("+91 9000000001", "a number written like a phone number"),
+        ("098765-43210", "a number written like a phone number"),
+        ("(0) 20 7946 0958", "a number written like a phone number"),
+    ],
+)
+def test_the_cli_refuses_an_identifier_in_the_reference(
+    db_url: str, capsys: pytest.CaptureFixture[str], reference: str, shape: str
+) -> None:
+    assert main(["erasure", "submit", "--user-id", "1", "--reference", reference]) == 2
+    err = capsys.readouterr().err
+    assert f"the reference holds {shape}" in err
+    assert reference not in err and reference.split()[-1] not in err  # the message never repeats the text
+    assert _rows(db_url, "SELECT count(*) FROM erasure_requests") == [(0,)]
+
+
+@pytest.mark.parametrize("reference", ["T-2026-000123", "INC0012345678", "case #4411", "GDPR/2026/0042", "T-7"])
+def test_ticket_numbers_are_accepted(db_url: str, reference: str) -> None:
+    assert main(["erasure", "submit", "--user-id", "1", "--reference", reference]) == 0
+    assert _rows(db_url, "SELECT reference FROM erasure_requests") == [(reference,)]
+
+
+def test_the_reason_is_checked_too_and_an_empty_identifier_is_refused_plainly(
+    db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["erasure", "submit", "--user-id", "1", "--reason", "she wrote from asha@example.com"]) == 2
+    assert "the reason holds an email address" in capsys.readouterr().err
+    assert main(["erasure", "submit", "--email", ""]) == 2
+    assert "--email: the identifier for kind email is empty" in capsys.readouterr().err
