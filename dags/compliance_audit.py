@@ -23,6 +23,7 @@ Each check is a Great Expectations expectation over a count that must be zero:
 | `legal_holds` | `held_rows_removed` | no row of a person under an active legal hold disappeared since the last audit |
 | `erasure_residue` | `erased_subject_rows.<table>`, `erased_identifiers_left` | nothing of an erased person is left |
 | `erasure_residue` | `identifier_kept_after_completion` | completed requests no longer hold the identifier |
+| `erasure_residue_scan` | `erased_found_by_value[.<table>.<column>]` | no erased person is found by value anywhere |
 | `erasure_deadlines` | `overdue_erasure_requests` | no open erasure request is past its due date |
 | `backups` | `bucket_in_region.<region>` | the backup bucket is in the region the policy names (GetBucketLocation) |
 | `backups` | `snapshot_within_rpo.<region>` | a complete snapshot younger than the recovery-point objective |

@@ -25,13 +25,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import json
 import re
 import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import unquote_plus
+from urllib.parse import unquote
 
 import phonenumbers
 import psycopg2.extensions
@@ -57,6 +58,7 @@ FOOTPRINT_CLASSES = {
 _TEXT_TYPES = ("text", "varchar", "bpchar", "citext", "json", "jsonb", "inet", "cidr")
 
 _EMAIL = re.compile(r"[\w.%+-]+@[\w-]+(?:\.[\w-]+)+")
+_URL_EMAIL = re.compile(r"[\w.%+-]+%40[\w-]+(?:\.[\w-]+)+")
 _PHONE_RUN = re.compile(r"[(+]{0,2}\d[\d \t().-]*\d")
 _DIGITS = re.compile(r"\d+")
 _IPV4 = re.compile(r"(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?![\w.]*\w)")
@@ -71,12 +73,16 @@ def fold(value: str) -> str:
 
 
 def phone_e164(value: str, region: str = DEFAULT_REGION) -> str | None:
-    """The number as E.164 (+919876543210), or None when it is not a possible phone number."""
+    """The number as E.164 (+919876543210), or None when it does not parse as one.
+
+    Not limited to numbers `phonenumbers` deems possible: a stored number of an unusual length is
+    still the person's, and a candidate only counts when it equals a footprint's number exactly.
+    """
     try:
         number = phonenumbers.parse(value, region)
     except phonenumbers.NumberParseException:
         return None
-    if not phonenumbers.is_possible_number(number):
+    if sum(ch.isdigit() for ch in value) < 7:
         return None
     return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
 
@@ -142,11 +148,11 @@ def _phone_candidates(text: str) -> Iterator[Candidate]:
                 if len(digits) < 7:
                     continue
                 spellings = ["+" + digits] if plus and i == 0 else [digits, "+" + digits]
-                for spelling in spellings:
-                    e164 = phone_e164(spelling)
-                    if e164:
-                        start = run.start() if plus and i == 0 else groups[i][0]  # with its "(+"
-                        yield Candidate("phone", e164, start, groups[j][1])
+                start = run.start() if plus and i == 0 else groups[i][0]  # with its "(+"
+                for value in {phone_e164(s) for s in spellings} | {"+" + digits}:
+                    # E.164, and the digits as written: tombstones older than the scanner keyed that spelling
+                    if value:
+                        yield Candidate("phone", value, start, groups[j][1])
 
 
 def candidates(text: str, max_name_words: int = 4) -> Iterator[Candidate]:
@@ -175,19 +181,21 @@ def candidates(text: str, max_name_words: int = 4) -> Iterator[Candidate]:
             start = m.start() + (1 if m.group(0).startswith("@") else 0)
             yield Candidate("username", token, start, m.end())
             yield Candidate("cookie", token, start, m.end())
-    words = [(m.start(), m.end(), m.group(0)) for m in _WORD.finditer(folded)]
+    # a name's words are separated by spaces only: `asha.rao@x` is an email, not the name "asha rao"
+    words = [
+        (m.start(), m.end(), m.group(0))
+        for m in _WORD.finditer(folded)
+        if not any(s <= m.start() < e for s, e in emails)
+    ]
     for i in range(len(words)):
         for n in range(1, max_name_words + 1):
-            if i + n > len(words):
+            if i + n > len(words) or (n > 1 and folded[words[i + n - 2][1] : words[i + n - 1][0]].strip()):
                 break
             value = " ".join(w for _, _, w in words[i : i + n])
             if len(value) >= MIN_LENGTH:
                 yield Candidate("name", value, words[i][0], words[i + n - 1][1])
-    if "%" in text or "+" in text:  # an email inside a URL's query string: asha%40example.com
-        decoded = unquote_plus(text)
-        if decoded != text:
-            for m in _EMAIL.finditer(fold(decoded)):
-                yield Candidate("email", m.group(0).rstrip("."), 0, len(text))  # the whole value goes
+    for m in _URL_EMAIL.finditer(folded):  # an email inside a URL's query string: asha%40example.com
+        yield Candidate("email", unquote(m.group(0)).rstrip("."), m.start(), m.end())
 
 
 # --- who is who -------------------------------------------------------------------------------
@@ -291,6 +299,46 @@ def redact(index: Index, text: str, only: set[int] | None = None) -> tuple[str, 
     for start, end in sorted(spans, reverse=True):
         out = out[:start] + REPLACEMENT + out[end:]
     return out, len(spans)
+
+
+def redact_text(index: Index, text: str, only: set[int] | None = None) -> tuple[str, int]:
+    """Redact a stored value the same way wherever it lives (primary, backup, restore).
+
+    A value that is only an IP address of the person becomes its /24 (IPv6: /48) network, as
+    PostgreSQL's truncation writes it, so an inet column stays an inet; a JSON document stays
+    valid JSON (a phone written as a number becomes the string "[erased]").
+    """
+    new, n = redact(index, text, only)
+    if not n:
+        return text, 0
+    whole = ip_key(text.strip())  # an inet's text form, 203.0.113.7/32
+    if whole and new.split("/", 1)[0] == REPLACEMENT:
+        net = ipaddress.ip_network(f"{whole}/{24 if ipaddress.ip_address(whole).version == 4 else 48}", strict=False)
+        return str(net), n
+    if text.lstrip()[:1] in ("{", "[") and not _is_json(new) and _is_json(text):
+        return json.dumps(_redact_json(index, json.loads(text), only), ensure_ascii=False), n
+    return new, n
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _redact_json(index: Index, value: Any, only: set[int] | None) -> Any:
+    if isinstance(value, dict):
+        return {_redact_json(index, k, only): _redact_json(index, v, only) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact_json(index, v, only) for v in value]
+    if isinstance(value, str):
+        return redact(index, value, only)[0]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        text, n = redact(index, str(value), only)
+        return text if n else value
+    return value
 
 
 # --- footprints from the database -------------------------------------------------------------

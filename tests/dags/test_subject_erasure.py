@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -113,14 +114,17 @@ def test_erases_a_person_everywhere_and_leaves_only_proof(
     for table in ("accounts", "ssh_keys", "usage_events", "disputes", "marketing_contacts"):
         assert [r for r in after[table] if "'2'" in r or "'3'" in r] == others_before[table]
 
-    # The tombstone: keyed pseudonyms of the key and of every identifier.
+    # The tombstone: keyed pseudonyms of the key and of every identifier, and of the rest of her
+    # footprint (name, cookies, IPs) so backups and audits can match it; no raw value.
     tomb = _query(db_url, "SELECT subject_pseudonym, identifier_pseudonyms, counts FROM erasure_tombstones")
     assert len(tomb) == 1 and tomb[0][0] == pseudonym
-    assert set(tomb[0][1]) == {
+    assert set(tomb[0][1]) >= {
         _hmac("email", ASHA["email"]),
         _hmac("phone", "+919000000001"),
         _hmac("username", ASHA["username"]),
     }
+    assert _hmac("cookie", "cookie-101") in tomb[0][1] and _hmac("ip", "10.1.2.3") in tomb[0][1]
+    assert all(re.fullmatch(r"[0-9a-f]{64}", p) for p in tomb[0][1])
     assert tomb[0][2] == people.ASHA_ROWS
 
     # The request is closed and forgets the identifier.

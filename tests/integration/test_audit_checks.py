@@ -267,3 +267,44 @@ def test_results_are_kept_and_the_verdict_names_failed_checks(db_url: str) -> No
     assert any(line.strip().startswith("retention") and "FAILED" in line for line in lines)
     assert kept[0]["run_id"] == "run-1" and kept[0]["failed"] == ["retention.expired_rows.expired_cookies"]
     assert kept[0]["checks_failed"] == 1 and not kept[0]["success"]
+
+
+def test_erasure_scan_finds_an_erased_person_by_value_in_any_spelling(db_url: str) -> None:
+    """Keyed pseudonyms written here with the standard library; the rows with plain SQL."""
+    import hashlib
+    import hmac
+
+    def keyed(kind: str, value: str) -> str:
+        return hmac.new(KEY, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()
+
+    policy = load_policy()
+    with transaction(db_url) as cur:
+        add_account(cur, 1)
+        add_account(cur, 3)
+        cur.execute(
+            "INSERT INTO erasure_tombstones (subject_pseudonym, identifier_pseudonyms) VALUES (%s, %s)",
+            (
+                subject_pseudonym(KEY, 2),
+                [keyed("email", "asha@example.com"), keyed("phone", "+919876543210"), keyed("name", "asha rao")],
+            ),
+        )
+        assert primary.check_erasure_scan(cur, policy, KEY).success
+        cur.execute(
+            "INSERT INTO comments VALUES (1, 1, 'ring Asha Rao on 098765 43210', now()), (2, 1, 'nothing here', now())"
+        )
+        cur.execute("INSERT INTO app_data VALUES (1, 1, 'labs', '{\"contact\": \"ASHA@EXAMPLE.COM\"}', now())")
+        cur.execute(
+            "INSERT INTO legal_holds (hold_id, subject_key, reason, placed_at)"
+            " VALUES (1, '3', 'about asha@example.com', now())"
+        )
+        result = primary.check_erasure_scan(cur, policy, KEY)
+    observed = {c["name"]: c["observed"] for c in result.checks}
+    assert observed == {
+        "erased_found_by_value": 2,
+        "erased_found_by_value.app_data.payload": 1,
+        "erased_found_by_value.comments.body": 1,
+    }
+    # the kept reason of a hold on someone else is allowed and reported, not failed
+    details = next(c for c in result.checks if c["name"] == "erased_found_by_value")["details"]
+    assert details["kept_or_held"] == {"legal_holds.reason": 1}
+    assert "asha" not in json.dumps(result.as_dict()).lower()

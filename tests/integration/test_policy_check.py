@@ -223,3 +223,15 @@ def test_cli_database_error_names_rule_and_table_and_no_row_values(
     )
     assert "Traceback" not in output
     assert not any(value in output for value in ("Secretname", "asha7", "98765", "Failing row"))
+
+
+def test_kept_table_with_an_unnamed_personal_column_is_refused(db_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    kept = "        billing_address: \"Recipient's address on the issued tax invoice"
+    assert kept in SHIPPED
+    path.write_text("\n".join(line for line in SHIPPED.splitlines() if not line.startswith(kept)))
+    problems = check(load_policy(path), db_url)
+    assert any(
+        p.startswith(f"{path}:") and "tables.invoices.erasure" in p and "billing_address" in p for p in problems
+    ), problems
+    assert not any("billing_name" in p for p in problems)

@@ -23,6 +23,8 @@ def finder() -> MentionFinder:
         ("@asha_k said so (asha_k)", "@[erased] said so ([erased])"),
         ("call +91 98765 43210 or +919876543210", "call [erased] or [erased]"),
         ("or 919876543210 without the plus", "or [erased] without the plus"),
+        # the same number without country code, with the trunk zero, grouped differently (issue 14)
+        ("9876543210, 098765 43210 or 98765-43210", "[erased], [erased] or [erased]"),
     ],
 )
 def test_every_spelling_of_an_erased_identifier_is_redacted(text: str, want: str) -> None:
@@ -34,7 +36,6 @@ def test_every_spelling_of_an_erased_identifier_is_redacted(text: str, want: str
     [
         "asha_kumar and xasha_k are other people",
         "asha.k@example.org is someone else; so is basha.k@example.test",
-        "9876543210 is only the local part",  # a whole phone number is needed to match a keyed pseudonym
         "",
     ],
 )

@@ -115,3 +115,18 @@ def test_processors_are_declared_and_their_mistakes_located(tmp_path: Path) -> N
     path = broken(tmp_path, "      success_statuses: [204, 404]", "      success_statuses: []\n      oops: 1")
     with pytest.raises(PolicyError, match=r"processors\.mailchimp\.http\.oops"):
         load_policy(path)
+
+
+def test_kept_column_that_is_also_masked_or_unknown_is_located(tmp_path: Path) -> None:
+    path = broken(
+        tmp_path, '        method: "How the payment', '        card_last4: "x"\n        method: "How the payment'
+    )
+    with pytest.raises(PolicyError) as err:
+        load_policy(path)
+    assert "columns both masked and kept: card_last4" in str(err.value)
+    path = broken(
+        tmp_path, '        method: "How the payment', '        no_such: "x"\n        method: "How the payment'
+    )
+    with pytest.raises(PolicyError) as err:
+        load_policy(path)
+    assert "column 'no_such' is used but not listed under `columns`" in str(err.value)

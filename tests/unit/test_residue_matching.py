@@ -62,7 +62,9 @@ def test_keyed_index_matches_the_same_spellings(text: str, want: str) -> None:
 
 def test_url_encoded_email_in_a_url() -> None:
     index = PlainIndex([asha()])
-    assert residue.who(index, "/signup?email=asha.k%40example.test&next=%2F") == {1}
+    text = "/signup?email=asha.k%40example.test&next=%2F"
+    assert residue.who(index, text) == {1}
+    assert residue.redact(index, text)[0] == "/signup?email=[erased]&next=%2F"
 
 
 @pytest.mark.parametrize(
@@ -96,3 +98,24 @@ def test_footprint_ignores_values_too_short_or_unparseable() -> None:
     person.add("phone", "n/a")
     person.add("ip", "not an ip")
     assert dict(person.values) == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("203.0.113.7/32", "203.0.113.0/24"),  # an inet stays an inet: truncated as PostgreSQL does
+        ('{"tel": 9876543210, "note": "asha_k"}', '{"tel": "[erased]", "note": "[erased]"}'),
+        ('{"ref": "ASHA.K@example.test"}', '{"ref": "[erased]"}'),
+        ("plain asha_k text", "plain [erased] text"),
+    ],
+)
+def test_stored_values_keep_their_type_when_redacted(text: str, want: str) -> None:
+    for index in (PlainIndex([asha()]), KeyedIndex(KEY, frozenset(asha().pseudonyms(KEY)))):
+        assert residue.redact_text(index, text)[0] == want
+
+
+def test_a_name_is_words_separated_by_spaces_only() -> None:
+    index = PlainIndex([asha()])
+    for text in ("asha.kulkarni@example.org", "asha-kulkarni", "asha_kulkarni", "asha.kulkarni"):
+        assert residue.who(index, text) == set(), text
+    assert residue.who(index, "Asha\n Kulkarni") == {1}

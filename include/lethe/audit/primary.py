@@ -13,7 +13,7 @@ from typing import Any
 import psycopg2.extensions
 from psycopg2 import sql
 
-from lethe import holds
+from lethe import holds, residue
 from lethe.policy.model import Policy
 from lethe.pseudonym import pseudonym, subject_pseudonym
 from lethe.quality import CheckResult, expect_counts
@@ -231,6 +231,49 @@ def _identifiers_left(
 
 def check_erasure(cur: psycopg2.extensions.cursor, policy: Policy, key: bytes) -> CheckResult:
     return expect_counts("erasure_residue", erasure_residue(cur, policy, key))
+
+
+def erasure_residue_scan(
+    cur: psycopg2.extensions.cursor, policy: Policy, key: bytes
+) -> tuple[dict[str, int], dict[str, Any]]:
+    """Rows where an erased person is still found by value, in any text-like column of any table.
+
+    The scanner (lethe.residue) matches every spelling in the data by its keyed pseudonym against
+    the tombstones, so emails in any case, phones in any format, handles, names, cookies and IPs are
+    found without a raw value and without the eraser's traversal. Not counted as residue: columns
+    the policy keeps for kept rows (`erasure.keep`), rows of a person under an active legal hold
+    (their redaction waits for the release), and Lethe's own erasure records.
+    """
+    _, identifiers = _tombstones(cur)
+    found: dict[str, int] = {}
+    allowed: dict[str, int] = {}
+    if identifiers:
+        index = residue.KeyedIndex(key, frozenset(identifiers))
+        records = {t for t, r in policy.tables.items() if r.purpose == "erasure_record"}
+        kept = {t: set(r.erasure.keep) for t, r in policy.tables.items() if r.erasure}
+        names = {t: {c for c, cls in r.columns.items() if cls == "name"} for t, r in policy.tables.items()}
+        links = {t: [r.subject] for t, r in policy.tables.items() if r.subject}
+        links[holds.HOLDS] = ["subject_key"]  # a hold's own row belongs to the held person
+        held = set(holds.active_keys(cur))
+        tables = [t for t in residue.text_tables(cur, residue.policy_schemas(cur, policy)) if t.name not in records]
+        for hit in residue.scan_rows(cur, tables, index, links):
+            owner = str(hit.extra[0]) if hit.extra and hit.extra[0] is not None else None
+            for column in hit.owners:
+                name = f"{hit.table.name}.{column}"
+                if owner is not None and column in names.get(hit.table.name, set()):
+                    continue  # a living person's own name column: theirs, even if an erased person shared the name
+                if column in kept.get(hit.table.name, set()) or owner in held:
+                    allowed[name] = allowed.get(name, 0) + 1
+                else:
+                    found[name] = found.get(name, 0) + 1
+    counts = {"erased_found_by_value": sum(found.values())}
+    counts.update({f"erased_found_by_value.{name}": n for name, n in sorted(found.items())})
+    return counts, {"erased_found_by_value": {"kept_or_held": allowed, "tombstones_identifiers": len(identifiers)}}
+
+
+def check_erasure_scan(cur: psycopg2.extensions.cursor, policy: Policy, key: bytes) -> CheckResult:
+    counts, details = erasure_residue_scan(cur, policy, key)
+    return expect_counts("erasure_residue_scan", counts, details=details)
 
 
 def overdue_requests(

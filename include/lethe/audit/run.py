@@ -45,6 +45,7 @@ def check_primary(
         return [
             primary.check_retention(cur, policy, now, timedelta(hours=stale_after_hours)).as_dict(),
             primary.check_erasure(cur, policy, key).as_dict(),
+            primary.check_erasure_scan(cur, policy, key).as_dict(),
             primary.check_deadlines(cur, now).as_dict(),
         ]
 

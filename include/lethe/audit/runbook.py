@@ -47,6 +47,13 @@ ENTRIES: tuple[Entry, ...] = (
         "Rerun `subject_erasure` for the open request, or look for rows re-created by the application.",
     ),
     Entry(
+        "erasure_residue_scan.*",
+        "An erased person is still written somewhere by value (another person's row, an anonymous log, "
+        "a column the plan does not know); the check names the table and column.",
+        "Find who writes it back (the application, a restore); mask the column and classify it in the policy. "
+        "A new erasure of the same person reports `already_erased` and does not sweep again.",
+    ),
+    Entry(
         "erasure_deadlines.overdue_erasure_requests",
         "An open erasure request is past its due date.",
         "Trigger `subject_erasure` (batch mode) now.",

@@ -264,6 +264,7 @@ def copy_into(cur: psycopg2.extensions.cursor, table: str, frame: pa.Table) -> i
         frame = frame.drop_columns([SUBJECT_COLUMN])
     if frame.num_rows == 0:
         return 0
+    frame = frame.combine_chunks()  # pyarrow's CSV writer emits garbage bytes for an empty chunk (an emptied object)
     buf = io.BytesIO()
     pacsv.write_csv(frame, buf, write_options=pacsv.WriteOptions(include_header=False))
     buf.seek(0)

@@ -36,7 +36,7 @@ class TableEntry:
     rows: int = 0
     objects: list[ObjectEntry] = field(default_factory=list)
     buckets: int | None = None  # this table's subject buckets; None in manifests from before per-table counts
-    free_text: list[str] = field(default_factory=list)  # columns where other people may be mentioned
+    free_text: list[str] = field(default_factory=list)  # text-like columns searched for erased people
 
     @property
     def rewritable(self) -> bool:

@@ -196,6 +196,23 @@ def table_sizes(cur: psycopg2.extensions.cursor, tables: list[str]) -> dict[str,
     return {t: sizes.get(t, 0) for t in tables}
 
 
+# Every text-like column can hold an erased person (a URL, a JSON payload, a hold's reason, a cookie):
+# backups redact them all, with the residue scanner's matching, as the primary's erasure does.
+_SEARCHED_TYPES = frozenset(
+    {"text", "varchar", "bpchar", "citext", "json", "jsonb", "inet", "cidr"}
+    | {f"_{t}" for t in ("text", "varchar", "bpchar", "citext", "json", "jsonb", "inet", "cidr")}
+)
+
+
+def searched_columns(columns: list[frames.Column], subject: str | None, classes: dict[str, str]) -> list[str]:
+    """The columns propagation and restore search for erased people: every text-like one but the links."""
+    return [
+        c.name
+        for c in columns
+        if c.pg_type in _SEARCHED_TYPES and c.name != subject and classes.get(c.name) != "pseudonym"
+    ]
+
+
 def _table_frame(
     cur: psycopg2.extensions.cursor,
     table: str,
@@ -214,7 +231,7 @@ def _table_frame(
         erasure_action=erasure.action if erasure else None,
         erasure_columns=dict(erasure.columns) if erasure else {},
         pseudonym_column=next((c for c, cls in rule.columns.items() if cls == "pseudonym"), None),
-        free_text=list(rule.free_text),
+        free_text=searched_columns(columns, rule.subject, rule.columns),
     )
     frame, _ = frames.erase_subjects(
         frame, tombstones, entry.erasure_action, entry.erasure_columns, entry.pseudonym_column

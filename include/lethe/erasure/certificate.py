@@ -16,6 +16,10 @@ from lethe.config import BACKUP_REGIONS, BUCKETS, PRIMARY_REGION
 
 SCHEMA_VERSION = 1
 
+ERASED_KEEPING = (
+    "Erased, except what the law requires to keep: the rows and columns listed under "
+    '"Retained, and why", linked by the keyed pseudonym below.'
+)
 _OUTCOME_TEXT = {
     "erased": "Erased. Only the keyed pseudonym below remains, as the record of the removal.",
     "held": "Held. An active legal hold keeps the person's rows until it is released; the request stays open "
@@ -50,6 +54,8 @@ def build(
             "rows": v["rows"],
             "legal_basis": v.get("legal_basis"),
             "because": v.get("retained_because"),
+            "masked_columns": v.get("columns") or {},
+            "kept_columns": v.get("kept_columns") or {},
         }
         for t, v in tables.items()
         if v["action"] != "delete"
@@ -69,12 +75,22 @@ def build(
         "tables": {t: {"action": v["action"], "rows": v["rows"]} for t, v in tables.items()},
         "rows_total": sum(int(v["rows"]) for v in tables.values()),
         "redactions": detail.get("redactions") or {},
+        "footprint": detail.get("footprint") or {},
+        "residue_handled": detail.get("residue") or {},
         "retained": retained,
         "legal_holds": detail.get("legal_holds") or [],
         "checks": detail.get("checks") or {},
         "backup_propagation": {region: {"status": "pending"} for region in BACKUP_REGIONS},
         "processors": processors or {},
     }
+
+
+def _outcome_text(cert: dict[str, Any]) -> str:
+    """Never 'only the pseudonym remains' when kept rows keep personal columns."""
+    outcome = cert.get("outcome", "")
+    if outcome == "erased" and any((v.get("kept_columns") or {}) for v in (cert.get("retained") or {}).values()):
+        return ERASED_KEEPING
+    return _OUTCOME_TEXT.get(outcome, f"Outcome: {outcome}")
 
 
 def _iso(value: Any) -> str | None:
@@ -97,7 +113,7 @@ def render_markdown(cert: dict[str, Any]) -> str:
     out = [
         f"# Erasure certificate {cert['request_id']}",
         "",
-        _OUTCOME_TEXT.get(cert.get("outcome", ""), f"Outcome: {cert.get('outcome')}"),
+        _outcome_text(cert),
         "",
         "| | |",
         "| --- | --- |",
@@ -124,6 +140,10 @@ def render_markdown(cert: dict[str, Any]) -> str:
     if redactions:
         out += ["", "Mentions redacted in other people's free text:", ""]
         out += [f"- {column}: {n} row(s)" for column, n in sorted(redactions.items())]
+    handled = cert.get("residue_handled") or {}
+    if handled:
+        out += ["", "Also found by value (the residue scanner) and handled:", ""]
+        out += [f"- {what.replace(':', ' ', 1)}: {n} row(s)" for what, n in sorted(handled.items())]
     retained = cert.get("retained") or {}
     if retained:
         out += [
@@ -137,6 +157,13 @@ def render_markdown(cert: dict[str, Any]) -> str:
             f"| {t} | {v['action']} | {v['rows']} | {v.get('legal_basis') or '-'} | {v.get('because') or '-'} |"
             for t, v in retained.items()
         ]
+    for t, v in retained.items():
+        kept = v.get("kept_columns") or {}
+        out += ["", f"{t} keeps only: " + (", ".join(sorted(kept)) or "no personal column") + "."]
+        out += [f"- {column}: {why}" for column, why in sorted(kept.items())]
+        masked = v.get("masked_columns") or {}
+        if masked:
+            out.append("- masked: " + ", ".join(f"{c} ({how})" for c, how in sorted(masked.items())))
     if cert.get("legal_holds"):
         out += ["", f"Active legal holds: {', '.join(str(h) for h in cert['legal_holds'])}."]
     checks = _check_lines(cert.get("checks") or {})

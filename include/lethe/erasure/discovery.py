@@ -213,6 +213,7 @@ class Subject:
 
     user_id: int
     identifiers: dict[str, str]  # kind -> stored value (email, phone, username)
+    footprint: Any = None  # lethe.residue.Footprint, read from the person's rows before they go
 
     def search_terms(self) -> list[str]:
         """Spellings of the identifiers as they may appear in free text, lowercased."""

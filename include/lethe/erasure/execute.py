@@ -13,8 +13,8 @@ from typing import Any
 
 import psycopg2.extensions
 import psycopg2.extras
-from lethe import holds, ledger
-from lethe.erasure import discovery
+from lethe import holds, ledger, residue
+from lethe.erasure import discovery, sweep
 from lethe.erasure.discovery import ErasureGraphError, Graph
 from lethe.erasure.plan import Work
 from lethe.policy import Policy
@@ -130,7 +130,20 @@ def apply(
             )
             for owner in mine:
                 redacted[owner][f"{table}.{column}"] = redacted[owner].get(f"{table}.{column}", 0) + 1
+    _sweep(cur, policy, works)
     return done, redacted
+
+
+def _sweep(cur: psycopg2.extensions.cursor, policy: Policy, works: list[Work]) -> None:
+    """What the residue scanner still finds of the people, by value anywhere, is handled too (lethe.erasure.sweep)."""
+    erasing = [w for w in works if w.outcome == "erased" and w.subject and w.subject.footprint]
+    if not erasing:
+        return
+    index = residue.PlainIndex([w.subject.footprint for w in erasing if w.subject])
+    handled = sweep.sweep(cur, policy, index, {w.subject.user_id for w in erasing if w.subject})
+    for w in erasing:
+        assert w.subject is not None
+        w.residue = handled.get(w.subject.user_id, {})
 
 
 def _cut_links(cur: psycopg2.extensions.cursor, graph: Graph, table: str, deleted: set[str], handled: set[str]) -> None:
@@ -172,10 +185,10 @@ def write_tombstones(cur: psycopg2.extensions.cursor, key: bytes, works: list[Wo
     for w in works:
         if w.outcome != "erased" or not w.subject:
             continue
-        ids = sorted(
-            pseudonym(key, kind, value) for kind, value in w.subject.identifiers.items() if value and kind != "user_id"
-        )
-        rows.append((w.pseudonym, ids, w.request_id, json.dumps(w.rows)))
+        ids = {pseudonym(key, k, v) for k, v in w.subject.identifiers.items() if v and k != "user_id"}
+        if w.subject.footprint:  # every spelling the scanner matched: backups and audits match the same way
+            ids |= set(w.subject.footprint.pseudonyms(key))
+        rows.append((w.pseudonym, sorted(ids), w.request_id, json.dumps(w.rows)))
     if rows:
         psycopg2.extras.execute_values(
             cur,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg2.extensions
+from lethe import residue
 from lethe.erasure import discovery
 from lethe.erasure.discovery import Graph, Subject
 from lethe.policy import Policy
@@ -37,6 +38,8 @@ class Work:
     redactions: dict[str, int] = field(default_factory=dict)
     holds: list[int] = field(default_factory=list)
     same_as: str | None = None
+    footprint: dict[str, int] = field(default_factory=dict)  # the scanner's rows per table.column
+    residue: dict[str, int] = field(default_factory=dict)  # action:table.column -> rows handled after the plan
 
     @property
     def rows(self) -> dict[str, int]:
@@ -53,6 +56,10 @@ class Work:
             detail["legal_holds"] = self.holds
         if self.same_as:
             detail["same_subject_as"] = self.same_as
+        if self.footprint:
+            detail["footprint"] = self.footprint
+        if self.residue:
+            detail["residue"] = self.residue
         return detail
 
 
@@ -75,6 +82,8 @@ def table_entry(policy: Policy, table: str, rows: int, held: bool) -> dict[str, 
         entry["retained_because"] = erasure.retained_because
     if erasure.columns:
         entry["columns"] = dict(erasure.columns)
+    if erasure.keep:  # the personal columns a kept row keeps, each with its reason (the certificate lists them)
+        entry["kept_columns"] = dict(erasure.keep)
     return entry
 
 
@@ -121,7 +130,14 @@ def build(
     owners = sorted(first_for)
     holds = active_holds(cur, owners) if owners else {}
     per_owner: dict[int, dict[str, int]] = {}
-    if owners:
+    if owners:  # the scanner's footprint, before anything goes: what the dry run shows by table and column
+        prints = residue.footprints(cur, policy, owners)
+        findings = residue.scan(cur, policy, residue.PlainIndex(prints))
+        for fp in prints:
+            subject = first_for[fp.user_id].subject
+            assert subject is not None
+            subject.footprint = fp
+            first_for[fp.user_id].footprint = findings.get(fp.user_id, {})
         discovery.materialise(cur, graph, policy, owners)
         per_owner = discovery.rows_per_owner(cur, graph)
     erasing = [w.subject for w in first_for.values() if w.subject and w.subject.user_id not in holds]

@@ -13,7 +13,8 @@ from typing import Any
 
 import psycopg2.extensions
 from lethe import quality
-from lethe.erasure import discovery
+from lethe import residue as lethe_residue
+from lethe.erasure import discovery, sweep
 from lethe.erasure.discovery import Graph, Subject
 from lethe.policy import Policy
 from psycopg2 import sql
@@ -67,12 +68,20 @@ def in_transaction(
     """Run both suites; raise DataQualityError (rolling the erasure back) when one fails."""
     left = quality.zero_rows("erasure_residue", residue(cur, policy, graph, people))
     counted = quality.counts_equal("erasure_counts_equal_plan", done, planned)
-    summary = {
+    summary: dict[str, Any] = {
         "residue": {"success": left.success, "checks": len(left.checks), "failed": left.failures()},
         "counts_equal_plan": {"success": counted.success, "failed": counted.failures()},
     }
+    prints = [p.footprint for p in people if p.footprint]
+    scanned = None
+    if prints:  # by value, anywhere: the scanner, not the plan's traversal
+        found, allowed = sweep.left(cur, policy, lethe_residue.PlainIndex(prints), {p.user_id for p in people})
+        scanned = quality.zero_rows("erasure_residue_scan", found)
+        summary["residue_scan"] = {"success": scanned.success, "failed": scanned.failed, "allowed": allowed}
     left.raise_if_failed()
     counted.raise_if_failed()
+    if scanned:
+        scanned.raise_if_failed()
     return summary
 
 

@@ -105,6 +105,15 @@ def lint(policy: Policy, cur: psycopg2.extensions.cursor) -> list[str]:
                 f"{at('tables', table, 'subject')}: tables.{table}.subject: holds personal data "
                 f"({', '.join(personal)}) but is not linked to the data subject"
             )
+        erasure = rule.erasure
+        if erasure and erasure.action != "delete":
+            loose = [c for c in personal if c not in erasure.columns and c not in erasure.keep]
+            if loose:
+                problems.append(
+                    f"{at('tables', table, 'erasure')}: tables.{table}.erasure: kept rows would keep personal "
+                    f"column(s) {', '.join(loose)} unnamed: mask each under `columns` or list it under `keep` "
+                    "with its legal reason"
+                )
         if rule.subject and table != policy.subject.table and (table, rule.subject) not in fks:
             problems.append(
                 f"{at('tables', table, 'subject')}: tables.{table}.subject: column {rule.subject!r} has no foreign key "

@@ -159,6 +159,8 @@ class Erasure(_Strict):
     action: Literal["delete", "pseudonymise", "retain"]
     columns: dict[str, Strategy] = Field(default_factory=dict)
     retained_because: str | None = None
+    # Personal columns a kept row keeps as they are, each with its reason (the law or clause).
+    keep: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self) -> Erasure:
@@ -166,6 +168,14 @@ class Erasure(_Strict):
             raise ValueError("action pseudonymise needs `columns` (column: strategy)")
         if self.action in ("pseudonymise", "retain") and not self.retained_because:
             raise ValueError(f"action {self.action} keeps data: say why in `retained_because`")
+        if self.action == "delete" and self.keep:
+            raise ValueError("`keep` only applies to actions pseudonymise and retain: delete keeps nothing")
+        both = sorted(set(self.keep) & set(self.columns))
+        if both:
+            raise ValueError(f"columns both masked and kept: {', '.join(both)}")
+        empty = sorted(c for c, why in self.keep.items() if not why.strip())
+        if empty:
+            raise ValueError(f"kept columns need their reason: {', '.join(empty)}")
         return self
 
 
@@ -196,7 +206,7 @@ class TableRule(_Strict):
         named = [self.subject, self.partitioned_by, *self.free_text]
         named += [r.after for r in self.retention if r.event is None]
         named += [c for r in self.retention for c in r.columns]
-        named += list(self.erasure.columns) if self.erasure else []
+        named += [*self.erasure.columns, *self.erasure.keep] if self.erasure else []
         for column in named:
             if column is not None and column not in self.columns:
                 raise ValueError(f"column {column!r} is used but not listed under `columns`")

@@ -1,0 +1,141 @@
+"""Handle everything the residue scanner still finds of the people being erased, after the plan ran.
+
+The plan erases what the foreign keys and free-text columns link to a person.
+The scanner (lethe.residue) finds the rest by value; each row found is handled
+by what it is, never by blocking the erasure:
+
+- a row no one else owns (subject link empty) in a table the policy erases by
+  deleting, such as an anonymous visitor log carrying the person's cookie, IP or
+  email in a URL: deleted;
+- any other row (another person's, or a row the policy keeps): every column in
+  which the person appears is masked with lethe.residue.redact_text: an IP
+  truncated to its network, JSON redacted value by value, text redacted span by
+  span (a structured value that is only the identifier becomes `[erased]`);
+- a column the policy keeps for a kept row (`erasure.keep`, with its reason):
+  left as it is, and counted as kept;
+- a row of someone under an active legal hold: never modified by another
+  person's erasure; counted as waiting for the hold's release;
+- another person's own name column equal to the erased person's name: theirs, left alone.
+
+Lethe's own erasure records (purpose `erasure_record`) are not touched.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Any
+
+import psycopg2.extensions
+from lethe import holds, residue
+from lethe.policy import Policy
+from psycopg2 import sql
+
+
+def held_people(cur: psycopg2.extensions.cursor) -> set[int]:
+    return {int(k) for k in holds.active_keys(cur) if k.lstrip("-").isdigit()}
+
+
+def scanned_tables(cur: psycopg2.extensions.cursor, policy: Policy) -> list[residue.Table]:
+    """The tables of the policy's schemas but Lethe's own erasure records."""
+    records = {t for t, rule in policy.tables.items() if rule.purpose == "erasure_record"}
+    return [t for t in residue.text_tables(cur, residue.policy_schemas(cur, policy)) if t.name not in records]
+
+
+def subject_links(policy: Policy) -> dict[str, list[str]]:
+    links = {t: [rule.subject] for t, rule in policy.tables.items() if rule.subject}
+    links[holds.HOLDS] = ["subject_key"]  # a hold's own row belongs to the held person (its key as text)
+    return links
+
+
+def own_names(policy: Policy) -> dict[str, set[str]]:
+    """Name columns: another person's own name there is theirs, even when it equals the erased person's."""
+    return {t: {c for c, cls in r.columns.items() if cls == "name"} for t, r in policy.tables.items()}
+
+
+def _relevant(hit: residue.Hit, people: set[int], owner: int | None, names: dict[str, set[str]]) -> dict[str, set[int]]:
+    someone_else = owner is not None and owner not in people
+    return {
+        c: set(o) & people
+        for c, o in hit.owners.items()
+        if set(o) & people and not (someone_else and c in names.get(hit.table.name, set()))
+    }
+
+
+def kept_columns(policy: Policy) -> dict[str, set[str]]:
+    """Per kept or pseudonymised table, the personal columns its kept rows keep as they are."""
+    return {t: set(r.erasure.keep) for t, r in policy.tables.items() if r.erasure and r.erasure.action != "delete"}
+
+
+def _masked(index: residue.Index, column: residue.Column, value: str, only: set[int]) -> tuple[sql.Composable, Any]:
+    """(SET expression, parameter) masking the people of `only` in one column's value (lethe.residue.redact_text:
+    the same replacement as in backups and restores; an IP becomes its network, JSON stays JSON)."""
+    new = residue.redact_text(index, value, only)[0]
+    return sql.SQL("{} = %s::{}").format(sql.Identifier(column.name), sql.SQL(column.type)), new  # type: pg catalog
+
+
+def sweep(
+    cur: psycopg2.extensions.cursor, policy: Policy, index: residue.Index, people: set[int]
+) -> dict[int, dict[str, int]]:
+    """Handle every row where one of `people` still appears; per person, `action:table.column` -> rows."""
+    held = held_people(cur)
+    kept = kept_columns(policy)
+    names = own_names(policy)
+    out: dict[int, Counter[str]] = defaultdict(Counter)
+    hits = list(residue.scan_rows(cur, scanned_tables(cur, policy), index, subject_links(policy)))
+    for hit in hits:
+        rule = policy.tables.get(hit.table.name)
+        owner = int(hit.extra[0]) if hit.extra and hit.extra[0] is not None else None
+        found = _relevant(hit, people, owner, names)
+        if not found:
+            continue
+        where = sql.SQL("tableoid = %s AND ctid = %s::tid")
+        if owner is not None and owner in held and owner not in people:
+            action = {c: "waiting_for_hold" for c in found}
+        elif rule and rule.erasure and rule.erasure.action == "delete" and (owner is None or owner in people):
+            cur.execute(sql.SQL("DELETE FROM {} WHERE {}").format(hit.table.ident, where), (hit.tableoid, hit.ctid))
+            action = {c: "deleted" for c in found}
+        else:
+            keep = kept.get(hit.table.name, set())
+            columns = {c.name: c for c in hit.table.columns}
+            sets, params = [], []
+            action = {}
+            for name, mine in found.items():
+                if name in keep:
+                    action[name] = "kept"
+                    continue
+                expr, param = _masked(index, columns[name], hit.values[name], mine)
+                sets.append(expr)
+                params.append(param)
+                action[name] = "masked"
+            if sets:
+                cur.execute(
+                    sql.SQL("UPDATE {} SET {} WHERE {}").format(hit.table.ident, sql.SQL(", ").join(sets), where),
+                    (*params, hit.tableoid, hit.ctid),
+                )
+        for name, mine in found.items():
+            for person in mine:
+                out[person][f"{action[name]}:{hit.table.name}.{name}"] += 1
+    return {p: dict(sorted(c.items())) for p, c in out.items()}
+
+
+def left(
+    cur: psycopg2.extensions.cursor, policy: Policy, index: residue.Index, people: set[int]
+) -> tuple[dict[str, int], dict[str, int]]:
+    """After the sweep: (rows per `table.column` still holding the people, outside what is allowed; allowed rows).
+
+    Allowed: a column the policy keeps, and rows of someone under an active hold.
+    """
+    held = held_people(cur)
+    kept = kept_columns(policy)
+    names = own_names(policy)
+    residue_left: Counter[str] = Counter()
+    allowed: Counter[str] = Counter()
+    for hit in residue.scan_rows(cur, scanned_tables(cur, policy), index, subject_links(policy)):
+        owner = int(hit.extra[0]) if hit.extra and hit.extra[0] is not None else None
+        for name in _relevant(hit, people, owner, names):
+            key = f"{hit.table.name}.{name}"
+            if name in kept.get(hit.table.name, set()) or (owner in held and owner not in people):
+                allowed[key] += 1
+            else:
+                residue_left[key] += 1
+    return dict(sorted(residue_left.items())), dict(sorted(allowed.items()))
