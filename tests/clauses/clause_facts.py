@@ -588,6 +588,27 @@ def erasure_requests_kept_three_years(cur: Cursor):
 
 
 @fact(
+    "removal-record",
+    table="processor_receipts",
+    rules=["old_processor_receipts"],
+    says="a processor's receipt for a removal, last updated 2 years ago, is kept; one updated 4 years ago is gone",
+)
+def processor_receipts_kept_three_years(cur: Cursor):
+    for ref, updated in (("clause-2551", years_ago(2)), ("clause-2552", years_ago(4))):
+        cur.execute(
+            "INSERT INTO processor_receipts (cause, subject_ref, processor, status, first_at, updated_at)"
+            " VALUES ('erasure', %s, 'amazon_ses', 'confirmed', %s, %s)",
+            (ref, updated, updated),
+        )
+
+    def check(cur: Cursor) -> None:
+        got = ids(cur, "SELECT subject_ref FROM processor_receipts WHERE subject_ref LIKE 'clause-255_'")
+        expect(got, {"clause-2551"})
+
+    return check
+
+
+@fact(
     "legal-obligations",
     table="audit_runs",
     rules=["old_audit_runs"],

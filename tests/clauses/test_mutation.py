@@ -61,7 +61,7 @@ def schema(url: str) -> mutate.Schema:
     with closing(psycopg2.connect(url)) as conn, conn.cursor() as cur:
         cur.execute(
             "SELECT table_name, column_name, data_type, is_nullable = 'YES' FROM information_schema.columns"
-            " WHERE table_schema = 'public'"
+            " WHERE table_schema = ANY(current_schemas(false))"  # the platform's and Lethe's own schema
         )
         for table, column, data_type, nullable in cur.fetchall():
             found.setdefault(table, {})[column] = (data_type, nullable)
@@ -82,8 +82,8 @@ class Bench:
             )
             key = sql.SQL(", ").join(sql.Identifier(r[0]) for r in cur.fetchall())
             cur.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_schema = 'public'"
-                " AND table_name = %s ORDER BY ordinal_position",
+                "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0"
+                " AND NOT attisdropped ORDER BY attnum",
                 (table,),
             )
             columns = [sql.Identifier(r[0]) for r in cur.fetchall()]
