@@ -14,6 +14,7 @@ from types import ModuleType
 from lethe import airflow_env
 from lethe.config import BUCKETS
 from lethe.embedded import services
+from lethe.ledger_anchor import LOCK_MODE_ENV, RETAIN_DAYS_ENV
 
 DEMO_DATABASE = "lethe_demo"
 
@@ -45,6 +46,10 @@ def run_demo(users: int = 2000) -> int:
     # The demo empties its buckets and recreates its database: never the deployment's own,
     # even when LETHE_* point at real services.
     os.environ["LETHE_BUCKET_PREFIX"] = f"{BUCKETS.prefix}-demo"
+    # Each demo recreates its database, so the last demo's ledger anchors must go with its buckets:
+    # lock them in governance mode for a day (emptying bypasses it), never in compliance mode for years.
+    os.environ[LOCK_MODE_ENV] = "GOVERNANCE"
+    os.environ[RETAIN_DAYS_ENV] = "1"
     with services() as (server_url, s3_url):
         db_url = recreate_database(server_url, DEMO_DATABASE)
         empty_buckets(s3_url)
