@@ -7,7 +7,7 @@ from typing import Any
 
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, TriggerRule, dag, task
 from lethe.assets import BACKUP_PROPAGATION_URI
-from lethe.audit import runbook
+from lethe.audit import limits, runbook
 from lethe.dag_defaults import RUN_TIMEOUT, default_args
 
 DOC = f"""
@@ -69,14 +69,14 @@ CHECKS = ("primary", "legal_holds", "backups", "shares", "ledger")
             description="The audit's clock; empty means now. Retention is judged as of each rule's last run.",
         ),
         "stale_after_hours": Param(
-            26,
+            limits.STALE_AFTER_HOURS,
             type="number",
             minimum=1,
             title="Retention staleness (hours)",
             description="A retention rule whose last completed run is older than this fails as stale.",
         ),
         "rpo_hours": Param(
-            26,
+            limits.RPO_HOURS,
             type="number",
             minimum=1,
             title="Recovery-point objective (hours)",
@@ -95,7 +95,10 @@ def compliance_audit() -> None:
 
         params = params or {}
         return check_primary(
-            primary_url(), pseudonym_key(), audit_clock(params), float(params.get("stale_after_hours", 26))
+            primary_url(),
+            pseudonym_key(),
+            audit_clock(params),
+            float(params.get("stale_after_hours", limits.STALE_AFTER_HOURS)),
         )
 
     @task
@@ -114,7 +117,7 @@ def compliance_audit() -> None:
         from lethe.connections import primary_url, pseudonym_key, s3_endpoint_url
 
         params = params or {}
-        rpo_hours = float(params.get("rpo_hours", 26))
+        rpo_hours = float(params.get("rpo_hours", limits.RPO_HOURS))
         return check_backups(primary_url(), s3_endpoint_url(), pseudonym_key(), rpo_hours, audit_clock(params))
 
     @task

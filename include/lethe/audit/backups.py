@@ -33,13 +33,13 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from lethe.audit.limits import RPO_HOURS
 from lethe.backup.mentions import MentionFinder
 from lethe.config import BACKUP_REGIONS, BUCKETS
 from lethe.db import transaction
 from lethe.quality import CheckResult, expect_counts
 
-# Nightly snapshots plus a couple of hours' slack for a slow night.
-DEFAULT_RPO = timedelta(hours=26)
+DEFAULT_RPO = timedelta(hours=RPO_HOURS)
 # Objects read in full each night beyond those that changed, per region.
 DEFAULT_SAMPLE = 8
 # Slack between the database's clock (tombstones' erased_at) and S3's (the last audit's listing time).

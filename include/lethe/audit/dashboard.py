@@ -15,6 +15,8 @@ from typing import Any
 
 import psycopg2.extensions
 
+from lethe.audit import sections, trends
+from lethe.audit.limits import RPO_HOURS, STALE_AFTER_HOURS
 from lethe.config import BACKUP_REGIONS
 from lethe.db import transaction
 from lethe.ledger import verify_chain
@@ -57,16 +59,19 @@ def state(name: str) -> State:
 class Feed:
     dag_id: str
     schedule: str  # in words, as the DAG file sets it
-    max_age_hours: float  # a daily schedule plus two hours of grace (the audit's own staleness limit)
+    max_age_hours: float  # the audit's own limits (lethe.audit.limits): a daily schedule plus two hours
     what: str  # the event whose age is measured
 
 
 # The DAG that feeds each section (schedules from dags/*.py).
 FEEDS: dict[str, Feed] = {
-    "requests": Feed("subject_erasure", "daily at 00:00 UTC", 26, "erasure"),
-    "purges": Feed("retention_nightly", "daily at 01:15 UTC", 26, "purge"),
-    "regions": Feed("backup_nightly", "daily at 02:00 UTC", 26, "complete snapshot"),
-    "audit": Feed("compliance_audit", "daily at 04:30 UTC", 26, "audit"),
+    "requests": Feed("subject_erasure", "daily at 00:00 UTC", STALE_AFTER_HOURS, "erasure"),
+    "purges": Feed("retention_nightly", "daily at 01:15 UTC", STALE_AFTER_HOURS, "purge"),
+    "regions": Feed("backup_nightly", "daily at 02:00 UTC", RPO_HOURS, "complete snapshot"),
+    "sharing": Feed("usage_sharing", "daily at 02:45 UTC", STALE_AFTER_HOURS, "release attempt"),
+    "audit": Feed("compliance_audit", "daily at 04:30 UTC", STALE_AFTER_HOURS, "audit"),
+    "metadata": Feed("airflow_metadata_cleanup", "daily at 05:00 UTC", STALE_AFTER_HOURS, "cleanup"),
+    "processors": Feed("subject_erasure", "daily at 00:00 UTC", STALE_AFTER_HOURS, "processor call"),
 }
 
 
@@ -112,6 +117,9 @@ class ErasureRow:
     days_left: int | None  # open requests only; negative when overdue
     colour: str = ""
     meaning: str = ""
+    run_url: str | None = None  # the subject_erasure run that last took it up
+    approval_url: str | None = None  # that run's approval (required actions), when it asked for one
+    certificate_url: str | None = None  # served by the page itself, behind its login
 
 
 @dataclass
@@ -179,6 +187,11 @@ class Page:
     ledger_last_at: datetime | None = None
     notes: list[str] = field(default_factory=list)
     filters: dict[str, Any] = field(default_factory=dict)
+    sharing: list[sections.SharingRow] = field(default_factory=list)
+    holds: list[sections.HoldRow] = field(default_factory=list)
+    processors: list[sections.ProcessorRow] = field(default_factory=list)
+    metadata: sections.MetadataHeld | None = None
+    charts: dict[str, list[trends.Series]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -190,18 +203,34 @@ def dag_run_url(dag_id: str, run_id: str, base_url: str = "") -> str:
     return f"{base_url.rstrip('/')}/dags/{quote(dag_id)}/runs/{quote(run_id, safe='')}"
 
 
+ERASURE_DAG_ID = "subject_erasure"
+# States that went through (or wait for) a human approval; a request's detail may also record one.
+APPROVAL_STATES = ("awaiting_approval", "approved", "rejected")
+# States whose certificate is written (certify also writes one for held and awaiting_processors requests).
+CERTIFIED_STATES = ("certified", "completed", "no_data", "awaiting_processors")
+
+
+def approval_url(run_id: str, base_url: str = "") -> str:
+    """The run's required actions in Airflow's UI, where the approval is answered (or shows who answered)."""
+    return dag_run_url(ERASURE_DAG_ID, run_id, base_url) + "/required_actions"
+
+
 def erasures(
     cur: psycopg2.extensions.cursor,
     now: datetime,
     limit: int = 50,
     status: str | None = None,
     due_within_days: int | None = None,
+    base_url: str = "",
+    certificates_url: str | None = None,
 ) -> list[ErasureRow]:
     """Open requests first (soonest deadline first), then the latest closed ones; optionally one state
-    only, or only open requests due within `due_within_days` (overdue ones included)."""
+    only, or only open requests due within `due_within_days` (overdue ones included). Each links to the
+    DAG run that took it up, that run's approval, and (under `certificates_url`) its certificate."""
     cur.execute(
         """
-        SELECT request_id::text, identifier_kind, reference, status, received_at, due_at, completed_at
+        SELECT request_id::text, identifier_kind, reference, status, received_at, due_at, completed_at,
+               claimed_by, detail->>'stage' = 'certified', detail ? 'approval'
         FROM erasure_requests
         WHERE (%(status)s::text IS NULL OR status = %(status)s)
           AND (%(due_by)s::timestamptz IS NULL OR (status <> ALL(%(closed)s) AND due_at <= %(due_by)s))
@@ -216,10 +245,17 @@ def erasures(
         },
     )
     rows = []
-    for rid, kind, ref, name, received, due, completed in cur.fetchall():
+    for rid, kind, ref, name, received, due, completed, run_id, certified, approval in cur.fetchall():
         st = state(name)
         days = math.floor((due - now).total_seconds() / 86400) if st.open else None
-        rows.append(ErasureRow(rid, kind, ref, name, received, due, completed, days, st.colour, st.meaning))
+        row = ErasureRow(rid, kind, ref, name, received, due, completed, days, st.colour, st.meaning)
+        if run_id:
+            row.run_url = dag_run_url(ERASURE_DAG_ID, run_id, base_url)
+            if name in APPROVAL_STATES or approval:
+                row.approval_url = approval_url(run_id, base_url)
+        if certificates_url is not None and (certified or name in CERTIFIED_STATES):
+            row.certificate_url = f"{certificates_url.rstrip('/')}/{rid}"
+        rows.append(row)
     return rows
 
 
@@ -258,14 +294,9 @@ def purges(cur: psycopg2.extensions.cursor, now: datetime) -> list[PurgeRow]:
     return rows
 
 
-def _has_table(cur: psycopg2.extensions.cursor, name: str) -> bool:
-    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (name,))
-    return bool(cur.fetchone()[0])  # type: ignore[index]
-
-
 def regions(cur: psycopg2.extensions.cursor, now: datetime) -> list[RegionRow]:
     """Per backup region: the latest complete snapshot, and erasures not yet carried into its snapshots."""
-    if not _has_table(cur, "backup_propagation_status"):
+    if not sections.has_table(cur, "backup_propagation_status"):
         return []
     cur.execute(
         """
@@ -343,8 +374,13 @@ def gather(
     now: datetime | None = None,
     status: str | None = None,
     due_within_days: int | None = None,
+    certificates_url: str | None = None,
+    metadata_url: str | None = None,
 ) -> Page:
+    """Everything the page shows. `certificates_url`: where the page serves certificates (None: no links);
+    `metadata_url`: Airflow's metadata database, for what it still holds about erasure runs."""
     now = now or datetime.now(UTC)
+    policy = load_policy()
     with transaction(db_url) as cur:
         chain = verify_chain(cur)
         last_at = _latest(cur, "SELECT max(recorded_at) FROM ledger")
@@ -362,9 +398,24 @@ def gather(
         region_rows = regions(cur, now)
         snapshots = [r.last_snapshot_at for r in region_rows if r.last_snapshot_at]
         fresh["regions"] = min(snapshots) if len(snapshots) == len(region_rows) and snapshots else None
+        share_rows = sections.sharing(cur, policy)
+        attempts = [r.last_attempt_at for r in share_rows if r.last_attempt_at]
+        fresh["sharing"] = max(attempts) if attempts else None
+        processor_rows = sections.processors(cur, policy, now)
+        calls = [p.last_call_at for p in processor_rows if p.last_call_at]
+        fresh["processors"] = max(calls) if calls else None
+        held = sections.metadata(cur, policy, metadata_url)
+        fresh["metadata"] = held.last_cleanup_at
         return Page(
             generated_at=now,
-            erasures=erasures(cur, now, status=status, due_within_days=due_within_days),
+            erasures=erasures(
+                cur,
+                now,
+                status=status,
+                due_within_days=due_within_days,
+                base_url=base_url,
+                certificates_url=certificates_url,
+            ),
             purges=purges(cur, now),
             regions=region_rows,
             runs=runs,
@@ -377,4 +428,13 @@ def gather(
             ledger_first_broken=chain.first_broken_entry,
             ledger_last_at=last_at,
             filters={"status": status, "due_within_days": due_within_days},
+            sharing=share_rows,
+            holds=sections.holds(cur, now),
+            processors=processor_rows,
+            metadata=held,
+            charts={
+                "purged_per_night": trends.purged_per_night(cur, now),
+                "erasures_per_week": trends.erasures_per_week(cur, now),
+                "lag_per_region": trends.lag_per_region(cur, now),
+            },
         )

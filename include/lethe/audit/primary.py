@@ -14,6 +14,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from lethe import holds, residue
+from lethe.audit.limits import STALE_AFTER_HOURS
 from lethe.policy.model import Policy
 from lethe.pseudonym import pseudonym, subject_pseudonym
 from lethe.quality import CheckResult, expect_counts
@@ -24,8 +25,7 @@ OVERDUE_STATUSES = ("pending", "running", "failed")
 DONE_STATUSES = ("completed", "no_data")
 
 
-# A nightly rule whose last completed run is older than this has gone stale (a day plus slack).
-STALE_AFTER = timedelta(hours=26)
+STALE_AFTER = timedelta(hours=STALE_AFTER_HOURS)
 
 
 @dataclass(frozen=True)

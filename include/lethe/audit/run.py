@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from lethe.audit.limits import RPO_HOURS, STALE_AFTER_HOURS
 from lethe.db import transaction
 
 # The suites compliance_audit runs, by task id; conclude() reports a suite whose task died.
@@ -30,7 +31,7 @@ def audit_clock(params: dict[str, Any]) -> datetime:
 
 
 def check_primary(
-    db_url: str, key: bytes, now: datetime | None = None, stale_after_hours: float = 26
+    db_url: str, key: bytes, now: datetime | None = None, stale_after_hours: float = STALE_AFTER_HOURS
 ) -> list[dict[str, Any]]:
     """`now` is the audit's clock (default: the wall clock); each retention rule is judged as of
     its last completed run and is stale when that run is more than `stale_after_hours` before `now`."""
@@ -61,7 +62,7 @@ def check_holds(db_url: str, run_id: str) -> tuple[list[dict[str, Any]], dict[st
 
 
 def check_backups(
-    db_url: str, endpoint_url: str | None, key: bytes, rpo_hours: float = 26, now: datetime | None = None
+    db_url: str, endpoint_url: str | None, key: bytes, rpo_hours: float = RPO_HOURS, now: datetime | None = None
 ) -> list[dict[str, Any]]:
     from datetime import timedelta
 

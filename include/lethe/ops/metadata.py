@@ -213,3 +213,40 @@ def db_clean(url: str, dag_ids: Sequence[str], before: datetime) -> None:
         # Its output names tables and counts, not row contents; keep the tail for the operator.
         tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
         raise RuntimeError(f"airflow db clean exited {done.returncode}: " + " | ".join(tail))
+
+
+@dataclass
+class StillHeld:
+    """Airflow's records of Lethe's runs that a cleanup has not reached yet (no conf values, only counts and times)."""
+
+    finished_ends: list[datetime] = field(default_factory=list)  # end of each finished run whose conf is not cleared
+    naming_a_person: int = 0  # of those, runs whose conf carries an identifier
+    active: int = 0
+    lethe_runs: int = 0
+    oldest_start: datetime | None = None
+
+
+def still_held(url: str, erasure_dag_ids: Sequence[str], dag_ids: Sequence[str]) -> StillHeld:
+    """What the compliance page reports about Airflow's metadata: erasure runs still carrying their conf,
+    and the oldest recorded run of Lethe's DAGs (what the next cleanups remove, and when)."""
+    from airflow.models.dagrun import DagRun
+    from sqlalchemy import func, select
+
+    dag_run = DagRun.__table__
+    out = StillHeld()
+    with engine(url).connect() as db:
+        for state, end, conf in db.execute(
+            select(dag_run.c.state, dag_run.c.end_date, dag_run.c.conf).where(
+                dag_run.c.dag_id.in_(list(erasure_dag_ids))
+            )
+        ):
+            if state in ACTIVE:
+                out.active += 1
+            elif conf and end is not None:
+                out.finished_ends.append(end)
+                out.naming_a_person += bool(isinstance(conf, dict) and conf.get("identifier"))
+        count, oldest = db.execute(
+            select(func.count(), func.min(dag_run.c.start_date)).where(dag_run.c.dag_id.in_(list(dag_ids)))
+        ).one()
+    out.lethe_runs, out.oldest_start = int(count), oldest
+    return out
