@@ -6,10 +6,18 @@
 UV := .tools/bin/uv
 RUN := $(UV) run --frozen
 
-.PHONY: demo test lint typecheck pytest chromium bench clean
+.PHONY: demo up down test lint typecheck pytest chromium bench clean
 
 demo: .venv/.synced
 	$(RUN) lethe demo
+
+# A real local Airflow (api-server, scheduler, dag-processor, triggerer) with Lethe's DAGs and the
+# Privacy compliance page; prints the URL and the admin's credentials. `make down` stops everything.
+up: .venv/.synced
+	$(RUN) lethe up
+
+down: .venv/.synced
+	$(RUN) lethe down
 
 test: lint typecheck pytest
 

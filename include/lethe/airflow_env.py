@@ -71,11 +71,14 @@ def configure(database_url: str, s3_endpoint_url: str, airflow_home: Path | None
     return home
 
 
+POOL_DESCRIPTION = "Lethe tasks loading the primary database"
+
+
 def pool_command() -> list[str]:
     """`airflow ...` arguments that create (or resize) the pool every Lethe task takes a slot of."""
     from lethe.dag_defaults import PRIMARY_POOL, PRIMARY_POOL_SLOTS
 
-    return ["pools", "set", PRIMARY_POOL, str(PRIMARY_POOL_SLOTS), "Lethe tasks loading the primary database"]
+    return ["pools", "set", PRIMARY_POOL, str(PRIMARY_POOL_SLOTS), POOL_DESCRIPTION]
 
 
 def migrate_metadata() -> None:

@@ -20,6 +20,7 @@ from lethe.policy import PolicyError
 FEATURE_COMMANDS = (
     "lethe.commands.platform",
     "lethe.commands.services",
+    "lethe.commands.local_airflow",
     "lethe.retention.cli",
     "lethe.erasure.cli",
     "lethe.backup.cli",
