@@ -165,3 +165,46 @@ def test_every_required_variable_is_in_the_env_example() -> None:
     required = set(re.findall(r"(?<!\$)\$\{([A-Z0-9_]+)", COMPOSE.read_text()))
     example = {line.split("=", 1)[0] for line in ENV_EXAMPLE.read_text().splitlines() if "=" in line}
     assert required <= example, f"missing from deploy/env.example: {sorted(required - example)}"
+
+
+def test_fab_auth_manager_with_the_admin_created_by_the_init_job(services: dict[str, Any]) -> None:
+    for name in AIRFLOW_SERVICES | {"airflow-init"}:
+        env = {key: substitute(str(value)) for key, value in services[name]["environment"].items()}
+        assert env["AIRFLOW__CORE__AUTH_MANAGER"] == (
+            "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
+        ), name
+        assert not [key for key in env if "SIMPLE_AUTH_MANAGER" in key], f"{name} still configures SimpleAuthManager"
+        assert env["AIRFLOW__API__SECRET_KEY"] == "<AIRFLOW_API_SECRET_KEY>", f"{name}: one session key from the env"
+    script = "\n".join(services["airflow-init"]["command"])
+    steps = [line.strip() for line in script.splitlines()]
+    create = next(line for line in steps if line.startswith("airflow users create"))
+    assert "--username admin" in create and "--role Admin" in create
+    # The password comes from the environment at run time (compose's $$ escapes to a literal $), never the file.
+    assert '--password "$$AIRFLOW_ADMIN_PASSWORD"' in create
+    assert steps.index("airflow db migrate") < steps.index("airflow fab-db migrate") < steps.index(create)
+    init_env = {key: substitute(str(value)) for key, value in services["airflow-init"]["environment"].items()}
+    assert init_env["AIRFLOW_ADMIN_PASSWORD"] == "<AIRFLOW_ADMIN_PASSWORD>"
+    assert services["airflow-apiserver"]["command"] == ["api-server"], "the api-server writes no password file"
+
+
+def test_redis_stays_on_7_2(services: dict[str, Any]) -> None:
+    assert services["redis"]["image"].startswith("redis:7.2."), services["redis"]["image"]
+
+
+def test_the_image_installs_what_uv_lock_pins_without_the_dev_group() -> None:
+    lines = DOCKERFILE.read_text().replace("\\\n", " ").splitlines()
+    copies = [line for line in lines if line.startswith("COPY")]
+    assert any("uv.lock" in line.split() for line in copies), "the lock file is not copied into the image"
+    run = " ".join(line for line in lines if line.startswith("RUN"))
+    export = re.search(r"uv export ([^&]+)", run)
+    assert export, "the image does not export its requirements from uv.lock"
+    options = export.group(1).split()
+    assert {"--frozen", "--no-dev", "--no-emit-project"} <= set(options), options
+    assert "--require-hashes" in run, "the exported pins are installed without their hashes"
+    installs = re.findall(r"pip install ([^&]+)", run)
+    project = [args for args in installs if "/opt/lethe" in args.split()]
+    assert project and all("--no-deps" in args.split() for args in project), "installing the project re-resolves"
+    dev = re.search(r"^dev = \[(.*?)^\]", (PROJECT_DIR / "pyproject.toml").read_text(), re.S | re.M)
+    assert dev
+    for requirement in re.findall(r'"([A-Za-z0-9_.-]+)', dev.group(1)):
+        assert requirement not in run, f"the image installs the dev dependency {requirement}"

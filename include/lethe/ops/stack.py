@@ -375,7 +375,7 @@ class AirflowStack:
             headers["Authorization"] = f"Bearer {self.token()}"
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.base_url + path, data=data, headers=headers, method=method)
-        with urllib.request.urlopen(req, timeout=30) as response:
+        with urllib.request.urlopen(req, timeout=120) as response:
             raw = response.read()
         return json.loads(raw) if raw else None
 
@@ -410,7 +410,12 @@ class AirflowStack:
         path = f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
         while time.monotonic() < deadline:
             self.check_alive()
-            state = str(self.request("GET", path)["state"])
+            try:
+                state = str(self.request("GET", path)["state"])
+            except (TimeoutError, urllib.error.URLError) as exc:  # a saturated api-server: ask again
+                if isinstance(exc, urllib.error.HTTPError):
+                    raise
+                continue
             if state in TERMINAL:
                 return state
             time.sleep(2)
