@@ -7,6 +7,7 @@ demo module (lethe.<feature>.demo) may give the run conf and prints a summary.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import time
 from types import ModuleType
@@ -15,6 +16,7 @@ from lethe import airflow_env
 from lethe.config import BUCKETS
 from lethe.embedded import services
 from lethe.ledger_anchor import LOCK_MODE_ENV, RETAIN_DAYS_ENV
+from lethe.processors.local import LocalProcessors
 
 DEMO_DATABASE = "lethe_demo"
 
@@ -50,11 +52,12 @@ def run_demo(users: int = 2000) -> int:
     # lock them in governance mode for a day (emptying bypasses it), never in compliance mode for years.
     os.environ[LOCK_MODE_ENV] = "GOVERNANCE"
     os.environ[RETAIN_DAYS_ENV] = "1"
-    with services() as (server_url, s3_url):
+    with services() as (server_url, s3_url), LocalProcessors() as processors:
         db_url = recreate_database(server_url, DEMO_DATABASE)
         empty_buckets(s3_url)
         print(f"Lethe demo: database {DEMO_DATABASE!r}, buckets {BUCKETS.prefix}-*")
         airflow_env.configure(db_url, s3_url)
+        _use_local_processors(processors)
         airflow_env.migrate_metadata()
         started = time.perf_counter()
         counts = seed(db_url, users)
@@ -65,6 +68,8 @@ def run_demo(users: int = 2000) -> int:
                 continue
             module = _demo_module(package)
             conf = module.conf(db_url) if module and hasattr(module, "conf") else {}
+            if dag_id == "subject_erasure" and conf.get("identifier_kind") == "email":
+                processors.subscribe(conf["identifier"], ses_regions())  # as the platform would have
             print(f"\n== {dag_id}")
             started = time.perf_counter()
             try:
@@ -78,3 +83,21 @@ def run_demo(users: int = 2000) -> int:
                     print(f"   {line}")
         print(f"\nLethe demo finished: {'all DAGs succeeded' if not failures else f'{failures} DAG(s) failed'}")
         return 1 if failures else 0
+
+
+def _use_local_processors(processors: LocalProcessors) -> None:
+    """Point the policy's processor connections at the demo's local stand-ins (never at a real provider)."""
+    os.environ.update(processor_env(processors))
+    os.environ.setdefault("LETHE_PROCESSOR_RETRY_SECONDS", "1")
+    print(f"processors: local stand-ins for SES, Mixpanel and Mailchimp at {processors.url}")
+
+
+def processor_env(processors: LocalProcessors) -> dict[str, str]:
+    """AIRFLOW_CONN_* for each processor connection, pointing at the stand-ins."""
+    return {f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(c) for conn_id, c in processors.connections().items()}
+
+
+def ses_regions() -> list[str]:
+    from lethe.policy import load_policy
+
+    return sorted({r for p in load_policy().processors.values() if p.connector == "aws_sesv2" for r in p.regions})

@@ -111,10 +111,12 @@ def lines(series: list[Series], label: str, unit: str = "", width: int = 560, he
                 f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2" fill="{colour}">'
                 f"<title>{escape(s.name)}, end of {escape(x_label)}: {_fmt(v or 0)}{unit}</title></circle>"
             )
+    last = len(labels) - 1
     for i, x_label in enumerate(labels):
-        if i % 7 == 0 or i == len(labels) - 1:
+        if (i % 7 == 0 and last - i >= 3) or i == last:  # weekly ticks, and the latest day at the right edge
+            anchor = "end" if i == last and i else "middle"
             parts.append(
-                f'<text x="{left + i * step:.1f}" y="{height - bottom + 12}" text-anchor="middle" {FONT}>'
+                f'<text x="{left + i * step:.1f}" y="{height - bottom + 12}" text-anchor="{anchor}" {FONT}>'
                 f"{escape(x_label[5:])}</text>"
             )
     parts.append(_legend(series, left, height - 4))
