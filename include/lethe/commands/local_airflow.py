@@ -60,6 +60,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"Airflow {'is already running' if running.already_running else 'is up'}: {running.url}")
     print(f"  user      {running.user}")
     print(f"  password  {running.password}  (generated on first start, kept in {running.password_file})")
+    print(f"  approver  {running.approver} / {running.approver_password}  (a second person approves erasures)")
     print(f"  logs      {running.logs}")
     print(f"  page      {running.url}/lethe-compliance/  (Browse > Privacy compliance)")
     if running.seeded_users:

@@ -18,7 +18,16 @@ from psycopg2 import sql
 
 from lethe.airflow_env import DAGS_FOLDER
 from lethe.config import lethe_home
-from lethe.ops.stack import ADMIN_USER, AirflowStack, StackError, admin_password, free_port, port_answers
+from lethe.ops.stack import (
+    ADMIN_USER,
+    APPROVER_USER,
+    PASSWORDS_FILE,
+    AirflowStack,
+    StackError,
+    free_port,
+    passwords,
+    port_answers,
+)
 
 METADATA_DATABASE = "airflow"
 DEFAULT_PORT = 8080
@@ -37,6 +46,8 @@ class Running:
     url: str
     user: str
     password: str
+    approver: str  # a second user: an erasure's requester never approves their own request
+    approver_password: str
     password_file: Path
     logs: Path
     pids: dict[str, int]
@@ -104,8 +115,10 @@ def up(
             return Running(
                 url=str(state["url"]),
                 user=ADMIN_USER,
-                password=admin_password(home),
-                password_file=home / "simple_auth_manager_passwords.json",
+                password=passwords(home)[ADMIN_USER],
+                approver=APPROVER_USER,
+                approver_password=passwords(home)[APPROVER_USER],
+                password_file=home / PASSWORDS_FILE,
                 logs=log_folder(),
                 pids={label: p.pid for label, p in running.items()},
                 seeded_users=0,
@@ -142,15 +155,16 @@ def up(
         stack.start()
         progress("waiting for the dag-processor to parse Lethe's DAGs")
         try:
-            stack.wait_for_dags(dag_ids())
-        except StackError:
-            stack.stop()
-            raise
+            stack.wait_for_dags(dag_ids(), timeout=600)
+        except StackError as exc:  # slow or broken parsing: Airflow runs; the UI shows import errors
+            progress(f"not every DAG is parsed yet (see {stack.log('dag-processor')}): {str(exc).splitlines()[0]}")
         return Running(
             url=stack.base_url,
             user=ADMIN_USER,
             password=stack.password,
-            password_file=home / "simple_auth_manager_passwords.json",
+            approver=APPROVER_USER,
+            approver_password=passwords(home)[APPROVER_USER],
+            password_file=home / PASSWORDS_FILE,
             logs=stack.log_folder,
             pids={label: p.pid for label, p in stack.processes.items()},
             seeded_users=seeded,

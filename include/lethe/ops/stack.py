@@ -3,7 +3,7 @@
 One harness for `lethe up` / `lethe down` and the end-to-end tests: DAGs run under the real scheduler
 and executor, not dag.test(), and the approval step (a deferred task) under the real triggerer.
 
-    stack = AirflowStack(home, primary_url=db, s3_endpoint=s3, metadata_url=url, password=pw)
+    stack = AirflowStack(home, primary_url=db, s3_endpoint=s3, metadata_url=url)
     stack.start()                       # migrates the metadata database, spawns the processes detached
     run_id = stack.trigger("subject_erasure", {"request_id": rid, "dry_run": False})
     assert stack.wait_for_run("subject_erasure", run_id) == "success"
@@ -40,6 +40,9 @@ from lethe.airflow_env import DAGS_FOLDER, PLUGINS_FOLDER, POOL_DESCRIPTION, loc
 from lethe.config import PRIMARY_REGION, local_s3_credentials
 
 ADMIN_USER = "admin"
+APPROVER_USER = "approver"
+# SimpleAuthManager users and roles: an erasure's requester never approves it, so a second person can.
+USERS = {ADMIN_USER: "admin", APPROVER_USER: "user"}
 REDIS = ("127.0.0.1", 6379)
 TERMINAL = {"success", "failed"}
 STATE_FILE = "stack.json"
@@ -69,16 +72,23 @@ def celery_available() -> bool:
     return port_answers(REDIS[1], REDIS[0]) and importlib.util.find_spec("airflow.providers.celery") is not None
 
 
-def admin_password(home: Path) -> str:
-    """The admin's password of the stack in `home`: generated on first use, then kept (0600) and reused."""
+def passwords(home: Path) -> dict[str, str]:
+    """The users' passwords of the stack in `home`: generated on first use, then kept (0600) and reused."""
     path = home / PASSWORDS_FILE
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        return str(json.loads(path.read_text())[ADMIN_USER])
+    kept: dict[str, str] = {}
+    with contextlib.suppress(OSError, ValueError):
+        kept = {str(k): str(v) for k, v in json.loads(path.read_text()).items()}
+    if set(USERS) <= set(kept):
+        return {user: kept[user] for user in USERS}
     home.mkdir(parents=True, exist_ok=True)
-    password = secrets.token_urlsafe(12)
+    kept = {user: kept.get(user) or secrets.token_urlsafe(12) for user in USERS}
     path.touch(mode=0o600)
-    path.write_text(json.dumps({ADMIN_USER: password}))
-    return password
+    path.write_text(json.dumps(kept))
+    return kept
+
+
+def admin_password(home: Path) -> str:
+    return passwords(home)[ADMIN_USER]
 
 
 class AirflowStack:
@@ -91,7 +101,6 @@ class AirflowStack:
         primary_url: str,
         s3_endpoint: str,
         metadata_url: str,
-        password: str | None = None,
         port: int | None = None,
         log_folder: Path | None = None,
         dags_folder: Path = DAGS_FOLDER,
@@ -104,7 +113,7 @@ class AirflowStack:
         self.primary_url = primary_url
         self.s3_endpoint = s3_endpoint
         self.metadata_url = metadata_url
-        self.password = password or admin_password(home)
+        self.password = admin_password(home)  # SimpleAuthManager reads the same file
         self.port = port or free_port()
         self.log_folder = log_folder or home / "logs"
         self.dags_folder = dags_folder
@@ -145,7 +154,7 @@ class AirflowStack:
                 "AIRFLOW__CORE__AUTH_MANAGER": (
                     "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
                 ),
-                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}" for u, r in USERS.items()),
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.home / PASSWORDS_FILE),
                 "AIRFLOW__API_AUTH__JWT_SECRET": self._jwt,
                 "AIRFLOW__API__BASE_URL": self.base_url,
@@ -153,6 +162,9 @@ class AirflowStack:
                 "AIRFLOW__API__PORT": str(self.port),
                 "AIRFLOW__API__WORKERS": "1",
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata,
+                # Importing a DAG file (Airflow, GX, pandas) takes over Airflow's 30 s default on a loaded machine.
+                "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "300",
+                "AIRFLOW__DAG_PROCESSOR__DAG_FILE_PROCESSOR_TIMEOUT": "600",
                 "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
                 "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "10",
                 "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
