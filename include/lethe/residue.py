@@ -237,6 +237,7 @@ class PlainIndex:
     people: list[Footprint]
     max_name_words: int = 1
     _by: dict[tuple[str, str], frozenset[int]] = field(default_factory=dict, init=False)
+    _prefilter: Prefilter | bool | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         by: dict[tuple[str, str], set[int]] = defaultdict(set)
@@ -250,6 +251,80 @@ class PlainIndex:
 
     def owners(self, kind: str, value: str) -> frozenset[int]:
         return self._by.get((kind, value), frozenset())
+
+    @property
+    def prefilter(self) -> Prefilter | None:
+        if self._prefilter is None:
+            self._prefilter = Prefilter.of(self.people)
+        return self._prefilter if isinstance(self._prefilter, Prefilter) else None
+
+
+_ASCII_WORD = re.compile(r"\w+", re.ASCII)
+_NOT_DIGIT = {c: None for c in range(128) if not chr(c).isdigit()}
+PHONE_TAIL = 7
+
+
+@dataclass(frozen=True)
+class Prefilter:
+    """A cheap test that an ASCII text cannot hold anyone of a batch, so most values skip `candidates`.
+
+    Never says no to a text that `matches` would find someone in: every spelling `candidates` turns
+    into a footprint value keeps something in the text that this test looks for:
+    - an email, username or cookie keeps the last word (\\w+) of its local part or of itself as a word
+      of the text (the characters around it end a word: `.`, `-`, `@`, `%`);
+    - a name keeps its longest word as a word of the text;
+    - a phone keeps the last 7 digits of its E.164 number, in a row once the text's other characters
+      are dropped (the separators a phone may be written with are never digits);
+    - an IPv4 address is written as itself (the same pattern as `candidates`).
+    A text it cannot reason about (not ASCII, so NFKC and Unicode digits apply; with `%`, so URL
+    decoding applies; with `:` when the batch has an IPv6 address) goes to `candidates`.
+    """
+
+    words: frozenset[str]
+    tails: frozenset[str]
+    ipv4: frozenset[str]
+    ipv6: bool
+
+    @classmethod
+    def of(cls, people: list[Footprint]) -> Prefilter | bool:
+        """The prefilter of these footprints; False when one value leaves it nothing safe to look for."""
+        words: set[str] = set()
+        tails: set[str] = set()
+        ipv4: set[str] = set()
+        ipv6 = False
+        for person in people:
+            for kind, values in person.values.items():
+                for value in values:
+                    if kind == "phone":
+                        digits = value.lstrip("+")
+                        if len(digits) < PHONE_TAIL or not digits.isascii() or not digits.isdigit():
+                            return False
+                        tails.add(digits[-PHONE_TAIL:])
+                    elif kind == "ip":
+                        if ":" in value:
+                            ipv6 = True
+                        else:
+                            ipv4.add(value)
+                    else:
+                        part = value.rsplit("@", 1)[0] if kind == "email" else value
+                        found = _WORD.findall(part)
+                        if not found:
+                            return False
+                        words.add(max(found, key=len) if kind == "name" else found[-1])
+        return cls(frozenset(words), frozenset(tails), frozenset(ipv4), ipv6)
+
+    def may_hold(self, text: str) -> bool:
+        if not text.isascii() or "%" in text or (self.ipv6 and ":" in text):
+            return True
+        folded = text.lower()
+        if not self.words.isdisjoint(_ASCII_WORD.findall(folded)):
+            return True
+        if self.tails:
+            digits = folded.translate(_NOT_DIGIT)
+            for i in range(len(digits) - PHONE_TAIL + 1):
+                if digits[i : i + PHONE_TAIL] in self.tails:
+                    return True
+        return bool(self.ipv4) and folded.count(".") >= 3 and any(m in self.ipv4 for m in _IPV4.findall(folded))
 
 
 ERASED = -1  # the owner a keyed match reports: the tombstone says someone erased, not who
@@ -453,32 +528,60 @@ def scan_rows(
 
     `with_columns` names, per table, other columns to return with each hit (a subject link).
     """
+    prefilter: Prefilter | None = getattr(index, "prefilter", None)
+    seen: dict[str, frozenset[int]] = {}  # values repeat (a feature, a browser): each is matched once
+
+    def found_in(value: str) -> frozenset[int]:
+        owners = seen.get(value)
+        if owners is None:
+            owners = frozenset(who(index, value)) if prefilter is None or prefilter.may_hold(value) else frozenset()
+            if len(seen) >= MEMO_SIZE:
+                seen.clear()
+            seen[value] = owners
+        return owners
+
     for table in tables:
         extra = (with_columns or {}).get(table.name, [])
         cols = [_as_text(sql.Identifier(c.name)) for c in table.columns]
-        cur.execute(
-            sql.SQL("SELECT tableoid::int, ctid::text, {extra}{cols} FROM {t} WHERE {any}").format(
-                extra=sql.SQL("").join(sql.SQL("{}, ").format(sql.Identifier(c)) for c in extra),
-                cols=sql.SQL(", ").join(cols),
-                t=table.ident,
-                any=sql.SQL(" OR ").join(
-                    sql.SQL("{} IS NOT NULL").format(sql.Identifier(c.name)) for c in table.columns
-                ),
-            )
+        query = sql.SQL("SELECT tableoid::int, ctid::text, {extra}{cols} FROM {t} WHERE {any}").format(
+            extra=sql.SQL("").join(sql.SQL("{}, ").format(sql.Identifier(c)) for c in extra),
+            cols=sql.SQL(", ").join(cols),
+            t=table.ident,
+            any=sql.SQL(" OR ").join(sql.SQL("{} IS NOT NULL").format(sql.Identifier(c.name)) for c in table.columns),
         )
-        for row in cur.fetchall():
-            values = row[2 + len(extra) :]
-            owners: dict[str, frozenset[int]] = {}
-            texts: dict[str, str] = {}
-            for column, value in zip(table.columns, values, strict=True):
-                if value is None or len(value) < MIN_LENGTH:
-                    continue
-                found = who(index, value)
-                if found:
-                    owners[column.name] = frozenset(found)
-                    texts[column.name] = value
-            if owners:
-                yield Hit(table, int(row[0]), str(row[1]), texts, owners, tuple(row[2 : 2 + len(extra)]))
+        for rows in _batches(cur, query):
+            for row in rows:
+                owners: dict[str, frozenset[int]] = {}
+                texts: dict[str, str] = {}
+                for column, value in zip(table.columns, row[2 + len(extra) :], strict=True):
+                    if value is None or len(value) < MIN_LENGTH:
+                        continue
+                    found = found_in(value)
+                    if found:
+                        owners[column.name] = found
+                        texts[column.name] = value
+                if owners:
+                    yield Hit(table, int(row[0]), str(row[1]), texts, owners, tuple(row[2 : 2 + len(extra)]))
+
+
+MEMO_SIZE = 100_000
+FETCH_ROWS = 20_000
+
+
+def _batches(cur: psycopg2.extensions.cursor, query: sql.Composable) -> Iterator[list[tuple[Any, ...]]]:
+    """The query's rows, FETCH_ROWS at a time through a server-side cursor (a table of 20M rows never sits
+    in memory whole); in autocommit mode, where a server-side cursor cannot live, all at once."""
+    if cur.connection.autocommit:
+        cur.execute(query)
+        yield cur.fetchall()
+        return
+    reader = cur.connection.cursor(name=f"lethe_residue_{id(query):x}")
+    try:
+        reader.execute(query)
+        while rows := reader.fetchmany(FETCH_ROWS):
+            yield rows
+    finally:
+        reader.close()
 
 
 Findings = dict[int, dict[str, int]]  # person -> "table.column" -> rows

@@ -119,3 +119,36 @@ def test_a_name_is_words_separated_by_spaces_only() -> None:
     for text in ("asha.kulkarni@example.org", "asha-kulkarni", "asha_kulkarni", "asha.kulkarni"):
         assert residue.who(index, text) == set(), text
     assert residue.who(index, "Asha\n Kulkarni") == {1}
+
+
+PASSING = [text for text, _ in SPELLINGS] + [
+    "/signup?email=asha.k%40example.test&next=%2F",
+    "asha_k and bhavin@example.org and 090000 00002",
+    '{"tel": 9876543210, "note": "asha_k"}',
+    "203.0.113.7/32",
+]
+
+
+@pytest.mark.parametrize("text", PASSING)
+def test_prefilter_never_turns_away_a_text_that_holds_someone(text: str) -> None:
+    index = PlainIndex([asha(), bhavin()])
+    assert residue.who(index, text)
+    assert index.prefilter is not None
+    assert index.prefilter.may_hold(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Course player",
+        "Mozilla/5.0 Chrome/130.0.6723.91",
+        "203.0.113.70 and 10.203.0.113",
+        "call 98765 43211",
+        "v7f3a9b0",
+    ],
+)
+def test_prefilter_turns_away_texts_without_anyone(text: str) -> None:
+    index = PlainIndex([asha(), bhavin()])
+    assert index.prefilter is not None
+    assert not index.prefilter.may_hold(text)
+    assert residue.who(index, text) == set()

@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg2.extensions
 from lethe.db import connect, transaction
-from lethe.erasure import certificate, execute, plan, request, verify
+from lethe.erasure import certificate, execute, plan, request, vacuum, verify
 from lethe.erasure.discovery import read_graph
 from lethe.erasure.plan import Work
 from lethe.policy import Policy, load_policy
@@ -200,7 +200,10 @@ def erase_run(run_id: str, db_url: str, key: bytes, policy: Policy | None = None
                 _fail(db_url, row["request_id"], exc)
                 failed += 1
                 log.error("erasure request %s failed: %s", row["request_id"], type(exc).__name__)
-    summary = {"requests": len(rows), "outcomes": dict(outcomes), "failed": failed}
+    with transaction(db_url) as cur:  # after the commits: the old row versions of the people leave the pages
+        changed = vacuum.touched(r["detail"] for r in processed(cur, run_id))
+    vacuumed = vacuum.vacuum(db_url, changed)
+    summary = {"requests": len(rows), "outcomes": dict(outcomes), "failed": failed, "vacuumed": len(vacuumed)}
     log.info("erasure executed: %s", json.dumps(summary, sort_keys=True))
     if failed:
         raise RequestsFailed(f"{failed} erasure request(s) failed; their error class is in erasure_requests.detail")
