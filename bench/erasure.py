@@ -29,6 +29,7 @@ import os
 import statistics
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,29 +43,52 @@ KEY = b"bench-erasure-pseudonym-key"
 
 
 class Clock:
-    """Seconds spent waiting on the database, summed over every timed cursor."""
+    """Seconds spent waiting on the database, summed over every timed cursor, and per statement's start."""
 
     db = 0.0
     statements = 0
+    by_statement: Counter[str] = Counter()
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.db, cls.statements, cls.by_statement = 0.0, 0, Counter()
+
+    @classmethod
+    def top(cls, n: int = 6) -> str:
+        return "; ".join(f"{s:.2f} s {q!r}" for q, s in cls.by_statement.most_common(n))
 
 
 class TimedCursor(psycopg2.extensions.cursor):
+    _key = ""
+
     def _timed(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         t0 = time.perf_counter()
         try:
             return fn(*args, **kwargs)
         finally:
-            Clock.db += time.perf_counter() - t0
+            spent = time.perf_counter() - t0
+            Clock.db += spent
             Clock.statements += 1
+            Clock.by_statement[self._key] += spent
+
+    def _start(self, query: Any) -> None:
+        if isinstance(query, bytes):  # execute_values sends bytes
+            text = query.decode(errors="replace")
+        else:
+            text = query if isinstance(query, str) else query.as_string(self)
+        self._key = " ".join(text.split())[:70]
 
     def execute(self, query: Any, vars: Any = None) -> Any:
+        self._start(query)
         return self._timed(super().execute, query, vars)
 
     def executemany(self, query: Any, vars_list: Any) -> Any:
+        self._start(query)
         return self._timed(super().executemany, query, vars_list)
 
-    def copy_expert(self, *args: Any, **kwargs: Any) -> Any:
-        return self._timed(super().copy_expert, *args, **kwargs)
+    def copy_expert(self, sql: Any, *args: Any, **kwargs: Any) -> Any:
+        self._start(sql)
+        return self._timed(super().copy_expert, sql, *args, **kwargs)
 
     def fetchone(self) -> Any:
         return self._timed(super().fetchone)
@@ -186,7 +210,7 @@ def _erase(url: str, policy: Any, people: list[tuple[int, str]]) -> dict[str, An
 
     run_id = f"bench-erasure-{uuid.uuid4()}"
     _claim(url, people, run_id)
-    Clock.db, Clock.statements = 0.0, 0
+    Clock.reset()
     Scanner.wall = Scanner.db = 0.0
     Scanner.passes = 0
     t0 = time.perf_counter()
@@ -200,6 +224,7 @@ def _erase(url: str, policy: Any, people: list[tuple[int, str]]) -> dict[str, An
         "scan_wall": Scanner.wall,
         "scan_db": Scanner.db,
         "passes": Scanner.passes,
+        "top": Clock.top(),
     }
 
 
@@ -317,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             f" without the scanner {r['db'] - r['scan_db']:.3f} s database",
             flush=True,
         )
+        print(f"  largest database shares: {r['top']}")
     if runs:
         db = statistics.median(r["db"] for r in runs)
         bare = statistics.median(r["db"] - r["scan_db"] for r in runs)
@@ -332,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             f"batch of {len(batch):,}: {b['wall']:.1f} s wall, {b['db']:.2f} s database in {b['statements']:,} calls;"
             f" scanner {b['passes']} passes {b['scan_wall']:.1f} s ({b['scan_db']:.2f} s database)"
         )
+        print(f"  largest database shares: {b['top']}")
         if runs:
             single_wall = statistics.mean(r["wall"] for r in runs) * len(batch)
             single_db = statistics.mean(r["db"] for r in runs) * len(batch)
