@@ -16,9 +16,12 @@ and nightly at 03:30 UTC. For each backup region (one mapped task each, with its
 own S3 client) it applies every tombstone not yet applied to every retained
 snapshot: only the objects of the tombstoned subjects' buckets are rewritten, each
 once for all its tombstones; the rewrite is read back and verified (checksum,
-rows = before - erased), the manifest updated, and then every noncurrent version
-of the object deleted. Per-region status goes to `backup_propagation_status`,
-the ledger (`backup_propagation`) and each erasure certificate.
+rows = before - erased) and the manifest updated. Every run then deletes every
+noncurrent version of every object of every retained snapshot, and only after that
+records the tombstones as applied. Incomplete snapshots left by a killed
+backup_nightly are deleted first (when no backup is being written in the region).
+Per-region status goes to `backup_propagation_status`, the ledger
+(`backup_propagation`) and each erasure certificate.
 
 Purged (expired) rows are not rewritten out of backups: they leave when the
 snapshots that hold them expire (policy `backups.retention`); see docs/backups.md.

@@ -14,7 +14,8 @@ Takes one snapshot of every table the policy marks `backup: true` and writes it
 to the backup bucket of **each backup region** (us-east-1, ap-southeast-1) as
 Parquet (zstd), one object per table and subject bucket, with server-side
 encryption on versioned buckets. The manifest (schema, row counts, sha256 per
-object, policy version) is written last: a snapshot without one does not exist.
+object, policy version) is written last: a snapshot without one does not exist, and
+the next run of this DAG or of backup_erasure_propagation deletes it, every version.
 Then snapshots older than the policy's `backups.retention` are deleted, every
 object version included.
 

@@ -14,6 +14,10 @@ Per backup region:
 - erased_mentions_left: no retained snapshot still names an erased person in other people's free
   text (spellings matched by the keyed pseudonyms of the tombstones' identifiers).
 
+Both also cover what no manifest names: every noncurrent version under the snapshots prefix, and
+every object of an incomplete snapshot (a killed backup), read in full on every audit; after a
+propagation there are none, so this costs one listing per region.
+
 Contents are read only where they can have changed since the last audit that passed the region: the
 snapshots it did not see, objects written since it listed the bucket (by S3's own clock), objects a
 tombstone erased since then can be in (and, when it left identifiers, every free-text object), plus a
@@ -193,6 +197,21 @@ def audit_region(
     left: set[str] = set()
     mentions = 0
     bytes_read = 0
+    stale = _stale_versions(client, bucket, {m.snapshot_id for m in manifests})
+    for version in stale:  # no manifest vouches for these: every row and every text column is read
+        data = bytes(
+            client.get_object(Bucket=bucket, Key=version["Key"], VersionId=version["VersionId"])["Body"].read()
+        )
+        bytes_read += len(data)
+        if not version["Key"].endswith(".parquet"):
+            continue
+        rows = frames.from_parquet(data)
+        if layout.SUBJECT_COLUMN in rows.column_names:
+            left.update(frames.erase_subjects(rows, erased, "delete", {})[1].per_subject)
+        texts = [
+            f.name for f in rows.schema if f.name != layout.SUBJECT_COLUMN and str(f.type) in ("string", "large_string")
+        ]
+        mentions += finder.redact_columns(rows, texts)[1] if finder.identifier_pseudonyms else 0
     for key, (entry, obj) in to_read.items():
         try:
             data = store.get(client, bucket, key)
@@ -228,12 +247,27 @@ def audit_region(
         "objects_read": len(to_read),
         "bytes_read": bytes_read,
         "read_because": reasons,
+        "old_versions_read": len(stale),  # noncurrent versions and objects of incomplete snapshots
         "since": since.listed_at.isoformat() if since else None,
         "listed_at": listed_at.isoformat(),
         "snapshot_ids": [m.snapshot_id for m in manifests],
         "tombstones": len(erased),
     }
     return counts, details
+
+
+def _stale_versions(client: Any, bucket: str, complete: set[str]) -> list[dict[str, Any]]:
+    """Object versions no manifest vouches for: noncurrent ones, and every one of a snapshot without a manifest."""
+    from lethe.backup import layout, store
+
+    found = []
+    for v in store.versions(client, bucket, layout.SNAPSHOT_PREFIX):
+        if v["DeleteMarker"]:
+            continue
+        sid = v["Key"][len(layout.SNAPSHOT_PREFIX) :].split("/", 1)[0]
+        if not v["IsLatest"] or sid not in complete:
+            found.append(v)
+    return found
 
 
 def check_backups(

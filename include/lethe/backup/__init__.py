@@ -10,6 +10,8 @@ Modules, one concern each:
 - propagate: backup_erasure_propagation's rewrite of one region
 - expiry: snapshots past the backup retention, every version deleted
 - restore: a snapshot loaded into a database with every tombstone replayed
+- links: the links of kept rows the primary's erasure cuts (foreign keys to erased rows, holds), cut alike
+- writer: one writer per region (advisory lock), and the incomplete snapshots a killed backup left
 - locks: S3 Object Lock settings that would block erasure
 - certificate: the erasure certificate's per-region section
 """

@@ -4,17 +4,25 @@ For each complete snapshot, the tombstones not yet applied to it are grouped by
 the objects that can hold their rows (subject bucket of the pseudonym), and each
 affected object is rewritten once for all of them. Free-text columns of every
 object are searched too, for mentions of the erased people by the keyed
-pseudonyms of their identifiers (lethe.backup.mentions), in the same rewrite. Order, so that a kill at any
-point loses nothing and a rerun finishes the job:
+pseudonyms of their identifiers (lethe.backup.mentions), in the same rewrite, and the
+links the primary cuts in kept rows are cut too (lethe.backup.links: an erased person's
+legal holds name them by pseudonym only). Order, so that a kill at any point loses
+nothing and a rerun finishes the job:
 
-1. put the rewritten object (the old version stays until step 4), read it back and
+0. when no backup is being written in the region (its writer lock is free), delete the
+   incomplete snapshots a killed backup_nightly left (lethe.backup.writer), and hold the
+   lock for the run;
+1. put the rewritten object (the old version stays until step 3), read it back and
    check its checksum and that rows = before - erased;
 2. write the manifest with the new checksums and row counts;
-3. record the tombstones as applied to this snapshot (database);
-4. delete every noncurrent version of each affected object and of the manifest.
+3. delete every noncurrent version (and delete marker) of every object of the snapshot,
+   whether this run rewrote it or an earlier, killed one did;
+4. only then record the tombstones as applied to this snapshot (database): a snapshot
+   counts as applied when no version of any of its objects holds an erased person.
 
-A rerun finds the tombstones still pending, sees the object already clean, repairs
-the manifest entry from the object itself and deletes the old versions.
+Step 3 runs for every retained snapshot on every run, pending tombstones or not. A
+rerun finds the tombstones still pending, sees the object already clean, repairs the
+manifest entry from the object itself, deletes the old versions and records.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from lethe.backup import frames, layout, store
+from lethe.backup import frames, layout, links, store, writer
 from lethe.backup.manifest import Manifest, ObjectEntry, TableEntry, complete_manifests
 from lethe.backup.manifest import write as write_manifest
 from lethe.backup.mentions import MentionFinder
@@ -42,6 +50,10 @@ REWRITE_THREADS = 4
 
 class PropagationInterrupted(RuntimeError):
     """Raised by the interruption drill (interrupt_after_puts) to prove a half-done run is safe."""
+
+
+STEPS = ("remove_incomplete", "put_object", "write_manifest", "sweep_versions", "record_applied", "record_status")
+"""Propagation's steps in order, each a module-level function the region's run calls by name."""
 
 
 @dataclass
@@ -62,6 +74,8 @@ class RegionResult:
     mentions_redacted: int = 0  # erased people's identifiers replaced in other people's free text
     mentions_left: int = 0  # post-condition: such mentions still in a rewritten object
     noncurrent_versions_deleted: int = 0
+    incomplete_snapshots_removed: int = 0
+    holds_forgotten: int = 0  # legal holds of erased people now naming them by pseudonym only
     certificates_updated: int = 0
     certificates_missing: int = 0
     rewrites_per_object: dict[str, int] = field(default_factory=dict)
@@ -80,6 +94,7 @@ class _Job:
     obj: ObjectEntry
     pseudonyms: set[str]  # subjects whose rows this object can hold (empty: searched for mentions only)
     mentions: bool = False  # search the table's free-text columns
+    holds: set[str] = field(default_factory=set)  # a legal holds object: forget holds of these subjects
 
 
 class _Drill:
@@ -125,28 +140,14 @@ def propagate_region(
         cur.execute("SELECT subject_pseudonym FROM backup_propagation_status WHERE region = %s", (region,))
         known_status = {row[0] for row in cur.fetchall()}
     result.tombstones = len(tombstones)
-    drill = _Drill(interrupt_after_puts)
-    per_subject: dict[str, dict[str, int]] = defaultdict(lambda: {"snapshots": 0, "objects": 0, "bytes": 0})
-    touched: set[str] = set()
-    manifests = complete_manifests(client, bucket)
-    result.snapshots = len(manifests)
-    for manifest in manifests:
-        pending = set(tombstones) - applied[manifest.snapshot_id]
-        if not pending:
-            continue
-        finder = MentionFinder(key, frozenset(i for p in pending for i in identifiers[p]))
-        jobs = _affected_jobs(manifest, pending, finder)
-        _rewrite_snapshot(client, bucket, manifest, jobs, finder, len(pending), result, per_subject, drill)
-        with transaction(db_url) as cur:
-            cur.execute(
-                "INSERT INTO backup_tombstone_applications (snapshot_id, region, subject_pseudonym)"
-                " SELECT %s, %s, unnest(%s::text[]) ON CONFLICT DO NOTHING",
-                (manifest.snapshot_id, region, sorted(pending)),
-            )
-        result.noncurrent_versions_deleted += _drop_old_versions(client, bucket, manifest, jobs)
-        for pseudonym in pending:
-            per_subject[pseudonym]["snapshots"] += 1
-        touched |= pending
+    with writer.region_lock(db_url, region, wait=False) as alone:
+        if alone:  # no backup being written in this region: what has no manifest was left by a killed one
+            result.incomplete_snapshots_removed = len(remove_incomplete(db_url, region, client, bucket)[0])
+        else:
+            log.info("region %s: a backup is being written; its incomplete snapshot is left to it", region)
+        touched, per_subject = _propagate_snapshots(
+            db_url, client, bucket, region, tombstones, identifiers, applied, key, result, interrupt_after_puts
+        )
     if result.objects_rewritten:
         from lethe.quality import zero_rows
 
@@ -154,9 +155,57 @@ def propagate_region(
             f"backup_propagation_{region}",
             {"tombstoned_rows_left": result.tombstoned_rows_left, "mentions_left": result.mentions_left},
         ).raise_if_failed()
-    _record_status(db_url, region, tombstones, touched, known_status, per_subject, result)
+    record_status(db_url, region, tombstones, touched, known_status, per_subject, result)
     _update_certificates(db_url, region, certificates_endpoint or endpoint_url, result)
     return result
+
+
+def _propagate_snapshots(
+    db_url: str,
+    client: Any,
+    bucket: str,
+    region: str,
+    tombstones: dict[str, str | None],
+    identifiers: dict[str, list[str]],
+    applied: dict[str, set[str]],
+    key: bytes,
+    result: RegionResult,
+    interrupt_after_puts: int | None,
+) -> tuple[set[str], dict[str, dict[str, int]]]:
+    drill = _Drill(interrupt_after_puts)
+    per_subject: dict[str, dict[str, int]] = defaultdict(lambda: {"snapshots": 0, "objects": 0, "bytes": 0})
+    touched: set[str] = set()
+    manifests = complete_manifests(client, bucket)
+    result.snapshots = len(manifests)
+    for manifest in manifests:
+        pending = set(tombstones) - applied[manifest.snapshot_id]
+        if pending:
+            finder = MentionFinder(key, frozenset(i for p in pending for i in identifiers[p]))
+            jobs = _affected_jobs(manifest, pending, finder)
+            _rewrite_snapshot(client, bucket, manifest, jobs, finder, len(pending), result, per_subject, drill)
+        # Every run, every retained snapshot: no old version may outlive its rewrite, whoever wrote it.
+        result.noncurrent_versions_deleted += sweep_versions(client, bucket, manifest.snapshot_id)
+        if pending:
+            record_applied(db_url, region, manifest.snapshot_id, pending)
+            for pseudonym in pending:
+                per_subject[pseudonym]["snapshots"] += 1
+            touched |= pending
+    return touched, per_subject
+
+
+def remove_incomplete(db_url: str, region: str, client: Any, bucket: str) -> tuple[list[str], int]:
+    """Step 0 (under the free writer lock): snapshots a killed backup left without a manifest go, every version."""
+    return writer.remove_incomplete(db_url, region, client, bucket)
+
+
+def record_applied(db_url: str, region: str, sid: str, pending: set[str]) -> None:
+    """The tombstones are applied to snapshot `sid`: written only once no version in it holds their people."""
+    with transaction(db_url) as cur:
+        cur.execute(
+            "INSERT INTO backup_tombstone_applications (snapshot_id, region, subject_pseudonym)"
+            " SELECT %s, %s, unnest(%s::text[]) ON CONFLICT DO NOTHING",
+            (sid, region, sorted(pending)),
+        )
 
 
 def _affected_jobs(manifest: Manifest, pending: set[str], finder: MentionFinder) -> list[_Job]:
@@ -167,6 +216,9 @@ def _affected_jobs(manifest: Manifest, pending: set[str], finder: MentionFinder)
         for table, entry in manifest.tables.items():
             for obj in entry.objects if entry.free_text else ():
                 jobs.setdefault(obj.key, _Job(table, entry, obj, set())).mentions = True
+    for table, entry in manifest.tables.items():
+        for obj in entry.objects if links.is_holds_table(table) else ():
+            jobs.setdefault(obj.key, _Job(table, entry, obj, set())).holds = set(pending)
     return list(jobs.values())
 
 
@@ -191,12 +243,14 @@ def _rewrite_snapshot(
         new, erased = frames.erase_subjects(
             frame, job.pseudonyms, job.entry.erasure_action, job.entry.erasure_columns, job.entry.pseudonym_column
         )
-        mentions = 0
+        mentions = forgotten = 0
         if job.mentions:
             new, mentions = finder.redact_columns(new, job.entry.free_text)
+        if job.holds:
+            new, forgotten = links.forget_holds(new, finder.key, job.holds)
         with lock:
             result.objects_read += 1
-        if erased.changed == 0 and mentions == 0:
+        if erased.changed == 0 and mentions == 0 and forgotten == 0:
             digest = hashlib.sha256(data).hexdigest()
             if digest != job.obj.sha256 or before != job.obj.rows:
                 # An interrupted run already rewrote this object but not the manifest: take the object's truth.
@@ -205,13 +259,14 @@ def _rewrite_snapshot(
                     changed["repaired"] += 1
             return
         body = frames.to_parquet(new)
-        digest = store.put(client, bucket, job.obj.key, body)
+        digest = put_object(client, bucket, job.obj.key, body)
         drill.put_done()
         served = store.get(client, bucket, job.obj.key)  # verify what S3 now serves, not what we meant to send
         served_frame = frames.from_parquet(served)
         served_rows = served_frame.num_rows
         _, left = frames.erase_subjects(served_frame, job.pseudonyms, "delete", {})
         _, mentions_left = finder.redact_columns(served_frame, job.entry.free_text) if job.mentions else (None, 0)
+        holds_left = links.held_subjects_left(served_frame, finder.key, job.holds) if job.holds else 0
         if hashlib.sha256(served).hexdigest() != digest or served_rows != before - erased.deleted:
             raise RuntimeError(
                 f"s3://{bucket}/{job.obj.key}: rewrite not verified (rows {served_rows}, expected "
@@ -219,7 +274,8 @@ def _rewrite_snapshot(
             )
         job.obj.sha256, job.obj.rows, job.obj.bytes = digest, served_rows, len(body)
         with lock:
-            result.tombstoned_rows_left += left.deleted
+            result.tombstoned_rows_left += left.deleted + holds_left
+            result.holds_forgotten += forgotten
             result.mentions_left += mentions_left
             changed["mentions"] += mentions
             changed["objects"] += 1
@@ -251,7 +307,7 @@ def _rewrite_snapshot(
                 "bytes_rewritten": changed["bytes"],
             }
         )
-        write_manifest(client, bucket, manifest)
+        write_manifest(client, bucket, manifest)  # step 2
         result.snapshots_rewritten += 1
     result.objects_rewritten += changed["objects"]
     result.rows_deleted += changed["deleted"]
@@ -261,21 +317,22 @@ def _rewrite_snapshot(
     result.manifest_entries_repaired += changed["repaired"]
 
 
-def _drop_old_versions(client: Any, bucket: str, manifest: Manifest, jobs: list[_Job]) -> int:
-    """Every noncurrent version of each affected object and of the manifest: old bytes must not stay readable.
+def put_object(client: Any, bucket: str, key: str, body: bytes) -> str:
+    """Step 1: the rewritten object as a new version (the old one stays until the sweep)."""
+    return store.put(client, bucket, key, body)
+
+
+def sweep_versions(client: Any, bucket: str, sid: str) -> int:
+    """Step 3: every noncurrent version and delete marker under a snapshot's prefix, for good.
 
     One listing of the snapshot's prefix, not one per object: listing cost grows with the bucket on some servers.
     """
-    keys = {job.obj.key for job in jobs} | {layout.manifest_key(manifest.snapshot_id)}
-    doomed = [
-        v
-        for v in store.versions(client, bucket, layout.snapshot_prefix(manifest.snapshot_id))
-        if v["Key"] in keys and not v["IsLatest"]
-    ]
+    listed = store.versions(client, bucket, layout.snapshot_prefix(sid))
+    doomed = [v for v in listed if not v["IsLatest"] or v["DeleteMarker"]]
     return delete_versions(client, bucket, doomed)
 
 
-def _record_status(
+def record_status(
     db_url: str,
     region: str,
     tombstones: dict[str, str | None],

@@ -6,8 +6,12 @@ because a person erased after the snapshot was taken is still in it if
 propagation has not reached it yet. Rows of a tombstoned subject are erased in
 memory before they are loaded, by each table's erasure action, and mentions of
 erased people in free text are redacted (lethe.backup.mentions), so they never
-touch the target. The result is then checked by recomputing the keyed pseudonym
-of every subject in the target.
+touch the target. The links the primary's erasure cuts in kept rows are cut the
+same way (lethe.backup.links): a kept row pointing at an erased row loses that
+link, an erased person's legal hold names them by pseudonym only. The result is
+then checked by recomputing the keyed pseudonym of every subject in the target and
+by counting, for every foreign key among the restored tables, rows whose link finds
+no parent; a foreign key the primary has and the target lacks fails the check too.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import psycopg2.extensions
 import pyarrow as pa
 from psycopg2 import sql
 
-from lethe.backup import frames, layout, store
+from lethe.backup import frames, layout, links, store
 from lethe.backup.manifest import Manifest, TableEntry, read
 from lethe.backup.mentions import MentionFinder
 from lethe.config import BUCKETS
@@ -43,7 +47,16 @@ class RestoreReport:
     rows_removed: dict[str, int] = field(default_factory=dict)
     rows_pseudonymised: dict[str, int] = field(default_factory=dict)
     mentions_redacted: dict[str, int] = field(default_factory=dict)
+    links_cut: dict[str, int] = field(default_factory=dict)
+    holds_forgotten: int = 0
     tombstoned_rows_left: int = 0
+    foreign_keys_checked: int = 0
+    orphan_rows: dict[str, int] = field(default_factory=dict)  # foreign key -> rows whose parent is missing
+    foreign_keys_missing: list[str] = field(default_factory=list)  # in the primary, not in the target
+
+    @property
+    def verified(self) -> bool:
+        return self.tombstoned_rows_left == 0 and not self.orphan_rows and not self.foreign_keys_missing
 
     @property
     def tombstones_replayed(self) -> int:
@@ -153,6 +166,7 @@ def restore_snapshot(
                 f"target database is not empty (rows in {', '.join(not_empty)}): restore into an empty database"
             )
         order = load_order(cur, tables)
+        fks = links.foreign_keys(cur, tables)
 
     snapshot_tombstones = (
         _read_table(client, bucket, TOMBSTONES, manifest.tables[TOMBSTONES]) if TOMBSTONES in tables else None
@@ -173,6 +187,9 @@ def restore_snapshot(
     if report.primary_reachable is False:
         out("warning: the primary database could not be reached; only the snapshot's own tombstones are replayed")
 
+    expected = _primary_foreign_keys(primary_url, target_url, tables) if report.primary_reachable else []
+    fks = list({fk.describe(): fk for fk in [*fks, *expected]}.values())  # cut what either side links
+    present: dict[tuple[str, tuple[str, ...]], set[tuple[object, ...]]] = {}  # parent keys left after erasure
     with transaction(target_url) as cur:
         for table in order:
             entry = manifest.tables[table]
@@ -182,11 +199,23 @@ def restore_snapshot(
             frame, done = frames.erase_subjects(
                 frame, erased, entry.erasure_action, entry.erasure_columns, entry.pseudonym_column
             )
+            if links.is_holds_table(table):
+                frame, report.holds_forgotten = links.forget_holds(frame, key, erased)
             free_text = entry.free_text or (policy.tables[table].free_text if table in policy.tables else [])
             frame, mentions = finder.redact_columns(frame, free_text)
+            for fk in fks:  # parents come first (load order); a table's links to itself are checked against itself
+                if fk.parent == table:
+                    present[(table, fk.parent_columns)] = links.parent_keys(frame, fk.parent_columns)
+            cut = 0
+            for fk in fks:
+                if fk.child == table:
+                    frame, n = links.cut_dangling(frame, fk, present[(fk.parent, fk.parent_columns)])
+                    cut += n
             report.rows_loaded[table] = frames.copy_into(cur, table, frame)
             if mentions:
                 report.mentions_redacted[table] = mentions
+            if cut:
+                report.links_cut[table] = cut
             if done.deleted:
                 report.rows_removed[table] = done.deleted
             if done.pseudonymised:
@@ -198,6 +227,7 @@ def restore_snapshot(
                 row,
             )
     report.tombstoned_rows_left = verify_no_tombstoned_rows(target_url, manifest, erased, key)
+    verify_links(target_url, tables, expected, report)
     out(
         f"replayed {report.tombstones_replayed} tombstones ({report.tombstones_in_snapshot} in the snapshot, "
         f"{report.tombstones_from_primary} more from the primary)"
@@ -210,12 +240,56 @@ def restore_snapshot(
             extra.append(f"{report.rows_pseudonymised[table]} rows pseudonymised")
         if table in report.mentions_redacted:
             extra.append(f"{report.mentions_redacted[table]} mentions of erased people redacted")
+        if table in report.links_cut:
+            extra.append(f"{report.links_cut[table]} links to erased rows cut")
+        if links.is_holds_table(table) and report.holds_forgotten:
+            extra.append(f"{report.holds_forgotten} holds of erased people named by pseudonym only")
         out(f"  {table}: {report.rows_loaded[table]} rows loaded" + (f" ({', '.join(extra)})" if extra else ""))
-    verdict = "ok" if report.tombstoned_rows_left == 0 else "FAILED"
-    out(f"verified: {report.tombstoned_rows_left} rows of any tombstoned subject in the target ({verdict})")
+    orphans = sum(report.orphan_rows.values())
+    verdict = "ok" if report.verified else "FAILED"
+    out(
+        f"verified: {report.tombstoned_rows_left} rows of any tombstoned subject in the target; "
+        f"{report.foreign_keys_checked} foreign keys checked, {orphans} rows with a missing parent, "
+        f"{len(report.foreign_keys_missing)} foreign keys of the primary missing in the target ({verdict})"
+    )
+    for name, n in sorted(report.orphan_rows.items()):
+        out(f"  {name}: {n} rows point at no parent row")
+    for name in report.foreign_keys_missing:
+        out(f"  {name}: declared in the primary, absent in the target (links not enforced there)")
     if report.tombstoned_rows_left:
         raise ConfigurationError(f"restore left {report.tombstoned_rows_left} rows of erased people in the target")
+    if not report.verified:
+        raise ConfigurationError(
+            "restore loaded rows whose foreign keys are not intact in the target (see the lines above); "
+            "do not use this database"
+        )
     return report
+
+
+def _primary_foreign_keys(primary_url: str | None, target_url: str, tables: list[str]) -> list[links.ForeignKey]:
+    if not primary_url or primary_url == target_url:
+        return []
+    try:
+        with transaction(primary_url) as cur:
+            return links.foreign_keys(cur, tables)
+    except (ConfigurationError, psycopg2.Error):
+        return []
+
+
+def verify_links(target_url: str, tables: list[str], expected: list[links.ForeignKey], report: RestoreReport) -> None:
+    """Every foreign key among the restored tables, from the target's catalogue and the primary's (`expected`):
+    rows whose link finds no parent row, counted with plain SQL whether or not the target enforces the key, and
+    keys the primary declares that the target lacks."""
+    with transaction(target_url) as cur:
+        found = links.foreign_keys(cur, tables)
+        have = {fk.describe() for fk in found}
+        report.foreign_keys_missing = sorted(fk.describe() for fk in expected if fk.describe() not in have)
+        checked = {fk.describe(): fk for fk in [*found, *expected]}
+        for name, fk in sorted(checked.items()):
+            n = links.orphans(cur, fk)
+            if n:
+                report.orphan_rows[name] = n
+    report.foreign_keys_checked = len(checked)
 
 
 def verify_no_tombstoned_rows(target_url: str, manifest: Manifest, erased: set[str], key: bytes) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg2.extensions
 
-from lethe.backup import frames, layout, locks, store
+from lethe.backup import frames, layout, locks, store, writer
 from lethe.backup.manifest import Manifest, ObjectEntry, TableEntry
 from lethe.backup.manifest import write as write_manifest
 from lethe.config import BUCKETS
@@ -74,6 +74,42 @@ def take_snapshot(
     problem = locks.bucket_violation(client, bucket, erasure_deadline_days)
     if problem:
         raise RuntimeError(f"backup region {region}: refusing to write a snapshot: {problem}")
+    with writer.region_lock(db_url, region, wait=True):  # held until the manifest is written
+        done = _export(db_url, region, client, bucket, sid, policy, key)
+    if done is None:
+        return {"region": region, "snapshot_id": sid, "status": "already complete"}
+    manifest, leftovers, tombstones = done
+    summary = {
+        "region": region,
+        "snapshot_id": sid,
+        "status": "complete",
+        "tables": len(manifest.tables),
+        "objects": len(manifest.objects),
+        "rows": manifest.total_rows,
+        "bytes": manifest.total_bytes,
+        "leftover_versions_removed": leftovers,
+    }
+    with transaction(db_url) as cur:
+        cur.execute(
+            "UPDATE backup_snapshots SET status = 'complete', completed_at = now(), objects = %s, rows = %s,"
+            " bytes = %s WHERE snapshot_id = %s AND region = %s",
+            (summary["objects"], summary["rows"], summary["bytes"], sid, region),
+        )
+        cur.execute(
+            "INSERT INTO backup_tombstone_applications (snapshot_id, region, subject_pseudonym)"
+            " SELECT %s, %s, unnest(%s::text[]) ON CONFLICT DO NOTHING",
+            (sid, region, sorted(tombstones)),
+        )
+        from lethe.ledger import append
+
+        append(cur, "backup_snapshot", {k: v for k, v in summary.items() if k != "status"})
+    return summary
+
+
+def _export(
+    db_url: str, region: str, client: Any, bucket: str, sid: str, policy: Policy, key: bytes
+) -> tuple[Manifest, int, set[str]] | None:
+    """Write the snapshot's objects, then its manifest; None when it is already complete. Under the region lock."""
     if store.exists(client, bucket, layout.manifest_key(sid)):
         log.info("snapshot %s already complete in %s", sid, region)
         with transaction(db_url) as cur:  # killed after the manifest, before the catalogue: catch up
@@ -82,9 +118,10 @@ def take_snapshot(
                 " WHERE snapshot_id = %s AND region = %s AND status = 'writing'",
                 (sid, region),
             )
-        return {"region": region, "snapshot_id": sid, "status": "already complete"}
-    # Leftovers of a killed attempt are incomplete (no manifest): remove every version before writing anew.
-    leftovers = store.delete_everything(client, bucket, layout.snapshot_prefix(sid))
+        return None
+    # Leftovers of killed attempts (this snapshot's or an earlier one's) have no manifest, and no writer
+    # holds the lock: remove every version of them before writing anew.
+    _, leftovers = writer.remove_incomplete(db_url, region, client, bucket)
     with transaction(db_url) as cur:
         cur.execute(
             "INSERT INTO backup_snapshots (snapshot_id, region, status, policy_version) VALUES (%s, %s, 'writing', %s)"
@@ -112,31 +149,7 @@ def take_snapshot(
 
         manifest.tables = export_tables(cur, backed_up_tables(policy), policy, key, tombstones, upload)
     write_manifest(client, bucket, manifest)  # last: from here on the snapshot exists
-    summary = {
-        "region": region,
-        "snapshot_id": sid,
-        "status": "complete",
-        "tables": len(manifest.tables),
-        "objects": len(manifest.objects),
-        "rows": manifest.total_rows,
-        "bytes": manifest.total_bytes,
-        "leftover_versions_removed": leftovers,
-    }
-    with transaction(db_url) as cur:
-        cur.execute(
-            "UPDATE backup_snapshots SET status = 'complete', completed_at = now(), objects = %s, rows = %s,"
-            " bytes = %s WHERE snapshot_id = %s AND region = %s",
-            (summary["objects"], summary["rows"], summary["bytes"], sid, region),
-        )
-        cur.execute(
-            "INSERT INTO backup_tombstone_applications (snapshot_id, region, subject_pseudonym)"
-            " SELECT %s, %s, unnest(%s::text[]) ON CONFLICT DO NOTHING",
-            (sid, region, sorted(tombstones)),
-        )
-        from lethe.ledger import append
-
-        append(cur, "backup_snapshot", {k: v for k, v in summary.items() if k != "status"})
-    return summary
+    return manifest, leftovers, tombstones
 
 
 Sink = Callable[[str, int | None, bytes], tuple[str, str]]

@@ -1,0 +1,160 @@
+"""The links of kept rows that the primary's erasure cuts, cut the same way in backups and restores.
+
+The primary's erasure (lethe.erasure.execute) does more to kept rows than its per-table action:
+- a kept row's foreign key to a row being deleted is set to NULL (`_cut_links`);
+- an erased person's legal holds stay as the record of a legal obligation, but their subject key and
+  free reference go and the keyed pseudonym names them instead (`lethe.holds.forget_subjects`).
+
+Propagation and restore do the same to the frames they rewrite or load, so a restored snapshot has
+intact foreign keys and no hold pointing at an erased person. `foreign_keys` and `orphans` read the
+target database's own catalogue, so a restore verifies the links it loaded rather than trusting them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg2.extensions
+import pyarrow as pa
+import pyarrow.compute as pc
+from psycopg2 import sql
+
+from lethe.db import ConfigurationError
+from lethe.holds import HOLDS
+from lethe.pseudonym import subject_pseudonym
+
+
+class LinkError(ConfigurationError):
+    """A kept row references an erased row through a NOT NULL link: names table, columns and count."""
+
+
+@dataclass(frozen=True)
+class ForeignKey:
+    child: str
+    child_columns: tuple[str, ...]
+    parent: str
+    parent_columns: tuple[str, ...]
+    not_null: bool  # some child column is NOT NULL: the link cannot be cut
+
+    def describe(self) -> str:
+        return f"{self.child}({', '.join(self.child_columns)}) -> {self.parent}({', '.join(self.parent_columns)})"
+
+
+_FK_SQL = """
+SELECT ch.relname, pa.relname,
+       ARRAY(SELECT a.attname::text FROM unnest(k.conkey) WITH ORDINALITY u(n, i)
+             JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = u.n ORDER BY u.i),
+       ARRAY(SELECT a.attname::text FROM unnest(k.confkey) WITH ORDINALITY u(n, i)
+             JOIN pg_attribute a ON a.attrelid = k.confrelid AND a.attnum = u.n ORDER BY u.i),
+       EXISTS (SELECT 1 FROM unnest(k.conkey) u(n) JOIN pg_attribute a ON a.attrelid = k.conrelid
+               AND a.attnum = u.n WHERE a.attnotnull)
+FROM pg_constraint k
+JOIN pg_class ch ON ch.oid = k.conrelid
+JOIN pg_class pa ON pa.oid = k.confrelid
+WHERE k.contype = 'f' AND k.conparentid = 0
+  AND k.conrelid IN (SELECT to_regclass(quote_ident(t)) FROM unnest(%(tables)s::text[]) t)
+  AND k.confrelid IN (SELECT to_regclass(quote_ident(t)) FROM unnest(%(tables)s::text[]) t)
+ORDER BY 1, 3
+"""
+
+
+def foreign_keys(cur: psycopg2.extensions.cursor, tables: list[str]) -> list[ForeignKey]:
+    """Foreign keys among `tables` (as the connection's search_path finds them), declared on the tables."""
+    cur.execute(_FK_SQL, {"tables": tables})
+    return [ForeignKey(c, tuple(cc), p, tuple(pcs), bool(nn)) for c, p, cc, pcs, nn in cur.fetchall()]
+
+
+def orphans(cur: psycopg2.extensions.cursor, fk: ForeignKey) -> int:
+    """Rows of the child whose (non-null) link finds no parent row: 0 when the link is intact."""
+    match = sql.SQL(" AND ").join(
+        sql.SQL("p.{} = c.{}").format(sql.Identifier(pc_), sql.Identifier(cc))
+        for cc, pc_ in zip(fk.child_columns, fk.parent_columns, strict=True)
+    )
+    present = sql.SQL(" AND ").join(sql.SQL("c.{} IS NOT NULL").format(sql.Identifier(c)) for c in fk.child_columns)
+    cur.execute(
+        sql.SQL("SELECT count(*) FROM {c} c WHERE {present} AND NOT EXISTS (SELECT 1 FROM {p} p WHERE {m})").format(
+            c=sql.Identifier(fk.child), p=sql.Identifier(fk.parent), present=present, m=match
+        )
+    )
+    return int(cur.fetchone()[0])  # type: ignore[index]
+
+
+def _keys(frame: pa.Table, columns: tuple[str, ...]) -> list[tuple[object, ...]]:
+    return list(zip(*(frame.column(c).to_pylist() for c in columns), strict=True))
+
+
+def parent_keys(frame: pa.Table, columns: tuple[str, ...]) -> set[tuple[object, ...]]:
+    """The key tuples a parent table still has (after its erased rows left), for its children's links."""
+    return set(_keys(frame, columns))
+
+
+def cut_dangling(frame: pa.Table, fk: ForeignKey, present: set[tuple[object, ...]]) -> tuple[pa.Table, int]:
+    """Null the link of every row that points at a parent row no longer there; (new frame, rows cut).
+
+    In a consistent snapshot a missing parent row is one the erasure removed, so this is the primary's
+    `_cut_links` on the same rows. A NOT NULL link cannot be cut: the primary refuses such an erasure too.
+    """
+    if frame.num_rows == 0 or any(c not in frame.column_names for c in fk.child_columns):
+        return frame, 0
+    dangling = [all(v is not None for v in key) and key not in present for key in _keys(frame, fk.child_columns)]
+    cut = sum(dangling)
+    if not cut:
+        return frame, 0
+    if fk.not_null:
+        raise LinkError(
+            f"{cut} kept row(s) of {fk.describe()} reference erased rows through a NOT NULL link; "
+            f"the primary's erasure refuses this too: make the column nullable or give {fk.child} a delete action"
+        )
+    mask = pa.array(dangling, pa.bool_())
+    for name in fk.child_columns:
+        index = frame.column_names.index(name)
+        column = frame.column(name).combine_chunks()
+        frame = frame.set_column(index, name, pc.if_else(mask, pa.nulls(len(column), column.type), column))
+    return frame, cut
+
+
+def forget_holds(frame: pa.Table, key: bytes, erased: set[str]) -> tuple[pa.Table, int]:
+    """Holds on erased people: subject key and reference go, the keyed pseudonym names them (as on the primary).
+
+    `frame` is a snapshot's copy of Lethe's legal holds table; `erased` the subjects' keyed pseudonyms.
+    """
+    if not erased or frame.num_rows == 0 or "subject_key" not in frame.column_names:
+        return frame, 0
+    names: list[str | None] = []
+    for value in frame.column("subject_key").to_pylist():
+        p = _pseudonym(key, value)
+        names.append(p if p in erased else None)
+    hit = pa.array([n is not None for n in names], pa.bool_())
+    count = sum(1 for n in names if n is not None)
+    if not count:
+        return frame, 0
+    for name in ("subject_key", "reference"):
+        if name in frame.column_names:
+            index = frame.column_names.index(name)
+            column = frame.column(name).combine_chunks()
+            frame = frame.set_column(index, name, pc.if_else(hit, pa.nulls(len(column), column.type), column))
+    if "subject_pseudonym" in frame.column_names:
+        index = frame.column_names.index("subject_pseudonym")
+        column = frame.column("subject_pseudonym").combine_chunks()
+        frame = frame.set_column(index, "subject_pseudonym", pc.if_else(hit, pa.array(names, column.type), column))
+    return frame, count
+
+
+def held_subjects_left(frame: pa.Table, key: bytes, erased: set[str]) -> int:
+    """Holds in a frame still naming one of these erased subjects by key (the post-condition of forget_holds)."""
+    if "subject_key" not in frame.column_names:
+        return 0
+    return sum(1 for v in frame.column("subject_key").to_pylist() if _pseudonym(key, v) in erased)
+
+
+def _pseudonym(key: bytes, value: object) -> str | None:
+    if value is None:
+        return None
+    try:
+        return subject_pseudonym(key, value)  # type: ignore[arg-type]
+    except ValueError:  # a key value the pseudonym cannot be formed of is no erased person's
+        return None
+
+
+def is_holds_table(table: str) -> bool:
+    return table == HOLDS

@@ -1,0 +1,72 @@
+"""One writer per backup region, and what a dead writer left behind.
+
+backup_nightly holds the region's writer lock (a PostgreSQL session advisory lock) from
+the first object it writes until its manifest is written. A killed export loses its
+database session, and with it the lock: a snapshot prefix without a manifest whose region
+lock can be taken is then known to be a leftover, never a snapshot being written, and is
+deleted with every object version in it (it can hold rows of people erased since).
+backup_erasure_propagation takes the same lock for its whole run when it is free, so no
+snapshot starts or completes under it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from lethe.backup import layout, store
+from lethe.db import connect, transaction
+
+log = logging.getLogger(__name__)
+
+
+def _lock_name(region: str) -> str:
+    return f"lethe.backup.writer.{region}"
+
+
+@contextlib.contextmanager
+def region_lock(db_url: str, region: str, *, wait: bool) -> Iterator[bool]:
+    """Hold the region's writer lock for the block; yields whether it is held (always, when `wait`)."""
+    conn = connect(db_url)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            fn = "pg_advisory_lock" if wait else "pg_try_advisory_lock"
+            cur.execute(f"SELECT {fn}(hashtextextended(%s, 0))", (_lock_name(region),))
+            held = True if wait else bool(cur.fetchone()[0])  # type: ignore[index]
+        yield held
+    finally:
+        conn.close()  # a session lock ends with its session, on exit or on a kill alike
+
+
+def remove_incomplete(
+    db_url: str, region: str, client: Any, bucket: str, *, keep: str | None = None
+) -> tuple[list[str], int]:
+    """Delete every snapshot prefix without a manifest (but `keep`), every version; only under the region lock.
+
+    Returns (snapshot ids removed, versions deleted).
+    """
+    from lethe.backup.manifest import snapshot_ids
+
+    removed: list[str] = []
+    deleted = 0
+    for sid in snapshot_ids(client, bucket, include_hidden=True):
+        try:
+            layout.check_snapshot_id(sid)
+        except ValueError:
+            continue  # not ours: leave foreign prefixes alone
+        if sid == keep or store.exists(client, bucket, layout.manifest_key(sid)):
+            continue
+        deleted += store.delete_everything(client, bucket, layout.snapshot_prefix(sid))
+        removed.append(sid)
+    if removed:
+        log.info("region %s: removed %d incomplete snapshot(s) left by a killed backup", region, len(removed))
+        with transaction(db_url) as cur:
+            cur.execute(
+                "UPDATE backup_snapshots SET status = 'expired', expired_at = now()"
+                " WHERE region = %s AND snapshot_id = ANY(%s) AND status = 'writing'",
+                (region, removed),
+            )
+    return removed, deleted
