@@ -211,7 +211,7 @@ class AirflowStack:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def start(self, timeout: float = 300) -> AirflowStack:
+    def start(self, timeout: float = 900) -> AirflowStack:
         """Migrate the metadata database, create the pool, spawn every process; return once the API answers."""
         self.home.mkdir(parents=True, exist_ok=True)
         self.log_folder.mkdir(parents=True, exist_ok=True)
