@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 from lethe.assets import ERASURE_TOMBSTONES_URI
-from lethe.dag_defaults import APPROVAL_TIMEOUT, ERASURE_RUN_TIMEOUT, default_args
-from lethe.erasure.form import FORM_PATTERN, IDENTIFIER_HELP, IDENTIFIER_KINDS
+from lethe.dag_defaults import APPROVAL_TIMEOUT, APPROVAL_TIMEOUT_MAX, ERASURE_RUN_TIMEOUT, default_args
+from lethe.erasure.approval import APPROVERS_ENV, ErasureApproval
+from lethe.erasure.form import IDENTIFIER_HELP, IDENTIFIER_KINDS
 from lethe.erasure.notify import ErasureAlert
 from lethe.processors.workflow import retry_args as processor_retry_args
 
@@ -22,20 +22,34 @@ and leaves the proof: a keyed-pseudonym tombstone, a ledger entry and a certific
 (`certificates/<request_id>.json` and `.md` in the evidence bucket).
 
 **Trigger with config** (the form): identifier kind and identifier, a reference, a reason.
-**Dry run is on by default**: the run then only plans and reports counts per table, and changes
-nothing. Untick it to erase. Triggered with no identifier (and nightly), the run processes the
-queued requests in `erasure_requests` in batches. `lethe erasure submit` queues a request and
-triggers a run with its `request_id` only.
+**Dry run is on by default** for a triggered run, in every mode (one identifier, a named request,
+or the queue): the run then only plans and reports counts per table, and changes nothing. Untick
+it to erase. Triggered with no identifier (and on the @daily schedule, which always erases), the
+run processes the queued requests in `erasure_requests`. `lethe erasure submit` and the compliance
+page's form queue a request and trigger a run with its `request_id` (a conf without `dry_run` then
+follows the request's own dry-run choice).
+
+**Lifecycle** (lethe.erasure.lifecycle): pending -> planned -> awaiting_approval -> approved |
+rejected -> erasing -> erased -> verified -> certified, or held, failed, no_data. Each request
+moves on its own: one failing request is marked failed (its reason, never an identifier, in
+`detail->>'error'`) and the others complete; the next run resumes it, and resumes any request a
+dead run left mid-way. A held request is planned again by every batch run until its hold is released.
+
+**Approval**: a request registered with `require_approval` (stored on the request, honoured by
+batch runs too) waits in `approve` for a human. The screen shows the plan's counts. Respondents:
+the `approvers` param, else the LETHE_ERASURE_APPROVERS environment variable (comma-separated
+Airflow user ids); the requester never approves their own request. Reject closes the request for
+good (identifier forgotten, never erased). No answer within `approval_timeout_hours` (default 72):
+back to the queue with an alert, nothing erased.
 
 Tasks: `register` (the raw identifier goes into erasure_requests; only ids and counts travel on),
-`plan`, `gate` / `approve` (human approval when `require_approval` is set), `erase` (one
-transaction per chunk, verified before commit, emits the erasure_tombstones asset), `verify`,
-`processors` / `reach_processor` (one mapped task per processor of the policy: erase the person
-there, with retries and backoff; a processor still down keeps the request open),
-`certify` (certificate with every processor's receipt, then the identifier is nulled),
-`deadlines` (alerts on overdue or failed requests). Scheduled runs also send objections:
-`objection_processors` / `reach_processor_for_objections` remove everyone who objected to (or
-withdrew) a consent purpose from the processors used for it (docs/processors.md).
+`plan`, `approve`, `erase` (one transaction per chunk, verified before commit, emits the
+erasure_tombstones asset), `verify`, `processors` / `reach_processor` (one mapped task per
+processor of the policy, with retries and backoff; a processor still down keeps the request
+open), `certify` (certificate with every processor's receipt, then the identifier is forgotten),
+`deadlines` (alerts on overdue or failed requests, releases the run's requests, fails the run
+when one of its requests failed). Scheduled runs also send objections:
+`objection_processors` / `reach_processor_for_objections` (docs/processors.md).
 
 **Reading the certificate**: open `certificates/<request_id>.md` in the evidence bucket (the
 request id is returned by the `register` task of a form run, printed by `lethe erasure submit`,
@@ -46,8 +60,8 @@ that `backup_erasure_propagation` turns from `pending` to `applied`. It holds no
 only the keyed pseudonym and the request reference.
 
 **When it fails**: nothing half-done is committed. `erasure_requests.detail->>'error'` names
-the error class of each failed request. Fix the cause and clear the failed task, or trigger
-again with the same identifier (the open request is resumed), or leave it to the nightly batch.
+the step and error class of each failed request. Fix the cause and trigger a run without an
+identifier (or wait for the nightly batch): it resumes the request from where it stopped.
 See docs/erasure.md.
 """
 
@@ -57,7 +71,8 @@ See docs/erasure.md.
     schedule="@daily",
     start_date=datetime(2026, 1, 1),
     catchup=False,
-    max_active_runs=1,
+    # A run waiting for an approval must not stop the queue: runs claim disjoint requests.
+    max_active_runs=3,
     doc_md=DOC,
     tags=["lethe", "privacy", "erasure"],
     default_args=default_args(retries=1, on_failure=ErasureAlert()),
@@ -71,11 +86,11 @@ See docs/erasure.md.
             description="Which identifier of the person you give below.",
             values_display={"user_id": "User id", "email": "Email", "phone": "Phone", "username": "Username"},
         ),
+        # No pattern or length in the schema: Airflow's validation error quotes the rejected value into the
+        # log. The kind's format is checked by `register`, whose message names the rule, never the value.
         "identifier": Param(
             None,
             type=["null", "string"],
-            maxLength=254,
-            pattern=FORM_PATTERN,
             title="Identifier",
             description=IDENTIFIER_HELP,
         ),
@@ -98,10 +113,29 @@ See docs/erasure.md.
             True,
             type="boolean",
             title="Dry run",
-            description="On by default: plan and report counts only, change nothing. Untick to erase.",
+            description="On by default: plan and report counts only, change nothing (in every mode: one person, "
+            "a named request, or the queue). Untick to erase. Scheduled runs always erase the queue.",
         ),
         "require_approval": Param(
-            False, type="boolean", title="Require approval", description="Wait for a human approval before erasing."
+            False,
+            type="boolean",
+            title="Require approval",
+            description="Stored on the request: no run erases it before a human other than you approves.",
+        ),
+        "approval_timeout_hours": Param(
+            int(APPROVAL_TIMEOUT.total_seconds() // 3600),
+            type="integer",
+            minimum=1,
+            maximum=int(APPROVAL_TIMEOUT_MAX.total_seconds() // 3600),
+            title="Approval timeout (hours)",
+            description="Unanswered this long, the requests go back to the queue with an alert; nothing is erased.",
+        ),
+        "approvers": Param(
+            [],
+            type="array",
+            items={"type": "string"},
+            title="Approvers",
+            description=f"Airflow user ids who may approve (default: {APPROVERS_ENV}); never the requester.",
         ),
         "request_id": Param(
             None,
@@ -125,9 +159,8 @@ def subject_erasure() -> None:
         from lethe.connections import primary_url
         from lethe.erasure import tasks
 
-        ctx = get_current_context()
         try:
-            return tasks.register(dict(ctx["params"]), ctx["run_id"], primary_url())
+            return tasks.register_run(get_current_context(), primary_url())
         except ValueError as exc:  # bad input: retrying cannot help; the message names the rule, not the value
             raise AirflowFailException(str(exc)) from None
 
@@ -136,32 +169,19 @@ def subject_erasure() -> None:
         from lethe.connections import primary_url, pseudonym_key
         from lethe.erasure import tasks
 
-        return tasks.plan_run(get_current_context()["run_id"], primary_url(), pseudonym_key())
+        return tasks.plan_run(get_current_context()["run_id"], primary_url(), pseudonym_key(), registered)
 
-    @task.branch
-    def gate(planned: Any) -> str:
-        params = get_current_context()["params"]
-        return "approve" if params.get("require_approval") and planned["requests"] > planned["dry_run"] else "erase"
+    approve = ErasureApproval(task_id="approve", default_timeout=APPROVAL_TIMEOUT, retries=0)  # a retry would ask again
 
-    approve = ApprovalOperator(
-        task_id="approve",
-        subject="Approve erasure for subject_erasure run {{ run_id }}",
-        body="The plan (counts per table, no identifiers) is in the `plan` task's XCom. Approve to erase.",
-        response_timeout=APPROVAL_TIMEOUT,  # unanswered, the task fails (and alerts) instead of waiting for ever
-    )
-
-    @task(outlets=[Asset(ERASURE_TOMBSTONES_URI)], trigger_rule="none_failed_min_one_success")
-    def erase(planned: Any) -> dict[str, Any]:
+    @task(outlets=[Asset(ERASURE_TOMBSTONES_URI)])
+    def erase(registered: Any) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowSkipException
         from lethe.connections import primary_url, pseudonym_key
         from lethe.erasure import tasks
 
-        if planned["requests"] <= planned["dry_run"]:
-            raise AirflowSkipException("nothing to erase (dry run, or no open request)")
-        try:
-            return tasks.erase_run(get_current_context()["run_id"], primary_url(), pseudonym_key())
-        except tasks.RequestsFailed as exc:  # already rolled back and marked failed: the nightly batch retries them
-            raise AirflowFailException(str(exc)) from None
+        if registered.get("dry_run"):
+            raise AirflowSkipException("dry run: nothing is erased")
+        return tasks.erase_run(get_current_context()["run_id"], primary_url(), pseudonym_key())
 
     @task
     def verify(erased: Any) -> dict[str, Any]:
@@ -198,12 +218,16 @@ def subject_erasure() -> None:
     @task
     def objection_processors() -> list[str]:
         from airflow.sdk.exceptions import AirflowSkipException
+        from lethe.erasure import tasks
         from lethe.policy import load_policy
         from lethe.processors import workflow
 
-        params = get_current_context()["params"]
+        ctx = get_current_context()
+        params = ctx["params"]
         if params.get("identifier") or params.get("request_id"):
             raise AirflowSkipException("objections are sent by the scheduled (batch) runs")
+        if tasks.is_dry(params, ctx["dag_run"]):
+            raise AirflowSkipException("dry run: no objection is sent")
         return workflow.objection_targets(load_policy())
 
     @task(map_index_template="{{ processor_name }}", **processor_retry_args())
@@ -233,7 +257,10 @@ def subject_erasure() -> None:
         from lethe.connections import primary_url
         from lethe.erasure import tasks
 
-        return tasks.deadlines(get_current_context()["run_id"], primary_url())
+        try:
+            return tasks.close_run(get_current_context()["run_id"], primary_url())
+        except tasks.RequestsFailed as exc:  # each one marked failed with its reason; the next run resumes them
+            raise AirflowFailException(str(exc)) from None
 
     @task(trigger_rule="one_failed")
     def run_failed() -> None:
@@ -242,9 +269,8 @@ def subject_erasure() -> None:
 
     registered = register()
     planned = plan(registered)
-    branch = gate(planned)
-    erased = erase(planned)
-    branch >> [approve, erased]
+    planned >> approve
+    erased = erase(registered)
     approve >> erased
     verified = verify(erased)
     targets = processors()
@@ -254,7 +280,7 @@ def subject_erasure() -> None:
     reached >> certified
     objected = reach_processor_for_objections.expand(processor=objection_processors())
     certified >> deadlines()
-    [registered, planned, branch, approve, erased, verified, targets, reached, certified, objected] >> run_failed()
+    [registered, planned, approve, erased, verified, targets, reached, certified, objected] >> run_failed()
 
 
 subject_erasure()

@@ -15,8 +15,11 @@ OWNER = "privacy-engineering"
 TASK_TIMEOUT = timedelta(hours=1)
 BACKUP_TASK_TIMEOUT = timedelta(hours=2)  # one region's snapshot or propagation: the longest tasks
 RUN_TIMEOUT = timedelta(hours=6)  # a nightly run must be over before the next night's
-APPROVAL_TIMEOUT = timedelta(days=7)  # a human approval, then the run fails: erasure's deadline is 30 days
-ERASURE_RUN_TIMEOUT = APPROVAL_TIMEOUT + RUN_TIMEOUT
+# An erasure's approval waits this long by default (the run's `approval_timeout_hours`), at most
+# APPROVAL_TIMEOUT_MAX; unanswered, the request goes back to the queue with an alert (never erased).
+APPROVAL_TIMEOUT = timedelta(days=3)
+APPROVAL_TIMEOUT_MAX = timedelta(days=7)  # erasure's deadline is 30 days
+ERASURE_RUN_TIMEOUT = APPROVAL_TIMEOUT_MAX + RUN_TIMEOUT
 
 # Every Lethe task takes a slot of this pool: at most PRIMARY_POOL_SLOTS of them load the primary at once.
 # Created by `lethe.airflow_env.ensure_pool` (CLI, tests, local Airflow) and the compose init job.

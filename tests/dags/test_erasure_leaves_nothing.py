@@ -192,7 +192,7 @@ def test_nothing_of_the_person_is_left_but_the_declared_kept_columns(
         assert cur.fetchone() == ("[erased] said: call [erased]",)
         cur.execute("SELECT status, identifier, detail FROM erasure_requests")
         status, identifier, detail = cur.fetchone()
-        assert (status, identifier) == ("completed", None)
+        assert (status, identifier) == ("certified", None)
         assert detail["footprint"]["comments.body"] >= 2 and "survey_responses.answers" in detail["footprint"]
         assert detail["checks"]["residue_scan"]["success"]
         cur.execute("SELECT failed, results FROM audit_runs ORDER BY audited_at DESC LIMIT 1")

@@ -164,7 +164,7 @@ def test_an_erasure_reaches_every_processor_and_the_certificate_lists_each_recei
     (rid, status, identifier, kept) = _query(
         db_url, "SELECT request_id::text, status, identifier, processor_identifiers FROM erasure_requests"
     )[0]
-    assert (status, identifier, kept) == ("completed", None, None)
+    assert (status, identifier, kept) == ("certified", None, None)
 
     cert, page = _certificate(s3_endpoint, rid)
     assert set(cert["processors"]) == PROCESSORS
@@ -194,7 +194,7 @@ def test_a_provider_failing_twice_then_succeeding_is_retried_and_the_request_com
     assert len(provider.calls_to("mailchimp")) == 3
     assert len(provider.calls_to("mixpanel")) == 1  # the other processors are not called again
     assert _subscriber_hash(ASHA["email"]) not in provider.members[MAILCHIMP_LIST]
-    assert _query(db_url, "SELECT status, identifier FROM erasure_requests") == [("completed", None)]
+    assert _query(db_url, "SELECT status, identifier FROM erasure_requests") == [("certified", None)]
 
 
 def test_a_provider_down_keeps_the_request_open_until_it_confirms_or_the_deadline_alert_fires(
@@ -227,7 +227,7 @@ def test_a_provider_down_keeps_the_request_open_until_it_confirms_or_the_deadlin
     provider.down["mixpanel"] = False
     _run({})
     assert _query(db_url, "SELECT status, identifier, processor_identifiers FROM erasure_requests") == [
-        ("completed", None, None)
+        ("certified", None, None)
     ]
     (task_id,) = provider.tasks
     assert _receipts(db_url)["mixpanel"] == ("accepted", 7, task_id)

@@ -131,7 +131,7 @@ def test_erases_a_person_everywhere_and_leaves_only_proof(
     (rid, status, identifier, detail) = _query(
         db_url, "SELECT request_id::text, status, identifier, detail FROM erasure_requests"
     )[0]
-    assert (status, identifier) == ("completed", None)
+    assert (status, identifier) == ("certified", None)
     assert detail["redactions"] == people.MENTIONS_OF_ASHA
 
     # Ledger: tables and counts only, chain intact.
@@ -226,20 +226,28 @@ def test_queued_requests_of_every_kind_run_as_a_nightly_batch(
         request.register(cur, "user_id", "1", reference="Q-1")
         request.register(cur, "phone", "+91 90000 00003")  # Chitra, held
         request.register(cur, "username", "nobody_here")
-    _run({})  # no identifier: the queue
+    _run({"dry_run": False})  # no identifier: the queue
     assert people.count_rows(db_url, 1) == dict.fromkeys(people.ASHA_ROWS, 0)
     assert people.count_rows(db_url, 3)["accounts"] == 1
     statuses = dict(_query(db_url, "SELECT identifier_kind, status FROM erasure_requests"))
-    assert statuses == {"user_id": "completed", "phone": "held", "username": "no_data"}
+    assert statuses == {"user_id": "certified", "phone": "held", "username": "no_data"}
 
 
-def test_malformed_identifiers_are_refused_plainly(db_url: str, airflow_home: Path) -> None:
+def test_malformed_identifiers_are_refused_plainly(
+    db_url: str, airflow_home: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
     from lethe.dagrun import DagRunFailed
 
-    with pytest.raises(Exception, match="identifier"):  # the form's schema refuses it before any task runs
-        _run({"identifier_kind": "email", "identifier": "x' OR 1=1; DROP TABLE accounts; --"})
+    bad = "x' OR 1=1; DROP TABLE accounts; --"
+    with pytest.raises(DagRunFailed, match="register"):  # refused by the first task, by its rule
+        _run({"identifier_kind": "email", "identifier": bad})
     with pytest.raises(DagRunFailed, match="register"):  # a valid email is not a valid phone number
         _run({"identifier_kind": "phone", "identifier": ASHA["email"], "dry_run": False})
+    out, err = capfd.readouterr()
+    logs = out + err + caplog.text
+    assert "the identifier is not a valid email" in logs  # the refusal was captured, naming the rule
+    assert bad not in logs and "OR 1=1" not in logs  # neither Airflow's validation nor Lethe repeats the value
+    assert ASHA["email"] not in logs
     assert _query(db_url, "SELECT count(*) FROM accounts") == [(0,)]
     assert _query(db_url, "SELECT count(*) FROM erasure_requests") == [(0,)]
 
@@ -258,16 +266,16 @@ def test_a_failed_erasure_changes_nothing_and_a_rerun_completes(
         " CREATE TRIGGER boom BEFORE DELETE ON disputes FOR EACH ROW EXECUTE FUNCTION boom(); SELECT 1",
     )
     conf = {"identifier_kind": "email", "identifier": ASHA["email"], "dry_run": False}
-    with pytest.raises(DagRunFailed, match="erase"):
+    with pytest.raises(DagRunFailed, match=r"tasks not successful: deadlines$"):  # the run fails at its close
         _run(conf)
     assert people.table_snapshot(db_url) == before
     ((status, error),) = _query(db_url, "SELECT status, detail->>'error' FROM erasure_requests")
-    assert status == "failed" and error == "RaiseException"  # the class only: a message may quote a row
+    assert status == "failed" and error == "erase: RaiseException"  # the class only: a message may quote a row
 
     _query(db_url, "DROP TRIGGER boom ON disputes; SELECT 1")
     _run(conf)  # the same identifier resumes the open request
     assert people.count_rows(db_url, 1) == dict.fromkeys(people.ASHA_ROWS, 0)
-    assert _query(db_url, "SELECT status, identifier FROM erasure_requests") == [("completed", None)]
+    assert _query(db_url, "SELECT status, identifier FROM erasure_requests") == [("certified", None)]
     assert _query(db_url, "SELECT counts FROM erasure_tombstones") == [(people.ASHA_ROWS,)]
 
 

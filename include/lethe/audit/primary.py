@@ -15,14 +15,15 @@ from psycopg2 import sql
 
 from lethe import holds, residue
 from lethe.audit.limits import STALE_AFTER_HOURS
+from lethe.erasure import lifecycle
 from lethe.policy.model import Policy
 from lethe.pseudonym import pseudonym, subject_pseudonym
 from lethe.quality import CheckResult, expect_counts
 
 # 'held': a legal hold keeps the person's rows and the request open; it is reported, not failed.
-OPEN_STATUSES = ("pending", "running", "failed", "held")
-OVERDUE_STATUSES = ("pending", "running", "failed")
-DONE_STATUSES = ("completed", "no_data")
+OPEN_STATUSES = lifecycle.OPEN
+OVERDUE_STATUSES = tuple(s for s in lifecycle.OPEN if s != lifecycle.HELD)
+DONE_STATUSES = lifecycle.CLOSED
 
 
 STALE_AFTER = timedelta(hours=STALE_AFTER_HOURS)

@@ -32,6 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--reason", help="why the person asked (no email, phone or @handle)")
     p.add_argument("--execute", action="store_true", help="erase for real (default: dry run, changes nothing)")
     p.add_argument(
+        "--require-approval",
+        action="store_true",
+        help="no run erases it before someone other than you approves it in Airflow (stored on the request)",
+    )
+    p.add_argument(
         "--airflow-url",
         default=os.environ.get("AIRFLOW_API_URL"),
         help="Airflow API base URL, e.g. http://localhost:8080 (default: AIRFLOW_API_URL); "
@@ -70,6 +75,15 @@ def trigger(base_url: str, request_id: str, dry_run: bool) -> str:
     return str(run.get("dag_run_id", "?"))
 
 
+def requester() -> str:
+    """Who asks: the Airflow user the CLI triggers as (AIRFLOW_API_USERNAME), else the operating system user.
+
+    That user may not approve the request."""
+    import getpass
+
+    return os.environ.get("AIRFLOW_API_USERNAME") or getpass.getuser()
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from lethe.cli import CommandError
     from lethe.db import migrate, transaction
@@ -93,7 +107,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
         migrate(db_url)
         with transaction(db_url) as cur:
             request_id, created = request.register(
-                cur, kind, value, reference=reference, reason=reason, dry_run=dry_run
+                cur,
+                kind,
+                value,
+                reference=reference,
+                reason=reason,
+                dry_run=dry_run,
+                require_approval=args.require_approval,
+                requested_by=requester(),
             )
             cur.execute("SELECT due_at::date FROM erasure_requests WHERE request_id = %s", (request_id,))
             due = cur.fetchone()[0]  # type: ignore[index]

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg2.extensions
+from lethe import residue
 from lethe.policy import Policy
 from lethe.pseudonym import normalise
 from psycopg2 import sql
@@ -231,39 +232,71 @@ class Subject:
         return sorted(t for t in terms if len(t) >= 3)
 
 
+def _matches(kind: str, given: str) -> str | None:
+    """The spelling an identifier is compared in: lethe.residue's normalisation (email and username
+    NFKC case-folded, phones as E.164 in any format, with or without country code or trunk zero)."""
+    if kind == "user_id":
+        return str(int(given)) if given.strip().isdigit() else None
+    return residue.normalise(kind, given)
+
+
 def resolve(cur: psycopg2.extensions.cursor, policy: Policy, lookups: list[tuple[str, str]]) -> list[Subject | None]:
-    """Find the person each (kind, identifier) names; None where nobody matches."""
+    """Find the person each (kind, identifier) names, in any case or format; None where nobody matches.
+
+    SQL narrows (the exact spelling through the unique index first; then lower-case, or a phone's
+    national digits); Python confirms with the scanner's normalisation.
+    """
     subject = policy.subject
     columns = {kind: col for kind, col in subject.identifiers.items() if kind != "user_id"}
     select = sql.SQL(", ").join(
         [sql.SQL("{}::bigint").format(sql.Identifier(subject.key))]
         + [sql.SQL("{}::text").format(sql.Identifier(c)) for c in columns.values()]
     )
-    by_kind: dict[str, list[str]] = defaultdict(list)
+    wanted: dict[str, set[str]] = defaultdict(set)
+    raw: dict[str, set[str]] = defaultdict(set)
     for kind, value in lookups:
-        by_kind[kind].append(value)
+        norm = _matches(kind, value) if subject.identifiers.get(kind) else None  # type: ignore[call-overload]
+        if norm is not None:
+            wanted[kind].add(norm)
+            raw[kind].add(value.strip())
     found: dict[tuple[str, str], Subject] = {}
-    for kind, values in by_kind.items():
-        column = subject.identifiers.get(kind)  # type: ignore[call-overload]
-        if column is None:
-            continue
-        if kind == "user_id":
-            where = sql.SQL("{} = ANY(%s)").format(sql.Identifier(column))
-            params: list[Any] = [[int(v) for v in values]]
-        elif kind == "phone":  # stored phones vary in spacing: compare normalised digits
-            where = sql.SQL("regexp_replace({}, '[^0-9+]', '', 'g') = ANY(%s)").format(sql.Identifier(column))
-            params = [[normalise("phone", v) for v in values]]
-        else:  # exact or lowercased spelling, so the unique index is used
-            variants = sorted({v.strip() for v in values} | {v.strip().lower() for v in values})
-            where = sql.SQL("{} = ANY(%s)").format(sql.Identifier(column))
-            params = [variants]
+
+    def fetch(kind: str, where: sql.Composable, params: list[Any]) -> None:
         cur.execute(sql.SQL("SELECT {} FROM {} WHERE {}").format(select, sql.Identifier(subject.table), where), params)
         for row in cur.fetchall():
             person = Subject(int(row[0]), dict(zip(columns, row[1:], strict=True)))
             person.identifiers["user_id"] = str(row[0])
-            value = person.identifiers.get(kind, "")
-            found[(kind, normalise(kind, value))] = person
-    return [found.get((kind, normalise(kind, value))) for kind, value in lookups]
+            stored = _matches(kind, person.identifiers.get(kind) or "")
+            if stored in wanted[kind]:
+                found.setdefault((kind, stored), person)
+
+    for kind, norms in wanted.items():
+        col = sql.Identifier(subject.identifiers[kind])  # type: ignore[index]
+        if kind == "user_id":
+            fetch(kind, sql.SQL("{} = ANY(%s)").format(col), [[int(v) for v in norms]])
+            continue
+        if kind == "phone":  # stored phones vary in format: narrow by the national number's digits
+            tails = sorted({_national(v) for v in norms})
+            where = sql.SQL("right(regexp_replace({}, '[^0-9]', '', 'g'), %s) = ANY(%s)").format(col)
+            for length in sorted({len(t) for t in tails}):
+                fetch(kind, where, [length, [t for t in tails if len(t) == length]])
+            continue
+        fetch(kind, sql.SQL("{} = ANY(%s)").format(col), [sorted(raw[kind] | norms)])  # the unique index
+        missing = sorted(n for n in norms if (kind, n) not in found)
+        if missing:  # stored in another case: one pass over the column
+            fetch(kind, sql.SQL("lower({}) = ANY(%s)").format(col), [sorted({m.lower() for m in missing})])
+    return [
+        found.get((kind, n)) if (n := _matches(kind, value) if kind in wanted else None) else None
+        for kind, value in lookups
+    ]
+
+
+def _national(e164: str) -> str:
+    """The national significant number of an E.164 phone (its digits without the country code)."""
+    import phonenumbers
+
+    number = phonenumbers.parse(e164, None)
+    return str(number.national_number)
 
 
 def mention_pattern(terms: list[str]) -> re.Pattern[str]:

@@ -210,7 +210,7 @@ def record(cur: psycopg2.extensions.cursor, works: list[Work], checks: dict[str,
                 "erasure",
                 {"request_id": w.request_id, "outcome": w.outcome, "tables": w.rows, "redactions": w.redactions},
             )
-        cur.execute(
-            "UPDATE erasure_requests SET status = 'running', subject_pseudonym = %s, detail = %s WHERE request_id = %s",
+        cur.execute(  # the state is moved by lethe.erasure.lifecycle, in the same transaction
+            "UPDATE erasure_requests SET subject_pseudonym = %s, detail = %s WHERE request_id = %s",
             (w.pseudonym, json.dumps(detail), w.request_id),
         )

@@ -90,9 +90,13 @@ def table_entry(policy: Policy, table: str, rows: int, held: bool) -> dict[str, 
 def tombstone_match(cur: psycopg2.extensions.cursor, key: bytes, kind: str, identifier: str) -> bool:
     """Whether a tombstone already records this identifier (the person was erased before)."""
     p = pseudonym(key, kind, identifier)
+    spellings = [p]
+    norm = residue.normalise(kind, identifier) if kind != "user_id" else None
+    if norm:  # the scanner's spelling (a phone in another format, an email in another case)
+        spellings.append(residue.keyed(key, kind, norm))
     cur.execute(
-        "SELECT 1 FROM erasure_tombstones WHERE subject_pseudonym = %s OR identifier_pseudonyms @> ARRAY[%s] LIMIT 1",
-        (p, p),
+        "SELECT 1 FROM erasure_tombstones WHERE subject_pseudonym = %s OR identifier_pseudonyms && %s::text[] LIMIT 1",
+        (p, spellings),
     )
     return cur.fetchone() is not None
 

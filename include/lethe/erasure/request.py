@@ -11,12 +11,11 @@ import os
 import re
 import uuid
 from datetime import timedelta
-from typing import Any
 
 import psycopg2.extensions
+from lethe.erasure import lifecycle
 from lethe.erasure.form import FORMATS, IDENTIFIER_KINDS
 
-OPEN_STATUSES = ("pending", "running", "failed", "held", "awaiting_processors")
 DEFAULT_DEADLINE_DAYS = 30
 
 # A request id derived from the run id, so a retried registration finds its own row.
@@ -100,6 +99,8 @@ def register(
     reason: str | None = None,
     dry_run: bool = False,
     request_id: str | None = None,
+    require_approval: bool = False,
+    requested_by: str | None = None,
 ) -> tuple[str, bool]:
     """Record a request (or find the open one for the same identifier); return (request_id, created).
 
@@ -112,74 +113,39 @@ def register(
     cur.execute(
         "SELECT request_id::text FROM erasure_requests WHERE identifier_kind = %s AND identifier = %s"
         " AND status = ANY(%s) AND dry_run = %s ORDER BY received_at LIMIT 1",
-        (kind, identifier, list(OPEN_STATUSES), dry_run),
+        (kind, identifier, list(lifecycle.OPEN), dry_run),
     )
     row = cur.fetchone()
     if row:
         return row[0], False
     request_id = request_id or str(uuid.uuid4())
     cur.execute(
-        "INSERT INTO erasure_requests (request_id, identifier_kind, identifier, reference, reason, dry_run, due_at)"
-        " VALUES (%s, %s, %s, %s, %s, %s, now() + %s) ON CONFLICT (request_id) DO NOTHING",
-        (request_id, kind, identifier, reference, reason, dry_run, timedelta(days=deadline_days())),
+        "INSERT INTO erasure_requests (request_id, identifier_kind, identifier, reference, reason, dry_run, due_at,"
+        " require_approval, requested_by, status_changed_at)"
+        " VALUES (%s, %s, %s, %s, %s, %s, now() + %s, %s, %s, now()) ON CONFLICT (request_id) DO NOTHING",
+        (
+            request_id,
+            kind,
+            identifier,
+            reference,
+            reason,
+            dry_run,
+            timedelta(days=deadline_days()),
+            require_approval,
+            requested_by,
+        ),
     )
     return request_id, cur.rowcount == 1
-
-
-def claim_one(cur: psycopg2.extensions.cursor, request_id: str, run_id: str) -> str | None:
-    """Claim a named request for this run; return its status (None when there is no such request)."""
-    cur.execute(
-        "UPDATE erasure_requests SET claimed_by = %s, claimed_at = now() WHERE request_id = %s RETURNING status",
-        (run_id, request_id),
-    )
-    row = cur.fetchone()
-    return row[0] if row else None
-
-
-def claim_batch(cur: psycopg2.extensions.cursor, run_id: str, limit: int, stale_after: timedelta) -> int:
-    """Claim up to `limit` queued requests (oldest due first) for this run; return how many.
-
-    Held requests are retried (the hold may have been released); a request left
-    'running' by a run that died is taken over once its claim is stale.
-    """
-    cur.execute(
-        """
-        UPDATE erasure_requests r SET claimed_by = %(run)s, claimed_at = now()
-        FROM (
-            SELECT request_id FROM erasure_requests
-            WHERE (status IN ('pending', 'held', 'failed', 'awaiting_processors')
-                   OR (status = 'running' AND (claimed_at IS NULL OR claimed_at < now() - %(stale)s)))
-              AND (claimed_by IS DISTINCT FROM %(run)s)
-            ORDER BY due_at, request_id
-            LIMIT %(limit)s
-            FOR UPDATE SKIP LOCKED
-        ) q
-        WHERE r.request_id = q.request_id
-        """,
-        {"run": run_id, "stale": stale_after, "limit": limit},
-    )
-    return int(cur.rowcount)
-
-
-def claimed(cur: psycopg2.extensions.cursor, run_id: str, statuses: tuple[str, ...]) -> list[dict[str, Any]]:
-    """The requests this run claimed, in the given statuses (raw identifier included: keep it in the task)."""
-    cur.execute(
-        "SELECT request_id::text, identifier_kind, identifier, status, dry_run, subject_pseudonym, detail"
-        " FROM erasure_requests WHERE claimed_by = %s AND status = ANY(%s) ORDER BY due_at, request_id",
-        (run_id, list(statuses)),
-    )
-    cols = ("request_id", "kind", "identifier", "status", "dry_run", "subject_pseudonym", "detail")
-    return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 
 
 def overdue_or_failed(cur: psycopg2.extensions.cursor) -> dict[str, int]:
     """Counts of open requests past their due date and of failed requests (no identifiers)."""
     cur.execute(
-        "SELECT count(*) FILTER (WHERE status IN ('pending', 'running', 'failed', 'awaiting_processors')"
-        " AND due_at < now()),"
+        "SELECT count(*) FILTER (WHERE status = ANY(%s) AND status <> 'held' AND due_at < now()),"
         " count(*) FILTER (WHERE status = 'failed'),"
         " count(*) FILTER (WHERE status = 'held' AND due_at < now())"
-        " FROM erasure_requests"
+        " FROM erasure_requests",
+        (list(lifecycle.OPEN),),
     )
     overdue, failed, held = cur.fetchone()  # type: ignore[misc]
     return {"overdue": int(overdue), "failed": int(failed), "held_past_due": int(held)}

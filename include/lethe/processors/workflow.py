@@ -126,7 +126,7 @@ def erase_in(
             LEFT JOIN processor_receipts p
               ON p.cause = 'erasure' AND p.subject_ref = r.request_id::text AND p.processor = %s
             WHERE r.claimed_by = %s AND r.processor_identifiers IS NOT NULL AND NOT r.dry_run
-              AND (r.status = 'awaiting_processors' OR (r.status = 'running' AND r.detail->>'stage' = 'erased'))
+              AND r.status IN ('verified', 'awaiting_processors')
               AND (p.status IS NULL OR p.status <> ALL(%s))
             ORDER BY r.due_at, r.request_id
             """,
