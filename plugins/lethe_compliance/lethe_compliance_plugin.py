@@ -368,7 +368,13 @@ def create_app() -> FastAPI:
             why = requests.validate_note("reason", reason, 500)
             with transaction(database_url()) as cur:
                 request_id, _ = requests.register(
-                    cur, identifier_kind, value, reference=ref, reason=why, dry_run=not execute
+                    cur,
+                    identifier_kind,
+                    value,
+                    reference=ref,
+                    reason=why,
+                    dry_run=not execute,
+                    requested_by=user.get_name(),  # who asked may not approve it (lethe.erasure.approval)
                 )
         except (requests.InvalidIdentifier, requests.InvalidNote) as exc:
             html = _render(
