@@ -18,7 +18,7 @@ Every night, makes the policy file's retention rules true on the primary databas
    what `usage_sharing` has aggregated), the rows it will delete or anonymise, the rows it leaves
    because of a legal hold, and the rows it leaves because rows kept longer still reference them.
    The task log prints the plan (this is the dry run).
-2. **purge_stage_0..2**: one mapped task per table, running that table's rules one after the other
+2. **purge_stage_0..3**: one mapped task per table, running that table's rules one after the other
    (two rules of one table at once deadlock). Tables referenced by other tables' purged rows run
    in a later stage. Deletes and anonymisation run in short primary-key range batches; wholly expired
    partitions are detached and dropped (held people's rows are kept in a fresh partition for the range).
@@ -38,7 +38,7 @@ backup), `retention_done_equals_plan` (rows changed between plan and purge: reru
 A plan error names the policy file, table and rule that cannot be applied.
 """
 
-STAGES = 3  # lethe.retention.plan.MAX_STAGES
+STAGES = 4  # lethe.retention.plan.MAX_STAGES
 
 
 @dag(

@@ -42,6 +42,7 @@ LETHE_TABLES = (
     "audit_runs",
     "audit_alerts",
     "processor_receipts",
+    "kept_pseudonyms",
 )
 LETHE_FUNCTIONS = ("ledger_append_only()",)
 # The platform's migration the previous release recorded among Lethe's; the platform is no longer Lethe's to migrate.

@@ -13,21 +13,14 @@ from psycopg2 import sql
 
 from lethe.db import table
 from lethe.policy.model import Policy
+from lethe.relations import subject_key_type
 
 HOLDS = "legal_holds"
 
 
 def key_type(cur: psycopg2.extensions.cursor, policy: Policy) -> str:
     """The SQL type of the subject key column (format_type), to cast held keys to."""
-    cur.execute(
-        "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a"
-        " WHERE a.attrelid = to_regclass(%s) AND a.attname = %s AND NOT a.attisdropped",
-        (sql.Identifier(policy.subject.table).as_string(cur), policy.subject.key),
-    )
-    row = cur.fetchone()
-    if row is None:
-        raise ValueError(f"subject key {policy.subject.table}.{policy.subject.key} is not in the database")
-    return str(row[0])
+    return subject_key_type(cur, policy)
 
 
 def active_keys_sql(type_: str) -> sql.Composable:

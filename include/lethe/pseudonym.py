@@ -18,8 +18,8 @@ def normalise(kind: str, value: str) -> str:
         return value.lower()
     if kind == "phone":
         return re.sub(r"[^0-9+]", "", value)
-    if kind == "user_id":
-        return str(int(value))
+    if kind == "user_id":  # the subject key's value: an integer in one spelling, any other type as text
+        return str(int(value)) if re.fullmatch(r"[+-]?[0-9]+", value) else value
     raise ValueError(f"unknown identifier kind {kind!r}")
 
 
@@ -29,6 +29,6 @@ def pseudonym(key: bytes, kind: str, value: str | int) -> str:
     return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
-def subject_pseudonym(key: bytes, user_id: int) -> str:
-    """The pseudonym of a data subject, from the subject key (accounts.user_id)."""
+def subject_pseudonym(key: bytes, user_id: int | str) -> str:
+    """The pseudonym of a data subject, from the value of the policy's subject key (any type)."""
     return pseudonym(key, "user_id", user_id)

@@ -29,7 +29,7 @@ import json
 import re
 import unicodedata
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import unquote
@@ -39,6 +39,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from lethe.policy import Policy
+from lethe.relations import policy_oids, regclass_literal, relation, subject_key_type
 
 DEFAULT_REGION = "IN"  # re:Skill's members: a number without country code is Indian
 REPLACEMENT = "[erased]"
@@ -206,14 +207,14 @@ class Index(Protocol):
 
     max_name_words: int
 
-    def owners(self, kind: str, value: str) -> frozenset[int]: ...
+    def owners(self, kind: str, value: str) -> frozenset[str]: ...
 
 
 @dataclass
 class Footprint:
     """One person's identifiers, normalised, by kind."""
 
-    user_id: int
+    user_id: Any  # the subject key's value (as text from the eraser; any type the caller gives)
     values: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
 
     def add(self, kind: str, raw: Any) -> None:
@@ -236,11 +237,11 @@ class PlainIndex:
 
     people: list[Footprint]
     max_name_words: int = 1
-    _by: dict[tuple[str, str], frozenset[int]] = field(default_factory=dict, init=False)
+    _by: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict, init=False)
     _prefilter: Prefilter | bool | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        by: dict[tuple[str, str], set[int]] = defaultdict(set)
+        by: dict[tuple[str, str], set[str]] = defaultdict(set)
         for person in self.people:
             for kind, values in person.values.items():
                 for value in values:
@@ -249,7 +250,7 @@ class PlainIndex:
                         self.max_name_words = max(self.max_name_words, value.count(" ") + 1)
         self._by = {k: frozenset(v) for k, v in by.items()}
 
-    def owners(self, kind: str, value: str) -> frozenset[int]:
+    def owners(self, kind: str, value: str) -> frozenset[str]:
         return self._by.get((kind, value), frozenset())
 
     @property
@@ -327,7 +328,7 @@ class Prefilter:
         return bool(self.ipv4) and folded.count(".") >= 3 and any(m in self.ipv4 for m in _IPV4.findall(folded))
 
 
-ERASED = -1  # the owner a keyed match reports: the tombstone says someone erased, not who
+ERASED = "\x00erased"  # the owner a keyed match reports: the tombstone says someone erased, not who
 
 
 @dataclass
@@ -339,14 +340,14 @@ class KeyedIndex:
     max_name_words: int = 4
     _seen: dict[tuple[str, str], bool] = field(default_factory=dict, init=False)  # one HMAC per spelling
 
-    def owners(self, kind: str, value: str) -> frozenset[int]:
+    def owners(self, kind: str, value: str) -> frozenset[str]:
         hit = self._seen.get((kind, value))
         if hit is None:
             hit = self._seen[(kind, value)] = keyed(self.key, kind, value) in self.pseudonyms
         return frozenset((ERASED,)) if hit else frozenset()
 
 
-def matches(index: Index, text: str) -> list[tuple[int, int, frozenset[int]]]:
+def matches(index: Index, text: str) -> list[tuple[int, int, frozenset[str]]]:
     """Spans of `text` (start, end, owners) that belong to someone in the index, longest first, no overlaps."""
     found = []
     for c in candidates(text, index.max_name_words):
@@ -354,18 +355,18 @@ def matches(index: Index, text: str) -> list[tuple[int, int, frozenset[int]]]:
         if owners:
             found.append((c.start, c.end, owners))
     found.sort(key=lambda s: (s[0] - s[1], s[0]))
-    kept: list[tuple[int, int, frozenset[int]]] = []
+    kept: list[tuple[int, int, frozenset[str]]] = []
     for start, end, owners in found:
         if not any(s < end and start < e for s, e, _ in kept):
             kept.append((start, end, owners))
     return sorted(kept)
 
 
-def who(index: Index, text: str) -> set[int]:
+def who(index: Index, text: str) -> set[str]:
     return {o for _, _, owners in matches(index, text) for o in owners}
 
 
-def redact(index: Index, text: str, only: set[int] | None = None) -> tuple[str, int]:
+def redact(index: Index, text: str, only: set[str] | None = None) -> tuple[str, int]:
     """`text` with every span of the people in `only` (all when None) replaced; (new text, spans replaced)."""
     spans = [(s, e) for s, e, owners in matches(index, text) if only is None or owners & only]
     if not spans:
@@ -376,7 +377,7 @@ def redact(index: Index, text: str, only: set[int] | None = None) -> tuple[str, 
     return out, len(spans)
 
 
-def redact_text(index: Index, text: str, only: set[int] | None = None) -> tuple[str, int]:
+def redact_text(index: Index, text: str, only: set[str] | None = None) -> tuple[str, int]:
     """Redact a stored value the same way wherever it lives (primary, backup, restore).
 
     A value that is only an IP address of the person becomes its /24 (IPv6: /48) network, as
@@ -403,7 +404,7 @@ def _is_json(text: str) -> bool:
     return True
 
 
-def _redact_json(index: Index, value: Any, only: set[int] | None) -> Any:
+def _redact_json(index: Index, value: Any, only: set[str] | None) -> Any:
     if isinstance(value, dict):
         return {_redact_json(index, k, only): _redact_json(index, v, only) for k, v in value.items()}
     if isinstance(value, list):
@@ -419,11 +420,16 @@ def _redact_json(index: Index, value: Any, only: set[int] | None) -> Any:
 # --- footprints from the database -------------------------------------------------------------
 
 
-def footprints(cur: psycopg2.extensions.cursor, policy: Policy, user_ids: list[int]) -> list[Footprint]:
-    """Each person's footprint, from their own rows: identifiers, names, cookies and IPs."""
-    people = {uid: Footprint(uid) for uid in user_ids}
+def footprints(cur: psycopg2.extensions.cursor, policy: Policy, user_ids: Sequence[Any]) -> list[Footprint]:
+    """Each person's footprint, from their own rows: identifiers, names, cookies and IPs.
+
+    `user_ids`: subject key values (each footprint keeps the value as given); compared as text cast to the
+    key's own type, so the link columns' indexes serve.
+    """
+    people = {str(uid): Footprint(uid) for uid in user_ids}
     if not people:
         return []
+    key_type = sql.SQL(subject_key_type(cur, policy))  # format_type() from the catalogue
     for table, rule in policy.tables.items():
         link = rule.subject or (policy.subject.key if table == policy.subject.table else None)
         if link is None:
@@ -432,16 +438,17 @@ def footprints(cur: psycopg2.extensions.cursor, policy: Policy, user_ids: list[i
         if not columns:
             continue
         cur.execute(
-            sql.SQL("SELECT {link}::bigint, {cols} FROM {t} WHERE {link} = ANY(%s)").format(
+            sql.SQL("SELECT {link}::text, {cols} FROM {t} WHERE {link} = ANY(%s::text[]::{kt}[])").format(
                 link=sql.Identifier(link),
                 cols=sql.SQL(", ").join(_as_text(sql.Identifier(c)) for c, _ in columns),
-                t=sql.Identifier(table),
+                t=relation(table),
+                kt=key_type,
             ),
             (list(people),),
         )
         for row in cur.fetchall():
             for (_, kind), value in zip(columns, row[1:], strict=True):
-                people[int(row[0])].add(kind, value)
+                people[str(row[0])].add(kind, value)
     return list(people.values())
 
 
@@ -464,30 +471,42 @@ class Column:
 @dataclass(frozen=True)
 class Table:
     schema: str
-    name: str
+    relname: str
     columns: tuple[Column, ...]
+    name: str = ""  # the policy's name of the table (`table` or `schema.table`); schema.relname otherwise
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", f"{self.schema}.{self.relname}")
 
     @property
     def ident(self) -> sql.Composable:
-        return sql.Identifier(self.schema, self.name)
+        return sql.Identifier(self.schema, self.relname)
 
 
 def policy_schemas(cur: psycopg2.extensions.cursor, policy: Policy) -> list[str]:
     """The schemas holding the policy's tables (wherever the search path finds them)."""
     cur.execute(
         "SELECT DISTINCT n.nspname FROM unnest(%s::text[]) t(name)"
-        " JOIN pg_class c ON c.oid = to_regclass(quote_ident(t.name))"
+        " JOIN pg_class c ON c.oid = to_regclass(t.name)"
         " JOIN pg_namespace n ON n.oid = c.relnamespace",
-        (list(policy.tables),),
+        ([regclass_literal(t) for t in policy.tables],),
     )
     return sorted(r[0] for r in cur.fetchall())
 
 
-def text_tables(cur: psycopg2.extensions.cursor, schemas: list[str]) -> list[Table]:
-    """Every table (partitioned parents, not their partitions) and its text-like columns."""
+def text_tables(cur: psycopg2.extensions.cursor, schemas: list[str], names: Iterable[str] = ()) -> list[Table]:
+    """Every table (partitioned parents, not their partitions) and its text-like columns.
+
+    Tables of `names` (the policy's) carry the policy's name; others `relname` on the search path, else
+    `schema.relname`.
+    """
+    from lethe.db import PLATFORM_SCHEMA, lethe_schema
+
+    known = policy_oids(cur, names)
     cur.execute(
         """
-        SELECT n.nspname, c.relname, a.attname, format_type(a.atttypid, a.atttypmod),
+        SELECT c.oid::oid, n.nspname, c.relname, a.attname, format_type(a.atttypid, a.atttypmod),
                coalesce(et.typname, t.typname) IN ('json', 'jsonb'), et.oid IS NOT NULL, a.attnotnull
         FROM pg_class c
         JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -500,10 +519,14 @@ def text_tables(cur: psycopg2.extensions.cursor, schemas: list[str]) -> list[Tab
         """,
         (schemas, list(_TEXT_TYPES)),
     )
-    tables: dict[tuple[str, str], list[Column]] = defaultdict(list)
-    for schema, table, column, typ, is_json, is_array, not_null in cur.fetchall():
-        tables[(schema, table)].append(Column(column, typ, bool(is_json), bool(is_array), bool(not_null)))
-    return [Table(s, t, tuple(cols)) for (s, t), cols in tables.items()]
+    tables: dict[tuple[int, str, str], list[Column]] = defaultdict(list)
+    for oid, schema, table, column, typ, is_json, is_array, not_null in cur.fetchall():
+        tables[(int(oid), schema, table)].append(Column(column, typ, bool(is_json), bool(is_array), bool(not_null)))
+    on_path = (PLATFORM_SCHEMA, lethe_schema())
+    return [
+        Table(s, t, tuple(cols), known.get(oid) or (t if s in on_path else f"{s}.{t}"))
+        for (oid, s, t), cols in tables.items()
+    ]
 
 
 @dataclass
@@ -514,7 +537,7 @@ class Hit:
     tableoid: int
     ctid: str
     values: dict[str, str]  # column -> text value (only the columns with a hit)
-    owners: dict[str, frozenset[int]]  # column -> people found in it
+    owners: dict[str, frozenset[str]]  # column -> people found in it
     extra: tuple[Any, ...] = ()  # the values of `with_columns`, in order
 
 
@@ -529,9 +552,9 @@ def scan_rows(
     `with_columns` names, per table, other columns to return with each hit (a subject link).
     """
     prefilter: Prefilter | None = getattr(index, "prefilter", None)
-    seen: dict[str, frozenset[int]] = {}  # values repeat (a feature, a browser): each is matched once
+    seen: dict[str, frozenset[str]] = {}  # values repeat (a feature, a browser): each is matched once
 
-    def found_in(value: str) -> frozenset[int]:
+    def found_in(value: str) -> frozenset[str]:
         owners = seen.get(value)
         if owners is None:
             owners = frozenset(who(index, value)) if prefilter is None or prefilter.may_hold(value) else frozenset()
@@ -551,7 +574,7 @@ def scan_rows(
         )
         for rows in _batches(cur, query):
             for row in rows:
-                owners: dict[str, frozenset[int]] = {}
+                owners: dict[str, frozenset[str]] = {}
                 texts: dict[str, str] = {}
                 for column, value in zip(table.columns, row[2 + len(extra) :], strict=True):
                     if value is None or len(value) < MIN_LENGTH:
@@ -584,7 +607,7 @@ def _batches(cur: psycopg2.extensions.cursor, query: sql.Composable) -> Iterator
         reader.close()
 
 
-Findings = dict[int, dict[str, int]]  # person -> "table.column" -> rows
+Findings = dict[str, dict[str, int]]  # person -> "table.column" -> rows
 
 
 def scan(
@@ -595,8 +618,8 @@ def scan(
 ) -> Findings:
     """Rows per person and `table.column` where the person appears; tables in `skip` are not read."""
     skipped = set(skip)
-    tables = [t for t in text_tables(cur, policy_schemas(cur, policy)) if t.name not in skipped]
-    out: dict[int, Counter[str]] = defaultdict(Counter)
+    tables = [t for t in text_tables(cur, policy_schemas(cur, policy), policy.tables) if t.name not in skipped]
+    out: dict[str, Counter[str]] = defaultdict(Counter)
     for hit in scan_rows(cur, tables, index):
         for column, owners in hit.owners.items():
             for owner in owners:

@@ -41,7 +41,7 @@ def test_form_pattern_accepts_every_kind_and_refuses_injection() -> None:
 
 
 def fk(child: str, parent: str) -> ForeignKey:
-    return ForeignKey(f"{child}_fk", child, ("parent_id",), parent, ("id",))
+    return ForeignKey(child, ("parent_id",), parent, ("id",), name=f"{child}_fk")
 
 
 def test_order_is_parents_first_and_a_cycle_is_reported_not_guessed() -> None:

@@ -15,10 +15,12 @@ from psycopg2 import sql
 
 from lethe import holds, residue
 from lethe.audit.limits import STALE_AFTER_HOURS
+from lethe.db import table as lethe_table
 from lethe.erasure import lifecycle
 from lethe.policy.model import Policy
 from lethe.pseudonym import pseudonym, subject_pseudonym
 from lethe.quality import CheckResult, expect_counts
+from lethe.relations import relation
 
 # 'held': a legal hold keeps the person's rows and the request open; it is reported, not failed.
 OPEN_STATUSES = lifecycle.OPEN
@@ -132,8 +134,8 @@ def held_rows(cur: psycopg2.extensions.cursor, policy: Policy) -> dict[str, dict
                 "SELECT h.hold_id, count(*) FROM {table} t JOIN {holds} h ON t.{s} = h.subject_key::{k} "
                 "WHERE h.released_at IS NULL GROUP BY h.hold_id"
             ).format(
-                table=sql.Identifier(table),
-                holds=sql.Identifier(holds.HOLDS),
+                table=relation(table),
+                holds=lethe_table(holds.HOLDS),
                 s=sql.Identifier(rule.subject),
                 k=key_type,
             )
@@ -183,8 +185,8 @@ def erasure_residue(cur: psycopg2.extensions.cursor, policy: Policy, key: bytes)
     # Pseudonyms are keyed HMACs, so the match runs here in Python over the subjects present.
     cur.execute(
         sql.SQL(" UNION ").join(
-            sql.SQL("SELECT DISTINCT {s} FROM {t} WHERE {s} IS NOT NULL").format(
-                s=sql.Identifier(s), t=sql.Identifier(t)
+            sql.SQL("SELECT DISTINCT {s}::text FROM {t} WHERE {s} IS NOT NULL").format(
+                s=sql.Identifier(s), t=relation(t)
             )
             for t, s in linked.items()
         )
@@ -194,8 +196,8 @@ def erasure_residue(cur: psycopg2.extensions.cursor, policy: Policy, key: bytes)
         n = 0
         if erased_ids:
             cur.execute(
-                sql.SQL("SELECT count(*) FROM {t} WHERE {s} = ANY(%s)").format(
-                    t=sql.Identifier(table), s=sql.Identifier(subject)
+                sql.SQL("SELECT count(*) FROM {t} WHERE {s}::text = ANY(%s::text[])").format(
+                    t=relation(table), s=sql.Identifier(subject)
                 ),
                 (erased_ids,),
             )
@@ -217,9 +219,7 @@ def _identifiers_left(
             if cls not in ("email", "phone", "username"):
                 continue
             cur.execute(
-                sql.SQL("SELECT {c} FROM {t} WHERE {c} IS NOT NULL").format(
-                    c=sql.Identifier(column), t=sql.Identifier(table)
-                )
+                sql.SQL("SELECT {c} FROM {t} WHERE {c} IS NOT NULL").format(c=sql.Identifier(column), t=relation(table))
             )
             for (value,) in cur:
                 try:
@@ -256,7 +256,11 @@ def erasure_residue_scan(
         links = {t: [r.subject] for t, r in policy.tables.items() if r.subject}
         links[holds.HOLDS] = ["subject_key"]  # a hold's own row belongs to the held person
         held = set(holds.active_keys(cur))
-        tables = [t for t in residue.text_tables(cur, residue.policy_schemas(cur, policy)) if t.name not in records]
+        tables = [
+            t
+            for t in residue.text_tables(cur, residue.policy_schemas(cur, policy), policy.tables)
+            if t.name not in records
+        ]
         for hit in residue.scan_rows(cur, tables, index, links):
             owner = str(hit.extra[0]) if hit.extra and hit.extra[0] is not None else None
             for column in hit.owners:

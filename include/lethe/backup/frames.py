@@ -23,6 +23,7 @@ from psycopg2 import sql
 
 from lethe.backup.layout import SUBJECT_COLUMN, bucket_of
 from lethe.pseudonym import subject_pseudonym
+from lethe.relations import regclass_literal, relation
 
 _ARROW_TYPES: dict[str, pa.DataType] = {
     "int2": pa.int16(),
@@ -36,11 +37,21 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
     "date": pa.date32(),
 }
 
+# A manifest's strategy for a link re-pointed to the placeholder subject row carries the row's key:
+# `placeholder:<key>` (no personal data), so propagation and restore need no policy to apply it.
+PLACEHOLDER_PREFIX = "placeholder:"
+
+
+def manifest_strategies(columns: dict[str, str], placeholder: str | None) -> dict[str, str]:
+    """The erasure strategies as a manifest records them (placeholder with its key)."""
+    return {c: f"{PLACEHOLDER_PREFIX}{placeholder}" if s == "placeholder" else s for c, s in columns.items()}
+
 
 @dataclass(frozen=True)
 class Column:
     name: str
     pg_type: str  # pg_type.typname, e.g. int8, timestamptz, _text
+    expr: sql.Composable | None = None  # a computed column (the owner of a referenced row), not a stored one
 
     @property
     def arrow_type(self) -> pa.DataType:
@@ -48,6 +59,8 @@ class Column:
 
     def select_expr(self) -> sql.Composable:
         # Times come out with their UTC offset (e.g. +00, +05:30), which Arrow's ISO-8601 parser reads.
+        if self.expr is not None:
+            return sql.SQL("{} AS {}").format(self.expr, sql.Identifier(self.name))
         return sql.Identifier(self.name)
 
 
@@ -55,9 +68,9 @@ def table_columns(cur: psycopg2.extensions.cursor, table: str) -> list[Column]:
     cur.execute(
         # The table as the connection's search_path finds it: the platform's, or Lethe's own state.
         "SELECT a.attname, t.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
-        " WHERE a.attrelid = to_regclass(quote_ident(%s)) AND a.attnum > 0 AND NOT a.attisdropped"
+        " WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped"
         " ORDER BY a.attnum",
-        (table,),
+        (regclass_literal(table),),
     )
     columns = [Column(name, typ) for name, typ in cur.fetchall()]
     if not columns:
@@ -67,8 +80,8 @@ def table_columns(cur: psycopg2.extensions.cursor, table: str) -> list[Column]:
 
 def export_table(cur: psycopg2.extensions.cursor, table: str, columns: list[Column]) -> pa.Table:
     """All rows of `table` as an Arrow table, through COPY (in the caller's transaction)."""
-    query = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT WITH (FORMAT csv)").format(
-        sql.SQL(", ").join(c.select_expr() for c in columns), sql.Identifier(table)
+    query = sql.SQL("COPY (SELECT {} FROM {} t) TO STDOUT WITH (FORMAT csv)").format(
+        sql.SQL(", ").join(c.select_expr() for c in columns), relation(table)
     )
     cur.execute("SET LOCAL DateStyle = 'ISO, YMD'")  # the time format Arrow parses, whatever the server default
     with tempfile.SpooledTemporaryFile(max_size=64 << 20) as spool:
@@ -205,6 +218,9 @@ def _apply_strategy(column: pa.ChunkedArray, mask: pa.Array, strategy: str, subj
         return pc.if_else(mask, pa.nulls(len(col), col.type), col)
     if strategy == "redact":
         return pc.if_else(mask, pa.scalar("[erased]", col.type), col)
+    if strategy.startswith(PLACEHOLDER_PREFIX):  # a NOT NULL link re-pointed to the placeholder subject row
+        value = strategy.removeprefix(PLACEHOLDER_PREFIX)
+        return pc.if_else(mask, pa.scalar(value, pa.string()).cast(col.type), col)
     if strategy == "truncate_ip":
         values = col.to_pylist()
         flags = mask.to_pylist()
@@ -269,7 +285,7 @@ def copy_into(cur: psycopg2.extensions.cursor, table: str, frame: pa.Table) -> i
     pacsv.write_csv(frame, buf, write_options=pacsv.WriteOptions(include_header=False))
     buf.seek(0)
     query = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv)").format(
-        sql.Identifier(table), sql.SQL(", ").join(sql.Identifier(c) for c in frame.column_names)
+        relation(table), sql.SQL(", ").join(sql.Identifier(c) for c in frame.column_names)
     )
     cur.copy_expert(query.as_string(cur), buf)
     return int(frame.num_rows)

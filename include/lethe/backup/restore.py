@@ -25,6 +25,7 @@ import psycopg2.extensions
 import pyarrow as pa
 from psycopg2 import sql
 
+from lethe import relations
 from lethe.backup import frames, layout, links, store
 from lethe.backup.manifest import Manifest, TableEntry, read
 from lethe.backup.mentions import MentionFinder
@@ -89,16 +90,12 @@ def _array(value: Any) -> list[str]:
 
 
 def load_order(cur: psycopg2.extensions.cursor, tables: list[str]) -> list[str]:
-    """Tables ordered so each comes after the tables its foreign keys point to."""
-    cur.execute(
-        "SELECT c.relname, p.relname FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid"
-        " JOIN pg_class p ON p.oid = k.confrelid WHERE k.contype = 'f' AND c.relname = ANY(%s) AND p.relname = ANY(%s)",
-        (tables, tables),
-    )
+    """Tables ordered so each comes after the tables its foreign keys point to (keys declared only on
+    partitions count as their partitioned parent's, lethe.relations)."""
     needs: dict[str, set[str]] = {t: set() for t in tables}
-    for child, parent in cur.fetchall():
-        if child != parent:
-            needs[child].add(parent)
+    for fk in relations.foreign_keys(cur, tables):
+        if fk.child in needs and fk.parent in needs and fk.child != fk.parent:
+            needs[fk.child].add(fk.parent)
     ordered: list[str] = []
     while needs:
         ready = [t for t in tables if t in needs and not needs[t] - set(ordered)]
@@ -108,6 +105,24 @@ def load_order(cur: psycopg2.extensions.cursor, tables: list[str]) -> list[str]:
             ordered.append(t)
             del needs[t]
     return ordered
+
+
+def _uses_placeholder(manifest: Manifest) -> bool:
+    return any(
+        s.startswith(frames.PLACEHOLDER_PREFIX) for e in manifest.tables.values() for s in e.erasure_columns.values()
+    )
+
+
+def _ensure_placeholder(cur: psycopg2.extensions.cursor, policy: Any) -> None:
+    """The placeholder subject row (no personal data) that kept rows' NOT NULL links point to."""
+    if policy.subject.placeholder is None:
+        return
+    cur.execute(
+        sql.SQL("INSERT INTO {} ({}) VALUES (%s) ON CONFLICT DO NOTHING").format(
+            relations.relation(policy.subject.table), sql.Identifier(policy.subject.key)
+        ),
+        (policy.subject.placeholder,),
+    )
 
 
 def _primary_tombstones(primary_url: str | None, target_url: str) -> list[tuple[Any, ...]] | None:
@@ -149,8 +164,8 @@ def restore_snapshot(
     migrate(target_url)  # Lethe's own schema only: the platform's tables must be there already
     tables = list(manifest.tables)
     with transaction(target_url) as cur:
-        cur.execute("SELECT t FROM unnest(%s::text[]) t WHERE to_regclass(quote_ident(t)) IS NULL", (tables,))
-        missing = [r[0] for r in cur.fetchall()]
+        known = set(relations.policy_oids(cur, tables).values())
+        missing = [t for t in tables if t not in known]
         if missing:
             raise ConfigurationError(
                 f"target database has no table {', '.join(missing)}: Lethe creates only its own schema, so create "
@@ -158,7 +173,7 @@ def restore_snapshot(
             )
         not_empty = []
         for table in tables:
-            cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(sql.Identifier(table)))
+            cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(relations.relation(table)))
             if cur.fetchone()[0]:  # type: ignore[index]
                 not_empty.append(table)
         if not_empty:
@@ -212,6 +227,8 @@ def restore_snapshot(
                     frame, n = links.cut_dangling(frame, fk, present[(fk.parent, fk.parent_columns)])
                     cut += n
             report.rows_loaded[table] = frames.copy_into(cur, table, frame)
+            if table == policy.subject.table and _uses_placeholder(manifest):
+                _ensure_placeholder(cur, policy)  # kept rows re-pointed after this snapshot was taken need it
             if mentions:
                 report.mentions_redacted[table] = mentions
             if cut:
@@ -303,8 +320,8 @@ def verify_no_tombstoned_rows(target_url: str, manifest: Manifest, erased: set[s
                     continue
                 column = sql.Identifier(entry.subject_column)
                 cur.execute(
-                    sql.SQL("SELECT {c}, count(*) FROM {t} WHERE {c} IS NOT NULL GROUP BY {c}").format(
-                        c=column, t=sql.Identifier(table)
+                    sql.SQL("SELECT {c}::text, count(*) FROM {t} WHERE {c} IS NOT NULL GROUP BY {c}").format(
+                        c=column, t=relations.relation(table)
                     )
                 )
                 counts[table] = sum(n for value, n in cur.fetchall() if subject_pseudonym(key, value) in erased)

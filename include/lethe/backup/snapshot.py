@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg2.extensions
 
+from lethe import relations
 from lethe.backup import frames, layout, locks, store, writer
 from lethe.backup.manifest import Manifest, ObjectEntry, TableEntry
 from lethe.backup.manifest import write as write_manifest
@@ -27,6 +28,7 @@ from lethe.policy.model import Policy
 
 log = logging.getLogger(__name__)
 UPLOAD_THREADS = 8
+OWNER = "__lethe_owner"  # the computed owner column of a referenced table, dropped after use
 
 
 # The export holds one REPEATABLE READ snapshot open on the primary for its whole run (it keeps VACUUM
@@ -194,18 +196,19 @@ def export_tables(
 
 def _rewritable(policy: Policy, table: str) -> bool:
     rule = policy.tables[table]
-    return rule.subject is not None and rule.erasure is not None and rule.erasure.action in ("delete", "pseudonymise")
+    return rule.erasure is not None and rule.erasure.action in ("delete", "pseudonymise")
 
 
 def table_sizes(cur: psycopg2.extensions.cursor, tables: list[str]) -> dict[str, int]:
     """Bytes on disk per table (a partitioned table: all its partitions), to size the subject buckets."""
+    names = relations.policy_oids(cur, tables)
     cur.execute(
-        "SELECT c.relname, CASE WHEN c.relkind = 'p' THEN (SELECT coalesce(sum(pg_table_size(p.relid)), 0)"
+        "SELECT c.oid::oid, CASE WHEN c.relkind = 'p' THEN (SELECT coalesce(sum(pg_table_size(p.relid)), 0)"
         " FROM pg_partition_tree(c.oid) p) ELSE pg_table_size(c.oid) END FROM pg_class c"
-        " WHERE c.oid IN (SELECT to_regclass(quote_ident(t)) FROM unnest(%s::text[]) t)",
-        (tables,),
+        " WHERE c.oid = ANY(%s::oid[])",
+        (list(names),),
     )
-    sizes = {name: int(size) for name, size in cur.fetchall()}
+    sizes = {names[int(oid)]: int(size) for oid, size in cur.fetchall()}
     return {t: sizes.get(t, 0) for t in tables}
 
 
@@ -236,13 +239,22 @@ def _table_frame(
 ) -> tuple[TableEntry, Any]:
     rule = policy.tables[table]
     columns = frames.table_columns(cur, table)
-    frame = frames.with_subject(frames.export_table(cur, table, columns), rule.subject, key, pseudonyms)
+    owner = None
+    if rule.subject is None and rule.erasure is not None:
+        owner = relations.referenced_owner(policy, relations.foreign_keys(cur, policy.tables), table)
+    if owner is None:
+        frame = frames.with_subject(frames.export_table(cur, table, columns), rule.subject, key, pseudonyms)
+    else:  # a row the subject points to (an address): its owner is the one row pointing at it
+        exported = frames.export_table(cur, table, [*columns, frames.Column(OWNER, "text", owner)])
+        frame = frames.with_subject(exported, OWNER, key, pseudonyms).drop_columns([OWNER])
     erasure = rule.erasure
     entry = TableEntry(
         columns=[{"name": c.name, "pg_type": c.pg_type, "arrow_type": str(c.arrow_type)} for c in columns],
         subject_column=rule.subject,
         erasure_action=erasure.action if erasure else None,
-        erasure_columns=dict(erasure.columns) if erasure else {},
+        erasure_columns=frames.manifest_strategies(dict(erasure.columns), policy.subject.placeholder)
+        if erasure
+        else {},
         pseudonym_column=next((c for c, cls in rule.columns.items() if cls == "pseudonym"), None),
         free_text=searched_columns(columns, rule.subject, rule.columns),
     )

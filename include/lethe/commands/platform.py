@@ -27,6 +27,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--file", type=Path, help="policy file (default: LETHE_POLICY_FILE or the shipped one)")
     p.add_argument("--no-db", action="store_true", help="validate the file only, without the live schema")
     p.set_defaults(handler=cmd_policy_check)
+    p = policy.add_parser("init", help="draft a policy file from the live database, every guess marked for review")
+    p.add_argument("--subject", required=True, help="the table of the data subject (`table` or `schema.table`)")
+    p.add_argument(
+        "--schema", action="append", default=[], help="schema to read (repeatable; default: all but Lethe's)"
+    )
+    p.add_argument("--out", type=Path, help="write the draft here (refuses to overwrite); default: print it")
+    p.set_defaults(handler=cmd_policy_init)
     p = policy.add_parser("report", help="print the traceability matrix: clause -> rule -> DAG -> test")
     p.add_argument("--file", type=Path)
     p.set_defaults(handler=cmd_policy_report)
@@ -100,6 +107,31 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     print(
         f"{policy.path}: valid and matches the live schema ({len(policy.tables)} tables, {len(policy.rules())} rules)"
     )
+    return 0
+
+
+def cmd_policy_init(args: argparse.Namespace) -> int:
+    from lethe.cli import CommandError
+    from lethe.db import connect
+    from lethe.policy.draft import MARKER, draft
+
+    if args.out and args.out.exists():
+        raise CommandError(f"{args.out} exists: the draft never overwrites a policy file; give another --out")
+    with services() as (db_url, _s3):
+        conn = connect(db_url)
+        conn.set_session(readonly=True)
+        try:
+            with conn.cursor() as cur:
+                text = draft(cur, args.subject, args.schema)
+        except ValueError as exc:
+            raise CommandError(f"lethe policy init: {exc}") from None
+        finally:
+            conn.close()
+    if args.out:
+        args.out.write_text(text)
+        print(f"{args.out}: drafted, {text.count(MARKER)} guesses marked {MARKER!r} to review", file=sys.stderr)
+    else:
+        print(text, end="")
     return 0
 
 

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg2.extensions
-from lethe import residue
+from lethe import relations, residue
 from lethe.policy import Policy
 from lethe.pseudonym import normalise
+from lethe.relations import ForeignKey, relation
 from psycopg2 import sql
 
 
@@ -25,70 +26,43 @@ class ErasureGraphError(RuntimeError):
     """The schema cannot be erased safely (cycle, unmapped table, un-nullable link); names tables and columns."""
 
 
-@dataclass(frozen=True)
-class ForeignKey:
-    name: str
-    child: str
-    child_columns: tuple[str, ...]
-    parent: str
-    parent_columns: tuple[str, ...]
-
-
 @dataclass
 class Graph:
-    """Tables holding rows of the subject, their keys and links, and the order to delete them in."""
+    """Tables holding rows of the subject, their keys and links, and the order to delete them in.
+
+    `tables`: the subject table and every table whose rows point (directly or not) at rows of it,
+    parents first. `referenced`: tables the subject's rows point to (an address) that the policy
+    gives an erasure action, in the order they are reached; they are handled after `tables`.
+    """
 
     subject_table: str
     tables: list[str]  # parents first; reversed, children first (the deletion order)
     primary_keys: dict[str, tuple[str, ...]]
     foreign_keys: list[ForeignKey]
     not_null: dict[str, set[str]] = field(default_factory=dict)
+    referenced: list[str] = field(default_factory=list)
+    key_type: str = "bigint"  # the subject key's SQL type: owners travel as text and are cast to it
+    all_foreign_keys: list[ForeignKey] = field(default_factory=list)  # every key of the database
 
     def parents_of(self, table: str) -> list[ForeignKey]:
         return [fk for fk in self.foreign_keys if fk.child == table and fk.parent in self.tables]
+
+    def pointers_to(self, table: str) -> list[ForeignKey]:
+        """Links from erased rows (or referenced rows reached earlier) to `table`, a referenced table."""
+        reached = set(self.tables) | set(self.referenced[: self.referenced.index(table)])
+        return [fk for fk in self.all_foreign_keys if fk.parent == table and fk.child in reached]
 
     @property
     def deletion_order(self) -> list[str]:
         return list(reversed(self.tables))
 
 
-_FK_SQL = """
-SELECT c.conname, ch.relname, pa.relname,
-       ARRAY(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY k(n, i)
-             JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.i),
-       ARRAY(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY k(n, i)
-             JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.i)
-FROM pg_constraint c
-JOIN pg_class ch ON ch.oid = c.conrelid
-JOIN pg_class pa ON pa.oid = c.confrelid
-JOIN pg_namespace n ON n.oid = ch.relnamespace
-WHERE c.contype = 'f' AND c.conparentid = 0 AND n.nspname = current_schema() AND NOT ch.relispartition
-ORDER BY ch.relname, c.conname
-"""
-
-_PK_SQL = """
-SELECT cl.relname,
-       ARRAY(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY k(n, i)
-             JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.i)
-FROM pg_constraint c
-JOIN pg_class cl ON cl.oid = c.conrelid
-JOIN pg_namespace n ON n.oid = cl.relnamespace
-WHERE c.contype = 'p' AND n.nspname = current_schema() AND NOT cl.relispartition
-"""
-
-_NOT_NULL_SQL = """
-SELECT cl.relname, a.attname::text
-FROM pg_attribute a JOIN pg_class cl ON cl.oid = a.attrelid JOIN pg_namespace n ON n.oid = cl.relnamespace
-WHERE n.nspname = current_schema() AND cl.relname = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped AND a.attnotnull
-"""
-
-
 def read_graph(cur: psycopg2.extensions.cursor, policy: Policy) -> Graph:
-    """The tables reachable from the subject table through foreign keys and the policy's subject links."""
-    cur.execute(_FK_SQL)
-    fks = [ForeignKey(n, c, tuple(cc), p, tuple(pc)) for n, c, p, cc, pc in cur.fetchall()]
-    cur.execute(_PK_SQL)
-    pks = {t: tuple(cols) for t, cols in cur.fetchall()}
+    """The tables reachable from the subject table through foreign keys and the policy's subject links.
+
+    Foreign keys declared only on partitions count as their partitioned parent's (lethe.relations).
+    """
+    fks = relations.foreign_keys(cur, policy.tables)
     subject = policy.subject.table
 
     involved = {subject}
@@ -101,7 +75,20 @@ def read_graph(cur: psycopg2.extensions.cursor, policy: Policy) -> Graph:
                 involved.add(fk.child)
                 frontier.append(fk.child)
 
-    missing = sorted(t for t in involved if t not in pks)
+    referenced: list[str] = []  # tables the involved rows point to, with an erasure rule (an address)
+    frontier = sorted(involved)
+    while frontier:
+        child = frontier.pop(0)
+        for fk in fks:
+            if fk.child != child or fk.parent in involved or fk.parent in referenced:
+                continue
+            rule = policy.tables.get(fk.parent)
+            if rule is not None and rule.subject is None and rule.erasure is not None:
+                referenced.append(fk.parent)
+                frontier.append(fk.parent)
+
+    pks = relations.primary_keys(cur, [*involved, *referenced])
+    missing = sorted(t for t in [*involved, *referenced] if t not in pks)
     if missing:
         raise ErasureGraphError(f"tables without a primary key cannot be erased row by row: {', '.join(missing)}")
     unmapped = sorted(t for t in involved if t not in policy.tables or policy.tables[t].erasure is None)
@@ -112,11 +99,17 @@ def read_graph(cur: psycopg2.extensions.cursor, policy: Policy) -> Graph:
 
     edges = [fk for fk in fks if fk.child in involved and fk.parent in involved]
     order = _parents_first(involved, edges)
-    cur.execute(_NOT_NULL_SQL, (order,))
-    not_null: dict[str, set[str]] = defaultdict(set)
-    for table, column in cur.fetchall():
-        not_null[table].add(column)
-    return Graph(subject, order, {t: pks[t] for t in order}, edges, dict(not_null))
+    not_null = relations.not_null_columns(cur, order)
+    return Graph(
+        subject,
+        order,
+        {t: pks[t] for t in [*order, *referenced]},
+        edges,
+        not_null,
+        referenced,
+        relations.subject_key_type(cur, policy),
+        fks,
+    )
 
 
 def _parents_first(tables: set[str], edges: list[ForeignKey]) -> list[str]:
@@ -147,8 +140,9 @@ def temp_name(table: str) -> sql.Identifier:
     return sql.Identifier(f"lethe_erase_{table}")
 
 
-def materialise(cur: psycopg2.extensions.cursor, graph: Graph, policy: Policy, owners: list[int]) -> dict[str, int]:
-    """Create lethe_erase_<table> (pk columns, owner) for each table, parents first; return rows per table."""
+def materialise(cur: psycopg2.extensions.cursor, graph: Graph, policy: Policy, owners: list[str]) -> dict[str, int]:
+    """Create lethe_erase_<table> (pk columns, owner) for each table, parents first, then for the tables
+    their rows point to (`graph.referenced`); return rows per table. Owners are subject key values as text."""
     counts: dict[str, int] = {}
     key = policy.subject.key
     for table in graph.tables:
@@ -158,9 +152,9 @@ def materialise(cur: psycopg2.extensions.cursor, graph: Graph, policy: Policy, o
         link = key if table == graph.subject_table else policy.tables[table].subject
         if link:
             sources.append(
-                sql.SQL("SELECT {pk}, t.{link}::bigint AS owner FROM {t} t WHERE t.{link} = ANY(%(owners)s)").format(
-                    pk=pk_cols, link=sql.Identifier(link), t=sql.Identifier(table)
-                )
+                sql.SQL(
+                    "SELECT {pk}, t.{link}::text AS owner FROM {t} t WHERE t.{link} = ANY(%(owners)s::text[]::{kt}[])"
+                ).format(pk=pk_cols, link=sql.Identifier(link), t=relation(table), kt=sql.SQL(graph.key_type))
             )
         for fk in graph.parents_of(table):
             if fk.parent == table:
@@ -175,8 +169,8 @@ def materialise(cur: psycopg2.extensions.cursor, graph: Graph, policy: Policy, o
             sources.append(
                 sql.SQL("SELECT {pk}, e.owner FROM {t} t JOIN {p} p ON {ref} JOIN {e} e ON {jpk}").format(
                     pk=pk_cols,
-                    t=sql.Identifier(table),
-                    p=sql.Identifier(fk.parent),
+                    t=relation(table),
+                    p=relation(fk.parent),
                     ref=join_ref,
                     e=temp_name(fk.parent),
                     jpk=join_pk,
@@ -192,16 +186,79 @@ def materialise(cur: psycopg2.extensions.cursor, graph: Graph, policy: Policy, o
             {"owners": owners},
         )
         counts[table] = int(cur.rowcount)
+    for table in graph.referenced:  # rows the erased rows point to: reached from their children
+        pk = graph.primary_keys[table]
+        sources = []
+        for fk in graph.pointers_to(table):
+            join_ref = sql.SQL(" AND ").join(
+                sql.SQL("c.{} = t.{}").format(sql.Identifier(cc), sql.Identifier(pc))
+                for cc, pc in zip(fk.child_columns, fk.parent_columns, strict=True)
+            )
+            join_pk = sql.SQL(" AND ").join(
+                sql.SQL("c.{0} = e.{0}").format(sql.Identifier(c)) for c in graph.primary_keys[fk.child]
+            )
+            sources.append(
+                sql.SQL("SELECT {pk}, e.owner FROM {t} t JOIN {c} c ON {ref} JOIN {e} e ON {jpk}").format(
+                    pk=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in pk),
+                    t=relation(table),
+                    c=relation(fk.child),
+                    ref=join_ref,
+                    e=temp_name(fk.child),
+                    jpk=join_pk,
+                )
+            )
+        pk_plain = sql.SQL(", ").join(sql.Identifier(c) for c in pk)
+        union = sql.SQL(" UNION ALL ").join(sources)
+        if policy.tables[table].erasure.action == "delete":  # type: ignore[union-attr]
+            # only rows nothing else will reference once the person's deleted rows are gone
+            union = sql.SQL("SELECT s.* FROM ({u}) s JOIN {t} t ON {m} WHERE {free}").format(
+                u=union,
+                t=relation(table),
+                m=sql.SQL(" AND ").join(sql.SQL("s.{0} = t.{0}").format(sql.Identifier(c)) for c in pk),
+                free=_unreferenced_after(graph, policy, table),
+            )
+        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(temp_name(table)))
+        cur.execute(
+            sql.SQL(
+                "CREATE TEMP TABLE {e} ON COMMIT DROP AS"
+                " SELECT DISTINCT ON ({pk}) {pk}, owner FROM ({u}) s ORDER BY {pk}, owner"
+            ).format(e=temp_name(table), pk=pk_plain, u=union)
+        )
+        counts[table] = int(cur.rowcount)
     return counts
 
 
-def rows_per_owner(cur: psycopg2.extensions.cursor, graph: Graph) -> dict[int, dict[str, int]]:
+def _unreferenced_after(graph: Graph, policy: Policy, table: str) -> sql.Composable:
+    """Rows `t` of a referenced table that no row will point at after the erasure: every row pointing
+    at it is one this erasure deletes (listed in its lethe_erase_ table, of a table erased by deleting)."""
+    parts: list[sql.Composable] = []
+    erased = set(graph.tables) | set(graph.referenced)
+    for fk in graph.all_foreign_keys:
+        if fk.parent != table:
+            continue
+        ref = sql.SQL(" AND ").join(
+            sql.SQL("x.{} = t.{}").format(sql.Identifier(cc), sql.Identifier(pc))
+            for cc, pc in zip(fk.child_columns, fk.parent_columns, strict=True)
+        )
+        child = policy.tables.get(fk.child)
+        if fk.child in erased and child and child.erasure and child.erasure.action == "delete" and fk.child != table:
+            pk = graph.primary_keys[fk.child]
+            ref = sql.SQL("{} AND NOT EXISTS (SELECT 1 FROM {} y WHERE {})").format(
+                ref,
+                temp_name(fk.child),
+                sql.SQL(" AND ").join(sql.SQL("y.{0} = x.{0}").format(sql.Identifier(c)) for c in pk),
+            )
+        parts.append(sql.SQL("NOT EXISTS (SELECT 1 FROM {} x WHERE {})").format(relation(fk.child), ref))
+    return sql.SQL(" AND ").join(parts) if parts else sql.SQL("true")
+
+
+def rows_per_owner(cur: psycopg2.extensions.cursor, graph: Graph) -> dict[str, dict[str, int]]:
     """owner -> table -> rows linked to that owner."""
-    out: dict[int, dict[str, int]] = defaultdict(dict)
-    for table in graph.tables:
+    out: dict[str, dict[str, int]] = defaultdict(dict)
+    for table in [*graph.tables, *graph.referenced]:
         cur.execute(sql.SQL("SELECT owner, count(*) FROM {} GROUP BY owner").format(temp_name(table)))
         for owner, n in cur.fetchall():
-            out[int(owner)][table] = int(n)
+            out[str(owner)][table] = int(n)
     return dict(out)
 
 
@@ -212,7 +269,7 @@ def rows_per_owner(cur: psycopg2.extensions.cursor, graph: Graph) -> dict[int, d
 class Subject:
     """One person found in the subject table: the key and the identifiers to search for."""
 
-    user_id: int
+    user_id: str  # the subject key's value, as text
     identifiers: dict[str, str]  # kind -> stored value (email, phone, username)
     footprint: Any = None  # lethe.residue.Footprint, read from the person's rows before they go
 
@@ -235,8 +292,8 @@ class Subject:
 def _matches(kind: str, given: str) -> str | None:
     """The spelling an identifier is compared in: lethe.residue's normalisation (email and username
     NFKC case-folded, phones as E.164 in any format, with or without country code or trunk zero)."""
-    if kind == "user_id":
-        return str(int(given)) if given.strip().isdigit() else None
+    if kind == "user_id":  # the subject key, any type: an integer in one spelling, others as given
+        return normalise("user_id", given) if given.strip() else None
     return residue.normalise(kind, given)
 
 
@@ -248,8 +305,9 @@ def resolve(cur: psycopg2.extensions.cursor, policy: Policy, lookups: list[tuple
     """
     subject = policy.subject
     columns = {kind: col for kind, col in subject.identifiers.items() if kind != "user_id"}
+    key_type = sql.SQL(relations.subject_key_type(cur, policy))
     select = sql.SQL(", ").join(
-        [sql.SQL("{}::bigint").format(sql.Identifier(subject.key))]
+        [sql.SQL("{}::text").format(sql.Identifier(subject.key))]
         + [sql.SQL("{}::text").format(sql.Identifier(c)) for c in columns.values()]
     )
     wanted: dict[str, set[str]] = defaultdict(set)
@@ -262,9 +320,9 @@ def resolve(cur: psycopg2.extensions.cursor, policy: Policy, lookups: list[tuple
     found: dict[tuple[str, str], Subject] = {}
 
     def fetch(kind: str, where: sql.Composable, params: list[Any]) -> None:
-        cur.execute(sql.SQL("SELECT {} FROM {} WHERE {}").format(select, sql.Identifier(subject.table), where), params)
+        cur.execute(sql.SQL("SELECT {} FROM {} WHERE {}").format(select, relation(subject.table), where), params)
         for row in cur.fetchall():
-            person = Subject(int(row[0]), dict(zip(columns, row[1:], strict=True)))
+            person = Subject(str(row[0]), dict(zip(columns, row[1:], strict=True)))
             person.identifiers["user_id"] = str(row[0])
             stored = _matches(kind, person.identifiers.get(kind) or "")
             if stored in wanted[kind]:
@@ -273,7 +331,7 @@ def resolve(cur: psycopg2.extensions.cursor, policy: Policy, lookups: list[tuple
     for kind, norms in wanted.items():
         col = sql.Identifier(subject.identifiers[kind])  # type: ignore[index]
         if kind == "user_id":
-            fetch(kind, sql.SQL("{} = ANY(%s)").format(col), [[int(v) for v in norms]])
+            fetch(kind, sql.SQL("{} = ANY(%s::text[]::{}[])").format(col, key_type), [sorted(norms)])
             continue
         if kind == "phone":  # stored phones vary in format: narrow by the national number's digits
             tails = sorted({_national(v) for v in norms})
@@ -325,16 +383,16 @@ def find_mentions(
     policy: Policy,
     people: list[Subject],
     exclude_linked: bool = True,
-) -> dict[tuple[str, str], list[tuple[tuple[Any, ...], str, set[int]]]]:
+) -> dict[tuple[str, str], list[tuple[tuple[Any, ...], str, set[str]]]]:
     """(table, column) -> [(primary key, text, owners mentioned)] for rows not themselves being erased.
 
     SQL narrows with ILIKE; Python confirms with word boundaries, so 'al' does not match 'also'.
     """
-    term_owner: dict[str, set[int]] = defaultdict(set)
+    term_owner: dict[str, set[str]] = defaultdict(set)
     for person in people:
         for term in person.search_terms():
             term_owner[term].add(person.user_id)
-    out: dict[tuple[str, str], list[tuple[tuple[Any, ...], str, set[int]]]] = {}
+    out: dict[tuple[str, str], list[tuple[tuple[Any, ...], str, set[str]]]] = {}
     if not term_owner:
         return out
     pattern = mention_pattern(list(term_owner))
@@ -345,7 +403,7 @@ def find_mentions(
             continue
         pk_cols = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in pk)
         query = sql.SQL("SELECT {pk}, t.{c} FROM {t} t WHERE t.{c} ILIKE ANY(%s)").format(
-            pk=pk_cols, c=sql.Identifier(column), t=sql.Identifier(table)
+            pk=pk_cols, c=sql.Identifier(column), t=relation(table)
         )
         if exclude_linked and table in graph.tables and policy.tables[table].erasure.action == "delete":  # type: ignore[union-attr]
             match_pk = sql.SQL(" AND ").join(sql.SQL("e.{0} = t.{0}").format(sql.Identifier(c)) for c in pk)

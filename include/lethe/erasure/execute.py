@@ -14,15 +14,19 @@ from typing import Any
 import psycopg2.extensions
 import psycopg2.extras
 from lethe import holds, ledger, residue
+from lethe.db import table as lethe_table
 from lethe.erasure import discovery, sweep
 from lethe.erasure.discovery import ErasureGraphError, Graph
 from lethe.erasure.plan import Work
 from lethe.policy import Policy
+from lethe.policy.model import LINK_STRATEGIES
 from lethe.pseudonym import pseudonym
+from lethe.relations import relation
 from psycopg2 import sql
 
 REDACTED = "[erased]"
 TARGETS = sql.Identifier("lethe_erase_targets")
+KEPT_PSEUDONYMS = "kept_pseudonyms"  # Lethe's table of kept rows' pseudonyms (migration 095)
 
 
 def _pk_match(pk: tuple[str, ...], left: str, right: str) -> sql.Composable:
@@ -38,10 +42,12 @@ def _pseudonym_column(policy: Policy, table: str) -> str | None:
     return next((c for c, cls in policy.tables[table].columns.items() if cls == "pseudonym"), None)
 
 
-def _strategy(column: str, strategy: str) -> sql.Composable:
+def _strategy(column: str, strategy: str, placeholder: str | None = None) -> sql.Composable:
     col = sql.Identifier(column)
     if strategy in ("null", "pseudonym_link"):
         return sql.SQL("{} = NULL").format(col)
+    if strategy == "placeholder":  # a NOT NULL link: re-pointed to the placeholder subject row
+        return sql.SQL("{} = {}").format(col, sql.Literal(placeholder))
     if strategy == "redact":
         return sql.SQL("{} = {}").format(col, sql.Literal(REDACTED))
     if strategy == "truncate_ip":
@@ -51,9 +57,36 @@ def _strategy(column: str, strategy: str) -> sql.Composable:
     raise ErasureGraphError(f"unknown erasure strategy {strategy!r} for column {column}")
 
 
-def _counted(cur: psycopg2.extensions.cursor, query: sql.Composable) -> Counter[int]:
+def _counted(cur: psycopg2.extensions.cursor, query: sql.Composable) -> Counter[str]:
     cur.execute(query)
-    return Counter(int(row[0]) for row in cur.fetchall())
+    return Counter(str(row[0]) for row in cur.fetchall())
+
+
+def ensure_placeholder(cur: psycopg2.extensions.cursor, policy: Policy) -> None:
+    """The one placeholder subject row, with nothing but its key, that re-pointed NOT NULL links point to."""
+    cur.execute(
+        sql.SQL("INSERT INTO {} ({}) VALUES (%s) ON CONFLICT DO NOTHING").format(
+            relation(policy.subject.table), sql.Identifier(policy.subject.key)
+        ),
+        (policy.subject.placeholder,),
+    )
+
+
+def _keep_pseudonyms(cur: psycopg2.extensions.cursor, table: str, pk: tuple[str, ...]) -> None:
+    """Record the pseudonym of each kept row of `table` (no pseudonym column of its own) in Lethe's schema."""
+    cur.execute(
+        sql.SQL(
+            "INSERT INTO {k} (table_name, row_key, subject_pseudonym)"
+            " SELECT %s, jsonb_build_object({key}), g.pseudonym FROM {e} e JOIN {g} g ON g.owner = e.owner"
+            " ON CONFLICT (table_name, row_key) DO UPDATE SET subject_pseudonym = EXCLUDED.subject_pseudonym"
+        ).format(
+            k=lethe_table(KEPT_PSEUDONYMS),
+            key=sql.SQL(", ").join(sql.SQL("{}, e.{}").format(sql.Literal(c), sql.Identifier(c)) for c in pk),
+            e=discovery.temp_name(table),
+            g=TARGETS,
+        ),
+        (table,),
+    )
 
 
 def apply(
@@ -61,22 +94,23 @@ def apply(
     policy: Policy,
     graph: Graph,
     works: list[Work],
-    mentions: dict[tuple[str, str], list[tuple[tuple[Any, ...], str, set[int]]]],
-) -> tuple[dict[int, dict[str, int]], dict[int, dict[str, int]]]:
+    mentions: dict[tuple[str, str], list[tuple[tuple[Any, ...], str, set[str]]]],
+) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]]]:
     """Erase the people of `works` whose outcome is 'erased'; return (rows per owner and table, redactions)."""
     targets = [(w.subject.user_id, w.pseudonym) for w in works if w.outcome == "erased" and w.subject]
-    done: dict[int, dict[str, int]] = defaultdict(dict)
-    redacted: dict[int, dict[str, int]] = defaultdict(dict)
+    done: dict[str, dict[str, int]] = defaultdict(dict)
+    redacted: dict[str, dict[str, int]] = defaultdict(dict)
     if not targets:
         return done, redacted
     cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(TARGETS))
-    cur.execute(
-        sql.SQL("CREATE TEMP TABLE {} (owner bigint PRIMARY KEY, pseudonym text) ON COMMIT DROP").format(TARGETS)
-    )
+    cur.execute(sql.SQL("CREATE TEMP TABLE {} (owner text PRIMARY KEY, pseudonym text) ON COMMIT DROP").format(TARGETS))
     psycopg2.extras.execute_values(cur, sql.SQL("INSERT INTO {} VALUES %s").format(TARGETS).as_string(cur), targets)
 
     deleted = {t for t in graph.tables if policy.tables[t].erasure.action == "delete"}  # type: ignore[union-attr]
-    for table in graph.deletion_order:
+    order = [*graph.deletion_order, *graph.referenced]  # the rows the person's rows pointed to come last
+    if any("placeholder" in policy.tables[t].erasure.columns.values() for t in order):  # type: ignore[union-attr]
+        ensure_placeholder(cur, policy)
+    for table in order:
         erasure = policy.tables[table].erasure
         assert erasure is not None
         pk = graph.primary_keys[table]
@@ -88,26 +122,28 @@ def apply(
                 cur,
                 sql.SQL(
                     "DELETE FROM {t} t USING {e} e JOIN {g} g ON g.owner = e.owner WHERE {m} RETURNING e.owner"
-                ).format(t=sql.Identifier(table), e=discovery.temp_name(table), g=TARGETS, m=_pk_match(pk, "t", "e")),
+                ).format(t=relation(table), e=discovery.temp_name(table), g=TARGETS, m=_pk_match(pk, "t", "e")),
             )
         else:
             _cut_links(cur, graph, table, deleted, set(erasure.columns))
-            sets = [_strategy(c, s) for c, s in erasure.columns.items()]
+            sets = [_strategy(c, s, policy.subject.placeholder) for c, s in erasure.columns.items()]
             pcol = _pseudonym_column(policy, table)
             if pcol:
                 sets.append(sql.SQL("{} = g.pseudonym").format(sql.Identifier(pcol)))
+            elif any(s in LINK_STRATEGIES for s in erasure.columns.values()):
+                _keep_pseudonyms(cur, table, pk)  # nowhere in the row for it: Lethe's schema keeps it
             if not sets:  # retained as is: nothing to write, the rows are the plan's count
                 cur.execute(
                     sql.SQL("SELECT e.owner FROM {e} e JOIN {g} g ON g.owner = e.owner").format(
                         e=discovery.temp_name(table), g=TARGETS
                     )
                 )
-                counts = Counter(int(r[0]) for r in cur.fetchall())
+                counts = Counter(str(r[0]) for r in cur.fetchall())
             else:
                 counts = _counted(
                     cur,
                     sql.SQL("UPDATE {t} t SET {s} {l} RETURNING e.owner").format(
-                        t=sql.Identifier(table), s=sql.SQL(", ").join(sets), l=linked
+                        t=relation(table), s=sql.SQL(", ").join(sets), l=linked
                     ),
                 )
         for owner, n in counts.items():
@@ -125,7 +161,7 @@ def apply(
                 continue
             words = sorted({t for o in mine for t in terms[o]})
             cur.execute(
-                sql.SQL("UPDATE {} SET {} = %s WHERE {}").format(sql.Identifier(table), sql.Identifier(column), where),
+                sql.SQL("UPDATE {} SET {} = %s WHERE {}").format(relation(table), sql.Identifier(column), where),
                 (discovery.redact(text, words, REDACTED), *key),
             )
             for owner in mine:
@@ -166,9 +202,9 @@ def _cut_links(cur: psycopg2.extensions.cursor, graph: Graph, table: str, delete
                 "UPDATE {t} t SET {s} FROM {p} p JOIN {pe} pe ON {ppk} JOIN {g} g ON g.owner = pe.owner"
                 " WHERE {ref} AND EXISTS (SELECT 1 FROM {e} e WHERE {tpk})"
             ).format(
-                t=sql.Identifier(table),
+                t=relation(table),
                 s=sql.SQL(", ").join(sql.SQL("{} = NULL").format(sql.Identifier(c)) for c in fk.child_columns),
-                p=sql.Identifier(fk.parent),
+                p=relation(fk.parent),
                 pe=discovery.temp_name(fk.parent),
                 ppk=_pk_match(graph.primary_keys[fk.parent], "p", "pe"),
                 g=TARGETS,

@@ -14,10 +14,13 @@ from typing import Any
 
 import psycopg2.extensions
 from lethe import residue
+from lethe.db import table as lethe_table
 from lethe.erasure import discovery
 from lethe.erasure.discovery import Graph, Subject
+from lethe.holds import HOLDS
 from lethe.policy import Policy
 from lethe.pseudonym import pseudonym, subject_pseudonym
+from psycopg2 import sql
 
 HOLD_REASON = "An active legal hold on the person keeps every row of the person until it is released."
 OUTCOMES = ("erased", "held", "no_data", "already_erased", "same_subject", "dry_run")
@@ -95,31 +98,35 @@ def tombstone_match(cur: psycopg2.extensions.cursor, key: bytes, kind: str, iden
     if norm:  # the scanner's spelling (a phone in another format, an email in another case)
         spellings.append(residue.keyed(key, kind, norm))
     cur.execute(
-        "SELECT 1 FROM erasure_tombstones WHERE subject_pseudonym = %s OR identifier_pseudonyms && %s::text[] LIMIT 1",
+        sql.SQL("SELECT 1 FROM {} WHERE subject_pseudonym = %s OR identifier_pseudonyms && %s::text[] LIMIT 1").format(
+            lethe_table("erasure_tombstones")
+        ),
         (p, spellings),
     )
     return cur.fetchone() is not None
 
 
-def active_holds(cur: psycopg2.extensions.cursor, owners: list[int]) -> dict[int, list[int]]:
+def active_holds(cur: psycopg2.extensions.cursor, owners: list[str]) -> dict[str, list[int]]:
     """Owner -> ids of the active legal holds on them (holds name their subject by key value, as text)."""
     cur.execute(
-        "SELECT subject_key, array_agg(hold_id ORDER BY hold_id) FROM legal_holds"
-        " WHERE subject_key = ANY(%s) AND released_at IS NULL GROUP BY subject_key",
-        ([str(o) for o in owners],),
+        sql.SQL(
+            "SELECT subject_key, array_agg(hold_id ORDER BY hold_id) FROM {}"
+            " WHERE subject_key = ANY(%s) AND released_at IS NULL GROUP BY subject_key"
+        ).format(lethe_table(HOLDS)),
+        (list(owners),),
     )
-    return {int(u): [int(h) for h in ids] for u, ids in cur.fetchall()}
+    return {str(u): [int(h) for h in ids] for u, ids in cur.fetchall()}
 
 
 def build(
     cur: psycopg2.extensions.cursor, policy: Policy, graph: Graph, key: bytes, works: list[Work]
-) -> dict[tuple[str, str], list[tuple[tuple[Any, ...], str, set[int]]]]:
+) -> dict[tuple[str, str], list[tuple[tuple[Any, ...], str, set[str]]]]:
     """Fill each Work with its outcome and per-table plan; return the free-text mentions to redact.
 
     Leaves the lethe_erase_<table> temp tables in the transaction for the executor.
     """
     found = discovery.resolve(cur, policy, [(w.kind, w.identifier) for w in works])
-    first_for: dict[int, Work] = {}
+    first_for: dict[str, Work] = {}
     for work, person in zip(works, found, strict=True):
         if person is None:
             work.outcome = "already_erased" if tombstone_match(cur, key, work.kind, work.identifier) else "no_data"
@@ -133,7 +140,7 @@ def build(
 
     owners = sorted(first_for)
     holds = active_holds(cur, owners) if owners else {}
-    per_owner: dict[int, dict[str, int]] = {}
+    per_owner: dict[str, dict[str, int]] = {}
     if owners:  # the scanner's footprint, before anything goes: what the dry run shows by table and column
         prints = residue.footprints(cur, policy, owners)
         findings = residue.scan(cur, policy, residue.PlainIndex(prints))
@@ -146,7 +153,7 @@ def build(
         per_owner = discovery.rows_per_owner(cur, graph)
     erasing = [w.subject for w in first_for.values() if w.subject and w.subject.user_id not in holds]
     mentions = discovery.find_mentions(cur, graph, policy, [p for p in erasing if p is not None]) if erasing else {}
-    redactions: dict[int, Counter[str]] = {}
+    redactions: dict[str, Counter[str]] = {}
     for (table, column), hits in mentions.items():
         for _pk, _text, mentioned in hits:
             for owner in mentioned:
@@ -157,6 +164,7 @@ def build(
         if held:
             work.outcome, work.holds = "held", holds[owner]
         counts = per_owner.get(owner, {})
-        work.tables = {t: table_entry(policy, t, counts[t], held) for t in graph.deletion_order if counts.get(t)}
+        order = [*graph.deletion_order, *graph.referenced]
+        work.tables = {t: table_entry(policy, t, counts[t], held) for t in order if counts.get(t)}
         work.redactions = dict(sorted(redactions.get(owner, Counter()).items()))
     return mentions

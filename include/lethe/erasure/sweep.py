@@ -31,14 +31,16 @@ from lethe.policy import Policy
 from psycopg2 import sql
 
 
-def held_people(cur: psycopg2.extensions.cursor) -> set[int]:
-    return {int(k) for k in holds.active_keys(cur) if k.lstrip("-").isdigit()}
+def held_people(cur: psycopg2.extensions.cursor) -> set[str]:
+    return set(holds.active_keys(cur))
 
 
 def scanned_tables(cur: psycopg2.extensions.cursor, policy: Policy) -> list[residue.Table]:
     """The tables of the policy's schemas but Lethe's own erasure records."""
     records = {t for t, rule in policy.tables.items() if rule.purpose == "erasure_record"}
-    return [t for t in residue.text_tables(cur, residue.policy_schemas(cur, policy)) if t.name not in records]
+    return [
+        t for t in residue.text_tables(cur, residue.policy_schemas(cur, policy), policy.tables) if t.name not in records
+    ]
 
 
 def subject_links(policy: Policy) -> dict[str, list[str]]:
@@ -52,7 +54,7 @@ def own_names(policy: Policy) -> dict[str, set[str]]:
     return {t: {c for c, cls in r.columns.items() if cls == "name"} for t, r in policy.tables.items()}
 
 
-def _relevant(hit: residue.Hit, people: set[int], owner: int | None, names: dict[str, set[str]]) -> dict[str, set[int]]:
+def _relevant(hit: residue.Hit, people: set[str], owner: str | None, names: dict[str, set[str]]) -> dict[str, set[str]]:
     someone_else = owner is not None and owner not in people
     return {
         c: set(o) & people
@@ -66,7 +68,7 @@ def kept_columns(policy: Policy) -> dict[str, set[str]]:
     return {t: set(r.erasure.keep) for t, r in policy.tables.items() if r.erasure and r.erasure.action != "delete"}
 
 
-def _masked(index: residue.Index, column: residue.Column, value: str, only: set[int]) -> tuple[sql.Composable, Any]:
+def _masked(index: residue.Index, column: residue.Column, value: str, only: set[str]) -> tuple[sql.Composable, Any]:
     """(SET expression, parameter) masking the people of `only` in one column's value (lethe.residue.redact_text:
     the same replacement as in backups and restores; an IP becomes its network, JSON stays JSON)."""
     new = residue.redact_text(index, value, only)[0]
@@ -74,17 +76,17 @@ def _masked(index: residue.Index, column: residue.Column, value: str, only: set[
 
 
 def sweep(
-    cur: psycopg2.extensions.cursor, policy: Policy, index: residue.Index, people: set[int]
-) -> dict[int, dict[str, int]]:
+    cur: psycopg2.extensions.cursor, policy: Policy, index: residue.Index, people: set[str]
+) -> dict[str, dict[str, int]]:
     """Handle every row where one of `people` still appears; per person, `action:table.column` -> rows."""
     held = held_people(cur)
     kept = kept_columns(policy)
     names = own_names(policy)
-    out: dict[int, Counter[str]] = defaultdict(Counter)
+    out: dict[str, Counter[str]] = defaultdict(Counter)
     hits = list(residue.scan_rows(cur, scanned_tables(cur, policy), index, subject_links(policy)))
     for hit in hits:
         rule = policy.tables.get(hit.table.name)
-        owner = int(hit.extra[0]) if hit.extra and hit.extra[0] is not None else None
+        owner = str(hit.extra[0]) if hit.extra and hit.extra[0] is not None else None
         found = _relevant(hit, people, owner, names)
         if not found:
             continue
@@ -119,7 +121,7 @@ def sweep(
 
 
 def left(
-    cur: psycopg2.extensions.cursor, policy: Policy, index: residue.Index, people: set[int]
+    cur: psycopg2.extensions.cursor, policy: Policy, index: residue.Index, people: set[str]
 ) -> tuple[dict[str, int], dict[str, int]]:
     """After the sweep: (rows per `table.column` still holding the people, outside what is allowed; allowed rows).
 
@@ -131,7 +133,7 @@ def left(
     residue_left: Counter[str] = Counter()
     allowed: Counter[str] = Counter()
     for hit in residue.scan_rows(cur, scanned_tables(cur, policy), index, subject_links(policy)):
-        owner = int(hit.extra[0]) if hit.extra and hit.extra[0] is not None else None
+        owner = str(hit.extra[0]) if hit.extra and hit.extra[0] is not None else None
         for name in _relevant(hit, people, owner, names):
             key = f"{hit.table.name}.{name}"
             if name in kept.get(hit.table.name, set()) or (owner in held and owner not in people):

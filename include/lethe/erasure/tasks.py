@@ -392,11 +392,14 @@ def _lock_subjects(cur: psycopg2.extensions.cursor, policy: Policy, works: list[
     found = discovery.resolve(cur, policy, [(w.kind, w.identifier) for w in works])
     ids = sorted({p.user_id for p in found if p is not None})
     if ids:
+        from lethe.relations import relation, subject_key_type
         from psycopg2 import sql
 
         cur.execute(
-            sql.SQL("SELECT 1 FROM {} WHERE {} = ANY(%s) FOR UPDATE").format(
-                sql.Identifier(policy.subject.table), sql.Identifier(policy.subject.key)
+            sql.SQL("SELECT 1 FROM {} WHERE {} = ANY(%s::text[]::{}[]) FOR UPDATE").format(
+                relation(policy.subject.table),
+                sql.Identifier(policy.subject.key),
+                sql.SQL(subject_key_type(cur, policy)),
             ),
             (ids,),
         )

@@ -17,6 +17,7 @@ from lethe import residue as lethe_residue
 from lethe.erasure import discovery, sweep
 from lethe.erasure.discovery import Graph, Subject
 from lethe.policy import Policy
+from lethe.relations import relation
 from psycopg2 import sql
 
 IDENTIFIER_CLASSES = ("email", "phone", "username")
@@ -48,7 +49,7 @@ def residue(cur: psycopg2.extensions.cursor, policy: Policy, graph: Graph, peopl
                 else:
                     expr = sql.SQL("lower({})").format(sql.Identifier(column))
                 cur.execute(
-                    sql.SQL("SELECT count(*) FROM {} WHERE {} = ANY(%s)").format(sql.Identifier(table), expr), (values,)
+                    sql.SQL("SELECT count(*) FROM {} WHERE {} = ANY(%s)").format(relation(table), expr), (values,)
                 )
                 counts[f"{table}.{column}.{kind}"] = int(cur.fetchone()[0])  # type: ignore[index]
     mentions = discovery.find_mentions(cur, graph, policy, people, exclude_linked=False)

@@ -12,7 +12,9 @@ import psycopg2.extensions
 import yaml
 
 from lethe.db import LETHE_TABLES, PLATFORM_SCHEMA, lethe_schema
+from lethe.policy.draft import unreviewed
 from lethe.policy.model import PERSONAL_CATEGORIES, Policy, _line_index
+from lethe.relations import ForeignKey, foreign_keys, policy_oids, split
 
 # Types a retention clock can count from.
 CLOCK_TYPES = ("timestamp with time zone", "timestamp without time zone", "date")
@@ -23,52 +25,72 @@ NULLING = ("null", "pseudonym_link")
 class LiveColumn(NamedTuple):
     type: str
     not_null: bool
+    has_default: bool = False
 
 
 def live_schema(
-    cur: psycopg2.extensions.cursor, lethe_tables: list[str] | None = None
+    cur: psycopg2.extensions.cursor, lethe_tables: list[str] | None = None, policy_tables: list[str] | None = None
 ) -> dict[str, dict[str, LiveColumn]]:
-    """Ordinary and partitioned tables of the platform's schema (not partitions) -> columns in order,
-    plus those of `lethe_tables` that live in Lethe's own schema (its state the policy governs)."""
+    """Ordinary and partitioned tables (not partitions) -> columns in order: those of the platform's schema
+    and of every other schema the policy names a table in (`schema.table`), plus those of `lethe_tables`
+    that live in Lethe's own schema (its state the policy governs). Tables the policy names come under
+    the policy's name; others as `table` in the platform's schema and `schema.table` elsewhere."""
+    named = policy_tables or []
+    schemas = sorted({PLATFORM_SCHEMA} | {s for s, _ in map(split, named) if s})
+    known = policy_oids(cur, named)
     cur.execute(
         """
-        SELECT n.nspname, c.relname, a.attname, format_type(a.atttypid, NULL), a.attnotnull
+        SELECT c.oid::oid, n.nspname, c.relname, a.attname, format_type(a.atttypid, NULL), a.attnotnull,
+               a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''
         FROM pg_class c
         JOIN pg_namespace n ON n.oid = c.relnamespace
         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
         WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
-          AND (n.nspname = %(platform)s OR (n.nspname = %(lethe)s AND c.relname = ANY(%(named)s)))
+          AND (n.nspname = ANY(%(schemas)s) OR (n.nspname = %(lethe)s AND c.relname = ANY(%(named)s)))
         ORDER BY n.nspname = %(platform)s DESC, c.relname, a.attnum
         """,
-        {"platform": PLATFORM_SCHEMA, "lethe": lethe_schema(), "named": lethe_tables or []},
+        {"platform": PLATFORM_SCHEMA, "schemas": schemas, "lethe": lethe_schema(), "named": lethe_tables or []},
     )
     schema: dict[str, dict[str, LiveColumn]] = {}
     home: dict[str, str] = {}
-    for namespace, table, column, type_, not_null in cur.fetchall():
+    for oid, namespace, relname, column, type_, not_null, has_default in cur.fetchall():
+        table = known.get(int(oid)) or (
+            relname if namespace in (PLATFORM_SCHEMA, lethe_schema()) else f"{namespace}.{relname}"
+        )
         if home.setdefault(table, namespace) == namespace:  # a platform table shadows Lethe's of the same name
-            schema.setdefault(table, {})[column] = LiveColumn(type_, not_null)
+            schema.setdefault(table, {})[column] = LiveColumn(type_, not_null, has_default)
     return schema
 
 
-def subject_foreign_keys(cur: psycopg2.extensions.cursor, subject_table: str) -> set[tuple[str, str]]:
-    """(table, column) pairs with a foreign key to the subject table."""
-    cur.execute(
-        """
-        SELECT src.relname, a.attname
-        FROM pg_constraint con
-        JOIN pg_class src ON src.oid = con.conrelid
-        JOIN pg_class dst ON dst.oid = con.confrelid
-        JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = con.conkey[1]
-        WHERE con.contype = 'f' AND dst.relname = %s AND array_length(con.conkey, 1) = 1
-        """,
-        (subject_table,),
-    )
-    return {(t, c) for t, c in cur.fetchall()}
+def subject_foreign_keys(fks: list[ForeignKey], subject_table: str) -> set[tuple[str, str]]:
+    """(table, column) pairs with a single-column foreign key to the subject table (declared on the
+    table, or only on its partitions)."""
+    return {(fk.child, fk.child_columns[0]) for fk in fks if fk.parent == subject_table and len(fk.child_columns) == 1}
+
+
+def pointed_to(policy: Policy, fks: list[ForeignKey]) -> dict[str, str]:
+    """Tables without a subject link that rows of the subject point to (an address): table -> the table
+    pointing at it. Reached from the subject's tables, then from those reached, as erasure reaches them."""
+    linked = {policy.subject.table} | {t for t, r in policy.tables.items() if r.subject}
+    found: dict[str, str] = {}
+    frontier = sorted(linked)
+    while frontier:
+        child = frontier.pop(0)
+        for fk in fks:
+            parent = fk.parent
+            if fk.child != child or parent in linked or parent in found or parent not in policy.tables:
+                continue
+            rule = policy.tables[parent]
+            if rule.erasure is not None or any(c in PERSONAL_CATEGORIES for c in rule.columns.values()):
+                found[parent] = child
+                frontier.append(parent)
+    return found
 
 
 def lint(policy: Policy, cur: psycopg2.extensions.cursor) -> list[str]:
     path = policy.path
-    node = yaml.compose(path.read_text()) if path else None
+    text = path.read_text() if path else ""
+    node = yaml.compose(text) if path else None
     lines: dict[tuple[Any, ...], int] = _line_index(node) if node else {}
 
     def at(*loc: Any) -> str:
@@ -77,9 +99,13 @@ def lint(policy: Policy, cur: psycopg2.extensions.cursor) -> list[str]:
                 return f"{path}:{lines[loc[:end]]}"
         return str(path)
 
-    schema = live_schema(cur, [t for t in policy.tables if t in LETHE_TABLES])
-    fks = subject_foreign_keys(cur, policy.subject.table)
-    problems: list[str] = []
+    schema = live_schema(cur, [t for t in policy.tables if t in LETHE_TABLES], list(policy.tables))
+    all_fks = foreign_keys(cur, policy.tables)
+    fks = subject_foreign_keys(all_fks, policy.subject.table)
+    reached = pointed_to(policy, all_fks)
+    problems: list[str] = unreviewed(text, str(path))
+    problems += _clock_problems(policy, schema, at)
+    problems += _placeholder_problems(policy, schema, at)
     for table in sorted(set(schema) - set(policy.tables) - set(policy.system_tables)):
         problems.append(f"{at('tables')}: table {table!r} exists in the database but no rule of the policy covers it")
     for table, rule in policy.tables.items():
@@ -100,7 +126,13 @@ def lint(policy: Policy, cur: psycopg2.extensions.cursor) -> list[str]:
                 )
         problems += _impossible(policy, table, live, at)
         personal = sorted(c for c, cls in rule.columns.items() if cls in PERSONAL_CATEGORIES)
-        if personal and rule.subject is None and table != policy.subject.table:
+        if personal and rule.subject is None and table in reached and rule.erasure is None:
+            problems.append(
+                f"{at('tables', table)}: tables.{table}: rows of the data subject in {reached[table]} point to this "
+                f"table's rows, which hold personal data ({', '.join(personal)}): give it an `erasure` action "
+                "(delete: when nothing else references the row; pseudonymise; or retain, with the reason)"
+            )
+        elif personal and rule.subject is None and table != policy.subject.table and table not in reached:
             problems.append(
                 f"{at('tables', table, 'subject')}: tables.{table}.subject: holds personal data "
                 f"({', '.join(personal)}) but is not linked to the data subject"
@@ -120,6 +152,48 @@ def lint(policy: Policy, cur: psycopg2.extensions.cursor) -> list[str]:
                 f"to {policy.subject.table}.{policy.subject.key}, so the subject cannot be reached through it"
             )
     return problems
+
+
+def _clock_problems(policy: Policy, schema: dict[str, dict[str, LiveColumn]], at: Any) -> list[str]:
+    """The event clocks the rules use must read columns that exist, and times where a time is meant."""
+    events = {r.event for _, r in policy.rules() if r.event}
+    problems: list[str] = []
+    needs: list[tuple[str, str, str, bool]] = []  # (field, table, column, must be a time)
+    if "account_closed" in events:
+        c = policy.clock_account_closed()
+        needs += [("account_closed", c.table, c.subject, False), ("account_closed", c.table, c.column, True)]
+    if "consent_ended" in events:
+        e = policy.clock_consent_ended()
+        needs += [("consent_ended", e.table, e.subject, False), ("consent_ended", e.table, e.purpose, False)]
+        needs += [("consent_ended", e.table, column, True) for column in e.ended]
+    for clock, table, column, timed in needs:
+        where = f"{at('clocks', clock)}: clocks.{clock}"
+        if table not in schema:
+            problems.append(f"{where}: the clock reads table {table!r}, which is not in the database")
+        elif column not in schema[table]:
+            problems.append(f"{where}: the clock reads {table}.{column}, which is not a column in the database")
+        elif timed and schema[table][column].type not in CLOCK_TYPES:
+            problems.append(
+                f"{where}: the clock reads {table}.{column}, which is {schema[table][column].type}, not a timestamp"
+            )
+    return problems
+
+
+def _placeholder_problems(policy: Policy, schema: dict[str, dict[str, LiveColumn]], at: Any) -> list[str]:
+    """A placeholder subject row holds nothing but its key: the subject table must allow that."""
+    if policy.subject.placeholder is None or policy.subject.table not in schema:
+        return []
+    blocked = sorted(
+        c
+        for c, live in schema[policy.subject.table].items()
+        if live.not_null and not live.has_default and c != policy.subject.key
+    )
+    if not blocked:
+        return []
+    return [
+        f"{at('subject', 'placeholder')}: subject.placeholder: the placeholder row has only its key, but "
+        f"{policy.subject.table} has NOT NULL column(s) without a default: {', '.join(blocked)}"
+    ]
 
 
 def _impossible(policy: Policy, table: str, live: dict[str, LiveColumn], at: Any) -> list[str]:
@@ -150,5 +224,10 @@ def _impossible(policy: Policy, table: str, live: dict[str, LiveColumn], at: Any
             problems.append(
                 f"{at('tables', table, 'erasure', 'columns', column)}: tables.{table}.erasure.columns.{column}: "
                 f"erasure sets {column!r} to null ({strategy}), but the column is NOT NULL"
+                + (
+                    ": use strategy placeholder (re-point it to the placeholder subject row, subject.placeholder)"
+                    if strategy == "pseudonym_link"
+                    else ""
+                )
             )
     return problems

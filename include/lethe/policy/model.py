@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-# The privacy policy's purposes (clauses 1-7), plus the record of removals.
+# re:Skill's purposes (clauses 1-7), plus the record of removals: the default when a policy file declares none.
 PURPOSES = {
     "updates": "1. To provide you with latest information",
     "services": "2. To enable providing services to you",
@@ -22,7 +22,8 @@ PURPOSES = {
     "legal": "7. To fulfil legal duties",
     "erasure_record": "Data retention: pseudonyms kept solely for a record about the data removal",
 }
-Purpose = Literal["updates", "services", "usage", "security", "marketing", "evidence", "legal", "erasure_record"]
+# A purpose is a name the policy file declares under `purposes:` (checked by Policy).
+Purpose = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
 LegalBasis = Literal["contract", "legitimate_interest", "consent", "legal_obligation"]
 
 # Column classes: the policy's data categories, then Lethe's structural classes.
@@ -67,8 +68,13 @@ def _column_class(value: str) -> str:
 
 ColumnClass = Annotated[str, AfterValidator(_column_class)]
 
+# re:Skill's consent purposes: the default when a policy file declares no `consent_purposes:`.
 CONSENT_PURPOSES = ("updates", "third_party", "analytics", "marketing", "quotes")
-Strategy = Literal["null", "redact", "truncate_ip", "pseudonym_link"]
+# pseudonym_link: the link to the subject is cut (NULL) and the pseudonym kept; placeholder: a NOT NULL link is
+# re-pointed to the policy's placeholder subject row and the pseudonym kept (in Lethe's schema if the table has
+# no pseudonym column).
+Strategy = Literal["null", "redact", "truncate_ip", "pseudonym_link", "placeholder"]
+LINK_STRATEGIES = ("pseudonym_link", "placeholder")
 
 _DURATION = re.compile(r"^P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?$")
 
@@ -124,15 +130,6 @@ class RetentionRule(_Strict):
     action: Literal["delete", "anonymise", "drop_partitions"]
     columns: dict[str, Strategy] = Field(default_factory=dict)
 
-    @field_validator("after")
-    @classmethod
-    def _after(cls, value: str) -> str:
-        if value.startswith("consent_ended:"):
-            purpose = value.split(":", 1)[1]
-            if purpose not in CONSENT_PURPOSES:
-                raise ValueError(f"unknown consent purpose {purpose!r}; expected one of {', '.join(CONSENT_PURPOSES)}")
-        return value
-
     @model_validator(mode="after")
     def _columns_for_anonymise(self) -> RetentionRule:
         if self.action == "anonymise" and not self.columns:
@@ -156,6 +153,12 @@ class RetentionRule(_Strict):
 
 
 class Erasure(_Strict):
+    """What erasing a person does to the table's rows of that person.
+
+    For a table the person's rows point to (an address), `delete` removes a row only when
+    nothing else references it any more; `pseudonymise` masks `columns`; `retain` keeps it.
+    """
+
     action: Literal["delete", "pseudonymise", "retain"]
     columns: dict[str, Strategy] = Field(default_factory=dict)
     retained_because: str | None = None
@@ -338,9 +341,8 @@ class Processor(_Strict):
     regions: list[str] = Field(min_length=1)
     identifier: Literal["email", "user_id"]
     hash: Literal["none", "md5_lower", "sha256_lower"] = "none"  # as the provider's API wants the identifier
-    on_objection: list[Literal["updates", "third_party", "analytics", "marketing", "quotes"]] = Field(
-        default_factory=list
-    )  # consent purposes whose objection or withdrawal removes the person here
+    # consent purposes whose objection or withdrawal removes the person here
+    on_objection: list[Purpose] = Field(default_factory=list)
     http: HttpDeletion | None = None
 
     @model_validator(mode="after")
@@ -355,15 +357,52 @@ class Processor(_Strict):
 
 
 class Subject(_Strict):
+    """The data subject's table (`table` or `schema.table`), its key column (any type) and identifier columns.
+
+    `placeholder`: the key value of the one row, with no personal data, that Lethe creates in the subject
+    table and re-points NOT NULL links of kept rows to (erasure strategy `placeholder`).
+    """
+
     table: str
     key: str
     identifiers: dict[Literal["user_id", "email", "phone", "username"], str]
+    placeholder: str | None = None
+
+
+class AccountClosedClock(_Strict):
+    """`after: account_closed`: the row of `table` whose `subject` column holds the person's key says, in
+    `column` (a timestamp), when the account closed."""
+
+    table: str
+    subject: str
+    column: str
+
+
+class ConsentEndedClock(_Strict):
+    """`after: consent_ended:<purpose>`: a row of `table` for the person (`subject` column) and purpose
+    (`purpose` column) whose earliest non-null `ended` column says when consent ended (withdrawn or objected)."""
+
+    table: str
+    subject: str
+    purpose: str
+    ended: list[str] = Field(min_length=1)
+
+
+class Clocks(_Strict):
+    account_closed: AccountClosedClock | None = None
+    consent_ended: ConsentEndedClock | None = None
 
 
 class Policy(_Strict):
     version: str
     source: str
     subject: Subject
+    # The purposes rules and processors may name (name -> what it is for); re:Skill's when not given.
+    purposes: dict[Purpose, str] = Field(default_factory=lambda: dict(PURPOSES))
+    # The purposes a person consents to (and may withdraw or object): `after: consent_ended:<purpose>`.
+    consent_purposes: list[Purpose] = Field(default_factory=lambda: list(CONSENT_PURPOSES))
+    # Where the event clocks read their events; re:Skill's layout when not given (see `clock_*`).
+    clocks: Clocks = Field(default_factory=Clocks)
     system_tables: list[str] = Field(default_factory=list)
     backups: Backups = Field(default_factory=Backups)
     sharing: Sharing = Field(default_factory=Sharing)
@@ -382,7 +421,44 @@ class Policy(_Strict):
             seen.add(rule[1].name)
         if self.subject.table not in self.tables:
             raise ValueError(f"subject table {self.subject.table!r} is not under `tables`")
+        problems = []
+        for name, t in self.tables.items():
+            if t.purpose not in self.purposes:
+                problems.append(f"tables.{name}.purpose: unknown purpose {t.purpose!r}; declare it under `purposes`")
+            for r in t.retention:
+                purpose = r.consent_purpose
+                if purpose is not None and purpose not in self.consent_purposes:
+                    problems.append(
+                        f"tables.{name}: rule {r.name}: unknown consent purpose {purpose!r}; expected one of "
+                        f"{', '.join(self.consent_purposes)} (`consent_purposes`)"
+                    )
+            if t.erasure and "placeholder" in t.erasure.columns.values() and self.subject.placeholder is None:
+                problems.append(
+                    f"tables.{name}.erasure: strategy placeholder needs `subject.placeholder` (the key of the "
+                    "placeholder subject row Lethe creates)"
+                )
+        for name, p in self.processors.items():
+            problems += [f"processors.{name}: unknown purpose {x!r}" for x in p.purposes if x not in self.purposes]
+            problems += [
+                f"processors.{name}.on_objection: unknown consent purpose {x!r}"
+                for x in p.on_objection
+                if x not in self.consent_purposes
+            ]
+        if problems:  # one per line, each `field: message`, so load_policy can give each its line
+            raise ValueError("\n".join(problems))
         return self
+
+    def clock_account_closed(self) -> AccountClosedClock:
+        """Where `after: account_closed` reads the closing time (default: the subject table's `closed_at`)."""
+        return self.clocks.account_closed or AccountClosedClock(
+            table=self.subject.table, subject=self.subject.key, column="closed_at"
+        )
+
+    def clock_consent_ended(self) -> ConsentEndedClock:
+        """Where `after: consent_ended:<purpose>` reads consents (default: re:Skill's `consents` table)."""
+        return self.clocks.consent_ended or ConsentEndedClock(
+            table="consents", subject="user_id", purpose="purpose", ended=["withdrawn_at", "objected_at"]
+        )
 
     def rules(self) -> list[tuple[str, RetentionRule]]:
         """Every retention rule with its table, in file order."""
@@ -430,6 +506,16 @@ def duplicate_keys(node: yaml.Node, path: tuple[Any, ...] = ()) -> list[tuple[in
     return found
 
 
+def _field_path(field: str, lines: dict[tuple[Any, ...], int]) -> tuple[Any, ...]:
+    """`tables.billing.invoices.purpose` -> ('tables', 'billing.invoices', 'purpose'): table names may hold a dot."""
+    parts = field.split(".")
+    for end in range(len(parts), 1, -1):
+        name = ".".join(parts[1:end])
+        if (parts[0], name) in lines:
+            return (parts[0], name, *parts[end:])
+    return tuple(parts)
+
+
 def _locate(loc: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> int:
     for end in range(len(loc), -1, -1):
         if loc[:end] in lines:
@@ -467,6 +553,11 @@ def load_policy(path: Path | str | None = None) -> Policy:
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal["))))
             field = ".".join(str(p) for p in loc) or "(top level)"
             message = err["msg"].removeprefix("Value error, ")
+            if (not loc and "\n" in message) or re.match(r"^(tables|processors)\.[^ :]+: ", message):
+                for part in message.split("\n"):  # the policy's cross-checks: `field: message` per line
+                    where, _, text = part.partition(": ")
+                    problems.append(f"{path}:{_locate(_field_path(where, lines), lines)}: {where}: {text}")
+                continue
             problems.append(f"{path}:{_locate(loc, lines)}: {field}: {message}")
         raise PolicyError(problems) from None
     return policy.model_copy(update={"path": path, "digest": hashlib.sha256(text.encode()).hexdigest()[:16]})

@@ -151,7 +151,7 @@ def object_in(
     name: str, db_url: str, policy: Policy, credentials: CredentialsFor, *, final_try: bool
 ) -> dict[str, Any]:
     """Remove from one processor everyone who objected to (or withdrew) a purpose it is used for."""
-    from lethe.retention.predicates import CONSENTS
+    from lethe.relations import relation
 
     spec = policy.processors[name]
     creds = credentials(spec.connection)
@@ -159,24 +159,28 @@ def object_in(
         log.warning("processor %s: no Airflow connection %s; objections not sent", name, spec.connection)
         return {"processor": name, "not_configured": 1}
     subject = policy.subject
+    clock = policy.clock_consent_ended()
     column = subject.identifiers.get(spec.identifier, subject.key)  # type: ignore[call-overload]
     from psycopg2 import sql
 
     query = sql.SQL(
         """
-        SELECT c.consent_id::text, c.purpose, s.{key}::text, s.{column}::text
-        FROM {consents} c JOIN {subject} s ON s.{key} = c.user_id
+        SELECT c.consent_id::text, c.{purpose}, s.{key}::text, s.{column}::text
+        FROM {consents} c JOIN {subject} s ON s.{key} = c.{link}
         LEFT JOIN processor_receipts p
           ON p.cause = 'objection' AND p.subject_ref = c.consent_id::text AND p.processor = %s
-        WHERE c.purpose = ANY(%s) AND (c.objected_at IS NOT NULL OR c.withdrawn_at IS NOT NULL)
+        WHERE c.{purpose} = ANY(%s) AND least({ended}) IS NOT NULL
           AND (p.status IS NULL OR p.status <> ALL(%s))
         ORDER BY c.consent_id LIMIT %s
         """
     ).format(
         key=sql.Identifier(subject.key),
         column=sql.Identifier(column),
-        consents=sql.Identifier(CONSENTS),
-        subject=sql.Identifier(subject.table),
+        consents=relation(clock.table),
+        subject=relation(subject.table),
+        link=sql.Identifier(clock.subject),
+        purpose=sql.Identifier(clock.purpose),
+        ended=sql.SQL(", ").join(sql.SQL("c.{}").format(sql.Identifier(c)) for c in clock.ended),
     )
     with transaction(db_url) as cur:
         cur.execute(query, (name, list(spec.on_objection), list(DONE), OBJECTION_BATCH))

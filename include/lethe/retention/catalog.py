@@ -7,24 +7,17 @@ migration file says it should be.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import psycopg2.extensions
+from lethe import relations
 from lethe.db import ConfigurationError
+from lethe.relations import ForeignKey
 
 INTEGER_TYPES = {"smallint", "integer", "bigint"}
 _BOUND = re.compile(r"^FOR VALUES FROM \('([^']*)'\) TO \('([^']*)'\)$")
-
-
-@dataclass(frozen=True)
-class ForeignKey:
-    """`child.child_columns` references `parent.parent_columns`."""
-
-    child: str
-    child_columns: tuple[str, ...]
-    parent: str
-    parent_columns: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -41,7 +34,7 @@ def aware(value: datetime) -> datetime:
 
 
 def _oid(cur: psycopg2.extensions.cursor, table: str) -> int:
-    cur.execute("SELECT to_regclass(%s)::oid", (table,))
+    cur.execute("SELECT to_regclass(%s)::oid", (relations.regclass_literal(table),))
     row = cur.fetchone()
     if row is None or row[0] is None:
         raise ConfigurationError(f"table {table!r} named in the policy does not exist in the primary database")
@@ -76,21 +69,9 @@ def column_types(cur: psycopg2.extensions.cursor, table: str) -> dict[str, str]:
     return {str(name): str(kind) for name, kind in cur.fetchall()}
 
 
-def foreign_keys(cur: psycopg2.extensions.cursor) -> list[ForeignKey]:
-    """Every foreign key between top-level tables (partitions' cloned constraints left out)."""
-    cur.execute(
-        """
-        SELECT c.conrelid::regclass::text, c.confrelid::regclass::text,
-               array(SELECT attname FROM unnest(c.conkey) WITH ORDINALITY k(n, o)
-                     JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.o),
-               array(SELECT attname FROM unnest(c.confkey) WITH ORDINALITY k(n, o)
-                     JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.o)
-        FROM pg_constraint c
-        JOIN pg_class child ON child.oid = c.conrelid
-        WHERE c.contype = 'f' AND c.conparentid = 0 AND NOT child.relispartition
-        """
-    )
-    return [ForeignKey(child, tuple(ccols), parent, tuple(pcols)) for child, parent, ccols, pcols in cur.fetchall()]
+def foreign_keys(cur: psycopg2.extensions.cursor, names: Iterable[str] = ()) -> list[ForeignKey]:
+    """Every foreign key, those declared only on partitions counted as their parent's (lethe.relations)."""
+    return relations.foreign_keys(cur, names)
 
 
 def is_partitioned(cur: psycopg2.extensions.cursor, table: str) -> bool:

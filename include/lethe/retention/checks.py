@@ -11,6 +11,7 @@ from typing import Any
 
 from lethe.db import table, transaction
 from lethe.quality import CheckResult, counts_equal, zero_rows
+from lethe.relations import relation
 from lethe.retention.plan import Plan
 from psycopg2 import sql
 
@@ -37,7 +38,7 @@ def postconditions(url: str, plan: Plan) -> list[CheckResult]:
             _, rule = policy.rule(rp.rule)
             cur.execute(
                 sql.SQL("SELECT count(*) FILTER (WHERE {}), count(*) FILTER (WHERE {}) FROM {} t").format(
-                    preds.matched(rp.table, rule), preds.held_expired(rp.table, rule), sql.Identifier(rp.table)
+                    preds.matched(rp.table, rule), preds.held_expired(rp.table, rule), relation(rp.table)
                 ),
                 params,
             )

@@ -28,6 +28,7 @@ from lethe import ledger
 from lethe.db import DatabaseError, connect, table
 from lethe.holds import HOLDS, active_keys
 from lethe.policy import Policy
+from lethe.relations import relation
 from lethe.retention.catalog import EXPIRED_SUFFIX, column_types, expired_marker
 from lethe.retention.plan import PartitionPlan, Plan, RulePlan
 from lethe.retention.predicates import Predicates, anonymised_value
@@ -146,7 +147,7 @@ def _drop_partition(
         conn.commit()
         timings.append((time.perf_counter() - started) * 1000)
         return
-    parent, old = sql.Identifier(rp.table), sql.Identifier(part.name)
+    parent, old = relation(rp.table), sql.Identifier(part.name)
     expired = sql.Identifier(f"{part.name}{EXPIRED_SUFFIX}")
     keep = sql.Identifier(f"{part.name}__held")
     cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{part.name}{EXPIRED_SUFFIX}",))
@@ -211,7 +212,7 @@ def _held_ids(cur: psycopg2.extensions.cursor) -> list[str]:
 
 
 def _statement(preds: Predicates, rp: RulePlan, rule: Any, key_range: sql.Composable) -> sql.Composable:
-    table = sql.Identifier(rp.table)
+    table = relation(rp.table)
     if rp.action == "anonymise":
         sets = sql.SQL(", ").join(
             sql.SQL("{} = {}").format(sql.Identifier(c), anonymised_value(c, s, "t")) for c, s in rp.columns.items()
@@ -331,7 +332,7 @@ def _batches(
                 width = max(width // 2, batch_size)
         return
     # Keys that are not integers (uuid, text): keyset ranges of batch_size keys each.
-    table = sql.Identifier(rp.table)
+    table = relation(rp.table)
     while True:
         started = time.perf_counter()
         after = sql.SQL("{} > %(lo)s").format(key) if last is not None else sql.SQL("true")

@@ -16,12 +16,13 @@ import psycopg2.extensions
 from lethe import holds
 from lethe.db import ConfigurationError
 from lethe.policy import Policy, RetentionRule, load_policy
+from lethe.relations import ForeignKey, relation
 from lethe.retention import catalog
-from lethe.retention.predicates import CONSENTS, DELETING, Predicates, anonymised_value
+from lethe.retention.predicates import DELETING, Predicates, anonymised_value
 from psycopg2 import sql
 
 # Tables referencing other tables are purged first: children in stage 0, their parents after.
-MAX_STAGES = 3
+MAX_STAGES = 4  # a chain such as consents -> customers -> addresses, plus one spare
 
 
 class PlanError(ConfigurationError):
@@ -113,7 +114,7 @@ class Plan:
     def predicates(self, policy: Policy, cur: psycopg2.extensions.cursor, held_ids_param: bool = False) -> Predicates:
         cutoffs = {rp.rule: datetime.fromisoformat(rp.cutoff) for rp in self.rules}
         key_type = holds.key_type(cur, policy)
-        return Predicates(policy, cutoffs, catalog.foreign_keys(cur), cutoffs, held_ids_param, key_type)
+        return Predicates(policy, cutoffs, catalog.foreign_keys(cur, policy.tables), cutoffs, held_ids_param, key_type)
 
     def lines(self) -> list[str]:
         """The dry run: one line per rule with its counts."""
@@ -157,17 +158,18 @@ def _validate(policy: Policy, cur: psycopg2.extensions.cursor, table: str, rule:
                 raise PlanError(f"{where}: redact needs a text column; {column} is {types[column]}")
 
 
-def _stages(policy: Policy, fks: list[catalog.ForeignKey], active: set[str]) -> dict[str, int]:
+def _stages(policy: Policy, fks: list[ForeignKey], active: set[str]) -> dict[str, int]:
     """Stage of each table: after every table whose deleted rows reference it, and after every table
     whose rules read it as the clock's event (consents for consent_ended, the subject table for
     account_closed): deleting a consent first would erase the evidence that it ended."""
     deleting = {t for t, r in policy.rules() if r.name in active and r.action in DELETING}
-    readers: dict[str, set[str]] = {CONSENTS: set(), policy.subject.table: set()}
+    consents, closed = policy.clock_consent_ended().table, policy.clock_account_closed().table
+    readers: dict[str, set[str]] = {consents: set(), closed: set()}
     for table, rule in policy.rules():
         if rule.name in active and rule.event == "consent_ended":
-            readers[CONSENTS].add(table)
+            readers[consents].add(table)
         elif rule.name in active and rule.event == "account_closed":
-            readers[policy.subject.table].add(table)
+            readers[closed].add(table)
     memo: dict[str, int] = {}
 
     def stage(table: str, path: tuple[str, ...]) -> int:
@@ -222,7 +224,7 @@ def build_plan(
         cutoffs[rule.name] = min(rule_cutoffs[rule.name], clamp) if clamp else rule_cutoffs[rule.name]
         if cutoffs_as_run and rule.name in cutoffs_as_run:
             rule_cutoffs[rule.name] = cutoffs[rule.name] = cutoffs_as_run[rule.name]
-    fks = catalog.foreign_keys(cur)
+    fks = catalog.foreign_keys(cur, policy.tables)
     preds = Predicates(policy, cutoffs, fks, cutoffs, key_type=holds.key_type(cur, policy))
     stages = _stages(policy, fks, set(cutoffs))
     params = preds.params()
@@ -277,7 +279,7 @@ def build_plan(
                 h=preds.held_expired(table, rule),
                 r=preds.referenced_expired(table, rule),
                 b=bounds,
-                table=sql.Identifier(table),
+                table=relation(table),
                 expired=preds.expired(table, rule, "t"),
             ),
             {**params, "boundary": boundary},

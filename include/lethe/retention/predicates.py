@@ -22,13 +22,11 @@ from typing import Any
 
 from lethe import holds
 from lethe.policy import Policy, RetentionRule
-from lethe.retention.catalog import ForeignKey
+from lethe.relations import ForeignKey, relation
 from psycopg2 import sql
 
 DELETING = ("delete", "drop_partitions")
 REDACTED = "[redacted]"
-CLOSED_AT = "closed_at"  # accounts.closed_at: when the account_closed clock starts
-CONSENTS = "consents"
 MAX_DEPTH = 8
 
 _TRUE = sql.SQL("true")
@@ -78,18 +76,22 @@ class Predicates:
         cutoff = sql.Placeholder(f"c_{rule.name}")
         subject = self._subject(table, alias) or sql.SQL("NULL")  # the model requires a subject for events
         if rule.event == "account_closed":
+            clock = self.policy.clock_account_closed()
             inner = sql.SQL("EXISTS (SELECT 1 FROM {} s WHERE s.{} = {} AND s.{} < {})").format(
-                sql.Identifier(self.policy.subject.table),
-                sql.Identifier(self.policy.subject.key),
-                subject,
-                sql.Identifier(CLOSED_AT),
-                cutoff,
+                relation(clock.table), sql.Identifier(clock.subject), subject, sql.Identifier(clock.column), cutoff
             )
         elif rule.event == "consent_ended":
-            inner = sql.SQL(
-                "EXISTS (SELECT 1 FROM {} s WHERE s.user_id = {} AND s.purpose = {}"
-                " AND least(s.withdrawn_at, s.objected_at) < {})"
-            ).format(sql.Identifier(CONSENTS), subject, sql.Placeholder(f"p_{rule.name}"), cutoff)
+            consent = self.policy.clock_consent_ended()
+            ended = sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in consent.ended)
+            inner = sql.SQL("EXISTS (SELECT 1 FROM {} s WHERE s.{} = {} AND s.{} = {} AND least({}) < {})").format(
+                relation(consent.table),
+                sql.Identifier(consent.subject),
+                subject,
+                sql.Identifier(consent.purpose),
+                sql.Placeholder(f"p_{rule.name}"),
+                ended,
+                cutoff,
+            )
         else:
             inner = sql.SQL("{}.{} < {}").format(sql.Identifier(alias), sql.Identifier(rule.after), cutoff)
         return sql.SQL("coalesce(({}), false)").format(inner)
@@ -147,7 +149,7 @@ class Predicates:
             )
             parts.append(
                 sql.SQL("NOT EXISTS (SELECT 1 FROM {} {} WHERE {} AND {})").format(
-                    sql.Identifier(fk.child), sql.Identifier(child), join, survives
+                    relation(fk.child), sql.Identifier(child), join, survives
                 )
             )
         return _and(parts)

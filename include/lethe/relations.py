@@ -1,0 +1,173 @@
+"""The company's tables as the policy names them, and the foreign keys between them.
+
+A policy names a table `table` (found on the connection's search path) or `schema.table`.
+Foreign keys are read from pg_constraint wherever they are declared: on a table, on a
+partitioned parent, or only on the partitions of a partitioned table (each partition's
+constraint then counts as its parent's, once). Tables come back under the policy's own
+names, so callers compare them with the policy's keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg2.extensions
+from psycopg2 import sql
+
+
+def relation(name: str) -> sql.Identifier:
+    """A table the policy names: `table` (on the search path) or `schema.table`, quoted."""
+    return sql.Identifier(*name.split(".", 1))
+
+
+def split(name: str) -> tuple[str | None, str]:
+    """(schema or None, table) of a policy's table name."""
+    schema, _, table = name.rpartition(".")
+    return (schema or None), table
+
+
+def regclass_literal(name: str) -> str:
+    """The name as to_regclass() reads it (each part quoted)."""
+    schema, table = split(name)
+    quoted = '"' + table.replace('"', '""') + '"'
+    return f'"{schema}".{quoted}' if schema else quoted
+
+
+@dataclass(frozen=True)
+class ForeignKey:
+    """`child.child_columns` references `parent.parent_columns` (tables under the policy's names)."""
+
+    child: str
+    child_columns: tuple[str, ...]
+    parent: str
+    parent_columns: tuple[str, ...]
+    name: str = ""
+
+
+def policy_oids(cur: psycopg2.extensions.cursor, names: Iterable[str]) -> dict[int, str]:
+    """oid -> the policy's name, for each named table that exists."""
+    names = list(names)
+    cur.execute(
+        "SELECT n.name, to_regclass(n.lit)::oid FROM unnest(%s::text[], %s::text[]) n(name, lit)",
+        (names, [regclass_literal(n) for n in names]),
+    )
+    return {int(oid): name for name, oid in cur.fetchall() if oid is not None}
+
+
+_FK_SQL = """
+SELECT c.conname,
+       coalesce(pg_partition_root(c.conrelid), c.conrelid)::oid,
+       coalesce(pg_partition_root(c.conrelid), c.conrelid)::regclass::text,
+       coalesce(pg_partition_root(c.confrelid), c.confrelid)::oid,
+       coalesce(pg_partition_root(c.confrelid), c.confrelid)::regclass::text,
+       ARRAY(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY k(n, i)
+             JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.i),
+       ARRAY(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY k(n, i)
+             JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.i)
+FROM pg_constraint c
+JOIN pg_namespace n ON n.oid = (SELECT relnamespace FROM pg_class WHERE oid = c.conrelid)
+WHERE c.contype = 'f' AND c.conparentid = 0
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%%'
+ORDER BY 3, 1
+"""
+
+
+def foreign_keys(cur: psycopg2.extensions.cursor, names: Iterable[str] = ()) -> list[ForeignKey]:
+    """Every foreign key of the database, partitions' own folded into their partitioned parent.
+
+    A key the parent declares is cloned onto each partition (conparentid set): only the parent's
+    counts. A key declared on partitions only (conparentid 0, a partition's conrelid) counts once,
+    as its root's. Tables named in `names` (the policy's tables) come back under those names.
+    """
+    known = policy_oids(cur, names)
+    cur.execute(_FK_SQL)
+    seen: set[tuple[str, tuple[str, ...], str, tuple[str, ...]]] = set()
+    out: list[ForeignKey] = []
+    for conname, child_oid, child, parent_oid, parent, ccols, pcols in cur.fetchall():
+        fk = (known.get(int(child_oid), child), tuple(ccols), known.get(int(parent_oid), parent), tuple(pcols))
+        if fk in seen:
+            continue
+        seen.add(fk)
+        out.append(ForeignKey(*fk, name=conname))
+    return out
+
+
+def primary_keys(cur: psycopg2.extensions.cursor, names: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """The primary-key columns of each named table that has one, in key order."""
+    known = policy_oids(cur, names)
+    cur.execute(
+        """
+        SELECT c.conrelid::oid,
+               ARRAY(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY k(n, i)
+                     JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.i)
+        FROM pg_constraint c WHERE c.contype = 'p' AND c.conrelid = ANY(%s::oid[])
+        """,
+        (list(known),),
+    )
+    return {known[int(oid)]: tuple(cols) for oid, cols in cur.fetchall()}
+
+
+def not_null_columns(cur: psycopg2.extensions.cursor, names: Iterable[str]) -> dict[str, set[str]]:
+    known = policy_oids(cur, names)
+    cur.execute(
+        "SELECT attrelid::oid, attname::text FROM pg_attribute"
+        " WHERE attrelid = ANY(%s::oid[]) AND attnum > 0 AND NOT attisdropped AND attnotnull",
+        (list(known),),
+    )
+    out: dict[str, set[str]] = {}
+    for oid, column in cur.fetchall():
+        out.setdefault(known[int(oid)], set()).add(column)
+    return out
+
+
+def column_type(cur: psycopg2.extensions.cursor, table: str, column: str) -> str:
+    """format_type() of one column; ValueError naming it when it does not exist."""
+    cur.execute(
+        "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a"
+        " WHERE a.attrelid = to_regclass(%s) AND a.attname = %s AND a.attnum > 0 AND NOT a.attisdropped",
+        (regclass_literal(table), column),
+    )
+    row = cur.fetchone()
+    if row is None:
+        raise ValueError(f"column {table}.{column} is not in the database")
+    return str(row[0])
+
+
+def subject_key_type(cur: psycopg2.extensions.cursor, policy: Any) -> str:
+    """The SQL type of the policy's subject key (format_type), to cast keys given as text to."""
+    return column_type(cur, policy.subject.table, policy.subject.key)
+
+
+def subject_link(policy: Any, table: str) -> str | None:
+    """The column of `table` holding the subject's key (the key itself in the subject table)."""
+    if table == policy.subject.table:
+        return str(policy.subject.key)
+    rule = policy.tables.get(table)
+    return rule.subject if rule is not None else None
+
+
+def referenced_owner(policy: Any, fks: list[ForeignKey], table: str, alias: str = "t") -> sql.Composable | None:
+    """For a table the subject's rows point to (an address, no subject column of its own): the SQL of the
+    subject key (as text) of the one person whose rows point at each of its rows; NULL when rows of more
+    than one person, or rows linked to no one, point at it, since then the row is not that person's alone."""
+    rule = policy.tables.get(table)
+    if rule is None or rule.subject is not None or rule.erasure is None or table == policy.subject.table:
+        return None
+    pointing = [fk for fk in fks if fk.parent == table and fk.child != table]
+    if not any(subject_link(policy, fk.child) for fk in pointing):
+        return None
+
+    def owner_of(fk: ForeignKey) -> sql.Composable:
+        link = subject_link(policy, fk.child)
+        match = sql.SQL(" AND ").join(
+            sql.SQL("r.{} = {}.{}").format(sql.Identifier(cc), sql.Identifier(alias), sql.Identifier(pc))
+            for cc, pc in zip(fk.child_columns, fk.parent_columns, strict=True)
+        )
+        owner = sql.SQL("r.{}::text").format(sql.Identifier(link)) if link else sql.SQL("NULL::text")
+        return sql.SQL("SELECT {} AS o FROM {} r WHERE {}").format(owner, relation(fk.child), match)
+
+    return sql.SQL(
+        "(SELECT CASE WHEN count(DISTINCT x.o) = 1 AND bool_and(x.o IS NOT NULL) THEN min(x.o) END FROM ({}) x)"
+    ).format(sql.SQL(" UNION ALL ").join(owner_of(fk) for fk in pointing))
