@@ -196,12 +196,14 @@ def _people(url: str, n: int, salt: int) -> list[tuple[int, str]]:
 
 def _claim(url: str, people: list[tuple[int, str]], run_id: str) -> None:
     from lethe.db import transaction
-    from lethe.erasure import request
+    from lethe.erasure import lifecycle, request
 
     with transaction(url) as cur:
         for _, email in people:
             request_id, _ = request.register(cur, "email", email)
-            request.claim_one(cur, request_id, run_id)
+            lifecycle.claim_one(cur, request_id, run_id, [])  # approved without the plan task: erase re-plans
+            lifecycle.move(cur, "plan", [request_id], run_id=run_id)
+            lifecycle.move(cur, "approve_unattended", [request_id], run_id=run_id)
 
 
 def _erase(url: str, policy: Any, people: list[tuple[int, str]]) -> dict[str, Any]:

@@ -30,13 +30,15 @@ def _now(url: str) -> Any:
 
 def test_erasure_vacuums_every_table_it_changed_and_no_other(db_url: str) -> None:
     from lethe.db import transaction
-    from lethe.erasure import request, tasks
+    from lethe.erasure import lifecycle, request, tasks
     from lethe.policy import load_policy
 
     people.insert_people(db_url)
     with transaction(db_url) as cur:
         request_id, _ = request.register(cur, "email", people.ASHA["email"])
-        request.claim_one(cur, request_id, "vacuum-run")
+        lifecycle.claim_one(cur, request_id, "vacuum-run", [])
+        lifecycle.move(cur, "plan", [request_id], run_id="vacuum-run")
+        lifecycle.move(cur, "approve_unattended", [request_id], run_id="vacuum-run")
     before, started = _vacuums(db_url), _now(db_url)
 
     summary = tasks.erase_run("vacuum-run", db_url, KEY, load_policy())
