@@ -23,6 +23,7 @@ FEATURE_COMMANDS = (
     "lethe.commands.local_airflow",
     "lethe.retention.cli",
     "lethe.erasure.cli",
+    "lethe.commands.objection",
     "lethe.backup.cli",
     "lethe.sharing.cli",
     "lethe.commands.bench",

@@ -70,12 +70,17 @@ CREATE INDEX IF NOT EXISTS payments_invoice_idx ON payments (invoice_id);
 CREATE TABLE IF NOT EXISTS consents (
     consent_id    bigint PRIMARY KEY,
     user_id       bigint NOT NULL REFERENCES accounts (user_id),
-    purpose       text NOT NULL CHECK (purpose IN ('updates', 'third_party', 'analytics', 'marketing', 'quotes')),
+    purpose       text NOT NULL,
     granted_at    timestamptz NOT NULL,
     withdrawn_at  timestamptz,
     objected_at   timestamptz,
     UNIQUE (user_id, purpose)
 );
+-- Purposes i) to v) of the privacy policy and quotes (part of v); an earlier fixture allowed no
+-- objection to iv (security), so the check is replaced where it exists.
+ALTER TABLE consents DROP CONSTRAINT IF EXISTS consents_purpose_check;
+ALTER TABLE consents ADD CONSTRAINT consents_purpose_check
+    CHECK (purpose IN ('updates', 'third_party', 'analytics', 'security', 'marketing', 'quotes'));
 
 CREATE TABLE IF NOT EXISTS marketing_contacts (
     contact_id     bigint PRIMARY KEY,

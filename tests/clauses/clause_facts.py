@@ -6,6 +6,8 @@ Each fact plants rows with its own SQL and returns the check; `says` is the asse
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from clause_harness import (
     YESTERDAY_EVENING,
     Cursor,
@@ -70,6 +72,50 @@ def payments_kept_for_the_statutory_period(cur: Cursor):
     return check
 
 
+def ist(day: str) -> datetime:
+    """Noon in India on a literal date: the financial year is India's (1 April to 31 March)."""
+    return datetime.fromisoformat(f"{day}T12:00:00+05:30")
+
+
+@fact(
+    "tax-records",
+    table="invoices",
+    rules=["invoices_statutory_period"],
+    says="8 years count from the end of the financial year: on 1 June 2026 an invoice issued on 10 May 2018"
+    " (year ending 31 March 2019) is kept; one issued on 15 March 2017 (year ending 31 March 2017) is gone",
+)
+def invoices_kept_from_the_financial_years_end(cur: Cursor):
+    account(cur, 3701)
+    cur.execute(INVOICE, (37011, 3701, ist("2018-05-10")))
+    cur.execute(INVOICE, (37012, 3701, ist("2017-03-15")))
+
+    def check(cur: Cursor) -> None:
+        expect(ids(cur, "SELECT invoice_id FROM invoices WHERE user_id = 3701"), {37011})
+
+    return check
+
+
+@fact(
+    "evidence",
+    table="payments",
+    rules=["payments_statutory_period"],
+    says="a payment's 8 years count from the end of the financial year of its refund, if any: on 1 June 2026 a"
+    " payment of 10 May 2018 is kept, one of 15 March 2017 is gone, and one of 15 March 2017 refunded on"
+    " 10 May 2018 is kept",
+)
+def payments_kept_from_the_financial_years_end_of_a_refund(cur: Cursor):
+    account(cur, 3801)
+    for n, day in ((1, "2018-05-10"), (2, "2017-03-15"), (3, "2017-03-15")):
+        cur.execute(INVOICE, (38010 + n, 3801, ist(day)))
+        cur.execute(PAYMENT, (38010 + n, 38010 + n, 3801, ist(day)))
+    cur.execute("UPDATE payments SET refunded_at = %s WHERE payment_id = 38013", (ist("2018-05-10"),))
+
+    def check(cur: Cursor) -> None:
+        expect(ids(cur, "SELECT payment_id FROM payments WHERE user_id = 3801"), {38011, 38013})
+
+    return check
+
+
 # ---- closed accounts ---------------------------------------------------------------------------
 
 
@@ -78,23 +124,43 @@ def payments_kept_for_the_statutory_period(cur: Cursor):
     table="accounts",
     rules=["closed_account_details"],
     says="31 days after closure an account the tax records still point at has a blank name, password hash,"
-    " phone, age, address, city and interests; 20 days after closure they are all still there",
+    " phone, age, address, city and interests, and an email and username that name no one (different for two"
+    " such accounts); 20 days after closure they are all still there",
 )
 def closed_account_details_blank_after_31_days(cur: Cursor):
     account(cur, 301, closed=days_ago(31))
     account(cur, 302, closed=days_ago(20))
+    account(cur, 303, closed=days_ago(31))
     cur.execute(INVOICE, (3011, 301, years_ago(1)))  # the law keeps the invoice, so the account row stays
     cur.execute(INVOICE, (3021, 302, years_ago(1)))
+    cur.execute(INVOICE, (3031, 303, years_ago(1)))
 
     def check(cur: Cursor) -> None:
-        details = "SELECT name, password_hash, phone, age, address, city, interests FROM accounts WHERE user_id = %s"
-        name, password, *rest = one(cur, details, 301)
+        details = (
+            "SELECT name, password_hash, phone, age, address, city, interests, email, username"
+            " FROM accounts WHERE user_id = %s"
+        )
+        name, password, *rest, email, username = one(cur, details, 301)
         expect(name in ("", "[redacted]"), True, "name")
         expect(password in ("", "[redacted]"), True, "password hash")
         expect(rest, [None] * 5, "phone, age, address, city, interests")
+        for what, value in (("email", email), ("username", username)):
+            expect("person301" in value or "@example.com" in value, False, f"{what} names the person")
+        other = one(cur, "SELECT email, username FROM accounts WHERE user_id = 303")
+        expect(other[0] != email and other[1] != username, True, "two closed accounts share a placeholder")
         expect(
             one(cur, details, 302),
-            ("Person 302", "pbkdf2$secret", "+91 98450 00000", 34, "12 MG Road", "Bengaluru", ["python"]),
+            (
+                "Person 302",
+                "pbkdf2$secret",
+                "+91 98450 00000",
+                34,
+                "12 MG Road",
+                "Bengaluru",
+                ["python"],
+                "person302@example.com",
+                "person302",
+            ),
             "20 days after closure",
         )
 
@@ -319,6 +385,7 @@ VISIT = (
 )
 def raw_usage_kept_90_days(cur: Cursor):
     account(cur, 1101)
+    consent(cur, 11019, 1101, "analytics")
     cur.execute(EVENT, (11011, 1101, days_ago(120)))
     cur.execute(EVENT, (11012, 1101, days_ago(60)))
 
@@ -358,6 +425,7 @@ def usage_gone_the_morning_after_analytics_objection(cur: Cursor):
 )
 def visitor_ips_truncated_after_a_week(cur: Cursor):
     account(cur, 1301)
+    consent(cur, 13019, 1301, "analytics")
     cur.execute(VISIT, (13011, 1301, "v-1301", days_ago(8), "203.0.113.77"))
     cur.execute(VISIT, (13012, 1301, "v-1301", days_ago(5), "203.0.113.78"))
 
@@ -377,11 +445,92 @@ def visitor_ips_truncated_after_a_week(cur: Cursor):
 )
 def visitor_logs_kept_30_days(cur: Cursor):
     account(cur, 1401)
+    consent(cur, 14019, 1401, "analytics")
     cur.execute(VISIT, (14011, 1401, "v-1401", days_ago(40), "198.51.100.7"))
     cur.execute(VISIT, (14012, 1401, "v-1401", days_ago(20), "198.51.100.8"))
 
     def check(cur: Cursor) -> None:
         expect(ids(cur, "SELECT log_id FROM visitor_logs WHERE user_id = 1401"), {14012})
+
+    return check
+
+
+@fact(
+    "usage-permitted",
+    table="usage_events",
+    rules=["usage_without_analytics_consent"],
+    says="the next morning no usage event is left from a time the person had not permitted analytics: one of a"
+    " person who never consented (yesterday evening) and one from before a consent given 10 days ago are gone;"
+    " one from after that consent, and one of a person consenting for 3 years, stay",
+)
+def usage_only_while_analytics_permitted(cur: Cursor):
+    for user_id in (3101, 3102, 3103):
+        account(cur, user_id)
+    cur.execute(
+        "INSERT INTO consents (consent_id, user_id, purpose, granted_at) VALUES (31021, 3102, 'analytics', %s)",
+        (days_ago(10),),
+    )
+    consent(cur, 31031, 3103, "analytics")
+    cur.execute(EVENT, (31011, 3101, YESTERDAY_EVENING))
+    cur.execute(EVENT, (31021, 3102, days_ago(20)))
+    cur.execute(EVENT, (31022, 3102, days_ago(5)))
+    cur.execute(EVENT, (31031, 3103, YESTERDAY_EVENING))
+
+    def check(cur: Cursor) -> None:
+        expect(ids(cur, "SELECT event_id FROM usage_events WHERE user_id BETWEEN 3101 AND 3103"), {31022, 31031})
+
+    return check
+
+
+@fact(
+    "usage-permitted",
+    table="visitor_logs",
+    rules=["visits_without_analytics_consent"],
+    says="the next morning no visitor log line of a signed-in person is left from a time they had not permitted"
+    " analytics: never consented (3 days ago), before a consent given 2 days ago, after an objection 20 days ago"
+    " are gone; one after that consent, one before that objection, and an anonymous visitor's line stay",
+)
+def visits_only_while_analytics_permitted(cur: Cursor):
+    for user_id in (3201, 3202, 3203):
+        account(cur, user_id)
+    cur.execute(
+        "INSERT INTO consents (consent_id, user_id, purpose, granted_at) VALUES (32021, 3202, 'analytics', %s)",
+        (days_ago(2),),
+    )
+    consent(cur, 32031, 3203, "analytics", objected=days_ago(20))
+    cur.execute(VISIT, (32011, 3201, "v-3201", days_ago(3), "203.0.113.1"))
+    cur.execute(VISIT, (32021, 3202, "v-3202", days_ago(3), "203.0.113.2"))
+    cur.execute(VISIT, (32022, 3202, "v-3202", YESTERDAY_EVENING, "203.0.113.2"))
+    cur.execute(VISIT, (32031, 3203, "v-3203", days_ago(25), "203.0.113.3"))
+    cur.execute(VISIT, (32032, 3203, "v-3203", days_ago(10), "203.0.113.3"))
+    cur.execute(VISIT, (32041, None, "v-anonymous-3204", YESTERDAY_EVENING, "203.0.113.4"))
+
+    def check(cur: Cursor) -> None:
+        got = ids(cur, "SELECT log_id FROM visitor_logs WHERE log_id BETWEEN 32011 AND 32041")
+        expect(got, {32022, 32031, 32041})
+
+    return check
+
+
+@fact(
+    "objection",
+    table="visitor_logs",
+    rules=["visitor_ip_after_analytics_objection"],
+    says="the morning after an objection to analytics, the person's visitor log line from 3 days ago keeps only"
+    " the /24 network of its IP and no user agent; the same line of a person who permits analytics is unchanged",
+)
+def visitor_ip_truncated_after_analytics_objection(cur: Cursor):
+    account(cur, 3601)
+    account(cur, 3602)
+    consent(cur, 36011, 3601, "analytics", objected=YESTERDAY_EVENING)
+    consent(cur, 36021, 3602, "analytics")
+    cur.execute(VISIT, (36011, 3601, "v-3601", days_ago(3), "198.51.100.61"))
+    cur.execute(VISIT, (36021, 3602, "v-3602", days_ago(3), "198.51.100.62"))
+
+    def check(cur: Cursor) -> None:
+        row = "SELECT host(ip_address), masklen(ip_address), user_agent FROM visitor_logs WHERE log_id = %s"
+        expect(one(cur, row, 36011), ("198.51.100.0", 24, None), "objected")
+        expect(one(cur, row, 36021), ("198.51.100.62", 32, "Mozilla/5.0 (X11; Linux x86_64)"), "permits")
 
     return check
 
@@ -403,6 +552,79 @@ def expired_cookies_gone(cur: Cursor):
 
     def check(cur: Cursor) -> None:
         expect(ids(cur, "SELECT session_id FROM sessions WHERE user_id = 1001"), {10012})
+
+    return check
+
+
+@fact(
+    "objection",
+    table="feedback",
+    rules=["feedback_after_marketing_objection"],
+    says="feedback of a person who objected to marketing yesterday evening is gone the next morning, though they"
+    " never withdrew consent to be quoted; feedback of one who permits marketing stays",
+)
+def feedback_gone_after_marketing_objection(cur: Cursor):
+    account(cur, 3301)
+    account(cur, 3302)
+    consent(cur, 33011, 3301, "marketing", objected=YESTERDAY_EVENING)
+    consent(cur, 33012, 3301, "quotes")
+    consent(cur, 33021, 3302, "marketing")
+    cur.execute(FEEDBACK, (33011, 3301, days_ago(30)))
+    cur.execute(FEEDBACK, (33021, 3302, days_ago(30)))
+
+    def check(cur: Cursor) -> None:
+        expect(ids(cur, "SELECT feedback_id FROM feedback WHERE user_id IN (3301, 3302)"), {33021})
+
+    return check
+
+
+SURVEY = (
+    "INSERT INTO survey_responses (response_id, user_id, survey, answers, created_at) VALUES (%s, %s, 'nps', '{}', %s)"
+)
+
+
+@fact(
+    "objection",
+    table="survey_responses",
+    rules=["surveys_after_marketing_objection"],
+    says="survey responses of a person who withdrew marketing consent yesterday evening are gone the next"
+    " morning; those of one who permits marketing stay",
+)
+def surveys_gone_after_marketing_objection(cur: Cursor):
+    account(cur, 3401)
+    account(cur, 3402)
+    consent(cur, 34011, 3401, "marketing", withdrawn=YESTERDAY_EVENING)
+    consent(cur, 34021, 3402, "marketing")
+    cur.execute(SURVEY, (34011, 3401, days_ago(30)))
+    cur.execute(SURVEY, (34021, 3402, days_ago(30)))
+
+    def check(cur: Cursor) -> None:
+        expect(ids(cur, "SELECT response_id FROM survey_responses WHERE user_id IN (3401, 3402)"), {34021})
+
+    return check
+
+
+@fact(
+    "objection",
+    table="security_evidence",
+    rules=["security_evidence_after_objection"],
+    says="evidence of abuse (observed 120 days ago) about a person who objected to purpose iv 100 days ago is"
+    " gone; about one who objected 60 days ago it is still kept (90 days to finish an investigation)",
+)
+def security_evidence_gone_90_days_after_objection(cur: Cursor):
+    account(cur, 3501)
+    account(cur, 3502)
+    consent(cur, 35011, 3501, "security", objected=days_ago(100))
+    consent(cur, 35021, 3502, "security", objected=days_ago(60))
+    for evidence_id, user_id in ((35011, 3501), (35021, 3502)):
+        cur.execute(
+            "INSERT INTO security_evidence (evidence_id, user_id, ip_address, kind, detail, observed_at)"
+            " VALUES (%s, %s, '192.0.2.35', 'scraping', 'many downloads', %s)",
+            (evidence_id, user_id, days_ago(120)),
+        )
+
+    def check(cur: Cursor) -> None:
+        expect(ids(cur, "SELECT evidence_id FROM security_evidence WHERE user_id IN (3501, 3502)"), {35021})
 
     return check
 

@@ -77,3 +77,15 @@ def test_report_traces_clause_to_rule_dag_test_and_assertion(tmp_path: Path) -> 
     text = render(load_policy(changed))
     assert "- comments.old_comments: [NO CLAUSE TEST]" in text
     assert "rule:  invoices_statutory_period   [NOT IN THE POLICY FILE]" in text
+
+
+def test_docs_clause_table_names_every_rule_and_clause_test() -> None:
+    """docs/policy.md's clause-by-clause table: each rule of the policy and each clause test is in it."""
+    docs = Path(__file__).parents[2] / "docs" / "policy.md"
+    text = docs.read_text()
+    table = text[text.index("## Clause by clause") :]
+    named = set(re.findall(r"`([a-z][a-z0-9_]*(?:<table>)?)`", table))
+    missing = [rule.name for _, rule in load_policy().rules() if rule.name not in named]
+    missing += [f.name for f in FACTS.values() if f.name not in named and not f.name.startswith("legal_hold_keeps_")]
+    assert "legal_hold_keeps_<table>" in named
+    assert not missing, f"{docs.name}, 'Clause by clause': rules and clause tests missing: {missing}"

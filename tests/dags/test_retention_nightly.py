@@ -35,20 +35,42 @@ def consent_ended(purpose: str) -> str:
     )
 
 
+# Clause 3, "collection of the data is done only if you permit the same": a signed-in person's row
+# from a moment their analytics consent did not cover (not yet granted, or already withdrawn or objected to).
+UNPERMITTED = (
+    "t.user_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM consents c WHERE c.user_id = t.user_id"
+    " AND c.purpose = 'analytics' AND c.granted_at <= t.occurred_at"
+    " AND (c.withdrawn_at IS NULL OR c.withdrawn_at > t.occurred_at)"
+    " AND (c.objected_at IS NULL OR c.objected_at > t.occurred_at))"
+)
+
 # table -> (primary key expression, condition for rows the night must delete), from reskill.yaml.
 EXPECTED_DELETED = {
     "ssh_keys": ("key_id", closed_before(0)),
     "consents": ("consent_id", closed_before(365)),
     "marketing_contacts": ("contact_id", f"({consent_ended('marketing')} OR {closed_before(0)})"),
     "sessions": ("session_id", "t.expires_at < %(now)s"),
-    "usage_events": ("event_id", f"(t.occurred_at < %(now)s - interval '90 days' OR {consent_ended('analytics')})"),
-    "visitor_logs": ("log_id", "t.occurred_at < %(now)s - interval '30 days'"),
+    "usage_events": (
+        "event_id",
+        f"(t.occurred_at < %(now)s - interval '90 days' OR {consent_ended('analytics')} OR {UNPERMITTED})",
+    ),
+    "visitor_logs": ("log_id", f"(t.occurred_at < %(now)s - interval '30 days' OR {UNPERMITTED})"),
     "comments": ("comment_id", closed_before(30)),
-    "feedback": ("feedback_id", f"(t.created_at < %(now)s - interval '730 days' OR {consent_ended('quotes')})"),
-    "survey_responses": ("response_id", "t.created_at < %(now)s - interval '365 days'"),
+    "feedback": (
+        "feedback_id",
+        f"(t.created_at < %(now)s - interval '730 days' OR {consent_ended('quotes')} OR {consent_ended('marketing')})",
+    ),
+    "survey_responses": (
+        "response_id",
+        f"(t.created_at < %(now)s - interval '365 days' OR {consent_ended('marketing')})",
+    ),
     "app_data": ("app_data_id", closed_before(30)),
     "issue_reports": ("report_id", "t.resolved_at < %(now)s - interval '730 days'"),
-    "security_evidence": ("evidence_id", "t.observed_at < %(now)s - interval '365 days'"),
+    "security_evidence": (
+        "evidence_id",
+        "(t.observed_at < %(now)s - interval '365 days' OR EXISTS (SELECT 1 FROM consents c"
+        " WHERE c.user_id = t.user_id AND c.purpose = 'security' AND c.objected_at < %(now)s - interval '90 days'))",
+    ),
     "subscriptions": ("subscription_id", "t.ended_at < %(now)s - interval '1095 days'"),
 }
 
@@ -77,13 +99,23 @@ def test_night_deletes_exactly_what_the_policy_says_and_keeps_held_rows(
         before = {t: keys(cur, t, k) for t, (k, _) in EXPECTED_DELETED.items()}
         expected = {t: keys(cur, t, k, f"{cond} AND {UNHELD}") for t, (k, cond) in EXPECTED_DELETED.items()}
         held_before = held_rows(cur)
+        # Kept visitor log lines older than a week, or of a person who objected to analytics since:
+        # the IP truncated to its network, the user agent dropped.
         ip_due = keys(
             cur,
             "visitor_logs",
             "log_id",
-            f"t.occurred_at < %(now)s - interval '7 days' AND t.occurred_at >= %(now)s - interval '30 days'"
+            f"(t.occurred_at < %(now)s - interval '7 days' OR {consent_ended('analytics')})"
+            f" AND t.occurred_at >= %(now)s - interval '30 days' AND NOT ({UNPERMITTED})"
             f" AND {UNHELD} AND (t.ip_address IS NOT NULL OR t.user_agent IS NOT NULL)",
         )
+        cur.execute(
+            "SELECT a.user_id, a.email, a.username FROM accounts a WHERE a.closed_at < %(now)s - interval '30 days'"
+            " AND NOT EXISTS (SELECT 1 FROM legal_holds h WHERE h.subject_key = a.user_id::text"
+            " AND h.released_at IS NULL)",
+            {"now": NOW},
+        )
+        closed = cur.fetchall()
         cur.execute("SELECT email FROM accounts")
         emails = [e for (e,) in cur.fetchall()]
     assert sum(map(len, expected.values())) > 100, "the seed should give the night real work"
@@ -115,6 +147,34 @@ def test_night_deletes_exactly_what_the_policy_says_and_keeps_held_rows(
             {"now": NOW},
         )
         assert cur.fetchone()[0] == 0
+        # The policy's promises, each counted the morning after (issue 17's "done when"):
+        # no usage or visitor row of a signed-in person from a time they had not permitted analytics,
+        for table in ("usage_events", "visitor_logs"):
+            cur.execute(f"SELECT count(*) FROM {table} t WHERE {UNPERMITTED} AND {UNHELD}")
+            assert cur.fetchone()[0] == 0, f"{table}: rows collected without analytics consent"
+        # no row used only for a purpose the person objected to,
+        for table, purpose in (
+            ("marketing_contacts", "marketing"),
+            ("feedback", "marketing"),
+            ("survey_responses", "marketing"),
+            ("feedback", "quotes"),
+            ("usage_events", "analytics"),
+        ):
+            cur.execute(f"SELECT count(*) FROM {table} t WHERE {consent_ended(purpose)} AND {UNHELD}", {"now": NOW})
+            assert cur.fetchone()[0] == 0, f"{table}: rows of people who objected to {purpose}"
+        cur.execute(
+            f"SELECT count(*) FROM visitor_logs t WHERE {consent_ended('analytics')} AND {UNHELD}"
+            " AND (t.user_agent IS NOT NULL OR masklen(t.ip_address) NOT IN (24, 48))",
+            {"now": NOW},
+        )
+        assert cur.fetchone()[0] == 0, "visitor_logs: full IPs or user agents of people who objected to analytics"
+        # and no account closed more than 30 days ago still holding its email or username.
+        assert closed, "the seed should close some accounts more than 30 days before the night"
+        cur.execute("SELECT email, username FROM accounts")
+        left = {v for row in cur.fetchall() for v in row}
+        assert not [u for u, email, username in closed if email in left or username in left], (
+            "closed accounts past 30 days still hold their email or username"
+        )
         cur.execute("SELECT payload FROM ledger WHERE kind = 'retention' ORDER BY entry_id")
         entries = [p for (p,) in cur.fetchall()]
         cur.execute("SELECT count(*) FROM retention_progress WHERE step = 'ledger'")

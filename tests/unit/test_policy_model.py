@@ -99,7 +99,57 @@ def test_traceability_report_names_existing_tests_and_every_rule() -> None:
     report = render(policy)
     assert "[MISSING]" not in report
     for table, rule in policy.rules():
-        assert f"{table}.{rule.name}: keep {rule.keep} after {rule.after}, then {rule.action}" in report
+        assert f"{table}.{rule.name}: keep {rule.keep} {rule.clock}, then {rule.action}" in report
+        assert rule.clock.startswith(f"after {rule.after}") or rule.clock.startswith(
+            f"after the latest of {rule.after}"
+        )
+    assert "law:   CGST Act 2017, s. 36" in report
+    for purpose in ("updates", "third_party", "analytics", "security", "marketing", "quotes"):
+        assert f"- {purpose} (" in report  # every objection is answered in the report
+
+
+def _policy_with(tmp_path: Path, change) -> Path:  # type: ignore[no-untyped-def]
+    import yaml
+
+    document = yaml.safe_load(Path(load_policy().path or "").read_text())
+    change(document)
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+def test_objections_must_answer_every_purpose_and_do_something(tmp_path: Path) -> None:
+    def drop_security(d: dict) -> None:  # type: ignore[type-arg]
+        del d["objections"]["security"]
+
+    with pytest.raises(PolicyError, match="say what an objection to security does"):
+        load_policy(_policy_with(tmp_path, drop_security))
+
+    def empty_updates(d: dict) -> None:  # type: ignore[type-arg]
+        d["objections"]["updates"]["kept"] = {}
+
+    with pytest.raises(PolicyError, match=r"objections\.updates: no rule counts from consent_ended:updates"):
+        load_policy(_policy_with(tmp_path, empty_updates))
+
+
+def test_statutory_clocks_cite_their_law_and_consent_needs_a_row_clock(tmp_path: Path) -> None:
+    def no_law(d: dict) -> None:  # type: ignore[type-arg]
+        del d["tables"]["invoices"]["retention"][0]["law"]
+
+    with pytest.raises(PolicyError, match="must cite its `law`"):
+        load_policy(_policy_with(tmp_path, no_law))
+
+    def consent_on_event(d: dict) -> None:  # type: ignore[type-arg]
+        d["tables"]["marketing_contacts"]["retention"][0]["unless_consent"] = "marketing"
+
+    with pytest.raises(PolicyError, match="`unless_consent` needs a clock on a column of the row"):
+        load_policy(_policy_with(tmp_path, consent_on_event))
+
+    def unknown_purpose(d: dict) -> None:  # type: ignore[type-arg]
+        d["tables"]["usage_events"]["retention"][2]["unless_consent"] = "newsletters"
+
+    with pytest.raises(PolicyError, match="unknown consent purpose 'newsletters'"):
+        load_policy(_policy_with(tmp_path, unknown_purpose))
 
 
 def test_processors_are_declared_and_their_mistakes_located(tmp_path: Path) -> None:

@@ -30,7 +30,24 @@ def test_mutants_cover_every_rule_and_each_is_a_valid_policy(tmp_path: Path) -> 
     assert halved.document is not None
     assert halved.document["tables"]["invoices"]["retention"][0]["keep"] == "P1460D"
     kinds = {m.id.split(":")[0]: m for m in mutants if m.document is not None}  # one of each kind
-    assert set(kinds) == {"remove", "keep-halved", "keep-doubled", "action", "unmask"}
+    assert set(kinds) == {
+        "remove",
+        "keep-halved",
+        "keep-doubled",
+        "action",
+        "unmask",
+        "consent-ignored",
+        "starts-at-the-date",
+        "also-after-ignored",
+    }
+    ignored = kinds["consent-ignored"].document
+    assert ignored is not None
+    assert not any(
+        "unless_consent" in r
+        for t in ignored["tables"].values()
+        for r in t.get("retention") or []
+        if r["name"] == kinds["consent-ignored"].id.split(":")[1]
+    )
     for m in kinds.values():
         path = tmp_path / "m.yaml"
         path.write_text(yaml.safe_dump(m.document, sort_keys=False))

@@ -201,16 +201,19 @@ def _impossible(policy: Policy, table: str, live: dict[str, LiveColumn], at: Any
     rule = policy.tables[table]
     problems: list[str] = []
     for i, r in enumerate(rule.retention):
-        if r.event is None and r.after not in live:
-            problems.append(
-                f"{at('tables', table, 'retention', i, 'after')}: tables.{table}.retention.{i}.after: rule {r.name} "
-                f"counts from {r.after!r}, which is not a column of {table} in the database"
-            )
-        elif r.event is None and live[r.after].type not in CLOCK_TYPES:
-            problems.append(
-                f"{at('tables', table, 'retention', i, 'after')}: tables.{table}.retention.{i}.after: rule {r.name} "
-                f"counts from {r.after!r}, which is {live[r.after].type}, not a timestamp or date"
-            )
+        clocks = [("after", r.after)] if r.event is None else []
+        clocks += [(f"also_after.{k}", c) for k, c in enumerate(r.also_after)]
+        for field, column in clocks:
+            where = f"{at('tables', table, 'retention', i, field.split('.')[0])}: tables.{table}.retention.{i}.{field}"
+            if column not in live:
+                problems.append(
+                    f"{where}: rule {r.name} counts from {column!r}, which is not a column of {table} in the database"
+                )
+            elif live[column].type not in CLOCK_TYPES:
+                problems.append(
+                    f"{where}: rule {r.name} counts from {column!r}, which is {live[column].type},"
+                    " not a timestamp or date"
+                )
         for column, strategy in r.columns.items():
             if strategy in NULLING and column in live and live[column].not_null:
                 problems.append(

@@ -69,11 +69,12 @@ def _column_class(value: str) -> str:
 ColumnClass = Annotated[str, AfterValidator(_column_class)]
 
 # re:Skill's consent purposes: the default when a policy file declares no `consent_purposes:`.
-CONSENT_PURPOSES = ("updates", "third_party", "analytics", "marketing", "quotes")
+CONSENT_PURPOSES = ("updates", "third_party", "analytics", "security", "marketing", "quotes")
 # pseudonym_link: the link to the subject is cut (NULL) and the pseudonym kept; placeholder: a NOT NULL link is
 # re-pointed to the policy's placeholder subject row and the pseudonym kept (in Lethe's schema if the table has
 # no pseudonym column).
-Strategy = Literal["null", "redact", "truncate_ip", "pseudonym_link", "placeholder"]
+# unique_redact: "[redacted <subject key>]" for a unique NOT NULL column (email, username): names no one.
+Strategy = Literal["null", "redact", "unique_redact", "truncate_ip", "pseudonym_link", "placeholder"]
 LINK_STRATEGIES = ("pseudonym_link", "placeholder")
 
 _DURATION = re.compile(r"^P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?$")
@@ -129,9 +130,28 @@ class RetentionRule(_Strict):
     after: str
     action: Literal["delete", "anonymise", "drop_partitions"]
     columns: dict[str, Strategy] = Field(default_factory=dict)
+    # Only rows the subject's consent to this purpose did not cover at the row's own `after` time
+    # (granted at or before it, not yet withdrawn or objected to): "collected only if you permit".
+    unless_consent: str | None = None
+    # More columns of the row that restart the clock: it runs from the latest of `after` and these
+    # (a refund extends the record of a payment). Null columns are ignored.
+    also_after: list[str] = Field(default_factory=list)
+    # `end_of_financial_year`: the clock starts when the financial year of that moment ends
+    # (the policy's `financial_year`, April to March by default), as statutory record keeping counts.
+    starts: Literal["at_the_date", "end_of_financial_year"] = "at_the_date"
+    # The law and section a statutory period follows (required with end_of_financial_year).
+    law: str | None = None
 
     @model_validator(mode="after")
     def _columns_for_anonymise(self) -> RetentionRule:
+        if self.unless_consent and self.event:
+            raise ValueError("`unless_consent` needs a clock on a column of the row (the time the data was collected)")
+        if (self.also_after or self.starts != "at_the_date") and self.event:
+            raise ValueError("`also_after` and `starts` need a clock on a column of the row, not an event")
+        if (self.also_after or self.starts != "at_the_date") and self.action == "drop_partitions":
+            raise ValueError("drop_partitions counts from the partition key alone: no `also_after` or `starts`")
+        if self.starts == "end_of_financial_year" and not (self.law or "").strip():
+            raise ValueError("a statutory period counted from the financial year's end must cite its `law`")
         if self.action == "anonymise" and not self.columns:
             raise ValueError("action anonymise needs `columns` (column: strategy)")
         if self.action != "anonymise" and self.columns:
@@ -150,6 +170,18 @@ class RetentionRule(_Strict):
     @property
     def consent_purpose(self) -> str | None:
         return self.after.split(":", 1)[1] if self.after.startswith("consent_ended:") else None
+
+    @property
+    def clock(self) -> str:
+        """The clock in words, for reports: `after occurred_at, unless analytics consent covered it`."""
+        words = (
+            f"after {', '.join(['the latest of ' + self.after, *self.also_after]) if self.also_after else self.after}"
+        )
+        if self.starts == "end_of_financial_year":
+            words += " (from the end of its financial year)"
+        if self.unless_consent:
+            words += f", where no {self.unless_consent} consent covered {self.after}"
+        return words
 
 
 class Erasure(_Strict):
@@ -208,6 +240,7 @@ class TableRule(_Strict):
             raise ValueError("a table linked to the data subject needs an `erasure` action")
         named = [self.subject, self.partitioned_by, *self.free_text]
         named += [r.after for r in self.retention if r.event is None]
+        named += [c for r in self.retention for c in r.also_after]
         named += [c for r in self.retention for c in r.columns]
         named += [*self.erasure.columns, *self.erasure.keep] if self.erasure else []
         for column in named:
@@ -216,8 +249,12 @@ class TableRule(_Strict):
         for rule in self.retention:
             if rule.action == "drop_partitions" and rule.after != self.partitioned_by:
                 raise ValueError(f"rule {rule.name}: drop_partitions must count from the partition key")
-            if rule.event and self.subject is None:
+            if "unique_redact" in rule.columns.values() and self.subject is None:
+                raise ValueError(f"rule {rule.name}: unique_redact writes the subject key, so it needs a `subject`")
+            if (rule.event or rule.unless_consent) and self.subject is None:
                 raise ValueError(f"rule {rule.name}: {rule.after} needs a `subject` link")
+            if rule.unless_consent and rule.action == "drop_partitions":
+                raise ValueError(f"rule {rule.name}: `unless_consent` picks rows, so it cannot drop whole partitions")
         return self
 
 
@@ -232,6 +269,24 @@ class Backups(_Strict):
     def _positive(cls, value: Duration) -> Duration:
         if value.to_timedelta() <= timedelta(0):
             raise ValueError(f"{value} keeps no snapshot at all: a backup retention must be longer than zero")
+        return value
+
+
+class FinancialYear(_Strict):
+    """When the financial year starts (India: 1 April) and in which time zone, for `starts: end_of_financial_year`."""
+
+    first_month: int = Field(default=4, ge=1, le=12)
+    time_zone: str = "Asia/Kolkata"
+
+    @field_validator("time_zone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (an IANA name such as Asia/Kolkata)") from None
         return value
 
 
@@ -356,6 +411,19 @@ class Processor(_Strict):
         return self
 
 
+class Objection(_Strict):
+    """What an objection to (or withdrawal of consent for) one purpose does, in the policy's words.
+
+    The rules counting from `consent_ended:<purpose>` and the processors listing the purpose under
+    `on_objection` carry it out; `kept` names what stays and why (the balancing the policy states),
+    so no objection is silently ignored.
+    """
+
+    clause: str  # where the privacy policy states the purpose, e.g. "3. To Improve Our Offering ..."
+    effect: str  # what Lethe does, in words
+    kept: dict[str, str] = Field(default_factory=dict)  # table -> why its rows stay despite the objection
+
+
 class Subject(_Strict):
     """The data subject's table (`table` or `schema.table`), its key column (any type) and identifier columns.
 
@@ -408,6 +476,8 @@ class Policy(_Strict):
     sharing: Sharing = Field(default_factory=Sharing)
     airflow_metadata: AirflowMetadata = Field(default_factory=AirflowMetadata)
     processors: dict[str, Processor] = Field(default_factory=dict)
+    objections: dict[str, Objection] = Field(default_factory=dict)
+    financial_year: FinancialYear = Field(default_factory=FinancialYear)
     tables: dict[str, TableRule]
     path: Path | None = None
     digest: str = ""
@@ -444,8 +514,27 @@ class Policy(_Strict):
                 for x in p.on_objection
                 if x not in self.consent_purposes
             ]
+            for r in t.retention:
+                if r.unless_consent and r.unless_consent not in self.consent_purposes:
+                    problems.append(
+                        f"tables.{name}: rule {r.name}: unknown consent purpose {r.unless_consent!r}; expected one of "
+                        f"{', '.join(self.consent_purposes)} (`consent_purposes`)"
+                    )
         if problems:  # one per line, each `field: message`, so load_policy can give each its line
             raise ValueError("\n".join(problems))
+        if self.objections:
+            missing = [p for p in self.consent_purposes if p not in self.objections]
+            if missing:
+                raise ValueError(f"objections: say what an objection to {', '.join(missing)} does (never ignore one)")
+            for purpose, objection in self.objections.items():
+                unknown = sorted(set(objection.kept) - set(self.tables))
+                if unknown:
+                    raise ValueError(f"objections.{purpose}.kept: no table {', '.join(unknown)} in the policy")
+                if not (self.objection_rules(purpose) or self.objection_processors(purpose) or objection.kept):
+                    raise ValueError(
+                        f"objections.{purpose}: no rule counts from consent_ended:{purpose}, no processor lists it"
+                        " under on_objection, and nothing is kept with a reason: the objection would do nothing"
+                    )
         return self
 
     def clock_account_closed(self) -> AccountClosedClock:
@@ -459,6 +548,13 @@ class Policy(_Strict):
         return self.clocks.consent_ended or ConsentEndedClock(
             table="consents", subject="user_id", purpose="purpose", ended=["withdrawn_at", "objected_at"]
         )
+
+    def objection_rules(self, purpose: str) -> list[tuple[str, RetentionRule]]:
+        """The retention rules an objection to (or withdrawal of) `purpose` starts."""
+        return [(t, r) for t, r in self.rules() if r.consent_purpose == purpose]
+
+    def objection_processors(self, purpose: str) -> list[str]:
+        return [name for name, p in self.processors.items() if purpose in p.on_objection]
 
     def rules(self) -> list[tuple[str, RetentionRule]]:
         """Every retention rule with its table, in file order."""

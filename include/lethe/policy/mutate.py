@@ -1,7 +1,9 @@
 """Mutants of the policy file, the equivalent-mutant list, and the mutation report.
 
 A mutant is the policy made weaker (or different) in one place: a rule removed, a period halved
-or doubled, an action swapped, a masked column unmasked, or legal holds ignored on one table.
+or doubled, an action swapped, a masked column unmasked, a rule's consent condition ignored, a clock
+started at the date instead of its financial year's end or without the columns that restart it,
+or legal holds ignored on one table.
 The clause tests (tests/clauses) run against each; a mutant they do not notice *survives*, and
 survivors fail CI unless tests/clauses/equivalent_mutants.txt says why they cannot be noticed.
 
@@ -139,6 +141,47 @@ def generate(document: dict[str, Any], schema: Schema) -> tuple[list[Mutant], li
                             mutate(table, i, to_anonymise),
                         )
                     )
+
+            if rule.get("unless_consent"):
+
+                def ignore_consent(t: dict[str, Any], rs: list[Any], i: int) -> None:
+                    del rs[i]["unless_consent"]
+
+                mutants.append(
+                    Mutant(
+                        f"consent-ignored:{name}",
+                        table,
+                        f"rule {name}: acts on every row, consented or not",
+                        mutate(table, i, ignore_consent),
+                    )
+                )
+
+            if rule.get("starts", "at_the_date") != "at_the_date":
+
+                def from_the_date(t: dict[str, Any], rs: list[Any], i: int) -> None:
+                    del rs[i]["starts"]
+
+                mutants.append(
+                    Mutant(
+                        f"starts-at-the-date:{name}",
+                        table,
+                        f"rule {name}: clock starts at the date, not at the end of its {rule['starts']}",
+                        mutate(table, i, from_the_date),
+                    )
+                )
+            if rule.get("also_after"):
+
+                def only_after(t: dict[str, Any], rs: list[Any], i: int) -> None:
+                    del rs[i]["also_after"]
+
+                mutants.append(
+                    Mutant(
+                        f"also-after-ignored:{name}",
+                        table,
+                        f"rule {name}: {', '.join(rule['also_after'])} no longer restart the clock",
+                        mutate(table, i, only_after),
+                    )
+                )
 
             masked = list(rule.get("columns") or {})
             for column in masked:

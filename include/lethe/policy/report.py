@@ -126,7 +126,9 @@ def _clause_lines(policy: Policy) -> list[str]:
             for name in f.rules or ("(legal holds: lethe.retention honours legal_holds on every rule)",):
                 if name in rules:
                     table, rule = rules[name]
-                    out.append(f"    rule:  {table}.{name}: keep {rule.keep} after {rule.after}, then {rule.action}")
+                    out.append(f"    rule:  {table}.{name}: keep {rule.keep} {rule.clock}, then {rule.action}")
+                    if rule.law:
+                        out.append(f"    law:   {' '.join(rule.law.split())}")
                 elif f.rules:
                     out.append(f"    rule:  {name}   [NOT IN THE POLICY FILE]")
                 else:
@@ -141,9 +143,31 @@ def _clause_lines(policy: Policy) -> list[str]:
     return out
 
 
+def _objection_lines(policy: Policy) -> list[str]:
+    """Purposes i) to v): what an objection does, by which rules and processors, and what stays and why."""
+    from lethe.objection import purposes
+
+    found = clause_facts()
+    facts = found[1] if found else []
+    out = ['Objections ("You may object ... for the purposes i) to v) at any time"; lethe objection record):']
+    for p in purposes(policy):
+        if p["clause"] is None:
+            out.append(f"- {p['purpose']}: [NOT ANSWERED IN THE POLICY FILE]")
+            continue
+        out.append(f"- {p['purpose']} ({p['clause']}): {' '.join(str(p['effect']).split())}")
+        for name in p["rules"]:  # type: ignore[attr-defined]
+            tests = [CLAUSE_TEST.format(f.name) for f in facts if name.split(".", 1)[1] in f.rules]
+            out.append(f"    rule:  {name}   test: {', '.join(tests) or '[NO CLAUSE TEST]'}")
+        for name in p["processors"]:  # type: ignore[attr-defined]
+            out.append(f"    processor: {name} (asked to delete the person; docs/processors.md)")
+        for table, why in p["kept"].items():  # type: ignore[attr-defined]
+            out.append(f"    kept:  {table}: {' '.join(why.split())}")
+    return out
+
+
 def render(policy: Policy) -> str:
     out = [f"Traceability matrix: {policy.source}; policy file version {policy.version} ({policy.digest})", ""]
-    out += [*_clause_lines(policy), "", "Other clauses:"]
+    out += [*_clause_lines(policy), "", *_objection_lines(policy), "", "Other clauses:"]
     for clause in CLAUSES:
         out.append(f'- "{clause.quote}"')
         out.append(f"    DAG:   {clause.dag}")
@@ -154,7 +178,7 @@ def render(policy: Policy) -> str:
     for purpose_table, rule in policy.tables.items():
         for r in rule.retention:
             out.append(
-                f"  [{rule.purpose}] {purpose_table}.{r.name}: keep {r.keep} after {r.after}, then {r.action}"
+                f"  [{rule.purpose}] {purpose_table}.{r.name}: keep {r.keep} {r.clock}, then {r.action}"
                 f" ({rule.legal_basis})"
             )
         if rule.retain_indefinitely:

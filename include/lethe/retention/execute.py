@@ -215,7 +215,10 @@ def _statement(preds: Predicates, rp: RulePlan, rule: Any, key_range: sql.Compos
     table = relation(rp.table)
     if rp.action == "anonymise":
         sets = sql.SQL(", ").join(
-            sql.SQL("{} = {}").format(sql.Identifier(c), anonymised_value(c, s, "t")) for c, s in rp.columns.items()
+            sql.SQL("{} = {}").format(
+                sql.Identifier(c), anonymised_value(c, s, "t", preds.policy.tables[rp.table].subject)
+            )
+            for c, s in rp.columns.items()
         )
         return sql.SQL("UPDATE {} t SET {} WHERE {} AND {}").format(
             table, sets, key_range, preds.matched(rp.table, rule)

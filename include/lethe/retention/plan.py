@@ -149,13 +149,13 @@ def _validate(policy: Policy, cur: psycopg2.extensions.cursor, table: str, rule:
             if column not in types:
                 raise PlanError(f"{where}: column {column!r} does not exist in the database")
             try:
-                anonymised_value(column, strategy)
+                anonymised_value(column, strategy, None, policy.tables[table].subject)
             except ValueError as exc:
                 raise PlanError(f"{where}: column {column}: {exc}") from None
             if strategy == "truncate_ip" and types[column] not in ("inet", "cidr"):
                 raise PlanError(f"{where}: truncate_ip needs an inet column; {column} is {types[column]}")
-            if strategy == "redact" and types[column] not in ("text", "character varying"):
-                raise PlanError(f"{where}: redact needs a text column; {column} is {types[column]}")
+            if strategy in ("redact", "unique_redact") and types[column] not in ("text", "character varying"):
+                raise PlanError(f"{where}: {strategy} needs a text column; {column} is {types[column]}")
 
 
 def _stages(policy: Policy, fks: list[ForeignKey], active: set[str]) -> dict[str, int]:
@@ -166,7 +166,7 @@ def _stages(policy: Policy, fks: list[ForeignKey], active: set[str]) -> dict[str
     consents, closed = policy.clock_consent_ended().table, policy.clock_account_closed().table
     readers: dict[str, set[str]] = {consents: set(), closed: set()}
     for table, rule in policy.rules():
-        if rule.name in active and rule.event == "consent_ended":
+        if rule.name in active and (rule.event == "consent_ended" or rule.unless_consent):
             readers[consents].add(table)
         elif rule.name in active and rule.event == "account_closed":
             readers[closed].add(table)
@@ -219,8 +219,9 @@ def build_plan(
     for table, rule in chosen:
         _validate(policy, cur, table, rule)
         rule_cutoffs[rule.name] = now - rule.keep.to_timedelta()
-        # Raw usage not yet aggregated by usage_sharing is kept until it is (a clock on the row only).
-        clamp = watermarks.get(table) if rule.event is None else None
+        # Raw usage not yet aggregated by usage_sharing is kept until it is (a clock on the row only;
+        # rows collected without consent are never aggregated, so they do not wait).
+        clamp = watermarks.get(table) if rule.event is None and not rule.unless_consent else None
         cutoffs[rule.name] = min(rule_cutoffs[rule.name], clamp) if clamp else rule_cutoffs[rule.name]
         if cutoffs_as_run and rule.name in cutoffs_as_run:
             rule_cutoffs[rule.name] = cutoffs[rule.name] = cutoffs_as_run[rule.name]
@@ -295,7 +296,9 @@ def build_plan(
                 stage=stages.get(table, 0) if rule.action in DELETING else 0,
                 rule_cutoff=rule_cutoffs[rule.name].isoformat(),
                 cutoff=cutoffs[rule.name].isoformat(),
-                watermark=watermarks[table].isoformat() if table in watermarks and rule.event is None else None,
+                watermark=watermarks[table].isoformat()
+                if table in watermarks and rule.event is None and not rule.unless_consent
+                else None,
                 columns=dict(rule.columns),
                 key=key,
                 integer_key=integer_key,

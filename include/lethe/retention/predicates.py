@@ -6,9 +6,10 @@ For a rule on table T, a row is acted on when it is
 - unheld: its subject has no legal hold with released_at IS NULL;
 - for deleting rules, unreferenced: no row of another table that survives this
   run still points at it through a foreign key (such rows wait for a later night);
-- not already taken by an earlier deleting rule on T (so rules never overlap and
-  per-rule counts add up), and for anonymise, not deleted by this run anyway and
-  not anonymised already (so a rerun counts nothing twice).
+- not already taken by an earlier deleting rule on T, nor (for anonymise) by an
+  earlier anonymise rule masking the same columns the same way (so rules never
+  overlap and per-rule counts add up), and for anonymise, not deleted by this run
+  anyway and not anonymised already (so a rerun counts nothing twice).
 
 Cutoffs and consent purposes are query parameters (`params()`); identifiers
 from the policy are quoted with sql.Identifier.
@@ -62,6 +63,8 @@ class Predicates:
         for _, rule in self.policy.rules():
             if rule.consent_purpose:
                 params[f"p_{rule.name}"] = rule.consent_purpose
+            if rule.unless_consent:
+                params[f"u_{rule.name}"] = rule.unless_consent
         return params
 
     def rules_on(self, table: str) -> list[RetentionRule]:
@@ -93,8 +96,49 @@ class Predicates:
                 cutoff,
             )
         else:
-            inner = sql.SQL("{}.{} < {}").format(sql.Identifier(alias), sql.Identifier(rule.after), cutoff)
+            inner = sql.SQL("{} < {}").format(self.clock(rule, alias), cutoff)
+            if rule.unless_consent:
+                inner = sql.SQL("{} AND {}").format(inner, self.unconsented(rule, subject, alias))
         return sql.SQL("coalesce(({}), false)").format(inner)
+
+    def clock(self, rule: RetentionRule, alias: str) -> sql.Composable:
+        """When a row clock starts: the `after` column, or the latest of it and `also_after` (nulls
+        ignored), moved to the end of its financial year for `starts: end_of_financial_year`."""
+        columns = [
+            sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(c)) for c in (rule.after, *rule.also_after)
+        ]
+        at = columns[0] if len(columns) == 1 else sql.SQL("greatest({})").format(sql.SQL(", ").join(columns))
+        if rule.starts == "end_of_financial_year":
+            fy = self.policy.financial_year
+            # The local moment shifted back to a January-started year, truncated to it, plus a year and the
+            # shift again: the first moment of the next financial year, in the policy's time zone.
+            shift = sql.Literal(f"{fy.first_month - 1} months")
+            at = sql.SQL(
+                "((date_trunc('year', ({at} AT TIME ZONE {tz}) - {shift}::interval) + interval '1 year'"
+                " + {shift}::interval) AT TIME ZONE {tz})"
+            ).format(at=at, tz=sql.Literal(fy.time_zone), shift=shift)
+        return at
+
+    def unconsented(self, rule: RetentionRule, subject: sql.Composable, alias: str) -> sql.Composable:
+        """A row of a known person whose consent to the rule's purpose did not cover the row's time:
+        never granted, granted after it, or withdrawn or objected to at or before it. Rows of no one
+        known (an anonymous visitor) have no consent record to test and are left to the row's clock."""
+        at = sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(rule.after))
+        consent = self.policy.clock_consent_ended()
+        ended = sql.SQL(", ").join(sql.SQL("k.{}").format(sql.Identifier(c)) for c in consent.ended)
+        return sql.SQL(
+            "{subject} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {consents} k WHERE k.{ks} = {subject}"
+            " AND k.{kp} = {purpose} AND k.granted_at <= {at}"
+            " AND coalesce(least({ended}) > {at}, true))"
+        ).format(
+            subject=subject,
+            consents=relation(consent.table),
+            ks=sql.Identifier(consent.subject),
+            kp=sql.Identifier(consent.purpose),
+            purpose=sql.Placeholder(f"u_{rule.name}"),
+            at=at,
+            ended=ended,
+        )
 
     def held(self, table: str, alias: str) -> sql.Composable:
         subject = self._subject(table, alias)
@@ -161,9 +205,13 @@ class Predicates:
                 break
             if other.action in DELETING:
                 parts.append(sql.SQL("NOT {}").format(self.expired(table, other, alias)))
+            elif rule.action == "anonymise" and other.columns.items() >= rule.columns.items():
+                # An earlier rule masking the same columns the same way takes the rows both have expired,
+                # so each row is counted once and the later rule's plan matches what it does.
+                parts.append(sql.SQL("NOT {}").format(self.expired(table, other, alias)))
         return parts
 
-    def anonymised(self, rule: RetentionRule, alias: str) -> sql.Composable:
+    def anonymised(self, table: str, rule: RetentionRule, alias: str) -> sql.Composable:
         """Every column of an anonymise rule already has its anonymised form."""
         parts = []
         for column, strategy in rule.columns.items():
@@ -171,9 +219,8 @@ class Predicates:
             if strategy == "null":
                 parts.append(sql.SQL("{} IS NULL").format(col))
             else:
-                parts.append(
-                    sql.SQL("({} IS NULL OR {} = {})").format(col, col, anonymised_value(column, strategy, alias))
-                )
+                value = anonymised_value(column, strategy, alias, self.policy.tables[table].subject)
+                parts.append(sql.SQL("({} IS NULL OR {} = {})").format(col, col, value))
         return _and(parts)
 
     def matched(self, table: str, rule: RetentionRule, alias: str = "t") -> sql.Composable:
@@ -183,7 +230,7 @@ class Predicates:
             parts.append(self.unreferenced(table, alias))
         else:
             parts.append(sql.SQL("NOT ({})").format(self.deleted(table, alias)))
-            parts.append(sql.SQL("NOT ({})").format(self.anonymised(rule, alias)))
+            parts.append(sql.SQL("NOT ({})").format(self.anonymised(table, rule, alias)))
         return _and(parts)
 
     def held_expired(self, table: str, rule: RetentionRule, alias: str = "t") -> sql.Composable:
@@ -204,14 +251,24 @@ class Predicates:
         )
 
 
-def anonymised_value(column: str, strategy: str, alias: str | None = None) -> sql.Composable:
-    """The SQL expression a column is rewritten to."""
+def anonymised_value(
+    column: str, strategy: str, alias: str | None = None, subject: str | None = None
+) -> sql.Composable:
+    """The SQL expression a column is rewritten to (`subject`: the table's subject column, for unique_redact)."""
     col = sql.Identifier(alias, column) if alias else sql.Identifier(column)
     if strategy == "null":
         return sql.SQL("NULL")
     if strategy == "redact":
         return sql.Literal(REDACTED)
+    if strategy == "unique_redact":
+        if subject is None:
+            raise ValueError("unique_redact needs the table's subject column")
+        key = sql.Identifier(alias, subject) if alias else sql.Identifier(subject)
+        # Unique as the subject key is, and no address or handle anyone can register (brackets, a space).
+        return sql.SQL("'[redacted ' || {}::text || ']'").format(key)
     if strategy == "truncate_ip":
         # /24 for IPv4, /48 for IPv6: the network, not the host.
         return sql.SQL("network(set_masklen({}, CASE WHEN family({}) = 4 THEN 24 ELSE 48 END))::inet").format(col, col)
-    raise ValueError(f"strategy {strategy!r} is not a retention anonymisation (use null, redact or truncate_ip)")
+    raise ValueError(
+        f"strategy {strategy!r} is not a retention anonymisation (use null, redact, unique_redact or truncate_ip)"
+    )
