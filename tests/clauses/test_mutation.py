@@ -201,6 +201,8 @@ def test_the_weakening_of_issue_15_fails_clause_tests(seeded: tuple[str, dict[st
     assert set(failed) == {
         "closed_account_details_blank_after_31_days",
         "invoices_kept_for_the_statutory_period",
+        "invoices_kept_from_the_financial_years_end",
         "payments_kept_for_the_statutory_period",
+        "payments_kept_from_the_financial_years_end_of_a_refund",
         "communications_kept_three_years",
     }, failed
