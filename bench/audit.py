@@ -4,8 +4,9 @@ One region, `--snapshots` retained snapshots of one seeded database, 20 erasures
 a night: one new snapshot, and (second case) 5 new erasures propagated. Measured in the same run:
 - anchor: GET every object of every retained snapshot, one after another (what the audit used to do
   before it computed anything);
-- the audit after the night with no new erasure: checksums for every object (HeadObject), contents of
-  the new snapshot and of a random sample of 8 older objects;
+- the audit after the night with no new erasure: every object's size from the bucket listing
+  (ListObjectsV2, 1,000 keys a request), contents of the new snapshot and of a random sample of 8 older
+  objects (read and hashed);
 - the audit after the night with 5 new erasures: also the objects they can be in, and every free-text
   object (mentions of them can be anywhere);
 - the first audit (no earlier one to start from): everything read, as before.

@@ -14,7 +14,10 @@ DOC = f"""
 ### compliance_audit
 
 Checks, every night after the other Lethe DAGs, that what they promise actually holds.
-Each check is a Great Expectations expectation over a count that must be zero:
+Each check is a Great Expectations expectation over a count that must be zero. The primary's
+retention, request and deadline checks are the GX suites in `include/lethe/audit/expectations/`
+(generated from the policy, SQL of the audit's own), run in PostgreSQL by a GX Checkpoint; checks
+that need the pseudonym key, S3 or the previous audit validate a frame of counts:
 
 | suite | check | what it proves |
 | --- | --- | --- |
@@ -34,8 +37,9 @@ Each check is a Great Expectations expectation over a count that must be zero:
 | `ledger` | `ledger_chain_broken` | the ledger's hash chain verifies end to end |
 | `ledger` | `ledger_tail_missing` | every chain head anchored in the evidence bucket is still in the ledger |
 
-The `verdict` task stores every result in the `audit_runs` table (shown on the
-**Privacy compliance** page) and fails, naming each failed check, when any check failed.
+The `verdict` task publishes GX Data Docs of every suite to the evidence bucket (`data-docs/`, opened
+from the **Privacy compliance** page), stores every result in the `audit_runs` table (shown on that
+page) and fails, naming each failed check, when any check failed.
 Failures and overdue erasure requests raise an alert (table `audit_alerts`, and the webhook in
 `LETHE_ALERT_WEBHOOK_URL` or the `lethe_alerts` connection when set). No check reads or logs a row's values.
 
@@ -88,8 +92,9 @@ CHECKS = ("primary", "legal_holds", "backups", "shares", "ledger")
 )
 def compliance_audit() -> None:
     @task
-    def primary(params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        """Retention (as of each rule's last run, and its staleness), erasure residue and deadlines."""
+    def primary(params: dict[str, Any] | None = None, run_id: str | None = None) -> list[dict[str, Any]]:
+        """Retention (as of each rule's last run, and its staleness), erasure residue and deadlines:
+        SQL suites run in PostgreSQL by a GX Checkpoint, keyed-pseudonym counts on a frame."""
         from lethe.audit.run import audit_clock, check_primary
         from lethe.connections import primary_url, pseudonym_key
 
@@ -99,6 +104,7 @@ def compliance_audit() -> None:
             pseudonym_key(),
             audit_clock(params),
             float(params.get("stale_after_hours", limits.STALE_AFTER_HOURS)),
+            run_id or "audit",
         )
 
     @task
@@ -138,9 +144,9 @@ def compliance_audit() -> None:
 
     @task(trigger_rule=TriggerRule.ALL_DONE, retries=0)
     def verdict(ti: Any = None, run_id: str | None = None) -> str:
-        """Keep the results; fail naming each failed check."""
+        """Publish the GX Data Docs to the evidence bucket, keep the results; fail naming each failed check."""
         from lethe.audit.run import conclude
-        from lethe.connections import primary_url
+        from lethe.connections import primary_url, s3_endpoint_url
 
         suites: dict[str, Any] = {}
         held = None
@@ -152,7 +158,7 @@ def compliance_audit() -> None:
                 suites[task_id], held = value["results"], value["held_rows"]
             else:
                 suites[task_id] = value
-        return conclude(primary_url(), run_id or "", suites, held)
+        return conclude(primary_url(), run_id or "", suites, held, s3_endpoint_url())
 
     [primary(), legal_holds(), backups(), shares(), ledger()] >> verdict()
 

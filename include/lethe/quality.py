@@ -1,20 +1,32 @@
 """Data-quality checks with Great Expectations, one shared way for every DAG.
 
 Each check validates a small pandas frame (the result of a query Lethe ran, or
-rows it read back) against a list of GX expectations in an ephemeral context.
+rows it read back) against a GX expectation suite in an ephemeral context; the
+audit's checks on the primary run in PostgreSQL instead (lethe.audit.checkpoint).
 Every named count gets its own expectation, so a failure names the rule, table
 and column it is about. The outcome is plain data, safe for XCom and the
-ledger: check names and counts, never row values.
+ledger: check names and counts, never row values. GX's own validation result
+rides along (`validations`) for the Data Docs, in a result format without rows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pandas as pd
+
+# Counts only: no unexpected rows, no partial lists of values, in any validation result Lethe keeps.
+RESULT_FORMAT: dict[str, Any] = {
+    "result_format": "SUMMARY",
+    "partial_unexpected_count": 0,
+    "include_unexpected_rows": False,
+    "return_unexpected_index_query": False,
+}
 
 
 @dataclass
@@ -22,6 +34,8 @@ class CheckResult:
     suite: str
     success: bool
     checks: list[dict[str, Any]] = field(default_factory=list)
+    # GX's validation results (JSON) behind the checks, for the Data Docs; dropped before results are stored.
+    validations: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def failed(self) -> list[str]:
@@ -31,8 +45,12 @@ class CheckResult:
         """Each failed check in words (name, table and column, counts), never a row's values."""
         return [describe(c) for c in self.checks if not c["success"]]
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def as_dict(self, validations: bool = False) -> dict[str, Any]:
+        """Plain data; GX's validation results only when asked (the audit keeps them for its Data Docs)."""
+        data = asdict(self)
+        if not validations:
+            del data["validations"]
+        return data
 
     def raise_if_failed(self) -> None:
         if not self.success:
@@ -43,14 +61,43 @@ class DataQualityError(AssertionError):
     """A post-condition did not hold; names the suite and the failed checks."""
 
 
+@contextlib.contextmanager
+def quiet_gx() -> Iterator[None]:
+    """GX without progress bars, warnings and hints in the task log (it prints some to stdout)."""
+    import io
+
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def scrub_validation(validation: dict[str, Any]) -> dict[str, Any]:
+    """A GX suite validation result without what could quote data: unexpected lists and rows,
+    exception messages and tracebacks (a check that raised keeps only that it raised)."""
+    for result in validation.get("results", []):
+        body = result.get("result") or {}
+        for key in list(body):
+            if key.startswith(("partial_unexpected", "unexpected_list", "unexpected_index", "unexpected_rows")) or (
+                key == "details"
+            ):
+                del body[key]
+        info = result.get("exception_info") or {}
+        if info:
+            raised = info.get("raised_exception") or any(
+                isinstance(v, dict) and v.get("raised_exception") for v in info.values()
+            )
+            result["exception_info"] = {"raised_exception": bool(raised), "exception_message": None,
+                                        "exception_traceback": None}  # fmt: skip
+    return validation
+
+
 def validate(suite: str, frame: pd.DataFrame, expectations: list[tuple[str, Any]]) -> CheckResult:
-    """Validate `frame` against (check name, GX expectation) pairs."""
+    """Validate `frame` against (check name, GX expectation) pairs, as one GX suite."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    logging.getLogger("great_expectations").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet_gx():
         context = gx.get_context(mode="ephemeral")
         context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
         source = context.data_sources.add_pandas(name=f"{suite}_source")
@@ -58,19 +105,29 @@ def validate(suite: str, frame: pd.DataFrame, expectations: list[tuple[str, Any]
         batch = asset.add_batch_definition_whole_dataframe(f"{suite}_batch").get_batch(
             batch_parameters={"dataframe": frame}
         )
-        checks = []
         for name, expectation in expectations:
-            result = batch.validate(expectation)
-            observed = result.result.get("observed_value")
+            expectation.meta = {**(expectation.meta or {}), "check": name}
+        gx_suite = gx.ExpectationSuite(name=suite, expectations=[e for _, e in expectations])
+        validation = batch.validate(gx_suite, result_format=RESULT_FORMAT)
+        checks = []
+        for result in validation.results:
+            config = result.expectation_config
+            assert config is not None  # GX sets it on every result of a suite validation
+            observed = (result.result or {}).get("observed_value")
             checks.append(
                 {
-                    "name": name,
+                    "name": config.meta["check"],
                     "success": bool(result.success),
-                    "expectation": type(expectation).__name__,
+                    "expectation": type(config.to_domain_obj()).__name__,
                     "observed": observed if isinstance(observed, int | float | bool | str | None) else None,
                 }
             )
-    return CheckResult(suite=suite, success=all(c["success"] for c in checks), checks=checks)
+    return CheckResult(
+        suite=suite,
+        success=all(c["success"] for c in checks),
+        checks=checks,
+        validations=[scrub_validation(validation.to_json_dict())],
+    )
 
 
 def expect_counts(
@@ -104,7 +161,10 @@ def expect_counts(
             (
                 name,
                 gx.expectations.ExpectColumnValuesToBeBetween(
-                    column=col, min_value=limits[name][0], max_value=limits[name][1]
+                    column=col,
+                    min_value=limits[name][0],
+                    max_value=limits[name][1],
+                    description=_description(name, limits[name], (where or {}).get(name)),
                 ),
             )
             for col, name in columns.items()
@@ -120,6 +180,12 @@ def expect_counts(
         if details and name in details:
             check["details"] = details[name]
     return result
+
+
+def _description(name: str, limits: tuple[int, int], where: str | None) -> str:
+    low, high = limits
+    allowed = str(low) if low == high else f"between {low} and {high}"
+    return f"{name}{f' ({where})' if where else ''}: the count is {allowed}"
 
 
 def zero_rows(suite: str, counts: dict[str, int], where: dict[str, str] | None = None) -> CheckResult:
@@ -150,7 +216,8 @@ def counts_equal(
 def merge(suite: str, *results: CheckResult) -> CheckResult:
     """Several results as one suite (the checks keep their own names)."""
     checks = [c for r in results for c in r.checks]
-    return CheckResult(suite=suite, success=all(c["success"] for c in checks), checks=checks)
+    validations = [v for r in results for v in r.validations]
+    return CheckResult(suite=suite, success=all(c["success"] for c in checks), checks=checks, validations=validations)
 
 
 def describe(check: dict[str, Any]) -> str:

@@ -393,6 +393,17 @@ def create_app() -> FastAPI:
         query = urlencode({"erase_request": request_id, "erase_run": run_id})
         return RedirectResponse(f"{_base_url()}{URL_PREFIX}/?{query}#erase", status_code=status.HTTP_303_SEE_OTHER)
 
+    @app.get("/data-docs/{run_id}/{path:path}")
+    def data_docs(user: CurrentUser, run_id: str, path: str) -> Response:
+        """A file of an audit run's GX Data Docs, read from the evidence bucket for a logged-in reader."""
+        from lethe.audit.data_docs import fetch
+        from lethe.connections import s3_endpoint_url
+
+        found = fetch(database_url(), s3_endpoint_url(), run_id, path)
+        if found is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such Data Docs file for this audit run")
+        return Response(found[0], media_type=found[1])
+
     return app
 
 

@@ -3,7 +3,8 @@
 A seeded primary, a real retention_nightly run and a compliance_audit run give
 the page its figures; the test compares what the browser shows with what the
 database says, and checks that the plugin refuses requests without a valid
-Airflow login. The screenshot is kept in artifacts/compliance_page.png.
+Airflow login. The screenshots are kept in artifacts/compliance_page.png and, for the audit's
+GX Data Docs opened from the page's link, artifacts/data_docs.png.
 """
 
 from __future__ import annotations
@@ -211,5 +212,20 @@ def test_compliance_page_shows_the_state_to_logged_in_users_only(
             assert overdue_row.locator("td").nth(3).inner_text() == "FAIL"
             assert "@example.com" not in page.content()
             page.screenshot(path=str(ARTIFACTS / "compliance_page.png"), full_page=True)
+
+            # The audit's GX Data Docs open from the page's link, served by the page's authenticated route.
+            link = page.locator("#runs a.data-docs").first
+            href = link.get_attribute("href") or ""
+            assert href.startswith("data-docs/") and href.endswith("/index.html")  # never a bucket URL
+            with page.context.expect_page() as opened:
+                link.click()
+            docs = opened.value
+            docs.wait_for_load_state("domcontentloaded")
+            assert "/lethe-compliance/data-docs/" in docs.url
+            assert docs.locator("a[href*='validations/erasure_deadlines/']").count() >= 1
+            assert "@example.com" not in docs.content()
+            docs.screenshot(path=str(ARTIFACTS / "data_docs.png"), full_page=True)
+            anonymous_docs = httpx.get(f"{api_server}/lethe-compliance/{href}", follow_redirects=False)
+            assert anonymous_docs.status_code == 303  # to Airflow's login, like the page itself
         finally:
             browser.close()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
+import boto3
 import pytest
 from lethe.audit.backups import check_backups
 from lethe.config import BACKUP_REGIONS, BUCKETS
@@ -102,15 +104,28 @@ def test_after_a_passed_audit_only_what_changed_is_read(db_url: str, s3_endpoint
     with transaction(db_url) as cur:
         results.record(cur, results.outcome("run-1", [first.as_dict()]))
 
-    # Nothing changed: checksums for every object, contents for the sample only.
-    second = check_backups(db_url, s3_endpoint, KEY, datetime.now(UTC), sample=1)
+    # Nothing changed: every object's size from the bucket listing (no request per object), contents for
+    # the sample only.
+    requests: Counter[str] = Counter()
+
+    def count(params, model, **_) -> None:
+        if str(params.get("Key", "")).endswith(".parquet"):  # a snapshot's object (manifests are .json)
+            requests[model.name] += 1
+
+    boto3.DEFAULT_SESSION.events.register("before-parameter-build.s3", count)
+    try:
+        second = check_backups(db_url, s3_endpoint, KEY, datetime.now(UTC), sample=1)
+    finally:
+        boto3.DEFAULT_SESSION.events.unregister("before-parameter-build.s3", count)
     assert second.success
+    # No request per object: one GET of the sampled object per region, nothing else on a snapshot object.
+    assert requests == {"GetObject": len(BACKUP_REGIONS)}, requests
     details = region_details(second, "us-east-1")
     assert details["objects_read"] == 1 and details["read_because"]["sample"] == 1
     assert details["bytes_read"] < details["bytes"]
 
-    # An object rewritten with other bytes of the same size, and a checksum S3 computed for them: found
-    # from the checksum alone.
+    # An object rewritten with other bytes of the same size: written since the last passed audit, so it is
+    # read and its sha256 recomputed.
     client = s3_client("us-east-1", s3_endpoint)
     bucket = BUCKETS.backup("us-east-1")
     key = next(o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"] if o["Key"].endswith(".parquet"))

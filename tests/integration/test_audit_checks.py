@@ -70,7 +70,7 @@ def test_retention_passes_when_only_live_rows_remain(db_url: str) -> None:
         add_account(cur, 1)
         add_session(cur, 1, 1, expires_days_ago=-3)  # expires in three days
         ran_retention(cur, policy)
-        result = primary.check_retention(cur, policy, NOW)
+    result = primary.check_retention(db_url, policy, NOW)
     assert result.success, result.failed
     names = {rule.name for _, rule in policy.rules()}
     assert {c["name"] for c in result.checks} == {f"expired_rows.{n}" for n in names} | {f"stale.{n}" for n in names}
@@ -81,10 +81,11 @@ def test_a_rule_that_never_ran_or_ran_too_long_ago_is_stale_not_expired(db_url: 
     with transaction(db_url) as cur:
         add_account(cur, 1)
         add_session(cur, 1, 1, expires_days_ago=2)  # expired before any run
-        never = primary.check_retention(cur, policy, NOW)
+    never = primary.check_retention(db_url, policy, NOW)
+    with transaction(db_url) as cur:
         ran_retention(cur, policy, NOW - timedelta(hours=30))
-        late = primary.check_retention(cur, policy, NOW)
-        on_time = primary.check_retention(cur, policy, NOW - timedelta(hours=5))
+    late = primary.check_retention(db_url, policy, NOW)
+    on_time = primary.check_retention(db_url, policy, NOW - timedelta(hours=5))
     names = {rule.name for _, rule in policy.rules()}
     # Nothing has run: every rule is stale, and there is no run to judge expired rows against.
     assert set(failed(never)) == {f"stale.{n}" for n in names}
@@ -105,7 +106,7 @@ def test_an_expired_row_fails_its_rule_unless_the_person_is_held(db_url: str) ->
         add_session(cur, 2, 2, expires_days_ago=2)
         add_hold(cur, 1, 2)
         ran_retention(cur, policy)
-        result = primary.check_retention(cur, policy, NOW)
+    result = primary.check_retention(db_url, policy, NOW)
     assert failed(result) == ["expired_rows.expired_cookies"]
     check = next(c for c in result.checks if c["name"] == "expired_rows.expired_cookies")
     assert check["observed"] == 1  # the held person's session does not count
@@ -128,7 +129,7 @@ def test_event_rules_closed_accounts_and_withdrawn_consent(db_url: str) -> None:
             (NOW - timedelta(days=300),),
         )
         ran_retention(cur, policy)
-        result = primary.check_retention(cur, policy, NOW)
+    result = primary.check_retention(db_url, policy, NOW)
     assert set(failed(result)) == {"expired_rows.closed_accounts", "expired_rows.marketing_after_objection"}
 
 
@@ -144,7 +145,7 @@ def test_anonymise_rule_checks_the_columns_not_the_row(db_url: str) -> None:
                 (log_id, NOW - timedelta(days=10), ip, agent),
             )
         ran_retention(cur, policy)
-        result = primary.check_retention(cur, policy, NOW)
+    result = primary.check_retention(db_url, policy, NOW)
     check = next(c for c in result.checks if c["name"] == "expired_rows.visitor_ip_truncation")
     assert check["observed"] == 2  # a full IP, and a kept user agent; the truncated, nulled row is fine
     assert failed(result) == ["expired_rows.visitor_ip_truncation"]
@@ -160,7 +161,7 @@ def test_erasure_residue_names_each_table_still_holding_the_person(db_url: str) 
             "INSERT INTO erasure_tombstones (subject_pseudonym, identifier_pseudonyms) VALUES (%s, %s)",
             (subject_pseudonym(KEY, 2), [pseudonym(KEY, "email", "USER2@example.com")]),
         )
-        result = primary.check_erasure(cur, policy, KEY)
+    result = primary.check_erasure(db_url, policy, KEY, NOW)
     assert set(failed(result)) == {
         "erased_subject_rows.accounts",
         "erased_subject_rows.sessions",
@@ -169,7 +170,7 @@ def test_erasure_residue_names_each_table_still_holding_the_person(db_url: str) 
     observed = {c["name"]: c["observed"] for c in result.checks}
     assert observed["erased_subject_rows.accounts"] == 1
     assert observed["erased_subject_rows.comments"] == 0
-    assert "user2" not in json.dumps(result.as_dict())  # names and counts only
+    assert "user2" not in json.dumps(result.as_dict(validations=True))  # names and counts only
 
 
 def test_erasure_passes_once_the_person_is_gone_and_request_closed(db_url: str) -> None:
@@ -185,13 +186,14 @@ def test_erasure_passes_once_the_person_is_gone_and_request_closed(db_url: str) 
             " VALUES (%s, 'email', NULL, %s, 'completed')",
             (str(uuid.uuid4()), NOW + timedelta(days=20)),
         )
-        assert primary.check_erasure(cur, policy, KEY).success
+    assert primary.check_erasure(db_url, policy, KEY, NOW).success
+    with transaction(db_url) as cur:
         cur.execute(
             "INSERT INTO erasure_requests (request_id, identifier_kind, identifier, due_at, status)"
             " VALUES (%s, 'email', 'user9@example.com', %s, 'completed')",
             (str(uuid.uuid4()), NOW + timedelta(days=20)),
         )
-        assert failed(primary.check_erasure(cur, policy, KEY)) == ["identifier_kept_after_completion"]
+    assert failed(primary.check_erasure(db_url, policy, KEY, NOW)) == ["identifier_kept_after_completion"]
 
 
 def test_overdue_open_requests_fail_the_deadline_check(db_url: str) -> None:
@@ -202,13 +204,14 @@ def test_overdue_open_requests_fail_the_deadline_check(db_url: str) -> None:
                 " VALUES (%s, 'user_id', '1', %s, %s)",
                 (str(uuid.uuid4()), NOW + timedelta(days=due), status),
             )
-        assert primary.check_deadlines(cur, NOW).success
+    assert primary.check_deadlines(db_url, NOW).success
+    with transaction(db_url) as cur:
         cur.execute(
             "INSERT INTO erasure_requests (request_id, identifier_kind, identifier, due_at, status)"
             " VALUES (%s, 'user_id', '2', %s, 'pending')",
             (str(uuid.uuid4()), NOW - timedelta(days=1)),
         )
-        result = primary.check_deadlines(cur, NOW)
+    result = primary.check_deadlines(db_url, NOW)
     assert failed(result) == ["overdue_erasure_requests"]
     details = result.checks[0]["details"]
     assert (details["due_soon"], details["overdue_but_held"]) == (1, 1)
@@ -253,7 +256,8 @@ def test_results_are_kept_and_the_verdict_names_failed_checks(db_url: str) -> No
         add_account(cur, 1)
         add_session(cur, 1, 1, expires_days_ago=1)
         ran_retention(cur, policy)
-        outcome = results.outcome("run-1", [primary.check_retention(cur, policy, NOW).as_dict()])
+    outcome = results.outcome("run-1", [primary.check_retention(db_url, policy, NOW).as_dict()])
+    with transaction(db_url) as cur:
         results.record(cur, outcome, {"3": {"sessions": 1}})
         assert results.previous_held_rows(cur, "run-2") == {"3": {"sessions": 1}}
         assert results.previous_held_rows(cur, "run-1") is None

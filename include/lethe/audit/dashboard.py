@@ -155,6 +155,7 @@ class QualityRun:
     checks_total: int
     failed: list[str]
     url: str
+    data_docs: str | None = None  # the run's GX Data Docs, relative to the page (served by its authenticated route)
 
 
 @dataclass
@@ -320,6 +321,13 @@ def regions(cur: psycopg2.extensions.cursor, now: datetime) -> list[RegionRow]:
     return rows
 
 
+def data_docs_link(run_id: str) -> str:
+    """The page-relative link to a run's Data Docs (the page's /data-docs route reads them from S3)."""
+    from urllib.parse import quote
+
+    return f"data-docs/{quote(run_id, safe='')}/index.html"
+
+
 def quality(
     cur: psycopg2.extensions.cursor, base_url: str = "", limit: int = 30
 ) -> tuple[list[QualityRun], list[Check]]:
@@ -337,6 +345,7 @@ def quality(
             r["checks_total"],
             list(r["failed"]),
             dag_run_url(r["dag_id"], r["run_id"], base_url),
+            data_docs_link(r["run_id"]) if r.get("data_docs") else None,
         )
         for r in runs
     ]

@@ -19,7 +19,7 @@ from lethe.db import table as lethe_table
 from lethe.erasure import lifecycle
 from lethe.policy.model import Policy
 from lethe.pseudonym import pseudonym, subject_pseudonym
-from lethe.quality import CheckResult, expect_counts
+from lethe.quality import CheckResult, expect_counts, merge
 from lethe.relations import relation
 
 # 'held': a legal hold keeps the person's rows and the request open; it is reported, not failed.
@@ -55,71 +55,60 @@ def last_runs(cur: psycopg2.extensions.cursor) -> dict[str, LastRun]:
     }
 
 
-def expired_rows(
-    cur: psycopg2.extensions.cursor, policy: Policy, runs: dict[str, LastRun]
-) -> tuple[dict[str, int], dict[str, Any]]:
-    """Per rule that has run: rows still past the cutoff its last run applied (must be zero).
+def sql_checks(
+    db_url: str,
+    policy: Policy,
+    now: datetime,
+    stale_after: timedelta = STALE_AFTER,
+    only: set[str] | None = None,
+    run_name: str = "audit",
+) -> dict[str, CheckResult]:
+    """The audit's SQL suites (retention, erasure_residue, erasure_deadlines) run in PostgreSQL by a GX
+    Checkpoint (lethe.audit.checkpoint); suite name -> result. Reads committed data only."""
+    from lethe.audit import checkpoint
+    from lethe.db import transaction
+    from lethe.retention.catalog import foreign_keys
 
-    Judged as of that run's cutoff, not the wall clock, so rows that crossed the line since the
-    purge are not "left behind", and the same state always gives the same verdict. Rows kept for a
-    legal hold, for a reference from rows kept longer, or until usage_sharing has aggregated them
-    are reported beside the count, not failed.
-    """
-    from lethe.retention.plan import build_plan
-
-    ran = [rule.name for _, rule in policy.rules() if rule.name in runs]
-    if not ran:
-        return {}, {}
-    latest = max(runs[r].as_of for r in ran)
-    plan = build_plan(
-        cur, latest, policy=policy, rules=ran, dry_run=True, cutoffs_as_run={r: runs[r].cutoff for r in ran}
-    )
-    counts = {rp.rule: rp.rows for rp in plan.rules}
-    details = {
-        rp.rule: {
-            "cutoff": rp.cutoff,
-            "held": rp.held,
-            "referenced": rp.referenced,
-            "awaiting_aggregation": runs[rp.rule].awaiting_aggregation,
-        }
-        for rp in plan.rules
-    }
-    return counts, details
+    with transaction(db_url) as cur:
+        fks = foreign_keys(cur)
+    return checkpoint.run(db_url, policy, fks, now, stale_after, run_name, only)
 
 
-def _where(table: str, rule: Any) -> str:
-    columns = ", ".join(rule.columns) if rule.columns else rule.after
-    return f"table {table}, column {columns}"
+def retention_result(sql_result: CheckResult, runs: dict[str, LastRun], stale_after: timedelta) -> CheckResult:
+    """The retention suite's checks with what the ledger says of each rule's last run beside them."""
+    for check in sql_result.checks:
+        kind, _, rule = check["name"].partition(".")
+        last = runs.get(rule)
+        if kind == "stale":
+            check["details"] = {
+                "last_run_as_of": last.as_of.isoformat() if last else None,
+                "stale_after_hours": stale_after.total_seconds() / 3600,
+            }
+        elif kind == "expired_rows" and last is not None:
+            check["details"] = {
+                "cutoff": last.cutoff.isoformat(),
+                "awaiting_aggregation": last.awaiting_aggregation,
+            }
+    return sql_result
 
 
 def check_retention(
-    cur: psycopg2.extensions.cursor, policy: Policy, now: datetime, stale_after: timedelta = STALE_AFTER
+    db_url: str,
+    policy: Policy,
+    now: datetime,
+    stale_after: timedelta = STALE_AFTER,
+    sql_result: CheckResult | None = None,
 ) -> CheckResult:
-    """Two alarms per rule: `stale.<rule>` (no completed run within `stale_after` of `now`) and
-    `expired_rows.<rule>` (rows its last run should have removed are still there)."""
-    runs = last_runs(cur)
-    rules = policy.rules()
-    stale = {
-        f"stale.{rule.name}": int(rule.name not in runs or now - runs[rule.name].as_of > stale_after)
-        for _, rule in rules
-    }
-    stale_details = {
-        f"stale.{rule.name}": {
-            "last_run_as_of": runs[rule.name].as_of.isoformat() if rule.name in runs else None,
-            "stale_after_hours": stale_after.total_seconds() / 3600,
-        }
-        for _, rule in rules
-    }
-    counts, details = expired_rows(cur, policy, runs)
-    where = {f"stale.{r.name}": _where(t, r) for t, r in rules} | {
-        f"expired_rows.{r.name}": _where(t, r) for t, r in rules
-    }
-    return expect_counts(
-        "retention",
-        stale | {f"expired_rows.{rule}": n for rule, n in counts.items()},
-        details=stale_details | {f"expired_rows.{rule}": d for rule, d in details.items()},
-        where=where,
-    )
+    """Two alarms per rule, both SQL of the audit's own (lethe.audit.suites) run by GX in PostgreSQL:
+    `stale.<rule>` (no completed run within `stale_after` of `now`) and `expired_rows.<rule>` (rows
+    its last run should have removed or anonymised are still there, judged as of that run's cutoff)."""
+    from lethe.db import transaction
+
+    if sql_result is None:
+        sql_result = sql_checks(db_url, policy, now, stale_after, {"retention"})["retention"]
+    with transaction(db_url) as cur:
+        runs = last_runs(cur)
+    return retention_result(sql_result, runs, stale_after)
 
 
 def held_rows(cur: psycopg2.extensions.cursor, policy: Policy) -> dict[str, dict[str, int]]:
@@ -173,14 +162,10 @@ def _tombstones(cur: psycopg2.extensions.cursor) -> tuple[set[str], set[str]]:
 
 
 def erasure_residue(cur: psycopg2.extensions.cursor, policy: Policy, key: bytes) -> dict[str, int]:
-    """Rows still linked to an erased person, per table; identifiers of completed requests not nulled."""
+    """Rows still linked to an erased person, per table, and their identifiers left in subject tables
+    (matched by keyed pseudonym in Python: the database never gets the key)."""
     subjects, identifier_pseudonyms = _tombstones(cur)
     counts: dict[str, int] = {}
-    cur.execute(
-        "SELECT count(*) FROM erasure_requests WHERE status = ANY(%s) AND identifier IS NOT NULL",
-        (list(DONE_STATUSES),),
-    )
-    counts["identifier_kept_after_completion"] = int(cur.fetchone()[0])  # type: ignore[index]
     linked = {t: r.subject for t, r in policy.tables.items() if r.subject is not None}
     # Pseudonyms are keyed HMACs, so the match runs here in Python over the subjects present.
     cur.execute(
@@ -230,8 +215,17 @@ def _identifiers_left(
     return left
 
 
-def check_erasure(cur: psycopg2.extensions.cursor, policy: Policy, key: bytes) -> CheckResult:
-    return expect_counts("erasure_residue", erasure_residue(cur, policy, key))
+def check_erasure(
+    db_url: str, policy: Policy, key: bytes, now: datetime, sql_result: CheckResult | None = None
+) -> CheckResult:
+    """identifier_kept_after_completion in SQL (GX in PostgreSQL); the keyed-pseudonym counts on a frame."""
+    from lethe.db import transaction
+
+    if sql_result is None:
+        sql_result = sql_checks(db_url, policy, now, only={"erasure_residue"})["erasure_residue"]
+    with transaction(db_url) as cur:
+        keyed = expect_counts("erasure_residue_keyed", erasure_residue(cur, policy, key))
+    return merge("erasure_residue", sql_result, keyed)
 
 
 def erasure_residue_scan(
@@ -288,21 +282,24 @@ def overdue_requests(
     return int(cur.fetchone()[0])  # type: ignore[index]
 
 
-def check_deadlines(cur: psycopg2.extensions.cursor, now: datetime, warn_days: int = 7) -> CheckResult:
-    """Open erasure requests past their due date fail the audit; those due within a week are counted."""
-    cur.execute(
-        "SELECT count(*) FROM erasure_requests WHERE status = ANY(%s) AND due_at >= %s AND due_at < %s",
-        (list(OPEN_STATUSES), now, now + timedelta(days=warn_days)),
-    )
-    due_soon = int(cur.fetchone()[0])  # type: ignore[index]
-    return expect_counts(
-        "erasure_deadlines",
-        {"overdue_erasure_requests": overdue_requests(cur, now)},
-        details={
-            "overdue_erasure_requests": {
-                "due_within_days": warn_days,
-                "due_soon": due_soon,
-                "overdue_but_held": overdue_requests(cur, now, ("held",)),
-            }
-        },
-    )
+def check_deadlines(
+    db_url: str, now: datetime, warn_days: int = 7, sql_result: CheckResult | None = None
+) -> CheckResult:
+    """Open erasure requests past their due date fail the audit (SQL in PostgreSQL through GX); those due
+    within a week, and overdue ones paused by a legal hold, are counted beside it."""
+    from lethe.db import transaction
+    from lethe.policy import load_policy
+
+    if sql_result is None:
+        sql_result = sql_checks(db_url, load_policy(), now, only={"erasure_deadlines"})["erasure_deadlines"]
+    with transaction(db_url) as cur:
+        cur.execute(
+            "SELECT count(*) FROM erasure_requests WHERE status = ANY(%s) AND due_at >= %s AND due_at < %s",
+            (list(OPEN_STATUSES), now, now + timedelta(days=warn_days)),
+        )
+        due_soon = int(cur.fetchone()[0])  # type: ignore[index]
+        held = overdue_requests(cur, now, ("held",))
+    for check in sql_result.checks:
+        if check["name"] == "overdue_erasure_requests":
+            check["details"] = {"due_within_days": warn_days, "due_soon": due_soon, "overdue_but_held": held}
+    return sql_result

@@ -1,4 +1,4 @@
-"""Keep the audit's results (migration 050) and turn them into the run's verdict."""
+"""Keep the audit's results (migrations 050, 100) and turn them into the run's verdict."""
 
 from __future__ import annotations
 
@@ -52,16 +52,18 @@ def record(
     result: Outcome,
     held_rows: dict[str, dict[str, int]] | None = None,
     dag_id: str = DAG_ID,
+    data_docs: str | None = None,
 ) -> None:
-    """Store one run's results; a rerun of the same run replaces its row."""
+    """Store one run's results (and where its GX Data Docs are); a rerun of the same run replaces its row."""
     cur.execute(
         """
-        INSERT INTO audit_runs (run_id, dag_id, success, checks_total, checks_failed, failed, results, held_rows)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+        INSERT INTO audit_runs
+            (run_id, dag_id, success, checks_total, checks_failed, failed, results, held_rows, data_docs)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
         ON CONFLICT (run_id) DO UPDATE SET
             audited_at = now(), success = EXCLUDED.success, checks_total = EXCLUDED.checks_total,
             checks_failed = EXCLUDED.checks_failed, failed = EXCLUDED.failed, results = EXCLUDED.results,
-            held_rows = EXCLUDED.held_rows
+            held_rows = EXCLUDED.held_rows, data_docs = EXCLUDED.data_docs
         """,
         (
             result.run_id,
@@ -72,6 +74,7 @@ def record(
             result.failed,
             json.dumps(result.results),
             json.dumps(held_rows or {}),
+            data_docs,
         ),
     )
 
@@ -89,11 +92,13 @@ def previous_held_rows(cur: psycopg2.extensions.cursor, run_id: str | None = Non
 def latest(cur: psycopg2.extensions.cursor, limit: int = 1) -> list[dict[str, Any]]:
     """The latest audit runs, newest first."""
     cur.execute(
-        "SELECT run_id, dag_id, audited_at, success, checks_total, checks_failed, failed, results"
+        "SELECT run_id, dag_id, audited_at, success, checks_total, checks_failed, failed, results, data_docs"
         " FROM audit_runs ORDER BY audited_at DESC LIMIT %s",
         (limit,),
     )
-    names = ("run_id", "dag_id", "audited_at", "success", "checks_total", "checks_failed", "failed", "results")
+    names = (
+        "run_id", "dag_id", "audited_at", "success", "checks_total", "checks_failed", "failed", "results", "data_docs"
+    )  # fmt: skip
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 

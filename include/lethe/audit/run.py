@@ -31,10 +31,15 @@ def audit_clock(params: dict[str, Any]) -> datetime:
 
 
 def check_primary(
-    db_url: str, key: bytes, now: datetime | None = None, stale_after_hours: float = STALE_AFTER_HOURS
+    db_url: str,
+    key: bytes,
+    now: datetime | None = None,
+    stale_after_hours: float = STALE_AFTER_HOURS,
+    run_id: str = "audit",
 ) -> list[dict[str, Any]]:
     """`now` is the audit's clock (default: the wall clock); each retention rule is judged as of
-    its last completed run and is stale when that run is more than `stale_after_hours` before `now`."""
+    its last completed run and is stale when that run is more than `stale_after_hours` before `now`.
+    The SQL suites run in PostgreSQL through one GX Checkpoint; the keyed-pseudonym checks on frames."""
     from datetime import timedelta
 
     from lethe.audit import primary
@@ -42,13 +47,19 @@ def check_primary(
 
     policy = load_policy()
     now = now or datetime.now(UTC)
+    stale_after = timedelta(hours=stale_after_hours)
+    sql = primary.sql_checks(db_url, policy, now, stale_after, run_name=run_id)
     with transaction(db_url) as cur:
-        return [
-            primary.check_retention(cur, policy, now, timedelta(hours=stale_after_hours)).as_dict(),
-            primary.check_erasure(cur, policy, key).as_dict(),
-            primary.check_erasure_scan(cur, policy, key).as_dict(),
-            primary.check_deadlines(cur, now).as_dict(),
-        ]
+        scan = primary.check_erasure_scan(cur, policy, key)
+    return [
+        r.as_dict(validations=True)
+        for r in (
+            primary.check_retention(db_url, policy, now, stale_after, sql["retention"]),
+            primary.check_erasure(db_url, policy, key, now, sql["erasure_residue"]),
+            scan,
+            primary.check_deadlines(db_url, now, sql_result=sql["erasure_deadlines"]),
+        )
+    ]
 
 
 def check_holds(db_url: str, run_id: str) -> tuple[list[dict[str, Any]], dict[str, dict[str, int]]]:
@@ -58,7 +69,7 @@ def check_holds(db_url: str, run_id: str) -> tuple[list[dict[str, Any]], dict[st
     with transaction(db_url) as cur:
         current = primary.held_rows(cur, load_policy())
         previous = results.previous_held_rows(cur, run_id)
-    return [primary.check_holds(current, previous).as_dict()], current
+    return [primary.check_holds(current, previous).as_dict(validations=True)], current
 
 
 def check_backups(
@@ -68,13 +79,15 @@ def check_backups(
 
     from lethe.audit.backups import check_backups as check
 
-    return [check(db_url, endpoint_url, key, now or datetime.now(UTC), timedelta(hours=rpo_hours)).as_dict()]
+    return [
+        check(db_url, endpoint_url, key, now or datetime.now(UTC), timedelta(hours=rpo_hours)).as_dict(validations=True)
+    ]
 
 
 def check_shares(endpoint_url: str | None) -> list[dict[str, Any]]:
     from lethe.audit.shares import check_shares as check
 
-    return [check(endpoint_url).as_dict()]
+    return [check(endpoint_url).as_dict(validations=True)]
 
 
 def check_ledger(db_url: str, endpoint_url: str | None) -> list[dict[str, Any]]:
@@ -83,7 +96,7 @@ def check_ledger(db_url: str, endpoint_url: str | None) -> list[dict[str, Any]]:
     from lethe.storage import s3_client
 
     with transaction(db_url) as cur:
-        return [check(cur, s3_client(PRIMARY_REGION, endpoint_url), BUCKETS.evidence).as_dict()]
+        return [check(cur, s3_client(PRIMARY_REGION, endpoint_url), BUCKETS.evidence).as_dict(validations=True)]
 
 
 def conclude(
@@ -91,19 +104,36 @@ def conclude(
     run_id: str,
     suites: dict[str, list[dict[str, Any]] | str],
     held_rows: dict[str, dict[str, int]] | None = None,
+    endpoint_url: str | None = None,
+    data_docs: bool = True,
 ) -> str:
-    """Keep the results, alert on overdue erasures, and raise AuditFailed naming any failed check.
+    """Publish the run's GX Data Docs to the evidence bucket, keep the results (with the Data Docs'
+    place), alert on overdue erasures, and raise AuditFailed naming any failed check.
 
     `suites` maps each suite's task to its results, or to the error class name when the task died.
+    A failure to publish the Data Docs fails the audit as the `data_docs` suite, after the results are kept.
     """
+    import logging
+
     from lethe.audit import alerts, results
 
     collected: list[dict[str, Any]] = []
     for suite, value in suites.items():
         collected.extend([results.errored(suite, value)] if isinstance(value, str) else value)
+    docs = None
+    if data_docs:
+        from lethe.audit.data_docs import build_and_publish
+
+        try:
+            docs = build_and_publish(db_url, endpoint_url, run_id, collected)
+        except Exception as exc:  # the verdict and the results must still be kept
+            logging.getLogger(__name__).exception("Data Docs not published")
+            collected.append(results.errored("data_docs", type(exc).__name__))
+    for result in collected:
+        result.pop("validations", None)  # in the Data Docs now; audit_runs keeps the checks
     outcome = results.outcome(run_id, collected)
     with transaction(db_url) as cur:
-        results.record(cur, outcome, held_rows)
+        results.record(cur, outcome, held_rows, data_docs=docs)
     overdue = [
         c for r in collected for c in r["checks"] if c["name"] == "overdue_erasure_requests" and not c["success"]
     ]

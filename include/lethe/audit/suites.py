@@ -1,0 +1,283 @@
+"""The audit's Great Expectations suites over the primary database, as GX suite JSON.
+
+Each check is an `UnexpectedRowsExpectation`: a query, written here for the audit and run by GX
+in PostgreSQL, that returns the rows breaking the check (none when it holds). The queries are the
+audit's own reading of the policy, not the retention planner's predicates: a row is past a rule
+when the rule's clock (its column, the account's closure, or the end of a consent) started before
+the cutoff of the rule's last completed run as the ledger recorded it; a held person's rows, and a
+deleting rule's rows that surviving rows still reference, are allowed to stay.
+
+The audit's clock comes from the batch the suites validate: one row (`audit_now`, `stale_after`),
+so the suites never change between runs. They are generated from the policy and the database's
+foreign keys, deterministically; the copies under `expectations/` are the repository's policy's
+(`python -m lethe.audit.suites --write` regenerates them; a test checks they are current).
+Queries select a row's key only, and the checkpoint's result format never keeps rows.
+"""
+
+# ruff: noqa: S608
+# The suites are SQL text by design (GX runs a query, it takes no parameters): every name from the
+# policy goes through _q (a quoted identifier), every value through _lit (a quoted literal), and no
+# value read from the data ever does.
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from lethe.policy.model import Policy, RetentionRule
+from lethe.retention.catalog import ForeignKey
+
+SUITES_DIR = Path(__file__).parent / "expectations"
+RETENTION = "retention"
+RESIDUE = "erasure_residue"
+DEADLINES = "erasure_deadlines"
+REDACTED = "[redacted]"  # what a `redact` strategy leaves (lethe.retention writes it)
+HOLDS = "legal_holds"
+LEDGER = "ledger"
+CONSENTS = "consents"
+CLOSED_AT = "closed_at"
+CLOCK = "(SELECT audit_now FROM {batch})"
+
+
+def _q(name: str) -> str:
+    """A double-quoted SQL identifier (the policy's names are checked lower-case words, quoted anyway)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _lit(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def last_cutoff(rule: str) -> str:
+    """The cutoff the rule's last completed, non-dry run applied, from the ledger (NULL before any)."""
+    return (
+        f"(SELECT (l.payload->>'cutoff')::timestamptz FROM {LEDGER} l WHERE l.kind = 'retention'"
+        f" AND l.payload->>'rule' = {_lit(rule)} AND l.payload ? 'now' AND l.payload ? 'cutoff'"
+        " AND NOT coalesce((l.payload->>'dry_run')::boolean, false) ORDER BY l.entry_id DESC LIMIT 1)"
+    )
+
+
+def _clock_started(policy: Policy, table: str, rule: RetentionRule, cutoff: str) -> str:
+    subject = policy.tables[table].subject
+    if rule.after == "account_closed":
+        accounts, key = _q(policy.subject.table), _q(policy.subject.key)
+        return (
+            f"EXISTS (SELECT 1 FROM {accounts} a WHERE a.{key} = t.{_q(subject or '')}"
+            f" AND a.{_q(CLOSED_AT)} < {cutoff})"
+        )
+    if rule.consent_purpose:
+        return (
+            f"EXISTS (SELECT 1 FROM {_q(CONSENTS)} c WHERE c.user_id = t.{_q(subject or '')}"
+            f" AND c.purpose = {_lit(rule.consent_purpose)} AND least(c.withdrawn_at, c.objected_at) < {cutoff})"
+        )
+    return f"t.{_q(rule.after)} < {cutoff}"
+
+
+def _unheld(policy: Policy, table: str) -> str | None:
+    subject = policy.tables[table].subject
+    if subject is None:
+        return None
+    return (
+        f"NOT coalesce(t.{_q(subject)}::text IN"
+        f" (SELECT h.subject_key FROM {_q(HOLDS)} h WHERE h.released_at IS NULL), false)"
+    )
+
+
+def _unreferenced(table: str, fks: list[ForeignKey]) -> list[str]:
+    """No row of any table still points at the row (after a completed run, every row left survives it)."""
+    out = []
+    for fk in sorted(fks, key=lambda f: (f.child, f.child_columns)):
+        if fk.parent != table:
+            continue
+        join = " AND ".join(f"r.{_q(c)} = t.{_q(p)}" for c, p in zip(fk.child_columns, fk.parent_columns, strict=True))
+        out.append(f"NOT EXISTS (SELECT 1 FROM {_q(fk.child)} r WHERE {join})")
+    return out
+
+
+def _anonymised(rule: RetentionRule) -> str:
+    parts = []
+    for column, strategy in rule.columns.items():
+        c = f"t.{_q(column)}"
+        if strategy == "null":
+            parts.append(f"{c} IS NULL")
+        elif strategy == "redact":
+            parts.append(f"({c} IS NULL OR {c} = {_lit(REDACTED)})")
+        elif strategy == "truncate_ip":  # no more than the network (/24, /48) is left
+            parts.append(f"({c} IS NULL OR masklen({c}) <= CASE family({c}) WHEN 4 THEN 24 ELSE 48 END)")
+        else:
+            raise ValueError(f"rule {rule.name}: strategy {strategy!r} is not a retention anonymisation")
+    return " AND ".join(parts)
+
+
+def expired_rows_query(policy: Policy, table: str, rule: RetentionRule, fks: list[ForeignKey]) -> str:
+    """Rows the rule's last run should have deleted or anonymised and that are still here as they were."""
+    key = next(iter(policy.tables[table].columns))
+    cutoff = last_cutoff(rule.name)
+    where = [_clock_started(policy, table, rule, cutoff)]
+    unheld = _unheld(policy, table)
+    if unheld:
+        where.append(unheld)
+    if rule.action == "anonymise":
+        # Rows a deleting rule of the table takes are that rule's (its own check counts them if left):
+        # an earlier rule's whatever references them, a later rule's when nothing does.
+        rules = policy.tables[table].retention
+        position = rules.index(rule)
+        unreferenced = _unreferenced(table, fks)
+        for i, other in enumerate(rules):
+            if other.action == "anonymise":
+                continue
+            started = _clock_started(policy, table, other, last_cutoff(other.name))
+            if i < position or not unreferenced:
+                where.append(f"NOT {started}")
+            else:
+                where.append(f"NOT ({' AND '.join([started, *unreferenced])})")
+        where.append(f"NOT ({_anonymised(rule)})")
+    else:
+        where.extend(_unreferenced(table, fks))
+    conditions = "\n  AND ".join(where)
+    return f"SELECT t.{_q(key)} FROM {_q(table)} t\nWHERE {conditions}"
+
+
+def stale_query(rule: str) -> str:
+    """One row when the rule has no completed, non-dry run within `stale_after` of the audit's clock."""
+    return (
+        "SELECT 1 AS stale FROM (SELECT audit_now, stale_after FROM {batch}) clock\n"
+        f"WHERE NOT EXISTS (SELECT 1 FROM {LEDGER} l WHERE l.kind = 'retention' AND l.payload->>'rule' = {_lit(rule)}"
+        " AND l.payload ? 'now' AND l.payload ? 'cutoff' AND NOT coalesce((l.payload->>'dry_run')::boolean, false)"
+        " AND (l.payload->>'now')::timestamptz >= clock.audit_now - clock.stale_after)"
+    )
+
+
+def _where(table: str, rule: RetentionRule) -> str:
+    columns = ", ".join(rule.columns) if rule.columns else rule.after
+    return f"table {table}, column {columns}"
+
+
+def _expectation(check: str, query: str, where: str, description: str) -> dict[str, Any]:
+    return {
+        "type": "unexpected_rows_expectation",
+        "description": description,
+        "kwargs": {"unexpected_rows_query": query},
+        "meta": {"check": check, "where": where},
+    }
+
+
+def _statuses(values: tuple[str, ...]) -> str:
+    return ", ".join(_lit(v) for v in values)
+
+
+def generate(policy: Policy, fks: list[ForeignKey]) -> dict[str, dict[str, Any]]:
+    """Suite name -> GX suite JSON (name, expectations, meta), the same for the same policy and keys."""
+    retention = []
+    for table, rule in policy.rules():
+        where = _where(table, rule)
+        retention.append(
+            _expectation(
+                f"stale.{rule.name}",
+                stale_query(rule.name),
+                where,
+                f"Rule {rule.name} ({rule.action}, keep {rule.keep} after {rule.after}) completed a run"
+                " within stale_after of the audit's clock.",
+            )
+        )
+        retention.append(
+            _expectation(
+                f"expired_rows.{rule.name}",
+                expired_rows_query(policy, table, rule, fks),
+                where,
+                f"No unheld row of {table} is past the cutoff of rule {rule.name}'s last completed run"
+                + (
+                    " with its columns not anonymised."
+                    if rule.action == "anonymise"
+                    else " (unless rows kept still reference it)."
+                ),
+            )
+        )
+    from lethe.audit.primary import DONE_STATUSES, OVERDUE_STATUSES
+
+    deadlines = [
+        _expectation(
+            "overdue_erasure_requests",
+            f"SELECT r.request_id FROM erasure_requests r WHERE r.status IN ({_statuses(OVERDUE_STATUSES)})"
+            f" AND r.due_at < {CLOCK}",
+            "table erasure_requests, column due_at",
+            "No open erasure request is past its due date at the audit's clock.",
+        )
+    ]
+    residue = [
+        _expectation(
+            "identifier_kept_after_completion",
+            f"SELECT r.request_id FROM erasure_requests r WHERE r.status IN ({_statuses(DONE_STATUSES)})"
+            " AND r.identifier IS NOT NULL",
+            "table erasure_requests, column identifier",
+            "A completed erasure request no longer holds the person's identifier.",
+        ),
+    ]
+    meta = {"generated_from": f"policy {policy.version}", "generator": "lethe.audit.suites"}
+    return {
+        RETENTION: {"name": RETENTION, "expectations": retention, "meta": meta},
+        RESIDUE: {"name": RESIDUE, "expectations": residue, "meta": meta},
+        DEADLINES: {"name": DEADLINES, "expectations": deadlines, "meta": meta},
+    }
+
+
+def dumps(suite: dict[str, Any]) -> str:
+    return json.dumps(suite, indent=2) + "\n"
+
+
+def committed(name: str) -> str | None:
+    path = SUITES_DIR / f"{name}.json"
+    return path.read_text() if path.exists() else None
+
+
+def build(suite: dict[str, Any]) -> Any:
+    """The GX ExpectationSuite of one generated suite."""
+    import great_expectations as gx
+
+    expectations = []
+    for e in suite["expectations"]:
+        # GX prints a hint when a query does not read `{batch}`: only the clock-reading checks do.
+        with contextlib.redirect_stdout(io.StringIO()):
+            expectations.append(
+                gx.expectations.UnexpectedRowsExpectation(
+                    unexpected_rows_query=e["kwargs"]["unexpected_rows_query"],
+                    description=e["description"],
+                    meta=e["meta"],
+                )
+            )
+    return gx.ExpectationSuite(name=suite["name"], expectations=expectations, meta=suite["meta"])
+
+
+def write(db_url: str, policy_file: str | None = None) -> list[Path]:
+    """Regenerate the committed suites from the policy and the foreign keys of the database at `db_url`."""
+    from lethe.db import transaction
+    from lethe.policy import load_policy
+    from lethe.retention.catalog import foreign_keys
+
+    policy = load_policy(policy_file) if policy_file else load_policy()
+    with transaction(db_url) as cur:
+        fks = foreign_keys(cur)
+    SUITES_DIR.mkdir(exist_ok=True)
+    paths = []
+    for name, suite in generate(policy, fks).items():
+        path = SUITES_DIR / f"{name}.json"
+        path.write_text(dumps(suite))
+        paths.append(path)
+    return paths
+
+
+if __name__ == "__main__":
+    import argparse
+
+    from lethe.db import database_url
+
+    parser = argparse.ArgumentParser(
+        prog="python -m lethe.audit.suites", description="regenerate the audit's committed GX suites"
+    )
+    parser.add_argument("--write", action="store_true", help="write include/lethe/audit/expectations/*.json")
+    args = parser.parse_args()
+    if args.write:
+        for p in write(database_url()):
+            print(p)
