@@ -496,8 +496,7 @@ class Policy(_Strict):
             if t.purpose not in self.purposes:
                 problems.append(f"tables.{name}.purpose: unknown purpose {t.purpose!r}; declare it under `purposes`")
             for r in t.retention:
-                purpose = r.consent_purpose
-                if purpose is not None and purpose not in self.consent_purposes:
+                for purpose in {r.consent_purpose, r.unless_consent} - {None} - set(self.consent_purposes):
                     problems.append(
                         f"tables.{name}: rule {r.name}: unknown consent purpose {purpose!r}; expected one of "
                         f"{', '.join(self.consent_purposes)} (`consent_purposes`)"
