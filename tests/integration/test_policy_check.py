@@ -93,9 +93,8 @@ def test_a_duplicate_key_anywhere_is_refused_not_silently_replaced(tmp_path: Pat
         load_policy(path)
     problems = err.value.problems
     first_keep, keep = line_of(path, "keep: P8Y"), line_of(path, "keep: P1D")
-    assert f"{path}:{keep}: tables.invoices.retention.0.keep: duplicate key 'keep' (first given at line {first_keep})" in (
-        problems
-    )
+    duplicate = f"tables.invoices.retention.0.keep: duplicate key 'keep' (first given at line {first_keep})"
+    assert f"{path}:{keep}: {duplicate}" in problems
     first, second = line_of(path, "  ssh_keys:"), line_of(path, "  ssh_keys:", 2)
     assert f"{path}:{second}: tables.ssh_keys: duplicate key 'ssh_keys' (first given at line {first})" in problems
 
