@@ -248,7 +248,7 @@ def test_lethe_runs_on_a_database_it_did_not_invent(
     left = sql_traces(shop)
     assert set(left) <= KEPT, {k: v for k, v in left.items() if k not in KEPT}
     [(status, identifier, detail)] = q(shop, "SELECT status, identifier, detail FROM lethe.erasure_requests")
-    assert (status, identifier) == ("completed", None)
+    assert (status, identifier) == ("certified", None)
     assert (
         detail["tables"]["addresses"]["rows"] == 1 and detail["tables"]["billing.invoices"]["action"] == "pseudonymise"
     )

@@ -350,7 +350,8 @@ def test_an_erasure_rejected_in_the_ui_erases_nothing(local: Local, browser: Any
 def test_a_failing_audit_and_a_sharing_run_show_on_every_section(local: Local, browser: Any) -> None:
     page = browser[0]
     assert local.wait_for_run("usage_sharing", local.runs["sharing"]) == "success"
-    # An overdue request (received 40 days ago, never processed) makes the audit fail.
+    # An overdue request (received 40 days ago, never processed) makes the audit fail. Days left are
+    # whole days rounded down: due 10 days and 2 hours ago is day -11.
     overdue = str(uuid.uuid4())
     now = datetime.now(UTC)
     sql(
@@ -359,7 +360,7 @@ def test_a_failing_audit_and_a_sharing_run_show_on_every_section(local: Local, b
         " VALUES (%s, 'email', 'overdue.person@example.org', 'TICKET-OVERDUE', %s, %s)",
         overdue,
         now - timedelta(days=40),
-        now - timedelta(days=10),
+        now - timedelta(days=10, hours=2),
     )
     audit = local.trigger("compliance_audit", {})
     assert local.wait_for_run("compliance_audit", audit) == "failed"
@@ -378,7 +379,7 @@ def test_a_failing_audit_and_a_sharing_run_show_on_every_section(local: Local, b
     assert page.locator("#ledger-entries").inner_text() == str(entries)
     assert page.locator("#ledger-status").inner_text() == "intact"
     assert page.locator("#open-erasures").inner_text() == str(len(open_requests))
-    assert request_row(page, overdue).locator(".days-left").inner_text().strip() == "-10"
+    assert request_row(page, overdue).locator(".days-left").inner_text().strip() == "-11"
     shown = page.locator("#checks tbody tr")
     first_passing = next(i for i in range(shown.count()) if "failed" not in (shown.nth(i).get_attribute("class") or ""))
     failing_on_page = {shown.nth(i).get_attribute("data-check") for i in range(first_passing)}
