@@ -36,14 +36,25 @@ DEADLINES = "erasure_deadlines"
 REDACTED = "[redacted]"  # what a `redact` strategy leaves (lethe.retention writes it)
 HOLDS = "legal_holds"
 LEDGER = "ledger"
-CONSENTS = "consents"
-CLOSED_AT = "closed_at"
+REQUESTS = "erasure_requests"
 CLOCK = "(SELECT audit_now FROM {batch})"
 
 
 def _q(name: str) -> str:
     """A double-quoted SQL identifier (the policy's names are checked lower-case words, quoted anyway)."""
     return '"' + name.replace('"', '""') + '"'
+
+
+def _rel(name: str) -> str:
+    """A table as the policy names it, `table` or `schema.table`, each part quoted."""
+    return ".".join(_q(part) for part in name.split(".", 1))
+
+
+def _lethe(name: str) -> str:
+    """One of Lethe's own tables, qualified with its schema (a platform table of the same name never answers)."""
+    from lethe.db import lethe_schema
+
+    return f"{_q(lethe_schema())}.{_q(name)}"
 
 
 def _lit(value: str) -> str:
@@ -53,26 +64,51 @@ def _lit(value: str) -> str:
 def last_cutoff(rule: str) -> str:
     """The cutoff the rule's last completed, non-dry run applied, from the ledger (NULL before any)."""
     return (
-        f"(SELECT (l.payload->>'cutoff')::timestamptz FROM {LEDGER} l WHERE l.kind = 'retention'"
+        f"(SELECT (l.payload->>'cutoff')::timestamptz FROM {_lethe(LEDGER)} l WHERE l.kind = 'retention'"
         f" AND l.payload->>'rule' = {_lit(rule)} AND l.payload ? 'now' AND l.payload ? 'cutoff'"
         " AND NOT coalesce((l.payload->>'dry_run')::boolean, false) ORDER BY l.entry_id DESC LIMIT 1)"
     )
 
 
+def _row_clock(policy: Policy, rule: RetentionRule) -> str:
+    """When a row's clock starts: its `after` column, or the latest of it and `also_after`; for a statutory
+    period the first moment of the next financial year (in the policy's time zone) after that."""
+    columns = [f"t.{_q(c)}" for c in (rule.after, *rule.also_after)]
+    at = columns[0] if len(columns) == 1 else f"greatest({', '.join(columns)})"
+    if rule.starts == "end_of_financial_year":
+        fy = policy.financial_year
+        local, month = f"({at} AT TIME ZONE {_lit(fy.time_zone)})", int(fy.first_month)
+        year = f"extract(year FROM {local})::int + CASE WHEN extract(month FROM {local}) >= {month} THEN 1 ELSE 0 END"
+        at = f"(make_timestamp({year}, {month}, 1, 0, 0, 0) AT TIME ZONE {_lit(fy.time_zone)})"
+    return at
+
+
 def _clock_started(policy: Policy, table: str, rule: RetentionRule, cutoff: str) -> str:
-    subject = policy.tables[table].subject
-    if rule.after == "account_closed":
-        accounts, key = _q(policy.subject.table), _q(policy.subject.key)
+    subject = f"t.{_q(policy.tables[table].subject or '')}"
+    if rule.event == "account_closed":
+        closed = policy.clock_account_closed()
         return (
-            f"EXISTS (SELECT 1 FROM {accounts} a WHERE a.{key} = t.{_q(subject or '')}"
-            f" AND a.{_q(CLOSED_AT)} < {cutoff})"
+            f"EXISTS (SELECT 1 FROM {_rel(closed.table)} a WHERE a.{_q(closed.subject)} = {subject}"
+            f" AND a.{_q(closed.column)} < {cutoff})"
         )
+    consent = policy.clock_consent_ended()
+    ended = ", ".join(f"c.{_q(c)}" for c in consent.ended)
     if rule.consent_purpose:
         return (
-            f"EXISTS (SELECT 1 FROM {_q(CONSENTS)} c WHERE c.user_id = t.{_q(subject or '')}"
-            f" AND c.purpose = {_lit(rule.consent_purpose)} AND least(c.withdrawn_at, c.objected_at) < {cutoff})"
+            f"EXISTS (SELECT 1 FROM {_rel(consent.table)} c WHERE c.{_q(consent.subject)} = {subject}"
+            f" AND c.{_q(consent.purpose)} = {_lit(rule.consent_purpose)} AND least({ended}) < {cutoff})"
         )
-    return f"t.{_q(rule.after)} < {cutoff}"
+    started = f"{_row_clock(policy, rule)} < {cutoff}"
+    if rule.unless_consent:
+        # Collected without permission: a known person none of whose consents to the purpose was given
+        # at or before the row's time and still running then.
+        at = f"t.{_q(rule.after)}"
+        started = (
+            f"({started} AND {subject} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {_rel(consent.table)} c"
+            f" WHERE c.{_q(consent.subject)} = {subject} AND c.{_q(consent.purpose)} = {_lit(rule.unless_consent)}"
+            f" AND c.granted_at <= {at} AND coalesce(least({ended}) > {at}, true)))"
+        )
+    return f"coalesce({started}, false)"
 
 
 def _unheld(policy: Policy, table: str) -> str | None:
@@ -81,7 +117,7 @@ def _unheld(policy: Policy, table: str) -> str | None:
         return None
     return (
         f"NOT coalesce(t.{_q(subject)}::text IN"
-        f" (SELECT h.subject_key FROM {_q(HOLDS)} h WHERE h.released_at IS NULL), false)"
+        f" (SELECT h.subject_key FROM {_lethe(HOLDS)} h WHERE h.released_at IS NULL), false)"
     )
 
 
@@ -92,11 +128,11 @@ def _unreferenced(table: str, fks: list[ForeignKey]) -> list[str]:
         if fk.parent != table:
             continue
         join = " AND ".join(f"r.{_q(c)} = t.{_q(p)}" for c, p in zip(fk.child_columns, fk.parent_columns, strict=True))
-        out.append(f"NOT EXISTS (SELECT 1 FROM {_q(fk.child)} r WHERE {join})")
+        out.append(f"NOT EXISTS (SELECT 1 FROM {_rel(fk.child)} r WHERE {join})")
     return out
 
 
-def _anonymised(rule: RetentionRule) -> str:
+def _anonymised(rule: RetentionRule, subject: str | None) -> str:
     parts = []
     for column, strategy in rule.columns.items():
         c = f"t.{_q(column)}"
@@ -104,6 +140,8 @@ def _anonymised(rule: RetentionRule) -> str:
             parts.append(f"{c} IS NULL")
         elif strategy == "redact":
             parts.append(f"({c} IS NULL OR {c} = {_lit(REDACTED)})")
+        elif strategy == "unique_redact" and subject:  # "[redacted <subject key>]": unique, names no one
+            parts.append(f"({c} IS NULL OR {c} = '[redacted ' || t.{_q(subject)}::text || ']')")
         elif strategy == "truncate_ip":  # no more than the network (/24, /48) is left
             parts.append(f"({c} IS NULL OR masklen({c}) <= CASE family({c}) WHEN 4 THEN 24 ELSE 48 END)")
         else:
@@ -133,18 +171,19 @@ def expired_rows_query(policy: Policy, table: str, rule: RetentionRule, fks: lis
                 where.append(f"NOT {started}")
             else:
                 where.append(f"NOT ({' AND '.join([started, *unreferenced])})")
-        where.append(f"NOT ({_anonymised(rule)})")
+        where.append(f"NOT ({_anonymised(rule, policy.tables[table].subject)})")
     else:
         where.extend(_unreferenced(table, fks))
     conditions = "\n  AND ".join(where)
-    return f"SELECT t.{_q(key)} FROM {_q(table)} t\nWHERE {conditions}"
+    return f"SELECT t.{_q(key)} FROM {_rel(table)} t\nWHERE {conditions}"
 
 
 def stale_query(rule: str) -> str:
     """One row when the rule has no completed, non-dry run within `stale_after` of the audit's clock."""
     return (
         "SELECT 1 AS stale FROM (SELECT audit_now, stale_after FROM {batch}) clock\n"
-        f"WHERE NOT EXISTS (SELECT 1 FROM {LEDGER} l WHERE l.kind = 'retention' AND l.payload->>'rule' = {_lit(rule)}"
+        f"WHERE NOT EXISTS (SELECT 1 FROM {_lethe(LEDGER)} l WHERE l.kind = 'retention'"
+        f" AND l.payload->>'rule' = {_lit(rule)}"
         " AND l.payload ? 'now' AND l.payload ? 'cutoff' AND NOT coalesce((l.payload->>'dry_run')::boolean, false)"
         " AND (l.payload->>'now')::timestamptz >= clock.audit_now - clock.stale_after)"
     )
@@ -200,7 +239,7 @@ def generate(policy: Policy, fks: list[ForeignKey]) -> dict[str, dict[str, Any]]
     deadlines = [
         _expectation(
             "overdue_erasure_requests",
-            f"SELECT r.request_id FROM erasure_requests r WHERE r.status IN ({_statuses(OVERDUE_STATUSES)})"
+            f"SELECT r.request_id FROM {_lethe(REQUESTS)} r WHERE r.status IN ({_statuses(OVERDUE_STATUSES)})"
             f" AND r.due_at < {CLOCK}",
             "table erasure_requests, column due_at",
             "No open erasure request is past its due date at the audit's clock.",
@@ -209,7 +248,7 @@ def generate(policy: Policy, fks: list[ForeignKey]) -> dict[str, dict[str, Any]]
     residue = [
         _expectation(
             "identifier_kept_after_completion",
-            f"SELECT r.request_id FROM erasure_requests r WHERE r.status IN ({_statuses(DONE_STATUSES)})"
+            f"SELECT r.request_id FROM {_lethe(REQUESTS)} r WHERE r.status IN ({_statuses(DONE_STATUSES)})"
             " AND r.identifier IS NOT NULL",
             "table erasure_requests, column identifier",
             "A completed erasure request no longer holds the person's identifier.",

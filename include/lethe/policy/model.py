@@ -513,12 +513,6 @@ class Policy(_Strict):
                 for x in p.on_objection
                 if x not in self.consent_purposes
             ]
-            for r in t.retention:
-                if r.unless_consent and r.unless_consent not in self.consent_purposes:
-                    problems.append(
-                        f"tables.{name}: rule {r.name}: unknown consent purpose {r.unless_consent!r}; expected one of "
-                        f"{', '.join(self.consent_purposes)} (`consent_purposes`)"
-                    )
         if problems:  # one per line, each `field: message`, so load_policy can give each its line
             raise ValueError("\n".join(problems))
         if self.objections:
