@@ -79,3 +79,23 @@ def test_a_rejected_request_is_closed_and_never_erased_by_a_later_batch(
     assert _query(db_url, "SELECT status, identifier FROM erasure_requests") == [("rejected", None)]
     assert _query(db_url, "SELECT count(*) FROM erasure_tombstones") == [(0,)]
     assert _certificates(s3_endpoint) == set()
+
+
+def test_an_approved_request_is_certified_and_keeps_who_approved_it_and_its_run(
+    db_url: str, s3_endpoint: str, airflow_home: Path
+) -> None:
+    people.insert_people(db_url)
+    conf = {"identifier_kind": "email", "identifier": ASHA["email"], "dry_run": False, "require_approval": True}
+    with Responder("subject_erasure", "approve", option="Approve", user="dpo") as answer:
+        run = _run(conf)
+    assert answer.asked is not None
+    assert people.count_rows(db_url, 1) == dict.fromkeys(people.ASHA_ROWS, 0)
+    ((rid, status, identifier, claimed_by, approval, approval_by, run_id),) = _query(
+        db_url,
+        "SELECT request_id::text, status, identifier, claimed_by, detail->>'approval', detail->>'approval_by',"
+        " detail->>'run_id' FROM erasure_requests",
+    )
+    # Erasing replaces the plan's detail: who approved it, and the run that did it (the page's links), stay.
+    assert (status, identifier, claimed_by) == ("certified", None, None)
+    assert (approval, approval_by, run_id) == ("approved", "dpo", run.run_id)
+    assert any(rid in key for key in _certificates(s3_endpoint))

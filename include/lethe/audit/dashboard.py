@@ -231,7 +231,7 @@ def erasures(
     cur.execute(
         """
         SELECT request_id::text, identifier_kind, reference, status, received_at, due_at, completed_at,
-               claimed_by, detail->>'stage' = 'certified', detail ? 'approval'
+               coalesce(claimed_by, detail->>'run_id'), detail->>'stage' = 'certified', detail ? 'approval'
         FROM erasure_requests
         WHERE (%(status)s::text IS NULL OR status = %(status)s)
           AND (%(due_by)s::timestamptz IS NULL OR (status <> ALL(%(closed)s) AND due_at <= %(due_by)s))

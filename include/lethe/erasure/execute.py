@@ -247,6 +247,9 @@ def record(cur: psycopg2.extensions.cursor, works: list[Work], checks: dict[str,
                 {"request_id": w.request_id, "outcome": w.outcome, "tables": w.rows, "redactions": w.redactions},
             )
         cur.execute(  # the state is moved by lethe.erasure.lifecycle, in the same transaction
-            "UPDATE erasure_requests SET subject_pseudonym = %s, detail = %s WHERE request_id = %s",
+            # The new detail replaces the plan's, but who approved (or refused) it and which run held it stay.
+            "UPDATE erasure_requests SET subject_pseudonym = %s, detail = jsonb_strip_nulls(jsonb_build_object("
+            "'approval', detail->'approval', 'approval_by', detail->'approval_by', 'run_id', detail->'run_id'))"
+            " || %s::jsonb WHERE request_id = %s",
             (w.pseudonym, json.dumps(detail), w.request_id),
         )

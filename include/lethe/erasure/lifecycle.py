@@ -102,10 +102,17 @@ def move(
     sets = ["status = %(end)s", "status_changed_at = now()"]
     if end in FORGETS:
         sets += ["identifier = NULL", "processor_identifiers = NULL", "reason = NULL", "completed_at = now()"]
+    detail_sql = "coalesce(detail, '{}'::jsonb)"
     if end in RELEASES:
         sets.append("claimed_by = NULL")
+        # The run that last held it stays findable (the compliance page links a closed request to it).
+        detail_sql += (
+            " || CASE WHEN claimed_by IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('run_id', claimed_by) END"
+        )
     if detail is not None:
-        sets.append("detail = coalesce(detail, '{}'::jsonb) || %(detail)s::jsonb")
+        detail_sql += " || %(detail)s::jsonb"
+    if end in RELEASES or detail is not None:
+        sets.append(f"detail = {detail_sql}")
     if pseudonym is not None:
         sets.append("subject_pseudonym = %(pseudonym)s")
     cur.execute(
