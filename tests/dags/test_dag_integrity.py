@@ -83,7 +83,8 @@ def test_a_policy_that_cannot_be_applied_fails_the_run_at_once_without_retries(
     broken = tmp_path / "policy.yaml"
     # password_hash is NOT NULL: this rule could only fail half-way through the night.
     shipped = DEFAULT_POLICY_FILE.read_text()
-    broken.write_text(shipped.replace("password_hash: redact, age:", 'password_hash: "null", age:'))
+    assert "          password_hash: redact\n" in shipped
+    broken.write_text(shipped.replace("          password_hash: redact\n", '          password_hash: "null"\n', 1))
     monkeypatch.setenv("LETHE_POLICY_FILE", str(broken))
     with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM ledger")
