@@ -137,6 +137,11 @@ def test_anonymise_rule_checks_the_columns_not_the_row(db_url: str) -> None:
     policy = load_policy()
     with transaction(db_url) as cur:
         add_account(cur, 1)
+        # Consented to analytics, so the visits may stay (visits_without_analytics_consent): only the columns are judged.
+        cur.execute(
+            "INSERT INTO consents (consent_id, user_id, purpose, granted_at) VALUES (1, 1, 'analytics', %s)",
+            (NOW - timedelta(days=600),),
+        )
         rows = [(1, "203.0.113.0/24", None), (2, "203.0.113.77", None), (3, "203.0.113.0/24", "Mozilla")]
         for log_id, ip, agent in rows:
             cur.execute(

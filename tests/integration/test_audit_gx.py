@@ -65,6 +65,11 @@ def _plant_faults(db_url: str) -> None:
             " VALUES (1, 2, %s, 'persistent', %s, %s, %s)",
             (PII["cookie"], PII["ip"], NOW - timedelta(days=40), NOW - timedelta(days=3)),
         )
+        # Consented to analytics: the visit itself may stay (visits_without_analytics_consent), only its IP may not.
+        cur.execute(
+            "INSERT INTO consents (consent_id, user_id, purpose, granted_at) VALUES (1, 2, 'analytics', %s)",
+            (NOW - timedelta(days=800),),
+        )
         cur.execute(
             "INSERT INTO visitor_logs (log_id, user_id, visitor_id, occurred_at, ip_address, user_agent)"
             " VALUES (1, 2, 'v', %s, %s, 'agent')",
