@@ -197,6 +197,7 @@ def test_night_deletes_exactly_what_the_policy_says_and_keeps_held_rows(
         purges = (
             session.query(TaskInstance.task_id, TaskInstance.rendered_map_index)
             .filter(TaskInstance.run_id == run.run_id, TaskInstance.task_id.like("purge_stage_%"))
+            .filter(TaskInstance.map_index >= 0)  # a stage with no table leaves one skipped, unmapped instance
             .all()
         )
     # One purge task per table and stage, named by its table: two rules of a table never run at once.

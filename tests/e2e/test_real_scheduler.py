@@ -113,7 +113,7 @@ def test_erasure_submitted_like_the_cli_runs_under_the_scheduler(
     assert one(primary, "SELECT count(*) FROM accounts WHERE user_id = 9001") == 0
     assert one(primary, "SELECT count(*) FROM accounts WHERE email = %s", email) == 0
     assert one(primary, "SELECT count(*) FROM accounts WHERE user_id = 9002") == 1, "only the subject is erased"
-    assert one(primary, "SELECT status FROM erasure_requests WHERE request_id = %s", request_id) == "completed"
+    assert one(primary, "SELECT status FROM erasure_requests WHERE request_id = %s", request_id) == "certified"
     assert certificate_exists(services[1], request_id)
     assert metadata_tables_containing(stack.metadata_url, email) == [], "the CLI path never hands Airflow the email"
 
@@ -131,7 +131,7 @@ def test_form_trigger_then_metadata_cleanup_forgets_the_identifier(
     assert state == "success", stack.task_states("subject_erasure", run_id)
     assert one(primary, "SELECT count(*) FROM accounts WHERE user_id = 9003") == 0
     request_id = one(
-        primary, "SELECT request_id::text FROM erasure_requests WHERE status = 'completed' ORDER BY 1 DESC"
+        primary, "SELECT request_id::text FROM erasure_requests WHERE status = 'certified' ORDER BY 1 DESC"
     )
     assert request_id and certificate_exists(services[1], request_id)
 
