@@ -94,10 +94,15 @@ def name_key(value: str) -> str:
 
 
 def ip_key(value: str) -> str | None:
+    """One host's address; None for a masked network (10.0.0.0/24 after truncate_ip names nobody)."""
     try:
-        return str(ipaddress.ip_address(value.split("/", 1)[0]))
+        interface = ipaddress.ip_interface(value.strip())
     except ValueError:
         return None
+    network = interface.network
+    if network.prefixlen < interface.max_prefixlen and interface.ip == network.network_address:
+        return None  # host bits all zero: a network, not a host (203.0.113.7/24 still names its host)
+    return str(interface.ip)
 
 
 def normalise(kind: str, value: str) -> str | None:

@@ -100,6 +100,18 @@ def test_footprint_ignores_values_too_short_or_unparseable() -> None:
     assert dict(person.values) == {}
 
 
+def test_a_truncated_network_is_no_ones_address() -> None:
+    """Retention leaves 203.0.113.0/24 in many people's rows: it must not make them all this person's residue."""
+    person = Footprint(4)
+    person.add("ip", "203.0.113.0/24")
+    person.add("ip", "2001:db8::/48")
+    assert dict(person.values) == {}
+    person.add("ip", "203.0.113.7/24")  # a host written with its netmask is still that host
+    person.add("ip", "198.51.100.9/32")
+    assert {v for values in person.values.values() for v in values} == {"203.0.113.7", "198.51.100.9"}
+    assert residue.ip_key("203.0.113.0") == "203.0.113.0"  # a bare address is a host, even ending in .0
+
+
 @pytest.mark.parametrize(
     ("text", "want"),
     [
