@@ -43,6 +43,11 @@ def _run(conf: dict[str, Any]) -> Any:
     return run_dag("subject_erasure", conf)
 
 
+def _batch() -> Any:
+    """The queue, as the nightly run takes it: a triggered run without `dry_run: false` only previews."""
+    return _run({"dry_run": False})
+
+
 def _erase_asha() -> Any:
     return _run({"identifier_kind": "email", "identifier": ASHA["email"], "request_reference": "T-9", "dry_run": False})
 
@@ -217,7 +222,7 @@ def test_a_provider_down_keeps_the_request_open_until_it_confirms_or_the_deadlin
 
     # Past its due date and still down: the nightly batch tries again, the request stays open, the alert fires.
     _query(db_url, "UPDATE erasure_requests SET due_at = now() - interval '1 day' RETURNING 1")
-    run = _run({})
+    run = _batch()
     assert _query(db_url, "SELECT status FROM erasure_requests") == [("awaiting_processors",)]
     assert _receipts(db_url)["mixpanel"] == ("pending", 6, None)
     assert _xcom_value(run, "deadlines") == {"overdue": 1, "failed": 0, "held_past_due": 0, "alerted": True}
@@ -225,7 +230,7 @@ def test_a_provider_down_keeps_the_request_open_until_it_confirms_or_the_deadlin
 
     # Back up: the next batch gets the confirmation and closes the request.
     provider.down["mixpanel"] = False
-    _run({})
+    _batch()
     assert _query(db_url, "SELECT status, identifier, processor_identifiers FROM erasure_requests") == [
         ("certified", None, None)
     ]
@@ -242,7 +247,7 @@ def test_an_objection_to_marketing_removes_the_person_from_the_marketing_process
     ses, provider = world
     # Asha objects to marketing (consent 101); her analytics consent (102) holds.
     _query(db_url, "UPDATE consents SET objected_at = now() WHERE consent_id = 101 RETURNING 1")
-    _run({})
+    _batch()
 
     assert set(provider.members[MAILCHIMP_LIST]) == {_subscriber_hash(BHAVIN["email"])}
     assert provider.calls_to("mixpanel") == [] and provider.tasks == {}
@@ -254,5 +259,5 @@ def test_an_objection_to_marketing_removes_the_person_from_the_marketing_process
     # The platform still has her: an objection is not an erasure.
     assert _query(db_url, "SELECT count(*) FROM accounts WHERE user_id = 1") == [(1,)]
 
-    _run({})  # sent once: the next run does not call again
+    _batch()  # sent once: the next run does not call again
     assert len(provider.calls_to("mailchimp")) == 1
