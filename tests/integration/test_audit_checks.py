@@ -137,7 +137,7 @@ def test_anonymise_rule_checks_the_columns_not_the_row(db_url: str) -> None:
     policy = load_policy()
     with transaction(db_url) as cur:
         add_account(cur, 1)
-        # Consented to analytics, so the visits may stay (visits_without_analytics_consent): only the columns are judged.
+        # Consented to analytics: the visits may stay (visits_without_analytics_consent), only the columns are judged.
         cur.execute(
             "INSERT INTO consents (consent_id, user_id, purpose, granted_at) VALUES (1, 1, 'analytics', %s)",
             (NOW - timedelta(days=600),),
