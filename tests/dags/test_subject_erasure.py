@@ -289,3 +289,25 @@ def test_the_trigger_form_needs_no_reference_or_reason(airflow_home: Path) -> No
         # Airflow's trigger form marks a field required unless its schema type admits null.
         assert "null" in params.get_param(name).schema["type"], name
         assert params[name] is None, name
+
+
+def test_a_held_persons_mention_of_the_erased_person_is_left_for_the_hold(
+    db_url: str, s3_endpoint: str, airflow_home: Path
+) -> None:
+    """Chitra is under a legal hold: her comment naming Asha is evidence, and Asha's erasure must not touch it."""
+    people.insert_people(db_url)
+    held_text = "Asha (asha.rao@example.com) saw the incident"
+    _query(db_url, "INSERT INTO comments VALUES (301, 3, %s, now()) RETURNING 1", (held_text,))
+    _run({"identifier_kind": "email", "identifier": people.ASHA["email"], "dry_run": False})
+
+    assert _query(db_url, "SELECT count(*) FROM accounts WHERE user_id = 1") == [(0,)]
+    assert _query(db_url, "SELECT body FROM comments WHERE comment_id = 301") == [(held_text,)]
+    (bhavin,) = _query(db_url, "SELECT body FROM comments WHERE comment_id = 201")[0]
+    assert "asha.rao@example.com" not in bhavin.lower()  # a bystander without a hold is redacted
+    ((rid, status, detail),) = _query(db_url, "SELECT request_id::text, status, detail FROM erasure_requests")
+    assert status == "certified"
+    assert detail["residue"]["waiting_for_hold:comments.body"] == 1
+    page = _s3_text(s3_endpoint, f"certificates/{rid}.md")
+    left = page.split("Left unchanged: rows of other people under an active legal hold", 1)[1]
+    assert "- comments.body: 1 row(s)" in left
+    _assert_no_pii(page, people.ASHA)

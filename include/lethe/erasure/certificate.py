@@ -140,10 +140,20 @@ def render_markdown(cert: dict[str, Any]) -> str:
     if redactions:
         out += ["", "Mentions redacted in other people's free text:", ""]
         out += [f"- {column}: {n} row(s)" for column, n in sorted(redactions.items())]
-    handled = cert.get("residue_handled") or {}
+    found = cert.get("residue_handled") or {}
+    waiting = {w.split(":", 1)[1]: n for w, n in found.items() if w.startswith("waiting_for_hold:")}
+    handled = {w: n for w, n in found.items() if not w.startswith("waiting_for_hold:")}
     if handled:
         out += ["", "Also found by value (the residue scanner) and handled:", ""]
         out += [f"- {what.replace(':', ' ', 1)}: {n} row(s)" for what, n in sorted(handled.items())]
+    if waiting:
+        out += [
+            "",
+            "Left unchanged: rows of other people under an active legal hold that still hold this person's data "
+            "(evidence, which no one else's erasure may change):",
+            "",
+        ]
+        out += [f"- {column}: {n} row(s)" for column, n in sorted(waiting.items())]
     retained = cert.get("retained") or {}
     if retained:
         out += [

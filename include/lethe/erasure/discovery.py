@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg2.extensions
-from lethe import relations, residue
+from lethe import db, holds, relations, residue
 from lethe.policy import Policy
 from lethe.pseudonym import normalise
 from lethe.relations import ForeignKey, relation
@@ -387,6 +387,8 @@ def find_mentions(
     """(table, column) -> [(primary key, text, owners mentioned)] for rows not themselves being erased.
 
     SQL narrows with ILIKE; Python confirms with word boundaries, so 'al' does not match 'also'.
+    Rows of someone under an active legal hold are evidence: nobody else's erasure touches them (the
+    residue sweep counts them as waiting for the hold's release).
     """
     term_owner: dict[str, set[str]] = defaultdict(set)
     for person in people:
@@ -408,6 +410,11 @@ def find_mentions(
         if exclude_linked and table in graph.tables and policy.tables[table].erasure.action == "delete":  # type: ignore[union-attr]
             match_pk = sql.SQL(" AND ").join(sql.SQL("e.{0} = t.{0}").format(sql.Identifier(c)) for c in pk)
             query += sql.SQL(" AND NOT EXISTS (SELECT 1 FROM {e} e WHERE {m})").format(e=temp_name(table), m=match_pk)
+        subject = policy.tables[table].subject
+        if subject:
+            query += sql.SQL(
+                " AND NOT coalesce(t.{s}::text IN (SELECT h.subject_key FROM {h} h WHERE h.released_at IS NULL), false)"
+            ).format(s=sql.Identifier(subject), h=db.table(holds.HOLDS))
         cur.execute(query, (likes,))
         hits = []
         for row in cur.fetchall():
