@@ -426,7 +426,8 @@ def test_retention_nightly_under_the_local_executor_needed_no_retry(local: Local
         local.runs["retention"],
     )
     assert len(tries) > 3
-    assert [t for t in tries if t[2] != 1] == [], "tasks that needed a retry"
+    # try 0: never run (the skipped instance of a stage with no table); more than 1: retried
+    assert [t for t in tries if t[2] > 1] == [], "tasks that needed a retry"
     overlapping = sql(
         metadata,
         "SELECT count(*) FROM task_instance a JOIN task_instance b ON a.dag_id = b.dag_id AND a.run_id = b.run_id"
