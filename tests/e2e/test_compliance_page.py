@@ -225,7 +225,9 @@ def test_compliance_page_shows_the_state_to_logged_in_users_only(
             docs = opened.value
             docs.wait_for_load_state("domcontentloaded")
             assert "/lethe-compliance/data-docs/" in docs.url
-            assert docs.locator("a[href*='validations/erasure_deadlines/']").count() >= 1
+            # The index as served links the failed suite's validation (GX's table script may page the rows away).
+            served = docs.context.request.get(docs.url).text()
+            assert "validations/erasure_deadlines/" in served
             assert "@example.com" not in docs.content()
             docs.screenshot(path=str(ARTIFACTS / "data_docs.png"), full_page=True)
             anonymous_docs = httpx.get(f"{api_server}/lethe-compliance/{href}", follow_redirects=False)
