@@ -22,6 +22,7 @@ from lethe import relations
 from lethe.backup import frames, layout, locks, store, writer
 from lethe.backup.manifest import Manifest, ObjectEntry, TableEntry
 from lethe.backup.manifest import write as write_manifest
+from lethe.backup.term_index import TermIndexer
 from lethe.config import BUCKETS
 from lethe.db import connect, transaction
 from lethe.policy.model import Policy
@@ -188,7 +189,8 @@ def export_tables(
             entry, frame = _table_frame(cur, table, policy, key, tombstones, pseudonyms)
             entry.buckets = counts[table]
             entries[table] = entry
-            pending.append((entry, pool.submit(_write_parts, table, frame, counts[table], sink)))
+            indexer = TermIndexer(key, entry.free_text) if entry.free_text else None
+            pending.append((entry, pool.submit(_write_parts, table, frame, counts[table], sink, indexer)))
         for entry, future in pending:
             entry.objects = sorted(future.result(), key=lambda o: o.key)
     return entries
@@ -265,13 +267,23 @@ def _table_frame(
     return entry, frame
 
 
-def _write_parts(table: str, frame: Any, buckets: int, sink: Sink) -> list[ObjectEntry]:
+def _write_parts(
+    table: str, frame: Any, buckets: int, sink: Sink, indexer: TermIndexer | None = None
+) -> list[ObjectEntry]:
+    """Store each bucket's part; with an indexer (a table with free text), index its terms for the manifest."""
     written = []
     for bucket_no, part in frames.split_by_bucket(frame, buckets):
         body = frames.to_parquet(part)
         object_key, digest = sink(table, bucket_no, body)
         written.append(
-            ObjectEntry(key=object_key, bucket=bucket_no, rows=part.num_rows, bytes=len(body), sha256=digest)
+            ObjectEntry(
+                key=object_key,
+                bucket=bucket_no,
+                rows=part.num_rows,
+                bytes=len(body),
+                sha256=digest,
+                term_index=indexer.index(part) if indexer else None,
+            )
         )
     return written
 
