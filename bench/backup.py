@@ -47,7 +47,9 @@ def _pg_dump(server_major: int) -> str:
     return str(POSTGRES_BIN_PATH / "pg_dump")
 
 
-def _export_local(url: str, tables: list[str], policy: Any, out: Path, buckets: int | None) -> tuple[int, int, int]:
+def _export_local(
+    url: str, tables: list[str], policy: Any, out: Path, buckets: int | None, index_terms: bool = True
+) -> tuple[int, int, int]:
     """The snapshot's own export (lethe.backup.snapshot.export_tables) with local files instead of S3 puts.
 
     Returns rows, bytes and objects written.
@@ -67,7 +69,7 @@ def _export_local(url: str, tables: list[str], policy: Any, out: Path, buckets: 
     conn = connect(url)
     conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ, readonly=True)
     with conn.cursor() as cur:
-        entries = export_tables(cur, tables, policy, KEY, set(), to_file, buckets=buckets)
+        entries = export_tables(cur, tables, policy, KEY, set(), to_file, buckets=buckets, index_terms=index_terms)
     conn.close()
     objects = [o for e in entries.values() for o in e.objects]
     return sum(e.rows for e in entries.values()), sum(o.bytes for o in objects), len(objects)
@@ -186,9 +188,10 @@ def main(argv: list[str] | None = None) -> int:
 
         # 1. export throughput beside pg_dump -Fc of the same tables, alternating which runs first
         dump = _pg_dump(major)
-        timings: dict[str, list[float]] = {"export": [], "flat": [], "pg_dump": []}
+        timings: dict[str, list[float]] = {"export": [], "unindexed": [], "flat": [], "pg_dump": []}
         for round_no in range(args.repeat):
-            order = ["export", "flat", "pg_dump"] if round_no % 2 == 0 else ["pg_dump", "flat", "export"]
+            order = ["export", "unindexed", "flat", "pg_dump"]
+            order = order if round_no % 2 == 0 else order[::-1]
             for what in order:
                 work = Path(tempfile.mkdtemp(prefix="lethe-bench-backup-"))
                 try:
@@ -198,12 +201,16 @@ def main(argv: list[str] | None = None) -> int:
                         dump_bytes = (work / "dump.fc").stat().st_size
                     elif what == "export":
                         rows, parquet_bytes, parquet_objects = _export_local(url, tables, policy, work, None)
+                    elif what == "unindexed":
+                        _export_local(url, tables, policy, work, None, index_terms=False)
                     else:
                         _, flat_bytes, _ = _export_local(url, tables, policy, work, 1)
                     timings[what].append(time.perf_counter() - t0)
                 finally:
                     shutil.rmtree(work, ignore_errors=True)
-        export_s, flat_s, dump_s = (statistics.median(timings[k]) for k in ("export", "flat", "pg_dump"))
+        export_s, unindexed_s, flat_s, dump_s = (
+            statistics.median(timings[k]) for k in ("export", "unindexed", "flat", "pg_dump")
+        )
         sid = "20261101T020000Z"
         t0 = time.perf_counter()
         snap = take_snapshot(url, REGION, s3_url, sid, policy, KEY)
@@ -220,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{dump_s:.2f} s = {rows / dump_s:,.0f} rows/s, {dump_bytes / 1e6:.1f} MB "
             f"[{', '.join(f'{t:.2f}' for t in timings['pg_dump'])}]",
             f"export / pg_dump time: {export_s / dump_s:.2f}x (per round: {', '.join(f'{r:.2f}' for r in ratios)})",
+            f"same export without term indexes: {unindexed_s:.2f} s ({unindexed_s / dump_s:.2f}x pg_dump's time; "
+            f"indexing free text costs {export_s - unindexed_s:.2f} s) "
+            f"[{', '.join(f'{t:.2f}' for t in timings['unindexed'])}]",
             f"same export in one object per table (no subject buckets): {flat_s:.2f} s = {rows / flat_s:,.0f} rows/s, "
             f"{flat_bytes / 1e6:.1f} MB ({flat_s / dump_s:.2f}x pg_dump's time)",
             f"full snapshot into {REGION} over HTTP (S3 puts, manifest, catalogue): {snapshot_s:.2f} s = "

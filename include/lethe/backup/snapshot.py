@@ -169,12 +169,14 @@ def export_tables(
     *,
     buckets: int | None = None,
     threads: int = UPLOAD_THREADS,
+    index_terms: bool = True,
 ) -> dict[str, TableEntry]:
     """Export tables in the caller's transaction; split, encode and store each in a worker.
 
     Each table gets its own bucket count (layout.bucket_counts, from the tables' sizes on disk)
     unless `buckets` fixes one for all. The next table's COPY runs while the workers bucket,
-    encode and upload the previous ones.
+    encode and upload the previous ones. Each object of a table with free text gets its term index
+    (lethe.backup.term_index) unless `index_terms` is off (the bench's measure of what indexing costs).
     """
     pseudonyms: dict[int, str] = {}  # one HMAC per person for the whole snapshot
     if buckets is None:
@@ -189,7 +191,7 @@ def export_tables(
             entry, frame = _table_frame(cur, table, policy, key, tombstones, pseudonyms)
             entry.buckets = counts[table]
             entries[table] = entry
-            indexer = TermIndexer(key, entry.free_text) if entry.free_text else None
+            indexer = TermIndexer(key, entry.free_text) if entry.free_text and index_terms else None
             pending.append((entry, pool.submit(_write_parts, table, frame, counts[table], sink, indexer)))
         for entry, future in pending:
             entry.objects = sorted(future.result(), key=lambda o: o.key)
