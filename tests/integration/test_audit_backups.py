@@ -144,7 +144,8 @@ def test_after_a_passed_audit_only_what_changed_is_read(db_url: str, s3_endpoint
     client.delete_object(Bucket=bucket, Key=key, VersionId=latest)
 
     # A person erased since the last passed audit, not yet carried into the backups: the old objects that
-    # can hold them (and every free-text object, for mentions) are read although unchanged.
+    # can hold them (and the free-text objects whose term index may hold their email, for mentions) are read
+    # although unchanged.
     with transaction(db_url) as cur:
         cur.execute(
             "INSERT INTO erasure_tombstones (subject_pseudonym, identifier_pseudonyms) VALUES (%s, %s)",
@@ -156,6 +157,8 @@ def test_after_a_passed_audit_only_what_changed_is_read(db_url: str, s3_endpoint
     }
     reasons = region_details(third, "ap-southeast-1")["read_because"]
     assert reasons["new_tombstones"] > 0 and reasons["new_mentions"] > 0 and reasons["sample"] == 0
+    # person 1's comment naming them, and nothing else beyond person 2's own objects
+    assert reasons["new_mentions"] == 1, reasons
 
 
 def test_a_backup_bucket_outside_its_region_fails(db_url: str, s3_endpoint: str) -> None:
