@@ -33,13 +33,17 @@ from lethe import residue
 FALSE_POSITIVE_RATE = 1e-6  # per term asked; see the module's docstring
 MAX_NAME_WORDS = residue.KeyedIndex.max_name_words  # the mention finder's own: names of up to 4 words
 MEMO_SIZE = 100_000  # values repeat within a table (features, user agents): candidates once per value
+MAX_HASHES = 32  # k is 20 at 1e-6; positions beyond the k a filter uses are never read
 
 
-def _hashes(terms: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Two independent 64-bit hashes per term (sha256), combined as h1 + i*h2 (Kirsch-Mitzenmacher)."""
-    digests = b"".join(hashlib.sha256(t.encode()).digest()[:16] for t in terms)
-    pairs = np.frombuffer(digests, dtype="<u8").reshape(-1, 2)
-    return pairs[:, 0], pairs[:, 1]
+def _hashes(terms: Iterable[str]) -> np.ndarray:
+    """MAX_HASHES independent 64-bit hashes per term (SHAKE-128), one bit position each.
+
+    Independent, not two combined as h1 + i*h2: in a small filter (an object with a few terms) those
+    combinations repeat often enough to put the false-positive rate far above the target.
+    """
+    digests = b"".join(hashlib.shake_128(t.encode()).digest(8 * MAX_HASHES) for t in terms)
+    return np.frombuffer(digests, dtype="<u8").reshape(-1, MAX_HASHES)
 
 
 @dataclass(frozen=True)
@@ -54,25 +58,25 @@ class BloomFilter:
     def of(cls, terms: set[str], rate: float = FALSE_POSITIVE_RATE) -> BloomFilter:
         n = len(terms)
         bits = max(8, math.ceil(-n * math.log(rate) / math.log(2) ** 2))  # m = -n ln p / (ln 2)^2
-        hashes = max(1, round(bits / max(n, 1) * math.log(2)))  # k = m/n ln 2
+        hashes = min(MAX_HASHES, max(1, round(bits / max(n, 1) * math.log(2))))  # k = m/n ln 2
         array = np.zeros(bits, dtype=bool)
         if n:
-            array[_positions(*_hashes(sorted(terms)), bits, hashes).ravel()] = True
+            array[(_hashes(sorted(terms))[:, :hashes] % np.uint64(bits)).ravel()] = True
         return cls(bits, hashes, n, rate, np.packbits(array, bitorder="little").tobytes())
 
     def contains(self, query: Query) -> np.ndarray:
         """Per term asked: False when the term is certainly not in the filter."""
-        if not self.terms or not len(query.h1):
-            return np.zeros(len(query.h1), dtype=bool)
+        if not self.terms or not len(query.hashes):
+            return np.zeros(len(query.hashes), dtype=bool)
         array = np.unpackbits(np.frombuffer(self.data, dtype=np.uint8), bitorder="little")
-        return np.asarray(array[_positions(query.h1, query.h2, self.bits, self.hashes)].all(axis=1))
+        return np.asarray(array[query.hashes[:, : self.hashes] % np.uint64(self.bits)].all(axis=1))
 
     def may_contain_any(self, query: Query) -> bool:
         return bool(self.contains(query).any())
 
     def to_manifest(self) -> dict[str, Any]:
         return {
-            "kind": "bloom/sha256-km",
+            "kind": "bloom/shake128",
             "bits": self.bits,
             "hashes": self.hashes,
             "terms": self.terms,
@@ -85,26 +89,16 @@ class BloomFilter:
         return cls(entry["bits"], entry["hashes"], entry["terms"], entry["rate"], base64.b64decode(entry["filter"]))
 
 
-def _positions(h1: np.ndarray, h2: np.ndarray, bits: int, hashes: int) -> np.ndarray:
-    """(terms x k) bit positions: (h1 + i*h2) mod m, in integers small enough never to overflow."""
-    a = (h1 % bits).astype(np.int64)[:, None]
-    b = (h2 % bits).astype(np.int64)[:, None] | 1  # odd: the k positions do not collapse onto one
-    return (a + np.arange(hashes, dtype=np.int64)[None, :] * b) % bits
-
-
 @dataclass(frozen=True)
 class Query:
     """A batch's identifier pseudonyms, hashed once for every object's filter."""
 
-    h1: np.ndarray
-    h2: np.ndarray
+    hashes: np.ndarray  # terms x MAX_HASHES
 
     @classmethod
     def of(cls, pseudonyms: Iterable[str]) -> Query:
         terms = sorted(pseudonyms)
-        if not terms:
-            return cls(np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.uint64))
-        return cls(*_hashes(terms))
+        return cls(_hashes(terms) if terms else np.zeros((0, MAX_HASHES), dtype=np.uint64))
 
 
 def may_mention(index: dict[str, Any] | None, query: Query) -> bool:
