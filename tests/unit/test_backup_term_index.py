@@ -51,6 +51,7 @@ def test_manifest_round_trip_and_empty_filters() -> None:
     assert not empty.may_contain_any(Query.of(random_terms(10)))
     assert not bloom.may_contain_any(Query.of([]))
     assert may_mention(None, Query.of(random_terms(1)))  # no index (an older snapshot): read it
+    assert may_mention({**BloomFilter.of(set()).to_manifest(), "kind": "other"}, Query.of(random_terms(1)))
 
 
 def erased_pseudonyms() -> frozenset[str]:

@@ -34,6 +34,7 @@ FALSE_POSITIVE_RATE = 1e-6  # per term asked; see the module's docstring
 MAX_NAME_WORDS = residue.KeyedIndex.max_name_words  # the mention finder's own: names of up to 4 words
 MEMO_SIZE = 100_000  # values repeat within a table (features, user agents): candidates once per value
 MAX_HASHES = 32  # k is 20 at 1e-6; positions beyond the k a filter uses are never read
+KIND = "bloom/shake128"  # an index of another kind is not understood: its object is read
 
 
 def _hashes(terms: Iterable[str]) -> np.ndarray:
@@ -76,7 +77,7 @@ class BloomFilter:
 
     def to_manifest(self) -> dict[str, Any]:
         return {
-            "kind": "bloom/shake128",
+            "kind": KIND,
             "bits": self.bits,
             "hashes": self.hashes,
             "terms": self.terms,
@@ -103,8 +104,8 @@ class Query:
 
 def may_mention(index: dict[str, Any] | None, query: Query) -> bool:
     """Whether an object with this manifest index must be read for mentions; one without an index
-    (a snapshot from before indexes) always is."""
-    return index is None or BloomFilter.from_manifest(index).may_contain_any(query)
+    (a snapshot from before indexes) or with one of another kind always is."""
+    return index is None or index.get("kind") != KIND or BloomFilter.from_manifest(index).may_contain_any(query)
 
 
 class TermIndexer:
