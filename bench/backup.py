@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
 
     pa.array([0]).to_pandas()  # import pyarrow's lazy pandas bridge now, not inside the timed export
 
-    policy = load_policy()
+    policy = load_policy()  # with term indexes (backups.term_index), the snapshot the propagations start from
+    policy = policy.model_copy(update={"backups": policy.backups.model_copy(update={"term_index": True})})
     tables = backed_up_tables(policy)
     lines: list[str] = []
     with services() as (server_url, s3_url):

@@ -128,7 +128,9 @@ def expected_figures(db_url: str) -> dict[str, object]:
     with transaction(db_url) as cur:
         cur.execute("SELECT count(*) FROM ledger")
         ledger_entries = cur.fetchone()[0]
-        cur.execute("SELECT count(*) FROM erasure_requests WHERE status NOT IN ('certified', 'completed', 'no_data', 'rejected', 'dry_run')")
+        cur.execute(
+            "SELECT count(*) FROM erasure_requests WHERE status NOT IN ('certified', 'completed', 'no_data', 'rejected', 'dry_run')"
+        )
         open_requests = cur.fetchone()[0]
         cur.execute(
             "SELECT payload->>'rule', payload->'counts'->>'done' FROM ledger WHERE kind = 'retention'"

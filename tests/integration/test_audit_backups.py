@@ -94,8 +94,10 @@ def test_after_a_passed_audit_only_what_changed_is_read(db_url: str, s3_endpoint
 
     seed_people(db_url)
     sid = new_snapshot_id()
+    policy = load_policy()  # with term indexes: a new erasure's mentions are searched only where they can be
+    policy = policy.model_copy(update={"backups": policy.backups.model_copy(update={"term_index": True})})
     for region in BACKUP_REGIONS:
-        take_snapshot(db_url, region, s3_endpoint, sid, load_policy(), KEY)
+        take_snapshot(db_url, region, s3_endpoint, sid, policy, KEY)
     time.sleep(1.1)  # S3's clock has one-second steps: the audit's listing comes after the snapshot's writes
     first = check_backups(db_url, s3_endpoint, KEY, datetime.now(UTC), sample=1)
     assert first.success

@@ -30,7 +30,7 @@ from lethe.backup.snapshot import take_snapshot
 from lethe.backup.term_index import Query, may_mention
 from lethe.config import BACKUP_REGIONS, BUCKETS
 from lethe.db import transaction
-from lethe.policy import load_policy
+from lethe.policy import Policy, load_policy
 from lethe.pseudonym import pseudonym, subject_pseudonym
 from lethe.storage import ensure_buckets, s3_client
 
@@ -101,8 +101,8 @@ def primary(db_url: str) -> str:
     return db_url
 
 
-def snapshot_both(db_url: str, s3: str, sid: str) -> None:
-    policy = load_policy()
+def snapshot_both(db_url: str, s3: str, sid: str, policy: Policy | None = None) -> None:
+    policy = policy or load_policy()
     for region in BACKUP_REGIONS:
         take_snapshot(db_url, region, s3, sid, policy, KEY)
 
@@ -478,8 +478,10 @@ def test_indexed_propagation_redacts_exactly_what_a_full_read_does_and_reads_les
         for comment_id, (user_id, body) in mentions.items():
             cur.execute("INSERT INTO comments VALUES (%s, %s, %s, %s)", (comment_id, user_id, body, NOW))
     old, new = "20261101T020000Z", "20261102T020000Z"
+    policy = load_policy()
+    policy = policy.model_copy(update={"backups": policy.backups.model_copy(update={"term_index": True})})
     for sid in (old, new):
-        snapshot_both(primary, s3_endpoint, sid)
+        snapshot_both(primary, s3_endpoint, sid, policy)
     indexed, full = BACKUP_REGIONS
     client, bucket = s3_client(indexed, s3_endpoint), BUCKETS.backup(indexed)
     manifest = read_manifest(client, bucket, new)

@@ -169,15 +169,17 @@ def export_tables(
     *,
     buckets: int | None = None,
     threads: int = UPLOAD_THREADS,
-    index_terms: bool = True,
+    index_terms: bool | None = None,
 ) -> dict[str, TableEntry]:
     """Export tables in the caller's transaction; split, encode and store each in a worker.
 
     Each table gets its own bucket count (layout.bucket_counts, from the tables' sizes on disk)
     unless `buckets` fixes one for all. The next table's COPY runs while the workers bucket,
     encode and upload the previous ones. Each object of a table with free text gets its term index
-    (lethe.backup.term_index) unless `index_terms` is off (the bench's measure of what indexing costs).
+    (lethe.backup.term_index) when the policy's `backups.term_index` (or `index_terms`, if given) says so.
     """
+    if index_terms is None:
+        index_terms = policy.backups.term_index
     pseudonyms: dict[int, str] = {}  # one HMAC per person for the whole snapshot
     if buckets is None:
         rewritable = {t for t in tables if _rewritable(policy, t)}
