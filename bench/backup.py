@@ -12,6 +12,10 @@ Four measurements in one run, on one seeded database:
    (target <= 1/64);
 4. 1,000 tombstones in one propagation run: every affected object is rewritten exactly once.
 
+3 and 4 run twice, on the same snapshot taken into both regions: in REGION with each free-text
+object's term index (lethe.backup.term_index), in FULL_REGION reading every free-text object as
+before indexes; the free-text objects each read and searched for mentions are printed side by side.
+
 Run: `lethe bench backup` (default 20,000 users) or `uv run python bench/backup.py --users 2000`.
 """
 
@@ -30,6 +34,7 @@ from typing import Any
 
 KEY = b"bench-pseudonym-key"
 REGION = "us-east-1"
+FULL_REGION = "ap-southeast-1"  # the same snapshot, propagated without the term index
 
 
 def _pg_dump(server_major: int) -> str:
@@ -42,7 +47,9 @@ def _pg_dump(server_major: int) -> str:
     return str(POSTGRES_BIN_PATH / "pg_dump")
 
 
-def _export_local(url: str, tables: list[str], policy: Any, out: Path, buckets: int | None) -> tuple[int, int, int]:
+def _export_local(
+    url: str, tables: list[str], policy: Any, out: Path, buckets: int | None, index_terms: bool = True
+) -> tuple[int, int, int]:
     """The snapshot's own export (lethe.backup.snapshot.export_tables) with local files instead of S3 puts.
 
     Returns rows, bytes and objects written.
@@ -62,7 +69,7 @@ def _export_local(url: str, tables: list[str], policy: Any, out: Path, buckets: 
     conn = connect(url)
     conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ, readonly=True)
     with conn.cursor() as cur:
-        entries = export_tables(cur, tables, policy, KEY, set(), to_file, buckets=buckets)
+        entries = export_tables(cur, tables, policy, KEY, set(), to_file, buckets=buckets, index_terms=index_terms)
     conn.close()
     objects = [o for e in entries.values() for o in e.objects]
     return sum(e.rows for e in entries.values()), sum(o.bytes for o in objects), len(objects)
@@ -118,6 +125,32 @@ def _insert_tombstones(cur: Any, user_ids: list[int]) -> None:
     )
 
 
+def _propagate_both(url: str, s3_url: str) -> tuple[Any, float, Any, float]:
+    """Propagate the pending tombstones with the term index in REGION and by full read in FULL_REGION."""
+    from lethe.backup.propagate import propagate_region
+
+    t0 = time.perf_counter()
+    indexed = propagate_region(url, REGION, s3_url, key=KEY)
+    t1 = time.perf_counter()
+    full = propagate_region(url, FULL_REGION, s3_url, key=KEY, use_term_index=False)
+    return indexed, t1 - t0, full, time.perf_counter() - t1
+
+
+def _free_text_line(label: str, indexed: Any, indexed_s: float, full: Any, full_s: float) -> str:
+    def side(r: Any) -> str:
+        n = max(1, r.free_text_objects)
+        return (
+            f"{r.free_text_objects_searched} searched for mentions ({r.free_text_objects_searched / n:.1%}), "
+            f"{r.free_text_objects_read} read in all ({r.free_text_objects_read / n:.1%}), "
+            f"{r.mentions_redacted} mentions redacted"
+        )
+
+    return (
+        f"{label}, free-text objects of {indexed.free_text_objects}: indexed {side(indexed)}, {indexed_s:.2f} s"
+        f" | full read {side(full)}, {full_s:.2f} s"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lethe bench backup")
     parser.add_argument("--users", type=int, default=20_000, help="accounts to seed (default 20,000)")
@@ -127,7 +160,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import pyarrow as pa
     from lethe.backup.manifest import read as read_manifest
-    from lethe.backup.propagate import propagate_region
     from lethe.backup.snapshot import backed_up_tables, take_snapshot
     from lethe.backup.store import region_client
     from lethe.config import BUCKETS
@@ -140,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
 
     pa.array([0]).to_pandas()  # import pyarrow's lazy pandas bridge now, not inside the timed export
 
-    policy = load_policy()
+    policy = load_policy()  # with term indexes (backups.term_index), the snapshot the propagations start from
+    policy = policy.model_copy(update={"backups": policy.backups.model_copy(update={"term_index": True})})
     tables = backed_up_tables(policy)
     lines: list[str] = []
     with services() as (server_url, s3_url):
@@ -156,9 +189,10 @@ def main(argv: list[str] | None = None) -> int:
 
         # 1. export throughput beside pg_dump -Fc of the same tables, alternating which runs first
         dump = _pg_dump(major)
-        timings: dict[str, list[float]] = {"export": [], "flat": [], "pg_dump": []}
+        timings: dict[str, list[float]] = {"export": [], "unindexed": [], "flat": [], "pg_dump": []}
         for round_no in range(args.repeat):
-            order = ["export", "flat", "pg_dump"] if round_no % 2 == 0 else ["pg_dump", "flat", "export"]
+            order = ["export", "unindexed", "flat", "pg_dump"]
+            order = order if round_no % 2 == 0 else order[::-1]
             for what in order:
                 work = Path(tempfile.mkdtemp(prefix="lethe-bench-backup-"))
                 try:
@@ -168,16 +202,21 @@ def main(argv: list[str] | None = None) -> int:
                         dump_bytes = (work / "dump.fc").stat().st_size
                     elif what == "export":
                         rows, parquet_bytes, parquet_objects = _export_local(url, tables, policy, work, None)
+                    elif what == "unindexed":
+                        _export_local(url, tables, policy, work, None, index_terms=False)
                     else:
-                        _, flat_bytes, _ = _export_local(url, tables, policy, work, 1)
+                        _, flat_bytes, _ = _export_local(url, tables, policy, work, 1, index_terms=False)
                     timings[what].append(time.perf_counter() - t0)
                 finally:
                     shutil.rmtree(work, ignore_errors=True)
-        export_s, flat_s, dump_s = (statistics.median(timings[k]) for k in ("export", "flat", "pg_dump"))
+        export_s, unindexed_s, flat_s, dump_s = (
+            statistics.median(timings[k]) for k in ("export", "unindexed", "flat", "pg_dump")
+        )
         sid = "20261101T020000Z"
         t0 = time.perf_counter()
         snap = take_snapshot(url, REGION, s3_url, sid, policy, KEY)
         snapshot_s = time.perf_counter() - t0
+        take_snapshot(url, FULL_REGION, s3_url, sid, policy, KEY)  # the same rows, for the full-read side
         ratios = [e / d for e, d in zip(timings["export"], timings["pg_dump"], strict=True)]
         lines += [
             f"seeded {args.users:,} users; {len(tables)} backed-up tables, {rows:,} rows",
@@ -189,7 +228,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{dump_s:.2f} s = {rows / dump_s:,.0f} rows/s, {dump_bytes / 1e6:.1f} MB "
             f"[{', '.join(f'{t:.2f}' for t in timings['pg_dump'])}]",
             f"export / pg_dump time: {export_s / dump_s:.2f}x (per round: {', '.join(f'{r:.2f}' for r in ratios)})",
-            f"same export in one object per table (no subject buckets): {flat_s:.2f} s = {rows / flat_s:,.0f} rows/s, "
+            f"same export without term indexes: {unindexed_s:.2f} s ({unindexed_s / dump_s:.2f}x pg_dump's time; "
+            f"indexing free text costs {export_s - unindexed_s:.2f} s) "
+            f"[{', '.join(f'{t:.2f}' for t in timings['unindexed'])}]",
+            f"same export in one object per table (no subject buckets, no term indexes): {flat_s:.2f} s = "
+            f"{rows / flat_s:,.0f} rows/s, "
             f"{flat_bytes / 1e6:.1f} MB ({flat_s / dump_s:.2f}x pg_dump's time)",
             f"full snapshot into {REGION} over HTTP (S3 puts, manifest, catalogue): {snapshot_s:.2f} s = "
             f"{rows / snapshot_s:,.0f} rows/s, {snap['objects']} objects, {snap['bytes'] / 1e6:.1f} MB",
@@ -199,6 +242,12 @@ def main(argv: list[str] | None = None) -> int:
         manifest = read_manifest(region_client(REGION, s3_url), BUCKETS.backup(REGION), sid)
         buckets = {t: e.buckets for t, e in manifest.tables.items()}
         lines.append(f"subject buckets per table: {buckets} ({len(manifest.objects)} objects)")
+        indexes = [o.term_index for o in manifest.objects if o.term_index]
+        lines.append(
+            f"term indexes: {len(indexes)} objects, {sum(i['terms'] for i in indexes):,} keyed terms, "
+            f"{sum(len(i['filter']) for i in indexes) / 1e6:.2f} MB base64 in a manifest of "
+            f"{len(manifest.to_json()) / 1e6:.2f} MB"
+        )
         pseudonyms = {u: subject_pseudonym(KEY, u) for u in user_ids}
         per_person = sorted(_rewrite_per_person(url, manifest, pseudonyms).values())
         total_bytes = manifest.total_bytes
@@ -215,23 +264,20 @@ def main(argv: list[str] | None = None) -> int:
         rng = random.Random(7)
         with transaction(url) as cur:
             _insert_tombstones(cur, [rng.choice(user_ids)])
-        t0 = time.perf_counter()
-        one = propagate_region(url, REGION, s3_url, key=KEY)
-        one_s = time.perf_counter() - t0
+        one, one_s, one_full, one_full_s = _propagate_both(url, s3_url)
         total = one.bytes_in_touched_snapshots
         lines.append(
             f"one erased person: {one.objects_rewritten} objects rewritten, {one.bytes_rewritten:,} of {total:,} bytes"
             f" = 1/{total / max(1, one.bytes_rewritten):.0f} ({one.bytes_rewritten / total:.2%}; target <= 1.56%)"
             f" in {one_s:.2f} s; {one.objects_read} objects read, {one.mentions_redacted} mentions redacted"
         )
+        lines.append(_free_text_line("one erased person", one, one_s, one_full, one_full_s))
 
         # 4. many tombstones in one run
         batch = rng.sample(user_ids, min(args.tombstones, len(user_ids)))
         with transaction(url) as cur:
             _insert_tombstones(cur, batch)
-        t0 = time.perf_counter()
-        many = propagate_region(url, REGION, s3_url, key=KEY)
-        many_s = time.perf_counter() - t0
+        many, many_s, many_full, many_full_s = _propagate_both(url, s3_url)
         per_object = Counter(many.rewrites_per_object.values())
         lines.append(
             f"{len(batch):,} tombstones in one run: {many.objects_read} objects read, {many.objects_rewritten} "
@@ -239,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{set(per_object) == {1}}), {many.rows_deleted:,} rows deleted, {many.rows_pseudonymised:,} "
             f"pseudonymised, {many.mentions_redacted:,} mentions redacted, {many_s:.2f} s"
         )
+        lines.append(_free_text_line(f"{len(batch):,} tombstones", many, many_s, many_full, many_full_s))
     for line in lines:
         print(line)
     return 0

@@ -17,18 +17,20 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from lethe import testing
+from lethe import residue, testing
 from lethe.backup import layout, store
 from lethe.backup.expiry import expire_region
 from lethe.backup.locks import object_lock_violations
 from lethe.backup.manifest import TableEntry
 from lethe.backup.manifest import read as read_manifest
+from lethe.backup.manifest import write as write_manifest
 from lethe.backup.propagate import PropagationInterrupted, propagate_region
 from lethe.backup.restore import restore_snapshot
 from lethe.backup.snapshot import take_snapshot
+from lethe.backup.term_index import Query, may_mention
 from lethe.config import BACKUP_REGIONS, BUCKETS
 from lethe.db import transaction
-from lethe.policy import load_policy
+from lethe.policy import Policy, load_policy
 from lethe.pseudonym import pseudonym, subject_pseudonym
 from lethe.storage import ensure_buckets, s3_client
 
@@ -99,8 +101,8 @@ def primary(db_url: str) -> str:
     return db_url
 
 
-def snapshot_both(db_url: str, s3: str, sid: str) -> None:
-    policy = load_policy()
+def snapshot_both(db_url: str, s3: str, sid: str, policy: Policy | None = None) -> None:
+    policy = policy or load_policy()
     for region in BACKUP_REGIONS:
         take_snapshot(db_url, region, s3, sid, policy, KEY)
 
@@ -460,3 +462,81 @@ def test_the_export_transaction_is_bounded_in_statement_and_idle_time(db_url: st
         cur.execute("SELECT 1")
         time.sleep(1.5)
         cur.execute("SELECT 1")
+
+
+def test_indexed_propagation_redacts_exactly_what_a_full_read_does_and_reads_less(
+    primary: str, s3_endpoint: str
+) -> None:
+    """The same two snapshots in both regions: us-east-1 propagated with the term index (its older snapshot's
+    manifest stripped of indexes, as written before them), ap-southeast-1 by reading every free-text object."""
+    mentions = {
+        9001: (6, "ask USER4@example.test or @user4, call +91 00000 0004; user40 is someone else"),
+        9002: (7, "Person 5 helped; person 50 did not"),
+        9003: (8, "nobody in particular"),
+    }
+    with transaction(primary) as cur:
+        for comment_id, (user_id, body) in mentions.items():
+            cur.execute("INSERT INTO comments VALUES (%s, %s, %s, %s)", (comment_id, user_id, body, NOW))
+    old, new = "20261101T020000Z", "20261102T020000Z"
+    policy = load_policy()
+    policy = policy.model_copy(update={"backups": policy.backups.model_copy(update={"term_index": True})})
+    for sid in (old, new):
+        snapshot_both(primary, s3_endpoint, sid, policy)
+    indexed, full = BACKUP_REGIONS
+    client, bucket = s3_client(indexed, s3_endpoint), BUCKETS.backup(indexed)
+    manifest = read_manifest(client, bucket, new)
+    free_text = [o for e in manifest.tables.values() if e.free_text for o in e.objects]
+    assert free_text and all(o.term_index for o in free_text)
+    assert not re.search(r"example\.test|user\d|person", manifest.to_json().decode(), re.IGNORECASE)
+    stripped = read_manifest(client, bucket, old)
+    for obj in stripped.objects:
+        obj.term_index = None
+    write_manifest(client, bucket, stripped)
+
+    for user_id in (4, 5):
+        erase(primary, user_id)
+    identifiers = {}
+    with transaction(primary) as cur:  # the tombstones keep the keyed pseudonyms of every identifier
+        for user_id in (4, 5):
+            person = residue.Footprint(user_id)
+            person.add("email", f"user{user_id}@example.test")
+            person.add("username", f"user{user_id}")
+            person.add("phone", f"+9100000{user_id:04d}")
+            person.add("name", f"Person {user_id}")
+            identifiers[user_id] = person.pseudonyms(KEY)
+            cur.execute(
+                "UPDATE erasure_tombstones SET identifier_pseudonyms = %s WHERE subject_pseudonym = %s",
+                (identifiers[user_id], subject_pseudonym(KEY, user_id)),
+            )
+    with_index = propagate_region(primary, indexed, s3_endpoint, key=KEY)
+    without = propagate_region(primary, full, s3_endpoint, key=KEY, use_term_index=False)
+
+    # identical contents, object by object, read back with pyarrow
+    def contents(region: str) -> dict[str, list[tuple[Any, ...]]]:
+        found = {}
+        for key, table in every_version(s3_endpoint, region):
+            rows = zip(*(table[c].to_pylist() for c in table.column_names if c != layout.SUBJECT_COLUMN), strict=True)
+            found[key] = sorted(rows, key=repr)
+        return found
+
+    ours, theirs = contents(indexed), contents(full)
+    assert ours == theirs and len(ours) == len(manifest.objects) * 2  # and no old version left on either side
+    bodies = [b for k, rows in ours.items() if "/comments/" in k for r in rows for b in r if isinstance(b, str)]
+    assert "ask [erased] or @[erased], call [erased]; user40 is someone else" in bodies
+    assert "[erased] helped; person 50 did not" in bodies and "nobody in particular" in bodies
+    # per snapshot: 3 of person 4 and 1 of person 5 in comments, and their names on the invoices kept for tax
+    invoices = [v for k, rows in ours.items() if "/invoices/" in k for r in rows for v in r if v == "[erased]"]
+    assert len(invoices) == 2 * 2  # two people, two snapshots
+    assert with_index.mentions_redacted == without.mentions_redacted == 2 * (3 + 1 + 2)
+    assert with_index.mentions_left == without.mentions_left == 0
+    # fewer objects read: the indexed snapshot's free-text objects are searched only where the filter may hold a term
+    assert without.free_text_objects == with_index.free_text_objects == 2 * len(free_text)
+    assert without.free_text_objects_searched == 2 * len(free_text)
+    searched_new = with_index.free_text_objects_searched - len(free_text)  # the stripped snapshot: every object
+    assert 0 < searched_new < len(free_text) / 2
+    assert with_index.objects_read < without.objects_read
+    assert with_index.free_text_objects_read < without.free_text_objects_read
+    # a rewritten object's index describes its new content: the redacted comments no longer hold the erased terms
+    erased_terms = Query.of(i for ids in identifiers.values() for i in ids)
+    comments = read_manifest(client, bucket, new).tables["comments"]
+    assert not any(may_mention(o.term_index, erased_terms) for o in comments.objects)

@@ -23,8 +23,9 @@ propagation there are none, so this costs one listing per region.
 
 Contents are read only where they can have changed since the last audit that passed the region: the
 snapshots it did not see, objects written since it listed the bucket (by S3's own clock), objects a
-tombstone erased since then can be in (and, when it left identifiers, every free-text object), plus a
-small random sample of the rest, checked in full. The first audit reads everything.
+tombstone erased since then can be in (and, when it left identifiers, every free-text object whose term
+index may hold one of them, lethe.backup.term_index; every one without an index), plus a small random
+sample of the rest, checked in full. The first audit reads everything.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from typing import Any
 
 from lethe.audit.limits import RPO_HOURS
 from lethe.backup.mentions import MentionFinder
+from lethe.backup.term_index import Query, may_mention
 from lethe.config import BACKUP_REGIONS, BUCKETS
 from lethe.db import transaction
 from lethe.quality import CheckResult, expect_counts
@@ -56,13 +58,13 @@ class Tombstones:
     erased_at: dict[str, datetime]  # subject pseudonym -> when it was erased
     identifiers_at: dict[str, datetime] = field(default_factory=dict)  # identifier pseudonym -> newest erasure
 
-    def since(self, when: datetime | None) -> tuple[set[str], bool]:
-        """Subjects erased at or after `when`, and whether any of those left identifiers."""
+    def since(self, when: datetime | None) -> tuple[set[str], set[str]]:
+        """Subjects erased at or after `when`, and the identifier pseudonyms those left."""
         if when is None:
-            return set(self.erased_at), bool(self.identifiers_at)
-        return {p for p, at in self.erased_at.items() if at >= when}, any(
-            at >= when for at in self.identifiers_at.values()
-        )
+            return set(self.erased_at), set(self.identifiers_at)
+        return {p for p, at in self.erased_at.items() if at >= when}, {
+            i for i, at in self.identifiers_at.items() if at >= when
+        }
 
 
 def tombstones(db_url: str) -> Tombstones:
@@ -168,6 +170,7 @@ def audit_region(
     to_read: dict[str, tuple[Any, Any]] = {}  # key -> (table entry, object entry)
     rest = []
     new_suspects = {obj.key for m in manifests for _, _, obj, _ in m.holding(new_erased)}
+    new_terms = Query.of(new_identifiers)
     for m, entry, obj in objects:
         attr = versions.get(obj.key)
         if attr is None or attr.get("Size") != obj.bytes:
@@ -177,7 +180,7 @@ def audit_region(
             reason = "written"
         elif obj.key in new_suspects:
             reason = "new_tombstones"
-        elif new_identifiers and entry.free_text:
+        elif new_identifiers and entry.free_text and may_mention(obj.term_index, new_terms):
             reason = "new_mentions"
         else:
             rest.append((entry, obj))

@@ -2,7 +2,8 @@
 
 It names every data object with its bucket, row count, size and sha256, the
 schema of each table and the policy version the snapshot was taken under. It
-holds no personal data: no rows, no pseudonyms.
+holds no personal data: no rows, no pseudonyms; an object's term index is a Bloom
+filter of keyed pseudonyms (lethe.backup.term_index), meaningless without the key.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ class ObjectEntry:
     rows: int
     bytes: int
     sha256: str
+    # Bloom filter of the keyed terms its free text holds (lethe.backup.term_index); None: not indexed
+    term_index: dict[str, Any] | None = None
 
 
 @dataclass

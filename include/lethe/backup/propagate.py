@@ -2,9 +2,11 @@
 
 For each complete snapshot, the tombstones not yet applied to it are grouped by
 the objects that can hold their rows (subject bucket of the pseudonym), and each
-affected object is rewritten once for all of them. Free-text columns of every
-object are searched too, for mentions of the erased people by the keyed
-pseudonyms of their identifiers (lethe.backup.mentions), in the same rewrite, and the
+affected object is rewritten once for all of them. Free-text columns are searched
+too, for mentions of the erased people by the keyed pseudonyms of their identifiers
+(lethe.backup.mentions), in the same rewrite: every object whose term index (a Bloom
+filter in its manifest entry, lethe.backup.term_index) may hold one of those pseudonyms,
+and every object without an index (snapshots from before indexes). And the
 links the primary cuts in kept rows are cut too (lethe.backup.links: an erased person's
 legal holds name them by pseudonym only). Order, so that a kill at any point loses
 nothing and a rerun finishes the job:
@@ -40,6 +42,7 @@ from lethe.backup import frames, layout, links, store, writer
 from lethe.backup.manifest import Manifest, ObjectEntry, TableEntry, complete_manifests
 from lethe.backup.manifest import write as write_manifest
 from lethe.backup.mentions import MentionFinder
+from lethe.backup.term_index import Query, TermIndexer, may_mention
 from lethe.config import BUCKETS
 from lethe.db import transaction
 from lethe.storage import delete_versions
@@ -73,6 +76,9 @@ class RegionResult:
     tombstoned_rows_left: int = 0  # post-condition: rows of a pending subject still in a rewritten object
     mentions_redacted: int = 0  # erased people's identifiers replaced in other people's free text
     mentions_left: int = 0  # post-condition: such mentions still in a rewritten object
+    free_text_objects: int = 0  # objects with free text in snapshots searched for erased identifiers
+    free_text_objects_read: int = 0  # of those, read (for rows of erased people or for mentions)
+    free_text_objects_searched: int = 0  # of those, searched for mentions (the term index may hold one)
     noncurrent_versions_deleted: int = 0
     incomplete_snapshots_removed: int = 0
     holds_forgotten: int = 0  # legal holds of erased people now naming them by pseudonym only
@@ -118,10 +124,12 @@ def propagate_region(
     key: bytes,
     certificates_endpoint: str | None = None,
     interrupt_after_puts: int | None = None,
+    use_term_index: bool = True,
 ) -> RegionResult:
     """Apply every pending tombstone to every complete snapshot in `region`; return counts (no personal data).
 
-    `key` is the pseudonym key, needed to recognise erased identifiers in free text.
+    `key` is the pseudonym key, needed to recognise erased identifiers in free text. Without
+    `use_term_index` every free-text object is searched (the bench's and tests' full read).
     """
     client = store.region_client(region, endpoint_url)
     bucket = BUCKETS.backup(region)
@@ -146,7 +154,17 @@ def propagate_region(
         else:
             log.info("region %s: a backup is being written; its incomplete snapshot is left to it", region)
         touched, per_subject = _propagate_snapshots(
-            db_url, client, bucket, region, tombstones, identifiers, applied, key, result, interrupt_after_puts
+            db_url,
+            client,
+            bucket,
+            region,
+            tombstones,
+            identifiers,
+            applied,
+            key,
+            result,
+            interrupt_after_puts,
+            use_term_index,
         )
     if result.objects_rewritten:
         from lethe.quality import zero_rows
@@ -171,6 +189,7 @@ def _propagate_snapshots(
     key: bytes,
     result: RegionResult,
     interrupt_after_puts: int | None,
+    use_term_index: bool = True,
 ) -> tuple[set[str], dict[str, dict[str, int]]]:
     drill = _Drill(interrupt_after_puts)
     per_subject: dict[str, dict[str, int]] = defaultdict(lambda: {"snapshots": 0, "objects": 0, "bytes": 0})
@@ -181,7 +200,7 @@ def _propagate_snapshots(
         pending = set(tombstones) - applied[manifest.snapshot_id]
         if pending:
             finder = MentionFinder(key, frozenset(i for p in pending for i in identifiers[p]))
-            jobs = _affected_jobs(manifest, pending, finder)
+            jobs = _affected_jobs(manifest, pending, finder, use_term_index, result)
             _rewrite_snapshot(client, bucket, manifest, jobs, finder, len(pending), result, per_subject, drill)
         # Every run, every retained snapshot: no old version may outlive its rewrite, whoever wrote it.
         result.noncurrent_versions_deleted += sweep_versions(client, bucket, manifest.snapshot_id)
@@ -208,17 +227,26 @@ def record_applied(db_url: str, region: str, sid: str, pending: set[str]) -> Non
         )
 
 
-def _affected_jobs(manifest: Manifest, pending: set[str], finder: MentionFinder) -> list[_Job]:
+def _affected_jobs(
+    manifest: Manifest, pending: set[str], finder: MentionFinder, use_term_index: bool, result: RegionResult
+) -> list[_Job]:
     """One job per object to read: the buckets that can hold the pending subjects' rows and, when
-    they left identifiers behind, every object of a table with free text (mentions can be anywhere)."""
+    they left identifiers behind, every object of a table with free text whose term index may hold
+    one of them (mentions can be anywhere; an object without an index is always searched)."""
     jobs = {obj.key: _Job(table, entry, obj, found) for table, entry, obj, found in manifest.holding(pending)}
     if finder.identifier_pseudonyms:
+        query = Query.of(finder.identifier_pseudonyms)
         for table, entry in manifest.tables.items():
             for obj in entry.objects if entry.free_text else ():
-                jobs.setdefault(obj.key, _Job(table, entry, obj, set())).mentions = True
+                result.free_text_objects += 1
+                if not use_term_index or may_mention(obj.term_index, query):
+                    jobs.setdefault(obj.key, _Job(table, entry, obj, set())).mentions = True
+                    result.free_text_objects_searched += 1
     for table, entry in manifest.tables.items():
         for obj in entry.objects if links.is_holds_table(table) else ():
             jobs.setdefault(obj.key, _Job(table, entry, obj, set())).holds = set(pending)
+    if finder.identifier_pseudonyms:
+        result.free_text_objects_read += sum(1 for job in jobs.values() if job.entry.free_text)
     return list(jobs.values())
 
 
@@ -234,6 +262,8 @@ def _rewrite_snapshot(
     drill: _Drill,
 ) -> None:
     lock = threading.Lock()
+    # The index describes the object as it now is: rebuilt whenever a free-text object changes.
+    indexers = {t: TermIndexer(finder.key, e.free_text) for t, e in manifest.tables.items() if e.free_text}
     changed = {"objects": 0, "deleted": 0, "pseudonymised": 0, "bytes": 0, "repaired": 0, "mentions": 0}
 
     def rewrite(job: _Job) -> None:
@@ -255,6 +285,8 @@ def _rewrite_snapshot(
             if digest != job.obj.sha256 or before != job.obj.rows:
                 # An interrupted run already rewrote this object but not the manifest: take the object's truth.
                 job.obj.sha256, job.obj.rows, job.obj.bytes = digest, before, len(data)
+                if job.table in indexers:
+                    job.obj.term_index = indexers[job.table].index(frame)
                 with lock:
                     changed["repaired"] += 1
             return
@@ -273,6 +305,8 @@ def _rewrite_snapshot(
                 f"{before - erased.deleted}); the previous version is kept, rerun the propagation"
             )
         job.obj.sha256, job.obj.rows, job.obj.bytes = digest, served_rows, len(body)
+        if job.table in indexers:
+            job.obj.term_index = indexers[job.table].index(served_frame)
         with lock:
             result.tombstoned_rows_left += left.deleted + holds_left
             result.holds_forgotten += forgotten

@@ -22,6 +22,7 @@ from lethe import relations
 from lethe.backup import frames, layout, locks, store, writer
 from lethe.backup.manifest import Manifest, ObjectEntry, TableEntry
 from lethe.backup.manifest import write as write_manifest
+from lethe.backup.term_index import TermIndexer
 from lethe.config import BUCKETS
 from lethe.db import connect, transaction
 from lethe.policy.model import Policy
@@ -168,13 +169,17 @@ def export_tables(
     *,
     buckets: int | None = None,
     threads: int = UPLOAD_THREADS,
+    index_terms: bool | None = None,
 ) -> dict[str, TableEntry]:
     """Export tables in the caller's transaction; split, encode and store each in a worker.
 
     Each table gets its own bucket count (layout.bucket_counts, from the tables' sizes on disk)
     unless `buckets` fixes one for all. The next table's COPY runs while the workers bucket,
-    encode and upload the previous ones.
+    encode and upload the previous ones. Each object of a table with free text gets its term index
+    (lethe.backup.term_index) when the policy's `backups.term_index` (or `index_terms`, if given) says so.
     """
+    if index_terms is None:
+        index_terms = policy.backups.term_index
     pseudonyms: dict[int, str] = {}  # one HMAC per person for the whole snapshot
     if buckets is None:
         rewritable = {t for t in tables if _rewritable(policy, t)}
@@ -188,7 +193,8 @@ def export_tables(
             entry, frame = _table_frame(cur, table, policy, key, tombstones, pseudonyms)
             entry.buckets = counts[table]
             entries[table] = entry
-            pending.append((entry, pool.submit(_write_parts, table, frame, counts[table], sink)))
+            indexer = TermIndexer(key, entry.free_text) if entry.free_text and index_terms else None
+            pending.append((entry, pool.submit(_write_parts, table, frame, counts[table], sink, indexer)))
         for entry, future in pending:
             entry.objects = sorted(future.result(), key=lambda o: o.key)
     return entries
@@ -265,13 +271,23 @@ def _table_frame(
     return entry, frame
 
 
-def _write_parts(table: str, frame: Any, buckets: int, sink: Sink) -> list[ObjectEntry]:
+def _write_parts(
+    table: str, frame: Any, buckets: int, sink: Sink, indexer: TermIndexer | None = None
+) -> list[ObjectEntry]:
+    """Store each bucket's part; with an indexer (a table with free text), index its terms for the manifest."""
     written = []
     for bucket_no, part in frames.split_by_bucket(frame, buckets):
         body = frames.to_parquet(part)
         object_key, digest = sink(table, bucket_no, body)
         written.append(
-            ObjectEntry(key=object_key, bucket=bucket_no, rows=part.num_rows, bytes=len(body), sha256=digest)
+            ObjectEntry(
+                key=object_key,
+                bucket=bucket_no,
+                rows=part.num_rows,
+                bytes=len(body),
+                sha256=digest,
+                term_index=indexer.index(part) if indexer else None,
+            )
         )
     return written
 

@@ -263,6 +263,10 @@ class Backups(_Strict):
 
     retention: Duration = Duration("P35D")
     buckets: int = Field(default=64, ge=1, le=4096)
+    # A Bloom filter of each free-text object's keyed terms, so that propagation searches only the objects
+    # that may mention an erased person. Off by default: building it costs the export far more than the
+    # export itself (BENCHMARKS.md, "Indexed propagation").
+    term_index: bool = False
 
     @field_validator("retention")
     @classmethod
