@@ -102,9 +102,22 @@ class Local:
         deadline = time.monotonic() + timeout
         while (state := str(self.poll(path)["state"])) not in states:
             assert time.monotonic() < deadline, f"{dag_id}.{task_id} still {state} after {timeout:.0f} s"
-            assert self.run_state(dag_id, run_id) in ("queued", "running"), f"{dag_id} {run_id} ended early"
+            if self.run_state(dag_id, run_id) not in ("queued", "running"):
+                pytest.fail(f"{dag_id} {run_id} ended early:\n{self.failures(dag_id, run_id)}")
             time.sleep(3)
         return state
+
+    def failures(self, dag_id: str, run_id: str) -> str:
+        """Each task's state, and the end of each failed task's log: what CI shows when a run dies."""
+        run = f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+        lines = []
+        for ti in self.poll(f"{run}/taskInstances")["task_instances"]:
+            lines.append(f"{ti['task_id']}[{ti['map_index']}]: {ti['state']} (try {ti['try_number']})")
+            if ti["state"] == "failed" and ti["try_number"]:
+                log = self.poll(f"{run}/taskInstances/{ti['task_id']}/logs/{ti['try_number']}?full_content=true")
+                events = [str(e.get("event", e)) for e in log.get("content", []) if isinstance(e, dict)]
+                lines += ["    " + e for e in events[-25:]]
+        return "\n".join(lines)
 
     def trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
         self.api("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
@@ -312,7 +325,7 @@ def test_an_erasure_approved_in_the_ui_erases_and_the_page_shows_it(local: Local
     assert sql(local.db_url, "SELECT count(*) FROM accounts WHERE user_id = %s", user_id) == [(1,)], "erased unapproved"
 
     answer_approval(approver, local, run_id, "Approve")
-    assert local.wait_for_run("subject_erasure", run_id) == "success"
+    assert local.wait_for_run("subject_erasure", run_id) == "success", local.failures("subject_erasure", run_id)
     assert sql(local.db_url, "SELECT count(*) FROM accounts WHERE user_id = %s", user_id) == [(0,)]
     assert sql(local.db_url, "SELECT count(*) FROM accounts WHERE email = %s", email) == [(0,)]
     assert sql(local.db_url, "SELECT count(*) FROM accounts WHERE user_id = %s", other_id) == [(1,)]
