@@ -56,6 +56,28 @@ def test_unclassified_new_column(db_url: str) -> None:
     assert problems[0].startswith(f"{DEFAULT_POLICY_FILE}:{line}:")
 
 
+def test_a_partition_retention_is_dropping_is_not_an_unknown_table(db_url: str) -> None:
+    """A purge detaches an expired partition, renames it `<name>__expired`, then drops it (a killed purge leaves it
+    until the next plan): any task starting meanwhile used to refuse the policy, and so failed without retry."""
+    from lethe.policy.check import schema_problems
+    from lethe.retention.catalog import expired_marker
+
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = 'visitor_logs'::regclass ORDER BY 1 LIMIT 1"
+        )
+        (part,) = cur.fetchone()
+        cur.execute(f'ALTER TABLE visitor_logs DETACH PARTITION "{part}"')
+        cur.execute(f'ALTER TABLE "{part}" RENAME TO "{part}__expired"')
+        cur.execute(f'COMMENT ON TABLE "{part}__expired" IS %s', (expired_marker("visitor_logs"),))
+    assert schema_problems(load_policy(), db_url) == []
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:  # a table that only looks like one is still reported
+        cur.execute("CREATE TABLE visitor_logs_notes__expired (note text)")
+    problems = schema_problems(load_policy(), db_url)
+    assert len(problems) == 1 and "'visitor_logs_notes__expired' exists in the database" in problems[0]
+
+
 @pytest.mark.parametrize(
     ("old", "new", "expected"),
     [
