@@ -362,7 +362,8 @@ def test_an_erasure_rejected_in_the_ui_erases_nothing(local: Local, browser: Any
 
 def test_a_failing_audit_and_a_sharing_run_show_on_every_section(local: Local, browser: Any) -> None:
     page = browser[0]
-    assert local.wait_for_run("usage_sharing", local.runs["sharing"]) == "success"
+    sharing = local.runs["sharing"]
+    assert local.wait_for_run("usage_sharing", sharing) == "success", local.failures("usage_sharing", sharing)
     # An overdue request (received 40 days ago, never processed) makes the audit fail. Days left are
     # whole days rounded down: due 10 days and 2 hours ago is day -11.
     overdue = str(uuid.uuid4())
@@ -431,7 +432,8 @@ def test_a_failing_audit_and_a_sharing_run_show_on_every_section(local: Local, b
 
 def test_retention_nightly_under_the_local_executor_needed_no_retry(local: Local) -> None:
     """Its rules ran in parallel beside the erasures (issue 19: two rules of one table once deadlocked)."""
-    assert local.wait_for_run("retention_nightly", local.runs["retention"]) == "success"
+    run = local.runs["retention"]
+    assert local.wait_for_run("retention_nightly", run) == "success", local.failures("retention_nightly", run)
     metadata = local.db_url.rsplit("/", 1)[0] + "/airflow"
     tries = sql(
         metadata,
