@@ -113,8 +113,13 @@ class Local:
         lines = []
         for ti in self.poll(f"{run}/taskInstances")["task_instances"]:
             lines.append(f"{ti['task_id']}[{ti['map_index']}]: {ti['state']} (try {ti['try_number']})")
-            if ti["state"] == "failed" and ti["try_number"]:
-                log = self.poll(f"{run}/taskInstances/{ti['task_id']}/logs/{ti['try_number']}?full_content=true")
+            if ti["state"] in ("failed", "up_for_retry") and ti["try_number"]:
+                query = f"full_content=true&map_index={ti['map_index']}"
+                try:
+                    log = self.poll(f"{run}/taskInstances/{ti['task_id']}/logs/{ti['try_number']}?{query}")
+                except urllib.error.HTTPError as exc:
+                    lines.append(f"    (no log: HTTP {exc.code})")
+                    continue
                 events = [str(e.get("event", e)) for e in log.get("content", []) if isinstance(e, dict)]
                 lines += ["    " + e for e in events[-25:]]
         return "\n".join(lines)
