@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg2.extensions
-from lethe import db, holds, relations, residue
+from lethe import holds, relations, residue
 from lethe.policy import Policy
 from lethe.pseudonym import normalise
 from lethe.relations import ForeignKey, relation
@@ -412,9 +412,9 @@ def find_mentions(
             query += sql.SQL(" AND NOT EXISTS (SELECT 1 FROM {e} e WHERE {m})").format(e=temp_name(table), m=match_pk)
         subject = policy.tables[table].subject
         if subject:
-            query += sql.SQL(
-                " AND NOT coalesce(t.{s}::text IN (SELECT h.subject_key FROM {h} h WHERE h.released_at IS NULL), false)"
-            ).format(s=sql.Identifier(subject), h=db.table(holds.HOLDS))
+            query += sql.SQL(" AND NOT coalesce(t.{s}::text IN ({held}), false)").format(
+                s=sql.Identifier(subject), held=holds.active_keys_sql("text")
+            )
         cur.execute(query, (likes,))
         hits = []
         for row in cur.fetchall():
