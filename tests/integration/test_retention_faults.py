@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -184,3 +185,50 @@ def test_a_second_purge_of_the_same_table_waits_for_the_first_and_says_so(db_url
     with transaction(db_url) as cur:
         cur.execute("SELECT count(*) FROM usage_events WHERE event_id > 100000")
         assert cur.fetchone()[0] == 0
+
+
+class RowLocker(threading.Thread):
+    """Another transaction (an erasure, say) holding a row of the old partition until told to commit."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.locked, self.release = url, threading.Event(), threading.Event()
+
+    def run(self) -> None:
+        with transaction(self.url) as cur:
+            cur.execute("SELECT 1 FROM usage_events WHERE event_id = 2 FOR UPDATE")  # old month, not held
+            self.locked.set()
+            self.release.wait(timeout=600)
+
+
+def test_a_purge_waits_for_another_transactions_locks_and_finishes_without_failing(db_url: str) -> None:
+    fill(db_url)
+    plan = make_plan(db_url, [RULE])
+    locker = RowLocker(db_url)
+    locker.start()
+    assert locker.locked.wait(timeout=30)
+    threading.Timer(12.0, locker.release.set).start()  # more than two lock timeouts of 5 s
+    result = execute_rule(db_url, plan, RULE)
+    locker.join(timeout=30)
+    assert result.rows == plan.rule(RULE).rows and result.partitions_dropped >= 1
+    old_month = {k for k in events(db_url) if k <= 60}
+    assert old_month == {k for k in range(1, 61) if 1 + k % 3 == HELD_USER}, "only the held person's rows are left"
+    assert leftovers(db_url) == []
+
+
+def test_a_purge_that_cannot_get_its_locks_in_time_fails_naming_the_table_and_resumes_later(db_url: str) -> None:
+    fill(db_url)
+    before = events(db_url)
+    plan = make_plan(db_url, [RULE])
+    locker = RowLocker(db_url)
+    locker.start()
+    assert locker.locked.wait(timeout=30)
+    try:
+        with pytest.raises(RuntimeError, match=f"retention rule {RULE} on table usage_events: other transactions"):
+            execute_rule(db_url, plan, RULE, lock_patience_s=8)
+        assert events(db_url) == before, "nothing changed while the lock was held"
+    finally:
+        locker.release.set()
+        locker.join(timeout=30)
+    assert execute_rule(db_url, plan, RULE).rows == plan.rule(RULE).rows
+    assert not any(k <= 60 and 1 + k % 3 != HELD_USER for k in events(db_url))

@@ -16,6 +16,8 @@ the rule's ledger entry is written once, in the transaction that marks it done.
 
 from __future__ import annotations
 
+import logging
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -34,12 +36,15 @@ from lethe.retention.plan import PartitionPlan, Plan, RulePlan
 from lethe.retention.predicates import Predicates, anonymised_value
 from psycopg2 import sql
 
+log = logging.getLogger(__name__)
+
 LEDGER_KIND = "retention"
 PROGRESS = "retention_progress"  # Lethe's checkpoints, in its own schema
 DEFAULT_BATCH = 10_000
 TARGET_BATCH_MS = 40.0  # integer-key batches widen up to MAX_WIDEN x batch_size while faster than half this
 MAX_WIDEN = 8
-LOCK_TIMEOUT = "5s"  # give up (and let the task retry) rather than queue behind a long transaction
+LOCK_TIMEOUT = "5s"  # never queue long behind another transaction: our queued lock would block its readers too
+LOCK_PATIENCE_S = 900.0  # how long a rule keeps coming back for locks other transactions hold before it fails
 
 
 @dataclass
@@ -234,13 +239,61 @@ def execute_rule(
     batch_size: int = DEFAULT_BATCH,
     on_batch: Callable[[int, float], None] | None = None,
     policy: Policy | None = None,
+    lock_patience_s: float = LOCK_PATIENCE_S,
 ) -> RuleResult:
     """Run one rule of `plan` to completion (or resume it); return what was actually done.
 
     `policy`: the already loaded policy the plan was made from (saves re-reading it per rule).
+
+    A statement that waits more than LOCK_TIMEOUT for a lock another transaction holds (an
+    erasure's transaction on the same rows, its VACUUM, the platform's own writes) is rolled
+    back and the rule resumes from its last checkpoint after a pause, for up to
+    `lock_patience_s` in all: waiting in the lock queue instead would block everyone queued
+    behind our request, and failing would spend one of the task's retries on ordinary traffic.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+    deadline = time.monotonic() + lock_patience_s
+    attempt = 0
+    while True:
+        try:
+            return _execute_rule_once(url, plan, rule_name, batch_size, on_batch, policy)
+        except _LockBusy as busy:
+            attempt += 1
+            pause = min(30.0, 0.5 * 2**attempt) * random.uniform(0.5, 1.0)
+            if time.monotonic() + pause > deadline:
+                raise RuntimeError(
+                    f"retention rule {rule_name} on table {busy.table}: other transactions held the locks it needs "
+                    f"for {lock_patience_s:.0f} s ({attempt} attempts, each waiting {LOCK_TIMEOUT}); "
+                    "its checkpoints are kept: a retry resumes it"
+                ) from None
+            log.info(
+                "retention rule %s on table %s: a lock is held by another transaction; "
+                "resuming from the last checkpoint in %.1f s (attempt %d)",
+                rule_name,
+                busy.table,
+                pause,
+                attempt,
+            )
+            time.sleep(pause)
+
+
+class _LockBusy(Exception):
+    """A statement gave up waiting LOCK_TIMEOUT for another transaction's lock (rolled back, nothing lost)."""
+
+    def __init__(self, table: str) -> None:
+        super().__init__(table)
+        self.table = table
+
+
+def _execute_rule_once(
+    url: str,
+    plan: Plan,
+    rule_name: str,
+    batch_size: int,
+    on_batch: Callable[[int, float], None] | None,
+    policy: Policy | None,
+) -> RuleResult:
     rp = plan.rule(rule_name)
     if policy is None or policy.digest != plan.policy_digest:
         policy = plan.load_policy()
@@ -286,6 +339,8 @@ def execute_rule(
             if cur.rowcount == 1:
                 ledger.append(cur, LEDGER_KIND, ledger_payload(plan, rp, result.rows, result.partitions_dropped))
             conn.commit()
+    except psycopg2.errors.LockNotAvailable:
+        raise _LockBusy(rp.table) from None
     except psycopg2.Error as exc:  # told by rule and table; PostgreSQL's text can quote the failing row
         raise DatabaseError(f"retention rule {rp.rule} on table {rp.table}", exc) from None
     finally:
