@@ -120,7 +120,7 @@ def _col(alias: str, column: str) -> sql.Composable:
 
 
 def rows_sql(source: Any, consent_table: Any, config: RecipientConfig) -> sql.Composable:
-    """CTEs `consented`, `profile` and `generalised` (person, visitor, day, the cell keys, d) for %(start)s-%(end)s.
+    """CTEs ending with `generalised` (person, visitor, day, the cell keys, d): the rows of %(start)s-%(end)s.
 
     `source` is the policy's SharingSource, `consent_table` its ConsentEndedClock.
     """
@@ -151,86 +151,87 @@ def rows_sql(source: Any, consent_table: Any, config: RecipientConfig) -> sql.Co
         purpose=sql.Identifier(consent_table.purpose),
         ended=ended,
     )
-    profile_dims = generalised_page("v")
-    # The person's first page view of each day: ties on time broken by the generalised values, so runs repeat.
-    profile = sql.SQL(
-        "profile AS (SELECT DISTINCT ON (person, day) person, day, region, device_type, browser_family FROM ("
-        "SELECT {person} AS person, {at}::date AS day, {at} AS at, {region} AS region, {device} AS device_type,"
-        " {browser} AS browser_family FROM {pages} v JOIN consented c ON c.person = {person} AND {at} >= c.granted"
-        ' WHERE {window}) p ORDER BY person, day, at, region COLLATE "C", device_type COLLATE "C",'
-        ' browser_family COLLATE "C")'
+    g = generalised_page("v")
+    # Consented members' page views, generalised once: both their page cells and their usage events' profile.
+    member_pages = sql.SQL(
+        "member_pages AS (SELECT {person} AS person, {at} AS at, {at}::date AS day, {feature} AS feature,"
+        " {region} AS region, {device} AS device_type, {browser} AS browser_family"
+        " FROM {pages} v JOIN consented c ON c.person = {person} AND {at} >= c.granted WHERE {window})"
     ).format(
         person=_col("v", pages.person),
         at=_col("v", pages.at),
-        region=profile_dims["region"],
-        device=profile_dims["device_type"],
-        browser=profile_dims["browser_family"],
+        feature=dim("feature", page_feature(_col("v", pages.path))),
+        region=g["region"],
+        device=g["device_type"],
+        browser=g["browser_family"],
         pages=relation(pages.table),
         window=window.format(at=_col("v", pages.at)),
     )
+    ctes: list[sql.Composable] = [consented, member_pages]
+    looks: dict[str, sql.Composable] = {k: sql.Literal(ALL) for k in ("region", "device_type", "browser_family")}
+    profile_join: sql.Composable = sql.SQL("")
+    if dims & set(looks):
+        # The person's first page view of each day: ties on time broken by the generalised values, so runs repeat.
+        ctes.append(
+            sql.SQL(
+                "profile AS (SELECT DISTINCT ON (person, day) person, day, region, device_type, browser_family"
+                ' FROM member_pages ORDER BY person, day, at, region COLLATE "C", device_type COLLATE "C",'
+                ' browser_family COLLATE "C")'
+            )
+        )
+        looks = {
+            k: sql.SQL("coalesce(p.{}, {})").format(sql.Identifier(k), sql.Literal("unknown" if k in dims else ALL))
+            for k in looks
+        }
+        profile_join = sql.SQL(" LEFT JOIN profile p ON p.person = {person} AND p.day = {at}::date").format(
+            person=_col("e", usage.person), at=_col("e", usage.at)
+        )
     clipped = sql.SQL("least(greatest({d}, 0), {cap})::bigint").format(
         d=_col("e", usage.duration_ms), cap=sql.Literal(int(config.max_duration_ms))
     )
     usage_rows = sql.SQL(
         "SELECT {person} AS person, NULL::text AS visitor, {at}::date AS day, 'usage'::text AS source,"
-        " {feature} AS feature, coalesce(p.region, {unknown_region}) AS region,"
-        " coalesce(p.device_type, {unknown_device}) AS device_type,"
-        " coalesce(p.browser_family, {unknown_browser}) AS browser_family, {d} AS d"
-        " FROM {usage} e JOIN consented c ON c.person = {person} AND {at} >= c.granted"
-        " LEFT JOIN profile p ON p.person = {person} AND p.day = {at}::date WHERE {window}"
+        " {feature} AS feature, {region} AS region, {device} AS device_type, {browser} AS browser_family, {d} AS d"
+        " FROM {usage} e JOIN consented c ON c.person = {person} AND {at} >= c.granted{profile} WHERE {window}"
     ).format(
         person=_col("e", usage.person),
         at=_col("e", usage.at),
         feature=dim("feature", usage_feature(_col("e", usage.feature))),
-        unknown_region=sql.Literal("unknown" if "region" in dims else ALL),
-        unknown_device=sql.Literal("unknown" if "device_type" in dims else ALL),
-        unknown_browser=sql.Literal("unknown" if "browser_family" in dims else ALL),
+        region=looks["region"],
+        device=looks["device_type"],
+        browser=looks["browser_family"],
         d=clipped,
         usage=relation(usage.table),
+        profile=profile_join,
         window=window.format(at=_col("e", usage.at)),
     )
-
-    def page_rows(person: sql.Composable, visitor: sql.Composable, join: sql.Composable) -> sql.Composable:
-        g = generalised_page("v")
-        return sql.SQL(
-            "SELECT {person}, {visitor} AS visitor, {at}::date AS day, 'page'::text AS source, {feature} AS feature,"
-            " {region} AS region, {device} AS device_type, {browser} AS browser_family, NULL::bigint AS d"
-            " FROM {pages} v {join} AND {window}"
-        ).format(
-            person=person,
-            visitor=visitor,
-            at=_col("v", pages.at),
-            feature=dim("feature", page_feature(_col("v", pages.path))),
-            region=g["region"],
-            device=g["device_type"],
-            browser=g["browser_family"],
-            pages=relation(pages.table),
-            join=join,
-            window=window.format(at=_col("v", pages.at)),
-        )
-
     parts = [
         usage_rows,
-        page_rows(
-            sql.SQL("{} AS person").format(_col("v", pages.person)),
-            sql.SQL("NULL::text"),
-            sql.SQL("JOIN consented c ON c.person = {p} AND {at} >= c.granted WHERE true").format(
-                p=_col("v", pages.person), at=_col("v", pages.at)
-            ),
+        sql.SQL(
+            "SELECT person, NULL::text, day, 'page'::text, feature, region, device_type, browser_family, NULL::bigint"
+            " FROM member_pages"
         ),
     ]
     if pages.visitor and config.anonymous_visitors == "by_visitor_id":
         # Each cookie of an anonymous page view is one "person", never joined to an account.
         parts.append(
-            page_rows(
-                sql.SQL("NULL AS person"),
-                sql.SQL("{}::text").format(_col("v", pages.visitor)),
-                sql.SQL("WHERE {} IS NULL").format(_col("v", pages.person)),
+            sql.SQL(
+                "SELECT NULL, {visitor}::text, {at}::date, 'page'::text, {feature}, {region}, {device}, {browser},"
+                " NULL::bigint FROM {pages} v WHERE {person} IS NULL AND {window}"
+            ).format(
+                visitor=_col("v", pages.visitor),
+                at=_col("v", pages.at),
+                feature=dim("feature", page_feature(_col("v", pages.path))),
+                region=g["region"],
+                device=g["device_type"],
+                browser=g["browser_family"],
+                pages=relation(pages.table),
+                person=_col("v", pages.person),
+                window=window.format(at=_col("v", pages.at)),
             )
         )
-    return sql.SQL("{consented}, {profile}, generalised AS ({rows})").format(
-        consented=consented, profile=profile, rows=sql.SQL(" UNION ALL ").join(parts)
-    )
+    ctes.append(sql.SQL("generalised AS ({})").format(sql.SQL(" UNION ALL ").join(parts)))
+    return sql.SQL(", ").join(ctes)
 
 
 def bounded_sql(source: Any, consent_table: Any, config: RecipientConfig) -> sql.Composable:
