@@ -197,7 +197,7 @@ def run_anchor(url: str, policy: Any, config: RecipientConfig, start: datetime, 
     conn = connect(url)
     with conn.cursor() as cur:
         cur.execute("SET LOCAL TIME ZONE 'UTC'")
-        body, _ = query.run_copy(
+        body = query.run_copy(
             cur, anchor_sql(policy, config), query.params(policy.sharing.source, query.Window(start, end))
         )
     conn.rollback()

@@ -26,7 +26,7 @@ from typing import Any
 import pandas as pd
 from psycopg2 import sql
 
-from lethe.db import connect
+from lethe.db import ConfigurationError, connect
 from lethe.relations import relation
 from lethe.sharing.aggregate import CELL_KEYS, MEASURES, Aggregate, normalise
 from lethe.sharing.config import ALL, RecipientConfig
@@ -258,12 +258,12 @@ def bounded_sql(source: Any, consent_table: Any, config: RecipientConfig) -> sql
     ).format(rows=rows_sql(source, consent_table, config), keys=keys, by_value=by_value, cap=cap, per_day=per_day)
 
 
-def run_copy(cur: Any, statement: sql.Composable, params: dict[str, Any]) -> tuple[bytes, int]:
-    """The statement's result as CSV through COPY (the bytes that cross to the worker), and its row count."""
+def run_copy(cur: Any, statement: sql.Composable, params: dict[str, Any]) -> bytes:
+    """The statement's result as CSV through COPY: exactly the bytes that cross to the worker."""
     bound = cur.mogrify(statement, params).decode()
     buf = io.BytesIO()
     cur.copy_expert(f"COPY ({bound}) TO STDOUT WITH (FORMAT csv, HEADER)", buf)
-    return buf.getvalue(), cur.rowcount
+    return buf.getvalue()
 
 
 def params(source: Any, window: Window) -> dict[str, Any]:
@@ -277,15 +277,13 @@ def compute(url: str, config: RecipientConfig, start: datetime, end: datetime, p
     policy = policy or load_policy()
     source = policy.sharing.source
     if source is None:
-        from lethe.db import ConfigurationError
-
         raise ConfigurationError("the policy file's `sharing` section has no `source`")
     statement = bounded_sql(source, policy.clock_consent_ended(), config)
     conn = connect(url)
     try:
         with conn.cursor() as cur:
             cur.execute("SET LOCAL TIME ZONE 'UTC'")  # days are UTC days
-            body, _ = run_copy(cur, statement, params(source, Window(start, end)))
+            body = run_copy(cur, statement, params(source, Window(start, end)))
         conn.rollback()
     finally:
         conn.close()
