@@ -18,10 +18,11 @@ and visitor data it has not received yet, aggregated so that no person can be pi
 
 1. **plan**: each recipient's window of whole UTC days: from the end of its last published (or
    refused) release up to the run's day; a new recipient starts `first_window_days` back.
-2. **publish** (one mapped task per recipient): extract the rows of people whose analytics consent
-   holds, generalise, aggregate with bounded contributions, suppress cells under k people, add
-   noise when the recipient has a mechanism, check the privacy budget, run the release gate (Great
-   Expectations), then write Parquet + CSV + data dictionary + manifest to
+2. **publish** (one mapped task per recipient): in PostgreSQL, one statement keeps the rows of people
+   whose analytics consent holds, generalises and aggregates them with bounded contributions, and
+   returns only the cells; the task then suppresses cells under k people, adds
+   noise when the recipient has a mechanism, checks the privacy budget, runs the release gate (Great
+   Expectations), then writes Parquet + CSV + data dictionary + manifest to
    `s3://<sharing bucket>/recipients/<recipient>/<release_id>/` and a ledger entry.
 3. **watermark** (runs even when a release was refused): records in `aggregation_watermarks` up to
    when raw `usage_events` and `visitor_logs` have been processed for every recipient;

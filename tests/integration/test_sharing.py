@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import io
+import math
+import random
 import re
 from datetime import UTC, date, datetime, timedelta
+from fractions import Fraction
 
 import pandas as pd
 import pytest
@@ -12,6 +15,7 @@ from lethe.config import BUCKETS, PRIMARY_REGION
 from lethe.db import transaction
 from lethe.ledger import verify_chain
 from lethe.sharing import pipeline, release
+from lethe.sharing.aggregate import CELL_KEYS
 from lethe.sharing.budget import BudgetExceeded
 from lethe.sharing.config import RecipientConfig
 from lethe.sharing.gate import PII_PATTERNS, run_gate
@@ -281,3 +285,229 @@ def test_a_release_left_half_written_is_removed_by_the_next_run(db_url: str, s3_
     with transaction(db_url) as cur:
         cur.execute("SELECT release_id, status FROM sharing_releases ORDER BY created_at")
         assert cur.fetchall() == [("20260101-000000-dead00", "abandoned"), (summary["release_id"], "published")]
+
+
+def _account(cur, user_id: int, *, consent: str = "active", granted: datetime | None = None) -> None:
+    """An account and (unless consent == 'none') its analytics consent: active, withdrawn or objected."""
+    now = datetime.now(UTC)
+    cur.execute(
+        "INSERT INTO accounts (user_id, name, username, email, password_hash, created_at)"
+        " VALUES (%s, %s, %s, %s, 'x', %s)",
+        (user_id, f"Person {user_id}", f"member{user_id}", f"member{user_id}@example.com", now - timedelta(days=500)),
+    )
+    if consent != "none":
+        cur.execute(
+            "INSERT INTO consents (consent_id, user_id, purpose, granted_at, withdrawn_at, objected_at)"
+            " VALUES (%s, %s, 'analytics', %s, %s, %s)",
+            (
+                user_id,
+                user_id,
+                granted or now - timedelta(days=400),
+                now - timedelta(hours=1) if consent == "withdrawn" else None,
+                now - timedelta(hours=1) if consent == "objected" else None,
+            ),
+        )
+
+
+def _page(cur, log_id: int, user_id: int | None, at: datetime, path: str, zone, device, browser, agent) -> None:
+    cur.execute(
+        "INSERT INTO visitor_logs (log_id, user_id, visitor_id, occurred_at, device_type, browser, user_agent,"
+        " file_accessed, time_zone) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (log_id, user_id, f"c{log_id:015x}", at, device, browser, agent, path, zone),
+    )
+
+
+def _event(cur, event_id: int, user_id: int, at: datetime, feature: str, duration_ms: int) -> None:
+    cur.execute(
+        "INSERT INTO usage_events (event_id, user_id, occurred_at, feature, duration_ms) VALUES (%s, %s, %s, %s, %s)",
+        (event_id, user_id, at, feature, duration_ms),
+    )
+
+
+def _at(day: date, minute: int) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(minutes=minute)
+
+
+def test_generalisation_keeps_only_coarse_values(db_url: str) -> None:
+    with transaction(db_url) as cur:
+        for u in (1, 2, 4):
+            _account(cur, u)
+        chrome = "Mozilla/5.0 (Linux; Android 15) Chrome/130.0.6723.91 Mobile Safari/537.36"
+        edge = "Mozilla/5.0 (Windows NT 10.0) Chrome/130.0.0.0 Safari/537.36 Edg/130.0.2849.68"
+        _page(cur, 1, 1, _at(DAY1, 60), "/quiz", "Asia/Kolkata", " Mobile ", "Chrome", chrome)
+        _event(cur, 1, 1, _at(DAY1, 61), "quiz", 1000)
+        _page(cur, 2, 2, _at(DAY1, 60), "https://reskill.example/Labs/run/7?session=abc#top", "Etc/UTC", "smart fridge",
+              None, edge)  # fmt: skip
+        _page(
+            cur,
+            3,
+            None,
+            _at(DAY1, 60),
+            "/",
+            None,
+            None,
+            "Safari",
+            "Mozilla/5.0 (Macintosh) Version/18.1 Safari/605.1.15",
+        )
+        _page(cur, 4, 4, _at(DAY1, 60), "/", "Europe/Berlin", None, "Firefox", None)
+        _event(cur, 2, 4, _at(DAY1, 61), "  Code_Lab ", 1000)
+    cells = pipeline.build(db_url, RecipientConfig(name="t"), START, END).aggregate.cells
+    got = {
+        tuple(r)
+        for r in cells[["source", "feature", "region", "device_type", "browser_family"]].itertuples(index=False)
+    }
+    assert got == {
+        ("usage", "quiz", "Asia", "mobile", "Chrome 130"),  # region, device, browser from the day's page view
+        ("page", "/quiz", "Asia", "mobile", "Chrome 130"),
+        ("page", "/labs", "unknown", "other", "Edge 130"),
+        ("page", "/", "unknown", "unknown", "Safari 18"),  # an anonymous visitor
+        ("usage", "code_lab", "Europe", "unknown", "Firefox"),
+        ("page", "/", "Europe", "unknown", "Firefox"),
+    }
+    pages = cells[cells["source"] == "page"]
+    assert pages["total_duration_ms"].isna().all() and pages["median_duration_ms"].isna().all()
+
+
+def test_contributions_are_bounded_per_cell_and_per_day(db_url: str) -> None:
+    config = RecipientConfig(name="t", max_events_per_cell=5, max_cells_per_day=2, max_duration_ms=10_000)
+    with transaction(db_url) as cur:
+        ids = iter(range(1, 1000))
+        for u in range(1, 12):
+            _account(cur, u)
+        for i in range(40):  # one heavy user, long events
+            _event(cur, next(ids), 1, _at(DAY1, i), "quiz", 50_000)
+        for i in range(3):  # and three more cells that day
+            _event(cur, next(ids), 1, _at(DAY1, 100 + i), f"feature_{i}", 1000)
+        for u in range(2, 12):
+            for i in range(2):
+                _event(cur, next(ids), u, _at(DAY1, i), "quiz", 2000)
+    agg = pipeline.build(db_url, config, START, END).aggregate
+    quiz = agg.cells[agg.cells["feature"] == "quiz"].iloc[0]
+    assert quiz["events"] == 5 + 10 * 2  # the heavy user counts 5 events
+    assert quiz["people"] == 11
+    assert quiz["total_duration_ms"] == 5 * 10_000 + 20 * 2000  # durations clipped to 10 s
+    assert quiz["median_duration_ms"] == 2000  # one mean per person
+    # User 1 keeps 2 cells: quiz (busiest) and feature_0 (first of the ties by value).
+    assert set(agg.cells["feature"]) == {"quiz", "feature_0"}
+    assert agg.contributions == {"max_cells_per_person_day": 2, "max_events_per_person_cell": 5}
+    assert agg.rows_in == 40 + 3 + 20 and agg.people_in == 11
+
+
+# The seeded values and what a release may show of them, written out by hand for the reference below.
+PATHS = {"/courses/7?x=1": "/courses", "/": "/", "https://h.example/Forum/t/9#a": "/forum", "/labs": "/labs"}
+FEATURES = {"quiz": "quiz", " Code_Lab ": "code_lab", "forum": "forum", "search": "search", "profile": "profile"}
+ZONES = {"Asia/Kolkata": "Asia", "Europe/Berlin": "Europe", "Etc/UTC": "unknown", None: "unknown"}
+DEVICES = {"desktop": "desktop", " Mobile": "mobile", "fridge": "other", None: "unknown"}
+AGENTS = {
+    ("Chrome", "Mozilla/5.0 (X11) Chrome/131.0.1 Safari/537.36"): "Chrome 131",
+    ("Firefox", "Mozilla/5.0 (X11; rv:132.0) Gecko/20100101 Firefox/132.0"): "Firefox 132",
+    ("Firefox", None): "Firefox",
+    (None, None): "unknown",
+}
+
+
+def _reference_cells(cur, start: datetime, end: datetime, cap: int, per_day: int) -> dict[tuple, tuple]:
+    """The bounded cells as docs/sharing.md defines them, in plain Python over rows read here."""
+    cur.execute(
+        "SELECT user_id, granted_at FROM consents WHERE purpose = 'analytics'"
+        " AND withdrawn_at IS NULL AND objected_at IS NULL"
+    )
+    granted = dict(cur.fetchall())
+    cur.execute(
+        "SELECT user_id, visitor_id, occurred_at, file_accessed, time_zone, device_type, browser, user_agent"
+        " FROM visitor_logs WHERE occurred_at >= %s AND occurred_at < %s ORDER BY occurred_at",
+        (start, end),
+    )
+    rows = []  # (unit, day, cell, duration)
+    first_view: dict[tuple, tuple] = {}
+    for user, visitor, at, path, zone, device, browser, agent in cur.fetchall():
+        if user is not None and (user not in granted or at < granted[user]):
+            continue
+        day = at.astimezone(UTC).date()
+        looks = (ZONES[zone], DEVICES[device], AGENTS[(browser, agent)])
+        rows.append(((user, visitor if user is None else None), day, ("page", PATHS[path], *looks), None))
+        if user is not None:
+            first_view.setdefault((user, day), looks)  # rows come in time order
+    cur.execute(
+        "SELECT user_id, occurred_at, feature, duration_ms FROM usage_events WHERE occurred_at >= %s"
+        " AND occurred_at < %s",
+        (start, end),
+    )
+    for user, at, feature, duration in cur.fetchall():
+        if user not in granted or at < granted[user]:
+            continue
+        day = at.astimezone(UTC).date()
+        looks = first_view.get((user, day), ("unknown", "unknown", "unknown"))
+        rows.append(((user, None), day, ("usage", FEATURES[feature], *looks), min(max(duration, 0), 4 * 3600 * 1000)))
+    person_cells: dict[tuple, list] = {}
+    for unit, day, cell, duration in rows:
+        person_cells.setdefault((unit, day, cell), []).append(duration)
+    by_person_day: dict[tuple, list] = {}
+    for (unit, day, cell), durations in person_cells.items():
+        by_person_day.setdefault((unit, day), []).append((cell, durations))
+    kept: dict[tuple, list] = {}
+    for (_, day), cells in by_person_day.items():
+        cells.sort(key=lambda c: (-len(c[1]), c[0]))  # busiest first, then by the cell's values
+        for cell, durations in cells[:per_day]:
+            kept.setdefault((day, *cell), []).append(durations)
+    out = {}
+    for key, people in kept.items():
+        events = sum(min(len(d), cap) for d in people)
+        timed = [d for d in people if d[0] is not None]
+        total = median = None
+        if timed:  # page views carry no duration
+            exact = sum(Fraction(sum(d) * min(len(d), cap), len(d)) for d in timed)
+            means = sorted(Fraction(sum(d), len(d)) for d in timed)
+            middle = (means[(len(means) - 1) // 2] + means[len(means) // 2]) / 2
+            total, median = math.floor(exact + Fraction(1, 2)), math.floor(middle + Fraction(1, 2))  # SQL's round()
+        out[key] = (events, len(people), total, median)
+    return out
+
+
+def test_cells_computed_in_postgres_equal_a_plain_reference(db_url: str) -> None:
+    rng = random.Random(20)
+    config = RecipientConfig(name="t", max_events_per_cell=3, max_cells_per_day=4)
+    days = [DAY1 - timedelta(days=1), DAY1]
+    with transaction(db_url) as cur:
+        event_id = log_id = 0
+        for u in range(1, 61):
+            consent = rng.choice(["active"] * 5 + ["none", "withdrawn", "objected", "late"])
+            # `late`: granted halfway through the window, so only the later rows count.
+            _account(cur, u, consent="active" if consent == "late" else consent,
+                     granted=_at(DAY1, 12 * 60) if consent == "late" else None)  # fmt: skip
+            heavy = u % 7 == 0  # above both bounds: many events in a cell, many cells a day
+            for day in days:
+                minute = rng.randrange(0, 300)
+                for _ in range(rng.randrange(1, 4)):
+                    minute += rng.randrange(1, 40)
+                    log_id += 1
+                    browser, agent = rng.choice(list(AGENTS))
+                    _page(cur, log_id, u, _at(day, minute), rng.choice(list(PATHS)), rng.choice(list(ZONES)),
+                          rng.choice(list(DEVICES)), browser, agent)  # fmt: skip
+                for _ in range(rng.randrange(20, 40) if heavy else rng.randrange(0, 6)):
+                    minute += rng.randrange(1, 20)
+                    event_id += 1
+                    _event(cur, event_id, u, _at(day, minute), rng.choice(list(FEATURES)), rng.randrange(0, 20_000_000))
+        for v in range(30):  # anonymous visitors, a few returning on the second day
+            for day in days[: 1 + v % 2]:
+                log_id += 1
+                browser, agent = rng.choice(list(AGENTS))
+                _page(cur, log_id, None, _at(day, rng.randrange(0, 1400)), rng.choice(list(PATHS)),
+                      rng.choice(list(ZONES)), rng.choice(list(DEVICES)), browser, agent)  # fmt: skip
+                cur.execute("UPDATE visitor_logs SET visitor_id = %s WHERE log_id = %s", (f"anon{v:012x}", log_id))
+        want = _reference_cells(cur, START, END, config.max_events_per_cell, config.max_cells_per_day)
+    agg = pipeline.build(db_url, config, START, END).aggregate
+    got = {
+        tuple(r[: len(CELL_KEYS)]): tuple(None if pd.isna(v) else int(v) for v in r[len(CELL_KEYS) :])
+        for r in agg.cells.itertuples(index=False)
+    }
+    assert got == want
+    # The seed reaches what the test is about: excluded people, and people above both bounds.
+    assert agg.contributions == {"max_cells_per_person_day": 4, "max_events_per_person_cell": 3}
+    with transaction(db_url) as cur:
+        cur.execute(
+            "SELECT count(DISTINCT user_id) FILTER (WHERE c.user_id IS NULL OR c.withdrawn_at IS NOT NULL"
+            " OR c.objected_at IS NOT NULL) FROM usage_events e LEFT JOIN consents c USING (user_id)"
+        )
+        assert cur.fetchone()[0] >= 5
+    assert agg.bytes_in < 200 * len(got)  # only the cells crossed to the worker

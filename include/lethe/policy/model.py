@@ -340,6 +340,48 @@ class SharingRecipient(_Strict):
         return self
 
 
+class SharingConsent(_Strict):
+    """Whose rows a release may count: people with a consent to `purpose` granted (`granted` column) before
+    the row and not ended. The consent table, its subject, purpose and ended columns are `clocks.consent_ended`'s."""
+
+    purpose: str
+    granted: str
+
+
+class SharingUsage(_Strict):
+    """The product usage events: one row per event of a person (`person` holds the subject's key)."""
+
+    table: str
+    person: str
+    at: str  # when the event happened (a timestamp)
+    feature: str
+    duration_ms: str
+
+
+class SharingPages(_Strict):
+    """The web log: one row per page view, of a member (`person` set) or an anonymous visitor (`visitor` cookie).
+
+    A member's usage events of a day take region, device and browser from their first page view that day."""
+
+    table: str
+    person: str
+    at: str
+    path: str
+    time_zone: str
+    device_type: str
+    browser: str
+    user_agent: str
+    visitor: str | None = None  # counting key of anonymous page views; without it they are left out
+
+
+class SharingSource(_Strict):
+    """Where the shared data lives: the aggregate's SQL is generated from these names."""
+
+    consent: SharingConsent
+    usage: SharingUsage
+    pages: SharingPages
+
+
 class Sharing(_Strict):
     """Aggregated anonymous releases of usage and visitor data (clause 3, Analytics)."""
 
@@ -347,6 +389,7 @@ class Sharing(_Strict):
     max_cells_per_day: int = Field(default=20, ge=1)
     max_duration_ms: int = Field(default=4 * 3600 * 1000, ge=1)
     anonymous_visitors: Literal["by_visitor_id", "exclude"] = "by_visitor_id"
+    source: SharingSource | None = None  # required by Policy as soon as there is a recipient
     recipients: dict[str, SharingRecipient] = Field(default_factory=dict)
 
     @field_validator("recipients")
@@ -517,6 +560,7 @@ class Policy(_Strict):
                 for x in p.on_objection
                 if x not in self.consent_purposes
             ]
+        problems += self._sharing_source_problems()
         if problems:  # one per line, each `field: message`, so load_policy can give each its line
             raise ValueError("\n".join(problems))
         if self.objections:
@@ -533,6 +577,31 @@ class Policy(_Strict):
                         " under on_objection, and nothing is kept with a reason: the objection would do nothing"
                     )
         return self
+
+    def _sharing_source_problems(self) -> list[str]:
+        """The sharing source names tables and columns the policy lists (so each is classified)."""
+        source = self.sharing.source
+        if source is None:
+            return (
+                ["sharing.source: recipients need `source` (consent, usage, pages)"] if self.sharing.recipients else []
+            )
+        consent = self.clock_consent_ended()
+        problems = []
+        if source.consent.purpose not in self.consent_purposes:
+            problems.append(f"sharing.source.consent.purpose: unknown consent purpose {source.consent.purpose!r}")
+        for where, table, columns in (
+            ("consent", consent.table, [source.consent.granted]),
+            ("usage", source.usage.table, [c for k, c in source.usage if k != "table"]),
+            ("pages", source.pages.table, [c for k, c in source.pages if k != "table" and c is not None]),
+        ):
+            rule = self.tables.get(table)
+            if rule is None:
+                problems.append(f"sharing.source.{where}: no table {table!r} under `tables`")
+                continue
+            missing = [c for c in columns if c not in rule.columns]
+            if missing:
+                problems.append(f"sharing.source.{where}: {table} has no column {', '.join(missing)} under `tables`")
+        return problems
 
     def clock_account_closed(self) -> AccountClosedClock:
         """Where `after: account_closed` reads the closing time (default: the subject table's `closed_at`)."""

@@ -21,12 +21,12 @@ from lethe.config import BUCKETS, PRIMARY_REGION
 from lethe.db import transaction
 from lethe.quality import CheckResult
 from lethe.sharing import budget, release
-from lethe.sharing.aggregate import Aggregate, aggregate
+from lethe.sharing.aggregate import Aggregate
 from lethe.sharing.budget import SharingRefused
 from lethe.sharing.config import RecipientConfig
-from lethe.sharing.extract import extract
 from lethe.sharing.gate import run_gate
 from lethe.sharing.protect import Protected, protect
+from lethe.sharing.query import compute
 
 SOURCE_TABLES = ("usage_events", "visitor_logs")
 LEDGER_KIND = "sharing_release"
@@ -81,10 +81,8 @@ def plan(url: str, configs: list[RecipientConfig], until: date) -> list[dict[str
 def build(
     url: str, config: RecipientConfig, start: datetime, end: datetime, rng: np.random.Generator | None = None
 ) -> Built:
-    """Extract, aggregate, protect and gate one window; no side effects."""
-    events = extract(url, start, end, anonymous_visitors=config.anonymous_visitors)
-    agg = aggregate(events, config)
-    del events
+    """Aggregate (in PostgreSQL), protect and gate one window; no side effects."""
+    agg = compute(url, config, start, end)
     protected = protect(agg.cells, config, rng)
     gate = run_gate(protected.frame, config, agg.contributions)
     return Built(agg, protected, gate)
