@@ -718,6 +718,14 @@ class BulkFilter:
 Findings = dict[str, dict[str, int]]  # person -> "table.column" -> rows
 
 
+def found_columns(cur: psycopg2.extensions.cursor, policy: Policy, findings: Findings) -> dict[str, set[str]]:
+    """Per table, the columns where anyone of `findings` was found (for `scan_rows(only=...)`)."""
+    keys = {key for found in findings.values() for key in found}
+    tables = text_tables(cur, policy_schemas(cur, policy), policy.tables)
+    out = {t.name: {c.name for c in t.columns if f"{t.name}.{c.name}" in keys} for t in tables}
+    return {t: cols for t, cols in out.items() if cols}
+
+
 def scan(
     cur: psycopg2.extensions.cursor,
     policy: Policy,
