@@ -679,40 +679,83 @@ class BulkFilter:
 
     - not ASCII, with `%`, or with `:` when the batch has an IPv6 address: True (as the prefilter);
     - one of the batch's words as a whole ASCII word (`\\w+` runs of the lower-cased text);
-    - one of the phone tails among the text's digits, in a row;
-    - one of the IPv4 addresses as a substring (the prefilter's exact test needs it written so).
+    - one of the phone tails among the text's digits, in a row (only texts with 7 digits are looked at);
+    - one of the IPv4 addresses as a run of digits and dots (the prefilter's pattern needs it written so).
+    A few needles are tested with one RE2 pattern; many (a large batch), by hashing the text's tokens
+    (RE2 with thousands of alternatives is slower than reading the column). A column whose values
+    repeat (a feature name, a browser) is tested once per distinct value.
     """
 
-    words: pa.Array
-    tails: str | None  # an RE2 alternation of the tails
-    ipv4: str | None
+    words: frozenset[str]
+    tails: frozenset[str]
+    ipv4: frozenset[str]
     ipv6: bool
 
     @classmethod
     def of(cls, prefilter: Prefilter | None) -> BulkFilter | None:
         if prefilter is None:
             return None
-        tails = "|".join(sorted(prefilter.tails)) or None
-        ipv4 = "|".join(re.escape(ip) for ip in sorted(prefilter.ipv4)) or None
-        return cls(pa.array(sorted(prefilter.words), pa.string()), tails, ipv4, prefilter.ipv6)
+        return cls(prefilter.words, prefilter.tails, prefilter.ipv4, prefilter.ipv6)
 
     def may_hold(self, values: pa.Array) -> pa.Array:
-        special = pc.or_(pc.invert(pc.string_is_ascii(values)), pc.match_substring(values, "%"))
+        if len(values) > 4 * SAMPLE and len(pc.unique(values.slice(0, SAMPLE))) < SAMPLE // 4:
+            distinct = pc.unique(values)
+            return pc.is_in(values, value_set=distinct.filter(self._may_hold(distinct)))
+        return self._may_hold(values)
+
+    def _may_hold(self, values: pa.Array) -> pa.Array:
+        out = pc.or_(pc.invert(pc.string_is_ascii(values)), pc.match_substring(values, "%"))
         if self.ipv6:
-            special = pc.or_(special, pc.match_substring(values, ":"))
+            out = pc.or_(out, pc.match_substring(values, ":"))
         lower = pc.ascii_lower(values)
-        words = pc.split_pattern_regex(lower, r"[^a-z0-9_]+")
-        has_word = pc.is_in(pc.list_flatten(words), value_set=self.words)
-        rows = pc.filter(pc.list_parent_indices(words), has_word)
-        mask = np.zeros(len(values), dtype=bool)
-        mask[rows.to_numpy(zero_copy_only=False)] = True
-        out = pc.or_(special, pa.array(mask))
+        if self.words and len(self.words) <= FEW:
+            alternatives = "|".join(re.escape(w) for w in sorted(self.words))
+            out = pc.or_(out, pc.match_substring_regex(lower, rf"(?:^|[^a-z0-9_])(?:{alternatives})(?:[^a-z0-9_]|$)"))
+        elif self.words:
+            out = pc.or_(out, _any_token(lower, r"[^a-z0-9_]+", self.words))
         if self.tails:
-            digits = pc.replace_substring_regex(lower, r"[^0-9]+", "")
-            out = pc.or_(out, pc.match_substring_regex(digits, self.tails))
+            seven = pc.fill_null(pc.match_substring_regex(lower, r"[0-9](?:[^0-9]*[0-9]){6}"), False)
+            where = pc.indices_nonzero(seven)
+            if len(where):
+                digits = pc.replace_substring_regex(lower.filter(seven), r"[^0-9]+", "")
+                if len(self.tails) <= FEW:
+                    found = pc.match_substring_regex(digits, "|".join(sorted(self.tails)))
+                    rows = where.filter(pc.fill_null(found, False))
+                else:  # every 7-digit window of each distinct digit string, hashed
+                    hit = {d for d in pc.unique(digits).to_pylist() if d and _has_tail(d, self.tails)}
+                    rows = where.filter(pc.is_in(digits, value_set=pa.array(sorted(hit), pa.string())))
+                out = pc.or_(out, _mask(len(values), rows))
         if self.ipv4:
-            out = pc.or_(out, pc.match_substring_regex(lower, self.ipv4))
+            dotted = pc.fill_null(pc.greater_equal(pc.count_substring(lower, "."), 3), False)
+            where = pc.indices_nonzero(dotted)
+            if len(where):
+                found = _any_token(lower.filter(dotted), r"[^0-9.]+", self.ipv4, strip=".")
+                out = pc.or_(out, _mask(len(values), where.filter(pc.fill_null(found, False))))
         return out
+
+
+SAMPLE = 1024
+FEW = 64  # needles of one kind up to which one RE2 pattern tests them
+
+
+def _has_tail(digits: str, tails: frozenset[str]) -> bool:
+    return any(digits[i : i + PHONE_TAIL] in tails for i in range(len(digits) - PHONE_TAIL + 1))
+
+
+def _mask(n: int, rows: pa.Array) -> pa.Array:
+    mask = np.zeros(n, dtype=bool)
+    mask[rows.to_numpy(zero_copy_only=False)] = True
+    return pa.array(mask)
+
+
+def _any_token(values: pa.Array, separators: str, needles: frozenset[str], strip: str = "") -> pa.Array:
+    """True where a token of the text (split on the `separators` pattern, `strip` trimmed) is a needle."""
+    tokens = pc.split_pattern_regex(values, separators)
+    flat = pc.list_flatten(tokens)
+    if strip:
+        flat = pc.utf8_trim(flat, strip)
+    hit = pc.is_in(flat, value_set=pa.array(sorted(needles), pa.string()))
+    return _mask(len(values), pc.filter(pc.list_parent_indices(tokens), hit))
 
 
 Findings = dict[str, dict[str, int]]  # person -> "table.column" -> rows

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 import psycopg2.extras
+import pytest
 from erasure_people import ASHA, BHAVIN, CHITRA, insert_people
 from lethe import residue
 from lethe.policy import load_policy
@@ -58,6 +59,11 @@ def _plant(url: str) -> None:
             " VALUES (50, 'Other Person', 'other', 'other@example.net', '+91 9000000050', 'x',"
             " ARRAY['9000000001', 'Asha_Rao', 'chess'], now())"
         )
+        # A column whose values repeat (tested once per distinct value), holding her handle in some rows.
+        cur.execute(
+            "INSERT INTO usage_events SELECT 5000 + i, 2, now(), CASE WHEN i % 7 = 0 THEN '@asha_rao' ELSE 'quiz' END,"
+            " 1, 0 FROM generate_series(1, 60) i"
+        )
         cur.execute(
             "INSERT INTO sessions VALUES (900, 50, 'cookie-900', 'persistent', '10.1.2.3', now(), now())"
         )  # someone else's session from her IP
@@ -93,7 +99,11 @@ def _bulk(cur: psycopg2.extensions.cursor, tables: list[residue.Table], index: r
     }
 
 
-def test_bulk_scan_equals_matching_every_value(db_url: str) -> None:
+@pytest.mark.parametrize("few", [64, 0], ids=["re2", "hashed-tokens"])
+def test_bulk_scan_equals_matching_every_value(db_url: str, few: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Both ways of testing needles: one RE2 pattern (a small batch) and hashed tokens (a large one).
+    monkeypatch.setattr(residue, "FEW", few)
+    monkeypatch.setattr(residue, "SAMPLE", 8)  # small tables too take the distinct-values path when they repeat
     insert_people(db_url)
     _plant(db_url)
     policy = load_policy()
@@ -119,6 +129,7 @@ def test_bulk_scan_equals_matching_every_value(db_url: str) -> None:
     assert by_column["survey_responses.answers"] >= len(HOLDS_ASHA)
     assert by_column["accounts.interests"] == 1
     assert by_column["sessions.ip_address"] >= 3  # her own two and someone else's from her address
+    assert by_column["usage_events.feature"] == 8
 
 
 def test_keyed_index_bulk_equals_reference(db_url: str) -> None:
