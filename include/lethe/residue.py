@@ -567,7 +567,7 @@ def scan_rows(
     time; the prefilter's test runs on whole columns (`BulkFilter`), so Python sees only the values
     that may hold someone, and matches each distinct one once (`who`).
     """
-    bulk = BulkFilter.of(getattr(index, "prefilter", None))
+    bulk = BulkFilter.of(index)
     seen: dict[str, frozenset[str]] = {}  # values repeat (a name, a plan): each is matched once
 
     def found_in(value: str) -> frozenset[str]:
@@ -690,12 +690,31 @@ class BulkFilter:
     tails: frozenset[str]
     ipv4: frozenset[str]
     ipv6: bool
+    # For many needles, tokens: a name of two words or more needs its first two words one after the
+    # other (a name is matched as whole words with only spaces between them), any other kind its word.
+    tokens: frozenset[str] = frozenset()
+    pairs: frozenset[str] = frozenset()
 
     @classmethod
-    def of(cls, prefilter: Prefilter | None) -> BulkFilter | None:
+    def of(cls, index: Index) -> BulkFilter | None:
+        prefilter: Prefilter | None = getattr(index, "prefilter", None)
         if prefilter is None:
             return None
-        return cls(prefilter.words, prefilter.tails, prefilter.ipv4, prefilter.ipv6)
+        tokens: set[str] = set()
+        pairs: set[str] = set()
+        for person in getattr(index, "people", []):
+            for kind, values in person.values.items():
+                if kind in ("phone", "ip"):
+                    continue
+                for value in values:
+                    part = value.rsplit("@", 1)[0] if kind == "email" else value
+                    found = _WORD.findall(part)
+                    if kind == "name" and len(found) >= 2:
+                        pairs.add(f"{found[0]} {found[1]}")
+                    else:
+                        tokens.add(found[-1])  # Prefilter.of refused a value without a word
+        p = prefilter
+        return cls(p.words, p.tails, p.ipv4, p.ipv6, frozenset(tokens), frozenset(pairs))
 
     def may_hold(self, values: pa.Array) -> pa.Array:
         if len(values) > 4 * SAMPLE and len(pc.unique(values.slice(0, SAMPLE))) < SAMPLE // 4:
@@ -712,7 +731,7 @@ class BulkFilter:
             alternatives = "|".join(re.escape(w) for w in sorted(self.words))
             out = pc.or_(out, pc.match_substring_regex(lower, rf"(?:^|[^a-z0-9_])(?:{alternatives})(?:[^a-z0-9_]|$)"))
         elif self.words:
-            out = pc.or_(out, _any_token(lower, r"[^a-z0-9_]+", self.words))
+            out = pc.or_(out, _any_token(lower, r"[^a-z0-9_]+", self.tokens, pairs=self.pairs))
         if self.tails:
             seven = pc.fill_null(pc.match_substring_regex(lower, r"[0-9](?:[^0-9]*[0-9]){6}"), False)
             where = pc.indices_nonzero(seven)
@@ -721,9 +740,8 @@ class BulkFilter:
                 if len(self.tails) <= FEW:
                     found = pc.match_substring_regex(digits, "|".join(sorted(self.tails)))
                     rows = where.filter(pc.fill_null(found, False))
-                else:  # every 7-digit window of each distinct digit string, hashed
-                    hit = {d for d in pc.unique(digits).to_pylist() if d and _has_tail(d, self.tails)}
-                    rows = where.filter(pc.is_in(digits, value_set=pa.array(sorted(hit), pa.string())))
+                else:  # every 7-digit window of the digit strings, hashed
+                    rows = where.filter(_any_window(digits, self.tails))
                 out = pc.or_(out, _mask(len(values), rows))
         if self.ipv4:
             dotted = pc.fill_null(pc.greater_equal(pc.count_substring(lower, "."), 3), False)
@@ -738,8 +756,16 @@ SAMPLE = 1024
 FEW = 64  # needles of one kind up to which one RE2 pattern tests them
 
 
-def _has_tail(digits: str, tails: frozenset[str]) -> bool:
-    return any(digits[i : i + PHONE_TAIL] in tails for i in range(len(digits) - PHONE_TAIL + 1))
+def _any_window(digits: pa.Array, tails: frozenset[str]) -> pa.Array:
+    """True where a PHONE_TAIL-long window of the digit string is one of `tails`."""
+    needles = pa.array(sorted(tails), pa.string())
+    lengths = pc.utf8_length(digits)
+    out = pa.array(np.zeros(len(digits), dtype=bool))
+    longest = pc.max(lengths).as_py() or 0
+    for start in range(max(0, longest - PHONE_TAIL + 1)):
+        window = pc.utf8_slice_codeunits(digits, start, start + PHONE_TAIL)
+        out = pc.or_(out, pc.and_(pc.greater_equal(lengths, start + PHONE_TAIL), pc.is_in(window, value_set=needles)))
+    return out
 
 
 def _mask(n: int, rows: pa.Array) -> pa.Array:
@@ -748,14 +774,24 @@ def _mask(n: int, rows: pa.Array) -> pa.Array:
     return pa.array(mask)
 
 
-def _any_token(values: pa.Array, separators: str, needles: frozenset[str], strip: str = "") -> pa.Array:
-    """True where a token of the text (split on the `separators` pattern, `strip` trimmed) is a needle."""
+def _any_token(
+    values: pa.Array, separators: str, needles: frozenset[str], strip: str = "", pairs: frozenset[str] = frozenset()
+) -> pa.Array:
+    """True where a token of the text (split on the `separators` pattern, `strip` trimmed) is a needle,
+    or two tokens one after the other, joined by a space, are one of `pairs`."""
     tokens = pc.split_pattern_regex(values, separators)
     flat = pc.list_flatten(tokens)
+    parents = pc.list_parent_indices(tokens)
     if strip:
         flat = pc.utf8_trim(flat, strip)
     hit = pc.is_in(flat, value_set=pa.array(sorted(needles), pa.string()))
-    return _mask(len(values), pc.filter(pc.list_parent_indices(tokens), hit))
+    rows = pc.filter(parents, hit)
+    if pairs and len(flat) > 1:
+        joined = pc.binary_join_element_wise(flat.slice(0, len(flat) - 1), flat.slice(1), " ")
+        same = pc.equal(parents.slice(0, len(flat) - 1), parents.slice(1))
+        pair_hit = pc.and_(same, pc.is_in(joined, value_set=pa.array(sorted(pairs), pa.string())))
+        rows = pa.concat_arrays([rows, pc.filter(parents.slice(0, len(flat) - 1), pair_hit)])
+    return _mask(len(values), rows)
 
 
 Findings = dict[str, dict[str, int]]  # person -> "table.column" -> rows

@@ -36,13 +36,17 @@ PLANTED = [
     "",
     "ab",
     "\\.",
+    "met Asha  Rao at the fair",  # her name (two words, set below) with any spaces between
+    "ASHA\tRAO",
+    "Asha, Rao and Asha Kumar",  # not her name: a comma between, or another surname
 ]
-HOLDS_ASHA = [*range(9), *range(10, 15)]  # the lines above that spell one of her identifiers
-LOOKALIKES = range(15, len(PLANTED))
+HOLDS_ASHA = [*range(9), *range(10, 15), 22, 23]  # the lines above that spell one of her identifiers
+LOOKALIKES = [*range(15, 22), 24]
 
 
 def _plant(url: str) -> None:
     with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute("UPDATE accounts SET name = 'Asha Rao' WHERE user_id = %s", (ASHA["user_id"],))
         for i, text in enumerate(PLANTED):
             cur.execute("INSERT INTO comments VALUES (%s, 2, %s, now())", (1000 + i, text))
             cur.execute(
@@ -126,7 +130,8 @@ def test_bulk_scan_equals_matching_every_value(db_url: str, few: int, monkeypatc
     for t, _, c, owners in bulk:
         if asha in owners:
             by_column[f"{t}.{c}"] += 1
-    assert by_column["survey_responses.answers"] >= len(HOLDS_ASHA)
+    # In JSON the tab of "ASHA\tRAO" is written as the two characters \t: no longer her name there.
+    assert by_column["survey_responses.answers"] >= len(HOLDS_ASHA) - 1
     assert by_column["accounts.interests"] == 1
     assert by_column["sessions.ip_address"] >= 3  # her own two and someone else's from her address
     assert by_column["usage_events.feature"] == 8
