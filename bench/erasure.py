@@ -4,7 +4,8 @@ Seeds `--users` people and `--events` usage events (visitor logs a quarter of th
 database `lethe_bench_erasure`, server-side (bench/_erasure_seed.py), then measures in one run:
 
 1. the residue scanner's pass over the primary for the batch's footprints (`lethe.residue.scan`, the
-   pass subject_erasure makes before, during and after an erasure), beside its anchor: one sequential
+   full pass subject_erasure makes before an erasure; the sweep and the check after it re-read only the
+   columns that pass found the batch in), beside its anchor: one sequential
    read of the same text columns, `COPY (SELECT <those columns>::text ...) TO STDOUT` into a null sink,
    and (for reference) the server alone counting them;
 2. `--singles` requests erased one per run (`lethe.erasure.tasks.erase_run`, what the DAG's erase task

@@ -22,6 +22,7 @@ matched by its pseudonym, so audits and backups match what the primary matched.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -29,14 +30,18 @@ import json
 import re
 import unicodedata
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import unquote
 
+import numpy as np
 import phonenumbers
 import psycopg2.extensions
+import pyarrow as pa
+import pyarrow.compute as pc
 from psycopg2 import sql
+from pyarrow import csv as pa_csv
 
 from lethe.policy import Policy
 from lethe.relations import policy_oids, regclass_literal, relation, subject_key_type
@@ -551,68 +556,253 @@ def scan_rows(
     tables: Iterable[Table],
     index: Index,
     with_columns: dict[str, list[str]] | None = None,
+    only: dict[str, set[str]] | None = None,
 ) -> Iterator[Hit]:
     """Read each table once; yield every row in which someone of the index appears.
 
     `with_columns` names, per table, other columns to return with each hit (a subject link).
+    `only`, when given, limits the read to these columns per table (tables not named are skipped).
+
+    Each table is one `COPY (SELECT ...) TO STDOUT (FORMAT csv)`, parsed into Arrow a block at a
+    time; the prefilter's test runs on whole columns (`BulkFilter`), so Python sees only the values
+    that may hold someone, and matches each distinct one once (`who`).
     """
-    prefilter: Prefilter | None = getattr(index, "prefilter", None)
-    seen: dict[str, frozenset[str]] = {}  # values repeat (a feature, a browser): each is matched once
+    bulk = BulkFilter.of(index)
+    seen: dict[str, frozenset[str]] = {}  # values repeat (a name, a plan): each is matched once
 
     def found_in(value: str) -> frozenset[str]:
         owners = seen.get(value)
         if owners is None:
-            owners = frozenset(who(index, value)) if prefilter is None or prefilter.may_hold(value) else frozenset()
             if len(seen) >= MEMO_SIZE:
                 seen.clear()
-            seen[value] = owners
+            owners = seen[value] = frozenset(who(index, value))
         return owners
 
     for table in tables:
+        columns = table.columns
+        if only is not None:
+            columns = tuple(c for c in table.columns if c.name in only.get(table.name, ()))
+        if not columns:
+            continue
         extra = (with_columns or {}).get(table.name, [])
-        cols = [_as_text(sql.Identifier(c.name)) for c in table.columns]
-        query = sql.SQL("SELECT tableoid::int, ctid::text, {extra}{cols} FROM {t} WHERE {any}").format(
-            extra=sql.SQL("").join(sql.SQL("{}, ").format(sql.Identifier(c)) for c in extra),
-            cols=sql.SQL(", ").join(cols),
+        query = sql.SQL(
+            "COPY (SELECT tableoid::int, ctid::text{extra}, {cols} FROM {t} WHERE {any}) TO STDOUT (FORMAT csv)"
+        ).format(
+            extra=sql.SQL("").join(sql.SQL(", {}::text").format(sql.Identifier(c)) for c in extra),
+            cols=sql.SQL(", ").join(_as_text(sql.Identifier(c.name)) for c in columns),
             t=table.ident,
-            any=sql.SQL(" OR ").join(sql.SQL("{} IS NOT NULL").format(sql.Identifier(c.name)) for c in table.columns),
+            any=sql.SQL(" OR ").join(sql.SQL("{} IS NOT NULL").format(sql.Identifier(c.name)) for c in columns),
         )
-        for rows in _batches(cur, query):
-            for row in rows:
-                owners: dict[str, frozenset[str]] = {}
-                texts: dict[str, str] = {}
-                for column, value in zip(table.columns, row[2 + len(extra) :], strict=True):
-                    if value is None or len(value) < MIN_LENGTH:
-                        continue
-                    found = found_in(value)
-                    if found:
-                        owners[column.name] = found
-                        texts[column.name] = value
-                if owners:
-                    yield Hit(table, int(row[0]), str(row[1]), texts, owners, tuple(row[2 : 2 + len(extra)]))
+        sink = _Blocks(
+            functools.partial(
+                _block_hits, table=table, columns=columns, n_extra=len(extra), bulk=bulk, found_in=found_in
+            )
+        )
+        cur.copy_expert(query.as_string(cur), sink)
+        sink.flush()
+        yield from sink.hits
 
 
 MEMO_SIZE = 100_000
-FETCH_ROWS = 20_000
+BLOCK_BYTES = 16 << 20  # COPY data parsed into Arrow this much at a time: a 20M-row table never sits in memory
 
 
-def _batches(cur: psycopg2.extensions.cursor, query: sql.Composable) -> Iterator[list[tuple[Any, ...]]]:
-    """The query's rows, FETCH_ROWS at a time through a server-side cursor (a table of 20M rows never sits
-    in memory whole); in autocommit mode, where a server-side cursor cannot live, all at once."""
-    if cur.connection.autocommit:
-        cur.execute(query)
-        yield cur.fetchall()
+class _Blocks:
+    """The file COPY writes to: libpq hands over one whole row per write, so a block always ends on a row."""
+
+    def __init__(self, consume: Callable[[bytes], Iterable[Hit]]) -> None:
+        self.consume = consume
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.hits: list[Hit] = []  # few: the rows where someone of the batch appears
+
+    def write(self, data: bytes) -> int:
+        self.parts.append(data)
+        self.size += len(data)
+        if self.size >= BLOCK_BYTES:
+            self.flush()
+        return len(data)
+
+    def flush(self) -> None:
+        if self.parts:
+            block, self.parts, self.size = b"".join(self.parts), [], 0
+            self.hits.extend(self.consume(block))
+
+
+def _block_hits(
+    block: bytes,
+    table: Table,
+    columns: Sequence[Column],
+    n_extra: int,
+    bulk: BulkFilter | None,
+    found_in: Callable[[str], frozenset[str]],
+) -> Iterator[Hit]:
+    names = ["tableoid", "ctid", *(f"extra{i}" for i in range(n_extra)), *(f"c{i}" for i in range(len(columns)))]
+    batch = pa_csv.read_csv(
+        pa.py_buffer(block),
+        read_options=pa_csv.ReadOptions(column_names=names),
+        parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+        convert_options=pa_csv.ConvertOptions(
+            column_types=dict.fromkeys(names, pa.string()),
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,  # "" is an empty text, an unquoted empty field is NULL
+        ),
+    )
+    rows: dict[int, dict[str, frozenset[str]]] = defaultdict(dict)
+    texts: dict[int, dict[str, str]] = defaultdict(dict)
+    for i, column in enumerate(columns):
+        values = batch.column(f"c{i}").combine_chunks()
+        maybe = pc.and_kleene(pc.is_valid(values), pc.greater_equal(pc.utf8_length(values), MIN_LENGTH))
+        if bulk is not None:
+            maybe = pc.and_kleene(maybe, bulk.may_hold(values))
+        maybe = pc.fill_null(maybe, False)
+        where = pc.indices_nonzero(maybe).to_pylist()
+        if not where:
+            continue
+        for row, value in zip(where, values.filter(maybe).to_pylist(), strict=True):
+            owners = found_in(value)
+            if owners:
+                rows[row][column.name] = owners
+                texts[row][column.name] = value
+    if not rows:
         return
-    reader = cur.connection.cursor(name=f"lethe_residue_{id(query):x}")
-    try:
-        reader.execute(query)
-        while rows := reader.fetchmany(FETCH_ROWS):
-            yield rows
-    finally:
-        reader.close()
+    oids, ctids = batch.column("tableoid"), batch.column("ctid")
+    extras = [batch.column(f"extra{i}") for i in range(n_extra)]
+    for row in sorted(rows):
+        extra = tuple(e[row].as_py() for e in extras)
+        yield Hit(table, int(oids[row].as_py()), str(ctids[row].as_py()), texts[row], rows[row], extra)
+
+
+@dataclass(frozen=True)
+class BulkFilter:
+    """`Prefilter.may_hold` over a whole Arrow column at once: True wherever the prefilter would be.
+
+    - not ASCII, with `%`, or with `:` when the batch has an IPv6 address: True (as the prefilter);
+    - one of the batch's words as a whole ASCII word (`\\w+` runs of the lower-cased text);
+    - one of the phone tails among the text's digits, in a row (only texts with 7 digits are looked at);
+    - one of the IPv4 addresses as a run of digits and dots (the prefilter's pattern needs it written so).
+    A few needles are tested with one RE2 pattern; many (a large batch), by hashing the text's tokens
+    (RE2 with thousands of alternatives is slower than reading the column). A column whose values
+    repeat (a feature name, a browser) is tested once per distinct value.
+    """
+
+    words: frozenset[str]
+    tails: frozenset[str]
+    ipv4: frozenset[str]
+    ipv6: bool
+    # For many needles, tokens: a name of two words or more needs its first two words one after the
+    # other (a name is matched as whole words with only spaces between them), any other kind its word.
+    tokens: frozenset[str] = frozenset()
+    pairs: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, index: Index) -> BulkFilter | None:
+        prefilter: Prefilter | None = getattr(index, "prefilter", None)
+        if prefilter is None:
+            return None
+        tokens: set[str] = set()
+        pairs: set[str] = set()
+        for person in getattr(index, "people", []):
+            for kind, values in person.values.items():
+                if kind in ("phone", "ip"):
+                    continue
+                for value in values:
+                    part = value.rsplit("@", 1)[0] if kind == "email" else value
+                    found = _WORD.findall(part)
+                    if kind == "name" and len(found) >= 2:
+                        pairs.add(f"{found[0]} {found[1]}")
+                    else:
+                        tokens.add(found[-1])  # Prefilter.of refused a value without a word
+        p = prefilter
+        return cls(p.words, p.tails, p.ipv4, p.ipv6, frozenset(tokens), frozenset(pairs))
+
+    def may_hold(self, values: pa.Array) -> pa.Array:
+        if len(values) > 4 * SAMPLE and len(pc.unique(values.slice(0, SAMPLE))) < SAMPLE // 4:
+            distinct = pc.unique(values)
+            return pc.is_in(values, value_set=distinct.filter(self._may_hold(distinct)))
+        return self._may_hold(values)
+
+    def _may_hold(self, values: pa.Array) -> pa.Array:
+        out = pc.or_(pc.invert(pc.string_is_ascii(values)), pc.match_substring(values, "%"))
+        if self.ipv6:
+            out = pc.or_(out, pc.match_substring(values, ":"))
+        lower = pc.ascii_lower(values)
+        if self.words and len(self.words) <= FEW:
+            alternatives = "|".join(re.escape(w) for w in sorted(self.words))
+            out = pc.or_(out, pc.match_substring_regex(lower, rf"(?:^|[^a-z0-9_])(?:{alternatives})(?:[^a-z0-9_]|$)"))
+        elif self.words:
+            out = pc.or_(out, _any_token(lower, r"[^a-z0-9_]+", self.tokens, pairs=self.pairs))
+        if self.tails:
+            seven = pc.fill_null(pc.match_substring_regex(lower, r"[0-9](?:[^0-9]*[0-9]){6}"), False)
+            where = pc.indices_nonzero(seven)
+            if len(where):
+                digits = pc.replace_substring_regex(lower.filter(seven), r"[^0-9]+", "")
+                if len(self.tails) <= FEW:
+                    found = pc.match_substring_regex(digits, "|".join(sorted(self.tails)))
+                    rows = where.filter(pc.fill_null(found, False))
+                else:  # every 7-digit window of the digit strings, hashed
+                    rows = where.filter(_any_window(digits, self.tails))
+                out = pc.or_(out, _mask(len(values), rows))
+        if self.ipv4:
+            dotted = pc.fill_null(pc.greater_equal(pc.count_substring(lower, "."), 3), False)
+            where = pc.indices_nonzero(dotted)
+            if len(where):
+                found = _any_token(lower.filter(dotted), r"[^0-9.]+", self.ipv4, strip=".")
+                out = pc.or_(out, _mask(len(values), where.filter(pc.fill_null(found, False))))
+        return out
+
+
+SAMPLE = 1024
+FEW = 64  # needles of one kind up to which one RE2 pattern tests them
+
+
+def _any_window(digits: pa.Array, tails: frozenset[str]) -> pa.Array:
+    """True where a PHONE_TAIL-long window of the digit string is one of `tails`."""
+    needles = pa.array(sorted(tails), pa.string())
+    lengths = pc.utf8_length(digits)
+    out = pa.array(np.zeros(len(digits), dtype=bool))
+    longest = pc.max(lengths).as_py() or 0
+    for start in range(max(0, longest - PHONE_TAIL + 1)):
+        window = pc.utf8_slice_codeunits(digits, start, start + PHONE_TAIL)
+        out = pc.or_(out, pc.and_(pc.greater_equal(lengths, start + PHONE_TAIL), pc.is_in(window, value_set=needles)))
+    return out
+
+
+def _mask(n: int, rows: pa.Array) -> pa.Array:
+    mask = np.zeros(n, dtype=bool)
+    mask[rows.to_numpy(zero_copy_only=False)] = True
+    return pa.array(mask)
+
+
+def _any_token(
+    values: pa.Array, separators: str, needles: frozenset[str], strip: str = "", pairs: frozenset[str] = frozenset()
+) -> pa.Array:
+    """True where a token of the text (split on the `separators` pattern, `strip` trimmed) is a needle,
+    or two tokens one after the other, joined by a space, are one of `pairs`."""
+    tokens = pc.split_pattern_regex(values, separators)
+    flat = pc.list_flatten(tokens)
+    parents = pc.list_parent_indices(tokens)
+    if strip:
+        flat = pc.utf8_trim(flat, strip)
+    hit = pc.is_in(flat, value_set=pa.array(sorted(needles), pa.string()))
+    rows = pc.filter(parents, hit)
+    if pairs and len(flat) > 1:
+        joined = pc.binary_join_element_wise(flat.slice(0, len(flat) - 1), flat.slice(1), " ")
+        same = pc.equal(parents.slice(0, len(flat) - 1), parents.slice(1))
+        pair_hit = pc.and_(same, pc.is_in(joined, value_set=pa.array(sorted(pairs), pa.string())))
+        rows = pa.concat_arrays([rows, pc.filter(parents.slice(0, len(flat) - 1), pair_hit)])
+    return _mask(len(values), rows)
 
 
 Findings = dict[str, dict[str, int]]  # person -> "table.column" -> rows
+
+
+def found_columns(cur: psycopg2.extensions.cursor, policy: Policy, findings: Findings) -> dict[str, set[str]]:
+    """Per table, the columns where anyone of `findings` was found (for `scan_rows(only=...)`)."""
+    keys = {key for found in findings.values() for key in found}
+    tables = text_tables(cur, policy_schemas(cur, policy), policy.tables)
+    out = {t.name: {c.name for c in t.columns if f"{t.name}.{c.name}" in keys} for t in tables}
+    return {t: cols for t, cols in out.items() if cols}
 
 
 def scan(

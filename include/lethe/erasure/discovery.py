@@ -272,6 +272,9 @@ class Subject:
     user_id: str  # the subject key's value, as text
     identifiers: dict[str, str]  # kind -> stored value (email, phone, username)
     footprint: Any = None  # lethe.residue.Footprint, read from the person's rows before they go
+    # Per table, the columns where the batch's scanner pass before the erasure found anyone of the batch:
+    # the sweep and the post-condition read only these (an erasure deletes and masks; it writes no identifier).
+    scanned: dict[str, set[str]] | None = None
 
     def search_terms(self) -> list[str]:
         """Spellings of the identifiers as they may appear in free text, lowercased."""

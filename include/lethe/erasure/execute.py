@@ -176,7 +176,8 @@ def _sweep(cur: psycopg2.extensions.cursor, policy: Policy, works: list[Work]) -
     if not erasing:
         return
     index = residue.PlainIndex([w.subject.footprint for w in erasing if w.subject])
-    handled = sweep.sweep(cur, policy, index, {w.subject.user_id for w in erasing if w.subject})
+    people = {w.subject.user_id for w in erasing if w.subject}
+    handled = sweep.sweep(cur, policy, index, people, sweep.scanned_columns([w.subject for w in erasing if w.subject]))
     for w in erasing:
         assert w.subject is not None
         w.residue = handled.get(w.subject.user_id, {})

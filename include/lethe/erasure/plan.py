@@ -144,10 +144,12 @@ def build(
     if owners:  # the scanner's footprint, before anything goes: what the dry run shows by table and column
         prints = residue.footprints(cur, policy, owners)
         findings = residue.scan(cur, policy, residue.PlainIndex(prints))
+        scanned = residue.found_columns(cur, policy, findings)
         for fp in prints:
             subject = first_for[fp.user_id].subject
             assert subject is not None
             subject.footprint = fp
+            subject.scanned = scanned
             first_for[fp.user_id].footprint = findings.get(fp.user_id, {})
         discovery.materialise(cur, graph, policy, owners)
         per_owner = discovery.rows_per_owner(cur, graph)

@@ -43,6 +43,18 @@ def scanned_tables(cur: psycopg2.extensions.cursor, policy: Policy) -> list[resi
     ]
 
 
+def scanned_columns(people: list[Any]) -> dict[str, set[str]] | None:
+    """The columns the batch's scanner pass found the people in (discovery.Subject.scanned); None (read every
+    column) when a person has no such pass."""
+    out: dict[str, set[str]] = {}
+    for person in people:
+        if person.scanned is None:
+            return None
+        for table, columns in person.scanned.items():
+            out.setdefault(table, set()).update(columns)
+    return out
+
+
 def subject_links(policy: Policy) -> dict[str, list[str]]:
     links = {t: [rule.subject] for t, rule in policy.tables.items() if rule.subject}
     links[holds.HOLDS] = ["subject_key"]  # a hold's own row belongs to the held person (its key as text)
@@ -76,14 +88,22 @@ def _masked(index: residue.Index, column: residue.Column, value: str, only: set[
 
 
 def sweep(
-    cur: psycopg2.extensions.cursor, policy: Policy, index: residue.Index, people: set[str]
+    cur: psycopg2.extensions.cursor,
+    policy: Policy,
+    index: residue.Index,
+    people: set[str],
+    only: dict[str, set[str]] | None = None,
 ) -> dict[str, dict[str, int]]:
-    """Handle every row where one of `people` still appears; per person, `action:table.column` -> rows."""
+    """Handle every row where one of `people` still appears; per person, `action:table.column` -> rows.
+
+    `only`: the columns to read per table (those where the pass before the erasure found the batch);
+    all when None.
+    """
     held = held_people(cur)
     kept = kept_columns(policy)
     names = own_names(policy)
     out: dict[str, Counter[str]] = defaultdict(Counter)
-    hits = list(residue.scan_rows(cur, scanned_tables(cur, policy), index, subject_links(policy)))
+    hits = list(residue.scan_rows(cur, scanned_tables(cur, policy), index, subject_links(policy), only))
     for hit in hits:
         rule = policy.tables.get(hit.table.name)
         owner = str(hit.extra[0]) if hit.extra and hit.extra[0] is not None else None
@@ -121,18 +141,22 @@ def sweep(
 
 
 def left(
-    cur: psycopg2.extensions.cursor, policy: Policy, index: residue.Index, people: set[str]
+    cur: psycopg2.extensions.cursor,
+    policy: Policy,
+    index: residue.Index,
+    people: set[str],
+    only: dict[str, set[str]] | None = None,
 ) -> tuple[dict[str, int], dict[str, int]]:
     """After the sweep: (rows per `table.column` still holding the people, outside what is allowed; allowed rows).
 
-    Allowed: a column the policy keeps, and rows of someone under an active hold.
+    Allowed: a column the policy keeps, and rows of someone under an active hold. `only` as for `sweep`.
     """
     held = held_people(cur)
     kept = kept_columns(policy)
     names = own_names(policy)
     residue_left: Counter[str] = Counter()
     allowed: Counter[str] = Counter()
-    for hit in residue.scan_rows(cur, scanned_tables(cur, policy), index, subject_links(policy)):
+    for hit in residue.scan_rows(cur, scanned_tables(cur, policy), index, subject_links(policy), only):
         owner = str(hit.extra[0]) if hit.extra and hit.extra[0] is not None else None
         for name in _relevant(hit, people, owner, names):
             key = f"{hit.table.name}.{name}"

@@ -76,7 +76,11 @@ def in_transaction(
     prints = [p.footprint for p in people if p.footprint]
     scanned = None
     if prints:  # by value, anywhere: the scanner, not the plan's traversal
-        found, allowed = sweep.left(cur, policy, lethe_residue.PlainIndex(prints), {p.user_id for p in people})
+        # Only the columns where the pass before the erasure found the batch: nothing in this transaction
+        # writes an identifier (it deletes and masks), and the people's own rows are locked against new
+        # children, so the person can appear after the erasure only where they appeared before it.
+        only = sweep.scanned_columns(people)
+        found, allowed = sweep.left(cur, policy, lethe_residue.PlainIndex(prints), {p.user_id for p in people}, only)
         scanned = quality.zero_rows("erasure_residue_scan", found)
         summary["residue_scan"] = {"success": scanned.success, "failed": scanned.failed, "allowed": allowed}
     left.raise_if_failed()
