@@ -76,14 +76,20 @@ def _masked(index: residue.Index, column: residue.Column, value: str, only: set[
 
 
 def sweep(
-    cur: psycopg2.extensions.cursor, policy: Policy, index: residue.Index, people: set[str]
+    cur: psycopg2.extensions.cursor,
+    policy: Policy,
+    index: residue.Index,
+    people: set[str],
+    only_tables: set[str] | None = None,
 ) -> dict[str, dict[str, int]]:
-    """Handle every row where one of `people` still appears; per person, `action:table.column` -> rows."""
+    """Handle every row where one of `people` still appears (in `only_tables`, when given); per person,
+    `action:table.column` -> rows."""
     held = held_people(cur)
     kept = kept_columns(policy)
     names = own_names(policy)
     out: dict[str, Counter[str]] = defaultdict(Counter)
-    hits = list(residue.scan_rows(cur, scanned_tables(cur, policy), index, subject_links(policy)))
+    tables = [t for t in scanned_tables(cur, policy) if only_tables is None or t.name in only_tables]
+    hits = list(residue.scan_rows(cur, tables, index, subject_links(policy)))
     for hit in hits:
         rule = policy.tables.get(hit.table.name)
         owner = str(hit.extra[0]) if hit.extra and hit.extra[0] is not None else None
