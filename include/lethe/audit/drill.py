@@ -177,16 +177,18 @@ def drill_snapshot(
 
 
 def check_restored(db_url: str, target: str, policy: Any, key: bytes, info: dict[str, Any]) -> dict[str, int]:
-    """The audit's erasure checks and a foreign-key count over the restored database."""
+    """The audit's erasure checks (against the primary's tombstones) and a foreign-key count over the
+    restored database."""
     from lethe.audit import primary
     from lethe.backup import links
 
     tables = list(policy.tables)
     with transaction(db_url) as cur:
         expected = links.foreign_keys(cur, tables)
+        erased = primary.tombstones_of(cur)  # the live primary's: everyone erased so far, whatever the snapshot says
     with transaction(target) as cur:
-        residue = primary.erasure_residue(cur, policy, key)
-        scan, _ = primary.erasure_residue_scan(cur, policy, key)
+        residue = primary.erasure_residue(cur, policy, key, erased)
+        scan, _ = primary.erasure_residue_scan(cur, policy, key, erased)
         have = links.foreign_keys(cur, tables)
         declared = {fk.describe() for fk in have}
         missing = sorted(fk.describe() for fk in expected if fk.describe() not in declared)
