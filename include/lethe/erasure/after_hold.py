@@ -43,8 +43,9 @@ def waiting(cur: psycopg2.extensions.cursor) -> list[dict[str, Any]]:
         FROM erasure_requests r
         JOIN erasure_tombstones t ON t.subject_pseudonym = r.subject_pseudonym
         WHERE r.status = ANY(%s)
-          AND EXISTS (SELECT 1 FROM jsonb_each(coalesce(r.detail->'residue', '{}'::jsonb)) w
-                      WHERE w.key LIKE %s AND (w.value)::int > 0)
+          AND jsonb_typeof(r.detail->'residue') = 'object'
+          AND EXISTS (SELECT 1 FROM jsonb_each(r.detail->'residue') w
+                      WHERE w.key LIKE %s AND jsonb_typeof(w.value) = 'number' AND (w.value)::numeric > 0)
         ORDER BY r.received_at
         FOR UPDATE OF r SKIP LOCKED
         """,
