@@ -8,6 +8,7 @@ from typing import Any
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, TriggerRule, dag, task
 from lethe.assets import BACKUP_PROPAGATION_URI
 from lethe.audit import limits, runbook
+from lethe.config import BACKUP_REGIONS
 from lethe.dag_defaults import RUN_TIMEOUT, default_args
 
 DOC = f"""
@@ -33,6 +34,9 @@ that need the pseudonym key, S3 or the previous audit validate a frame of counts
 | `backups` | `manifest_mismatches.<region>` | every object a manifest names has its size and sha256 (S3 checksum) |
 | `backups` | `tombstones_not_applied.<region>` | no retained snapshot holds a row of an erased person |
 | `backups` | `erased_mentions_left.<region>` | no retained snapshot names an erased person in others' free text |
+| `restore_drill` | `restore_failed`, `erased_rows`, `erased_found_by_value`, `orphan_rows`, \
+`foreign_keys_missing` (each `.oldest`, `.newest`) | weekly: a region's oldest and newest snapshot restore \
+into a scratch database with no erased person and intact foreign keys (`skipped`: not due yet) |
 | `shares` | `<recipient>.<gate check>` | the latest release of each recipient still passes the release gate |
 | `ledger` | `ledger_chain_broken` | the ledger's hash chain verifies end to end |
 | `ledger` | `ledger_tail_missing` | every chain head anchored in the evidence bucket is still in the ledger |
@@ -50,7 +54,7 @@ Failures and overdue erasure requests raise an alert (table `audit_alerts`, and 
 Reruns are safe: the audit only reads, and a rerun replaces the run's row in `audit_runs`.
 """
 
-CHECKS = ("primary", "legal_holds", "backups", "shares", "ledger")
+CHECKS = ("primary", "legal_holds", "backups", "restore_drill", "shares", "ledger")
 
 
 @dag(
@@ -85,6 +89,28 @@ CHECKS = ("primary", "legal_holds", "backups", "shares", "ledger")
             minimum=1,
             title="Recovery-point objective (hours)",
             description="The newest complete snapshot in each backup region must be younger than this.",
+        ),
+        "restore_drill_days": Param(
+            limits.RESTORE_DRILL_DAYS,
+            type="number",
+            minimum=0,
+            title="Restore drill interval (days)",
+            description="The restore drill runs when the last drill that passed is older than this; 0: this run.",
+        ),
+        "restore_drill_region": Param(
+            None,
+            type=["null", "string"],
+            enum=[None, *BACKUP_REGIONS],
+            title="Restore drill region",
+            description="The backup region whose oldest and newest snapshot are restored; empty: the one drilled "
+            "longest ago.",
+        ),
+        "restore_drill_database": Param(
+            None,
+            type=["null", "string"],
+            pattern="^[a-z_][a-z0-9_]{0,62}$",
+            title="Restore drill scratch database",
+            description="Created and dropped on the primary's server; empty: <primary database>_restore_drill.",
         ),
     },
     default_args=default_args(retries=1, retry_minutes=2),
@@ -127,6 +153,17 @@ def compliance_audit() -> None:
         return check_backups(primary_url(), s3_endpoint_url(), pseudonym_key(), rpo_hours, audit_clock(params))
 
     @task
+    def restore_drill(params: dict[str, Any] | None = None, run_id: str | None = None) -> list[dict[str, Any]]:
+        """Weekly: the oldest and newest snapshot of one region restored into a scratch database and checked."""
+        from lethe.audit.run import audit_clock, check_restore_drill
+        from lethe.connections import primary_url, pseudonym_key, s3_endpoint_url
+
+        params = params or {}
+        return check_restore_drill(
+            primary_url(), s3_endpoint_url(), pseudonym_key(), audit_clock(params), run_id or "audit", params
+        )
+
+    @task
     def shares() -> list[dict[str, Any]]:
         """The release gate re-run on each recipient's latest release."""
         from lethe.audit.run import check_shares
@@ -160,7 +197,7 @@ def compliance_audit() -> None:
                 suites[task_id] = value
         return conclude(primary_url(), run_id or "", suites, held, s3_endpoint_url())
 
-    [primary(), legal_holds(), backups(), shares(), ledger()] >> verdict()
+    [primary(), legal_holds(), backups(), restore_drill(), shares(), ledger()] >> verdict()
 
 
 compliance_audit()

@@ -47,8 +47,10 @@ Tasks: `register` (the raw identifier goes into erasure_requests; only ids and c
 erasure_tombstones asset), `verify`, `processors` / `reach_processor` (one mapped task per
 processor of the policy, with retries and backoff; a processor still down keeps the request
 open), `certify` (certificate with every processor's receipt, then the identifier is forgotten),
-`deadlines` (alerts on overdue or failed requests, releases the run's requests, fails the run
-when one of its requests failed). Scheduled runs also send objections:
+`after_holds` (batch runs: a mention of an erased person in the row of someone under a legal
+hold is left for the hold; once the hold is released it is masked, and the request's record and
+certificate say so), `deadlines` (alerts on overdue or failed requests, releases the run's
+requests, fails the run when one of its requests failed). Scheduled runs also send objections:
 `objection_processors` / `reach_processor_for_objections` (docs/processors.md).
 
 **Reading the certificate**: open `certificates/<request_id>.md` in the evidence bucket (the
@@ -252,6 +254,25 @@ def subject_erasure() -> None:
         s3 = s3_client(PRIMARY_REGION, s3_endpoint_url())
         return tasks.certify_run(get_current_context()["run_id"], primary_url(), s3)
 
+    @task
+    def after_holds() -> dict[str, int]:
+        """Mentions an erasure left in a held person's rows, masked once that hold is released."""
+        from airflow.sdk.exceptions import AirflowSkipException
+        from lethe.config import PRIMARY_REGION
+        from lethe.connections import primary_url, pseudonym_key, s3_endpoint_url
+        from lethe.erasure import after_hold, tasks
+        from lethe.policy import load_policy
+        from lethe.storage import s3_client
+
+        ctx = get_current_context()
+        params = ctx["params"]
+        if params.get("identifier") or params.get("request_id"):
+            raise AirflowSkipException("released holds are looked at by the batch runs")
+        if tasks.is_dry(params, ctx["dag_run"]):
+            raise AirflowSkipException("dry run: nothing is masked")
+        s3 = s3_client(PRIMARY_REGION, s3_endpoint_url())
+        return after_hold.finish(primary_url(), load_policy(), pseudonym_key(), s3)
+
     @task(trigger_rule="all_done")
     def deadlines() -> dict[str, Any]:
         from lethe.connections import primary_url
@@ -279,8 +300,9 @@ def subject_erasure() -> None:
     certified = certify(verified)
     reached >> certified
     objected = reach_processor_for_objections.expand(processor=objection_processors())
-    certified >> deadlines()
-    [registered, planned, approve, erased, verified, targets, reached, certified, objected] >> run_failed()
+    released = after_holds()
+    [certified, released] >> deadlines()
+    [registered, planned, approve, erased, verified, targets, reached, certified, objected, released] >> run_failed()
 
 
 subject_erasure()

@@ -43,6 +43,7 @@ import pyarrow.compute as pc
 from psycopg2 import sql
 from pyarrow import csv as pa_csv
 
+from lethe import masking
 from lethe.policy import Policy
 from lethe.relations import policy_oids, regclass_literal, relation, subject_key_type
 
@@ -399,8 +400,7 @@ def redact_text(index: Index, text: str, only: set[str] | None = None) -> tuple[
         return text, 0
     whole = ip_key(text.strip())  # an inet's text form, 203.0.113.7/32
     if whole and new.split("/", 1)[0] == REPLACEMENT:
-        net = ipaddress.ip_network(f"{whole}/{24 if ipaddress.ip_address(whole).version == 4 else 48}", strict=False)
-        return str(net), n
+        return str(masking.truncate_ip(whole)), n
     if text.lstrip()[:1] in ("{", "[") and not _is_json(new) and _is_json(text):
         return json.dumps(_redact_json(index, json.loads(text), only), ensure_ascii=False), n
     return new, n

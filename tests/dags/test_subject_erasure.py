@@ -43,6 +43,17 @@ def _run(conf: dict[str, Any]) -> Any:
     return run_dag("subject_erasure", conf)
 
 
+def _rows_by_column(url: str) -> dict[str, list[dict[str, Any]]]:
+    """Every row of every platform table the people have rows in, by column name, in key order."""
+    out = {}
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        for t in people.ASHA_ROWS:
+            cur.execute(f"SELECT * FROM {t} ORDER BY 1")  # noqa: S608 - fixed table names
+            names = [d[0] for d in cur.description]
+            out[t] = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+    return out
+
+
 def _xcom_and_fields(run: Any) -> str:
     """Everything Airflow stored for the run besides its conf: XComs and rendered template fields."""
     from airflow.models.renderedtifields import RenderedTaskInstanceFields
@@ -311,3 +322,36 @@ def test_a_held_persons_mention_of_the_erased_person_is_left_for_the_hold(
     left = page.split("Left unchanged: rows of other people under an active legal hold", 1)[1]
     assert "- comments.body: 1 row(s)" in left
     _assert_no_pii(page, people.ASHA)
+
+    # The hold is released: the next batch run masks what waited for it (the mention, and her IP where
+    # Chitra's own rows share it), and nothing else.
+    waited = {k.split(":", 1)[1]: n for k, n in detail["residue"].items() if k.startswith("waiting_for_hold:")}
+    before = _rows_by_column(db_url)
+    _query(db_url, "UPDATE legal_holds SET released_at = now() WHERE hold_id = 301 RETURNING 1")
+    _run({"dry_run": False})
+    ((body,),) = _query(db_url, "SELECT body FROM comments WHERE comment_id = 301")
+    assert "asha.rao@example.com" not in body.lower() and "[erased]" in body
+    assert body.startswith("Asha (") and body.endswith(") saw the incident")
+    after = _rows_by_column(db_url)
+    for table, rows in before.items():
+        unchanged = {c for c in rows[0] if f"{table}.{c}" not in waited} if rows else set()
+        assert [{c: r[c] for c in unchanged} for r in after[table]] == [{c: r[c] for c in unchanged} for r in rows]
+        others = [r for r in rows if r.get("user_id") != 3]
+        assert [r for r in after[table] if r.get("user_id") != 3] == others  # nobody else's row changed
+    assert [r for r in after["comments"] if r["user_id"] == 3]  # Chitra's rows were there to compare
+    ((status, detail),) = _query(db_url, "SELECT status, detail FROM erasure_requests")
+    assert status == "certified"
+    assert "waiting_for_hold:comments.body" not in detail["residue"]
+    assert detail["residue"]["masked_after_hold:comments.body"] == 1
+    assert {k.split(":", 1)[1]: n for k, n in detail["residue"].items() if "_after_hold:" in k} == waited
+    assert detail["after_hold"]["completed_at"]
+    page = _s3_text(s3_endpoint, f"certificates/{rid}.md")
+    assert "Left unchanged" not in page
+    done = page.split("Completed after the legal hold's release", 1)[1]
+    assert "- comments.body: 1 row(s) masked" in done
+    _assert_no_pii(page, people.ASHA)
+    (payload,) = _query(db_url, "SELECT payload FROM ledger WHERE kind = 'erasure_after_hold'")[0]
+    assert payload["request_id"] == rid and payload["masked"]["masked_after_hold:comments.body"] == 1
+    # A later batch run finds nothing more to do.
+    _run({"dry_run": False})
+    assert _query(db_url, "SELECT count(*) FROM ledger WHERE kind = 'erasure_after_hold'") == [(1,)]

@@ -10,3 +10,5 @@ from __future__ import annotations
 STALE_AFTER_HOURS = 26.0
 # Backups: the newest complete snapshot of each region must be younger than this (nightly plus slack).
 RPO_HOURS = 26.0
+# The restore drill runs when the last drill that passed is older than this (weekly).
+RESTORE_DRILL_DAYS = 7.0

@@ -151,7 +151,7 @@ def check_holds(current: dict[str, dict[str, int]], previous: dict[str, dict[str
     )
 
 
-def _tombstones(cur: psycopg2.extensions.cursor) -> tuple[set[str], set[str]]:
+def tombstones_of(cur: psycopg2.extensions.cursor) -> tuple[set[str], set[str]]:
     cur.execute("SELECT subject_pseudonym, identifier_pseudonyms FROM erasure_tombstones")
     subjects: set[str] = set()
     identifiers: set[str] = set()
@@ -161,10 +161,16 @@ def _tombstones(cur: psycopg2.extensions.cursor) -> tuple[set[str], set[str]]:
     return subjects, identifiers
 
 
-def erasure_residue(cur: psycopg2.extensions.cursor, policy: Policy, key: bytes) -> dict[str, int]:
+def erasure_residue(
+    cur: psycopg2.extensions.cursor,
+    policy: Policy,
+    key: bytes,
+    tombstones: tuple[set[str], set[str]] | None = None,
+) -> dict[str, int]:
     """Rows still linked to an erased person, per table, and their identifiers left in subject tables
-    (matched by keyed pseudonym in Python: the database never gets the key)."""
-    subjects, identifier_pseudonyms = _tombstones(cur)
+    (matched by keyed pseudonym in Python: the database never gets the key). `tombstones`: (subject,
+    identifier pseudonyms) from elsewhere (the live primary's, for a restored copy); default: this database's."""
+    subjects, identifier_pseudonyms = tombstones or tombstones_of(cur)
     counts: dict[str, int] = {}
     linked = {t: r.subject for t, r in policy.tables.items() if r.subject is not None}
     # Pseudonyms are keyed HMACs, so the match runs here in Python over the subjects present.
@@ -229,7 +235,7 @@ def check_erasure(
 
 
 def erasure_residue_scan(
-    cur: psycopg2.extensions.cursor, policy: Policy, key: bytes
+    cur: psycopg2.extensions.cursor, policy: Policy, key: bytes, tombstones: tuple[set[str], set[str]] | None = None
 ) -> tuple[dict[str, int], dict[str, Any]]:
     """Rows where an erased person is still found by value, in any text-like column of any table.
 
@@ -239,7 +245,7 @@ def erasure_residue_scan(
     the policy keeps for kept rows (`erasure.keep`), rows of a person under an active legal hold
     (their redaction waits for the release), and Lethe's own erasure records.
     """
-    _, identifiers = _tombstones(cur)
+    _, identifiers = tombstones or tombstones_of(cur)
     found: dict[str, int] = {}
     allowed: dict[str, int] = {}
     if identifiers:

@@ -9,11 +9,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from lethe.audit.limits import RPO_HOURS, STALE_AFTER_HOURS
+from lethe.audit.limits import RESTORE_DRILL_DAYS, RPO_HOURS, STALE_AFTER_HOURS
 from lethe.db import transaction
 
 # The suites compliance_audit runs, by task id; conclude() reports a suite whose task died.
-SUITES = ("primary", "legal_holds", "backups", "shares", "ledger")
+SUITES = ("primary", "legal_holds", "backups", "restore_drill", "shares", "ledger")
 
 
 def audit_clock(params: dict[str, Any]) -> datetime:
@@ -81,6 +81,26 @@ def check_backups(
 
     return [
         check(db_url, endpoint_url, key, now or datetime.now(UTC), timedelta(hours=rpo_hours)).as_dict(validations=True)
+    ]
+
+
+def check_restore_drill(
+    db_url: str, endpoint_url: str | None, key: bytes, now: datetime, run_id: str, params: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The weekly restore drill (lethe.audit.drill), or its `skipped` check while the last one is recent."""
+    from lethe.audit.drill import run_drill
+
+    return [
+        run_drill(
+            db_url,
+            endpoint_url,
+            key,
+            now,
+            run_id,
+            interval_days=float(params.get("restore_drill_days", RESTORE_DRILL_DAYS)),
+            region=params.get("restore_drill_region") or None,
+            database=params.get("restore_drill_database") or None,
+        ).as_dict(validations=True)
     ]
 
 

@@ -85,6 +85,33 @@ ENTRIES: tuple[Entry, ...] = (
         "Run `backup_erasure_propagation`; do not restore from that region's snapshots until this passes.",
     ),
     Entry(
+        "restore_drill.skipped",
+        "Not a failure: the last restore drill passed less than `restore_drill_days` ago (the check says when).",
+        "Nothing; trigger compliance_audit with `restore_drill_days` 0 to drill now.",
+    ),
+    Entry(
+        "restore_drill.snapshots_missing",
+        "The drilled region has no complete snapshot to restore.",
+        "Run `backup_nightly` and check its run in that region.",
+    ),
+    Entry(
+        "restore_drill.restore_failed.*",
+        "That snapshot did not restore (checksum, load or verification); the details give the restore's reason.",
+        "Reproduce with `lethe restore --snapshot ID --region R --target NAME`; do not rely on that snapshot.",
+    ),
+    Entry(
+        "restore_drill.erased_*",
+        "A restore of that snapshot brings an erased person back (by subject link or by value).",
+        "Run `backup_erasure_propagation`, then drill again (`restore_drill_days` 0); until it passes, "
+        "restore only with `lethe restore`, which replays the live primary's tombstones.",
+    ),
+    Entry(
+        "restore_drill.*",
+        "A restore of that snapshot has rows whose foreign key finds no parent, or lost a foreign key "
+        "of the primary; the details name the keys.",
+        "Run `backup_erasure_propagation` (it cuts kept rows' links as the primary did) and drill again.",
+    ),
+    Entry(
         "shares.*",
         "A published release no longer passes the release gate (e.g. the policy's thresholds were raised).",
         "Withdraw it with `lethe sharing` and rerun `usage_sharing`.",

@@ -21,6 +21,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from psycopg2 import sql
 
+from lethe import masking
 from lethe.backup.layout import SUBJECT_COLUMN, bucket_of
 from lethe.pseudonym import subject_pseudonym
 from lethe.relations import regclass_literal, relation
@@ -39,7 +40,7 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
 
 # A manifest's strategy for a link re-pointed to the placeholder subject row carries the row's key:
 # `placeholder:<key>` (no personal data), so propagation and restore need no policy to apply it.
-PLACEHOLDER_PREFIX = "placeholder:"
+PLACEHOLDER_PREFIX = masking.PLACEHOLDER_PREFIX
 
 
 def manifest_strategies(columns: dict[str, str], placeholder: str | None) -> dict[str, str]:
@@ -203,29 +204,8 @@ class Erased:
         return self.deleted + self.pseudonymised
 
 
-def _truncate_ip(value: str | None) -> str | None:
-    if value is None:
-        return None
-    import ipaddress
-
-    net = ipaddress.ip_network(value.split("/")[0] + ("/24" if ":" not in value else "/48"), strict=False)
-    return str(net.network_address)
-
-
 def _apply_strategy(column: pa.ChunkedArray, mask: pa.Array, strategy: str, subjects: pa.Array) -> pa.Array:
-    col = column.combine_chunks()
-    if strategy in ("null", "pseudonym_link"):
-        return pc.if_else(mask, pa.nulls(len(col), col.type), col)
-    if strategy == "redact":
-        return pc.if_else(mask, pa.scalar("[erased]", col.type), col)
-    if strategy.startswith(PLACEHOLDER_PREFIX):  # a NOT NULL link re-pointed to the placeholder subject row
-        value = strategy.removeprefix(PLACEHOLDER_PREFIX)
-        return pc.if_else(mask, pa.scalar(value, pa.string()).cast(col.type), col)
-    if strategy == "truncate_ip":
-        values = col.to_pylist()
-        flags = mask.to_pylist()
-        return pa.array([_truncate_ip(v) if f else v for v, f in zip(values, flags, strict=True)], col.type)
-    raise ValueError(f"unknown masking strategy {strategy!r}")
+    return masking.arrow_value(strategy, column.combine_chunks(), mask)  # the primary's strategies (lethe.masking)
 
 
 def erase_subjects(

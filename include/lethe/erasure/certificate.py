@@ -80,6 +80,7 @@ def build(
         "retained": retained,
         "legal_holds": detail.get("legal_holds") or [],
         "checks": detail.get("checks") or {},
+        "after_hold": detail.get("after_hold") or {},
         "backup_propagation": {region: {"status": "pending"} for region in BACKUP_REGIONS},
         "processors": processors or {},
     }
@@ -142,7 +143,8 @@ def render_markdown(cert: dict[str, Any]) -> str:
         out += [f"- {column}: {n} row(s)" for column, n in sorted(redactions.items())]
     found = cert.get("residue_handled") or {}
     waiting = {w.split(":", 1)[1]: n for w, n in found.items() if w.startswith("waiting_for_hold:")}
-    handled = {w: n for w, n in found.items() if not w.startswith("waiting_for_hold:")}
+    after = {w: n for w, n in found.items() if w.split(":", 1)[0].endswith("_after_hold")}
+    handled = {w: n for w, n in found.items() if not w.startswith("waiting_for_hold:") and w not in after}
     if handled:
         out += ["", "Also found by value (the residue scanner) and handled:", ""]
         out += [f"- {what.replace(':', ' ', 1)}: {n} row(s)" for what, n in sorted(handled.items())]
@@ -154,6 +156,15 @@ def render_markdown(cert: dict[str, Any]) -> str:
             "",
         ]
         out += [f"- {column}: {n} row(s)" for column, n in sorted(waiting.items())]
+    if after:
+        record = cert.get("after_hold") or {}
+        when = record.get("completed_at") or record.get("last_at") or "-"
+        done = "Completed" if record.get("completed_at") else "Partly completed"
+        out += ["", f"{done} after the legal hold's release ({when}): rows of other people that waited for it:", ""]
+        out += [
+            f"- {what.split(':', 1)[1]}: {n} row(s) {what.split(':', 1)[0].removesuffix('_after_hold')}"
+            for what, n in sorted(after.items())
+        ]
     retained = cert.get("retained") or {}
     if retained:
         out += [

@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg2.extensions
 import psycopg2.extras
-from lethe import holds, ledger, residue
+from lethe import holds, ledger, masking, residue
 from lethe.db import table as lethe_table
 from lethe.erasure import discovery, sweep
 from lethe.erasure.discovery import ErasureGraphError, Graph
@@ -24,7 +24,7 @@ from lethe.pseudonym import pseudonym
 from lethe.relations import relation
 from psycopg2 import sql
 
-REDACTED = "[erased]"
+REDACTED = masking.ERASED
 TARGETS = sql.Identifier("lethe_erase_targets")
 KEPT_PSEUDONYMS = "kept_pseudonyms"  # Lethe's table of kept rows' pseudonyms (migration 095)
 
@@ -43,18 +43,16 @@ def _pseudonym_column(policy: Policy, table: str) -> str | None:
 
 
 def _strategy(column: str, strategy: str, placeholder: str | None = None) -> sql.Composable:
+    """`column = <masked value>` by lethe.masking (the same strategies backups and restores apply)."""
     col = sql.Identifier(column)
-    if strategy in ("null", "pseudonym_link"):
-        return sql.SQL("{} = NULL").format(col)
     if strategy == "placeholder":  # a NOT NULL link: re-pointed to the placeholder subject row
-        return sql.SQL("{} = {}").format(col, sql.Literal(placeholder))
-    if strategy == "redact":
-        return sql.SQL("{} = {}").format(col, sql.Literal(REDACTED))
-    if strategy == "truncate_ip":
-        return sql.SQL("{0} = network(set_masklen({0}, CASE WHEN family({0}) = 4 THEN 24 ELSE 48 END))::inet").format(
-            col
-        )
-    raise ErasureGraphError(f"unknown erasure strategy {strategy!r} for column {column}")
+        strategy = masking.PLACEHOLDER_PREFIX + str(placeholder)
+    if strategy == "unique_redact":
+        raise ErasureGraphError(f"unknown erasure strategy {strategy!r} for column {column}")
+    try:
+        return sql.SQL("{} = {}").format(col, masking.sql_value(strategy, col, replacement=REDACTED))
+    except masking.UnknownStrategy:
+        raise ErasureGraphError(f"unknown erasure strategy {strategy!r} for column {column}") from None
 
 
 def _counted(cur: psycopg2.extensions.cursor, query: sql.Composable) -> Counter[str]:

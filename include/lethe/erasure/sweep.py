@@ -93,17 +93,19 @@ def sweep(
     index: residue.Index,
     people: set[str],
     only: dict[str, set[str]] | None = None,
+    only_tables: set[str] | None = None,
 ) -> dict[str, dict[str, int]]:
     """Handle every row where one of `people` still appears; per person, `action:table.column` -> rows.
 
     `only`: the columns to read per table (those where the pass before the erasure found the batch);
-    all when None.
+    all when None. `only_tables`: the tables to read (after a hold's release); all when None.
     """
     held = held_people(cur)
     kept = kept_columns(policy)
     names = own_names(policy)
     out: dict[str, Counter[str]] = defaultdict(Counter)
-    hits = list(residue.scan_rows(cur, scanned_tables(cur, policy), index, subject_links(policy), only))
+    tables = [t for t in scanned_tables(cur, policy) if only_tables is None or t.name in only_tables]
+    hits = list(residue.scan_rows(cur, tables, index, subject_links(policy), only))
     for hit in hits:
         rule = policy.tables.get(hit.table.name)
         owner = str(hit.extra[0]) if hit.extra and hit.extra[0] is not None else None

@@ -27,7 +27,7 @@ from lethe.relations import ForeignKey, relation
 from psycopg2 import sql
 
 DELETING = ("delete", "drop_partitions")
-REDACTED = "[redacted]"
+REDACTED = "[redacted]"  # lethe.masking.REDACTED
 MAX_DEPTH = 8
 
 _TRUE = sql.SQL("true")
@@ -254,21 +254,19 @@ class Predicates:
 def anonymised_value(
     column: str, strategy: str, alias: str | None = None, subject: str | None = None
 ) -> sql.Composable:
-    """The SQL expression a column is rewritten to (`subject`: the table's subject column, for unique_redact)."""
+    """The SQL expression a column is rewritten to (`subject`: the table's subject column, for unique_redact);
+    the strategies are lethe.masking's, with retention's replacement text."""
+    from lethe import masking
+
+    if strategy not in ("null", "redact", "unique_redact", "truncate_ip"):
+        raise ValueError(
+            f"strategy {strategy!r} is not a retention anonymisation (use null, redact, unique_redact or truncate_ip)"
+        )
     col = sql.Identifier(alias, column) if alias else sql.Identifier(column)
-    if strategy == "null":
-        return sql.SQL("NULL")
-    if strategy == "redact":
-        return sql.Literal(REDACTED)
-    if strategy == "unique_redact":
-        if subject is None:
-            raise ValueError("unique_redact needs the table's subject column")
+    key = None
+    if subject is not None:
         key = sql.Identifier(alias, subject) if alias else sql.Identifier(subject)
-        # Unique as the subject key is, and no address or handle anyone can register (brackets, a space).
-        return sql.SQL("'[redacted ' || {}::text || ']'").format(key)
-    if strategy == "truncate_ip":
-        # /24 for IPv4, /48 for IPv6: the network, not the host.
-        return sql.SQL("network(set_masklen({}, CASE WHEN family({}) = 4 THEN 24 ELSE 48 END))::inet").format(col, col)
-    raise ValueError(
-        f"strategy {strategy!r} is not a retention anonymisation (use null, redact, unique_redact or truncate_ip)"
-    )
+    try:
+        return masking.sql_value(strategy, col, replacement=REDACTED, subject=key)
+    except masking.UnknownStrategy as exc:
+        raise ValueError(str(exc)) from None
