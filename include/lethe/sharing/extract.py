@@ -10,6 +10,10 @@ Rules (docs/sharing.md):
   account. `anonymous_visitors: exclude` in the policy leaves them out.
 - Usage events take region, device and browser from the person's first page
   view of that day (their "profile" for the day), or stay unknown.
+- Rows older than the policy's window name the person only by their keyed
+  pseudonym (retention cut the user id): they are matched to the consenting
+  people through pseudonyms computed here, in memory, for this extraction only,
+  so a person counts once whether their rows are linked or not.
 
 Only the columns the aggregate needs leave the database; IP addresses,
 languages, referrers, errors and visitor cookies never do (cookies are hashed
@@ -21,10 +25,14 @@ from __future__ import annotations
 import tempfile
 from datetime import datetime
 
+import psycopg2.extensions
+import psycopg2.extras
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from lethe.connections import pseudonym_key_or_local
 from lethe.db import connect
+from lethe.pseudonym import subject_pseudonym
 
 COLUMNS = {
     "unit": pa.int64(),  # counting key: user_id (> 0) or a hashed cookie (< 0); never published
@@ -44,29 +52,43 @@ consented AS (
     WHERE purpose = 'analytics' AND withdrawn_at IS NULL AND objected_at IS NULL
 )"""
 
-_USAGE = f"""
-WITH {_CONSENTED},
-profile AS (
-    SELECT DISTINCT ON (v.user_id, v.occurred_at::date)
-           v.user_id, v.occurred_at::date AS day, v.time_zone, v.device_type, v.browser, v.user_agent
-    FROM visitor_logs v JOIN consented c ON c.user_id = v.user_id AND v.occurred_at >= c.granted_at
+_CONSENTING = f"WITH {_CONSENTED} SELECT DISTINCT user_id FROM consented"  # noqa: S608 - constant SQL
+
+# A row's person: its user id, or the consenting person whose pseudonym it keeps (pg_temp.lethe_share_links).
+_VISITS = """
+visits AS (
+    SELECT v.*, coalesce(v.user_id, l.user_id) AS person
+    FROM visitor_logs v
+    LEFT JOIN pg_temp.lethe_share_links l ON v.user_id IS NULL AND l.pseudonym = v.subject_pseudonym
     WHERE v.occurred_at >= %(start)s AND v.occurred_at < %(end)s
-    ORDER BY v.user_id, v.occurred_at::date, v.occurred_at, v.log_id
+)"""
+
+_USAGE = f"""
+WITH {_CONSENTED}, {_VISITS},
+events AS (
+    SELECT e.*, coalesce(e.user_id, l.user_id) AS person
+    FROM usage_events e
+    LEFT JOIN pg_temp.lethe_share_links l ON e.user_id IS NULL AND l.pseudonym = e.subject_pseudonym
+    WHERE e.occurred_at >= %(start)s AND e.occurred_at < %(end)s
+),
+profile AS (
+    SELECT DISTINCT ON (v.person, v.occurred_at::date)
+           v.person, v.occurred_at::date AS day, v.time_zone, v.device_type, v.browser, v.user_agent
+    FROM visits v JOIN consented c ON c.user_id = v.person AND v.occurred_at >= c.granted_at
+    ORDER BY v.person, v.occurred_at::date, v.occurred_at, v.log_id
 )
-SELECT e.user_id AS unit, e.occurred_at::date AS day, 'usage' AS source, e.feature AS item, e.duration_ms,
+SELECT e.person AS unit, e.occurred_at::date AS day, 'usage' AS source, e.feature AS item, e.duration_ms,
        p.time_zone, p.device_type, p.browser, p.user_agent
-FROM usage_events e
-JOIN consented c ON c.user_id = e.user_id AND e.occurred_at >= c.granted_at
-LEFT JOIN profile p ON p.user_id = e.user_id AND p.day = e.occurred_at::date
-WHERE e.occurred_at >= %(start)s AND e.occurred_at < %(end)s
+FROM events e
+JOIN consented c ON c.user_id = e.person AND e.occurred_at >= c.granted_at
+LEFT JOIN profile p ON p.person = e.person AND p.day = e.occurred_at::date
 """  # noqa: S608 - constant SQL, values bound by psycopg2
 
 _PAGES = f"""
-WITH {_CONSENTED}
-SELECT v.user_id AS unit, v.occurred_at::date AS day, 'page' AS source, v.file_accessed AS item,
+WITH {_CONSENTED}, {_VISITS}
+SELECT v.person AS unit, v.occurred_at::date AS day, 'page' AS source, v.file_accessed AS item,
        NULL::integer AS duration_ms, v.time_zone, v.device_type, v.browser, v.user_agent
-FROM visitor_logs v JOIN consented c ON c.user_id = v.user_id AND v.occurred_at >= c.granted_at
-WHERE v.occurred_at >= %(start)s AND v.occurred_at < %(end)s
+FROM visits v JOIN consented c ON c.user_id = v.person AND v.occurred_at >= c.granted_at
 """  # noqa: S608 - constant SQL, values bound by psycopg2
 
 # A 60-bit slice of the cookie's md5, negated: disjoint from user ids, never leaves this process.
@@ -75,18 +97,38 @@ SELECT -1 - ('x' || substr(md5(v.visitor_id), 1, 15))::bit(60)::bigint AS unit, 
        'page' AS source, v.file_accessed AS item, NULL::integer AS duration_ms,
        v.time_zone, v.device_type, v.browser, v.user_agent
 FROM visitor_logs v
-WHERE v.user_id IS NULL AND v.occurred_at >= %(start)s AND v.occurred_at < %(end)s
+WHERE v.user_id IS NULL AND v.subject_pseudonym IS NULL AND v.occurred_at >= %(start)s AND v.occurred_at < %(end)s
 """
 
 
-def extract(url: str, start: datetime, end: datetime, *, anonymous_visitors: str = "by_visitor_id") -> pa.Table:
-    """The consented rows with occurred_at in [start, end), days in UTC, as an Arrow table."""
+def _links(cur: psycopg2.extensions.cursor, key: bytes) -> None:
+    """pg_temp.lethe_share_links: each consenting person's keyed pseudonym, gone when the session ends."""
+    cur.execute("CREATE TEMP TABLE lethe_share_links (user_id bigint NOT NULL, pseudonym text PRIMARY KEY)")
+    cur.execute(_CONSENTING)
+    people = [u for (u,) in cur.fetchall()]
+    rows = [(u, subject_pseudonym(key, u)) for u in people]
+    psycopg2.extras.execute_values(cur, "INSERT INTO lethe_share_links VALUES %s", rows, page_size=10_000)
+    cur.execute("ANALYZE lethe_share_links")
+
+
+def extract(
+    url: str,
+    start: datetime,
+    end: datetime,
+    *,
+    anonymous_visitors: str = "by_visitor_id",
+    key: bytes | None = None,
+) -> pa.Table:
+    """The consented rows with occurred_at in [start, end), days in UTC, as an Arrow table.
+
+    `key`: the pseudonym key (default: the lethe_pseudonym_key connection or the local demo key)."""
     queries = [_USAGE, _PAGES] + ([_ANONYMOUS] if anonymous_visitors == "by_visitor_id" else [])
     tables = []
     conn = connect(url)
     try:
         with conn.cursor() as cur:
             cur.execute("SET TIME ZONE 'UTC'")
+            _links(cur, key or pseudonym_key_or_local())
             for query in queries:
                 bound = cur.mogrify(query, {"start": start, "end": end}).decode()
                 # COPY through a temporary file: PostgreSQL's fastest way out, and not held twice in memory.
