@@ -485,7 +485,7 @@ def _cut_link_column(rule: Any) -> str | None:
 def pseudonymised_rows(cur: psycopg2.extensions.cursor, policy: Policy, people: Sequence[Footprint]) -> Findings:
     """Rows per person and `table.column` that name the person only by their keyed subject pseudonym
     (the link cut by retention): no text of them holds an identifier, yet they are the person's."""
-    owners = {p.pseudonym: str(p.user_id) for p in people if p.pseudonym}
+    owners = {p.pseudonym: p.user_id for p in people if p.pseudonym}  # keyed as the scan keys its findings
     out: dict[str, dict[str, int]] = defaultdict(dict)
     if not owners:
         return {}
