@@ -59,6 +59,17 @@ def pseudonym_key() -> bytes:
     return str(key).encode()
 
 
+def pseudonym_key_or_local() -> bytes:
+    """pseudonym_key(); outside Airflow with no LETHE_PSEUDONYM_KEY, the local demo key under LETHE_HOME
+    (made once, as `lethe demo` and `lethe up` do for the embedded primary)."""
+    try:
+        return pseudonym_key()
+    except ConfigurationError:
+        from lethe.airflow_env import local_pseudonym_key
+
+        return local_pseudonym_key().encode()
+
+
 def processor_credentials(conn_id: str) -> Any | None:
     """A processor's Airflow connection as lethe.processors.Credentials; None when it is not defined."""
     from lethe.processors.base import Credentials

@@ -45,6 +45,7 @@ from pyarrow import csv as pa_csv
 
 from lethe import masking
 from lethe.policy import Policy
+from lethe.pseudonym import subject_pseudonym
 from lethe.relations import policy_oids, regclass_literal, relation, subject_key_type
 
 DEFAULT_REGION = "IN"  # re:Skill's members: a number without country code is Indian
@@ -227,6 +228,7 @@ class Footprint:
 
     user_id: Any  # the subject key's value (as text from the eraser; any type the caller gives)
     values: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    pseudonym: str | None = None  # the keyed subject pseudonym, when the footprint was read with the key
 
     def add(self, kind: str, raw: Any) -> None:
         if raw is None:
@@ -430,15 +432,23 @@ def _redact_json(index: Index, value: Any, only: set[str] | None) -> Any:
 # --- footprints from the database -------------------------------------------------------------
 
 
-def footprints(cur: psycopg2.extensions.cursor, policy: Policy, user_ids: Sequence[Any]) -> list[Footprint]:
+def footprints(
+    cur: psycopg2.extensions.cursor, policy: Policy, user_ids: Sequence[Any], key: bytes | None = None
+) -> list[Footprint]:
     """Each person's footprint, from their own rows: identifiers, names, cookies and IPs.
 
     `user_ids`: subject key values (each footprint keeps the value as given); compared as text cast to the
-    key's own type, so the link columns' indexes serve.
+    key's own type, so the link columns' indexes serve. With the pseudonym `key`, rows whose subject link
+    a retention rule replaced by the keyed subject pseudonym count as the person's own rows too.
     """
     people = {str(uid): Footprint(uid) for uid in user_ids}
     if not people:
         return []
+    by_pseudonym: dict[str, str] = {}
+    if key:
+        for uid, person in people.items():
+            person.pseudonym = subject_pseudonym(key, uid)
+            by_pseudonym[person.pseudonym] = uid
     key_type = sql.SQL(subject_key_type(cur, policy))  # format_type() from the catalogue
     for table, rule in policy.tables.items():
         link = rule.subject or (policy.subject.key if table == policy.subject.table else None)
@@ -447,19 +457,56 @@ def footprints(cur: psycopg2.extensions.cursor, policy: Policy, user_ids: Sequen
         columns = [(c, FOOTPRINT_CLASSES[cls]) for c, cls in rule.columns.items() if cls in FOOTPRINT_CLASSES]
         if not columns:
             continue
+        cols = sql.SQL(", ").join(_as_text(sql.Identifier(c)) for c, _ in columns)
         cur.execute(
             sql.SQL("SELECT {link}::text, {cols} FROM {t} WHERE {link} = ANY(%s::text[]::{kt}[])").format(
-                link=sql.Identifier(link),
-                cols=sql.SQL(", ").join(_as_text(sql.Identifier(c)) for c, _ in columns),
-                t=relation(table),
-                kt=key_type,
+                link=sql.Identifier(link), cols=cols, t=relation(table), kt=key_type
             ),
             (list(people),),
         )
-        for row in cur.fetchall():
+        rows = cur.fetchall()
+        cut = _cut_link_column(rule)
+        if cut and by_pseudonym:
+            cur.execute(
+                sql.SQL("SELECT {c}, {cols} FROM {t} WHERE {c} = ANY(%s::text[])").format(
+                    c=sql.Identifier(cut), cols=cols, t=relation(table)
+                ),
+                (list(by_pseudonym),),
+            )
+            rows += [(by_pseudonym[r[0]], *r[1:]) for r in cur.fetchall()]
+        for row in rows:
             for (_, kind), value in zip(columns, row[1:], strict=True):
                 people[str(row[0])].add(kind, value)
     return list(people.values())
+
+
+def _cut_link_column(rule: Any) -> str | None:
+    """The pseudonym column of a table some retention rule cuts the subject link of (pseudonym_link)."""
+    if not any("pseudonym_link" in r.columns.values() for r in rule.retention):
+        return None
+    return next((c for c, cls in rule.columns.items() if cls == "pseudonym"), None)
+
+
+def pseudonymised_rows(cur: psycopg2.extensions.cursor, policy: Policy, people: Sequence[Footprint]) -> Findings:
+    """Rows per person and `table.column` that name the person only by their keyed subject pseudonym
+    (the link cut by retention): no text of them holds an identifier, yet they are the person's."""
+    owners = {p.pseudonym: p.user_id for p in people if p.pseudonym}  # keyed as the scan keys its findings
+    out: dict[str, dict[str, int]] = defaultdict(dict)
+    if not owners:
+        return {}
+    for table, rule in policy.tables.items():
+        cut = _cut_link_column(rule)
+        if not cut:
+            continue
+        cur.execute(
+            sql.SQL("SELECT {c}, count(*) FROM {t} WHERE {c} = ANY(%s::text[]) GROUP BY {c}").format(
+                c=sql.Identifier(cut), t=relation(table)
+            ),
+            (list(owners),),
+        )
+        for p, n in cur.fetchall():
+            out[owners[p]][f"{table}.{cut}"] = int(n)
+    return dict(out)
 
 
 def _as_text(column: sql.Composable) -> sql.Composable:
@@ -819,4 +866,7 @@ def scan(
         for column, owners in hit.owners.items():
             for owner in owners:
                 out[owner][f"{hit.table.name}.{column}"] += 1
+    if isinstance(index, PlainIndex):  # rows naming a person only by pseudonym hold no text of theirs
+        for owner, found in pseudonymised_rows(cur, policy, index.people).items():
+            out[owner].update({k: n for k, n in found.items() if k.split(".")[0] not in skipped})
     return {owner: dict(sorted(c.items())) for owner, c in out.items()}

@@ -108,14 +108,17 @@ CREATE INDEX IF NOT EXISTS sessions_expires_idx ON sessions (expires_at);
 -- High-volume event tables are range-partitioned by month (lethe.partitions).
 CREATE TABLE IF NOT EXISTS usage_events (
     event_id       bigint NOT NULL,
-    user_id        bigint NOT NULL REFERENCES accounts (user_id),
+    -- NULL once the event is older than the policy's window: subject_pseudonym then says whose it was
+    user_id        bigint REFERENCES accounts (user_id),
     occurred_at    timestamptz NOT NULL,
     feature        text NOT NULL,
     duration_ms    integer NOT NULL,
     storage_bytes  bigint NOT NULL DEFAULT 0,
+    subject_pseudonym text,  -- the person's keyed pseudonym (HMAC), written when user_id is cut
     PRIMARY KEY (event_id, occurred_at)
 ) PARTITION BY RANGE (occurred_at);
 CREATE INDEX IF NOT EXISTS usage_events_user_idx ON usage_events (user_id);
+CREATE INDEX IF NOT EXISTS usage_events_pseudonym_idx ON usage_events (subject_pseudonym);
 
 CREATE TABLE IF NOT EXISTS visitor_logs (
     log_id         bigint NOT NULL,
@@ -132,9 +135,11 @@ CREATE TABLE IF NOT EXISTS visitor_logs (
     error          text,
     os             text,
     time_zone      text,
+    subject_pseudonym text,  -- the person's keyed pseudonym (HMAC), written when user_id is cut
     PRIMARY KEY (log_id, occurred_at)
 ) PARTITION BY RANGE (occurred_at);
 CREATE INDEX IF NOT EXISTS visitor_logs_user_idx ON visitor_logs (user_id);
+CREATE INDEX IF NOT EXISTS visitor_logs_pseudonym_idx ON visitor_logs (subject_pseudonym);
 
 CREATE TABLE IF NOT EXISTS comments (
     comment_id  bigint PRIMARY KEY,

@@ -6,9 +6,12 @@ Each fact plants rows with its own SQL and returns the check; `says` is the asse
 
 from __future__ import annotations
 
-from datetime import datetime
+import hashlib
+import hmac
+from datetime import UTC, datetime, timedelta
 
 from clause_harness import (
+    NOW,
     YESTERDAY_EVENING,
     Cursor,
     Fact,
@@ -23,6 +26,8 @@ from clause_harness import (
     register,
     years_ago,
 )
+from lethe.connections import pseudonym_key_or_local
+from psycopg2 import sql
 
 # ---- 7. legal duties: accounts and tax records ------------------------------------------------
 
@@ -390,7 +395,7 @@ def raw_usage_kept_90_days(cur: Cursor):
     cur.execute(EVENT, (11012, 1101, days_ago(60)))
 
     def check(cur: Cursor) -> None:
-        expect(ids(cur, "SELECT event_id FROM usage_events WHERE user_id = 1101"), {11012})
+        expect(ids(cur, "SELECT event_id FROM usage_events WHERE event_id IN (11011, 11012)"), {11012})
 
     return check
 
@@ -411,7 +416,7 @@ def usage_gone_the_morning_after_analytics_objection(cur: Cursor):
     cur.execute(EVENT, (12021, 1202, days_ago(10)))
 
     def check(cur: Cursor) -> None:
-        expect(ids(cur, "SELECT user_id FROM usage_events WHERE user_id IN (1201, 1202)"), {1202})
+        expect(ids(cur, "SELECT event_id FROM usage_events WHERE event_id IN (12011, 12021)"), {12021})
 
     return check
 
@@ -450,7 +455,7 @@ def visitor_logs_kept_30_days(cur: Cursor):
     cur.execute(VISIT, (14012, 1401, "v-1401", days_ago(20), "198.51.100.8"))
 
     def check(cur: Cursor) -> None:
-        expect(ids(cur, "SELECT log_id FROM visitor_logs WHERE user_id = 1401"), {14012})
+        expect(ids(cur, "SELECT log_id FROM visitor_logs WHERE log_id IN (14011, 14012)"), {14012})
 
     return check
 
@@ -477,7 +482,8 @@ def usage_only_while_analytics_permitted(cur: Cursor):
     cur.execute(EVENT, (31031, 3103, YESTERDAY_EVENING))
 
     def check(cur: Cursor) -> None:
-        expect(ids(cur, "SELECT event_id FROM usage_events WHERE user_id BETWEEN 3101 AND 3103"), {31022, 31031})
+        got = ids(cur, "SELECT event_id FROM usage_events WHERE event_id IN (31011, 31021, 31022, 31031)")
+        expect(got, {31022, 31031})
 
     return check
 
@@ -531,6 +537,137 @@ def visitor_ip_truncated_after_analytics_objection(cur: Cursor):
         row = "SELECT host(ip_address), masklen(ip_address), user_agent FROM visitor_logs WHERE log_id = %s"
         expect(one(cur, row, 36011), ("198.51.100.0", 24, None), "objected")
         expect(one(cur, row, 36021), ("198.51.100.62", 32, "Mozilla/5.0 (X11; Linux x86_64)"), "permits")
+
+    return check
+
+
+def keyed_pseudonym(user_id: int) -> str:
+    """The person's keyed pseudonym as the contract defines it: HMAC-SHA256 of `user_id:<id>` with the
+    pseudonym key (the lethe_pseudonym_key connection, else the local key the purge also reads)."""
+    key = pseudonym_key_or_local()
+    return hmac.new(key, f"user_id:{user_id}".encode(), hashlib.sha256).hexdigest()
+
+
+NAMED_BY = (
+    # rows of tables holding a name that a value could be joined to: the account itself, and the tax
+    # records an erasure keeps under the same keyed pseudonym
+    "SELECT count(*) FROM accounts a WHERE a::text LIKE '%%' || %(v)s || '%%'",
+    "SELECT count(*) FROM invoices i WHERE i::text LIKE '%%' || %(v)s || '%%'",
+    "SELECT count(*) FROM payments p WHERE p::text LIKE '%%' || %(v)s || '%%'",
+)
+
+
+def unlinked(cur: Cursor, table: str, key: str, row_id: int) -> str:
+    """Assert the row has no user id, no join to an account, and a value no table with a name holds."""
+    query = sql.SQL("SELECT user_id, subject_pseudonym FROM {} WHERE {} = %s").format(
+        sql.Identifier(table), sql.Identifier(key)
+    )
+    user_id, pseudonym = one(cur, query.as_string(cur), row_id)
+    expect(user_id, None, f"{table} {row_id}: user id")
+    assert pseudonym and len(pseudonym) == 64 and int(pseudonym, 16) >= 0, f"{table} {row_id}: pseudonym {pseudonym!r}"
+    joined = sql.SQL("SELECT count(*) FROM {} t JOIN accounts a ON a.user_id = t.user_id WHERE t.{} = %s").format(
+        sql.Identifier(table), sql.Identifier(key)
+    )
+    expect(one(cur, joined.as_string(cur), row_id), (0,), f"{table} {row_id}: rows joined to an account")
+    for query in NAMED_BY:
+        cur.execute(query, {"v": pseudonym})
+        expect(cur.fetchone(), (0,), f"{table} {row_id}: {query.split(' FROM ')[1].split()[0]} rows holding it")
+    return pseudonym
+
+
+@fact(
+    "usage-not-named",
+    table="usage_events",
+    rules=["usage_events_unlinked"],
+    says="the next morning a usage event 25 hours old has no user id, no join to the accounts table and no value"
+    " any table with a name holds, only the person's keyed pseudonym (the same on their 47-hour-old event,"
+    " another on another person's); events 20 hours and 1 hour old still carry the user id",
+)
+def usage_not_associated_with_the_name_after_a_day(cur: Cursor):
+    account(cur, 3901)
+    account(cur, 3902)
+    consent(cur, 39019, 3901, "analytics")
+    consent(cur, 39029, 3902, "analytics")
+    for event_id, user_id, hours in ((39011, 3901, 25), (39012, 3901, 47), (39013, 3901, 20), (39014, 3901, 1)):
+        cur.execute(EVENT, (event_id, user_id, NOW - timedelta(hours=hours)))
+    cur.execute(EVENT, (39021, 3902, NOW - timedelta(hours=30)))
+
+    def check(cur: Cursor) -> None:
+        first, second, other = (unlinked(cur, "usage_events", "event_id", e) for e in (39011, 39012, 39021))
+        expect(first == second, True, "one person, one pseudonym")
+        expect(first == other, False, "two people, two pseudonyms")
+        named = "SELECT a.name FROM usage_events e JOIN accounts a ON a.user_id = e.user_id WHERE e.event_id = %s"
+        expect(one(cur, named, 39013), ("Person 3901",), "20 hours old")
+        expect(one(cur, named, 39014), ("Person 3901",), "1 hour old")
+
+    return check
+
+
+@fact(
+    "usage-not-named",
+    table="visitor_logs",
+    rules=["visitor_logs_unlinked"],
+    says="the next morning a signed-in visitor's log line 25 hours old has no user id, no join to the accounts"
+    " table and no value any table with a name holds; lines 20 hours and 1 hour old still carry the user id",
+)
+def visits_not_associated_with_the_name_after_a_day(cur: Cursor):
+    account(cur, 4001)
+    consent(cur, 40019, 4001, "analytics")
+    for log_id, hours in ((40011, 25), (40012, 20), (40013, 1)):
+        cur.execute(VISIT, (log_id, 4001, "v-4001", NOW - timedelta(hours=hours), "203.0.113.40"))
+
+    def check(cur: Cursor) -> None:
+        unlinked(cur, "visitor_logs", "log_id", 40011)
+        named = "SELECT a.name FROM visitor_logs v JOIN accounts a ON a.user_id = v.user_id WHERE v.log_id = %s"
+        expect(one(cur, named, 40012), ("Person 4001",), "20 hours old")
+        expect(one(cur, named, 40013), ("Person 4001",), "1 hour old")
+
+    return check
+
+
+PSEUDONYMISED_EVENT = (
+    "INSERT INTO usage_events (event_id, user_id, subject_pseudonym, occurred_at, feature, duration_ms)"
+    " VALUES (%s, NULL, %s, %s, 'editor', 1000)"
+)
+
+
+@fact(
+    "objection",
+    table="usage_events",
+    rules=["usage_after_analytics_objection"],
+    says="an objection to analytics yesterday evening reaches the person's events already tied only to their"
+    " keyed pseudonym (10 days old): gone the next morning; those of a person who permits analytics stay",
+)
+def objection_reaches_pseudonymised_usage(cur: Cursor):
+    account(cur, 4101)
+    account(cur, 4102)
+    consent(cur, 41011, 4101, "analytics", objected=YESTERDAY_EVENING)
+    consent(cur, 41021, 4102, "analytics")
+    cur.execute(PSEUDONYMISED_EVENT, (41011, keyed_pseudonym(4101), days_ago(10)))
+    cur.execute(PSEUDONYMISED_EVENT, (41021, keyed_pseudonym(4102), days_ago(10)))
+
+    def check(cur: Cursor) -> None:
+        expect(ids(cur, "SELECT event_id FROM usage_events WHERE event_id IN (41011, 41021)"), {41021})
+
+    return check
+
+
+@fact(
+    "litigation",
+    table="usage_events",
+    rules=["raw_usage_events"],
+    says="a legal hold keeps the person's usage events tied only to their keyed pseudonym, even past the 90"
+    " days (one from 2025-11-15); the same event of a person not under hold is gone",
+)
+def legal_hold_keeps_pseudonymised_usage(cur: Cursor):
+    account(cur, 4201)
+    account(cur, 4202)
+    hold(cur, 42019, 4201)
+    cur.execute(PSEUDONYMISED_EVENT, (42011, keyed_pseudonym(4201), datetime(2025, 11, 15, tzinfo=UTC)))
+    cur.execute(PSEUDONYMISED_EVENT, (42021, keyed_pseudonym(4202), datetime(2025, 11, 15, tzinfo=UTC)))
+
+    def check(cur: Cursor) -> None:
+        expect(ids(cur, "SELECT event_id FROM usage_events WHERE event_id IN (42011, 42021)"), {42011})
 
     return check
 

@@ -41,6 +41,10 @@ CLAUSES: dict[str, tuple[str, str]] = {
         "3. To Improve Our Offering Based On Your Usage",
         "However, collection of the data is done only if you permit the same.",
     ),
+    "usage-not-named": (
+        "3. To Improve Our Offering Based On Your Usage",
+        "It is important to note that we do not associate this data with your name.",
+    ),
     "cookies": (
         "Cookies And Other Similar Technologies",
         "Temporary cookies will be removed from your computer each time you close your browser.",

@@ -7,7 +7,10 @@ the policy's words (not from lethe.retention's predicate builder).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -75,6 +78,11 @@ EXPECTED_DELETED = {
 }
 
 
+def _rows(cur, query: str, **params: object) -> list[tuple]:
+    cur.execute(query, {"now": NOW, **params})
+    return cur.fetchall()
+
+
 def keys(cur, table: str, key: str, where: str = "true") -> set[int]:
     cur.execute(f"SELECT t.{key} FROM {table} t WHERE {where}", {"now": NOW})
     return {k for (k,) in cur.fetchall()}
@@ -118,6 +126,18 @@ def test_night_deletes_exactly_what_the_policy_says_and_keeps_held_rows(
         closed = cur.fetchall()
         cur.execute("SELECT email FROM accounts")
         emails = [e for (e,) in cur.fetchall()]
+        # Clause 3, "we do not associate this data with your name": usage and visitor rows of unheld people
+        # older than a day, with the account each belonged to.
+        linked = {
+            table: dict(
+                _rows(
+                    cur,
+                    f"SELECT t.{key}, t.user_id FROM {table} t WHERE t.user_id IS NOT NULL AND {UNHELD}"
+                    f" AND t.occurred_at < %(now)s - interval '24 hours'",
+                )
+            )
+            for table, key in (("usage_events", "event_id"), ("visitor_logs", "log_id"))
+        }
     assert sum(map(len, expected.values())) > 100, "the seed should give the night real work"
     assert sum(held_before.values()) > 0, "the seed should hold some people"
 
@@ -175,6 +195,32 @@ def test_night_deletes_exactly_what_the_policy_says_and_keeps_held_rows(
         assert not [u for u, email, username in closed if email in left or username in left], (
             "closed accounts past 30 days still hold their email or username"
         )
+        # and no usage or visitor row older than a day joinable to a name: the rows kept have no user id
+        # and only the keyed pseudonym (HMAC-SHA256 of `user_id:<id>`) of the account they belonged to.
+        key = json.loads(os.environ["AIRFLOW_CONN_LETHE_PSEUDONYM_KEY"])["password"].encode()
+        for table, key_column in (("usage_events", "event_id"), ("visitor_logs", "log_id")):
+            cur.execute(
+                f"SELECT count(*) FROM {table} t JOIN accounts a ON a.user_id = t.user_id"
+                f" WHERE t.occurred_at < %(now)s - interval '24 hours' AND {UNHELD}",
+                {"now": NOW},
+            )
+            assert cur.fetchone()[0] == 0, f"{table}: rows older than a day joinable to an account"
+            kept = dict(
+                _rows(
+                    cur,
+                    f"SELECT {key_column}, subject_pseudonym FROM {table} WHERE {key_column} = ANY(%(ids)s)",
+                    ids=list(linked[table]),
+                )
+            )
+            assert len(kept) > 20, f"{table}: the seed should keep some rows older than a day"
+            want = {k: hmac.new(key, f"user_id:{linked[table][k]}".encode(), hashlib.sha256).hexdigest() for k in kept}
+            assert kept == want, f"{table}: a row older than a day does not keep its person's keyed pseudonym"
+            cur.execute(
+                f"SELECT count(*) FROM {table} WHERE user_id IS NULL AND subject_pseudonym IS NOT NULL"
+                " AND occurred_at >= %(now)s - interval '24 hours'",
+                {"now": NOW},
+            )
+            assert cur.fetchone()[0] == 0, f"{table}: a row younger than a day lost its user id"
         cur.execute("SELECT payload FROM ledger WHERE kind = 'retention' ORDER BY entry_id")
         entries = [p for (p,) in cur.fetchall()]
         cur.execute("SELECT count(*) FROM retention_progress WHERE step = 'ledger'")

@@ -355,3 +355,34 @@ def test_a_held_persons_mention_of_the_erased_person_is_left_for_the_hold(
     # A later batch run finds nothing more to do.
     _run({"dry_run": False})
     assert _query(db_url, "SELECT count(*) FROM ledger WHERE kind = 'erasure_after_hold'") == [(1,)]
+
+
+def test_usage_rows_tied_only_to_the_pseudonym_are_erased_too(
+    db_url: str, s3_endpoint: str, airflow_home: Path
+) -> None:
+    """Usage older than the policy's window keeps only the person's keyed pseudonym (the user id cut by
+    retention_nightly): erasing the person finds and deletes those rows as well, and no one else's."""
+    people.insert_people(db_url)
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        for event_id, uid in ((9101, 1), (9102, 1), (9201, 2)):
+            cur.execute(
+                "INSERT INTO usage_events (event_id, user_id, subject_pseudonym, occurred_at, feature, duration_ms)"
+                " VALUES (%s, NULL, %s, now() - interval '3 days', 'quiz', 700)",
+                (event_id, _hmac("user_id", str(uid))),
+            )
+        for log_id, uid in ((9101, 1), (9201, 2)):
+            cur.execute(
+                "INSERT INTO visitor_logs (log_id, user_id, subject_pseudonym, visitor_id, occurred_at, ip_address)"
+                " VALUES (%s, NULL, %s, %s, now() - interval '3 days', '10.9.9.8')",
+                (log_id, _hmac("user_id", str(uid)), f"v-old-{uid}"),
+            )
+    _run({"identifier_kind": "email", "identifier": ASHA["email"], "dry_run": False})
+
+    assert _query(db_url, "SELECT event_id FROM usage_events WHERE event_id > 9000 ORDER BY 1") == [(9201,)]
+    assert _query(db_url, "SELECT log_id FROM visitor_logs WHERE log_id > 9000 ORDER BY 1") == [(9201,)]
+    assert _query(
+        db_url, "SELECT count(*) FROM usage_events WHERE subject_pseudonym = %s", (_hmac("user_id", "1"),)
+    ) == [(0,)]
+    ((counts,),) = _query(db_url, "SELECT counts FROM erasure_tombstones")
+    assert counts["usage_events"] == people.ASHA_ROWS["usage_events"] + 2
+    assert counts["visitor_logs"] == people.ASHA_ROWS["visitor_logs"] + 1

@@ -257,3 +257,31 @@ def test_kept_table_with_an_unnamed_personal_column_is_refused(db_url: str, tmp_
         p.startswith(f"{path}:") and "tables.invoices.erasure" in p and "billing_address" in p for p in problems
     ), problems
     assert not any("billing_name" in p for p in problems)
+
+
+def test_cutting_the_link_needs_the_pseudonym_column_in_the_company_schema(db_url: str) -> None:
+    """Lethe never adds columns to the company's tables: a rule replacing the user id by the keyed
+    pseudonym is refused, located and saying what to add, when the table has no column to hold it."""
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("ALTER TABLE usage_events DROP COLUMN subject_pseudonym")
+    problems = check(load_policy(), db_url)
+    lines = SHIPPED.splitlines()
+    rule = next(i for i, text in enumerate(lines, 1) if "name: usage_events_unlinked" in text)
+    want = (
+        f"{DEFAULT_POLICY_FILE}:{rule}: tables.usage_events.retention.3: rule usage_events_unlinked replaces the"
+        " subject link by the keyed pseudonym, written into usage_events.subject_pseudonym, which is not a column"
+        " in the database: add it (text) to usage_events in the company's schema (Lethe does not change the"
+        " company's tables)"
+    )
+    assert want in problems, problems
+
+
+def test_cutting_the_link_is_refused_on_a_table_without_a_pseudonym_column(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(SHIPPED.replace("subject_pseudonym: pseudonym, occurred_at", "occurred_at", 1))
+    with pytest.raises(PolicyError) as err:
+        load_policy(path)
+    assert (
+        "rule usage_events_unlinked: pseudonym_link writes the subject's keyed pseudonym into the table's column"
+        in str(err.value)
+    )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 import psycopg2
 from erasure_people import ASHA, BHAVIN, insert_people
 from lethe import residue
@@ -73,3 +76,37 @@ def test_one_pass_reads_each_table_once(db_url: str) -> None:
     read = {t.name for t in tables if t.name in after and after[t.name] - before.get(t.name, 0) == 1}
     assert {"accounts", "comments", "survey_responses", "sessions", "legal_holds"} <= read
     assert all(after[t] - before.get(t, 0) <= 1 for t in after)
+
+
+def test_rows_tied_only_to_the_keyed_pseudonym_are_the_persons(db_url: str) -> None:
+    """Rows whose user id retention replaced by the person's keyed pseudonym (HMAC-SHA256 of `user_id:<id>`)
+    hold no identifier of hers: with the key, the scanner still finds them, and her cookie in them."""
+    key = b"residue-test-key"
+    asha = hmac.new(key, f"user_id:{ASHA['user_id']}".encode(), hashlib.sha256).hexdigest()
+    bhavin = hmac.new(key, f"user_id:{BHAVIN['user_id']}".encode(), hashlib.sha256).hexdigest()
+    insert_people(db_url)
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO usage_events (event_id, user_id, subject_pseudonym, occurred_at, feature, duration_ms)"
+            " VALUES (911, NULL, %s, now() - interval '2 days', 'quiz', 10),"
+            " (912, NULL, %s, now() - interval '3 days', 'quiz', 10), (913, NULL, %s, now() - interval '2 days',"
+            " 'quiz', 10)",
+            (asha, asha, bhavin),
+        )
+        cur.execute(
+            "INSERT INTO visitor_logs (log_id, user_id, subject_pseudonym, visitor_id, occurred_at)"
+            " VALUES (911, NULL, %s, 'cookie-only-in-a-cut-row', now() - interval '2 days'),"
+            " (912, NULL, NULL, 'cookie-only-in-a-cut-row', now() - interval '2 days')",
+            (asha,),
+        )
+    policy = load_policy()
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        people = residue.footprints(cur, policy, [ASHA["user_id"], BHAVIN["user_id"]], key)
+        findings = residue.scan(cur, policy, residue.PlainIndex(people))
+        without_key = residue.scan(cur, policy, residue.PlainIndex(residue.footprints(cur, policy, [ASHA["user_id"]])))
+    assert findings[ASHA["user_id"]]["usage_events.subject_pseudonym"] == 2
+    assert findings[ASHA["user_id"]]["visitor_logs.subject_pseudonym"] == 1
+    assert findings[BHAVIN["user_id"]]["usage_events.subject_pseudonym"] == 1
+    # her cookie, known only from the cut row, is found in that row and in the anonymous one
+    assert findings[ASHA["user_id"]]["visitor_logs.visitor_id"] >= 2
+    assert "usage_events.subject_pseudonym" not in without_key.get(ASHA["user_id"], {})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import io
 import math
 import random
@@ -173,6 +175,37 @@ def test_withdrawn_or_objected_consent_leaves_the_release_unchanged(db_url: str)
     assert with_them.aggregate.rows_in == without.aggregate.rows_in
     pd.testing.assert_frame_equal(with_them.aggregate.cells, without.aggregate.cells)
     assert len(without.protected.frame) > 0
+
+
+def test_rows_tied_only_to_the_pseudonym_count_as_their_person(db_url: str) -> None:
+    """After a day retention cuts the user id and keeps the person's keyed pseudonym (HMAC-SHA256 of
+    `user_id:<id>`): the release counts the same people and events as while the rows were linked, and a
+    cut page view is never taken for an anonymous visitor."""
+    from lethe.connections import pseudonym_key_or_local
+
+    with transaction(db_url) as cur:
+        rows = Rows(cur)
+        crowd(rows, 1, 12)
+        crowd(rows, 50, 11, feature="forum")
+    linked = pipeline.build(db_url, EXACT, START, END)
+    key = pseudonym_key_or_local()
+    with transaction(db_url) as cur:
+        for table in ("usage_events", "visitor_logs"):
+            cur.execute(f"SELECT DISTINCT user_id FROM {table} WHERE user_id % 2 = 0")  # noqa: S608 - test constant
+            for (user_id,) in cur.fetchall():
+                cur.execute(
+                    f"UPDATE {table} SET user_id = NULL, subject_pseudonym = %s WHERE user_id = %s",  # noqa: S608
+                    (hmac.new(key, f"user_id:{user_id}".encode(), hashlib.sha256).hexdigest(), user_id),
+                )
+        cur.execute("SELECT count(*) FROM usage_events WHERE user_id IS NULL")
+        assert cur.fetchone()[0] > 20
+    cut = pipeline.build(db_url, EXACT, START, END)
+    pd.testing.assert_frame_equal(linked.aggregate.cells, cut.aggregate.cells)
+    assert linked.aggregate.rows_in == cut.aggregate.rows_in
+    frame = cut.protected.frame
+    quiz = frame[(frame["feature"] == "quiz") & (frame["source"] == "usage")]
+    assert int(quiz["people"].sum()) == 12 and int(quiz["events"].sum()) == 24
+    pd.testing.assert_frame_equal(linked.protected.frame, frame)
 
 
 def test_noisy_release_within_budget_then_the_next_is_refused(db_url: str, s3_endpoint: str) -> None:

@@ -194,6 +194,16 @@ def erasure_residue(
             )
             n = int(cur.fetchone()[0])  # type: ignore[index]
         counts[f"erased_subject_rows.{table}"] = n
+    for table, rule in policy.tables.items():
+        cut = rule.link_pseudonym  # rows whose link retention cut name their person by the pseudonym alone
+        if cut and subjects:
+            cur.execute(
+                sql.SQL("SELECT count(*) FROM {t} WHERE {c} = ANY(%s::text[])").format(
+                    t=relation(table), c=sql.Identifier(cut)
+                ),
+                (sorted(subjects),),
+            )
+            counts[f"erased_subject_rows.{table}"] += int(cur.fetchone()[0])  # type: ignore[index]
     counts["erased_identifiers_left"] = _identifiers_left(cur, policy, key, identifier_pseudonyms)
     return counts
 

@@ -136,7 +136,7 @@ def _anonymised(rule: RetentionRule, subject: str | None) -> str:
     parts = []
     for column, strategy in rule.columns.items():
         c = f"t.{_q(column)}"
-        if strategy == "null":
+        if strategy in ("null", "pseudonym_link"):  # pseudonym_link: the link cut, the pseudonym beside it
             parts.append(f"{c} IS NULL")
         elif strategy == "redact":
             parts.append(f"({c} IS NULL OR {c} = {_lit(REDACTED)})")

@@ -107,14 +107,25 @@ def export_table(cur: psycopg2.extensions.cursor, table: str, columns: list[Colu
 
 
 def with_subject(
-    frame: pa.Table, subject_column: str | None, key: bytes, cache: dict[int, str] | None = None
+    frame: pa.Table,
+    subject_column: str | None,
+    key: bytes,
+    cache: dict[int, str] | None = None,
+    cut_link: str | None = None,
 ) -> pa.Table:
     """Add the keyed pseudonym of each row's subject as SUBJECT_COLUMN (NULL when the row has none).
 
     The column is dictionary-encoded: one HMAC and one 64-character string per distinct
     subject, and per row only an index, which keeps the split and the Parquet encoding cheap.
-    `cache` carries the HMACs across the tables of one snapshot.
+    `cache` carries the HMACs across the tables of one snapshot. `cut_link`: the column holding the
+    subject's pseudonym in rows whose link retention cut (pseudonym_link): their subject, so they
+    share the person's bucket and an erasure's tombstone finds them.
     """
+    if cut_link is not None:
+        frame = with_subject(frame, subject_column, key, cache)
+        column = frame.column_names.index(SUBJECT_COLUMN)
+        both = pc.coalesce(frame.column(SUBJECT_COLUMN).cast(pa.string()), frame.column(cut_link))
+        return frame.set_column(column, SUBJECT_COLUMN, pc.dictionary_encode(both.combine_chunks()))
     if subject_column is None:
         return frame.append_column(SUBJECT_COLUMN, pa.nulls(frame.num_rows, pa.string()))
     cache = {} if cache is None else cache

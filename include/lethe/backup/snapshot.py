@@ -249,7 +249,8 @@ def _table_frame(
     if rule.subject is None and rule.erasure is not None:
         owner = relations.referenced_owner(policy, relations.foreign_keys(cur, policy.tables), table)
     if owner is None:
-        frame = frames.with_subject(frames.export_table(cur, table, columns), rule.subject, key, pseudonyms)
+        exported = frames.export_table(cur, table, columns)
+        frame = frames.with_subject(exported, rule.subject, key, pseudonyms, rule.link_pseudonym)
     else:  # a row the subject points to (an address): its owner is the one row pointing at it
         exported = frames.export_table(cur, table, [*columns, frames.Column(OWNER, "text", owner)])
         frame = frames.with_subject(exported, OWNER, key, pseudonyms).drop_columns([OWNER])

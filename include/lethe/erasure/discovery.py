@@ -140,10 +140,21 @@ def temp_name(table: str) -> sql.Identifier:
     return sql.Identifier(f"lethe_erase_{table}")
 
 
-def materialise(cur: psycopg2.extensions.cursor, graph: Graph, policy: Policy, owners: list[str]) -> dict[str, int]:
+def materialise(
+    cur: psycopg2.extensions.cursor,
+    graph: Graph,
+    policy: Policy,
+    owners: list[str],
+    pseudonyms: list[str] | None = None,
+) -> dict[str, int]:
     """Create lethe_erase_<table> (pk columns, owner) for each table, parents first, then for the tables
-    their rows point to (`graph.referenced`); return rows per table. Owners are subject key values as text."""
+    their rows point to (`graph.referenced`); return rows per table. Owners are subject key values as text.
+
+    `pseudonyms`: each owner's keyed subject pseudonym (same order): rows whose link a retention rule cut
+    (pseudonym_link) are found through it in the table's pseudonym column."""
     counts: dict[str, int] = {}
+    if pseudonyms is not None and len(pseudonyms) != len(owners):
+        raise ValueError("one pseudonym per owner")
     key = policy.subject.key
     for table in graph.tables:
         pk = graph.primary_keys[table]
@@ -155,6 +166,14 @@ def materialise(cur: psycopg2.extensions.cursor, graph: Graph, policy: Policy, o
                 sql.SQL(
                     "SELECT {pk}, t.{link}::text AS owner FROM {t} t WHERE t.{link} = ANY(%(owners)s::text[]::{kt}[])"
                 ).format(pk=pk_cols, link=sql.Identifier(link), t=relation(table), kt=sql.SQL(graph.key_type))
+            )
+        cut = policy.tables[table].link_pseudonym if table in policy.tables else None
+        if cut and pseudonyms:
+            sources.append(
+                sql.SQL(
+                    "SELECT {pk}, m.owner FROM {t} t JOIN unnest(%(owners)s::text[], %(pseudonyms)s::text[])"
+                    " AS m(owner, p) ON t.{c} = m.p"
+                ).format(pk=pk_cols, t=relation(table), c=sql.Identifier(cut))
             )
         for fk in graph.parents_of(table):
             if fk.parent == table:
@@ -183,7 +202,7 @@ def materialise(cur: psycopg2.extensions.cursor, graph: Graph, policy: Policy, o
                 "CREATE TEMP TABLE {e} ON COMMIT DROP AS"
                 " SELECT DISTINCT ON ({pk}) {pk}, owner FROM ({u}) s ORDER BY {pk}, owner"
             ).format(e=temp_name(table), pk=pk_plain, u=sql.SQL(" UNION ALL ").join(sources)),
-            {"owners": owners},
+            {"owners": owners, "pseudonyms": pseudonyms},
         )
         counts[table] = int(cur.rowcount)
     for table in graph.referenced:  # rows the erased rows point to: reached from their children
@@ -275,6 +294,7 @@ class Subject:
     # Per table, the columns where the batch's scanner pass before the erasure found anyone of the batch:
     # the sweep and the post-condition read only these (an erasure deletes and masks; it writes no identifier).
     scanned: dict[str, set[str]] | None = None
+    pseudonym: str | None = None  # the keyed subject pseudonym: finds rows whose link retention cut
 
     def search_terms(self) -> list[str]:
         """Spellings of the identifiers as they may appear in free text, lowercased."""

@@ -135,6 +135,7 @@ def build(
         if person.user_id in first_for:  # two requests in one batch name the same person
             work.outcome, work.same_as = "same_subject", first_for[person.user_id].request_id
             continue
+        person.pseudonym = work.pseudonym
         work.subject, work.outcome = person, "erased"
         first_for[person.user_id] = work
 
@@ -142,7 +143,7 @@ def build(
     holds = active_holds(cur, owners) if owners else {}
     per_owner: dict[str, dict[str, int]] = {}
     if owners:  # the scanner's footprint, before anything goes: what the dry run shows by table and column
-        prints = residue.footprints(cur, policy, owners)
+        prints = residue.footprints(cur, policy, owners, key)
         findings = residue.scan(cur, policy, residue.PlainIndex(prints))
         scanned = residue.found_columns(cur, policy, findings)
         for fp in prints:
@@ -151,7 +152,7 @@ def build(
             subject.footprint = fp
             subject.scanned = scanned
             first_for[fp.user_id].footprint = findings.get(fp.user_id, {})
-        discovery.materialise(cur, graph, policy, owners)
+        discovery.materialise(cur, graph, policy, owners, [subject_pseudonym(key, o) for o in owners])
         per_owner = discovery.rows_per_owner(cur, graph)
     erasing = [w.subject for w in first_for.values() if w.subject and w.subject.user_id not in holds]
     mentions = discovery.find_mentions(cur, graph, policy, [p for p in erasing if p is not None]) if erasing else {}

@@ -27,7 +27,9 @@ def residue(cur: psycopg2.extensions.cursor, policy: Policy, graph: Graph, peopl
     """Rows still pointing at the people, per check name (table and route)."""
     owners = [p.user_id for p in people]
     counts: dict[str, int] = {}
-    linked = discovery.materialise(cur, graph, policy, owners)  # the same traversal as the plan, run again
+    pseudonyms = [p.pseudonym for p in people if p.pseudonym]
+    # the same traversal as the plan, run again (with the pseudonyms that find rows whose link was cut)
+    linked = discovery.materialise(cur, graph, policy, owners, pseudonyms if len(pseudonyms) == len(owners) else None)
     for table, n in linked.items():
         counts[f"{table}.linked_by_key"] = n
     for kind in IDENTIFIER_CLASSES:

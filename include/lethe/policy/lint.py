@@ -228,6 +228,8 @@ def _impossible(policy: Policy, table: str, live: dict[str, LiveColumn], at: Any
                     f"{where}: rule {r.name} counts from {column!r}, which is {live[column].type},"
                     " not a timestamp or date"
                 )
+        if r.cuts_link:
+            problems += _link_problems(table, i, r.name, rule.link_pseudonym, live, at)
         for column, strategy in r.columns.items():
             if strategy in NULLING and column in live and live[column].not_null:
                 problems.append(
@@ -248,3 +250,23 @@ def _impossible(policy: Policy, table: str, live: dict[str, LiveColumn], at: Any
                 )
             )
     return problems
+
+
+def _link_problems(
+    table: str, i: int, rule: str, column: str | None, live: dict[str, LiveColumn], at: Any
+) -> list[str]:
+    """A rule that cuts the subject link writes the keyed pseudonym into a column of the company's table:
+    Lethe never adds columns to the company's tables, so the column must be there already, as text."""
+    where = f"{at('tables', table, 'retention', i)}: tables.{table}.retention.{i}"
+    if column is None or column not in live:
+        return [
+            f"{where}: rule {rule} replaces the subject link by the keyed pseudonym, written into "
+            f"{table}.{column}, which is not a column in the database: add it (text) to {table} in the "
+            "company's schema (Lethe does not change the company's tables)"
+        ]
+    if live[column].type not in ("text", "character varying"):
+        return [
+            f"{where}: rule {rule} writes the keyed pseudonym (64 hex characters) into {table}.{column}, "
+            f"which is {live[column].type}, not text"
+        ]
+    return []

@@ -74,6 +74,8 @@ CONSENT_PURPOSES = ("updates", "third_party", "analytics", "security", "marketin
 # re-pointed to the policy's placeholder subject row and the pseudonym kept (in Lethe's schema if the table has
 # no pseudonym column).
 # unique_redact: "[redacted <subject key>]" for a unique NOT NULL column (email, username): names no one.
+# In a retention rule (action anonymise), pseudonym_link on the table's subject column cuts the link after the
+# rule's window and writes the subject's keyed pseudonym into the table's `pseudonym` column instead.
 Strategy = Literal["null", "redact", "unique_redact", "truncate_ip", "pseudonym_link", "placeholder"]
 LINK_STRATEGIES = ("pseudonym_link", "placeholder")
 
@@ -157,6 +159,11 @@ class RetentionRule(_Strict):
         if self.action != "anonymise" and self.columns:
             raise ValueError(f"`columns` only applies to action anonymise, not {self.action}")
         return self
+
+    @property
+    def cuts_link(self) -> bool:
+        """The rule replaces the subject link by the subject's keyed pseudonym (strategy pseudonym_link)."""
+        return "pseudonym_link" in self.columns.values()
 
     @property
     def event(self) -> str | None:
@@ -255,7 +262,31 @@ class TableRule(_Strict):
                 raise ValueError(f"rule {rule.name}: {rule.after} needs a `subject` link")
             if rule.unless_consent and rule.action == "drop_partitions":
                 raise ValueError(f"rule {rule.name}: `unless_consent` picks rows, so it cannot drop whole partitions")
+            if rule.cuts_link:
+                self._link_rule(rule)
         return self
+
+    def _link_rule(self, rule: RetentionRule) -> None:
+        """A rule cutting the subject link: on the subject column, into the table's one pseudonym column."""
+        cut = [c for c, s in rule.columns.items() if s == "pseudonym_link"]
+        if self.subject is None or cut != [self.subject]:
+            raise ValueError(f"rule {rule.name}: pseudonym_link cuts the subject link, so only the `subject` column")
+        if rule.event or rule.unless_consent:
+            raise ValueError(f"rule {rule.name}: pseudonym_link counts from a time of the row (its window)")
+        pseudonyms = [c for c, cls in self.columns.items() if cls == "pseudonym"]
+        if len(pseudonyms) != 1:
+            raise ValueError(
+                f"rule {rule.name}: pseudonym_link writes the subject's keyed pseudonym into the table's column "
+                f"of class pseudonym: classify exactly one column so (found {len(pseudonyms)})"
+            )
+
+    @property
+    def link_pseudonym(self) -> str | None:
+        """The column a retention rule writes the subject's keyed pseudonym into when it cuts the link, if any:
+        rows found through it belong to the subject whose pseudonym it holds."""
+        if not any(r.cuts_link for r in self.retention):
+            return None
+        return next(c for c, cls in self.columns.items() if cls == "pseudonym")
 
 
 class Backups(_Strict):

@@ -85,6 +85,15 @@ CLAUSES = (
         ("tests/dags/test_airflow_metadata_cleanup.py", "tests/e2e/test_real_scheduler.py"),
     ),
     Clause(
+        "we do not associate this data with your name (after a day, usage keeps only a keyed pseudonym)",
+        "retention_nightly, subject_erasure, usage_sharing",
+        (
+            "tests/dags/test_retention_nightly.py",
+            "tests/dags/test_subject_erasure.py",
+            "tests/dags/test_usage_sharing.py",
+        ),
+    ),
+    Clause(
         "we may share this information in an aggregated anonymous form",
         "usage_sharing",
         ("tests/dags/test_usage_sharing.py",),

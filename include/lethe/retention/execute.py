@@ -30,6 +30,7 @@ from lethe import ledger
 from lethe.db import DatabaseError, connect, table
 from lethe.holds import HOLDS, active_keys
 from lethe.policy import Policy
+from lethe.pseudonym import subject_pseudonym
 from lethe.relations import relation
 from lethe.retention.catalog import EXPIRED_SUFFIX, column_types, expired_marker
 from lethe.retention.plan import PartitionPlan, Plan, RulePlan
@@ -167,15 +168,17 @@ def _drop_partition(
             conn.commit()
             return
         held = preds.held_where(rp.table, "t")
+        params = preds.params()
         cur.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(old))  # no writes slip in while held rows move
-        cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} t WHERE {})").format(old, held))
+        cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} t WHERE {})").format(old, held), params)
         has_held = bool(cur.fetchone()[0])  # type: ignore[index]
         if has_held:
             # Indexes are built now, on the few held rows, so ATTACH below only adopts them.
             cur.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(keep, parent))
             columns = sql.SQL(", ").join(sql.Identifier(c) for c in column_types(cur, rp.table))
             cur.execute(
-                sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} t WHERE {}").format(keep, columns, columns, old, held)
+                sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} t WHERE {}").format(keep, columns, columns, old, held),
+                params,
             )
         cur.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(parent, old))
         cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(old, expired))
@@ -219,16 +222,58 @@ def _held_ids(cur: psycopg2.extensions.cursor) -> list[str]:
 def _statement(preds: Predicates, rp: RulePlan, rule: Any, key_range: sql.Composable) -> sql.Composable:
     table = relation(rp.table)
     if rp.action == "anonymise":
-        sets = sql.SQL(", ").join(
-            sql.SQL("{} = {}").format(
-                sql.Identifier(c), anonymised_value(c, s, "t", preds.policy.tables[rp.table].subject)
-            )
+        subject = preds.policy.tables[rp.table].subject
+        sets = [
+            sql.SQL("{} = {}").format(sql.Identifier(c), anonymised_value(c, s, "t", subject))
             for c, s in rp.columns.items()
-        )
+        ]
+        if rule.cuts_link:
+            # The link goes, the subject's keyed pseudonym (computed here, per batch: _cut_links) stays.
+            column = preds.policy.tables[rp.table].link_pseudonym
+            assert column is not None and subject is not None  # the model requires both for pseudonym_link
+            sets.append(sql.SQL("{} = m.p").format(sql.Identifier(column)))
+            return sql.SQL(
+                "UPDATE {} t SET {} FROM unnest(%(cut_subjects)s::text[], %(cut_pseudonyms)s::text[]) AS m(k, p)"
+                " WHERE t.{} = m.k::{} AND {} AND {}"
+            ).format(
+                table,
+                sql.SQL(", ").join(sets),
+                sql.Identifier(subject),
+                sql.SQL(preds.key_type),
+                key_range,
+                preds.matched(rp.table, rule),
+            )
         return sql.SQL("UPDATE {} t SET {} WHERE {} AND {}").format(
-            table, sets, key_range, preds.matched(rp.table, rule)
+            table, sql.SQL(", ").join(sets), key_range, preds.matched(rp.table, rule)
         )
     return sql.SQL("DELETE FROM {} t WHERE {} AND {}").format(table, key_range, preds.matched(rp.table, rule))
+
+
+def _batch_params(
+    cur: psycopg2.extensions.cursor,
+    preds: Predicates,
+    rp: RulePlan,
+    rule: Any,
+    key_range: sql.Composable,
+    params: dict[str, Any],
+) -> dict[str, Any]:
+    """The batch's parameters: held people read now (by key and by pseudonym) and, for a rule cutting
+    the subject link, the pseudonyms of the subjects of the batch's rows, computed in memory."""
+    held = _held_ids(cur)
+    params = {**params, "held_ids": held, "held_pseudonyms": preds.links.held_pseudonyms(held)}
+    if not rule.cuts_link:
+        return params
+    subject = preds.policy.tables[rp.table].subject
+    assert subject is not None
+    cur.execute(
+        sql.SQL("SELECT DISTINCT t.{}::text FROM {} t WHERE {} AND {}").format(
+            sql.Identifier(subject), relation(rp.table), key_range, preds.matched(rp.table, rule)
+        ),
+        params,
+    )
+    keys = [k for (k,) in cur.fetchall() if k is not None]
+    assert preds.links.key is not None  # links.load reads the key whenever a rule cuts a link
+    return {**params, "cut_subjects": keys, "cut_pseudonyms": [subject_pseudonym(preds.links.key, k) for k in keys]}
 
 
 def execute_rule(
@@ -370,11 +415,12 @@ def _batches(
         assert rp.key_min is not None and rp.key_max is not None
         lo = int(last) + 1 if last is not None else rp.key_min
         width = batch_size
-        ranged = _statement(preds, rp, rule, sql.SQL("{} BETWEEN %(lo)s AND %(hi)s").format(key))
+        between = sql.SQL("{} BETWEEN %(lo)s AND %(hi)s").format(key)
+        ranged = _statement(preds, rp, rule, between)
         while lo <= rp.key_max:
             hi = min(lo + width - 1, rp.key_max)
             started = time.perf_counter()
-            cur.execute(ranged, {**params, "held_ids": _held_ids(cur), "lo": lo, "hi": hi})
+            cur.execute(ranged, _batch_params(cur, preds, rp, rule, between, {**params, "lo": lo, "hi": hi}))
             n = cur.rowcount
             _advance(cur, plan_id, rp.rule, "batches", n, hi, hi >= rp.key_max)
             conn.commit()
@@ -403,8 +449,9 @@ def _batches(
         row = cur.fetchone()
         top = row[0] if row else None
         upper = sql.SQL("{} <= %(hi)s").format(key) if top is not None else sql.SQL("true")
-        statement = _statement(preds, rp, rule, sql.SQL("{} AND {}").format(after, upper))
-        cur.execute(statement, {**params, "held_ids": _held_ids(cur), "lo": last, "hi": top})
+        key_range = sql.SQL("{} AND {}").format(after, upper)
+        statement = _statement(preds, rp, rule, key_range)
+        cur.execute(statement, _batch_params(cur, preds, rp, rule, key_range, {**params, "lo": last, "hi": top}))
         n = cur.rowcount
         _advance(cur, plan_id, rp.rule, "batches", n, top if top is not None else last, top is None)
         conn.commit()

@@ -17,7 +17,7 @@ from lethe import holds
 from lethe.db import ConfigurationError
 from lethe.policy import Policy, RetentionRule, load_policy
 from lethe.relations import ForeignKey, relation
-from lethe.retention import catalog
+from lethe.retention import catalog, links
 from lethe.retention.predicates import DELETING, Predicates, anonymised_value
 from psycopg2 import sql
 
@@ -114,7 +114,8 @@ class Plan:
     def predicates(self, policy: Policy, cur: psycopg2.extensions.cursor, held_ids_param: bool = False) -> Predicates:
         cutoffs = {rp.rule: datetime.fromisoformat(rp.cutoff) for rp in self.rules}
         key_type = holds.key_type(cur, policy)
-        return Predicates(policy, cutoffs, catalog.foreign_keys(cur, policy.tables), cutoffs, held_ids_param, key_type)
+        fks = catalog.foreign_keys(cur, policy.tables)
+        return Predicates(policy, cutoffs, fks, cutoffs, held_ids_param, key_type, links.load(cur, policy))
 
     def lines(self) -> list[str]:
         """The dry run: one line per rule with its counts."""
@@ -133,6 +134,12 @@ class Plan:
             )
         out.append(f"total: {sum(rp.rows for rp in self.rules)} rows in {len(self.rules)} rules")
         return out
+
+
+def _waits_for_sharing(rule: RetentionRule) -> bool:
+    """Raw usage not yet aggregated by usage_sharing is kept until it is: rules with a clock on the row
+    only (rows collected without consent are never aggregated; cut-link rows are, through the pseudonym)."""
+    return rule.event is None and not rule.unless_consent and not rule.cuts_link
 
 
 def _validate(policy: Policy, cur: psycopg2.extensions.cursor, table: str, rule: RetentionRule) -> None:
@@ -219,14 +226,13 @@ def build_plan(
     for table, rule in chosen:
         _validate(policy, cur, table, rule)
         rule_cutoffs[rule.name] = now - rule.keep.to_timedelta()
-        # Raw usage not yet aggregated by usage_sharing is kept until it is (a clock on the row only;
-        # rows collected without consent are never aggregated, so they do not wait).
-        clamp = watermarks.get(table) if rule.event is None and not rule.unless_consent else None
+        clamp = watermarks.get(table) if _waits_for_sharing(rule) else None
         cutoffs[rule.name] = min(rule_cutoffs[rule.name], clamp) if clamp else rule_cutoffs[rule.name]
         if cutoffs_as_run and rule.name in cutoffs_as_run:
             rule_cutoffs[rule.name] = cutoffs[rule.name] = cutoffs_as_run[rule.name]
     fks = catalog.foreign_keys(cur, policy.tables)
-    preds = Predicates(policy, cutoffs, fks, cutoffs, key_type=holds.key_type(cur, policy))
+    key_type = holds.key_type(cur, policy)
+    preds = Predicates(policy, cutoffs, fks, cutoffs, key_type=key_type, links=links.load(cur, policy))
     stages = _stages(policy, fks, set(cutoffs))
     params = preds.params()
 
@@ -242,7 +248,8 @@ def build_plan(
                 cur.execute(
                     sql.SQL("SELECT count(*) FILTER (WHERE NOT {h}), count(*) FILTER (WHERE {h}) FROM {p} t").format(
                         h=preds.held(table, "t"), p=sql.Identifier(name)
-                    )
+                    ),
+                    params,
                 )
                 rows, held = cur.fetchone()  # type: ignore[misc]
                 partitions.append(PartitionPlan(name, "", "", rows, held, detached=True))
@@ -252,7 +259,8 @@ def build_plan(
                 cur.execute(
                     sql.SQL("SELECT count(*) FILTER (WHERE NOT {h}), count(*) FILTER (WHERE {h}) FROM {p} t").format(
                         h=preds.held(table, "t"), p=sql.Identifier(part.name)
-                    )
+                    ),
+                    params,
                 )
                 rows, held = cur.fetchone()  # type: ignore[misc]
                 boundary = part.upper
@@ -296,9 +304,7 @@ def build_plan(
                 stage=stages.get(table, 0) if rule.action in DELETING else 0,
                 rule_cutoff=rule_cutoffs[rule.name].isoformat(),
                 cutoff=cutoffs[rule.name].isoformat(),
-                watermark=watermarks[table].isoformat()
-                if table in watermarks and rule.event is None and not rule.unless_consent
-                else None,
+                watermark=watermarks[table].isoformat() if table in watermarks and _waits_for_sharing(rule) else None,
                 columns=dict(rule.columns),
                 key=key,
                 integer_key=integer_key,

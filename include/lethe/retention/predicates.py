@@ -13,6 +13,10 @@ For a rule on table T, a row is acted on when it is
 
 Cutoffs and consent purposes are query parameters (`params()`); identifiers
 from the policy are quoted with sql.Identifier.
+
+A row whose subject link a rule already cut (pseudonym_link) is still its
+subject's: event clocks and holds recognise it through its keyed pseudonym
+(lethe.retention.links, the pseudonyms as parameters).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 from lethe import holds
 from lethe.policy import Policy, RetentionRule
 from lethe.relations import ForeignKey, relation
+from lethe.retention.links import Links
 from psycopg2 import sql
 
 DELETING = ("delete", "drop_partitions")
@@ -47,6 +52,7 @@ class Predicates:
         active: Iterable[str],
         held_ids_param: bool = False,
         key_type: str = "bigint",
+        links: Links | None = None,
     ) -> None:
         """`held_ids_param`: held people come as the %(held_ids)s parameter (the executor reads them
         under a lock per batch), a constant array being cheaper per row than a subquery.
@@ -57,9 +63,11 @@ class Predicates:
         self.fks = foreign_keys
         self.active = set(active)
         self.held_ids_param = held_ids_param
+        self.links = links or Links()
 
     def params(self) -> dict[str, Any]:
         params: dict[str, Any] = {f"c_{name}": cutoff for name, cutoff in self.cutoffs.items()}
+        params.update(self.links.params())
         for _, rule in self.policy.rules():
             if rule.consent_purpose:
                 params[f"p_{rule.name}"] = rule.consent_purpose
@@ -74,10 +82,30 @@ class Predicates:
         column = self.policy.tables[table].subject
         return sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(column)) if column else None
 
+    def _whose(self, table: str, alias: str) -> sql.Composable | None:
+        """The row's subject key: its link, or, once a rule cut it, the key whose pseudonym the row keeps
+        (among the people the run must recognise: lethe.retention.links)."""
+        subject = self._subject(table, alias)
+        column = self.policy.tables[table].link_pseudonym
+        if subject is None or column is None:
+            return subject
+        return sql.SQL(
+            "coalesce({s}, (SELECT m.k::{kt} FROM unnest(%(link_subjects)s::text[], %(link_pseudonyms)s::text[])"
+            " AS m(k, p) WHERE m.p = {a}.{c} LIMIT 1))"
+        ).format(s=subject, kt=sql.SQL(self.key_type), a=sql.Identifier(alias), c=sql.Identifier(column))
+
+    def _held_pseudonym(self, table: str, alias: str) -> sql.Composable:
+        column = self.policy.tables[table].link_pseudonym
+        if column is None:
+            return sql.SQL("false")
+        return sql.SQL("coalesce({}.{} = ANY(%(held_pseudonyms)s::text[]), false)").format(
+            sql.Identifier(alias), sql.Identifier(column)
+        )
+
     def expired(self, table: str, rule: RetentionRule, alias: str) -> sql.Composable:
         """The rule's clock started before its cutoff (never NULL, so it can be negated safely)."""
         cutoff = sql.Placeholder(f"c_{rule.name}")
-        subject = self._subject(table, alias) or sql.SQL("NULL")  # the model requires a subject for events
+        subject = self._whose(table, alias) or sql.SQL("NULL")  # the model requires a subject for events
         if rule.event == "account_closed":
             clock = self.policy.clock_account_closed()
             inner = sql.SQL("EXISTS (SELECT 1 FROM {} s WHERE s.{} = {} AND s.{} < {})").format(
@@ -145,18 +173,22 @@ class Predicates:
         if subject is None:
             return sql.SQL("false")
         if self.held_ids_param:
-            return sql.SQL("coalesce({} = ANY(%(held_ids)s::text[]::{}[]), false)").format(
-                subject, sql.SQL(self.key_type)
+            return sql.SQL("(coalesce({} = ANY(%(held_ids)s::text[]::{}[]), false) OR {})").format(
+                subject, sql.SQL(self.key_type), self._held_pseudonym(table, alias)
             )
         # IN over a subquery becomes one hashed lookup per statement (holds are few), not a probe per row.
-        return sql.SQL("coalesce({} IN ({}), false)").format(subject, holds.active_keys_sql(self.key_type))
+        return sql.SQL("(coalesce({} IN ({}), false) OR {})").format(
+            subject, holds.active_keys_sql(self.key_type), self._held_pseudonym(table, alias)
+        )
 
     def held_where(self, table: str, alias: str) -> sql.Composable:
         """`held` for a WHERE clause only: a bare semi-join the planner can drive through the subject index."""
         subject = self._subject(table, alias)
         if subject is None:
             return sql.SQL("false")
-        return sql.SQL("{} IN ({})").format(subject, holds.active_keys_sql(self.key_type))
+        return sql.SQL("({} IN ({}) OR {})").format(
+            subject, holds.active_keys_sql(self.key_type), self._held_pseudonym(table, alias)
+        )
 
     def unheld(self, table: str, alias: str) -> sql.Composable:
         return sql.SQL("NOT {}").format(self.held(table, alias))
@@ -216,7 +248,7 @@ class Predicates:
         parts = []
         for column, strategy in rule.columns.items():
             col = sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(column))
-            if strategy == "null":
+            if strategy in ("null", "pseudonym_link"):
                 parts.append(sql.SQL("{} IS NULL").format(col))
             else:
                 value = anonymised_value(column, strategy, alias, self.policy.tables[table].subject)

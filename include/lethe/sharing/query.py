@@ -24,9 +24,12 @@ from datetime import datetime
 from typing import Any
 
 import pandas as pd
+import psycopg2.extras
 from psycopg2 import sql
 
+from lethe.connections import pseudonym_key_or_local
 from lethe.db import ConfigurationError, connect
+from lethe.pseudonym import subject_pseudonym
 from lethe.relations import relation
 from lethe.sharing.aggregate import CELL_KEYS, MEASURES, Aggregate, normalise
 from lethe.sharing.config import ALL, RecipientConfig
@@ -119,12 +122,36 @@ def _col(alias: str, column: str) -> sql.Composable:
     return sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(column))
 
 
-def rows_sql(source: Any, consent_table: Any, config: RecipientConfig) -> sql.Composable:
+LINKS = "lethe_share_links"  # session-only: each consenting person's keyed pseudonym (see `prepare_links`)
+
+
+def _linked(alias: str, person: str, pseudonym: str | None) -> tuple[sql.Composable, sql.Composable]:
+    """The row's person, and the join that supplies it: the subject column, or, where retention cut it and
+    kept the keyed pseudonym, the consenting person whose pseudonym that is."""
+    if pseudonym is None:
+        return _col(alias, person), sql.SQL("")
+    link = sql.Identifier(f"{alias}_link")
+    return sql.SQL("coalesce({}, {}.person)").format(_col(alias, person), link), sql.SQL(
+        " LEFT JOIN pg_temp.{links} {link} ON {person} IS NULL AND {link}.pseudonym = {pseudonym}"
+    ).format(links=sql.Identifier(LINKS), link=link, person=_col(alias, person), pseudonym=_col(alias, pseudonym))
+
+
+def rows_sql(
+    source: Any,
+    consent_table: Any,
+    config: RecipientConfig,
+    pseudonyms: dict[str, str | None] | None = None,
+) -> sql.Composable:
     """CTEs ending with `generalised` (person, visitor, day, the cell keys, d): the rows of %(start)s-%(end)s.
 
-    `source` is the policy's SharingSource, `consent_table` its ConsentEndedClock.
+    `source` is the policy's SharingSource, `consent_table` its ConsentEndedClock; `pseudonyms`, per table,
+    the column holding the keyed pseudonym once retention cut the subject link (`pg_temp.lethe_share_links`
+    must then exist: `prepare_links`).
     """
     usage, pages, consent = source.usage, source.pages, source.consent
+    pseudonyms = pseudonyms or {}
+    page_person, page_link = _linked("v", pages.person, pseudonyms.get(pages.table))
+    usage_person, usage_link = _linked("e", usage.person, pseudonyms.get(usage.table))
     dims = set(config.dimensions)
 
     def dim(key: str, expression: sql.Composable) -> sql.Composable:
@@ -156,9 +183,10 @@ def rows_sql(source: Any, consent_table: Any, config: RecipientConfig) -> sql.Co
     member_pages = sql.SQL(
         "member_pages AS (SELECT {person} AS person, {at} AS at, {at}::date AS day, {feature} AS feature,"
         " {region} AS region, {device} AS device_type, {browser} AS browser_family"
-        " FROM {pages} v JOIN consented c ON c.person = {person} AND {at} >= c.granted WHERE {window})"
+        " FROM {pages} v{link} JOIN consented c ON c.person = {person} AND {at} >= c.granted WHERE {window})"
     ).format(
-        person=_col("v", pages.person),
+        person=page_person,
+        link=page_link,
         at=_col("v", pages.at),
         feature=dim("feature", page_feature(_col("v", pages.path))),
         region=g["region"],
@@ -184,7 +212,7 @@ def rows_sql(source: Any, consent_table: Any, config: RecipientConfig) -> sql.Co
             for k in looks
         }
         profile_join = sql.SQL(" LEFT JOIN profile p ON p.person = {person} AND p.day = {at}::date").format(
-            person=_col("e", usage.person), at=_col("e", usage.at)
+            person=usage_person, at=_col("e", usage.at)
         )
     clipped = sql.SQL("least(greatest({d}, 0), {cap})::bigint").format(
         d=_col("e", usage.duration_ms), cap=sql.Literal(int(config.max_duration_ms))
@@ -192,9 +220,11 @@ def rows_sql(source: Any, consent_table: Any, config: RecipientConfig) -> sql.Co
     usage_rows = sql.SQL(
         "SELECT {person} AS person, NULL::text AS visitor, {at}::date AS day, 'usage'::text AS source,"
         " {feature} AS feature, {region} AS region, {device} AS device_type, {browser} AS browser_family, {d} AS d"
-        " FROM {usage} e JOIN consented c ON c.person = {person} AND {at} >= c.granted{profile} WHERE {window}"
+        " FROM {usage} e{link} JOIN consented c ON c.person = {person} AND {at} >= c.granted{profile}"
+        " WHERE {window}"
     ).format(
-        person=_col("e", usage.person),
+        person=usage_person,
+        link=usage_link,
         at=_col("e", usage.at),
         feature=dim("feature", usage_feature(_col("e", usage.feature))),
         region=looks["region"],
@@ -213,12 +243,16 @@ def rows_sql(source: Any, consent_table: Any, config: RecipientConfig) -> sql.Co
         ),
     ]
     if pages.visitor and config.anonymous_visitors == "by_visitor_id":
-        # Each cookie of an anonymous page view is one "person", never joined to an account.
+        # Each cookie of an anonymous page view is one "person", never joined to an account;
+        # a row whose link was cut is a member's, not an anonymous visitor's.
+        cut = pseudonyms.get(pages.table)
+        uncut = sql.SQL(" AND {} IS NULL").format(_col("v", cut)) if cut else sql.SQL("")
         parts.append(
             sql.SQL(
                 "SELECT NULL, {visitor}::text, {at}::date, 'page'::text, {feature}, {region}, {device}, {browser},"
-                " NULL::bigint FROM {pages} v WHERE {person} IS NULL AND {window}"
+                " NULL::bigint FROM {pages} v WHERE {person} IS NULL{uncut} AND {window}"
             ).format(
+                uncut=uncut,
                 visitor=_col("v", pages.visitor),
                 at=_col("v", pages.at),
                 feature=dim("feature", page_feature(_col("v", pages.path))),
@@ -234,7 +268,9 @@ def rows_sql(source: Any, consent_table: Any, config: RecipientConfig) -> sql.Co
     return sql.SQL(", ").join(ctes)
 
 
-def bounded_sql(source: Any, consent_table: Any, config: RecipientConfig) -> sql.Composable:
+def bounded_sql(
+    source: Any, consent_table: Any, config: RecipientConfig, pseudonyms: dict[str, str | None] | None = None
+) -> sql.Composable:
     """The whole statement: the bounded cells, one row each, with the bound statistics on every row."""
     keys = sql.SQL(", ").join(sql.Identifier(k) for k in CELL_KEYS)
     by_value = sql.SQL(", ").join(sql.SQL('{} COLLATE "C"').format(sql.Identifier(k)) for k in DIMENSION_KEYS)
@@ -255,7 +291,9 @@ def bounded_sql(source: Any, consent_table: Any, config: RecipientConfig) -> sql
         " AS max_cells_per_person_day,"
         " max(least(n, {cap}))::bigint AS max_events_per_person_cell"
         " FROM kept GROUP BY {keys} ORDER BY day, {by_value}"
-    ).format(rows=rows_sql(source, consent_table, config), keys=keys, by_value=by_value, cap=cap, per_day=per_day)
+    ).format(
+        rows=rows_sql(source, consent_table, config, pseudonyms), keys=keys, by_value=by_value, cap=cap, per_day=per_day
+    )
 
 
 def run_copy(cur: Any, statement: sql.Composable, params: dict[str, Any]) -> bytes:
@@ -270,19 +308,68 @@ def params(source: Any, window: Window) -> dict[str, Any]:
     return {"start": window.start, "end": window.end, "purpose": source.consent.purpose}
 
 
-def compute(url: str, config: RecipientConfig, start: datetime, end: datetime, policy: Any = None) -> Aggregate:
-    """The exact bounded cells of [start, end) for `config`, computed in PostgreSQL."""
+def link_pseudonyms(policy: Any, source: Any) -> dict[str, str | None]:
+    """Per source table, the column retention writes the keyed pseudonym into when it cuts the link."""
+    return {
+        t: policy.tables[t].link_pseudonym if t in policy.tables else None
+        for t in (source.usage.table, source.pages.table)
+    }
+
+
+def prepare_links(cur: Any, source: Any, consent_table: Any, key: bytes) -> None:
+    """pg_temp.lethe_share_links: each consenting person's keyed pseudonym, computed here (the key never
+    reaches the database) and gone with the transaction; so a person counts once, linked rows or cut."""
+    cur.execute(
+        sql.SQL(
+            "CREATE TEMP TABLE {links} ON COMMIT DROP AS SELECT {subject} AS person, ''::text AS pseudonym"
+            " FROM {table} WITH NO DATA"
+        ).format(
+            links=sql.Identifier(LINKS),
+            subject=sql.Identifier(consent_table.subject),
+            table=relation(consent_table.table),
+        )
+    )
+    cur.execute(
+        sql.SQL("SELECT DISTINCT {subject} FROM {table} WHERE {purpose} = %s").format(
+            subject=sql.Identifier(consent_table.subject),
+            table=relation(consent_table.table),
+            purpose=sql.Identifier(consent_table.purpose),
+        ),
+        (source.consent.purpose,),
+    )
+    rows = [(p, subject_pseudonym(key, p)) for (p,) in cur.fetchall() if p is not None]
+    psycopg2.extras.execute_values(
+        cur, sql.SQL("INSERT INTO {} VALUES %s").format(sql.Identifier(LINKS)), rows, page_size=10_000
+    )
+    cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(LINKS)))
+
+
+def compute(
+    url: str,
+    config: RecipientConfig,
+    start: datetime,
+    end: datetime,
+    policy: Any = None,
+    key: bytes | None = None,
+) -> Aggregate:
+    """The exact bounded cells of [start, end) for `config`, computed in PostgreSQL.
+
+    `key`: the pseudonym key (default: the lethe_pseudonym_key connection, or the local demo key)."""
     from lethe.policy import load_policy
 
     policy = policy or load_policy()
     source = policy.sharing.source
     if source is None:
         raise ConfigurationError("the policy file's `sharing` section has no `source`")
-    statement = bounded_sql(source, policy.clock_consent_ended(), config)
+    consent_table = policy.clock_consent_ended()
+    pseudonyms = link_pseudonyms(policy, source)
+    statement = bounded_sql(source, consent_table, config, pseudonyms)
     conn = connect(url)
     try:
         with conn.cursor() as cur:
             cur.execute("SET LOCAL TIME ZONE 'UTC'")  # days are UTC days
+            if any(pseudonyms.values()):
+                prepare_links(cur, source, consent_table, key or pseudonym_key_or_local())
             body = run_copy(cur, statement, params(source, Window(start, end)))
         conn.rollback()
     finally:

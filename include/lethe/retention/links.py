@@ -1,0 +1,70 @@
+"""Find a person's rows after a retention rule cut their subject link (strategy pseudonym_link).
+
+Such a row keeps only the subject's keyed pseudonym (HMAC with lethe_pseudonym_key). PostgreSQL cannot
+compute it, and a stored map from subject key to pseudonym would be the very join to the name the rule
+removed. So each retention run computes, in memory, the pseudonyms of the few people the rules must still
+recognise in those rows: people whose consent ended (objections), whose account closed, and who are under
+legal hold. They travel as query parameters (never logged, never in an XCom) and are gone with the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import psycopg2.extensions
+from lethe import holds
+from lethe.connections import pseudonym_key_or_local
+from lethe.policy import Policy
+from lethe.pseudonym import subject_pseudonym
+from lethe.relations import relation
+from psycopg2 import sql
+
+
+@dataclass
+class Links:
+    """Subject keys (as text) with their pseudonyms, and the pseudonyms of the people under hold."""
+
+    key: bytes | None = None
+    subjects: list[str] = field(default_factory=list)
+    pseudonyms: list[str] = field(default_factory=list)
+    held: list[str] = field(default_factory=list)
+
+    def held_pseudonyms(self, held_keys: list[str]) -> list[str]:
+        """The pseudonyms of the subjects held now (the executor reads holds per batch)."""
+        return [subject_pseudonym(self.key, k) for k in held_keys] if self.key else []
+
+    def params(self) -> dict[str, list[str]]:
+        return {"link_subjects": self.subjects, "link_pseudonyms": self.pseudonyms, "held_pseudonyms": self.held}
+
+
+def needed(policy: Policy) -> bool:
+    return any(t.link_pseudonym for t in policy.tables.values())
+
+
+def load(cur: psycopg2.extensions.cursor, policy: Policy, key: bytes | None = None) -> Links:
+    """The people whose cut-link rows the policy's event clocks and holds must still recognise."""
+    if not needed(policy):
+        return Links()
+    key = key or pseudonym_key_or_local()
+    events = {r.event for t in policy.tables.values() if t.link_pseudonym for r in t.retention if r.event}
+    subjects: set[str] = set()
+    if "consent_ended" in events:
+        clock = policy.clock_consent_ended()
+        ended = sql.SQL(" OR ").join(sql.SQL("{} IS NOT NULL").format(sql.Identifier(c)) for c in clock.ended)
+        cur.execute(
+            sql.SQL("SELECT DISTINCT {}::text FROM {} WHERE {}").format(
+                sql.Identifier(clock.subject), relation(clock.table), ended
+            )
+        )
+        subjects |= {k for (k,) in cur.fetchall() if k is not None}
+    if "account_closed" in events:
+        closed = policy.clock_account_closed()
+        cur.execute(
+            sql.SQL("SELECT {}::text FROM {} WHERE {} IS NOT NULL").format(
+                sql.Identifier(closed.subject), relation(closed.table), sql.Identifier(closed.column)
+            )
+        )
+        subjects |= {k for (k,) in cur.fetchall() if k is not None}
+    ordered = sorted(subjects)
+    held = [subject_pseudonym(key, k) for k in holds.active_keys(cur)]
+    return Links(key, ordered, [subject_pseudonym(key, k) for k in ordered], held)
