@@ -290,9 +290,11 @@ def anonymised_value(
     the strategies are lethe.masking's, with retention's replacement text."""
     from lethe import masking
 
-    if strategy not in ("null", "redact", "unique_redact", "truncate_ip"):
+    # pseudonym_link: NULL here; the executor writes the keyed pseudonym beside it.
+    if strategy not in ("null", "redact", "unique_redact", "truncate_ip", "pseudonym_link"):
         raise ValueError(
-            f"strategy {strategy!r} is not a retention anonymisation (use null, redact, unique_redact or truncate_ip)"
+            f"strategy {strategy!r} is not a retention anonymisation"
+            " (use null, redact, unique_redact, truncate_ip or pseudonym_link)"
         )
     col = sql.Identifier(alias, column) if alias else sql.Identifier(column)
     key = None
