@@ -56,9 +56,25 @@ def scanned_columns(people: list[Any]) -> dict[str, set[str]] | None:
 
 
 def subject_links(policy: Policy) -> dict[str, list[str]]:
-    links = {t: [rule.subject] for t, rule in policy.tables.items() if rule.subject}
+    """Per table, the columns that say whose a row is: the subject link, then the keyed pseudonym that
+    replaces it once retention cut the link (a cut row is still someone's, never an anonymous one)."""
+    links = {
+        t: [rule.subject, *([rule.link_pseudonym] if rule.link_pseudonym else [])]
+        for t, rule in policy.tables.items()
+        if rule.subject
+    }
     links[holds.HOLDS] = ["subject_key"]  # a hold's own row belongs to the held person (its key as text)
     return links
+
+
+def owner_of(hit: residue.Hit) -> str | None:
+    """The row's owner: its subject key, or `pseudonym:<value>` for a row whose link was cut (the person
+    being erased had theirs deleted by pseudonym already, so it is someone else's), or None (no one's)."""
+    if hit.extra and hit.extra[0] is not None:
+        return str(hit.extra[0])
+    if len(hit.extra) > 1 and hit.extra[1] is not None:
+        return f"pseudonym:{hit.extra[1]}"
+    return None
 
 
 def own_names(policy: Policy) -> dict[str, set[str]]:
@@ -108,7 +124,7 @@ def sweep(
     hits = list(residue.scan_rows(cur, tables, index, subject_links(policy), only))
     for hit in hits:
         rule = policy.tables.get(hit.table.name)
-        owner = str(hit.extra[0]) if hit.extra and hit.extra[0] is not None else None
+        owner = owner_of(hit)
         found = _relevant(hit, people, owner, names)
         if not found:
             continue
@@ -159,7 +175,7 @@ def left(
     residue_left: Counter[str] = Counter()
     allowed: Counter[str] = Counter()
     for hit in residue.scan_rows(cur, scanned_tables(cur, policy), index, subject_links(policy), only):
-        owner = str(hit.extra[0]) if hit.extra and hit.extra[0] is not None else None
+        owner = owner_of(hit)
         for name in _relevant(hit, people, owner, names):
             key = f"{hit.table.name}.{name}"
             if name in kept.get(hit.table.name, set()) or (owner in held and owner not in people):
