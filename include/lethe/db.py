@@ -43,6 +43,7 @@ LETHE_TABLES = (
     "audit_alerts",
     "processor_receipts",
     "kept_pseudonyms",
+    "restore_drills",
 )
 LETHE_FUNCTIONS = ("ledger_append_only()",)
 # The platform's migration the previous release recorded among Lethe's; the platform is no longer Lethe's to migrate.
