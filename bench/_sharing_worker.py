@@ -108,19 +108,8 @@ def extract(
     return pa.concat_tables(tables).select(list(COLUMNS)), copied
 
 
-# Continents of the IANA zone names: the only location a release shows.
-REGIONS = ("Africa", "America", "Antarctica", "Asia", "Atlantic", "Australia", "Europe", "Indian", "Pacific")
-DEVICES = ("desktop", "mobile", "tablet", "tv", "console", "wearable")
-# Family, the user-agent token that carries its major version (checked in this order).
-BROWSERS = (
-    ("Edge", ("Edg", "Edge")),
-    ("Opera", ("OPR", "Opera")),
-    ("Samsung Internet", ("SamsungBrowser",)),
-    ("Firefox", ("Firefox",)),
-    ("Chrome", ("Chrome", "CriOS")),
-    ("Safari", ("Version", "Safari")),
-)
-MAX_FEATURE_LENGTH = 64
+# The same generalisation tables as the PostgreSQL statement: the comparison differs in where it runs only.
+from lethe.sharing.query import BROWSERS, DEVICES, MAX_FEATURE_LENGTH, REGIONS  # noqa: E402
 
 
 def _quote(value: str) -> str:
