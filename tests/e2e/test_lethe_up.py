@@ -120,7 +120,12 @@ class Local:
                 except urllib.error.HTTPError as exc:
                     lines.append(f"    (no log: HTTP {exc.code})")
                     continue
-                events = [str(e.get("event", e)) for e in log.get("content", []) if isinstance(e, dict)]
+                events = []
+                for e in log.get("content", []):
+                    if isinstance(e, dict):
+                        events.append(str(e.get("event", e)))
+                        for error in e.get("error_detail") or []:  # the exception itself, not only "failed"
+                            events.append(f"  {error.get('exc_type')}: {error.get('exc_value')}")
                 lines += ["    " + e for e in events[-25:]]
         return "\n".join(lines)
 

@@ -78,6 +78,43 @@ def test_a_partition_retention_is_dropping_is_not_an_unknown_table(db_url: str) 
     assert len(problems) == 1 and "'visitor_logs_notes__expired' exists in the database" in problems[0]
 
 
+def test_a_partition_dropped_while_the_check_reads_is_not_an_unknown_table(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The purge's DROP of `<name>__expired` commits between two of the check's catalog queries: the check saw the
+    table in its first query and no longer found it retention's in a later one, and failed a retention task run
+    beside the purge (CI, stop 25). The check must read the catalog as of one moment."""
+    from lethe.policy import lint
+    from lethe.policy.check import schema_problems
+    from lethe.retention.catalog import expired_marker
+
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = 'usage_events'::regclass ORDER BY 1 LIMIT 1"
+        )
+        (part,) = cur.fetchone()
+        cur.execute(f'ALTER TABLE usage_events DETACH PARTITION "{part}"')
+        cur.execute(f'ALTER TABLE "{part}" RENAME TO "{part}__expired"')
+        cur.execute(f'COMMENT ON TABLE "{part}__expired" IS %s', (expired_marker("usage_events"),))
+    real_foreign_keys = lint.foreign_keys
+    dropped = []
+
+    def purge_drops_it_now(*args: object, **kwargs: object) -> object:
+        if not dropped:  # after the check listed the tables, before it asks which are retention's leftovers
+            with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+                cur.execute(f'DROP TABLE "{part}__expired"')
+            dropped.append(part)
+        return real_foreign_keys(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(lint, "foreign_keys", purge_drops_it_now)
+    assert schema_problems(load_policy(), db_url) == []
+    assert dropped == [part]
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT to_regclass(%s)", (f"{part}__expired",))
+        assert cur.fetchone() == (None,)
+
+
 @pytest.mark.parametrize(
     ("old", "new", "expected"),
     [

@@ -13,9 +13,14 @@ from lethe.policy.model import Policy, PolicyError, load_policy
 
 
 def schema_problems(policy: Policy, db_url: str) -> list[str]:
-    """Every located problem of the policy against the live database, read in a read-only transaction."""
+    """Every located problem of the policy against the live database, read in a read-only transaction.
+
+    REPEATABLE READ: the lint's queries see one snapshot of the catalog. Under READ COMMITTED a partition that
+    retention detached (`<name>__expired`) and dropped between two of them looked like an uncovered table, and
+    the pre_execute check failed a task running beside the purge.
+    """
     conn = connect(db_url)
-    conn.set_session(readonly=True)
+    conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
     try:
         with conn.cursor() as cur:
             return lint(policy, cur)
