@@ -94,6 +94,11 @@ def _audit(url: str, s3_url: str, since: Any) -> tuple[float, dict[str, int], di
     return time.perf_counter() - t0, counts, details
 
 
+def _progress(what: str) -> None:
+    """One line per phase as it ends: a 100,000-user run takes long enough to want to know where it is."""
+    print(f"[{datetime.now(UTC):%H:%M:%S}] {what}", flush=True)
+
+
 def _line(name: str, seconds: float, anchor_s: float, counts: dict[str, int], details: dict[str, Any]) -> str:
     failed = sorted(k for k, v in counts.items() if v)
     return (
@@ -125,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         migrate(url)
         empty_buckets(s3_url)
         seed(url, args.users)
+        _progress(f"seeded {args.users:,} users")
         with transaction(url) as cur:
             cur.execute("SELECT user_id FROM accounts ORDER BY user_id")
             user_ids = [r[0] for r in cur.fetchall()]
@@ -133,11 +139,13 @@ def main(argv: list[str] | None = None) -> int:
             sid = (start + timedelta(days=day)).strftime("%Y%m%dT%H%M%SZ")
             take_snapshot(url, REGION, s3_url, sid, policy, KEY)
         snapshots_s = time.perf_counter() - t0
+        _progress(f"{args.snapshots} snapshots taken in {snapshots_s:.1f} s")
         _erase(url, s3_url, rng.sample(user_ids, 20), policy, days_ago=1)
         time.sleep(1.1)  # S3's clock has one-second steps: the audit below lists after every write above
 
         # The audit of the evening before: everything read (no earlier audit), which becomes the baseline.
         first_s, counts, details = _audit(url, s3_url, None)
+        _progress(f"first audit (everything read) {first_s:.1f} s")
         assert not any(counts.values()), counts
         baseline = Baseline(datetime.fromisoformat(details["listed_at"]), frozenset(details["snapshot_ids"]))
 
@@ -145,10 +153,13 @@ def main(argv: list[str] | None = None) -> int:
         sid = (start + timedelta(days=args.snapshots)).strftime("%Y%m%dT%H%M%SZ")
         take_snapshot(url, REGION, s3_url, sid, policy, KEY)
         download_s, download_bytes, download_objects = _download_all(s3_url)
+        _progress(f"anchor (GET every byte) {download_s:.1f} s")
         quiet_s, quiet_counts, quiet = _audit(url, s3_url, baseline)
+        _progress(f"audit, new snapshot only {quiet_s:.1f} s")
         # The same night with 5 erasures carried into the backups too.
         _erase(url, s3_url, rng.sample(user_ids, 5), policy)
         busy_s, busy_counts, busy = _audit(url, s3_url, baseline)
+        _progress(f"audit, new snapshot + 5 erasures {busy_s:.1f} s")
         full_s, full_counts, full = _audit(url, s3_url, None)
 
     lines = [

@@ -143,11 +143,13 @@ class Candidate:
     end: int
 
 
-def _phone_candidates(text: str) -> Iterator[Candidate]:
+def _phone_candidates(text: str, tails: frozenset[str] | None = None) -> Iterator[Candidate]:
     """Every run of digit groups that parses as a phone number, in any grouping of its groups.
 
     `call 98765 43210 2 times` holds the run `98765 43210 2`; its sub-runs of whole groups
-    include `98765 43210`, so a number next to another number is still found.
+    include `98765 43210`, so a number next to another number is still found. With `tails` (the last
+    PHONE_TAIL digits of every number looked for), a run whose digits end otherwise is not parsed:
+    parsing keeps a number's last digits, so it could equal none of them (parsing was most of a scan's time).
     """
     for run in _PHONE_RUN.finditer(text):
         groups = [(m.start() + run.start(), m.end() + run.start(), m.group(0)) for m in _DIGITS.finditer(run.group(0))]
@@ -158,7 +160,7 @@ def _phone_candidates(text: str) -> Iterator[Candidate]:
                 digits += groups[j][2]
                 if len(digits) > 15:
                     break
-                if len(digits) < 7:
+                if len(digits) < 7 or (tails is not None and _ascii_digits(digits[-PHONE_TAIL:]) not in tails):
                     continue
                 spellings = ["+" + digits] if plus and i == 0 else [digits, "+" + digits]
                 start = run.start() if plus and i == 0 else groups[i][0]  # with its "(+"
@@ -168,15 +170,23 @@ def _phone_candidates(text: str) -> Iterator[Candidate]:
                         yield Candidate("phone", value, start, groups[j][1])
 
 
-def candidates(text: str, max_name_words: int = 4) -> Iterator[Candidate]:
-    """Every spelling in `text` that could be one of a person's identifiers, normalised."""
+def _ascii_digits(digits: str) -> str:
+    """Any script's decimal digits as ASCII ones (phonenumbers reads `९८७६५` as 98765)."""
+    return digits if digits.isascii() else "".join(str(unicodedata.digit(ch)) for ch in digits)
+
+
+def candidates(
+    text: str, max_name_words: int = 4, phone_tails: frozenset[str] | None = None
+) -> Iterator[Candidate]:
+    """Every spelling in `text` that could be one of a person's identifiers, normalised (phones only those
+    ending in one of `phone_tails`, when given)."""
     folded = fold(text)  # spans refer to the folded text (the same length but for rare letters like ß)
     emails = []
     for m in _EMAIL.finditer(folded):
         value = m.group(0).rstrip(".")
         emails.append((m.start(), m.start() + len(value)))
         yield Candidate("email", value, m.start(), m.start() + len(value))
-    yield from _phone_candidates(folded)
+    yield from _phone_candidates(folded, phone_tails)
     for m in _IPV4.finditer(folded):
         ip = ip_key(m.group(0))
         if ip:
@@ -218,6 +228,7 @@ class Index(Protocol):
     """Which people (by id) a normalised candidate belongs to."""
 
     max_name_words: int
+    phone_tails: frozenset[str] | None  # the last PHONE_TAIL digits of every phone known; None: not known
 
     def owners(self, kind: str, value: str) -> frozenset[str]: ...
 
@@ -250,6 +261,7 @@ class PlainIndex:
 
     people: list[Footprint]
     max_name_words: int = 1
+    phone_tails: frozenset[str] | None = field(default=None, init=False)
     _by: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict, init=False)
     _prefilter: Prefilter | bool | None = field(default=None, init=False)
 
@@ -262,6 +274,7 @@ class PlainIndex:
                     if kind == "name":
                         self.max_name_words = max(self.max_name_words, value.count(" ") + 1)
         self._by = {k: frozenset(v) for k, v in by.items()}
+        self.phone_tails = frozenset(value[-PHONE_TAIL:] for kind, value in self._by if kind == "phone")
 
     def owners(self, kind: str, value: str) -> frozenset[str]:
         return self._by.get((kind, value), frozenset())
@@ -351,6 +364,7 @@ class KeyedIndex:
     key: bytes
     pseudonyms: frozenset[str]
     max_name_words: int = 4
+    phone_tails: frozenset[str] | None = None  # a pseudonym does not tell its digits
     _seen: dict[tuple[str, str], bool] = field(default_factory=dict, init=False)  # one HMAC per spelling
 
     def owners(self, kind: str, value: str) -> frozenset[str]:
@@ -363,7 +377,7 @@ class KeyedIndex:
 def matches(index: Index, text: str) -> list[tuple[int, int, frozenset[str]]]:
     """Spans of `text` (start, end, owners) that belong to someone in the index, longest first, no overlaps."""
     found = []
-    for c in candidates(text, index.max_name_words):
+    for c in candidates(text, index.max_name_words, index.phone_tails):
         owners = index.owners(c.kind, c.value)
         if owners:
             found.append((c.start, c.end, owners))

@@ -39,6 +39,8 @@ SPELLINGS = [
     ("call 91 98765 43210", "call [erased]"),
     ("(+91) 98765.43210", "[erased]"),
     ("call 98765 43210 2 times", "call [erased] 2 times"),
+    ("call \u096f\u096e\u096d\u096c\u096b \u096a\u0969\u0968\u0967\u0966", "call [erased]"),  # Devanagari digits
+    ("call \uff19\uff18\uff17\uff16\uff15 \uff14\uff13\uff12\uff11\uff10", "call [erased]"),  # full-width digits
     ("@asha_k said so (ASHA_K)", "@[erased] said so ([erased])"),
     ("thanks Asha Kulkarni!", "thanks [erased]!"),
     ("ASHA KULKARNI wrote", "[erased] wrote"),
