@@ -175,9 +175,7 @@ def _ascii_digits(digits: str) -> str:
     return digits if digits.isascii() else "".join(str(unicodedata.digit(ch)) for ch in digits)
 
 
-def candidates(
-    text: str, max_name_words: int = 4, phone_tails: frozenset[str] | None = None
-) -> Iterator[Candidate]:
+def candidates(text: str, max_name_words: int = 4, phone_tails: frozenset[str] | None = None) -> Iterator[Candidate]:
     """Every spelling in `text` that could be one of a person's identifiers, normalised (phones only those
     ending in one of `phone_tails`, when given)."""
     folded = fold(text)  # spans refer to the folded text (the same length but for rare letters like ß)
