@@ -80,8 +80,12 @@ def fold(value: str) -> str:
     return unicodedata.normalize("NFKC", value).casefold()
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def phone_e164(value: str, region: str = DEFAULT_REGION) -> str | None:
     """The number as E.164 (+919876543210), or None when it does not parse as one.
+
+    Cached: parsing is the costliest step of matching, and the same digit runs come back (the same
+    objects in every snapshot, a value indexed and then redacted).
 
     Not limited to numbers `phonenumbers` deems possible: a stored number of an unusual length is
     still the person's, and a candidate only counts when it equals a footprint's number exactly.
