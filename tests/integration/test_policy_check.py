@@ -56,21 +56,30 @@ def test_unclassified_new_column(db_url: str) -> None:
     assert problems[0].startswith(f"{DEFAULT_POLICY_FILE}:{line}:")
 
 
-def test_a_partition_retention_is_dropping_is_not_an_unknown_table(db_url: str) -> None:
-    """A purge detaches an expired partition, renames it `<name>__expired`, then drops it (a killed purge leaves it
-    until the next plan): any task starting meanwhile used to refuse the policy, and so failed without retry."""
-    from lethe.policy.check import schema_problems
+def detach_as_retention_does(db_url: str, parent: str) -> str:
+    """The state between a purge's two transactions: the first partition of `parent` detached, renamed
+    `<name>__expired` and marked, not dropped yet. Returns the partition's name."""
     from lethe.retention.catalog import expired_marker
 
     with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
         cur.execute(
             "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-            " WHERE i.inhparent = 'visitor_logs'::regclass ORDER BY 1 LIMIT 1"
+            " WHERE i.inhparent = %s::regclass ORDER BY 1 LIMIT 1",
+            (parent,),
         )
         (part,) = cur.fetchone()
-        cur.execute(f'ALTER TABLE visitor_logs DETACH PARTITION "{part}"')
+        cur.execute(f'ALTER TABLE "{parent}" DETACH PARTITION "{part}"')
         cur.execute(f'ALTER TABLE "{part}" RENAME TO "{part}__expired"')
-        cur.execute(f'COMMENT ON TABLE "{part}__expired" IS %s', (expired_marker("visitor_logs"),))
+        cur.execute(f'COMMENT ON TABLE "{part}__expired" IS %s', (expired_marker(parent),))
+    return str(part)
+
+
+def test_a_partition_retention_is_dropping_is_not_an_unknown_table(db_url: str) -> None:
+    """A purge detaches an expired partition, renames it `<name>__expired`, then drops it (a killed purge leaves it
+    until the next plan): any task starting meanwhile used to refuse the policy, and so failed without retry."""
+    from lethe.policy.check import schema_problems
+
+    detach_as_retention_does(db_url, "visitor_logs")
     assert schema_problems(load_policy(), db_url) == []
     with psycopg2.connect(db_url) as conn, conn.cursor() as cur:  # a table that only looks like one is still reported
         cur.execute("CREATE TABLE visitor_logs_notes__expired (note text)")
@@ -86,17 +95,8 @@ def test_a_partition_dropped_while_the_check_reads_is_not_an_unknown_table(
     beside the purge (CI, stop 25). The check must read the catalog as of one moment."""
     from lethe.policy import lint
     from lethe.policy.check import schema_problems
-    from lethe.retention.catalog import expired_marker
 
-    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
-        cur.execute(
-            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-            " WHERE i.inhparent = 'usage_events'::regclass ORDER BY 1 LIMIT 1"
-        )
-        (part,) = cur.fetchone()
-        cur.execute(f'ALTER TABLE usage_events DETACH PARTITION "{part}"')
-        cur.execute(f'ALTER TABLE "{part}" RENAME TO "{part}__expired"')
-        cur.execute(f'COMMENT ON TABLE "{part}__expired" IS %s', (expired_marker("usage_events"),))
+    part = detach_as_retention_does(db_url, "usage_events")
     real_foreign_keys = lint.foreign_keys
     dropped = []
 
