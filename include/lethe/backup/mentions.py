@@ -12,6 +12,8 @@ redacted in the backups exactly as on the primary.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -19,6 +21,7 @@ import pyarrow as pa
 from lethe import residue
 
 REPLACEMENT = residue.REPLACEMENT  # what the primary's redaction writes
+REDACTED_CACHE = 1 << 16  # texts remembered with their redaction (a few tens of MB at most)
 
 
 @dataclass
@@ -29,12 +32,19 @@ class MentionFinder:
     identifier_pseudonyms: frozenset[str]
     _index: residue.KeyedIndex = field(init=False)
 
+    _redacted: Callable[[str], tuple[str, int]] = field(init=False)
+
     def __post_init__(self) -> None:
         self._index = residue.KeyedIndex(self.key, self.identifier_pseudonyms)  # caches one HMAC per spelling
+        # The same text comes back in every snapshot that holds its row: it is matched once.
+        self._redacted = functools.lru_cache(maxsize=REDACTED_CACHE)(self._redact)
+
+    def _redact(self, text: str) -> tuple[str, int]:
+        return residue.redact_text(self._index, text)
 
     def redact(self, text: str) -> tuple[str, int]:
         """(text with every erased person's spelling replaced, how many were replaced)."""
-        return residue.redact_text(self._index, text)
+        return self._redacted(text)
 
     def redact_columns(self, frame: pa.Table, columns: list[str]) -> tuple[pa.Table, int]:
         """Redact the named text columns of a frame; (new frame, mentions replaced)."""

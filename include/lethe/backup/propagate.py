@@ -196,10 +196,12 @@ def _propagate_snapshots(
     touched: set[str] = set()
     manifests = complete_manifests(client, bucket)
     result.snapshots = len(manifests)
+    finders: dict[frozenset[str], MentionFinder] = {}  # one per set of people: it remembers the texts it matched
     for manifest in manifests:
         pending = set(tombstones) - applied[manifest.snapshot_id]
         if pending:
-            finder = MentionFinder(key, frozenset(i for p in pending for i in identifiers[p]))
+            wanted = frozenset(i for p in pending for i in identifiers[p])
+            finder = finders.setdefault(wanted, MentionFinder(key, wanted))
             jobs = _affected_jobs(manifest, pending, finder, use_term_index, result)
             _rewrite_snapshot(client, bucket, manifest, jobs, finder, len(pending), result, per_subject, drill)
         # Every run, every retained snapshot: no old version may outlive its rewrite, whoever wrote it.
