@@ -10,8 +10,8 @@ tables. With them they are index lookups:
   (`identifier_columns`), named `lethe_lower_<table>_<column>` or `lethe_phone_<table>_<column>`,
   on exactly the expression the check uses (`identifier_expression`).
 
-These are the only objects Lethe creates outside its own schema; `lethe db indexes` (run by
-`lethe db migrate`) creates them, never the migrations. Each is built with CREATE INDEX
+These are the only objects Lethe creates on the platform's tables, and only by an explicit step,
+`lethe db indexes` (run after `lethe db migrate`, once the policy names the tables); migrations never do. Each is built with CREATE INDEX
 CONCURRENTLY (writes to the table go on), except on a partitioned table, where PostgreSQL cannot
 (a plain CREATE INDEX there, which also covers future partitions). An index left invalid by an
 interrupted build is dropped and built again. Without pg_trgm (not installable, or no privilege)
