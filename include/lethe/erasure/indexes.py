@@ -11,9 +11,10 @@ tables. With them they are index lookups:
   on exactly the expression the check uses (`identifier_expression`).
 
 These are the only objects Lethe creates on the platform's tables, and only by an explicit step,
-`lethe db indexes` (run after `lethe db migrate`, once the policy names the tables); migrations never do. Each is built with CREATE INDEX
-CONCURRENTLY (writes to the table go on), except on a partitioned table, where PostgreSQL cannot
-(a plain CREATE INDEX there, which also covers future partitions). An index left invalid by an
+`lethe db indexes` (run after `lethe db migrate`, once the policy names the tables); migrations
+never do. Each is built with CREATE INDEX CONCURRENTLY (writes to the table go on), except on a
+partitioned table, where PostgreSQL cannot (a plain CREATE INDEX there, which also covers future
+partitions). An index left invalid by an
 interrupted build is dropped and built again. Without pg_trgm (not installable, or no privilege)
 the erasure still works: the mention search reads the tables, and says so once in the log.
 """
@@ -88,7 +89,9 @@ def wanted(policy: Policy) -> list[Index]:
 
 def trigram_schema(cur: psycopg2.extensions.cursor) -> str | None:
     """The schema pg_trgm is installed in, or None."""
-    cur.execute("SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'pg_trgm'")
+    cur.execute(
+        "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'pg_trgm'"
+    )
     row = cur.fetchone()
     return str(row[0]) if row else None
 
