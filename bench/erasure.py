@@ -55,8 +55,13 @@ class Clock:
         cls.db, cls.statements, cls.by_statement = 0.0, 0, Counter()
 
     @classmethod
-    def top(cls, n: int = 6) -> str:
-        return "; ".join(f"{s:.2f} s {q!r}" for q, s in cls.by_statement.most_common(n))
+    def top(cls, n: int = 8, scanner: bool = False) -> str:
+        """The n statements (by their first 70 characters) that took longest, inside the scanner or outside it."""
+        shares = [(q, s) for q, s in cls.by_statement.most_common() if q.startswith(SCANNER_MARK) == scanner]
+        return "; ".join(f"{s:.2f} s {q.removeprefix(SCANNER_MARK)!r}" for q, s in shares[:n])
+
+
+SCANNER_MARK = "[scanner] "
 
 
 class TimedCursor(psycopg2.extensions.cursor):
@@ -77,7 +82,7 @@ class TimedCursor(psycopg2.extensions.cursor):
             text = query.decode(errors="replace")
         else:
             text = query if isinstance(query, str) else query.as_string(self)
-        self._key = " ".join(text.split())[:70]
+        self._key = (SCANNER_MARK if Scanner.active else "") + " ".join(text.split())[:70]
 
     def execute(self, query: Any, vars: Any = None) -> Any:
         self._start(query)
@@ -117,6 +122,7 @@ class Scanner:
     wall = 0.0
     db = 0.0
     passes = 0
+    active = False  # a statement started now is the scanner's (or its caller's, between two rows it yields)
 
 
 def _time_scanner() -> None:
@@ -126,9 +132,11 @@ def _time_scanner() -> None:
 
     def scan_rows(*args: Any, **kwargs: Any) -> Iterator[Any]:
         t0, db0 = time.perf_counter(), Clock.db
+        Scanner.active = True
         try:
             yield from original(*args, **kwargs)
         finally:
+            Scanner.active = False
             Scanner.wall += time.perf_counter() - t0
             Scanner.db += Clock.db - db0
             Scanner.passes += 1
@@ -145,19 +153,19 @@ def _seed_module() -> Any:
     return module
 
 
-def prepare(server_url: str, users: int, events: int, reuse: bool) -> tuple[str, str]:
+def prepare(server_url: str, users: int, events: int, reuse: bool, database: str = DATABASE) -> tuple[str, str]:
     """The scratch database at this scale (seeded now, or kept from an earlier run with --reuse)."""
     from lethe.db import connect, migrate, recreate_database, url_for_database
     from lethe.seed import create_platform
 
     scale = f"users={users} events={events}"
-    url = url_for_database(server_url, DATABASE)
+    url = url_for_database(server_url, database)
     if reuse:
         try:
             conn = connect(url)
             with conn.cursor() as cur:
                 cur.execute(
-                    "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (DATABASE,)
+                    "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (database,)
                 )
                 found = cur.fetchone()
             conn.close()
@@ -166,7 +174,7 @@ def prepare(server_url: str, users: int, events: int, reuse: bool) -> tuple[str,
                 return url, f"kept from an earlier run ({scale})"
         except Exception as exc:  # no database yet: seed one
             print(f"--reuse: no seeded database ({type(exc).__name__}); seeding")
-    url = recreate_database(server_url, DATABASE)
+    url = recreate_database(server_url, database)
     t0 = time.perf_counter()
     conn = connect(url)
     with conn, conn.cursor() as cur:
@@ -175,7 +183,7 @@ def prepare(server_url: str, users: int, events: int, reuse: bool) -> tuple[str,
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute("VACUUM ANALYZE")
-        cur.execute(sql.SQL("COMMENT ON DATABASE {} IS %s").format(sql.Identifier(DATABASE)), (scale,))
+        cur.execute(sql.SQL("COMMENT ON DATABASE {} IS %s").format(sql.Identifier(database)), (scale,))
     conn.close()
     rows = sum(counts.values())
     return url, f"seeded {rows:,} rows in {time.perf_counter() - t0:.0f} s ({scale})"
@@ -227,7 +235,9 @@ def _erase(url: str, policy: Any, people: list[tuple[int, str]]) -> dict[str, An
         "scan_wall": Scanner.wall,
         "scan_db": Scanner.db,
         "passes": Scanner.passes,
-        "top": Clock.top(),
+        "vacuum": sum(s for q, s in Clock.by_statement.items() if q.startswith("VACUUM")),
+        "top": Clock.top(int(os.environ.get("BENCH_TOP", "8"))),
+        "top_scanner": Clock.top(3, scanner=True),
     }
 
 
@@ -295,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=1000, help="requests in the batch run (default 1,000)")
     parser.add_argument("--singles", type=int, default=3, help="single-request runs to time (default 3)")
     parser.add_argument("--reuse", action="store_true", help="keep an earlier run's database at the same scale")
+    parser.add_argument("--database", default=DATABASE, help=f"scratch database name (default {DATABASE})")
+    parser.add_argument("--skip-scan", action="store_true", help="skip the scanner-vs-anchor measurement")
     parser.add_argument("--skip-batch", action="store_true", help="time the scanner and single runs only")
     args = parser.parse_args(argv)
 
@@ -306,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     _time_scanner()
     policy = load_policy()
     print(f"load average at start (1/5/15 min): {_load()}")
-    url, how = prepare(server_url, args.users, args.events, args.reuse)
+    url, how = prepare(server_url, args.users, args.events, args.reuse, args.database)
     print(how, flush=True)
 
     people = _people(url, args.batch + args.singles, salt=int(time.time()))
@@ -316,23 +328,26 @@ def main(argv: list[str] | None = None) -> int:
     from lethe import residue
     from lethe.db import transaction
 
-    with transaction(url) as cur:
-        tables = residue.text_tables(cur, residue.policy_schemas(cur, policy))
-    copy1, count1, values = _read_text_columns(url, tables)
-    scan = _scan(url, policy, [u for u, _ in batch])
-    copy2, count2, _ = _read_text_columns(url, tables)
-    anchor, count = min(copy1, copy2), min(count1, count2)
-    print(f"load average after the scanner: {_load()}")
-    print(
-        f"scanner pass, {len(batch):,} people ({scan['footprint_values']:,} footprint values), {len(tables)} tables,"
-        f" {values:,} non-null text values: {scan['wall']:.2f} s ({scan['db']:.2f} s of it waiting on the database);"
-        f" found {scan['people_found']:,} of them in {scan['cells']:,} rows x columns"
-    )
-    print(
-        f"anchor, COPY of the same columns to the client: {copy1:.2f} s then {copy2:.2f} s;"
-        f" server counting them: {count1:.2f} s then {count2:.2f} s"
-    )
-    print(f"scanner / COPY anchor = {scan['wall'] / anchor:.2f}x (target <= 2x); / count = {scan['wall'] / count:.2f}x")
+    if not args.skip_scan:
+        with transaction(url) as cur:
+            tables = residue.text_tables(cur, residue.policy_schemas(cur, policy))
+        copy1, count1, values = _read_text_columns(url, tables)
+        scan = _scan(url, policy, [u for u, _ in batch])
+        copy2, count2, _ = _read_text_columns(url, tables)
+        anchor, count = min(copy1, copy2), min(count1, count2)
+        print(f"load average after the scanner: {_load()}")
+        print(
+            f"scanner pass, {len(batch):,} people ({scan['footprint_values']:,} footprint values),"
+            f" {len(tables)} tables, {values:,} non-null text values: {scan['wall']:.2f} s"
+            f" ({scan['db']:.2f} s of it waiting on the database);"
+            f" found {scan['people_found']:,} of them in {scan['cells']:,} rows x columns"
+        )
+        print(
+            f"anchor, COPY of the same columns to the client: {copy1:.2f} s then {copy2:.2f} s;"
+            f" server counting them: {count1:.2f} s then {count2:.2f} s"
+        )
+        ratio, per_count = scan["wall"] / anchor, scan["wall"] / count
+        print(f"scanner / COPY anchor = {ratio:.2f}x (target <= 2x); / count = {per_count:.2f}x")
 
     # 2. single runs
     runs = []
@@ -342,15 +357,19 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"single run: {r['wall']:.2f} s wall, {r['db']:.3f} s database in {r['statements']:,} calls;"
             f" scanner {r['passes']} passes {r['scan_wall']:.2f} s ({r['scan_db']:.3f} s database);"
-            f" without the scanner {r['db'] - r['scan_db']:.3f} s database",
+            f" without the scanner {r['db'] - r['scan_db']:.3f} s database"
+            f" ({r['vacuum']:.3f} s of it the VACUUM after the commit)",
             flush=True,
         )
-        print(f"  largest database shares: {r['top']}")
+        print(f"  largest database shares outside the scanner: {r['top']}")
+        print(f"  inside the scanner: {r['top_scanner']}")
     if runs:
         db = statistics.median(r["db"] for r in runs)
         bare = statistics.median(r["db"] - r["scan_db"] for r in runs)
+        unvacuumed = statistics.median(r["db"] - r["scan_db"] - r["vacuum"] for r in runs)
         print(
-            f"one person, median of {len(runs)}: {db:.3f} s database, {bare:.3f} s without the scanner (target < 1 s)"
+            f"one person, median of {len(runs)}: {db:.3f} s database, {bare:.3f} s without the scanner (target < 1 s),"
+            f" {unvacuumed:.3f} s without the scanner and the VACUUM"
         )
     print(f"load average after the single runs: {_load()}")
 
@@ -361,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
             f"batch of {len(batch):,}: {b['wall']:.1f} s wall, {b['db']:.2f} s database in {b['statements']:,} calls;"
             f" scanner {b['passes']} passes {b['scan_wall']:.1f} s ({b['scan_db']:.2f} s database)"
         )
-        print(f"  largest database shares: {b['top']}")
+        print(f"  largest database shares outside the scanner: {b['top']}")
+        print(f"  inside the scanner: {b['top_scanner']}")
         if runs:
             single_wall = statistics.mean(r["wall"] for r in runs) * len(batch)
             single_db = statistics.mean(r["db"] for r in runs) * len(batch)

@@ -13,6 +13,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     db = sub.add_parser("db", help="the primary database").add_subparsers(dest="db_command", required=True)
     p = db.add_parser("migrate", help="apply the SQL migrations and create the S3 buckets")
     p.set_defaults(handler=cmd_migrate)
+    p = db.add_parser(
+        "indexes",
+        help="create Lethe's search indexes on the platform's tables the policy names (free text, identifiers)",
+    )
+    p.add_argument("--file", type=Path, help="policy file (default: LETHE_POLICY_FILE or the shipped one)")
+    p.set_defaults(handler=cmd_indexes)
 
     p = sub.add_parser("seed", help="fill an empty database with deterministic synthetic data")
     p.add_argument("--users", type=int, default=1000, help="number of accounts (default 1000)")
@@ -57,6 +63,23 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         buckets = ensure_buckets(s3_url)
     print(f"migrations applied: {', '.join(applied) or 'none (up to date)'}")
     print(f"buckets ready: {', '.join(sorted(buckets))}")
+    return 0
+
+
+def cmd_indexes(args: argparse.Namespace) -> int:
+    """Lethe's search indexes (lethe.erasure.indexes), the only objects it creates on the platform's tables."""
+    import os
+
+    from lethe.embedded import EmbeddedPostgres
+    from lethe.erasure import indexes
+    from lethe.policy import load_policy
+
+    db_url = os.environ.get("LETHE_DATABASE_URL") or EmbeddedPostgres().start()  # no S3 needed
+    done = indexes.ensure(db_url, load_policy(args.file))
+    for index, what in done:
+        print(f"search index {index.name} on {index.table}.{index.column}: {what}")
+    if any(what.startswith("skipped: pg_trgm") for _, what in done):
+        print("pg_trgm is not available: the erasure's mention search reads the free-text tables whole")
     return 0
 
 

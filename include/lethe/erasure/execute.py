@@ -103,6 +103,7 @@ def apply(
     cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(TARGETS))
     cur.execute(sql.SQL("CREATE TEMP TABLE {} (owner text PRIMARY KEY, pseudonym text) ON COMMIT DROP").format(TARGETS))
     psycopg2.extras.execute_values(cur, sql.SQL("INSERT INTO {} VALUES %s").format(TARGETS).as_string(cur), targets)
+    cur.execute(sql.SQL("ANALYZE {}").format(TARGETS))  # statistics for the joins below (discovery._analyse)
 
     deleted = {t for t in graph.tables if policy.tables[t].erasure.action == "delete"}  # type: ignore[union-attr]
     order = [*graph.deletion_order, *graph.referenced]  # the rows the person's rows pointed to come last

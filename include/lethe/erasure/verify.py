@@ -14,13 +14,12 @@ from typing import Any
 import psycopg2.extensions
 from lethe import quality
 from lethe import residue as lethe_residue
-from lethe.erasure import discovery, sweep
+from lethe.erasure import discovery, indexes, sweep
 from lethe.erasure.discovery import Graph, Subject
 from lethe.policy import Policy
+from lethe.pseudonym import normalise
 from lethe.relations import relation
 from psycopg2 import sql
-
-IDENTIFIER_CLASSES = ("email", "phone", "username")
 
 
 def residue(cur: psycopg2.extensions.cursor, policy: Policy, graph: Graph, people: list[Subject]) -> dict[str, int]:
@@ -32,28 +31,21 @@ def residue(cur: psycopg2.extensions.cursor, policy: Policy, graph: Graph, peopl
     linked = discovery.materialise(cur, graph, policy, owners, pseudonyms if len(pseudonyms) == len(owners) else None)
     for table, n in linked.items():
         counts[f"{table}.linked_by_key"] = n
-    for kind in IDENTIFIER_CLASSES:
-        values = sorted({p.identifiers[kind].strip().lower() for p in people if p.identifiers.get(kind)})
+    # Each compares the expression lethe.erasure.indexes builds its index on (an index lookup when present).
+    for table, column, kind in indexes.identifier_columns(policy):
+        if kind == "phone":
+            values = sorted({normalise("phone", p.identifiers["phone"]) for p in people if p.identifiers.get("phone")})
+        else:
+            values = sorted({p.identifiers[kind].strip().lower() for p in people if p.identifiers.get(kind)})
         if not values:
             continue
-        for table, rule in policy.tables.items():
-            if rule.subject is None and table != graph.subject_table:
-                continue  # Lethe's own bookkeeping (the open request itself) is not the platform's data
-            for column, cls in rule.columns.items():
-                if cls != kind:
-                    continue
-                if kind == "phone":
-                    expr = sql.SQL("regexp_replace({}, '[^0-9+]', '', 'g')").format(sql.Identifier(column))
-                    values = sorted({p.identifiers["phone"] for p in people if p.identifiers.get("phone")})
-                    from lethe.pseudonym import normalise
-
-                    values = [normalise("phone", v) for v in values]
-                else:
-                    expr = sql.SQL("lower({})").format(sql.Identifier(column))
-                cur.execute(
-                    sql.SQL("SELECT count(*) FROM {} WHERE {} = ANY(%s)").format(relation(table), expr), (values,)
-                )
-                counts[f"{table}.{column}.{kind}"] = int(cur.fetchone()[0])  # type: ignore[index]
+        cur.execute(
+            sql.SQL("SELECT count(*) FROM {} WHERE {} = ANY(%s)").format(
+                relation(table), indexes.identifier_expression(kind, column)
+            ),
+            (values,),
+        )
+        counts[f"{table}.{column}.{kind}"] = int(cur.fetchone()[0])  # type: ignore[index]
     mentions = discovery.find_mentions(cur, graph, policy, people, exclude_linked=False)
     for table, column in discovery.free_text_columns(policy):
         counts[f"{table}.{column}.mentions"] = len(mentions.get((table, column), []))
