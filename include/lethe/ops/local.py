@@ -136,6 +136,11 @@ def up(
             progress(f"seeding the demo platform with {users:,} people (first start)")
             seed_platform(db_url, users)
             seeded = users
+            from lethe.erasure.indexes import ensure as ensure_indexes
+            from lethe.policy import load_policy
+
+            progress("creating Lethe's search indexes on the demo platform (`lethe db indexes`)")
+            ensure_indexes(db_url, load_policy())
         metadata_url = ensure_database(db_url, metadata_database)
         if port_answers(port):
             chosen = free_port()
