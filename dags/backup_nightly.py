@@ -90,7 +90,7 @@ def backup_nightly() -> None:
         return expire_task(region)
 
     snapshot_id = plan()
-    exported = export_snapshot(snapshot_id)
+    exported = export_snapshot(snapshot_id)  # type: ignore[arg-type]  # plan's XComArg, a str at run time
     copies = copy_snapshot.partial(snapshot_id=snapshot_id).expand(region=list(BACKUP_REGIONS[1:]))
     exported >> copies >> expire_region.expand(region=list(BACKUP_REGIONS))
 

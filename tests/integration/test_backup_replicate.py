@@ -7,10 +7,8 @@ primary's tables (how many rows were read), not with anything the code under tes
 from __future__ import annotations
 
 import hashlib
-import time
 from typing import Any
 
-import psycopg2
 import pytest
 from lethe import testing
 from lethe.backup import layout, store
@@ -22,7 +20,6 @@ from lethe.config import BACKUP_REGIONS, BUCKETS
 from lethe.db import transaction
 from lethe.policy import load_policy
 from lethe.storage import s3_client
-
 from test_backup import KEY, USERS, erase, fill_primary
 
 pytestmark = pytest.mark.integration
@@ -38,29 +35,7 @@ def primary(db_url: str) -> str:
 
 
 def rows_read(url: str) -> int:
-    """Rows the primary's platform tables served (sequential scans and index fetches), from pg_stat_user_tables.
-
-    A backend's counts reach the statistics when it ends: wait until no other session is in this database.
-    """
-    conn = psycopg2.connect(url)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            for _ in range(100):
-                cur.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                )
-                if cur.fetchone()[0] == 0:  # type: ignore[index]
-                    break
-                time.sleep(0.1)
-            cur.execute("SELECT pg_stat_clear_snapshot()")
-            cur.execute(
-                "SELECT coalesce(sum(seq_tup_read + coalesce(idx_tup_fetch, 0)), 0) FROM pg_stat_user_tables"
-                " WHERE schemaname <> 'lethe'"
-            )
-            return int(cur.fetchone()[0])  # type: ignore[index]
-    finally:
-        conn.close()
+    return testing.primary_reads(url)[0]
 
 
 def stored(region: str, s3: str) -> dict[str, tuple[bytes, dict[str, Any]]]:

@@ -98,7 +98,8 @@ def _copy_objects(
     source: Any, source_bucket: str, client: Any, bucket: str, manifest: Manifest, fail_after: int | None
 ) -> tuple[int, int]:
     """Copy every object the manifest names that this bucket does not already hold with its checksum."""
-    todo = [o for o in manifest.objects if stored_sha256(client, bucket, o.key) != o.sha256]
+    present = {v["Key"] for v in store.versions(client, bucket, layout.snapshot_prefix(manifest.snapshot_id))}
+    todo = [o for o in manifest.objects if o.key not in present or stored_sha256(client, bucket, o.key) != o.sha256]
     if fail_after is not None:
         for obj in todo[:fail_after]:
             copy_object(client, source_bucket, bucket, obj.key, obj.sha256)
@@ -114,7 +115,7 @@ def copy_object(client: Any, source_bucket: str, bucket: str, key: str, sha256: 
     The copy's checksum must be the manifest's: a source object rewritten since (a propagation in the
     source region) fails the copy, and the retry reads the new manifest.
     """
-    client.copy_object(
+    answer = client.copy_object(
         Bucket=bucket,
         Key=key,
         CopySource={"Bucket": source_bucket, "Key": key},
@@ -123,7 +124,9 @@ def copy_object(client: Any, source_bucket: str, bucket: str, key: str, sha256: 
         ServerSideEncryption="AES256",
         ChecksumAlgorithm="SHA256",
     )
-    got = stored_sha256(client, bucket, key)
+    # AWS answers with the copy's checksum; a server that does not (SeaweedFS) is asked for it.
+    returned = answer.get("CopyObjectResult", {}).get("ChecksumSHA256")
+    got = base64.b64decode(returned).hex() if returned else stored_sha256(client, bucket, key)
     if got != sha256:
         raise RuntimeError(
             f"copy of s3://{source_bucket}/{key} into {bucket} has sha256 {got}, its manifest says {sha256}: "

@@ -1,4 +1,4 @@
-"""backup_nightly's work for one region: export every backed-up table, write the manifest last.
+"""backup_nightly's one read of the primary: export every backed-up table into a region, write the manifest last.
 
 The export runs in one REPEATABLE READ transaction, so all tables are from one
 instant. The tombstones visible in that same transaction are filtered out of the
