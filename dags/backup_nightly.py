@@ -19,11 +19,20 @@ the next run of this DAG or of backup_erasure_propagation deletes it, every vers
 Then snapshots older than the policy's `backups.retention` are deleted, every
 object version included.
 
-Each region is its own mapped task with its own S3 client.
+The primary is read **once** a night: `export_snapshot` exports into the first
+region (us-east-1); `copy_snapshot[i]`, one mapped task per other region, copies
+those same objects server-side (S3 CopyObject from the first region's bucket, same
+sha256, encryption and term indexes) and writes that region's own manifest last.
+A region's copy is retried alone and finishes the same snapshot id, skipping the
+objects it already holds with the right checksum.
 
 **When it fails**
-- `snapshot_region[i]` names the region and endpoint it could not reach: fix the
-  endpoint / connection `lethe_aws` and clear the task; it finishes the same snapshot id.
+- `export_snapshot` / `copy_snapshot[i]` name the region and endpoint they could not
+  reach: fix the endpoint / connection `lethe_aws` and clear the task; it finishes the
+  same snapshot id. A failed export leaves nothing to copy (`copy_snapshot` is
+  upstream_failed): clear the export, the copies follow.
+- `copy_snapshot[i]` "the source changed while copying": an erasure was propagated in
+  the first region meanwhile; clear the task (it copies only what differs).
 - "refusing to write a snapshot: ... Object Lock in COMPLIANCE mode": that bucket keeps
   versions longer than the erasure deadline, so an erasure could not reach it in time.
   Shorten its default retention (or use GOVERNANCE mode); the other region is unaffected.
@@ -62,10 +71,17 @@ def backup_nightly() -> None:
         return new_snapshot_id()
 
     @task(outlets=[Asset(BACKUP_SNAPSHOTS_URI)])
-    def snapshot_region(region: str, snapshot_id: str, params: dict | None = None) -> dict:  # type: ignore[type-arg]
+    def export_snapshot(snapshot_id: str, params: dict | None = None) -> dict:  # type: ignore[type-arg]
+        """The one read of the primary: into the first backup region."""
         from lethe.backup.tasks import snapshot_task
 
-        return snapshot_task(region, snapshot_id, int((params or {}).get("erasure_deadline_days", 30)))
+        return snapshot_task(BACKUP_REGIONS[0], snapshot_id, int((params or {}).get("erasure_deadline_days", 30)))
+
+    @task(outlets=[Asset(BACKUP_SNAPSHOTS_URI)])
+    def copy_snapshot(region: str, snapshot_id: str, params: dict | None = None) -> dict:  # type: ignore[type-arg]
+        from lethe.backup.tasks import replicate_task
+
+        return replicate_task(region, snapshot_id, int((params or {}).get("erasure_deadline_days", 30)))
 
     @task(trigger_rule="all_done")
     def expire_region(region: str) -> dict:  # type: ignore[type-arg]
@@ -73,8 +89,10 @@ def backup_nightly() -> None:
 
         return expire_task(region)
 
-    snapshots = snapshot_region.partial(snapshot_id=plan()).expand(region=list(BACKUP_REGIONS))
-    snapshots >> expire_region.expand(region=list(BACKUP_REGIONS))
+    snapshot_id = plan()
+    exported = export_snapshot(snapshot_id)  # type: ignore[arg-type]  # plan's XComArg, a str at run time
+    copies = copy_snapshot.partial(snapshot_id=snapshot_id).expand(region=list(BACKUP_REGIONS[1:]))
+    exported >> copies >> expire_region.expand(region=list(BACKUP_REGIONS))
 
 
 backup_nightly()

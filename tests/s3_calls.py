@@ -69,6 +69,10 @@ def iam_actions(operation: str, params: dict[str, Any]) -> list[tuple[str, bool]
     if operation == "GetObjectAttributes":
         suffix = "Version" if versioned else ""
         return [(f"s3:GetObject{suffix}", True), (f"s3:GetObject{suffix}Attributes", True)]
+    if operation == "CopyObject":  # on the target; the source's s3:GetObject is recorded by Recorder._record
+        tagging = [("s3:PutObjectTagging", True)] if params.get("TaggingDirective", "COPY") == "COPY" else []
+        extra = [("s3:PutObjectRetention", True)] if "ObjectLockMode" in params else []
+        return [("s3:PutObject", True), *tagging, *extra]
     if operation in ("PutObjectRetention", "GetObjectRetention", "AbortMultipartUpload"):
         return [(f"s3:{operation}", True)]
     # Reported at the end of the run (never raised here: that would fail the call under test).
@@ -103,6 +107,15 @@ class Recorder:
             self.calls.add((model.name, documented, caller))
             for action, object_level in iam_actions(model.name, params):
                 self.grants.setdefault(Grant(action, documented, object_level), f"{model.name} by {caller}")
+            source = params.get("CopySource")
+            if model.name == "CopyObject" and isinstance(source, dict) and source.get("Bucket") in names:
+                # AWS authorises a copy's read on the source object (and its tags when they are copied).
+                origin = "lethe" + source["Bucket"][len(BUCKETS.prefix) :]
+                reads = ["s3:GetObjectVersion" if "VersionId" in source else "s3:GetObject"]
+                if params.get("TaggingDirective", "COPY") == "COPY":
+                    reads.append("s3:GetObjectTagging")
+                for action in reads:
+                    self.grants.setdefault(Grant(action, origin, True), f"CopyObject by {caller}")
 
     def ungranted(self, policy: dict[str, Any]) -> list[str]:
         return sorted(f"{g.action} on {g.arn} ({why})" for g, why in self.grants.items() if not allows(policy, g))

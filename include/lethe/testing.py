@@ -17,7 +17,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from lethe.config import BUCKETS
-from lethe.db import migrate, transaction, url_for_database
+from lethe.db import lethe_schema, migrate, transaction, url_for_database
 from lethe.storage import ensure_buckets, s3_client
 
 # One template per test process, so parallel sessions on one server never collide.
@@ -94,3 +94,40 @@ def empty_buckets(endpoint_url: str) -> None:
                 client.delete_objects(
                     Bucket=bucket, Delete={"Objects": doomed, "Quiet": True}, BypassGovernanceRetention=True
                 )
+
+
+def primary_reads(url: str) -> tuple[int, int]:
+    """(rows, bytes) the platform's tables (every schema but Lethe's) have served since the database was made.
+
+    Rows: sequential-scan rows plus index fetches (pg_stat_user_tables). Bytes: heap, TOAST and index
+    blocks read or found in shared buffers, times the block size (pg_statio_user_tables). A session's
+    counts reach the statistics when it ends, so this waits until no other session is in the database.
+    """
+    import time
+
+    with closing(psycopg2.connect(url)) as conn:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            for _ in range(100):
+                cur.execute(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+                if cur.fetchone()[0] == 0:  # type: ignore[index]
+                    break
+                time.sleep(0.1)
+            cur.execute("SELECT pg_stat_clear_snapshot()")
+            cur.execute(
+                "SELECT coalesce(sum(seq_tup_read + coalesce(idx_tup_fetch, 0)), 0) FROM pg_stat_user_tables"
+                " WHERE schemaname <> %s",
+                (lethe_schema(),),
+            )
+            rows = int(cur.fetchone()[0])  # type: ignore[index]
+            cur.execute(
+                "SELECT coalesce(sum(heap_blks_read + heap_blks_hit + coalesce(idx_blks_read, 0)"
+                " + coalesce(idx_blks_hit, 0) + coalesce(toast_blks_read, 0) + coalesce(toast_blks_hit, 0)"
+                " + coalesce(tidx_blks_read, 0) + coalesce(tidx_blks_hit, 0)), 0)"
+                " * current_setting('block_size')::bigint FROM pg_statio_user_tables WHERE schemaname <> %s",
+                (lethe_schema(),),
+            )
+            return rows, int(cur.fetchone()[0])  # type: ignore[index]

@@ -119,6 +119,60 @@ def seeded(db_url: str, s3_endpoint: str, airflow_home: Path) -> str:
     return db_url
 
 
+def _current_bytes(s3: str, region: str) -> dict[str, bytes]:
+    """key -> bytes of the current version of every object in the region's backup bucket."""
+    from lethe.storage import s3_client
+
+    client = s3_client(region, s3)
+    found = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=_bucket(region), Prefix="snapshots/"):
+        for o in page.get("Contents", []):
+            found[o["Key"]] = client.get_object(Bucket=_bucket(region), Key=o["Key"])["Body"].read()
+    return found
+
+
+def test_backup_nightly_reads_the_primary_once_and_copies_the_objects_to_the_second_region(
+    seeded: str, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lethe.backup.snapshot import new_snapshot_id, take_snapshot
+    from lethe.policy import load_policy
+    from lethe.testing import primary_reads
+
+    before = primary_reads(seeded)[0]
+    run = _run_without_retries("backup_nightly")
+    night = primary_reads(seeded)[0] - before
+    assert _states(run) == {
+        "plan[-1]": "success",
+        "export_snapshot[-1]": "success",
+        "copy_snapshot[0]": "success",
+        "expire_region[0]": "success",
+        "expire_region[1]": "success",
+    }
+    first, second = _current_bytes(s3_endpoint, REGIONS[0]), _current_bytes(s3_endpoint, REGIONS[1])
+    data = sorted(k for k in first if k.endswith(".parquet"))
+    assert data and data == sorted(k for k in second if k.endswith(".parquet"))
+    assert all(first[k] == second[k] for k in data)
+    manifests = [json.loads(b[k]) for b in (first, second) for k in b if k.endswith("manifest.json")]
+    assert [m["region"] for m in manifests] == list(REGIONS)
+    assert manifests[0]["tables"] == manifests[1]["tables"]  # same objects, sha256 and term indexes
+    # One export's reads, for the whole night: the same export once more, alone, reads as many rows.
+    alone = primary_reads(seeded)[0]
+    take_snapshot(seeded, REGIONS[0], s3_endpoint, new_snapshot_id(), load_policy(), _key())
+    assert night == primary_reads(seeded)[0] - alone > 0
+
+    # The export fails (its region is unreachable): nothing is copied, no snapshot appears in the second region.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    monkeypatch.setenv("LETHE_BACKUP_ENDPOINT_US_EAST_1", f"http://127.0.0.1:{closed}")
+    known = set(_current_bytes(s3_endpoint, REGIONS[1]))
+    run = _run_without_retries("backup_nightly")
+    states = _states(run)
+    assert states["export_snapshot[-1]"] == "failed"
+    assert states["copy_snapshot[0]"] == "upstream_failed"
+    assert set(_current_bytes(s3_endpoint, REGIONS[1])) == known
+
+
 def test_snapshot_erase_propagate_leaves_no_version_of_the_person_in_either_region(
     seeded: str, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

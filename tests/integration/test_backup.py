@@ -25,6 +25,7 @@ from lethe.backup.manifest import TableEntry
 from lethe.backup.manifest import read as read_manifest
 from lethe.backup.manifest import write as write_manifest
 from lethe.backup.propagate import PropagationInterrupted, propagate_region
+from lethe.backup.replicate import replicate_snapshot
 from lethe.backup.restore import restore_snapshot
 from lethe.backup.snapshot import take_snapshot
 from lethe.backup.term_index import Query, may_mention
@@ -102,9 +103,10 @@ def primary(db_url: str) -> str:
 
 
 def snapshot_both(db_url: str, s3: str, sid: str, policy: Policy | None = None) -> None:
-    policy = policy or load_policy()
-    for region in BACKUP_REGIONS:
-        take_snapshot(db_url, region, s3, sid, policy, KEY)
+    """What backup_nightly does: export into the first region, copy server-side into the others."""
+    take_snapshot(db_url, BACKUP_REGIONS[0], s3, sid, policy or load_policy(), KEY)
+    for region in BACKUP_REGIONS[1:]:
+        replicate_snapshot(db_url, sid, BACKUP_REGIONS[0], s3, region, s3)
 
 
 def every_version(s3: str, region: str, *, latest_only: bool = False) -> list[tuple[str, Any]]:

@@ -13,6 +13,7 @@ from lethe import testing
 from lethe.backup.expiry import expire_region
 from lethe.backup.locks import object_lock_violations
 from lethe.backup.propagate import propagate_region
+from lethe.backup.replicate import replicate_snapshot
 from lethe.backup.restore import restore_snapshot
 from lethe.backup.snapshot import new_snapshot_id, take_snapshot
 from lethe.config import BACKUP_REGIONS, BUCKETS, PRIMARY_REGION
@@ -33,8 +34,8 @@ def test_every_s3_action_lethe_takes_is_granted_by_the_documented_policy(
 ) -> None:
     seed(db_url, 20)
     sid = new_snapshot_id()
-    for region in BACKUP_REGIONS:
-        take_snapshot(db_url, region, s3_endpoint, sid, load_policy(), KEY)
+    take_snapshot(db_url, BACKUP_REGIONS[0], s3_endpoint, sid, load_policy(), KEY)
+    replicate_snapshot(db_url, sid, BACKUP_REGIONS[0], s3_endpoint, BACKUP_REGIONS[1], s3_endpoint)
     target = testing.fresh_database(services[0])
     try:
         restore_snapshot(sid, BACKUP_REGIONS[0], target, endpoint_url=s3_endpoint, key=KEY, out=lambda _: None)
@@ -55,6 +56,9 @@ def test_every_s3_action_lethe_takes_is_granted_by_the_documented_policy(
     assert Grant("s3:DeleteObjectVersion", "lethe-sharing", True) in needed
     assert Grant("s3:ListBucketVersions", "lethe-sharing", False) in needed
     assert Grant("s3:DeleteObjectVersion", "lethe-backup-ap-southeast-1", True) in needed
+    # The second region's snapshot is a server-side copy: read on the first region's bucket, write on its own.
+    assert ("CopyObject", "lethe-backup-ap-southeast-1", "lethe.backup.replicate.copy_object") in RECORDER.calls
+    assert Grant("s3:GetObject", "lethe-backup-us-east-1", True) in needed
     assert RECORDER.ungranted(documented_policy()) == []
 
 

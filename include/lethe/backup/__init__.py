@@ -6,7 +6,8 @@ Modules, one concern each:
 - frames: PostgreSQL <-> Arrow, Parquet bytes, the erasure of rows in a frame
 - mentions: erased people's identifiers in others' free text, found by keyed pseudonyms
 - manifest: the per-snapshot manifest, written last
-- snapshot: backup_nightly's export of one region
+- snapshot: backup_nightly's one export of the primary (into the first region)
+- replicate: backup_nightly's server-side copy of that snapshot into every other region
 - propagate: backup_erasure_propagation's rewrite of one region
 - expiry: snapshots past the backup retention, every version deleted
 - restore: a snapshot loaded into a database with every tombstone replayed

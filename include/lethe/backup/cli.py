@@ -65,6 +65,7 @@ def cli_key() -> bytes:
 def cmd_snapshot(args: argparse.Namespace) -> int:
     from lethe.airflow_env import local_pseudonym_key
     from lethe.backup.layout import region_endpoint
+    from lethe.backup.replicate import replicate_snapshot
     from lethe.backup.snapshot import new_snapshot_id, take_snapshot
     from lethe.embedded import services
     from lethe.policy import load_policy
@@ -76,8 +77,14 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
         key = cli_key()
         policy = load_policy()
         sid = new_snapshot_id()
-        for region in args.region or BACKUP_REGIONS:
-            summary = take_snapshot(db_url, region, region_endpoint(region, s3_url), sid, policy, key)
+        first = BACKUP_REGIONS[0]
+        for region in [r for r in BACKUP_REGIONS if r in (args.region or BACKUP_REGIONS)]:
+            if region == first or (args.region and first not in args.region):
+                summary = take_snapshot(db_url, region, region_endpoint(region, s3_url), sid, policy, key)
+            else:  # the primary is read once: the first region's objects, copied server-side
+                summary = replicate_snapshot(
+                    db_url, sid, first, region_endpoint(first, s3_url), region, region_endpoint(region, s3_url)
+                )
             print(f"{region}: snapshot {sid} {summary.get('status', 'written')}, {_counts(summary)}")
     print(sid)
     return 0

@@ -1,4 +1,4 @@
-"""backup_nightly's work for one region: export every backed-up table, write the manifest last.
+"""backup_nightly's one read of the primary: export every backed-up table into a region, write the manifest last.
 
 The export runs in one REPEATABLE READ transaction, so all tables are from one
 instant. The tombstones visible in that same transaction are filtered out of the
@@ -82,7 +82,14 @@ def take_snapshot(
     if done is None:
         return {"region": region, "snapshot_id": sid, "status": "already complete"}
     manifest, leftovers, tombstones = done
-    summary = {
+    return record_complete(db_url, manifest, tombstones, leftover_versions_removed=leftovers)
+
+
+def record_complete(db_url: str, manifest: Manifest, tombstones: set[str], **extra: Any) -> dict[str, Any]:
+    """After the manifest is written: mark the snapshot complete in the catalogue, record the tombstones
+    its objects already honour, append the ledger entry; return the summary (counts, no personal data)."""
+    sid, region = manifest.snapshot_id, manifest.region
+    summary: dict[str, Any] = {
         "region": region,
         "snapshot_id": sid,
         "status": "complete",
@@ -90,7 +97,7 @@ def take_snapshot(
         "objects": len(manifest.objects),
         "rows": manifest.total_rows,
         "bytes": manifest.total_bytes,
-        "leftover_versions_removed": leftovers,
+        **extra,
     }
     with transaction(db_url) as cur:
         cur.execute(
@@ -109,28 +116,37 @@ def take_snapshot(
     return summary
 
 
+def already_complete(db_url: str, region: str, sid: str) -> None:
+    """The manifest is there: a run killed after it, before the catalogue, is caught up."""
+    log.info("snapshot %s already complete in %s", sid, region)
+    with transaction(db_url) as cur:
+        cur.execute(
+            "UPDATE backup_snapshots SET status = 'complete', completed_at = coalesce(completed_at, now())"
+            " WHERE snapshot_id = %s AND region = %s AND status = 'writing'",
+            (sid, region),
+        )
+
+
+def start_writing(db_url: str, region: str, sid: str, policy_version: str) -> None:
+    with transaction(db_url) as cur:
+        cur.execute(
+            "INSERT INTO backup_snapshots (snapshot_id, region, status, policy_version) VALUES (%s, %s, 'writing', %s)"
+            " ON CONFLICT (snapshot_id, region) DO UPDATE SET status = 'writing', started_at = now()",
+            (sid, region, policy_version),
+        )
+
+
 def _export(
     db_url: str, region: str, client: Any, bucket: str, sid: str, policy: Policy, key: bytes
 ) -> tuple[Manifest, int, set[str]] | None:
     """Write the snapshot's objects, then its manifest; None when it is already complete. Under the region lock."""
     if store.exists(client, bucket, layout.manifest_key(sid)):
-        log.info("snapshot %s already complete in %s", sid, region)
-        with transaction(db_url) as cur:  # killed after the manifest, before the catalogue: catch up
-            cur.execute(
-                "UPDATE backup_snapshots SET status = 'complete', completed_at = coalesce(completed_at, now())"
-                " WHERE snapshot_id = %s AND region = %s AND status = 'writing'",
-                (sid, region),
-            )
+        already_complete(db_url, region, sid)
         return None
     # Leftovers of killed attempts (this snapshot's or an earlier one's) have no manifest, and no writer
     # holds the lock: remove every version of them before writing anew.
     _, leftovers = writer.remove_incomplete(db_url, region, client, bucket)
-    with transaction(db_url) as cur:
-        cur.execute(
-            "INSERT INTO backup_snapshots (snapshot_id, region, status, policy_version) VALUES (%s, %s, 'writing', %s)"
-            " ON CONFLICT (snapshot_id, region) DO UPDATE SET status = 'writing', started_at = now()",
-            (sid, region, policy.version),
-        )
+    start_writing(db_url, region, sid, policy.version)
     manifest = Manifest(
         snapshot_id=sid,
         region=region,

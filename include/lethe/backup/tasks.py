@@ -37,6 +37,26 @@ def snapshot_task(region: str, snapshot_id: str, erasure_deadline_days: int = 30
     return summary
 
 
+def replicate_task(region: str, snapshot_id: str, erasure_deadline_days: int = 30) -> dict[str, Any]:
+    from lethe.backup.layout import region_endpoint
+    from lethe.backup.replicate import replicate_snapshot
+    from lethe.config import BACKUP_REGIONS
+
+    db_url, endpoint = _services()
+    source = BACKUP_REGIONS[0]
+    summary = replicate_snapshot(
+        db_url,
+        snapshot_id,
+        source,
+        region_endpoint(source, endpoint),
+        region,
+        region_endpoint(region, endpoint),
+        erasure_deadline_days=erasure_deadline_days,
+    )
+    log.info("backup copy %s", summary)
+    return summary
+
+
 def expire_task(region: str) -> dict[str, Any]:
     from lethe.backup.expiry import expire_region
     from lethe.backup.layout import region_endpoint

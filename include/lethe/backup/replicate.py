@@ -1,0 +1,158 @@
+"""backup_nightly's work for every backup region but the first: the first region's snapshot, copied server-side.
+
+The primary is read once a night (lethe.backup.snapshot, into the first region). Every other region gets the
+same objects by S3 CopyObject from the first region's bucket (no byte passes through the worker), with the
+encryption and SHA-256 checksum a put gives them, then its own manifest, written last as an export's is.
+
+Which tombstones a copy honours: the source's applications are read *before* its manifest, and propagation
+records an application only after the manifest holding the rewrite. Every copied object is checked against
+that manifest's sha256, so the copy holds at least every erasure recorded for it; later ones are left to
+backup_erasure_propagation in this region, as for an export.
+
+A retry of a half-done copy keeps this snapshot's objects that already carry the manifest's checksum, copies
+the rest, then deletes every other version and key under the prefix before the manifest is written.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from lethe.backup import layout, locks, store, writer
+from lethe.backup.manifest import Manifest
+from lethe.backup.manifest import read as read_manifest
+from lethe.backup.manifest import write as write_manifest
+from lethe.backup.snapshot import already_complete, record_complete, start_writing
+from lethe.config import BUCKETS
+from lethe.db import transaction
+from lethe.storage import delete_versions
+
+log = logging.getLogger(__name__)
+COPY_THREADS = 8
+
+
+class SourceIncomplete(RuntimeError):
+    """The first region has no complete snapshot of this id: nothing may be copied."""
+
+
+def replicate_snapshot(
+    db_url: str,
+    sid: str,
+    source_region: str,
+    source_endpoint: str | None,
+    region: str,
+    endpoint_url: str | None,
+    *,
+    erasure_deadline_days: int = 30,
+    fail_after_copies: int | None = None,
+) -> dict[str, Any]:
+    """Copy snapshot `sid` from `source_region`'s bucket into `region`'s; return counts (no personal data).
+
+    `fail_after_copies` (tests) raises after that many objects were copied, as a copy killed half-way.
+    """
+    layout.check_snapshot_id(sid)
+    source = store.region_client(source_region, source_endpoint)
+    client = store.region_client(region, endpoint_url)
+    source_bucket, bucket = BUCKETS.backup(source_region), BUCKETS.backup(region)
+    problem = locks.bucket_violation(client, bucket, erasure_deadline_days)
+    if problem:
+        raise RuntimeError(f"backup region {region}: refusing to write a snapshot: {problem}")
+    with writer.region_lock(db_url, region, wait=True):  # held until the manifest is written, as an export's
+        if store.exists(client, bucket, layout.manifest_key(sid)):
+            already_complete(db_url, region, sid)
+            return {"region": region, "snapshot_id": sid, "status": "already complete"}
+        with transaction(db_url) as cur:  # before the manifest (see the module's docstring)
+            cur.execute(
+                "SELECT subject_pseudonym FROM backup_tombstone_applications WHERE snapshot_id = %s AND region = %s",
+                (sid, source_region),
+            )
+            applied = {row[0] for row in cur.fetchall()}
+        if not store.exists(source, source_bucket, layout.manifest_key(sid)):
+            raise SourceIncomplete(
+                f"backup region {region}: snapshot {sid} is not complete in {source_region} (its export failed or "
+                f"has not run): nothing to copy; rerun the export, then this task"
+            )
+        manifest = read_manifest(source, source_bucket, sid)
+        _, leftovers = writer.remove_incomplete(db_url, region, client, bucket, keep=sid)
+        start_writing(db_url, region, sid, manifest.policy_version)
+        copied, kept = _copy_objects(source, source_bucket, client, bucket, manifest, fail_after_copies)
+        removed = _remove_strays(client, bucket, manifest)
+        manifest.region, manifest.bucket = region, bucket
+        write_manifest(client, bucket, manifest)  # last: from here on the snapshot exists
+    return record_complete(
+        db_url,
+        manifest,
+        applied,
+        copied_from=source_region,
+        objects_copied=copied,
+        objects_already_copied=kept,
+        leftover_versions_removed=leftovers + removed,
+    )
+
+
+def _copy_objects(
+    source: Any, source_bucket: str, client: Any, bucket: str, manifest: Manifest, fail_after: int | None
+) -> tuple[int, int]:
+    """Copy every object the manifest names that this bucket does not already hold with its checksum."""
+    present = {v["Key"] for v in store.versions(client, bucket, layout.snapshot_prefix(manifest.snapshot_id))}
+    todo = [o for o in manifest.objects if o.key not in present or stored_sha256(client, bucket, o.key) != o.sha256]
+    if fail_after is not None:
+        for obj in todo[:fail_after]:
+            copy_object(client, source_bucket, bucket, obj.key, obj.sha256)
+        raise RuntimeError(f"interrupted after {fail_after} copies (test)")
+    with ThreadPoolExecutor(COPY_THREADS) as pool:
+        list(pool.map(lambda o: copy_object(client, source_bucket, bucket, o.key, o.sha256), todo))
+    return len(todo), len(manifest.objects) - len(todo)
+
+
+def copy_object(client: Any, source_bucket: str, bucket: str, key: str, sha256: str) -> None:
+    """One server-side copy, stored as store.put stores an object (encrypted, its SHA-256 kept and checked).
+
+    The copy's checksum must be the manifest's: a source object rewritten since (a propagation in the
+    source region) fails the copy, and the retry reads the new manifest.
+    """
+    answer = client.copy_object(
+        Bucket=bucket,
+        Key=key,
+        CopySource={"Bucket": source_bucket, "Key": key},
+        MetadataDirective="COPY",  # the content type the export gave it; it sets no user metadata
+        TaggingDirective="REPLACE",  # no tags, as a put has (and no Get/PutObjectTagging needed)
+        ServerSideEncryption="AES256",
+        ChecksumAlgorithm="SHA256",
+    )
+    # AWS answers with the copy's checksum; a server that does not (SeaweedFS) is asked for it.
+    returned = answer.get("CopyObjectResult", {}).get("ChecksumSHA256")
+    got = base64.b64decode(returned).hex() if returned else stored_sha256(client, bucket, key)
+    if got != sha256:
+        raise RuntimeError(
+            f"copy of s3://{source_bucket}/{key} into {bucket} has sha256 {got}, its manifest says {sha256}: "
+            "the source changed while copying (an erasure propagated there); rerun this task"
+        )
+
+
+def stored_sha256(client: Any, bucket: str, key: str) -> str | None:
+    """The SHA-256 (hex) S3 keeps for the current version of `key`; None when absent or not kept."""
+    try:
+        head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise
+    value = head.get("ChecksumSHA256")
+    if not value or "-" in value:  # a multipart upload's checksum of checksums is no object digest
+        return None
+    return base64.b64decode(value).hex()
+
+
+def _remove_strays(client: Any, bucket: str, manifest: Manifest) -> int:
+    """Every version under the prefix but the current one of each object the manifest names."""
+    named = {o.key for o in manifest.objects}
+    listed = store.versions(client, bucket, layout.snapshot_prefix(manifest.snapshot_id))
+    doomed = [v for v in listed if not (v["IsLatest"] and not v["DeleteMarker"] and v["Key"] in named)]
+    if doomed:
+        log.info("region %s: removing %d stray version(s) of a retried copy", manifest.region, len(doomed))
+    return delete_versions(client, bucket, doomed)
