@@ -289,7 +289,8 @@ class PlainIndex:
 
 _ASCII_WORD = re.compile(r"\w+", re.ASCII)
 _NOT_DIGIT = {c: None for c in range(128) if not chr(c).isdigit()}
-PHONE_TAIL = 7
+# Not 7: an Argentine mobile written `2202 15 123456` is +54 9 2202 123456; only the subscriber digits stay last.
+PHONE_TAIL = 6
 
 
 @dataclass(frozen=True)
@@ -301,7 +302,7 @@ class Prefilter:
     - an email, username or cookie keeps the last word (\\w+) of its local part or of itself as a word
       of the text (the characters around it end a word: `.`, `-`, `@`, `%`);
     - a name keeps its longest word as a word of the text;
-    - a phone keeps the last 7 digits of its E.164 number, in a row once the text's other characters
+    - a phone keeps the last PHONE_TAIL digits of its E.164 number, in a row once the text's other characters
       are dropped (the separators a phone may be written with are never digits);
     - an IPv4 address is written as itself (the same pattern as `candidates`).
     A text it cannot reason about (not ASCII, so NFKC and Unicode digits apply; with `%`, so URL
@@ -741,7 +742,7 @@ class BulkFilter:
 
     - not ASCII, with `%`, or with `:` when the batch has an IPv6 address: True (as the prefilter);
     - one of the batch's words as a whole ASCII word (`\\w+` runs of the lower-cased text);
-    - one of the phone tails among the text's digits, in a row (only texts with 7 digits are looked at);
+    - one of the phone tails among the text's digits, in a row (only texts with PHONE_TAIL digits are looked at);
     - one of the IPv4 addresses as a run of digits and dots (the prefilter's pattern needs it written so).
     A few needles are tested with one RE2 pattern; many (a large batch), by hashing the text's tokens
     (RE2 with thousands of alternatives is slower than reading the column). A column whose values
@@ -795,14 +796,15 @@ class BulkFilter:
         elif self.words:
             out = pc.or_(out, _any_token(lower, r"[^a-z0-9_]+", self.tokens, pairs=self.pairs))
         if self.tails:
-            seven = pc.fill_null(pc.match_substring_regex(lower, r"[0-9](?:[^0-9]*[0-9]){6}"), False)
-            where = pc.indices_nonzero(seven)
+            enough = rf"[0-9](?:[^0-9]*[0-9]){{{PHONE_TAIL - 1}}}"
+            digits_enough = pc.fill_null(pc.match_substring_regex(lower, enough), False)
+            where = pc.indices_nonzero(digits_enough)
             if len(where):
-                digits = pc.replace_substring_regex(lower.filter(seven), r"[^0-9]+", "")
+                digits = pc.replace_substring_regex(lower.filter(digits_enough), r"[^0-9]+", "")
                 if len(self.tails) <= FEW:
                     found = pc.match_substring_regex(digits, "|".join(sorted(self.tails)))
                     rows = where.filter(pc.fill_null(found, False))
-                else:  # every 7-digit window of the digit strings, hashed
+                else:  # every PHONE_TAIL-digit window of the digit strings, hashed
                     rows = where.filter(_any_window(digits, self.tails))
                 out = pc.or_(out, _mask(len(values), rows))
         if self.ipv4:

@@ -21,7 +21,10 @@ import pyarrow as pa
 from lethe import residue
 
 REPLACEMENT = residue.REPLACEMENT  # what the primary's redaction writes
-REDACTED_CACHE = 1 << 16  # texts remembered with their redaction (a few tens of MB at most)
+# Texts remembered with their redaction: at most REDACTED_CACHE of them, each at most CACHED_TEXT chars long
+# (about 2 x 32 MB at worst; a long text is matched each time, as 2,000 texts of 50 KB grew memory by 100 MB).
+REDACTED_CACHE = 1 << 14
+CACHED_TEXT = 2048
 
 
 @dataclass
@@ -44,7 +47,7 @@ class MentionFinder:
 
     def redact(self, text: str) -> tuple[str, int]:
         """(text with every erased person's spelling replaced, how many were replaced)."""
-        return self._redacted(text)
+        return self._redacted(text) if len(text) <= CACHED_TEXT else self._redact(text)
 
     def redact_columns(self, frame: pa.Table, columns: list[str]) -> tuple[pa.Table, int]:
         """Redact the named text columns of a frame; (new frame, mentions replaced)."""

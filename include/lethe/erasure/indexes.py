@@ -47,12 +47,11 @@ class Index:
 
 
 def index_name(kind: str, table: str, column: str) -> str:
-    """`lethe_<kind>_<table>_<column>`, shortened with a hash when PostgreSQL's 63 bytes are not enough."""
-    name = f"{PREFIX}{kind}_{split(table)[1]}_{column}"
-    if len(name.encode()) <= 63:
-        return name
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return name.encode()[:54].decode(errors="ignore") + "_" + digest
+    """`lethe_<kind>_<table>_<column>_<hash>`: the hash of the table and column apart tells `forum_posts.body`
+    from `forum.posts_body`; the readable part is shortened to keep within PostgreSQL's 63 bytes."""
+    digest = hashlib.sha256(f"{kind}\0{table}\0{column}".encode()).hexdigest()[:8]
+    readable = f"{PREFIX}{kind}_{split(table)[1]}_{column}".encode()[:54].decode(errors="ignore")
+    return f"{readable}_{digest}"
 
 
 def identifier_columns(policy: Policy) -> list[tuple[str, str, str]]:
@@ -101,7 +100,7 @@ def _state(cur: psycopg2.extensions.cursor, index: Index) -> str | None:
     schema = split(index.table)[0] or PLATFORM_SCHEMA
     cur.execute(
         "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
-        " WHERE c.relname = %s AND c.relnamespace = %s::regnamespace",
+        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relname = %s AND n.nspname = %s",
         (index.name, schema),
     )
     row = cur.fetchone()
@@ -115,6 +114,9 @@ def ensure(url: str, policy: Policy) -> list[tuple[Index, str]]:
     out: list[tuple[Index, str]] = []
     try:
         with conn.cursor() as cur:
+            # One run at a time: a second run took the first's build in progress (invalid until it ends)
+            # for an interrupted one and dropped it, and the two deadlocked.
+            cur.execute("SELECT pg_advisory_lock(hashtext('lethe db indexes'))")
             trgm = trigram_schema(cur)
             why_not = ""
             for index in wanted(policy):

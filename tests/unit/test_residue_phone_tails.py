@@ -1,0 +1,59 @@
+"""An outsider's attack: a phone spelling phonenumbers reads as the person's number, its digits ending otherwise."""
+
+from __future__ import annotations
+
+from lethe import residue
+from lethe.residue import Footprint, KeyedIndex, PlainIndex
+
+KEY = b"residue-key"
+
+# An Argentine mobile in a 4-digit area code (6-digit subscriber number), written nationally with the
+# mobile token "15" after the area code: phonenumbers moves it to "9" before the area code, so the
+# E.164 number ends 2123456 while the written digits end 5123456.
+E164 = "+54 9 2202 123456"
+WRITTEN = "call +54 2202 15 123456 tonight"
+
+
+def lucia() -> Footprint:
+    person = Footprint(7)
+    person.add("phone", E164)
+    return person
+
+
+def test_the_spelling_is_the_persons_number() -> None:
+    assert residue.phone_e164("+54 2202 15 123456") == residue.phone_e164(E164) == "+5492202123456"
+
+
+def test_keyed_index_finds_the_spelling() -> None:
+    index = KeyedIndex(KEY, frozenset(lucia().pseudonyms(KEY)))
+    assert residue.redact(index, WRITTEN)[0] == "call [erased] tonight"
+
+
+def test_plain_index_finds_the_spelling() -> None:
+    # Failed at 4f9f765: the digit run's last 7 digits (5123456) were no footprint phone's tail; 6 are.
+    index = PlainIndex([lucia()])
+    assert residue.who(index, WRITTEN) == {7}
+    assert residue.redact(index, WRITTEN)[0] == "call [erased] tonight"
+
+
+def test_the_scan_finds_the_spelling_in_a_text_the_prefilter_passes() -> None:
+    """A non-ASCII text goes past the prefilter to `candidates`, which must find the spelling."""
+    index = PlainIndex([lucia()])
+    text = "llamá al +54 2202 15 123456"
+    assert index.prefilter is not None and index.prefilter.may_hold(text)
+    assert residue.who(index, text) == {7}
+
+
+def test_the_prefilter_and_the_bulk_filter_pass_the_ascii_spelling() -> None:
+    """They keep a text when it holds a footprint phone's last PHONE_TAIL digits in a row: with 7 they dropped
+    this ASCII spelling before matching."""
+    import pyarrow as pa
+
+    index = PlainIndex([lucia()])
+    assert index.prefilter is not None and index.prefilter.may_hold(WRITTEN)
+    bulk = residue.BulkFilter.of(index)
+    assert bulk is not None and bulk.may_hold(pa.array([WRITTEN, "call +54 2202 15 654321"])).to_pylist() == [
+        True,
+        False,
+    ]
+    assert residue.who(index, WRITTEN) == {7}
