@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 
 import psycopg2.extensions
@@ -114,9 +115,7 @@ def ensure(url: str, policy: Policy) -> list[tuple[Index, str]]:
     out: list[tuple[Index, str]] = []
     try:
         with conn.cursor() as cur:
-            # One run at a time: a second run took the first's build in progress (invalid until it ends)
-            # for an interrupted one and dropped it, and the two deadlocked.
-            cur.execute("SELECT pg_advisory_lock(hashtext('lethe db indexes'))")
+            _one_run_at_a_time(cur)
             trgm = trigram_schema(cur)
             why_not = ""
             for index in wanted(policy):
@@ -143,6 +142,21 @@ def ensure(url: str, policy: Policy) -> list[tuple[Index, str]]:
     finally:
         conn.close()
     return out
+
+
+def _one_run_at_a_time(cur: psycopg2.extensions.cursor) -> None:
+    """Wait for any other run to end: a second run took the first's build in progress (invalid until it ends)
+    for an interrupted one and dropped it, and the two deadlocked. Polled, not a blocking pg_advisory_lock:
+    a session waiting inside a statement holds a snapshot, which the other run's CONCURRENTLY build waits for."""
+    waited = False
+    while True:
+        cur.execute("SELECT pg_try_advisory_lock(hashtext('lethe db indexes'))")
+        if cur.fetchone()[0]:  # type: ignore[index]
+            return
+        if not waited:
+            log.info("another `lethe db indexes` is building: waiting for it to end")
+            waited = True
+        time.sleep(1)
 
 
 def _install_trigram(cur: psycopg2.extensions.cursor) -> tuple[str | None, str]:
