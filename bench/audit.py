@@ -116,20 +116,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from lethe.audit.backups import Baseline
     from lethe.backup.snapshot import take_snapshot
-    from lethe.db import migrate, recreate_database, transaction
+    from lethe.db import transaction
     from lethe.embedded import services
     from lethe.policy import load_policy
-    from lethe.seed import seed
-    from lethe.testing import empty_buckets
+    from lethe.testing import seeded_platform
 
     policy = load_policy()
     rng = random.Random(11)
     start = datetime(2026, 11, 1, 2, tzinfo=UTC)
     with services(stop_started=True) as (server_url, s3_url):
-        url = recreate_database(server_url, "lethe_bench_audit")
-        migrate(url)
-        empty_buckets(s3_url)
-        seed(url, args.users)
+        url = seeded_platform(server_url, s3_url, "lethe_bench_audit", args.users)
         _progress(f"seeded {args.users:,} users")
         with transaction(url) as cur:
             cur.execute("SELECT user_id FROM accounts ORDER BY user_id")

@@ -163,12 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     from lethe.backup.snapshot import backed_up_tables, take_snapshot
     from lethe.backup.store import region_client
     from lethe.config import BUCKETS
-    from lethe.db import migrate, recreate_database, transaction
+    from lethe.db import transaction
     from lethe.embedded import services
     from lethe.policy import load_policy
     from lethe.pseudonym import subject_pseudonym
-    from lethe.seed import seed
-    from lethe.testing import empty_buckets
+    from lethe.testing import seeded_platform
 
     pa.array([0]).to_pandas()  # import pyarrow's lazy pandas bridge now, not inside the timed export
 
@@ -177,10 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     tables = backed_up_tables(policy)
     lines: list[str] = []
     with services() as (server_url, s3_url):
-        url = recreate_database(server_url, "lethe_bench_backup")
-        migrate(url)
-        empty_buckets(s3_url)
-        seed(url, args.users)
+        url = seeded_platform(server_url, s3_url, "lethe_bench_backup", args.users)
         with transaction(url) as cur:
             cur.execute("SHOW server_version_num")
             major = int(cur.fetchone()[0]) // 10000  # type: ignore[index]

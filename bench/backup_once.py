@@ -33,20 +33,16 @@ def main(argv: list[str] | None = None) -> int:
     from lethe.backup.replicate import replicate_snapshot
     from lethe.backup.snapshot import backed_up_tables, table_sizes, take_snapshot
     from lethe.config import BACKUP_REGIONS
-    from lethe.db import migrate, recreate_database, transaction
+    from lethe.db import transaction
     from lethe.embedded import services
     from lethe.policy import load_policy
-    from lethe.seed import seed
-    from lethe.testing import empty_buckets, primary_reads
+    from lethe.testing import primary_reads, seeded_platform
 
     policy = load_policy()
     first, *others = BACKUP_REGIONS
     base = datetime(2026, 11, 1, 2, tzinfo=UTC)
     with services() as (server_url, s3_url):
-        url = recreate_database(server_url, "lethe_bench_backup_once")
-        migrate(url)
-        empty_buckets(s3_url)
-        seed(url, args.users)
+        url = seeded_platform(server_url, s3_url, "lethe_bench_backup_once", args.users)
         with transaction(url) as cur:
             on_disk = sum(table_sizes(cur, backed_up_tables(policy)).values())
         # Autovacuum's scans count in the same block statistics: let it find nothing to do during the nights.

@@ -96,6 +96,19 @@ def empty_buckets(endpoint_url: str) -> None:
                 )
 
 
+def seeded_platform(server_url: str, endpoint_url: str, name: str, users: int) -> str:
+    """A bench's starting point: database `name` made afresh and migrated, every bucket emptied, `users` people
+    seeded; its URL."""
+    from lethe.db import migrate, recreate_database
+    from lethe.seed import seed
+
+    url = recreate_database(server_url, name)
+    migrate(url)
+    empty_buckets(endpoint_url)
+    seed(url, users)
+    return url
+
+
 def primary_reads(url: str) -> tuple[int, int]:
     """(rows, bytes) the platform's tables (every schema but Lethe's) have served since the database was made.
 
