@@ -109,22 +109,6 @@ def _rewrite_per_person(url: str, manifest: Any, pseudonyms: dict[int, str]) -> 
     return per_person
 
 
-def _insert_tombstones(cur: Any, user_ids: list[int]) -> None:
-    """Tombstones as subject_erasure writes them: the subject's pseudonym and those of their identifiers."""
-    from lethe.pseudonym import pseudonym, subject_pseudonym
-
-    cur.execute("SELECT user_id, email, username, phone FROM accounts WHERE user_id = ANY(%s)", (user_ids,))
-    rows = []
-    for user_id, *values in cur.fetchall():
-        ids = [pseudonym(KEY, kind, v) for kind, v in zip(("email", "username", "phone"), values, strict=True) if v]
-        rows.append((subject_pseudonym(KEY, user_id), sorted(ids)))
-    cur.executemany(
-        "INSERT INTO erasure_tombstones (subject_pseudonym, identifier_pseudonyms) VALUES (%s, %s)"
-        " ON CONFLICT DO NOTHING",
-        rows,
-    )
-
-
 def _propagate_both(url: str, s3_url: str) -> tuple[Any, float, Any, float]:
     """Propagate the pending tombstones with the term index in REGION and by full read in FULL_REGION."""
     from lethe.backup.propagate import propagate_region
@@ -167,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     from lethe.embedded import services
     from lethe.policy import load_policy
     from lethe.pseudonym import subject_pseudonym
-    from lethe.testing import seeded_platform
+    from lethe.testing import insert_tombstones, seeded_platform
 
     pa.array([0]).to_pandas()  # import pyarrow's lazy pandas bridge now, not inside the timed export
 
@@ -259,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         # so propagation also searches every free-text object for mentions of them)
         rng = random.Random(7)
         with transaction(url) as cur:
-            _insert_tombstones(cur, [rng.choice(user_ids)])
+            insert_tombstones(cur, KEY, [rng.choice(user_ids)])
         one, one_s, one_full, one_full_s = _propagate_both(url, s3_url)
         total = one.bytes_in_touched_snapshots
         lines.append(
@@ -272,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         # 4. many tombstones in one run
         batch = rng.sample(user_ids, min(args.tombstones, len(user_ids)))
         with transaction(url) as cur:
-            _insert_tombstones(cur, batch)
+            insert_tombstones(cur, KEY, batch)
         many, many_s, many_full, many_full_s = _propagate_both(url, s3_url)
         per_object = Counter(many.rewrites_per_object.values())
         lines.append(

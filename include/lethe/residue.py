@@ -29,7 +29,7 @@ import json
 import re
 import unicodedata
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import unquote
@@ -146,7 +146,7 @@ class Candidate:
     end: int
 
 
-def _phone_candidates(text: str, tails: frozenset[str] | None = None) -> Iterator[Candidate]:
+def _phone_candidates(text: str, tails: Container[str] | None = None) -> Iterator[Candidate]:
     """Every run of digit groups that parses as a phone number, in any grouping of its groups.
 
     `call 98765 43210 2 times` holds the run `98765 43210 2`; its sub-runs of whole groups
@@ -178,7 +178,7 @@ def _ascii_digits(digits: str) -> str:
     return digits if digits.isascii() else "".join(str(unicodedata.digit(ch)) for ch in digits)
 
 
-def candidates(text: str, max_name_words: int = 4, phone_tails: frozenset[str] | None = None) -> Iterator[Candidate]:
+def candidates(text: str, max_name_words: int = 4, phone_tails: Container[str] | None = None) -> Iterator[Candidate]:
     """Every spelling in `text` that could be one of a person's identifiers, normalised (phones only those
     ending in one of `phone_tails`, when given)."""
     folded = fold(text)  # spans refer to the folded text (the same length but for rare letters like ß)
@@ -229,7 +229,10 @@ class Index(Protocol):
     """Which people (by id) a normalised candidate belongs to."""
 
     max_name_words: int
-    phone_tails: frozenset[str] | None  # the last PHONE_TAIL digits of every phone known; None: not known
+
+    @property
+    def phone_tails(self) -> Container[str] | None:
+        """The last PHONE_TAIL digits of every phone known; None: not known."""
 
     def owners(self, kind: str, value: str) -> frozenset[str]: ...
 
@@ -254,6 +257,23 @@ class Footprint:
     def pseudonyms(self, key: bytes) -> list[str]:
         """Keyed pseudonyms of every value: what a tombstone keeps so backups and audits can match."""
         return sorted({keyed(key, kind, v) for kind, values in self.values.items() for v in values})
+
+
+def tombstone_prefilter(key: bytes, footprint: Footprint | None, identifiers: dict[str, str]) -> list[str] | None:
+    """The keyed prefilter terms of all a tombstone's identifier pseudonyms can match: its footprint, and the
+    request's identifiers both as the scanner and as lethe.pseudonym normalise them. None when a value leaves
+    the prefilter nothing safe to look for: readers then match every text in full."""
+    from lethe import pseudonym
+
+    person = Footprint(None)
+    for kind, values in footprint.values.items() if footprint else ():
+        person.values[kind] |= values
+    for kind, value in identifiers.items():
+        if kind in KINDS and value:
+            person.add(kind, value)
+            person.values[kind].add(pseudonym.normalise(kind, value))
+    prefilter = Prefilter.of([person])
+    return prefilter.keyed_terms(key) if isinstance(prefilter, Prefilter) else None
 
 
 @dataclass
@@ -309,10 +329,39 @@ class Prefilter:
     decoding applies; with `:` when the batch has an IPv6 address) goes to `candidates`.
     """
 
-    words: frozenset[str]
-    tails: frozenset[str]
-    ipv4: frozenset[str]
+    words: Container[str]
+    tails: Container[str]
+    ipv4: Container[str]
     ipv6: bool
+
+    @classmethod
+    def keyed(cls, key: bytes, pseudonyms: frozenset[str]) -> Prefilter:
+        """The prefilter of erased people, from the keyed terms their tombstones keep (`keyed_terms`)."""
+        return cls(
+            KeyedTerms(key, "word", pseudonyms),
+            KeyedTerms(key, "tail", pseudonyms),
+            KeyedTerms(key, "ipv4", pseudonyms),
+            _keyed_term(key, "ipv6", "") in pseudonyms,
+        )
+
+    def keyed_terms(self, key: bytes) -> list[str]:
+        """Every term of this prefilter as a keyed pseudonym: what a tombstone keeps so that backups and
+        audits can turn away texts without the person (`Prefilter.keyed`) knowing no raw value.
+
+        A phone's last PHONE_TAIL digits become guessable to whoever holds the key (a million tries),
+        as a whole number already is with more tries; without the key they are as opaque as the rest.
+        """
+        words, tails, ipv4 = self.plain()
+        terms = [("word", w) for w in words] + [("tail", t) for t in tails]
+        terms += [("ipv4", ip) for ip in ipv4] + ([("ipv6", "")] if self.ipv6 else [])
+        return sorted({_keyed_term(key, kind, value) for kind, value in terms})
+
+    def plain(self) -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
+        """Words, tails and IPv4 addresses as raw values (a prefilter built by `of`, not `keyed`)."""
+        if not (isinstance(self.words, frozenset) and isinstance(self.tails, frozenset)):
+            raise TypeError("a keyed prefilter does not know its raw terms")
+        assert isinstance(self.ipv4, frozenset)
+        return self.words, self.tails, self.ipv4
 
     @classmethod
     def of(cls, people: list[Footprint]) -> Prefilter | bool:
@@ -346,7 +395,7 @@ class Prefilter:
         if not text.isascii() or "%" in text or (self.ipv6 and ":" in text):
             return True
         folded = text.lower()
-        if not self.words.isdisjoint(_ASCII_WORD.findall(folded)):
+        if any(w in self.words for w in set(_ASCII_WORD.findall(folded))):
             return True
         if self.tails:
             digits = folded.translate(_NOT_DIGIT)
@@ -354,6 +403,28 @@ class Prefilter:
                 if digits[i : i + PHONE_TAIL] in self.tails:
                     return True
         return bool(self.ipv4) and folded.count(".") >= 3 and any(m in self.ipv4 for m in _IPV4.findall(folded))
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _keyed_term(key: bytes, kind: str, value: str) -> str:
+    """A prefilter term's pseudonym (its own message prefix: never equal to an identifier's). Cached:
+    words and digit windows repeat across a table's texts."""
+    return keyed(key, f"prefilter.{kind}", value)
+
+
+@dataclass(frozen=True)
+class KeyedTerms:
+    """The terms of one kind among keyed pseudonyms: `value in terms` pseudonymises `value` and looks."""
+
+    key: bytes
+    kind: str
+    pseudonyms: frozenset[str]
+
+    def __contains__(self, value: object) -> bool:
+        return isinstance(value, str) and _keyed_term(self.key, self.kind, value) in self.pseudonyms
+
+    def __bool__(self) -> bool:
+        return bool(self.pseudonyms)
 
 
 ERASED = "\x00erased"  # the owner a keyed match reports: the tombstone says someone erased, not who
@@ -366,7 +437,8 @@ class KeyedIndex:
     key: bytes
     pseudonyms: frozenset[str]
     max_name_words: int = 4
-    phone_tails: frozenset[str] | None = None  # a pseudonym does not tell its digits
+    # A pseudonym does not tell its digits; the tombstones' keyed tails do (Prefilter.keyed), when all keep them.
+    phone_tails: Container[str] | None = None
     _seen: dict[tuple[str, str], bool] = field(default_factory=dict, init=False)  # one HMAC per spelling
 
     def owners(self, kind: str, value: str) -> frozenset[str]:
@@ -776,8 +848,7 @@ class BulkFilter:
                         pairs.add(f"{found[0]} {found[1]}")
                     else:
                         tokens.add(found[-1])  # Prefilter.of refused a value without a word
-        p = prefilter
-        return cls(p.words, p.tails, p.ipv4, p.ipv6, frozenset(tokens), frozenset(pairs))
+        return cls(*prefilter.plain(), prefilter.ipv6, frozenset(tokens), frozenset(pairs))
 
     def may_hold(self, values: pa.Array) -> pa.Array:
         if len(values) > 4 * SAMPLE and len(pc.unique(values.slice(0, SAMPLE))) < SAMPLE // 4:

@@ -144,3 +144,26 @@ def primary_reads(url: str) -> tuple[int, int]:
                 (lethe_schema(),),
             )
             return rows, int(cur.fetchone()[0])  # type: ignore[index]
+
+
+def insert_tombstones(
+    cur: psycopg2.extensions.cursor, key: bytes, user_ids: list[int], *, prefilter: bool = True
+) -> None:
+    """Tombstones of seeded accounts as subject_erasure writes them (without erasing anything): the subject's
+    pseudonym, those of their email, username and phone, and the keyed prefilter terms of those (NULL when not
+    `prefilter`, as tombstones written before them)."""
+    from lethe.pseudonym import pseudonym, subject_pseudonym
+    from lethe.residue import tombstone_prefilter
+
+    cur.execute("SELECT user_id, email, username, phone FROM accounts WHERE user_id = ANY(%s)", (user_ids,))
+    rows = []
+    for user_id, *values in cur.fetchall():
+        given = {kind: v for kind, v in zip(("email", "username", "phone"), values, strict=True) if v}
+        ids = sorted(pseudonym(key, kind, v) for kind, v in given.items())
+        terms = tombstone_prefilter(key, None, given) if prefilter else None
+        rows.append((subject_pseudonym(key, user_id), ids, terms))
+    cur.executemany(
+        "INSERT INTO erasure_tombstones (subject_pseudonym, identifier_pseudonyms, prefilter_pseudonyms)"
+        " VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+        rows,
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from lethe import residue
+from lethe.backup.mentions import MentionFinder, prefilter_of
 from lethe.residue import Footprint, KeyedIndex, PlainIndex
 
 KEY = b"residue-key"
@@ -166,3 +167,66 @@ def test_prefilter_turns_away_texts_without_anyone(text: str) -> None:
     assert index.prefilter is not None
     assert not index.prefilter.may_hold(text)
     assert residue.who(index, text) == set()
+
+
+# --- the tombstones' keyed prefilter: backups and audits skip texts without anyone erased ---------------------
+
+NOBODY = [
+    "Course player",
+    "Mozilla/5.0 Chrome/130.0.6723.91",
+    "203.0.113.70 and 10.203.0.113",
+    "call 98765 43211",
+    "ticket 4410 closed by support on 2026-11-30",
+]
+
+
+def tombstone_terms() -> frozenset[str]:
+    """The keyed prefilter terms the tombstones of asha and bhavin keep."""
+    terms = [residue.tombstone_prefilter(KEY, person, {}) for person in (asha(), bhavin())]
+    assert all(t is not None for t in terms)
+    return frozenset(t for ts in terms for t in ts or [])
+
+
+def keyed_finder(*, prefilter: bool) -> MentionFinder:
+    """What propagation and the audit build from those tombstones."""
+    identifiers = frozenset(p for person in (asha(), bhavin()) for p in person.pseudonyms(KEY))
+    return MentionFinder(KEY, identifiers, tombstone_terms() if prefilter else None)
+
+
+@pytest.mark.parametrize("text", PASSING)
+def test_keyed_prefilter_redacts_exactly_what_full_matching_does(text: str) -> None:
+    with_prefilter, without = keyed_finder(prefilter=True), keyed_finder(prefilter=False)
+    assert without.redact(text)[1], text  # someone erased is in it
+    assert with_prefilter.redact(text) == without.redact(text)
+
+
+@pytest.mark.parametrize("text", NOBODY)
+def test_keyed_prefilter_turns_away_texts_without_anyone(text: str) -> None:
+    assert not residue.Prefilter.keyed(KEY, tombstone_terms()).may_hold(text)
+    assert keyed_finder(prefilter=True).redact(text) == (text, 0)
+
+
+def test_keyed_terms_hold_no_raw_value_and_match_no_identifier() -> None:
+    terms = residue.tombstone_prefilter(KEY, asha(), {})
+    assert terms and all(len(t) == 64 and int(t, 16) >= 0 for t in terms)  # hex HMACs only
+    assert not set(terms) & set(asha().pseudonyms(KEY))  # their own message prefix: never an identifier's
+    assert "543210" not in " ".join(terms) and "asha" not in " ".join(terms)
+
+
+def test_a_request_identifier_outside_the_footprint_is_in_the_terms() -> None:
+    """The request's own email, as lethe.pseudonym keys it, passes the prefilter even when the footprint missed it."""
+    terms = residue.tombstone_prefilter(KEY, None, {"email": "Chitra.N@example.test", "phone": "+91 91234 56789"})
+    assert terms is not None
+    prefilter = residue.Prefilter.keyed(KEY, frozenset(terms))
+    assert prefilter.may_hold("from chitra.n@example.test")
+    assert prefilter.may_hold("call 91234-56789")
+    assert not prefilter.may_hold("from chitra.m@example.test, call 91234-56780")
+
+
+def test_no_terms_when_the_prefilter_cannot_be_safe() -> None:
+    """A phone too short to have a tail: no terms, and readers match every text of such a batch in full."""
+    person = Footprint(3)
+    person.values["phone"].add("+123")
+    assert residue.tombstone_prefilter(KEY, person, {}) is None
+    assert prefilter_of([(["p1"], ["t1"]), (["p2"], None)]) is None  # one tombstone without terms
+    assert prefilter_of([(["p1"], ["t1"]), ([], None)]) == frozenset({"t1"})  # no identifiers: nothing to look for

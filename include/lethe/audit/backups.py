@@ -38,7 +38,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 from lethe.audit.limits import RPO_HOURS
-from lethe.backup.mentions import MentionFinder
+from lethe.backup.mentions import MentionFinder, prefilter_of
 from lethe.backup.term_index import Query, may_mention
 from lethe.config import BACKUP_REGIONS, BUCKETS
 from lethe.db import transaction
@@ -57,6 +57,7 @@ CHECKS = ("bucket_in_region", "snapshot_within_rpo", "manifest_mismatches", "tom
 class Tombstones:
     erased_at: dict[str, datetime]  # subject pseudonym -> when it was erased
     identifiers_at: dict[str, datetime] = field(default_factory=dict)  # identifier pseudonym -> newest erasure
+    prefilter: frozenset[str] | None = None  # their keyed prefilter terms (mentions.prefilter_of)
 
     def since(self, when: datetime | None) -> tuple[set[str], set[str]]:
         """Subjects erased at or after `when`, and the identifier pseudonyms those left."""
@@ -69,10 +70,12 @@ class Tombstones:
 
 def tombstones(db_url: str) -> Tombstones:
     with transaction(db_url) as cur:
-        cur.execute("SELECT subject_pseudonym, identifier_pseudonyms, erased_at FROM erasure_tombstones")
+        cur.execute(
+            "SELECT subject_pseudonym, identifier_pseudonyms, erased_at, prefilter_pseudonyms FROM erasure_tombstones"
+        )
         rows = cur.fetchall()
-    found = Tombstones({p: at for p, _, at in rows})
-    for _, ids, at in rows:
+    found = Tombstones({p: at for p, _, at, _ in rows}, prefilter=prefilter_of((i, t) for _, i, _, t in rows))
+    for _, ids, at, _ in rows:
         for i in ids or []:
             found.identifiers_at[i] = max(at, found.identifiers_at.get(i, at))
     return found
@@ -282,7 +285,7 @@ def check_backups(
     sample: int = DEFAULT_SAMPLE,
 ) -> CheckResult:
     found = tombstones(db_url)
-    finder = MentionFinder(key, frozenset(found.identifiers_at))
+    finder = MentionFinder(key, frozenset(found.identifiers_at), found.prefilter)
     counts: dict[str, int] = {}
     details: dict[str, Any] = {}
     for region in BACKUP_REGIONS:

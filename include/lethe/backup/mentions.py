@@ -13,7 +13,7 @@ redacted in the backups exactly as on the primary.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -33,16 +33,24 @@ class MentionFinder:
 
     key: bytes
     identifier_pseudonyms: frozenset[str]
+    # The tombstones' keyed prefilter terms (residue.Prefilter.keyed_terms); None when one of them has none.
+    prefilter_pseudonyms: frozenset[str] | None = None
     _index: residue.KeyedIndex = field(init=False)
-
+    _prefilter: residue.Prefilter | None = field(init=False, default=None)
     _redacted: Callable[[str], tuple[str, int]] = field(init=False)
 
     def __post_init__(self) -> None:
         self._index = residue.KeyedIndex(self.key, self.identifier_pseudonyms)  # caches one HMAC per spelling
+        if self.prefilter_pseudonyms is not None:
+            # Most texts hold none of the erased people's words, digits or addresses: they skip matching.
+            self._prefilter = residue.Prefilter.keyed(self.key, self.prefilter_pseudonyms)
+            self._index.phone_tails = self._prefilter.tails
         # The same text comes back in every snapshot that holds its row: it is matched once.
         self._redacted = functools.lru_cache(maxsize=REDACTED_CACHE)(self._redact)
 
     def _redact(self, text: str) -> tuple[str, int]:
+        if self._prefilter is not None and not self._prefilter.may_hold(text):
+            return text, 0
         return residue.redact_text(self._index, text)
 
     def redact(self, text: str) -> tuple[str, int]:
@@ -69,3 +77,14 @@ class MentionFinder:
                 index = frame.column_names.index(name)
                 frame = frame.set_column(index, name, pa.array(values, frame.schema.field(name).type))
         return frame, total
+
+
+def prefilter_of(tombstones: Iterable[tuple[list[str] | None, list[str] | None]]) -> frozenset[str] | None:
+    """The prefilter terms of these tombstones, given as (identifier pseudonyms, prefilter pseudonyms) each;
+    None when one that left identifiers keeps no terms (written before them): its spellings could be anywhere."""
+    terms: set[str] = set()
+    for identifiers, prefilter in tombstones:
+        if identifiers and prefilter is None:
+            return None
+        terms.update(prefilter or ())
+    return frozenset(terms)

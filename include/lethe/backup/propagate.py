@@ -41,7 +41,7 @@ from typing import Any
 from lethe.backup import frames, layout, links, store, writer
 from lethe.backup.manifest import Manifest, ObjectEntry, TableEntry, complete_manifests
 from lethe.backup.manifest import write as write_manifest
-from lethe.backup.mentions import MentionFinder
+from lethe.backup.mentions import MentionFinder, prefilter_of
 from lethe.backup.term_index import Query, TermIndexer, may_mention
 from lethe.config import BUCKETS
 from lethe.db import transaction
@@ -135,10 +135,14 @@ def propagate_region(
     bucket = BUCKETS.backup(region)
     result = RegionResult(region=region)
     with transaction(db_url) as cur:
-        cur.execute("SELECT subject_pseudonym, request_id::text, identifier_pseudonyms FROM erasure_tombstones")
+        cur.execute(
+            "SELECT subject_pseudonym, request_id::text, identifier_pseudonyms, prefilter_pseudonyms"
+            " FROM erasure_tombstones"
+        )
         rows = cur.fetchall()
-        tombstones: dict[str, str | None] = {p: request for p, request, _ in rows}
-        identifiers: dict[str, list[str]] = {p: list(ids or []) for p, _, ids in rows}
+        tombstones: dict[str, str | None] = {p: request for p, request, _, _ in rows}
+        identifiers: dict[str, list[str]] = {p: list(ids or []) for p, _, ids, _ in rows}
+        prefilters: dict[str, list[str] | None] = {p: terms for p, _, _, terms in rows}
         cur.execute(
             "SELECT snapshot_id, subject_pseudonym FROM backup_tombstone_applications WHERE region = %s", (region,)
         )
@@ -160,6 +164,7 @@ def propagate_region(
             region,
             tombstones,
             identifiers,
+            prefilters,
             applied,
             key,
             result,
@@ -185,6 +190,7 @@ def _propagate_snapshots(
     region: str,
     tombstones: dict[str, str | None],
     identifiers: dict[str, list[str]],
+    prefilters: dict[str, list[str] | None],
     applied: dict[str, set[str]],
     key: bytes,
     result: RegionResult,
@@ -201,7 +207,9 @@ def _propagate_snapshots(
         pending = set(tombstones) - applied[manifest.snapshot_id]
         if pending:
             wanted = frozenset(i for p in pending for i in identifiers[p])
-            finder = finders.setdefault(wanted, MentionFinder(key, wanted))
+            finder = finders.get(wanted) or finders.setdefault(
+                wanted, MentionFinder(key, wanted, prefilter_of((identifiers[p], prefilters[p]) for p in pending))
+            )
             jobs = _affected_jobs(manifest, pending, finder, use_term_index, result)
             _rewrite_snapshot(client, bucket, manifest, jobs, finder, len(pending), result, per_subject, drill)
         # Every run, every retained snapshot: no old version may outlive its rewrite, whoever wrote it.

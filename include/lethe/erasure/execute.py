@@ -224,14 +224,16 @@ def write_tombstones(cur: psycopg2.extensions.cursor, key: bytes, works: list[Wo
         ids = {pseudonym(key, k, v) for k, v in w.subject.identifiers.items() if v and k != "user_id"}
         if w.subject.footprint:  # every spelling the scanner matched: backups and audits match the same way
             ids |= set(w.subject.footprint.pseudonyms(key))
-        rows.append((w.pseudonym, sorted(ids), w.request_id, json.dumps(w.rows)))
+        terms = residue.tombstone_prefilter(key, w.subject.footprint, w.subject.identifiers)
+        rows.append((w.pseudonym, sorted(ids), terms, w.request_id, json.dumps(w.rows)))
     if rows:
         psycopg2.extras.execute_values(
             cur,
-            "INSERT INTO erasure_tombstones (subject_pseudonym, identifier_pseudonyms, request_id, counts)"
+            "INSERT INTO erasure_tombstones"
+            " (subject_pseudonym, identifier_pseudonyms, prefilter_pseudonyms, request_id, counts)"
             " VALUES %s ON CONFLICT (subject_pseudonym) DO NOTHING",
             rows,
-            template="(%s, %s::text[], %s::uuid, %s::jsonb)",
+            template="(%s, %s::text[], %s::text[], %s::uuid, %s::jsonb)",
         )
     return len(rows)
 
