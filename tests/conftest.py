@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 from lethe import airflow_env, testing
 from lethe.embedded import services as start_services
 from s3_calls import RECORDER, documented_policy
@@ -25,6 +26,9 @@ from s3_calls import RECORDER, documented_policy
 
 def pytest_configure(config: pytest.Config) -> None:
     """Configure Airflow before any test module imports it (Airflow reads its settings on import)."""
+    # Property tests judge the code, not the machine: a loaded CI worker must not fail them on timing.
+    settings.register_profile("lethe", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile("lethe")
     airflow_env.configure_home(Path(tempfile.mkdtemp(prefix="lethe-test-airflow-")))
     # The tests' own connections see Lethe's tables as Lethe's do: platform schema first, then Lethe's.
     from lethe.db import search_path

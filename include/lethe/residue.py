@@ -323,7 +323,8 @@ class Prefilter:
       of the text (the characters around it end a word: `.`, `-`, `@`, `%`);
     - a name keeps its longest word as a word of the text;
     - a phone keeps the last PHONE_TAIL digits of its E.164 number, in a row once the text's other characters
-      are dropped (the separators a phone may be written with are never digits);
+      are dropped (the separators a phone may be written with are never digits), ending where one of the
+      text's runs of digits ends (a number's last digit is the last of its group);
     - an IPv4 address is written as itself (the same pattern as `candidates`).
     A text it cannot reason about (not ASCII, so NFKC and Unicode digits apply; with `%`, so URL
     decoding applies; with `:` when the batch has an IPv6 address) goes to `candidates`.
@@ -398,9 +399,12 @@ class Prefilter:
         if any(w in self.words for w in set(_ASCII_WORD.findall(folded))):
             return True
         if self.tails:
+            # A phone ends where a run of digits ends: only the windows ending there are looked up.
             digits = folded.translate(_NOT_DIGIT)
-            for i in range(len(digits) - PHONE_TAIL + 1):
-                if digits[i : i + PHONE_TAIL] in self.tails:
+            end = 0
+            for run in _DIGITS.findall(folded):
+                end += len(run)
+                if end >= PHONE_TAIL and digits[end - PHONE_TAIL : end] in self.tails:
                     return True
         return bool(self.ipv4) and folded.count(".") >= 3 and any(m in self.ipv4 for m in _IPV4.findall(folded))
 

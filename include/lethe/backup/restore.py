@@ -28,7 +28,7 @@ from psycopg2 import sql
 from lethe import relations
 from lethe.backup import frames, layout, links, store
 from lethe.backup.manifest import Manifest, TableEntry, read
-from lethe.backup.mentions import MentionFinder
+from lethe.backup.mentions import MentionFinder, prefilter_of
 from lethe.config import BUCKETS
 from lethe.db import ConfigurationError, connect, migrate, transaction
 from lethe.policy import load_policy
@@ -131,8 +131,8 @@ def _primary_tombstones(primary_url: str | None, target_url: str) -> list[tuple[
     try:
         with transaction(primary_url) as cur:
             cur.execute(
-                "SELECT subject_pseudonym, identifier_pseudonyms, request_id, erased_at, counts::text"
-                " FROM erasure_tombstones"
+                "SELECT subject_pseudonym, identifier_pseudonyms, request_id, erased_at, counts::text,"
+                " prefilter_pseudonyms FROM erasure_tombstones"
             )
             return list(cur.fetchall())
     except (ConfigurationError, psycopg2.Error):
@@ -194,9 +194,17 @@ def restore_snapshot(
     report.tombstones_from_primary = len(primary_only)
     erased = in_snapshot | {row[0] for row in primary_only}
     identifiers = {i for row in primary_only for i in row[1] or []}
+    terms = [(row[1], row[5]) for row in primary_only]
     if snapshot_tombstones is not None:
-        identifiers |= {i for v in snapshot_tombstones.column("identifier_pseudonyms").to_pylist() for i in _array(v)}
-    finder = MentionFinder(key, frozenset(identifiers))
+        ids = snapshot_tombstones.column("identifier_pseudonyms").to_pylist()
+        identifiers |= {i for v in ids for i in _array(v)}
+        kept = (  # a snapshot from before the prefilter terms has no such column: every text is matched
+            snapshot_tombstones.column("prefilter_pseudonyms").to_pylist()
+            if "prefilter_pseudonyms" in snapshot_tombstones.column_names
+            else [None] * len(ids)
+        )
+        terms += [(_array(i), None if t is None else _array(t)) for i, t in zip(ids, kept, strict=True)]
+    finder = MentionFinder(key, frozenset(identifiers), prefilter_of(terms))
     policy = load_policy()
     out(f"restoring snapshot {sid} from {region} (policy {manifest.policy_version}) into the target database")
     if report.primary_reachable is False:
@@ -240,7 +248,7 @@ def restore_snapshot(
         for row in primary_only:  # the tombstones themselves must survive the restore too
             cur.execute(
                 "INSERT INTO erasure_tombstones (subject_pseudonym, identifier_pseudonyms, request_id, erased_at,"
-                " counts) VALUES (%s, %s, %s, %s, %s::jsonb) ON CONFLICT DO NOTHING",
+                " counts, prefilter_pseudonyms) VALUES (%s, %s, %s, %s, %s::jsonb, %s) ON CONFLICT DO NOTHING",
                 row,
             )
     report.tombstoned_rows_left = verify_no_tombstoned_rows(target_url, manifest, erased, key)
