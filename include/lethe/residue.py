@@ -794,24 +794,14 @@ class BulkFilter:
             alternatives = "|".join(re.escape(w) for w in sorted(self.words))
             out = pc.or_(out, pc.match_substring_regex(lower, rf"(?:^|[^a-z0-9_])(?:{alternatives})(?:[^a-z0-9_]|$)"))
         elif self.words:
-            out = pc.or_(out, _any_token(lower, r"[^a-z0-9_]+", self.tokens, pairs=self.pairs))
+            out = pc.or_(out, _any_token(lower, _WORD_BYTES, self.tokens, pairs=self.pairs))
         if self.tails:
-            enough = rf"[0-9](?:[^0-9]*[0-9]){{{PHONE_TAIL - 1}}}"
-            digits_enough = pc.fill_null(pc.match_substring_regex(lower, enough), False)
-            where = pc.indices_nonzero(digits_enough)
-            if len(where):
-                digits = pc.replace_substring_regex(lower.filter(digits_enough), r"[^0-9]+", "")
-                if len(self.tails) <= FEW:
-                    found = pc.match_substring_regex(digits, "|".join(sorted(self.tails)))
-                    rows = where.filter(pc.fill_null(found, False))
-                else:  # every PHONE_TAIL-digit window of the digit strings, hashed
-                    rows = where.filter(_any_window(digits, self.tails))
-                out = pc.or_(out, _mask(len(values), rows))
+            out = pc.or_(out, pa.array(_any_window(values, self.tails)))
         if self.ipv4:
             dotted = pc.fill_null(pc.greater_equal(pc.count_substring(lower, "."), 3), False)
             where = pc.indices_nonzero(dotted)
             if len(where):
-                found = _any_token(lower.filter(dotted), r"[^0-9.]+", self.ipv4, strip=".")
+                found = _any_token(lower.filter(dotted), _IPV4_BYTES, self.ipv4, strip=".")
                 out = pc.or_(out, _mask(len(values), where.filter(pc.fill_null(found, False))))
         return out
 
@@ -820,41 +810,94 @@ SAMPLE = 1024
 FEW = 64  # needles of one kind up to which one RE2 pattern tests them
 
 
-def _any_window(digits: pa.Array, tails: frozenset[str]) -> pa.Array:
-    """True where a PHONE_TAIL-long window of the digit string is one of `tails`."""
-    needles = pa.array(sorted(tails), pa.string())
-    lengths = pc.utf8_length(digits)
-    out = pa.array(np.zeros(len(digits), dtype=bool))
-    longest = pc.max(lengths).as_py() or 0
-    for start in range(max(0, longest - PHONE_TAIL + 1)):
-        window = pc.utf8_slice_codeunits(digits, start, start + PHONE_TAIL)
-        out = pc.or_(out, pc.and_(pc.greater_equal(lengths, start + PHONE_TAIL), pc.is_in(window, value_set=needles)))
+def _utf8(values: pa.Array) -> tuple[np.ndarray, np.ndarray, pa.Buffer, int]:
+    """A string array's bytes, its offsets into them (from its own first byte), its data buffer, and where
+    in that buffer its first byte is."""
+    if values.type != pa.string():
+        values = values.cast(pa.string())
+    _, offsets_buf, data_buf = values.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=np.int32)[values.offset : values.offset + len(values) + 1]
+    first = int(offsets[0])
+    if data_buf is None:
+        return np.zeros(0, np.uint8), np.zeros(len(values) + 1, np.int64), pa.py_buffer(b""), 0
+    data = np.frombuffer(data_buf, dtype=np.uint8)[first : int(offsets[-1])]
+    return data, offsets.astype(np.int64) - first, data_buf, first
+
+
+def _byte_class(chars: str) -> np.ndarray:
+    table = np.zeros(256, dtype=bool)
+    table[list(chars.encode())] = True
+    return table
+
+
+_WORD_BYTES = _byte_class("abcdefghijklmnopqrstuvwxyz0123456789_")  # [^a-z0-9_]+ separates words of lowered text
+_IPV4_BYTES = _byte_class("0123456789.")
+_DIGIT_BYTES = _byte_class("0123456789")
+
+
+def _runs(values: pa.Array, classes: np.ndarray) -> tuple[pa.Array, np.ndarray]:
+    """Every maximal run of bytes of the class in each text, as strings, and the row of each.
+
+    The same tokens as splitting on the complement's pattern and dropping empty parts, without a regex:
+    the text's bytes are cut where the class changes and where a text ends, so the pieces are contiguous
+    slices of one buffer (offsets only, no copy), and the runs of the class are kept. Bytes of a multi-byte
+    UTF-8 character are never of an ASCII class, so a cut never splits one.
+    """
+    data, offsets, buffer, first = _utf8(values)
+    inside = classes[data]
+    cut = np.zeros(len(data) + 1, dtype=bool)
+    cut[offsets] = True
+    cut[1:-1] |= inside[1:] != inside[:-1]
+    bounds = np.flatnonzero(cut)
+    pieces = pa.StringArray.from_buffers(len(bounds) - 1, pa.py_buffer((bounds + first).astype(np.int32)), buffer)
+    keep = inside[bounds[:-1]] if len(data) else np.zeros(0, dtype=bool)
+    rows = np.searchsorted(offsets, bounds[:-1], side="right") - 1
+    return pieces.filter(pa.array(keep)), rows[keep]
+
+
+def _any_window(values: pa.Array, tails: frozenset[str]) -> np.ndarray:
+    """True where PHONE_TAIL of the text's ASCII digits in a row (other characters dropped) are one of `tails`."""
+    data, offsets, _, _ = _utf8(values)
+    digit = _DIGIT_BYTES[data]
+    before = np.concatenate(([0], np.cumsum(digit)))[offsets]  # digits before each text's first byte
+    counts = np.diff(before)
+    d = data[digit].astype(np.int32) - ord("0")
+    out = np.zeros(len(values), dtype=bool)
+    n = len(d) - PHONE_TAIL + 1
+    if n <= 0:
+        return out
+    number = np.zeros(n, dtype=np.int32)  # the window's digits as one number: tails are PHONE_TAIL long
+    for k in range(PHONE_TAIL):
+        number = number * 10 + d[k : k + n]
+    wanted = np.zeros(10**PHONE_TAIL, dtype=bool)
+    wanted[[int(t) for t in tails if len(t) == PHONE_TAIL and t.isascii() and t.isdigit()]] = True
+    row = np.repeat(np.arange(len(values)), counts)
+    hit = wanted[number] & (row[:n] == row[PHONE_TAIL - 1 :])  # a window inside one text
+    out[row[:n][hit]] = True
     return out
 
 
-def _mask(n: int, rows: pa.Array) -> pa.Array:
+def _mask(n: int, rows: pa.Array | np.ndarray) -> pa.Array:
     mask = np.zeros(n, dtype=bool)
-    mask[rows.to_numpy(zero_copy_only=False)] = True
+    mask[rows.to_numpy(zero_copy_only=False) if isinstance(rows, pa.Array) else rows] = True
     return pa.array(mask)
 
 
 def _any_token(
-    values: pa.Array, separators: str, needles: frozenset[str], strip: str = "", pairs: frozenset[str] = frozenset()
+    values: pa.Array, classes: np.ndarray, needles: frozenset[str], strip: str = "", pairs: frozenset[str] = frozenset()
 ) -> pa.Array:
-    """True where a token of the text (split on the `separators` pattern, `strip` trimmed) is a needle,
+    """True where a token of the text (a run of the byte class, `strip` trimmed) is a needle,
     or two tokens one after the other, joined by a space, are one of `pairs`."""
-    tokens = pc.split_pattern_regex(values, separators)
-    flat = pc.list_flatten(tokens)
-    parents = pc.list_parent_indices(tokens)
+    flat, parents = _runs(values, classes)
     if strip:
         flat = pc.utf8_trim(flat, strip)
-    hit = pc.is_in(flat, value_set=pa.array(sorted(needles), pa.string()))
-    rows = pc.filter(parents, hit)
+    hit = pc.is_in(flat, value_set=pa.array(sorted(needles), pa.string())).to_numpy(zero_copy_only=False)
+    rows = parents[hit]
     if pairs and len(flat) > 1:
         joined = pc.binary_join_element_wise(flat.slice(0, len(flat) - 1), flat.slice(1), " ")
-        same = pc.equal(parents.slice(0, len(flat) - 1), parents.slice(1))
-        pair_hit = pc.and_(same, pc.is_in(joined, value_set=pa.array(sorted(pairs), pa.string())))
-        rows = pa.concat_arrays([rows, pc.filter(parents.slice(0, len(flat) - 1), pair_hit)])
+        same = parents[:-1] == parents[1:]
+        pair_hit = same & pc.is_in(joined, value_set=pa.array(sorted(pairs), pa.string())).to_numpy(False)
+        rows = np.concatenate([rows, parents[:-1][pair_hit]])
     return _mask(len(values), rows)
 
 
