@@ -841,13 +841,14 @@ _DIGIT_BYTES = _byte_class("0123456789")
 _PHONE_RUN_BYTES = _byte_class("0123456789 \t().-")  # what `_PHONE_RUN` joins digit groups with
 
 
-def _runs(values: pa.Array, classes: np.ndarray) -> tuple[pa.Array, np.ndarray]:
-    """Every maximal run of bytes of the class in each text, as strings, and the row of each.
+def _runs(values: pa.Array, classes: np.ndarray) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """Each text cut into maximal runs of bytes in and out of the class: the pieces as strings, the row of
+    each, and whether it is a run of the class.
 
-    The same tokens as splitting on the complement's pattern and dropping empty parts, without a regex:
-    the text's bytes are cut where the class changes and where a text ends, so the pieces are contiguous
-    slices of one buffer (offsets only, no copy), and the runs of the class are kept. Bytes of a multi-byte
-    UTF-8 character are never of an ASCII class, so a cut never splits one.
+    The runs of the class are the tokens of splitting on the complement's pattern, without a regex: the
+    pieces are contiguous slices of one buffer (offsets only, no copy), and within a text they alternate
+    in and out of the class. Bytes of a multi-byte UTF-8 character are never of an ASCII class, so a cut
+    never splits one.
     """
     data, offsets, buffer, first = _utf8(values)
     inside = classes[data]
@@ -856,9 +857,8 @@ def _runs(values: pa.Array, classes: np.ndarray) -> tuple[pa.Array, np.ndarray]:
     cut[1:-1] |= inside[1:] != inside[:-1]
     bounds = np.flatnonzero(cut)
     pieces = pa.StringArray.from_buffers(len(bounds) - 1, pa.py_buffer((bounds + first).astype(np.int32)), buffer)
-    keep = inside[bounds[:-1]] if len(data) else np.zeros(0, dtype=bool)
     rows = np.searchsorted(offsets, bounds[:-1], side="right") - 1
-    return pieces.filter(pa.array(keep)), rows[keep]
+    return pieces, rows, inside[bounds[:-1]] if len(data) else np.zeros(0, dtype=bool)
 
 
 def _any_window(values: pa.Array, tails: frozenset[str]) -> np.ndarray:
@@ -875,9 +875,9 @@ def _any_window(values: pa.Array, tails: frozenset[str]) -> np.ndarray:
     n = len(where) - PHONE_TAIL + 1
     if n <= 0:
         return out
-    breaks = (~_PHONE_RUN_BYTES[data]).astype(np.int64)
-    breaks += np.bincount(offsets[:-1], minlength=len(data) + 1)[:-1]  # a text's start ends the previous run
-    run = np.cumsum(breaks)[where]  # one id per run of each digit
+    breaks = ~_PHONE_RUN_BYTES[data]
+    breaks[offsets[:-1][offsets[:-1] < len(data)]] = True  # a text's start ends the previous run
+    run = np.cumsum(breaks, dtype=np.int32)[where]  # one id per run of each digit
     d = data[where].astype(np.int32) - ord("0")
     number = np.zeros(n, dtype=np.int32)  # the window's digits as one number: tails are PHONE_TAIL long
     for k in range(PHONE_TAIL):
@@ -900,16 +900,21 @@ def _any_token(
 ) -> pa.Array:
     """True where a token of the text (a run of the byte class, `strip` trimmed) is a needle,
     or two tokens one after the other, joined by a space, are one of `pairs`."""
-    flat, parents = _runs(values, classes)
+    pieces, parents, token = _runs(values, classes)
     if strip:
-        flat = pc.utf8_trim(flat, strip)
-    hit = pc.is_in(flat, value_set=pa.array(sorted(needles), pa.string())).to_numpy(zero_copy_only=False)
+        pieces = pc.utf8_trim(pieces, strip)
+    hit = token & pc.is_in(pieces, value_set=pa.array(sorted(needles), pa.string())).to_numpy(zero_copy_only=False)
     rows = parents[hit]
-    if pairs and len(flat) > 1:
-        joined = pc.binary_join_element_wise(flat.slice(0, len(flat) - 1), flat.slice(1), " ")
-        same = parents[:-1] == parents[1:]
-        pair_hit = same & pc.is_in(joined, value_set=pa.array(sorted(pairs), pa.string())).to_numpy(False)
-        rows = np.concatenate([rows, parents[:-1][pair_hit]])
+    if pairs and len(pieces) > 2:
+        # Only where a pair's first word is: the token after it is two pieces on (a separator between).
+        firsts = pa.array(sorted({p.split(" ", 1)[0] for p in pairs}), pa.string())
+        first = np.flatnonzero(token & pc.is_in(pieces, value_set=firsts).to_numpy(zero_copy_only=False))
+        first = first[first + 2 < len(pieces)]
+        first = first[parents[first] == parents[first + 2]]
+        if len(first):
+            joined = pc.binary_join_element_wise(pieces.take(first), pieces.take(first + 2), " ")
+            pair_hit = pc.is_in(joined, value_set=pa.array(sorted(pairs), pa.string())).to_numpy(zero_copy_only=False)
+            rows = np.concatenate([rows, parents[first][pair_hit]])
     return _mask(len(values), rows)
 
 
