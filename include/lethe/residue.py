@@ -791,9 +791,8 @@ class BulkFilter:
         return self._may_hold(values)
 
     def _may_hold(self, values: pa.Array) -> pa.Array:
-        out = pc.or_(pc.invert(pc.string_is_ascii(values)), pc.match_substring(values, "%"))
-        if self.ipv6:
-            out = pc.or_(out, pc.match_substring(values, ":"))
+        # not ASCII, with `%`, with `:` when the batch has an IPv6 address: counted per text over its bytes
+        out = pa.array(_per_text(values, _UNSURE_IPV6 if self.ipv6 else _UNSURE) > 0)
         lower = pc.ascii_lower(values)
         if self.words and len(self.words) <= FEW:
             alternatives = "|".join(re.escape(w) for w in sorted(self.words))
@@ -803,7 +802,7 @@ class BulkFilter:
         if self.tails:
             out = pc.or_(out, pa.array(_any_window(values, self.tails)))
         if self.ipv4:
-            dotted = pc.fill_null(pc.greater_equal(pc.count_substring(lower, "."), 3), False)
+            dotted = pa.array(_per_text(values, _DOT) >= 3)
             where = pc.indices_nonzero(dotted)
             if len(where):
                 found = _any_token(lower.filter(dotted), _IPV4_BYTES, self.ipv4, strip=".")
@@ -839,6 +838,17 @@ _WORD_BYTES = _byte_class("abcdefghijklmnopqrstuvwxyz0123456789_")  # [^a-z0-9_]
 _IPV4_BYTES = _byte_class("0123456789.")
 _DIGIT_BYTES = _byte_class("0123456789")
 _PHONE_RUN_BYTES = _byte_class("0123456789 \t().-")  # what `_PHONE_RUN` joins digit groups with
+_DOT = _byte_class(".")
+_UNSURE = _byte_class("%") | (np.arange(256) >= 128)  # URL-encoded, or not ASCII (NFKC and Unicode digits apply)
+_UNSURE_IPV6 = _UNSURE | _byte_class(":")
+
+
+def _per_text(values: pa.Array, classes: np.ndarray) -> np.ndarray:
+    """How many bytes of the class each text holds."""
+    data, offsets, _, _ = _utf8(values)
+    before = np.zeros(len(data) + 1, dtype=np.int64)
+    np.cumsum(classes[data], out=before[1:])
+    return np.diff(before[offsets])
 
 
 def _runs(values: pa.Array, classes: np.ndarray) -> tuple[pa.Array, np.ndarray, np.ndarray]:
