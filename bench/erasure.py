@@ -324,6 +324,14 @@ def main(argv: list[str] | None = None) -> int:
     people = _people(url, args.batch + args.singles, salt=int(time.time()))
     batch, singles = people[: args.batch], people[args.batch :]
 
+    # pyarrow imports pandas on its first conversion of a Python value, once per process (seconds where
+    # bytecode is not cached, PYTHONDONTWRITEBYTECODE): paid here, before the timings, as a worker has.
+    t0 = time.perf_counter()
+    import pyarrow as pa
+
+    pa.array([0])
+    print(f"warm-up, pyarrow's first conversion (imports pandas): {time.perf_counter() - t0:.2f} s")
+
     # 1. the scanner's pass for the batch's footprints, between two reads of the same columns
     from lethe import residue
     from lethe.db import transaction

@@ -26,6 +26,8 @@ import functools
 import hmac
 import ipaddress
 import json
+import os
+import pickle
 import re
 import unicodedata
 from collections import Counter, defaultdict
@@ -696,15 +698,19 @@ def scan_rows(
     index: Index,
     with_columns: dict[str, list[str]] | None = None,
     only: dict[str, set[str]] | None = None,
+    locate: bool = True,
 ) -> Iterator[Hit]:
     """Read each table once; yield every row in which someone of the index appears.
 
     `with_columns` names, per table, other columns to return with each hit (a subject link).
     `only`, when given, limits the read to these columns per table (tables not named are skipped).
+    `locate=False` does not read where each row is (its hits carry tableoid 0 and ctid ""): for counting,
+    the columns alone are read, a third less for a table of short values.
 
     Each table is one `COPY (SELECT ...) TO STDOUT (FORMAT csv)`, parsed into Arrow a block at a
     time; the prefilter's test runs on whole columns (`BulkFilter`), so Python sees only the values
-    that may hold someone, and matches each distinct one once (`who`).
+    that may hold someone, and matches each distinct one once (`who`). A large table (FORK_ROWS) is
+    parsed and matched in a child process while this one receives the COPY (`_forked`).
     """
     bulk = BulkFilter.of(index)
     seen: dict[str, frozenset[str]] = {}  # values repeat (a name, a plan): each is matched once
@@ -724,19 +730,22 @@ def scan_rows(
         if not columns:
             continue
         extra = (with_columns or {}).get(table.name, [])
-        query = sql.SQL(
-            "COPY (SELECT tableoid::int, ctid::text{extra}, {cols} FROM {t} WHERE {any}) TO STDOUT (FORMAT csv)"
-        ).format(
+        query = sql.SQL("COPY (SELECT {where}{extra}, {cols} FROM {t} WHERE {any}) TO STDOUT (FORMAT csv)").format(
+            where=sql.SQL("tableoid::int, ctid::text" if locate else "NULL, NULL"),
             extra=sql.SQL("").join(sql.SQL(", {}::text").format(sql.Identifier(c)) for c in extra),
             cols=sql.SQL(", ").join(_as_text(sql.Identifier(c.name)) for c in columns),
             t=table.ident,
             any=sql.SQL(" OR ").join(sql.SQL("{} IS NOT NULL").format(sql.Identifier(c.name)) for c in columns),
         )
-        sink = _Blocks(
-            functools.partial(
-                _block_hits, table=table, columns=columns, n_extra=len(extra), bulk=bulk, found_in=found_in
-            )
+        consume = functools.partial(
+            _batch_hits, table=table, columns=columns, n_extra=len(extra), bulk=bulk, found_in=found_in
         )
+        names = ["tableoid", "ctid", *(f"extra{i}" for i in range(len(extra)))]
+        names += [f"c{i}" for i in range(len(columns))]
+        if hasattr(os, "fork") and _rows_estimate(cur, table) >= FORK_ROWS:
+            yield from _forked(cur, query.as_string(cur), names, consume)
+            continue
+        sink = _Blocks(functools.partial(_block_hits, names=names, consume=consume))
         cur.copy_expert(query.as_string(cur), sink)
         sink.flush()
         yield from sink.hits
@@ -744,6 +753,87 @@ def scan_rows(
 
 MEMO_SIZE = 100_000
 BLOCK_BYTES = 16 << 20  # COPY data parsed into Arrow this much at a time: a 20M-row table never sits in memory
+FORK_ROWS = 100_000  # a table estimated this large is parsed and matched in a child process (`_forked`)
+
+
+def _rows_estimate(cur: psycopg2.extensions.cursor, table: Table) -> float:
+    """The planner's row count of the table (all partitions of a partitioned one)."""
+    cur.execute(
+        "SELECT coalesce(sum(greatest(c.reltuples, 0)), 0) FROM pg_class c"
+        " WHERE c.oid = to_regclass(%s) OR c.oid IN (SELECT relid FROM pg_partition_tree(to_regclass(%s)))",
+        (regclass_literal(f"{table.schema}.{table.relname}"),) * 2,
+    )
+    return float(cur.fetchone()[0])  # type: ignore[index]
+
+
+def _forked(
+    cur: psycopg2.extensions.cursor, query: str, names: list[str], consume: Callable[[pa.Table], list[Hit]]
+) -> list[Hit]:
+    """One table's COPY, parsed, filtered and matched in a child process while this one receives it.
+
+    The COPY hands over one row per write: written here straight into a pipe (a buffered OS file, no
+    Python per row), the child reads it as a CSV stream. The two overlap on two cores, and neither
+    waits for the other's GIL (threads did: slower). The child inherits the index by fork, touches
+    nothing of the connection and leaves by os._exit; it sends back the hits (few), or the name of
+    its error (never a value), after reading the whole stream so the COPY always completes.
+    """
+    data_r, data_w = os.pipe()
+    out_r, out_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 0
+        try:
+            os.close(data_w)
+            os.close(out_r)
+            result: tuple[str, Any]
+            with os.fdopen(data_r, "rb") as stream:
+                try:
+                    hits: list[Hit] = []
+                    if stream.peek(1):  # an empty table writes nothing, and Arrow refuses an empty CSV
+                        for batch in pa_csv.open_csv(stream, **_csv_options(names)):
+                            hits += consume(pa.Table.from_batches([batch]))
+                    result = ("hits", hits)
+                except Exception as exc:
+                    result = ("error", type(exc).__name__)
+                    while stream.read(1 << 20):
+                        pass
+            with os.fdopen(out_w, "wb") as out:
+                out.write(pickle.dumps(result))
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(data_r)
+    os.close(out_w)
+    try:
+        with os.fdopen(data_w, "wb", buffering=1 << 20) as sink:
+            cur.copy_expert(query, sink)
+    finally:
+        with os.fdopen(out_r, "rb") as answer:
+            payload = answer.read()
+        os.waitpid(pid, 0)
+    if not payload:
+        raise RuntimeError("the residue scanner's child process died")
+    kind, value = pickle.loads(payload)
+    if kind == "error":
+        raise RuntimeError(f"the residue scanner's child process failed: {value}")
+    return list(value)
+
+
+def _csv_options(names: list[str]) -> dict[str, Any]:
+    return {
+        "read_options": pa_csv.ReadOptions(column_names=names, block_size=BLOCK_BYTES),
+        "parse_options": pa_csv.ParseOptions(newlines_in_values=True),
+        "convert_options": pa_csv.ConvertOptions(
+            column_types=dict.fromkeys(names, pa.string()),
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,  # "" is an empty text, an unquoted empty field is NULL
+        ),
+    }
+
+
+def _block_hits(block: bytes, names: list[str], consume: Callable[[pa.Table], list[Hit]]) -> list[Hit]:
+    return consume(pa_csv.read_csv(pa.py_buffer(block), **_csv_options(names)))
 
 
 class _Blocks:
@@ -768,25 +858,14 @@ class _Blocks:
             self.hits.extend(self.consume(block))
 
 
-def _block_hits(
-    block: bytes,
+def _batch_hits(
+    batch: pa.Table,
     table: Table,
     columns: Sequence[Column],
     n_extra: int,
     bulk: BulkFilter | None,
     found_in: Callable[[str], frozenset[str]],
-) -> Iterator[Hit]:
-    names = ["tableoid", "ctid", *(f"extra{i}" for i in range(n_extra)), *(f"c{i}" for i in range(len(columns)))]
-    batch = pa_csv.read_csv(
-        pa.py_buffer(block),
-        read_options=pa_csv.ReadOptions(column_names=names),
-        parse_options=pa_csv.ParseOptions(newlines_in_values=True),
-        convert_options=pa_csv.ConvertOptions(
-            column_types=dict.fromkeys(names, pa.string()),
-            strings_can_be_null=True,
-            quoted_strings_can_be_null=False,  # "" is an empty text, an unquoted empty field is NULL
-        ),
-    )
+) -> list[Hit]:
     rows: dict[int, dict[str, frozenset[str]]] = defaultdict(dict)
     texts: dict[int, dict[str, str]] = defaultdict(dict)
     for i, column in enumerate(columns):
@@ -804,12 +883,15 @@ def _block_hits(
                 rows[row][column.name] = owners
                 texts[row][column.name] = value
     if not rows:
-        return
+        return []
     oids, ctids = batch.column("tableoid"), batch.column("ctid")
     extras = [batch.column(f"extra{i}") for i in range(n_extra)]
+    hits = []
     for row in sorted(rows):
         extra = tuple(e[row].as_py() for e in extras)
-        yield Hit(table, int(oids[row].as_py()), str(ctids[row].as_py()), texts[row], rows[row], extra)
+        oid, ctid = oids[row].as_py(), ctids[row].as_py()
+        hits.append(Hit(table, int(oid or 0), ctid or "", texts[row], rows[row], extra))
+    return hits
 
 
 @dataclass(frozen=True)
@@ -818,7 +900,7 @@ class BulkFilter:
 
     - not ASCII, with `%`, or with `:` when the batch has an IPv6 address: True (as the prefilter);
     - one of the batch's words as a whole ASCII word (`\\w+` runs of the lower-cased text);
-    - one of the phone tails among the text's digits, in a row (only texts with PHONE_TAIL digits are looked at);
+    - one of the phone tails among the digits of one phone-like run (digits and ` \t().-`), in a row;
     - one of the IPv4 addresses as a run of digits and dots (the prefilter's pattern needs it written so).
     A few needles are tested with one RE2 pattern; many (a large batch), by hashing the text's tokens
     (RE2 with thousands of alternatives is slower than reading the column). A column whose values
@@ -861,32 +943,21 @@ class BulkFilter:
         return self._may_hold(values)
 
     def _may_hold(self, values: pa.Array) -> pa.Array:
-        out = pc.or_(pc.invert(pc.string_is_ascii(values)), pc.match_substring(values, "%"))
-        if self.ipv6:
-            out = pc.or_(out, pc.match_substring(values, ":"))
+        # not ASCII, with `%`, with `:` when the batch has an IPv6 address: counted per text over its bytes
+        out = pa.array(_per_text(values, _UNSURE_IPV6 if self.ipv6 else _UNSURE) > 0)
         lower = pc.ascii_lower(values)
         if self.words and len(self.words) <= FEW:
             alternatives = "|".join(re.escape(w) for w in sorted(self.words))
             out = pc.or_(out, pc.match_substring_regex(lower, rf"(?:^|[^a-z0-9_])(?:{alternatives})(?:[^a-z0-9_]|$)"))
         elif self.words:
-            out = pc.or_(out, _any_token(lower, r"[^a-z0-9_]+", self.tokens, pairs=self.pairs))
+            out = pc.or_(out, _any_token(lower, _WORD_BYTES, self.tokens, pairs=self.pairs))
         if self.tails:
-            enough = rf"[0-9](?:[^0-9]*[0-9]){{{PHONE_TAIL - 1}}}"
-            digits_enough = pc.fill_null(pc.match_substring_regex(lower, enough), False)
-            where = pc.indices_nonzero(digits_enough)
-            if len(where):
-                digits = pc.replace_substring_regex(lower.filter(digits_enough), r"[^0-9]+", "")
-                if len(self.tails) <= FEW:
-                    found = pc.match_substring_regex(digits, "|".join(sorted(self.tails)))
-                    rows = where.filter(pc.fill_null(found, False))
-                else:  # every PHONE_TAIL-digit window of the digit strings, hashed
-                    rows = where.filter(_any_window(digits, self.tails))
-                out = pc.or_(out, _mask(len(values), rows))
+            out = pc.or_(out, pa.array(_any_window(values, self.tails)))
         if self.ipv4:
-            dotted = pc.fill_null(pc.greater_equal(pc.count_substring(lower, "."), 3), False)
+            dotted = pa.array(_per_text(values, _DOT) >= 3)
             where = pc.indices_nonzero(dotted)
             if len(where):
-                found = _any_token(lower.filter(dotted), r"[^0-9.]+", self.ipv4, strip=".")
+                found = _any_token(lower.filter(dotted), _IPV4_BYTES, self.ipv4, strip=".")
                 out = pc.or_(out, _mask(len(values), where.filter(pc.fill_null(found, False))))
         return out
 
@@ -895,41 +966,117 @@ SAMPLE = 1024
 FEW = 64  # needles of one kind up to which one RE2 pattern tests them
 
 
-def _any_window(digits: pa.Array, tails: frozenset[str]) -> pa.Array:
-    """True where a PHONE_TAIL-long window of the digit string is one of `tails`."""
-    needles = pa.array(sorted(tails), pa.string())
-    lengths = pc.utf8_length(digits)
-    out = pa.array(np.zeros(len(digits), dtype=bool))
-    longest = pc.max(lengths).as_py() or 0
-    for start in range(max(0, longest - PHONE_TAIL + 1)):
-        window = pc.utf8_slice_codeunits(digits, start, start + PHONE_TAIL)
-        out = pc.or_(out, pc.and_(pc.greater_equal(lengths, start + PHONE_TAIL), pc.is_in(window, value_set=needles)))
+def _utf8(values: pa.Array) -> tuple[np.ndarray, np.ndarray, pa.Buffer, int]:
+    """A string array's bytes, its offsets into them (from its own first byte), its data buffer, and where
+    in that buffer its first byte is."""
+    if values.type != pa.string():
+        values = values.cast(pa.string())
+    _, offsets_buf, data_buf = values.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=np.int32)[values.offset : values.offset + len(values) + 1]
+    first = int(offsets[0])
+    if data_buf is None:
+        return np.zeros(0, np.uint8), np.zeros(len(values) + 1, np.int64), pa.py_buffer(b""), 0
+    data = np.frombuffer(data_buf, dtype=np.uint8)[first : int(offsets[-1])]
+    return data, offsets.astype(np.int64) - first, data_buf, first
+
+
+def _byte_class(chars: str) -> np.ndarray:
+    table = np.zeros(256, dtype=bool)
+    table[list(chars.encode())] = True
+    return table
+
+
+_WORD_BYTES = _byte_class("abcdefghijklmnopqrstuvwxyz0123456789_")  # [^a-z0-9_]+ separates words of lowered text
+_IPV4_BYTES = _byte_class("0123456789.")
+_DIGIT_BYTES = _byte_class("0123456789")
+_PHONE_RUN_BYTES = _byte_class("0123456789 \t().-")  # what `_PHONE_RUN` joins digit groups with
+_DOT = _byte_class(".")
+_UNSURE = _byte_class("%") | (np.arange(256) >= 128)  # URL-encoded, or not ASCII (NFKC and Unicode digits apply)
+_UNSURE_IPV6 = _UNSURE | _byte_class(":")
+
+
+def _per_text(values: pa.Array, classes: np.ndarray) -> np.ndarray:
+    """How many bytes of the class each text holds."""
+    data, offsets, _, _ = _utf8(values)
+    before = np.zeros(len(data) + 1, dtype=np.int64)
+    np.cumsum(classes[data], out=before[1:])
+    return np.diff(before[offsets])
+
+
+def _runs(values: pa.Array, classes: np.ndarray) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """Each text cut into maximal runs of bytes in and out of the class: the pieces as strings, the row of
+    each, and whether it is a run of the class.
+
+    The runs of the class are the tokens of splitting on the complement's pattern, without a regex: the
+    pieces are contiguous slices of one buffer (offsets only, no copy), and within a text they alternate
+    in and out of the class. Bytes of a multi-byte UTF-8 character are never of an ASCII class, so a cut
+    never splits one.
+    """
+    data, offsets, buffer, first = _utf8(values)
+    inside = classes[data]
+    cut = np.zeros(len(data) + 1, dtype=bool)
+    cut[offsets] = True
+    cut[1:-1] |= inside[1:] != inside[:-1]
+    bounds = np.flatnonzero(cut)
+    pieces = pa.StringArray.from_buffers(len(bounds) - 1, pa.py_buffer((bounds + first).astype(np.int32)), buffer)
+    rows = np.searchsorted(offsets, bounds[:-1], side="right") - 1
+    return pieces, rows, inside[bounds[:-1]] if len(data) else np.zeros(0, dtype=bool)
+
+
+def _any_window(values: pa.Array, tails: frozenset[str]) -> np.ndarray:
+    """True where PHONE_TAIL ASCII digits in a row of one phone-like run are one of `tails`.
+
+    A run is what `_PHONE_RUN` can match: digits and the separators a phone is written with (` \t().-`);
+    any other character ends it. A phone candidate's digits are whole digit groups of one run, so its last
+    PHONE_TAIL digits are such a window; a hex id or a hash, whose digits letters keep apart, mostly has none.
+    """
+    data, offsets, _, _ = _utf8(values)
+    digit = _DIGIT_BYTES[data]
+    out = np.zeros(len(values), dtype=bool)
+    where = np.flatnonzero(digit)
+    n = len(where) - PHONE_TAIL + 1
+    if n <= 0:
+        return out
+    breaks = ~_PHONE_RUN_BYTES[data]
+    breaks[offsets[:-1][offsets[:-1] < len(data)]] = True  # a text's start ends the previous run
+    run = np.cumsum(breaks, dtype=np.int32)[where]  # one id per run of each digit
+    d = data[where].astype(np.int32) - ord("0")
+    number = np.zeros(n, dtype=np.int32)  # the window's digits as one number: tails are PHONE_TAIL long
+    for k in range(PHONE_TAIL):
+        number = number * 10 + d[k : k + n]
+    wanted = np.zeros(10**PHONE_TAIL, dtype=bool)
+    wanted[[int(t) for t in tails if len(t) == PHONE_TAIL and t.isascii() and t.isdigit()]] = True
+    hit = wanted[number] & (run[:n] == run[PHONE_TAIL - 1 :])  # a window inside one run
+    out[np.searchsorted(offsets, where[:n][hit], side="right") - 1] = True
     return out
 
 
-def _mask(n: int, rows: pa.Array) -> pa.Array:
+def _mask(n: int, rows: pa.Array | np.ndarray) -> pa.Array:
     mask = np.zeros(n, dtype=bool)
-    mask[rows.to_numpy(zero_copy_only=False)] = True
+    mask[rows.to_numpy(zero_copy_only=False) if isinstance(rows, pa.Array) else rows] = True
     return pa.array(mask)
 
 
 def _any_token(
-    values: pa.Array, separators: str, needles: frozenset[str], strip: str = "", pairs: frozenset[str] = frozenset()
+    values: pa.Array, classes: np.ndarray, needles: frozenset[str], strip: str = "", pairs: frozenset[str] = frozenset()
 ) -> pa.Array:
-    """True where a token of the text (split on the `separators` pattern, `strip` trimmed) is a needle,
+    """True where a token of the text (a run of the byte class, `strip` trimmed) is a needle,
     or two tokens one after the other, joined by a space, are one of `pairs`."""
-    tokens = pc.split_pattern_regex(values, separators)
-    flat = pc.list_flatten(tokens)
-    parents = pc.list_parent_indices(tokens)
+    pieces, parents, token = _runs(values, classes)
     if strip:
-        flat = pc.utf8_trim(flat, strip)
-    hit = pc.is_in(flat, value_set=pa.array(sorted(needles), pa.string()))
-    rows = pc.filter(parents, hit)
-    if pairs and len(flat) > 1:
-        joined = pc.binary_join_element_wise(flat.slice(0, len(flat) - 1), flat.slice(1), " ")
-        same = pc.equal(parents.slice(0, len(flat) - 1), parents.slice(1))
-        pair_hit = pc.and_(same, pc.is_in(joined, value_set=pa.array(sorted(pairs), pa.string())))
-        rows = pa.concat_arrays([rows, pc.filter(parents.slice(0, len(flat) - 1), pair_hit)])
+        pieces = pc.utf8_trim(pieces, strip)
+    hit = token & pc.is_in(pieces, value_set=pa.array(sorted(needles), pa.string())).to_numpy(zero_copy_only=False)
+    rows = parents[hit]
+    if pairs and len(pieces) > 2:
+        # Only where a pair's first word is: the token after it is two pieces on (a separator between).
+        firsts = pa.array(sorted({p.split(" ", 1)[0] for p in pairs}), pa.string())
+        first = np.flatnonzero(token & pc.is_in(pieces, value_set=firsts).to_numpy(zero_copy_only=False))
+        first = first[first + 2 < len(pieces)]
+        first = first[parents[first] == parents[first + 2]]
+        if len(first):
+            joined = pc.binary_join_element_wise(pieces.take(first), pieces.take(first + 2), " ")
+            pair_hit = pc.is_in(joined, value_set=pa.array(sorted(pairs), pa.string())).to_numpy(zero_copy_only=False)
+            rows = np.concatenate([rows, parents[first][pair_hit]])
     return _mask(len(values), rows)
 
 
@@ -954,7 +1101,7 @@ def scan(
     skipped = set(skip)
     tables = [t for t in text_tables(cur, policy_schemas(cur, policy), policy.tables) if t.name not in skipped]
     out: dict[str, Counter[str]] = defaultdict(Counter)
-    for hit in scan_rows(cur, tables, index):
+    for hit in scan_rows(cur, tables, index, locate=False):  # counts: where each row is is not needed
         for column, owners in hit.owners.items():
             for owner in owners:
                 out[owner][f"{hit.table.name}.{column}"] += 1

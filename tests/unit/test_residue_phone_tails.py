@@ -57,3 +57,36 @@ def test_the_prefilter_and_the_bulk_filter_pass_the_ascii_spelling() -> None:
         False,
     ]
     assert residue.who(index, WRITTEN) == {7}
+
+
+def test_the_bulk_filter_passes_every_text_the_matcher_finds_a_phone_in() -> None:
+    """The bulk filter looks for a tail only inside one phone-like run (digits and ` \\t().-`): never where the
+    matcher finds the number, however it is written, and not where letters or other signs cut the digits apart."""
+    import random
+
+    import pyarrow as pa
+
+    asha = Footprint(1)
+    asha.add("phone", "+91 98765 43210")
+    index = PlainIndex([lucia(), asha])
+    bulk = residue.BulkFilter.of(index)
+    assert bulk is not None
+    rng = random.Random(14)
+    digits = ["98765 43210", "9876543210", "2202 15 123456", "54 9 2202 123456", "5492202123456", "1543210"]
+    texts = []
+    for _ in range(3000):
+        number = rng.choice(digits)
+        joined = "".join(
+            ch if ch != " " else rng.choice([" ", "-", ".", "(", ")", "\t", "", "  ", "/", "x", "+"]) for ch in number
+        )
+        texts.append(
+            rng.choice(["", "call ", "+", "(+", "tel:", "id a"]) + joined + rng.choice(["", " ok", "/32", "z"])
+        )
+    passed = bulk.may_hold(pa.array(texts)).to_pylist()
+    found = [bool(residue.who(index, t)) for t in texts]
+    assert all(p for p, f in zip(passed, found, strict=True) if f)
+    assert sum(found) > 500  # the generator writes the numbers in ways the matcher finds
+    # The same digits cut apart by letters or slashes hold no phone; the filter lets them go.
+    cut = ["x98765a43210", "98765/43210", "h9a8765432b10", "2202_15_1234_56"]
+    assert not any(residue.who(index, t) for t in cut)
+    assert bulk.may_hold(pa.array(cut)).to_pylist() == [False, False, False, False]

@@ -238,10 +238,15 @@ def write_tombstones(cur: psycopg2.extensions.cursor, key: bytes, works: list[Wo
     return len(rows)
 
 
-def record(cur: psycopg2.extensions.cursor, works: list[Work], checks: dict[str, Any]) -> None:
-    """Ledger entry and request detail for each processed request: tables and counts only."""
+def record(
+    cur: psycopg2.extensions.cursor, works: list[Work], checks: dict[str, Any], written: list[str] | None = None
+) -> None:
+    """Ledger entry and request detail for each processed request: tables and counts only (and `vacuum`:
+    the relations the transaction wrote, lethe.erasure.vacuum.written)."""
     for w in works:
         detail = {**w.as_detail(), "stage": "erased", "checks": checks}
+        if written is not None:
+            detail["vacuum"] = written
         if w.outcome in ("erased", "same_subject", "already_erased"):
             ledger.append(
                 cur,

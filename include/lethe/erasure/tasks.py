@@ -375,8 +375,10 @@ def _erase_chunk(db_url: str, policy: Policy, key: bytes, chunk: list[dict[str, 
                     executed[f"redacted:{column}"] += n
             people = [w.subject for w in targets if w.subject]
             checks = verify.in_transaction(cur, policy, graph, people, dict(planned), dict(executed))
+        # Before the commit: the relations this transaction wrote, so only they are vacuumed after it.
+        written = vacuum.written(cur, vacuum.touched(w.as_detail() for w in targets))
         execute.write_tombstones(cur, key, works)
-        execute.record(cur, works, checks)
+        execute.record(cur, works, checks, written)
         processor_workflow.remember(cur, policy, works)  # before the rows holding the email are gone for good
         # A hold placed since the plan keeps the person: held, nothing of theirs was touched.
         lifecycle.move(cur, "hold", [w.request_id for w in works if w.outcome == "held"], run_id=run_id)
@@ -443,7 +445,7 @@ def erase_run(run_id: str, db_url: str, key: bytes, policy: Policy | None = None
         outcomes += o
         failed += f
     with transaction(db_url) as cur:  # after the commits: the old row versions of the people leave the pages
-        changed = vacuum.touched(r["detail"] for r in lifecycle.claimed(cur, run_id, (lifecycle.ERASED,)))
+        changed = vacuum.targets(r["detail"] for r in lifecycle.claimed(cur, run_id, (lifecycle.ERASED,)))
     vacuumed = vacuum.vacuum(db_url, changed)
     summary = {"requests": len(rows), "outcomes": dict(outcomes), "failed": failed, "vacuumed": len(vacuumed)}
     log.info("erasure executed: %s", json.dumps(summary, sort_keys=True))
