@@ -26,8 +26,6 @@ import functools
 import hmac
 import ipaddress
 import json
-import os
-import pickle
 import re
 import unicodedata
 from collections import Counter, defaultdict
@@ -709,8 +707,7 @@ def scan_rows(
 
     Each table is one `COPY (SELECT ...) TO STDOUT (FORMAT csv)`, parsed into Arrow a block at a
     time; the prefilter's test runs on whole columns (`BulkFilter`), so Python sees only the values
-    that may hold someone, and matches each distinct one once (`who`). A large table (FORK_ROWS) is
-    parsed and matched in a child process while this one receives the COPY (`_forked`).
+    that may hold someone, and matches each distinct one once (`who`).
     """
     bulk = BulkFilter.of(index)
     seen: dict[str, frozenset[str]] = {}  # values repeat (a name, a plan): each is matched once
@@ -730,22 +727,20 @@ def scan_rows(
         if not columns:
             continue
         extra = (with_columns or {}).get(table.name, [])
-        query = sql.SQL("COPY (SELECT {where}{extra}, {cols} FROM {t} WHERE {any}) TO STDOUT (FORMAT csv)").format(
+        query = sql.SQL(
+            "COPY (SELECT {where}{extra}, {cols} FROM {t} WHERE {any}) TO STDOUT (FORMAT csv)"
+        ).format(
             where=sql.SQL("tableoid::int, ctid::text" if locate else "NULL, NULL"),
             extra=sql.SQL("").join(sql.SQL(", {}::text").format(sql.Identifier(c)) for c in extra),
             cols=sql.SQL(", ").join(_as_text(sql.Identifier(c.name)) for c in columns),
             t=table.ident,
             any=sql.SQL(" OR ").join(sql.SQL("{} IS NOT NULL").format(sql.Identifier(c.name)) for c in columns),
         )
-        consume = functools.partial(
-            _batch_hits, table=table, columns=columns, n_extra=len(extra), bulk=bulk, found_in=found_in
+        sink = _Blocks(
+            functools.partial(
+                _block_hits, table=table, columns=columns, n_extra=len(extra), bulk=bulk, found_in=found_in
+            )
         )
-        names = ["tableoid", "ctid", *(f"extra{i}" for i in range(len(extra)))]
-        names += [f"c{i}" for i in range(len(columns))]
-        if hasattr(os, "fork") and _rows_estimate(cur, table) >= FORK_ROWS:
-            yield from _forked(cur, query.as_string(cur), names, consume)
-            continue
-        sink = _Blocks(functools.partial(_block_hits, names=names, consume=consume))
         cur.copy_expert(query.as_string(cur), sink)
         sink.flush()
         yield from sink.hits
@@ -753,87 +748,6 @@ def scan_rows(
 
 MEMO_SIZE = 100_000
 BLOCK_BYTES = 16 << 20  # COPY data parsed into Arrow this much at a time: a 20M-row table never sits in memory
-FORK_ROWS = 100_000  # a table estimated this large is parsed and matched in a child process (`_forked`)
-
-
-def _rows_estimate(cur: psycopg2.extensions.cursor, table: Table) -> float:
-    """The planner's row count of the table (all partitions of a partitioned one)."""
-    cur.execute(
-        "SELECT coalesce(sum(greatest(c.reltuples, 0)), 0) FROM pg_class c"
-        " WHERE c.oid = to_regclass(%s) OR c.oid IN (SELECT relid FROM pg_partition_tree(to_regclass(%s)))",
-        (regclass_literal(f"{table.schema}.{table.relname}"),) * 2,
-    )
-    return float(cur.fetchone()[0])  # type: ignore[index]
-
-
-def _forked(
-    cur: psycopg2.extensions.cursor, query: str, names: list[str], consume: Callable[[pa.Table], list[Hit]]
-) -> list[Hit]:
-    """One table's COPY, parsed, filtered and matched in a child process while this one receives it.
-
-    The COPY hands over one row per write: written here straight into a pipe (a buffered OS file, no
-    Python per row), the child reads it as a CSV stream. The two overlap on two cores, and neither
-    waits for the other's GIL (threads did: slower). The child inherits the index by fork, touches
-    nothing of the connection and leaves by os._exit; it sends back the hits (few), or the name of
-    its error (never a value), after reading the whole stream so the COPY always completes.
-    """
-    data_r, data_w = os.pipe()
-    out_r, out_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child
-        code = 0
-        try:
-            os.close(data_w)
-            os.close(out_r)
-            result: tuple[str, Any]
-            with os.fdopen(data_r, "rb") as stream:
-                try:
-                    hits: list[Hit] = []
-                    if stream.peek(1):  # an empty table writes nothing, and Arrow refuses an empty CSV
-                        for batch in pa_csv.open_csv(stream, **_csv_options(names)):
-                            hits += consume(pa.Table.from_batches([batch]))
-                    result = ("hits", hits)
-                except Exception as exc:
-                    result = ("error", type(exc).__name__)
-                    while stream.read(1 << 20):
-                        pass
-            with os.fdopen(out_w, "wb") as out:
-                out.write(pickle.dumps(result))
-        except BaseException:
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(data_r)
-    os.close(out_w)
-    try:
-        with os.fdopen(data_w, "wb", buffering=1 << 20) as sink:
-            cur.copy_expert(query, sink)
-    finally:
-        with os.fdopen(out_r, "rb") as answer:
-            payload = answer.read()
-        os.waitpid(pid, 0)
-    if not payload:
-        raise RuntimeError("the residue scanner's child process died")
-    kind, value = pickle.loads(payload)
-    if kind == "error":
-        raise RuntimeError(f"the residue scanner's child process failed: {value}")
-    return list(value)
-
-
-def _csv_options(names: list[str]) -> dict[str, Any]:
-    return {
-        "read_options": pa_csv.ReadOptions(column_names=names, block_size=BLOCK_BYTES),
-        "parse_options": pa_csv.ParseOptions(newlines_in_values=True),
-        "convert_options": pa_csv.ConvertOptions(
-            column_types=dict.fromkeys(names, pa.string()),
-            strings_can_be_null=True,
-            quoted_strings_can_be_null=False,  # "" is an empty text, an unquoted empty field is NULL
-        ),
-    }
-
-
-def _block_hits(block: bytes, names: list[str], consume: Callable[[pa.Table], list[Hit]]) -> list[Hit]:
-    return consume(pa_csv.read_csv(pa.py_buffer(block), **_csv_options(names)))
 
 
 class _Blocks:
@@ -858,14 +772,25 @@ class _Blocks:
             self.hits.extend(self.consume(block))
 
 
-def _batch_hits(
-    batch: pa.Table,
+def _block_hits(
+    block: bytes,
     table: Table,
     columns: Sequence[Column],
     n_extra: int,
     bulk: BulkFilter | None,
     found_in: Callable[[str], frozenset[str]],
-) -> list[Hit]:
+) -> Iterator[Hit]:
+    names = ["tableoid", "ctid", *(f"extra{i}" for i in range(n_extra)), *(f"c{i}" for i in range(len(columns)))]
+    batch = pa_csv.read_csv(
+        pa.py_buffer(block),
+        read_options=pa_csv.ReadOptions(column_names=names),
+        parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+        convert_options=pa_csv.ConvertOptions(
+            column_types=dict.fromkeys(names, pa.string()),
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,  # "" is an empty text, an unquoted empty field is NULL
+        ),
+    )
     rows: dict[int, dict[str, frozenset[str]]] = defaultdict(dict)
     texts: dict[int, dict[str, str]] = defaultdict(dict)
     for i, column in enumerate(columns):
@@ -883,15 +808,13 @@ def _batch_hits(
                 rows[row][column.name] = owners
                 texts[row][column.name] = value
     if not rows:
-        return []
+        return
     oids, ctids = batch.column("tableoid"), batch.column("ctid")
     extras = [batch.column(f"extra{i}") for i in range(n_extra)]
-    hits = []
     for row in sorted(rows):
         extra = tuple(e[row].as_py() for e in extras)
         oid, ctid = oids[row].as_py(), ctids[row].as_py()
-        hits.append(Hit(table, int(oid or 0), ctid or "", texts[row], rows[row], extra))
-    return hits
+        yield Hit(table, int(oid or 0), ctid or "", texts[row], rows[row], extra)
 
 
 @dataclass(frozen=True)
