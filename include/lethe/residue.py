@@ -322,9 +322,8 @@ class Prefilter:
     - an email, username or cookie keeps the last word (\\w+) of its local part or of itself as a word
       of the text (the characters around it end a word: `.`, `-`, `@`, `%`);
     - a name keeps its longest word as a word of the text;
-    - a phone keeps the last PHONE_TAIL digits of its E.164 number, in a row once the text's other characters
-      are dropped (the separators a phone may be written with are never digits), ending where one of the
-      text's runs of digits ends (a number's last digit is the last of its group);
+    - a phone keeps the last PHONE_TAIL digits of its E.164 number, in a row once the other characters of its
+      phone-like run (`_PHONE_RUN`, where `candidates` looks) are dropped, ending where a group of digits ends;
     - an IPv4 address is written as itself (the same pattern as `candidates`).
     A text it cannot reason about (not ASCII, so NFKC and Unicode digits apply; with `%`, so URL
     decoding applies; with `:` when the batch has an IPv6 address) goes to `candidates`.
@@ -399,13 +398,15 @@ class Prefilter:
         if any(w in self.words for w in set(_ASCII_WORD.findall(folded))):
             return True
         if self.tails:
-            # A phone ends where a run of digits ends: only the windows ending there are looked up.
-            digits = folded.translate(_NOT_DIGIT)
-            end = 0
-            for run in _DIGITS.findall(folded):
-                end += len(run)
-                if end >= PHONE_TAIL and digits[end - PHONE_TAIL : end] in self.tails:
-                    return True
+            # A phone lies in one phone-like run (what `candidates` parses) and ends where a group of digits ends:
+            # only the windows ending there are looked up.
+            for run in _PHONE_RUN.findall(folded):
+                digits = run.translate(_NOT_DIGIT)
+                end = 0
+                for group in _DIGITS.findall(run):
+                    end += len(group)
+                    if end >= PHONE_TAIL and digits[end - PHONE_TAIL : end] in self.tails:
+                        return True
         return bool(self.ipv4) and folded.count(".") >= 3 and any(m in self.ipv4 for m in _IPV4.findall(folded))
 
 
@@ -727,9 +728,7 @@ def scan_rows(
         if not columns:
             continue
         extra = (with_columns or {}).get(table.name, [])
-        query = sql.SQL(
-            "COPY (SELECT {where}{extra}, {cols} FROM {t} WHERE {any}) TO STDOUT (FORMAT csv)"
-        ).format(
+        query = sql.SQL("COPY (SELECT {where}{extra}, {cols} FROM {t} WHERE {any}) TO STDOUT (FORMAT csv)").format(
             where=sql.SQL("tableoid::int, ctid::text" if locate else "NULL, NULL"),
             extra=sql.SQL("").join(sql.SQL(", {}::text").format(sql.Identifier(c)) for c in extra),
             cols=sql.SQL(", ").join(_as_text(sql.Identifier(c.name)) for c in columns),

@@ -8,7 +8,7 @@ import secrets
 import pyarrow as pa
 import pytest
 from lethe.backup.mentions import MentionFinder
-from lethe.backup.term_index import BloomFilter, Query, TermIndexer, may_mention
+from lethe.backup.term_index import MIN_BITS, BloomFilter, Query, TermIndexer, may_mention
 from lethe.residue import Footprint
 
 KEY = b"term-index-key"
@@ -40,7 +40,7 @@ def test_the_default_rate_keeps_a_big_batch_from_reading_every_object(terms: int
     bloom = BloomFilter.of(set(random_terms(terms)))
     false_hits = int(bloom.contains(Query.of(random_terms(200_000))).sum())
     assert false_hits <= 5  # expected 0.2 at 1e-6 per term
-    assert bloom.bits / bloom.terms < 30  # about 29 bits (3.6 bytes) a term
+    assert bloom.bits <= max(MIN_BITS, 30 * terms)  # about 29 bits (3.6 bytes) a term, 32 bytes at least
 
 
 def test_manifest_round_trip_and_empty_filters() -> None:

@@ -31,6 +31,10 @@ import pyarrow.compute as pc
 from lethe import residue
 
 FALSE_POSITIVE_RATE = 1e-6  # per term asked; see the module's docstring
+# A filter of a few terms sized by the formula alone is a few dozen bits: whether its rate is near 1e-6 or 100 times
+# that depends on where its terms' bits happen to fall (a 1-term filter read 12 of 200,000 random terms); 256 bits
+# (32 bytes) put such a filter far below the rate.
+MIN_BITS = 256
 MAX_NAME_WORDS = residue.KeyedIndex.max_name_words  # the mention finder's own: names of up to 4 words
 MEMO_SIZE = 100_000  # values repeat within a table (features, user agents): candidates once per value
 MAX_HASHES = 32  # k is 20 at 1e-6; positions beyond the k a filter uses are never read
@@ -58,7 +62,7 @@ class BloomFilter:
     @classmethod
     def of(cls, terms: set[str], rate: float = FALSE_POSITIVE_RATE) -> BloomFilter:
         n = len(terms)
-        bits = max(8, math.ceil(-n * math.log(rate) / math.log(2) ** 2))  # m = -n ln p / (ln 2)^2
+        bits = max(MIN_BITS, math.ceil(-n * math.log(rate) / math.log(2) ** 2))  # m = -n ln p / (ln 2)^2
         hashes = min(MAX_HASHES, max(1, round(bits / max(n, 1) * math.log(2))))  # k = m/n ln 2
         array = np.zeros(bits, dtype=bool)
         if n:
