@@ -44,6 +44,7 @@ from pyarrow import csv as pa_csv
 
 from lethe import masking
 from lethe.policy import Policy
+from lethe.pseudonym import normalise as pseudonym_normalise
 from lethe.pseudonym import subject_pseudonym
 from lethe.relations import policy_oids, regclass_literal, relation, subject_key_type
 
@@ -263,15 +264,13 @@ def tombstone_prefilter(key: bytes, footprint: Footprint | None, identifiers: di
     """The keyed prefilter terms of all a tombstone's identifier pseudonyms can match: its footprint, and the
     request's identifiers both as the scanner and as lethe.pseudonym normalise them. None when a value leaves
     the prefilter nothing safe to look for: readers then match every text in full."""
-    from lethe import pseudonym
-
     person = Footprint(None)
     for kind, values in footprint.values.items() if footprint else ():
         person.values[kind] |= values
     for kind, value in identifiers.items():
         if kind in KINDS and value:
             person.add(kind, value)
-            person.values[kind].add(pseudonym.normalise(kind, value))
+            person.values[kind].add(pseudonym_normalise(kind, value))
     prefilter = Prefilter.of([person])
     return prefilter.keyed_terms(key) if isinstance(prefilter, Prefilter) else None
 
