@@ -4,6 +4,7 @@ mention search and identifier checks, and the search finds the same rows with th
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import psycopg2
@@ -169,3 +170,35 @@ def test_an_interrupted_build_is_rebuilt_and_nothing_is_built_for_a_missing_tabl
     assert f"search index {disputes} on disputes.summary: skipped: no such table" in printed
     assert f"search index {comments} on comments.body: created" in printed
     assert _valid_indexes(db_url) == {i.name for i in indexes.wanted(policy)} - {disputes}
+
+
+def test_an_index_the_policy_no_longer_asks_for_is_dropped_and_no_other(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["db", "indexes"]) == 0
+    comments = indexes.index_name("trgm", "comments", "body")
+    assert comments in _valid_indexes(db_url)
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        # The platform's own indexes: one of its names starts like Lethe's, one lives outside the policy's schemas.
+        cur.execute("CREATE INDEX lethe_trgm_comments_ours ON comments (created_at)")
+        cur.execute("CREATE SCHEMA elsewhere; CREATE TABLE elsewhere.notes (body text)")
+        cur.execute("CREATE INDEX lethe_trgm_notes_body_0123abcd ON elsewhere.notes (body)")
+    shipped = (Path(__file__).parents[2] / "include/lethe/policy/reskill.yaml").read_text()
+    free_text = (
+        "    backup: true\n    free_text: [body]\n    columns: {comment_id: identifier, user_id: identifier, body"
+    )
+    assert shipped.count(free_text) == 1
+    policy_file = tmp_path / "policy.yaml"  # comments.body is no longer searched as free text
+    policy_file.write_text(shipped.replace(free_text, free_text.replace("    free_text: [body]\n", "")))
+    capsys.readouterr()
+
+    assert main(["db", "indexes", "--file", str(policy_file)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert f"search index {comments} on comments (body): dropped: the policy no longer asks for it" in printed
+    assert sum("dropped" in line for line in printed) == 1
+    assert _valid_indexes(db_url) == {i.name for i in indexes.wanted(load_policy(str(policy_file)))} | {
+        "lethe_trgm_comments_ours",
+        "lethe_trgm_notes_body_0123abcd",
+    }
+    assert main(["db", "indexes", "--file", str(policy_file)]) == 0  # nothing left to drop
+    assert "dropped" not in capsys.readouterr().out

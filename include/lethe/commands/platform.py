@@ -77,7 +77,8 @@ def cmd_indexes(args: argparse.Namespace) -> int:
     db_url = os.environ.get("LETHE_DATABASE_URL") or EmbeddedPostgres().start()  # no S3 needed
     done = indexes.ensure(db_url, load_policy(args.file))
     for index, what in done:
-        print(f"search index {index.name} on {index.table}.{index.column}: {what}")
+        on = f"{index.table} ({index.column})" if what.startswith("dropped") else f"{index.table}.{index.column}"
+        print(f"search index {index.name} on {on}: {what}")
     if any(what.startswith("skipped: pg_trgm") for _, what in done):
         print("pg_trgm is not available: the erasure's mention search reads the free-text tables whole")
     return 0

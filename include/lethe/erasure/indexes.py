@@ -14,9 +14,10 @@ These are the only objects Lethe creates on the platform's tables, and only by a
 `lethe db indexes` (run after `lethe db migrate`, once the policy names the tables); migrations
 never do. Each is built with CREATE INDEX CONCURRENTLY (writes to the table go on), except on a
 partitioned table, where PostgreSQL cannot (a plain CREATE INDEX there, which also covers future
-partitions). An index left invalid by an
-interrupted build is dropped and built again. Without pg_trgm (not installable, or no privilege)
-the erasure still works: the mention search reads the tables, and says so once in the log.
+partitions). An index left invalid by an interrupted build is dropped and built again. One the
+policy no longer asks for (a column no longer free text, a table no longer named) is dropped: it
+would cost the platform's writes for nothing. Without pg_trgm (not installable, or no privilege) the
+erasure still works: the mention search reads the tables, and says so once in the log.
 """
 
 from __future__ import annotations
@@ -139,9 +140,40 @@ def ensure(url: str, policy: Policy) -> list[tuple[Index, str]]:
                     )
                 cur.execute(_create(cur, index, trgm))
                 out.append((index, "rebuilt" if state == "invalid" else "created"))
+            for index, partitioned in _stale(cur, policy):
+                cur.execute(
+                    sql.SQL("DROP INDEX {how} IF EXISTS {name}").format(
+                        how=sql.SQL("" if partitioned else "CONCURRENTLY"),  # as it was built
+                        name=sql.Identifier(split(index.table)[0] or PLATFORM_SCHEMA, index.name),
+                    )
+                )
+                out.append((index, "dropped: the policy no longer asks for it"))
     finally:
         conn.close()
     return out
+
+
+_NAME = r"^lethe_(trgm|lower|phone)_.*_[0-9a-f]{8}$"  # what index_name() writes
+
+
+def _stale(cur: psycopg2.extensions.cursor, policy: Policy) -> list[tuple[Index, bool]]:
+    """Indexes named as Lethe names its own, on tables of the policy's schemas, that the policy no longer
+    asks for; with whether each is on a partitioned table. Lethe's own schema is not the platform's."""
+    schemas = {split(t)[0] or PLATFORM_SCHEMA for t in policy.tables} - {lethe_schema()}
+    cur.execute(
+        "SELECT ic.relname, n.nspname, t.relname, t.relkind = 'p', pg_get_indexdef(i.indexrelid, 1, true),"
+        " substring(ic.relname from %s)"
+        " FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid"
+        " JOIN pg_namespace n ON n.oid = t.relnamespace"
+        " WHERE n.nspname = ANY(%s) AND ic.relname ~ %s AND NOT ic.relispartition",
+        (_NAME, sorted(schemas), _NAME),
+    )
+    keep = {i.name for i in wanted(policy)}
+    return [
+        (Index(name, table if schema == PLATFORM_SCHEMA else f"{schema}.{table}", column, kind), bool(partitioned))
+        for name, schema, table, partitioned, column, kind in cur.fetchall()
+        if name not in keep
+    ]
 
 
 def _one_run_at_a_time(cur: psycopg2.extensions.cursor) -> None:
