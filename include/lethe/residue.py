@@ -923,9 +923,10 @@ def _per_text(values: pa.Array, classes: np.ndarray) -> np.ndarray:
     return np.bincount(np.searchsorted(offsets, where, side="right") - 1, minlength=len(values))
 
 
-def _runs(values: pa.Array, classes: np.ndarray) -> tuple[pa.Array, np.ndarray, np.ndarray]:
-    """Each text cut into maximal runs of bytes in and out of the class: the pieces as strings, the row of
-    each, and whether it is a run of the class.
+def _runs(values: pa.Array, classes: np.ndarray) -> tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray]:
+    """Each text cut into maximal runs of bytes in and out of the class: the pieces as strings, where each
+    starts, whether it is a run of the class, and the texts' offsets (`_rows` turns starts into rows, for
+    the few pieces that need one).
 
     The runs of the class are the tokens of splitting on the complement's pattern, without a regex: the
     pieces are contiguous slices of one buffer (offsets only, no copy), and within a text they alternate
@@ -939,8 +940,12 @@ def _runs(values: pa.Array, classes: np.ndarray) -> tuple[pa.Array, np.ndarray, 
     cut[1:-1] |= inside[1:] != inside[:-1]
     bounds = np.flatnonzero(cut)
     pieces = pa.StringArray.from_buffers(len(bounds) - 1, pa.py_buffer((bounds + first).astype(np.int32)), buffer)
-    rows = np.searchsorted(offsets, bounds[:-1], side="right") - 1
-    return pieces, rows, inside[bounds[:-1]] if len(data) else np.zeros(0, dtype=bool)
+    return pieces, bounds[:-1], inside[bounds[:-1]] if len(data) else np.zeros(0, dtype=bool), offsets
+
+
+def _rows(offsets: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """The text each byte position is in (an empty text holds none)."""
+    return np.searchsorted(offsets, starts, side="right") - 1
 
 
 def _any_window(values: pa.Array, tails: frozenset[str]) -> np.ndarray:
@@ -951,23 +956,27 @@ def _any_window(values: pa.Array, tails: frozenset[str]) -> np.ndarray:
     PHONE_TAIL digits are such a window; a hex id or a hash, whose digits letters keep apart, mostly has none.
     """
     data, offsets, _, _ = _utf8(values)
-    digit = _DIGIT_BYTES[data]
     out = np.zeros(len(values), dtype=bool)
-    where = np.flatnonzero(digit)
-    n = len(where) - PHONE_TAIL + 1
-    if n <= 0:
+    where = np.flatnonzero(_DIGIT_BYTES[data])
+    if len(where) < PHONE_TAIL:
         return out
     breaks = ~_PHONE_RUN_BYTES[data]
     breaks[offsets[:-1][offsets[:-1] < len(data)]] = True  # a text's start ends the previous run
     run = np.cumsum(breaks, dtype=np.int32)[where]  # one id per run of each digit
+    n = len(where) - PHONE_TAIL + 1
     d = data[where].astype(np.int32) - ord("0")
-    number = np.zeros(n, dtype=np.int32)  # the window's digits as one number: tails are PHONE_TAIL long
+    number = np.zeros(n, dtype=np.int32)  # each window's digits as one number: tails are PHONE_TAIL long
     for k in range(PHONE_TAIL):
         number = number * 10 + d[k : k + n]
+    # Only windows ending where a group of digits ends, as a candidate's digits do: the next digit is not
+    # the next byte of the same run.
+    end = np.ones(len(where), dtype=bool)
+    end[:-1] = (where[1:] != where[:-1] + 1) | (run[1:] != run[:-1])
+    last = np.flatnonzero(end[PHONE_TAIL - 1 :])  # the windows, by their first digit
     wanted = np.zeros(10**PHONE_TAIL, dtype=bool)
     wanted[[int(t) for t in tails if len(t) == PHONE_TAIL and t.isascii() and t.isdigit()]] = True
-    hit = wanted[number] & (run[:n] == run[PHONE_TAIL - 1 :])  # a window inside one run
-    out[np.searchsorted(offsets, where[:n][hit], side="right") - 1] = True
+    hit = last[wanted[number[last]] & (run[last] == run[last + PHONE_TAIL - 1])]  # a window inside one run
+    out[np.searchsorted(offsets, where[hit], side="right") - 1] = True
     return out
 
 
@@ -982,21 +991,22 @@ def _any_token(
 ) -> pa.Array:
     """True where a token of the text (a run of the byte class, `strip` trimmed) is a needle,
     or two tokens one after the other, joined by a space, are one of `pairs`."""
-    pieces, parents, token = _runs(values, classes)
+    pieces, starts, token, offsets = _runs(values, classes)
     if strip:
         pieces = pc.utf8_trim(pieces, strip)
     hit = token & pc.is_in(pieces, value_set=pa.array(sorted(needles), pa.string())).to_numpy(zero_copy_only=False)
-    rows = parents[hit]
+    rows = _rows(offsets, starts[hit])
     if pairs and len(pieces) > 2:
         # Only where a pair's first word is: the token after it is two pieces on (a separator between).
         firsts = pa.array(sorted({p.split(" ", 1)[0] for p in pairs}), pa.string())
         first = np.flatnonzero(token & pc.is_in(pieces, value_set=firsts).to_numpy(zero_copy_only=False))
         first = first[first + 2 < len(pieces)]
-        first = first[parents[first] == parents[first + 2]]
+        at, after = _rows(offsets, starts[first]), _rows(offsets, starts[first + 2])
+        first, at = first[at == after], at[at == after]  # both words in one text
         if len(first):
             joined = pc.binary_join_element_wise(pieces.take(first), pieces.take(first + 2), " ")
             pair_hit = pc.is_in(joined, value_set=pa.array(sorted(pairs), pa.string())).to_numpy(zero_copy_only=False)
-            rows = np.concatenate([rows, parents[first][pair_hit]])
+            rows = np.concatenate([rows, at[pair_hit]])
     return _mask(len(values), rows)
 
 

@@ -90,3 +90,18 @@ def test_the_bulk_filter_passes_every_text_the_matcher_finds_a_phone_in() -> Non
     cut = ["x98765a43210", "98765/43210", "h9a8765432b10", "2202_15_1234_56"]
     assert not any(residue.who(index, t) for t in cut)
     assert bulk.may_hold(pa.array(cut)).to_pylist() == [False, False, False, False]
+
+
+def test_the_bulk_filter_reads_a_tail_only_where_a_group_of_digits_ends_in_one_text() -> None:
+    """A column's texts lie end to end in one buffer: digits at the end of one text and the start of the next
+    are no run. A tail inside a longer group is no candidate's last digits (`5432107` holds no 543210 number)."""
+    import pyarrow as pa
+
+    asha = Footprint(1)
+    asha.add("phone", "+91 98765 43210")
+    index = PlainIndex([asha])
+    bulk = residue.BulkFilter.of(index)
+    assert bulk is not None
+    texts = ["x 5432", "10 y", "5432107", "id 98765 43210", "98765-43210", "tel 9876543210."]
+    assert bulk.may_hold(pa.array(texts)).to_pylist() == [False, False, False, True, True, True]
+    assert [bool(residue.who(index, t)) for t in texts] == [False, False, False, True, True, True]
