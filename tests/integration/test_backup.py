@@ -542,3 +542,55 @@ def test_indexed_propagation_redacts_exactly_what_a_full_read_does_and_reads_les
     erased_terms = Query.of(i for ids in identifiers.values() for i in ids)
     comments = read_manifest(client, bucket, new).tables["comments"]
     assert not any(may_mention(o.term_index, erased_terms) for o in comments.objects)
+
+
+def test_propagation_rewrites_an_object_a_row_group_at_a_time(
+    primary: str, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Objects of many row groups (2 rows each here, 65,536 in use): the erased person's rows and a mention of
+    them in a later row group go, every other row of the object stays as it was, and what is written back is
+    still cut into row groups of that size (a worker never holds a whole object)."""
+    from lethe.backup import frames
+
+    monkeypatch.setattr(frames, "ROW_GROUP_ROWS", 2)
+    text = "ask USER4@example.test or @user4"
+    with transaction(primary) as cur:
+        cur.execute("INSERT INTO comments VALUES (9001, 6, %s, %s)", (text, NOW))
+    sid = "20261101T020000Z"
+    take_snapshot(primary, "us-east-1", s3_endpoint, sid, load_policy(), KEY)
+    before = every_version(s3_endpoint, "us-east-1")
+    assert any(pq.ParquetFile(io.BytesIO(_body(s3_endpoint, k))).num_row_groups > 2 for k, _ in before)
+    p = erase(primary, 4)
+    with transaction(primary) as cur:
+        ids = [pseudonym(KEY, "email", "user4@example.test"), pseudonym(KEY, "username", "user4")]
+        cur.execute("UPDATE erasure_tombstones SET identifier_pseudonyms = %s", (ids,))
+
+    result = propagate_region(primary, "us-east-1", s3_endpoint, key=KEY)
+
+    assert result.mentions_redacted == 2 and result.mentions_left == 0 and result.tombstoned_rows_left == 0
+    after = every_version(s3_endpoint, "us-east-1")
+    assert {k for k, _ in after} == {k for k, _ in before} and len(after) == len(before)  # old versions swept
+    assert sum(rows_of(after, {4}).values()) == 0
+    bodies = [b for k, t in after if "/comments/" in k for b in t["body"].to_pylist()]
+    assert "ask [erased] or @[erased]" in bodies and not any("user4" in (b or "").lower() for b in bodies)
+    for key, _ in after:
+        meta = pq.ParquetFile(io.BytesIO(_body(s3_endpoint, key))).metadata
+        assert all(meta.row_group(i).num_rows <= 2 for i in range(meta.num_row_groups)), key
+
+    def others(tables: list[tuple[str, Any]]) -> list[str]:
+        """Every row but person 4's (deleted or pseudonymised) and the comment that mentioned them, per table."""
+        rows = []
+        for key, table in tables:
+            for row in table.drop_columns([layout.SUBJECT_COLUMN]).to_pylist():
+                if row.get("user_id") == 4 or row.get("comment_id") == 9001 or row.get("subject_pseudonym") == p:
+                    continue
+                rows.append(f"{key.split('/data/')[1].split('/')[0]} {sorted(row.items())}")
+        return sorted(rows)
+
+    assert others(after) == others(before)
+    manifest = read_manifest(s3_client("us-east-1", s3_endpoint), BUCKETS.backup("us-east-1"), sid)
+    assert {o.key: o.rows for o in manifest.objects} == {k: t.num_rows for k, t in after}
+
+
+def _body(s3: str, key: str) -> bytes:
+    return bytes(s3_client("us-east-1", s3).get_object(Bucket=BUCKETS.backup("us-east-1"), Key=key)["Body"].read())

@@ -9,9 +9,11 @@ gives back exactly what was exported.
 from __future__ import annotations
 
 import io
+import itertools
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, BinaryIO
 
 import numpy as np
 import psycopg2.extensions
@@ -185,21 +187,62 @@ def split_by_bucket(frame: pa.Table, buckets: int) -> Iterable[tuple[int | None,
         yield int(value), part.append_column(SUBJECT_COLUMN, column)
 
 
+# Rows per row group: propagation reads and rewrites an object this many rows at a time, so its memory
+# is bounded by the row group, not by the object (a bucket of a billion-row table).
+ROW_GROUP_ROWS = 65_536
+# No column statistics (nothing reads them); dictionary encoding only for the pseudonym, whose few
+# distinct values repeat on many rows.
+_PARQUET_OPTIONS: dict[str, Any] = {
+    "compression": "zstd",
+    "write_statistics": False,
+    "use_dictionary": [SUBJECT_COLUMN],
+}
+
+
 def to_parquet(frame: pa.Table) -> bytes:
-    # No column statistics (nothing reads them: objects are always read whole); dictionary
-    # encoding only for the pseudonym, whose few distinct values repeat on many rows.
     buf = io.BytesIO()
-    pq.write_table(frame, buf, compression="zstd", write_statistics=False, use_dictionary=[SUBJECT_COLUMN])
+    pq.write_table(frame, buf, row_group_size=ROW_GROUP_ROWS, **_PARQUET_OPTIONS)
     return buf.getvalue()
 
 
 def from_parquet(data: bytes) -> pa.Table:
     """An object's rows, with the pseudonym column as plain strings whatever encoding it was written in."""
-    frame = pq.read_table(io.BytesIO(data))
+    return _plain_subject(pq.read_table(io.BytesIO(data)))
+
+
+def _plain_subject(frame: pa.Table) -> pa.Table:
     if SUBJECT_COLUMN in frame.column_names and pa.types.is_dictionary(frame.schema.field(SUBJECT_COLUMN).type):
         index = frame.column_names.index(SUBJECT_COLUMN)
         frame = frame.set_column(index, SUBJECT_COLUMN, frame.column(index).cast(pa.string()))
     return frame
+
+
+def parquet_schema(source: BinaryIO) -> pa.Schema:
+    """The schema `parquet_batches` yields (the pseudonym column as plain strings)."""
+    return _plain_subject(pq.ParquetFile(source).schema_arrow.empty_table()).schema
+
+
+def parquet_batches(source: BinaryIO, limit: int | None = None) -> Iterator[pa.Table]:
+    """An object's rows ROW_GROUP_ROWS at a time (the first `limit` batches only, when given), as
+    `from_parquet` gives them whole. Readers of one file may interleave: each reads at its own offsets."""
+    batches = pq.ParquetFile(source).iter_batches(batch_size=ROW_GROUP_ROWS)
+    for batch in itertools.islice(batches, limit):
+        yield _plain_subject(pa.Table.from_batches([batch]))
+
+
+class ParquetStream:
+    """An object written a batch at a time, as `to_parquet` writes it whole; every batch is cast to `schema`
+    (a masked column keeps its type)."""
+
+    def __init__(self, sink: BinaryIO, schema: pa.Schema) -> None:
+        self.schema = schema
+        self._writer = pq.ParquetWriter(sink, schema, **_PARQUET_OPTIONS)
+
+    def write(self, frame: pa.Table) -> None:
+        self._writer.write_table(frame.select(self.schema.names).cast(self.schema), row_group_size=ROW_GROUP_ROWS)
+
+    def close(self) -> None:
+        self._writer.close()
 
 
 @dataclass

@@ -29,14 +29,15 @@ manifest entry from the object itself, deletes the old versions and records.
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import os
+import tempfile
 import threading
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, BinaryIO
 
 from lethe.backup import frames, layout, links, store, writer
 from lethe.backup.manifest import Manifest, ObjectEntry, TableEntry, complete_manifests
@@ -277,61 +278,52 @@ def _rewrite_snapshot(
     changed = {"objects": 0, "deleted": 0, "pseudonymised": 0, "bytes": 0, "repaired": 0, "mentions": 0}
 
     def rewrite(job: _Job) -> None:
-        data = store.get(client, bucket, job.obj.key)
-        frame = frames.from_parquet(data)
-        before = frame.num_rows
-        new, erased = frames.erase_subjects(
-            frame, job.pseudonyms, job.entry.erasure_action, job.entry.erasure_columns, job.entry.pseudonym_column
-        )
-        mentions = forgotten = 0
-        if job.mentions:
-            new, mentions = finder.redact_columns(new, job.entry.free_text)
-        if job.holds:
-            new, forgotten = links.forget_holds(new, finder.key, job.holds)
-        with lock:
-            result.objects_read += 1
-        if erased.changed == 0 and mentions == 0 and forgotten == 0:
-            digest = hashlib.sha256(data).hexdigest()
-            if digest != job.obj.sha256 or before != job.obj.rows:
-                # An interrupted run already rewrote this object but not the manifest: take the object's truth.
-                job.obj.sha256, job.obj.rows, job.obj.bytes = digest, before, len(data)
-                if job.table in indexers:
-                    job.obj.term_index = indexers[job.table].index(frame)
-                with lock:
-                    changed["repaired"] += 1
-            return
-        body = frames.to_parquet(new)
-        digest = put_object(client, bucket, job.obj.key, body)
+        # The object goes through unnamed temporary files (gone with the process, even a killed one), a row
+        # group at a time: a worker's memory is bounded by the row group, whatever the object's size.
+        with tempfile.TemporaryFile() as original, tempfile.TemporaryFile() as rewritten:
+            data_digest = store.download(client, bucket, job.obj.key, original)
+            done = _rewrite_rows(job, original, rewritten, finder)
+            with lock:
+                result.objects_read += 1
+            if not done.changed:
+                if data_digest != job.obj.sha256 or done.rows != job.obj.rows:
+                    # An interrupted run already rewrote this object but not the manifest: take the object's truth.
+                    job.obj.sha256, job.obj.rows, job.obj.bytes = data_digest, done.rows, _size(original)
+                    if job.table in indexers:
+                        job.obj.term_index = indexers[job.table].index_parts(frames.parquet_batches(original))
+                    with lock:
+                        changed["repaired"] += 1
+                return
+            digest = put_object(client, bucket, job.obj.key, rewritten)
+            body_bytes = _size(rewritten)
         drill.put_done()
-        served = store.get(client, bucket, job.obj.key)  # verify what S3 now serves, not what we meant to send
-        served_frame = frames.from_parquet(served)
-        served_rows = served_frame.num_rows
-        _, left = frames.erase_subjects(served_frame, job.pseudonyms, "delete", {})
-        _, mentions_left = finder.redact_columns(served_frame, job.entry.free_text) if job.mentions else (None, 0)
-        holds_left = links.held_subjects_left(served_frame, finder.key, job.holds) if job.holds else 0
-        if hashlib.sha256(served).hexdigest() != digest or served_rows != before - erased.deleted:
+        with tempfile.TemporaryFile() as served:  # verify what S3 now serves, not what we meant to send
+            served_digest = store.download(client, bucket, job.obj.key, served)
+            check = _check_served(job, served, finder, indexers.get(job.table))
+        erased = done.erased
+        if served_digest != digest or check.rows != done.rows - erased.deleted:
             raise RuntimeError(
-                f"s3://{bucket}/{job.obj.key}: rewrite not verified (rows {served_rows}, expected "
-                f"{before - erased.deleted}); the previous version is kept, rerun the propagation"
+                f"s3://{bucket}/{job.obj.key}: rewrite not verified (rows {check.rows}, expected "
+                f"{done.rows - erased.deleted}); the previous version is kept, rerun the propagation"
             )
-        job.obj.sha256, job.obj.rows, job.obj.bytes = digest, served_rows, len(body)
-        if job.table in indexers:
-            job.obj.term_index = indexers[job.table].index(served_frame)
+        job.obj.sha256, job.obj.rows, job.obj.bytes = digest, check.rows, body_bytes
+        if check.term_index is not None:
+            job.obj.term_index = check.term_index
         with lock:
-            result.tombstoned_rows_left += left.deleted + holds_left
-            result.holds_forgotten += forgotten
-            result.mentions_left += mentions_left
-            changed["mentions"] += mentions
+            result.tombstoned_rows_left += check.tombstoned_left + check.holds_left
+            result.holds_forgotten += done.forgotten
+            result.mentions_left += check.mentions_left
+            changed["mentions"] += done.mentions
             changed["objects"] += 1
             changed["deleted"] += erased.deleted
             changed["pseudonymised"] += erased.pseudonymised
-            changed["bytes"] += len(body)
+            changed["bytes"] += body_bytes
             result.rewrites_per_object[f"{manifest.snapshot_id}/{job.obj.key}"] = (
                 result.rewrites_per_object.get(f"{manifest.snapshot_id}/{job.obj.key}", 0) + 1
             )
             for pseudonym in erased.per_subject:
                 per_subject[pseudonym]["objects"] += 1
-                per_subject[pseudonym]["bytes"] += len(body)
+                per_subject[pseudonym]["bytes"] += body_bytes
 
     result.bytes_in_touched_snapshots += manifest.total_bytes
     with ThreadPoolExecutor(REWRITE_THREADS) as pool:
@@ -361,9 +353,85 @@ def _rewrite_snapshot(
     result.manifest_entries_repaired += changed["repaired"]
 
 
-def put_object(client: Any, bucket: str, key: str, body: bytes) -> str:
+@dataclass
+class _Rewritten:
+    """What one object's rewrite did, over all its row groups."""
+
+    rows: int = 0  # before
+    erased: frames.Erased = field(default_factory=frames.Erased)
+    mentions: int = 0
+    forgotten: int = 0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.erased.changed or self.mentions or self.forgotten)
+
+
+def _rewrite_rows(job: _Job, original: BinaryIO, rewritten: BinaryIO, finder: MentionFinder) -> _Rewritten:
+    """Erase, redact and forget in each row group of `original`; write the result to `rewritten` only once
+    something changed (the unchanged row groups before it are copied then: an object nothing touches,
+    most of those searched for mentions, costs no encoding)."""
+    done = _Rewritten()
+    out: frames.ParquetStream | None = None
+    for n, frame in enumerate(frames.parquet_batches(original)):
+        done.rows += frame.num_rows
+        new, erased = frames.erase_subjects(
+            frame, job.pseudonyms, job.entry.erasure_action, job.entry.erasure_columns, job.entry.pseudonym_column
+        )
+        mentions = forgotten = 0
+        if job.mentions:
+            new, mentions = finder.redact_columns(new, job.entry.free_text)
+        if job.holds:
+            new, forgotten = links.forget_holds(new, finder.key, job.holds)
+        done.erased.deleted += erased.deleted
+        done.erased.pseudonymised += erased.pseudonymised
+        for pseudonym, count in erased.per_subject.items():
+            done.erased.per_subject[pseudonym] = done.erased.per_subject.get(pseudonym, 0) + count
+        done.mentions, done.forgotten = done.mentions + mentions, done.forgotten + forgotten
+        if out is None and done.changed:
+            out = frames.ParquetStream(rewritten, frames.parquet_schema(original))
+            for unchanged in frames.parquet_batches(original, limit=n):
+                out.write(unchanged)
+        if out is not None:
+            out.write(new)
+    if out is not None:
+        out.close()
+    return done
+
+
+@dataclass
+class _Served:
+    rows: int = 0
+    tombstoned_left: int = 0
+    mentions_left: int = 0
+    holds_left: int = 0
+    term_index: dict[str, Any] | None = None
+
+
+def _check_served(job: _Job, served: BinaryIO, finder: MentionFinder, indexer: TermIndexer | None) -> _Served:
+    """Read a rewritten object back a row group at a time: its rows, what of the erased people is left in it,
+    and (a table with free text) its new term index."""
+    check = _Served()
+    for frame in frames.parquet_batches(served):
+        check.rows += frame.num_rows
+        _, left = frames.erase_subjects(frame, job.pseudonyms, "delete", {})
+        check.tombstoned_left += left.deleted
+        if job.mentions:
+            check.mentions_left += finder.redact_columns(frame, job.entry.free_text)[1]
+        if job.holds:
+            check.holds_left += links.held_subjects_left(frame, finder.key, job.holds)
+    if indexer is not None:
+        check.term_index = indexer.index_parts(frames.parquet_batches(served))
+    return check
+
+
+def _size(file: BinaryIO) -> int:
+    return os.fstat(file.fileno()).st_size
+
+
+def put_object(client: Any, bucket: str, key: str, body: BinaryIO) -> str:
     """Step 1: the rewritten object as a new version (the old one stays until the sweep)."""
-    return store.put(client, bucket, key, body)
+    return store.put_file(client, bucket, key, body)
 
 
 def sweep_versions(client: Any, bucket: str, sid: str) -> int:

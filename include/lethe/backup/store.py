@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -62,6 +62,11 @@ def put(client: Any, bucket: str, key: str, body: bytes, content_type: str = "ap
 
     S3 keeps the object's SHA-256 (checked on arrival), so the audit verifies it without downloading it.
     """
+    _put_object(client, bucket, key, body, content_type)
+    return hashlib.sha256(body).hexdigest()
+
+
+def _put_object(client: Any, bucket: str, key: str, body: bytes | BinaryIO, content_type: str) -> None:
     client.put_object(
         Bucket=bucket,
         Key=key,
@@ -70,11 +75,35 @@ def put(client: Any, bucket: str, key: str, body: bytes, content_type: str = "ap
         ServerSideEncryption="AES256",
         ChecksumAlgorithm="SHA256",
     )
-    return hashlib.sha256(body).hexdigest()
 
 
 def get(client: Any, bucket: str, key: str) -> bytes:
     return bytes(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+CHUNK = 1 << 20
+
+
+def download(client: Any, bucket: str, key: str, sink: BinaryIO) -> str:
+    """Stream an object into `sink` (a MiB at a time, never whole in memory) and rewind it; return its sha256."""
+    digest = hashlib.sha256()
+    for chunk in client.get_object(Bucket=bucket, Key=key)["Body"].iter_chunks(CHUNK):
+        digest.update(chunk)
+        sink.write(chunk)
+    sink.flush()
+    sink.seek(0)
+    return digest.hexdigest()
+
+
+def put_file(client: Any, bucket: str, key: str, body: BinaryIO) -> str:
+    """`put` of a file's whole content, streamed from the file (rewound first); return its sha256."""
+    digest = hashlib.sha256()
+    body.seek(0)
+    while chunk := body.read(CHUNK):
+        digest.update(chunk)
+    body.seek(0)
+    _put_object(client, bucket, key, body, "application/octet-stream")
+    return digest.hexdigest()
 
 
 def exists(client: Any, bucket: str, key: str) -> bool:

@@ -132,7 +132,14 @@ class TermIndexer:
 
     def index(self, frame: pa.Table) -> dict[str, Any]:
         """The frame's term index as its manifest entry keeps it."""
-        return BloomFilter.of(self.terms(frame)).to_manifest()
+        return self.index_parts([frame])
+
+    def index_parts(self, parts: Iterable[pa.Table]) -> dict[str, Any]:
+        """The term index of an object read a part at a time."""
+        found: set[str] = set()
+        for part in parts:
+            found |= self.terms(part)
+        return BloomFilter.of(found).to_manifest()
 
     def _value_terms(self, value: str) -> frozenset[str]:
         terms = self._memo.get(value)
