@@ -409,7 +409,7 @@ class Prefilter:
         return bool(self.ipv4) and folded.count(".") >= 3 and any(m in self.ipv4 for m in _IPV4.findall(folded))
 
 
-@functools.lru_cache(maxsize=1 << 18)
+@functools.lru_cache(maxsize=1 << 16)
 def _keyed_term(key: bytes, kind: str, value: str) -> str:
     """A prefilter term's pseudonym (its own message prefix: never equal to an identifier's). Cached:
     words and digit windows repeat across a table's texts."""
@@ -448,8 +448,13 @@ class KeyedIndex:
     def owners(self, kind: str, value: str) -> frozenset[str]:
         hit = self._seen.get((kind, value))
         if hit is None:
+            if len(self._seen) >= SEEN_SIZE:  # a propagation meets every spelling of every snapshot: bounded
+                self._seen.clear()
             hit = self._seen[(kind, value)] = keyed(self.key, kind, value) in self.pseudonyms
         return frozenset((ERASED,)) if hit else frozenset()
+
+
+SEEN_SIZE = 1 << 16
 
 
 def matches(index: Index, text: str) -> list[tuple[int, int, frozenset[str]]]:

@@ -87,3 +87,24 @@ def test_an_object_is_indexed_with_exactly_what_the_mention_finder_matches(text:
     index = TermIndexer(KEY, ["body"]).index(frame)
     assert may_mention(index, Query.of(erased)) or not hits  # a filter never misses
     assert text not in json.dumps(index) and "asha" not in json.dumps(index).lower()
+
+
+def test_a_shared_memo_holds_at_most_memo_terms_and_the_index_is_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two tables' indexers share one memo; it never holds more than MEMO_TERMS terms, and an index built after
+    the memo was emptied equals one built afresh."""
+    from lethe.backup import term_index
+
+    monkeypatch.setattr(term_index, "MEMO_TERMS", 100)
+    memo = term_index.TermMemo()
+    comments = TermIndexer(KEY, ["body"], memo)
+    feedback = TermIndexer(KEY, ["text"], memo)
+    bodies = [f"call Asha Rao{i} at asha{i}@example.com or +91 98765 4{i:04d}" for i in range(40)]
+    held = []
+    for i, body in enumerate(bodies):
+        comments.terms(pa.table({"body": [body]}))
+        feedback.terms(pa.table({"text": [bodies[-1 - i]]}))
+        held.append(memo.terms)
+        assert memo.terms == sum(len(t) for t in memo.values.values()) <= 100
+    assert min(held) < max(held)  # it was emptied on the way
+    frame = pa.table({"body": bodies})
+    assert comments.index(frame) == TermIndexer(KEY, ["body"]).index(frame)

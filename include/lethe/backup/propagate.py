@@ -39,11 +39,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
-from lethe.backup import frames, layout, links, store, writer
+from lethe.backup import frames, heap, layout, links, store, writer
 from lethe.backup.manifest import Manifest, ObjectEntry, TableEntry, complete_manifests
 from lethe.backup.manifest import write as write_manifest
 from lethe.backup.mentions import MentionFinder, prefilter_of
-from lethe.backup.term_index import Query, TermIndexer, may_mention
+from lethe.backup.term_index import Query, TermIndexer, TermMemo, may_mention
 from lethe.config import BUCKETS
 from lethe.db import transaction
 from lethe.storage import delete_versions
@@ -274,7 +274,8 @@ def _rewrite_snapshot(
 ) -> None:
     lock = threading.Lock()
     # The index describes the object as it now is: rebuilt whenever a free-text object changes.
-    indexers = {t: TermIndexer(finder.key, e.free_text) for t, e in manifest.tables.items() if e.free_text}
+    memo = TermMemo()  # one bounded memo for all tables: a worker's memory is not multiplied by its tables
+    indexers = {t: TermIndexer(finder.key, e.free_text, memo) for t, e in manifest.tables.items() if e.free_text}
     changed = {"objects": 0, "deleted": 0, "pseudonymised": 0, "bytes": 0, "repaired": 0, "mentions": 0}
 
     def rewrite(job: _Job) -> None:
@@ -326,8 +327,16 @@ def _rewrite_snapshot(
                 per_subject[pseudonym]["bytes"] += body_bytes
 
     result.bytes_in_touched_snapshots += manifest.total_bytes
+
+    def rewrite_and_give_back(job: _Job) -> None:
+        try:
+            rewrite(job)
+        finally:
+            heap.give_back()
+
+    heap.few_arenas()
     with ThreadPoolExecutor(REWRITE_THREADS) as pool:
-        for future in [pool.submit(rewrite, job) for job in jobs]:
+        for future in [pool.submit(rewrite_and_give_back, job) for job in jobs]:
             future.result()
     if changed["objects"] or changed["repaired"]:
         for entry in manifest.tables.values():

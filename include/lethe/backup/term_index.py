@@ -21,7 +21,7 @@ import base64
 import hashlib
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -36,7 +36,9 @@ FALSE_POSITIVE_RATE = 1e-6  # per term asked; see the module's docstring
 # (32 bytes) put such a filter far below the rate.
 MIN_BITS = 256
 MAX_NAME_WORDS = residue.KeyedIndex.max_name_words  # the mention finder's own: names of up to 4 words
-MEMO_SIZE = 100_000  # values repeat within a table (features, user agents): candidates once per value
+# Values repeat within a table (features, user agents): candidates once per value. Bounded by the terms held,
+# not the values: a comment holds hundreds, and a memo of 100,000 comments grew a propagation by 900 MiB.
+MEMO_TERMS = 1 << 18
 MAX_HASHES = 32  # k is 20 at 1e-6; positions beyond the k a filter uses are never read
 KIND = "bloom/shake128"  # an index of another kind is not understood: its object is read
 
@@ -115,9 +117,9 @@ def may_mention(index: dict[str, Any] | None, query: Query) -> bool:
 class TermIndexer:
     """Keyed terms in a table's searched columns, with one memo per table (its parts share repeated values)."""
 
-    def __init__(self, key: bytes, columns: list[str]) -> None:
+    def __init__(self, key: bytes, columns: list[str], memo: TermMemo | None = None) -> None:
         self.key, self.columns = key, columns
-        self._memo: dict[str, frozenset[str]] = {}
+        self._memo = memo if memo is not None else TermMemo()
 
     def terms(self, frame: pa.Table) -> set[str]:
         """Every keyed candidate the mention finder could match in the searched columns of the frame."""
@@ -142,10 +144,25 @@ class TermIndexer:
         return BloomFilter.of(found).to_manifest()
 
     def _value_terms(self, value: str) -> frozenset[str]:
-        terms = self._memo.get(value)
+        terms = self._memo.values.get(value)
         if terms is None:
-            if len(self._memo) >= MEMO_SIZE:
-                self._memo.clear()
             spellings = {(c.kind, c.value) for c in residue.candidates(value, MAX_NAME_WORDS)}
-            terms = self._memo[value] = frozenset(residue.keyed(self.key, k, v) for k, v in spellings)
+            terms = frozenset(residue.keyed(self.key, k, v) for k, v in spellings)
+            self._memo.keep(value, terms)
         return terms
+
+
+@dataclass
+class TermMemo:
+    """Keyed terms per value, for one or several indexers (a propagation's tables share one): at most
+    MEMO_TERMS terms held."""
+
+    values: dict[str, frozenset[str]] = field(default_factory=dict)
+    terms: int = 0
+
+    def keep(self, value: str, terms: frozenset[str]) -> None:
+        if self.terms + len(terms) > MEMO_TERMS:
+            self.values.clear()
+            self.terms = 0
+        self.values[value] = terms
+        self.terms += len(terms)

@@ -1,0 +1,146 @@
+"""Peak memory of a worker's backup steps at scale: the snapshot export and the propagation of erasures.
+
+Each step runs in a fresh child process (`python bench/memory.py --step STEP ...`) that reports its own
+peak resident memory (`getrusage` ru_maxrss) and wall time, against the issue's line of 512 MiB whatever
+the table sizes. The anchor in the same run is a child that imports the same modules, connects to the
+database and S3, and does nothing else: the part of the peak no step can shed.
+
+Steps, on the database `lethe bench erasure --users N` seeds (`--database`, reused as it is):
+1. export: `take_snapshot` of every backed-up table into one region's bucket (embedded S3 over HTTP);
+2. one: one person's tombstone (with the keyed pseudonyms of their identifiers, so free-text objects whose
+   term index may hold them are searched too) propagated into that snapshot;
+3. many: `--tombstones` more in one propagation run.
+The largest object's size and row groups are printed beside them: what a worker that read objects whole held.
+
+Run: `LETHE_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres uv run python bench/memory.py
+--database lethe_bench_1m` after `lethe bench erasure --users 1000000 --database lethe_bench_1m --skip-scan
+--skip-batch --singles 0` has seeded it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import time
+from typing import Any
+
+KEY = b"bench-pseudonym-key"
+REGION = "us-east-1"
+SID = "20261101T020000Z"
+TARGET_MIB = 512
+
+
+def _child(step: str, url: str, s3: str, tombstones: int) -> dict[str, Any]:
+    """One step in this process; its wall time and this process's peak memory."""
+    from lethe.backup.propagate import propagate_region
+    from lethe.backup.snapshot import take_snapshot
+    from lethe.backup.store import region_client
+    from lethe.db import transaction
+    from lethe.policy import load_policy
+    from lethe.testing import insert_tombstones
+
+    with transaction(url) as cur:
+        cur.execute("SELECT 1")
+    region_client(REGION, s3)
+    out: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    if step == "export":
+        out["snapshot"] = take_snapshot(url, REGION, s3, SID, load_policy(), KEY)
+    elif step in ("one", "many"):
+        with transaction(url) as cur:
+            cur.execute("SELECT user_id FROM accounts ORDER BY user_id")
+            users = [r[0] for r in cur.fetchall()]
+            picked = random.Random(step).sample(users, 1 if step == "one" else tombstones)
+            insert_tombstones(cur, KEY, picked)
+        result = propagate_region(url, REGION, s3, key=KEY)
+        out["propagation"] = {
+            k: getattr(result, k)
+            for k in ("objects_read", "objects_rewritten", "bytes_rewritten", "rows_deleted", "mentions_redacted")
+        }
+        out["propagation"]["free_text_searched"] = f"{result.free_text_objects_searched}/{result.free_text_objects}"
+    out["seconds"] = time.perf_counter() - t0
+    out["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def _run(step: str, url: str, s3: str, tombstones: int) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, __file__, "--step", step, "--url", url, "--s3", s3, "--tombstones", str(tombstones)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=os.environ.copy(),
+    )
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"rc {done.returncode}"}
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def _largest_object(s3: str) -> str:
+    import io
+
+    import pyarrow.parquet as pq
+    from lethe.backup import store
+    from lethe.backup.manifest import read as read_manifest
+    from lethe.backup.store import region_client
+    from lethe.config import BUCKETS
+
+    client = region_client(REGION, s3)
+    manifest = read_manifest(client, BUCKETS.backup(REGION), SID)
+    largest = max(manifest.objects, key=lambda o: o.bytes)
+    meta = pq.read_metadata(io.BytesIO(store.get(client, BUCKETS.backup(REGION), largest.key)))
+    return (
+        f"largest object {largest.key.split('/data/')[-1]}: {largest.bytes / 2**20:,.1f} MiB, {largest.rows:,} rows "
+        f"in {meta.num_row_groups} row groups; snapshot {manifest.total_bytes / 2**20:,.0f} MiB "
+        f"in {len(manifest.objects)} objects"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench/memory.py", description=__doc__.split("\n")[0])
+    parser.add_argument("--database", default="lethe_bench_1m", help="a database `lethe bench erasure` seeded")
+    parser.add_argument("--tombstones", type=int, default=100, help="tombstones in the 'many' run (default 100)")
+    parser.add_argument("--steps", default="export,one,many", help="steps to run (default export,one,many)")
+    parser.add_argument("--step", choices=("idle", "export", "one", "many"), help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--s3", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.step:
+        print(json.dumps(_child(args.step, args.url, args.s3, args.tombstones)))
+        return 0
+
+    from lethe.db import transaction, url_for_database
+    from lethe.embedded import services
+    from lethe.testing import empty_buckets
+
+    with services() as (server_url, s3):
+        url = url_for_database(server_url, args.database)
+        with transaction(url) as cur:
+            cur.execute("SELECT count(*) FROM accounts")
+            users = cur.fetchone()[0]  # type: ignore[index]
+            cur.execute("TRUNCATE erasure_tombstones, backup_tombstone_applications CASCADE")
+            cur.execute("DELETE FROM backup_snapshots")
+        empty_buckets(s3)
+        print(f"{args.database}: {users:,} users; load {os.getloadavg()[0]:.1f}; target: peak under {TARGET_MIB} MiB")
+        for step in ("idle", *args.steps.split(",")):
+            out = _run(step, url, s3, args.tombstones)
+            if "error" in out:
+                print(f"  {step:6s} failed: {out['error']}")
+                continue
+            extra = out.get("propagation") or {
+                k: v for k, v in (out.get("snapshot") or {}).items() if k in ("objects", "bytes", "rows")
+            }
+            print(f"  {step:6s} peak {out['peak_mib']:7,.0f} MiB  {out['seconds']:7.1f} s  {extra}", flush=True)
+            if step == "export":
+                print(f"  {_largest_object(s3)}")
+        print(f"load at the end {os.getloadavg()[0]:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
