@@ -140,11 +140,11 @@ def ensure(url: str, policy: Policy) -> list[tuple[Index, str]]:
                     )
                 cur.execute(_create(cur, index, trgm))
                 out.append((index, "rebuilt" if state == "invalid" else "created"))
-            for index, partitioned in _stale(cur, policy):
+            for index, schema, partitioned in _stale(cur, policy):
                 cur.execute(
                     sql.SQL("DROP INDEX {how} IF EXISTS {name}").format(
                         how=sql.SQL("" if partitioned else "CONCURRENTLY"),  # as it was built
-                        name=sql.Identifier(split(index.table)[0] or PLATFORM_SCHEMA, index.name),
+                        name=sql.Identifier(schema, index.name),
                     )
                 )
                 out.append((index, "dropped: the policy no longer asks for it"))
@@ -156,9 +156,10 @@ def ensure(url: str, policy: Policy) -> list[tuple[Index, str]]:
 _NAME = r"^lethe_(trgm|lower|phone)_.*_[0-9a-f]{8}$"  # what index_name() writes
 
 
-def _stale(cur: psycopg2.extensions.cursor, policy: Policy) -> list[tuple[Index, bool]]:
+def _stale(cur: psycopg2.extensions.cursor, policy: Policy) -> list[tuple[Index, str, bool]]:
     """Indexes named as Lethe names its own, on tables of the policy's schemas, that the policy no longer
-    asks for; with whether each is on a partitioned table. Lethe's own schema is not the platform's."""
+    asks for; with each one's schema and whether it is on a partitioned table. Lethe's own schema is not
+    the platform's."""
     schemas = {split(t)[0] or PLATFORM_SCHEMA for t in policy.tables} - {lethe_schema()}
     cur.execute(
         "SELECT ic.relname, n.nspname, t.relname, t.relkind = 'p', pg_get_indexdef(i.indexrelid, 1, true),"
@@ -170,7 +171,11 @@ def _stale(cur: psycopg2.extensions.cursor, policy: Policy) -> list[tuple[Index,
     )
     keep = {i.name for i in wanted(policy)}
     return [
-        (Index(name, table if schema == PLATFORM_SCHEMA else f"{schema}.{table}", column, kind), bool(partitioned))
+        (
+            Index(name, table if schema == PLATFORM_SCHEMA else f"{schema}.{table}", column, kind),
+            schema,
+            bool(partitioned),
+        )
         for name, schema, table, partitioned, column, kind in cur.fetchall()
         if name not in keep
     ]
