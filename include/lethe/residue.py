@@ -925,7 +925,7 @@ def _per_text(values: pa.Array, classes: np.ndarray) -> np.ndarray:
     """How many bytes of the class each text holds."""
     data, offsets, _, _ = _utf8(values)
     where = np.flatnonzero(classes[data])  # few, for most classes: no running sum over every byte
-    return np.bincount(np.searchsorted(offsets, where, side="right") - 1, minlength=len(values))
+    return np.bincount(_rows(offsets, where), minlength=len(values))
 
 
 def _runs(values: pa.Array, classes: np.ndarray) -> tuple[pa.Array, np.ndarray, np.ndarray, np.ndarray]:
@@ -981,7 +981,7 @@ def _any_window(values: pa.Array, tails: frozenset[str]) -> np.ndarray:
     wanted = np.zeros(10**PHONE_TAIL, dtype=bool)
     wanted[[int(t) for t in tails if len(t) == PHONE_TAIL and t.isascii() and t.isdigit()]] = True
     hit = last[wanted[number[last]] & (run[last] == run[last + PHONE_TAIL - 1])]  # a window inside one run
-    out[np.searchsorted(offsets, where[hit], side="right") - 1] = True
+    out[_rows(offsets, where[hit])] = True
     return out
 
 
