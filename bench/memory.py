@@ -55,7 +55,10 @@ def _child(step: str, url: str, s3: str, tombstones: int) -> dict[str, Any]:
         with transaction(url) as cur:
             cur.execute("SELECT user_id FROM accounts ORDER BY user_id")
             users = [r[0] for r in cur.fetchall()]
-            picked = random.Random(step).sample(users, 1 if step == "one" else tombstones)
+            cur.execute("SELECT count(*) FROM erasure_tombstones")
+            earlier = cur.fetchone()[0]  # type: ignore[index]
+            # people not picked by an earlier run into the same snapshot (theirs are applied already)
+            picked = random.Random(f"{step}/{earlier}").sample(users, 1 if step == "one" else tombstones)
             insert_tombstones(cur, KEY, picked)
         result = propagate_region(url, REGION, s3, key=KEY)
         out["propagation"] = {
@@ -123,9 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         with transaction(url) as cur:
             cur.execute("SELECT count(*) FROM accounts")
             users = cur.fetchone()[0]  # type: ignore[index]
-            cur.execute("TRUNCATE erasure_tombstones, backup_tombstone_applications CASCADE")
-            cur.execute("DELETE FROM backup_snapshots")
-        empty_buckets(s3)
+            if "export" in args.steps:  # a fresh snapshot; without it, the last run's is propagated into again
+                cur.execute("TRUNCATE erasure_tombstones, backup_tombstone_applications CASCADE")
+                cur.execute("DELETE FROM backup_snapshots")
+        if "export" in args.steps:
+            empty_buckets(s3)
         print(f"{args.database}: {users:,} users; load {os.getloadavg()[0]:.1f}; target: peak under {TARGET_MIB} MiB")
         for step in ("idle", *args.steps.split(",")):
             out = _run(step, url, s3, args.tombstones)
