@@ -12,7 +12,8 @@ for each person's footprint:
   the same number;
 - usernames in any case, also written as @handle;
 - the names in the person's own name-classified columns, as whole words;
-- the cookies, visitor ids and IP addresses of the person's own rows.
+- the cookies, visitor ids and IP addresses of the person's own rows (an inet or cidr column is
+  matched only as an address: it can hold nothing else).
 
 Findings are counts per table and column, never values. The same candidate
 extraction serves a keyed mode (`KeyedIndex`): after an erasure only keyed
@@ -741,7 +742,7 @@ def scan_rows(
         )
         sink = _Blocks(
             functools.partial(
-                _block_hits, table=table, columns=columns, n_extra=len(extra), bulk=bulk, found_in=found_in
+                _block_hits, table=table, columns=columns, n_extra=len(extra), bulk=bulk, found_in=found_in, index=index
             )
         )
         cur.copy_expert(query.as_string(cur), sink)
@@ -775,6 +776,16 @@ class _Blocks:
             self.hits.extend(self.consume(block))
 
 
+# An inet or cidr column holds an address and nothing else: only the address test and the address match apply
+# (its digit groups are neither a phone nor words).
+ADDRESS_TYPES = ("inet", "cidr")
+
+
+def _address_owners(index: Index, value: str) -> frozenset[str]:
+    host = ip_key(value)  # 203.0.113.7/32 -> 203.0.113.7; a network (10.1.2.0/24) names nobody
+    return index.owners("ip", host) if host else frozenset()
+
+
 def _block_hits(
     block: bytes,
     table: Table,
@@ -782,6 +793,7 @@ def _block_hits(
     n_extra: int,
     bulk: BulkFilter | None,
     found_in: Callable[[str], frozenset[str]],
+    index: Index,
 ) -> Iterator[Hit]:
     names = ["tableoid", "ctid", *(f"extra{i}" for i in range(n_extra)), *(f"c{i}" for i in range(len(columns)))]
     batch = pa_csv.read_csv(
@@ -798,15 +810,16 @@ def _block_hits(
     texts: dict[int, dict[str, str]] = defaultdict(dict)
     for i, column in enumerate(columns):
         values = batch.column(f"c{i}").combine_chunks()
+        address = column.type in ADDRESS_TYPES
         maybe = pc.and_kleene(pc.is_valid(values), pc.greater_equal(pc.utf8_length(values), MIN_LENGTH))
         if bulk is not None:
-            maybe = pc.and_kleene(maybe, bulk.may_hold(values))
+            maybe = pc.and_kleene(maybe, bulk.may_hold_address(values) if address else bulk.may_hold(values))
         maybe = pc.fill_null(maybe, False)
         where = pc.indices_nonzero(maybe).to_pylist()
         if not where:
             continue
         for row, value in zip(where, values.filter(maybe).to_pylist(), strict=True):
-            owners = found_in(value)
+            owners = _address_owners(index, value) if address else found_in(value)
             if owners:
                 rows[row][column.name] = owners
                 texts[row][column.name] = value
@@ -867,6 +880,13 @@ class BulkFilter:
             distinct = pc.unique(values)
             return pc.is_in(values, value_set=distinct.filter(self._may_hold(distinct)))
         return self._may_hold(values)
+
+    def may_hold_address(self, values: pa.Array) -> pa.Array:
+        """For an inet or cidr column's text (`203.0.113.7/32`): its address is one of the batch's IPv4 addresses,
+        or it is an IPv6 address and the batch has one (PostgreSQL and Python may spell IPv6 differently)."""
+        host = pc.replace_substring_regex(values, r"/\d+$", "")
+        out = pc.is_in(host, value_set=pa.array(sorted(self.ipv4), pa.string()))
+        return pc.or_(out, pc.match_substring(values, ":")) if self.ipv6 else out
 
     def _may_hold(self, values: pa.Array) -> pa.Array:
         # not ASCII, with `%`, with `:` when the batch has an IPv6 address: counted per text over its bytes

@@ -71,6 +71,10 @@ def _plant(url: str) -> None:
         cur.execute(
             "INSERT INTO sessions VALUES (900, 50, 'cookie-900', 'persistent', '10.1.2.3', now(), now())"
         )  # someone else's session from her IP
+        cur.execute(
+            "INSERT INTO sessions VALUES (901, 50, 'cookie-901', 'persistent', '10.1.2.3/24', now(), now()),"
+            " (902, 50, 'cookie-902', 'persistent', '10.1.2.0/24', now(), now())"
+        )  # her address with its network's mask (still her host), and the network alone (no one's)
 
 
 Found = set[tuple[str, str, str, frozenset[str]]]
@@ -89,7 +93,11 @@ def _reference(cur: psycopg2.extensions.cursor, tables: list[residue.Table], ind
         for ctid, *values in cur.fetchall():
             for column, value in zip(table.columns, values, strict=True):
                 if value is not None and len(value) >= 3:
-                    owners = residue.who(index, value)
+                    if column.type in ("inet", "cidr"):  # an address column holds an address, nothing else
+                        host = residue.normalise("ip", value)
+                        owners = set(index.owners("ip", host)) if host else set()
+                    else:
+                        owners = residue.who(index, value)
                     if owners:
                         found.add((table.name, ctid, column.name, frozenset(owners)))
     return found
@@ -133,7 +141,13 @@ def test_bulk_scan_equals_matching_every_value(db_url: str, few: int, monkeypatc
     # In JSON the tab of "ASHA\tRAO" is written as the two characters \t: no longer her name there.
     assert by_column["survey_responses.answers"] >= len(HOLDS_ASHA) - 1
     assert by_column["accounts.interests"] == 1
-    assert by_column["sessions.ip_address"] >= 3  # her own two and someone else's from her address
+    # her own two, someone else's from her address, and her address written with a /24 mask
+    assert by_column["sessions.ip_address"] >= 4
+    found_sessions = {ctid for t, ctid, c, owners in bulk if t == "sessions" and c == "ip_address"}
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT ctid::text FROM sessions WHERE session_id = 902")
+        (network_ctid,) = cur.fetchone()
+    assert network_ctid not in found_sessions  # 10.1.2.0/24 is a network: it names nobody
     assert by_column["usage_events.feature"] == 8
 
 
