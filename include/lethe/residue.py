@@ -29,8 +29,9 @@ import ipaddress
 import json
 import re
 import unicodedata
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import unquote
@@ -726,54 +727,93 @@ def scan_rows(
             owners = seen[value] = frozenset(who(index, value))
         return owners
 
-    for table in tables:
-        columns = table.columns
-        if only is not None:
-            columns = tuple(c for c in table.columns if c.name in only.get(table.name, ()))
-        if not columns:
-            continue
-        extra = (with_columns or {}).get(table.name, [])
-        query = sql.SQL("COPY (SELECT {where}{extra}, {cols} FROM {t} WHERE {any}) TO STDOUT (FORMAT csv)").format(
-            where=sql.SQL("tableoid::int, ctid::text" if locate else "NULL, NULL"),
-            extra=sql.SQL("").join(sql.SQL(", {}::text").format(sql.Identifier(c)) for c in extra),
-            cols=sql.SQL(", ").join(_as_text(sql.Identifier(c.name)) for c in columns),
-            t=table.ident,
-            any=sql.SQL(" OR ").join(sql.SQL("{} IS NOT NULL").format(sql.Identifier(c.name)) for c in columns),
-        )
-        sink = _Blocks(
-            functools.partial(
-                _block_hits, table=table, columns=columns, n_extra=len(extra), bulk=bulk, found_in=found_in, index=index
-            )
-        )
-        cur.copy_expert(query.as_string(cur), sink)
-        sink.flush()
-        yield from sink.hits
+    with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="residue-scan") as worker:
+        blocks = _Blocks(worker)
+        try:
+            for table in tables:
+                columns = table.columns
+                if only is not None:
+                    columns = tuple(c for c in table.columns if c.name in only.get(table.name, ()))
+                if not columns:
+                    continue
+                extra = (with_columns or {}).get(table.name, [])
+                copy = "COPY (SELECT {where}{extra}, {cols} FROM {t} WHERE {any}) TO STDOUT (FORMAT csv)"
+                query = sql.SQL(copy).format(
+                    where=sql.SQL("tableoid::int, ctid::text" if locate else "NULL, NULL"),
+                    extra=sql.SQL("").join(sql.SQL(", {}::text").format(sql.Identifier(c)) for c in extra),
+                    cols=sql.SQL(", ").join(_as_text(sql.Identifier(c.name)) for c in columns),
+                    t=table.ident,
+                    any=sql.SQL(" OR ").join(sql.SQL("{} IS NOT NULL").format(sql.Identifier(c.name)) for c in columns),
+                )
+                blocks.consume = functools.partial(
+                    _block_hits,
+                    table=table,
+                    columns=columns,
+                    n_extra=len(extra),
+                    bulk=bulk,
+                    found_in=found_in,
+                    index=index,
+                )
+                cur.copy_expert(query.as_string(cur), blocks)
+                blocks.hand_over()
+                yield from blocks.ready()  # the next table's COPY starts while this one's last blocks are matched
+            yield from blocks.drain()
+        finally:
+            blocks.cancel()
 
 
 MEMO_SIZE = 100_000
 BLOCK_BYTES = 16 << 20  # COPY data parsed into Arrow this much at a time: a 20M-row table never sits in memory
+WORKERS = 2  # threads matching blocks while the COPY is received (their Arrow and numpy work runs without the GIL)
 
 
 class _Blocks:
-    """The file COPY writes to: libpq hands over one whole row per write, so a block always ends on a row."""
+    """The file COPY writes to: libpq hands over one whole row per write, so a block always ends on a row.
 
-    def __init__(self, consume: Callable[[bytes], Iterable[Hit]]) -> None:
-        self.consume = consume
-        self.parts: list[bytes] = []
-        self.size = 0
-        self.hits: list[Hit] = []  # few: the rows where someone of the batch appears
+    Each full block, and each table's last one, is parsed and matched on `worker` while the COPY goes on
+    receiving (this table's next block or the next table's first): the server's work and the filter's
+    overlap, since Arrow and numpy let go of the GIL. At most WORKERS + 1 blocks wait, so memory stays
+    bounded whatever the table's size. Hits come out in the order the rows came.
+    """
+
+    def __init__(self, worker: ThreadPoolExecutor) -> None:
+        self.worker = worker
+        self.consume: Callable[[pa.Buffer], list[Hit]] = lambda block: []  # set for each table
+        self.buffer = bytearray()
+        self.pending: deque[Future[list[Hit]]] = deque()
+        self.done: list[Hit] = []  # few: the rows where someone of the batch appears
 
     def write(self, data: bytes) -> int:
-        self.parts.append(data)
-        self.size += len(data)
-        if self.size >= BLOCK_BYTES:
-            self.flush()
+        self.buffer += data
+        if len(self.buffer) >= BLOCK_BYTES:
+            self.hand_over()
         return len(data)
 
-    def flush(self) -> None:
-        if self.parts:
-            block, self.parts, self.size = b"".join(self.parts), [], 0
-            self.hits.extend(self.consume(block))
+    def hand_over(self) -> None:
+        """Hand what was received over to the worker (called at each full block and at each table's end)."""
+        if not self.buffer:
+            return
+        if len(self.pending) > WORKERS:
+            self.done.extend(self.pending.popleft().result())
+        block, self.buffer = pa.py_buffer(self.buffer), bytearray()  # the block keeps its bytes alive
+        self.pending.append(self.worker.submit(self.consume, block))
+
+    def ready(self) -> list[Hit]:
+        """The hits of the blocks matched so far, without waiting for the others."""
+        while self.pending and self.pending[0].done():
+            self.done.extend(self.pending.popleft().result())
+        out, self.done = self.done, []
+        return out
+
+    def drain(self) -> list[Hit]:
+        while self.pending:
+            self.done.extend(self.pending.popleft().result())  # raises what matching a block raised
+        return self.ready()
+
+    def cancel(self) -> None:
+        for future in self.pending:
+            future.cancel()
+        self.buffer = bytearray()
 
 
 # An inet or cidr column holds an address and nothing else: only the address test and the address match apply
@@ -787,17 +827,18 @@ def _address_owners(index: Index, value: str) -> frozenset[str]:
 
 
 def _block_hits(
-    block: bytes,
+    block: pa.Buffer,
     table: Table,
     columns: Sequence[Column],
     n_extra: int,
     bulk: BulkFilter | None,
     found_in: Callable[[str], frozenset[str]],
     index: Index,
-) -> Iterator[Hit]:
+) -> list[Hit]:
+    """The rows of one block of a table's COPY in which someone of the index appears."""
     names = ["tableoid", "ctid", *(f"extra{i}" for i in range(n_extra)), *(f"c{i}" for i in range(len(columns)))]
     batch = pa_csv.read_csv(
-        pa.py_buffer(block),
+        block,
         read_options=pa_csv.ReadOptions(column_names=names),
         parse_options=pa_csv.ParseOptions(newlines_in_values=True),
         convert_options=pa_csv.ConvertOptions(
@@ -824,13 +865,13 @@ def _block_hits(
                 rows[row][column.name] = owners
                 texts[row][column.name] = value
     if not rows:
-        return
-    oids, ctids = batch.column("tableoid"), batch.column("ctid")
-    extras = [batch.column(f"extra{i}") for i in range(n_extra)]
-    for row in sorted(rows):
-        extra = tuple(e[row].as_py() for e in extras)
-        oid, ctid = oids[row].as_py(), ctids[row].as_py()
-        yield Hit(table, int(oid or 0), ctid or "", texts[row], rows[row], extra)
+        return []
+    where = sorted(rows)
+    oids, ctids, *extras = (batch.column(name).take(where).to_pylist() for name in names[: 2 + n_extra])
+    return [
+        Hit(table, int(oid or 0), ctid or "", texts[row], rows[row], tuple(e[k] for e in extras))
+        for k, (row, oid, ctid) in enumerate(zip(where, oids, ctids, strict=True))
+    ]
 
 
 @dataclass(frozen=True)
@@ -875,6 +916,25 @@ class BulkFilter:
                         tokens.add(found[-1])  # Prefilter.of refused a value without a word
         return cls(*prefilter.plain(), prefilter.ipv6, frozenset(tokens), frozenset(pairs))
 
+    # The needles as Arrow value sets and a table of wanted tails: built once, used on every block
+    @functools.cached_property
+    def _token_set(self) -> pa.Array:
+        return _value_set(self.tokens)
+
+    @functools.cached_property
+    def _pair_sets(self) -> tuple[pa.Array, pa.Array]:
+        return _value_set({p.split(" ", 1)[0] for p in self.pairs}), _value_set(self.pairs)
+
+    @functools.cached_property
+    def _ipv4_set(self) -> pa.Array:
+        return _value_set(self.ipv4)
+
+    @functools.cached_property
+    def _wanted_tails(self) -> np.ndarray:
+        wanted = np.zeros(10**PHONE_TAIL, dtype=bool)
+        wanted[[int(t) for t in self.tails if len(t) == PHONE_TAIL and t.isascii() and t.isdigit()]] = True
+        return wanted
+
     def may_hold(self, values: pa.Array) -> pa.Array:
         if len(values) > 4 * SAMPLE and len(pc.unique(values.slice(0, SAMPLE))) < SAMPLE // 4:
             distinct = pc.unique(values)
@@ -885,7 +945,7 @@ class BulkFilter:
         """For an inet or cidr column's text (`203.0.113.7/32`): its address is one of the batch's IPv4 addresses,
         or it is an IPv6 address and the batch has one (PostgreSQL and Python may spell IPv6 differently)."""
         host = pc.replace_substring_regex(values, r"/\d+$", "")
-        out = pc.is_in(host, value_set=pa.array(sorted(self.ipv4), pa.string()))
+        out = pc.is_in(host, value_set=self._ipv4_set)
         return pc.or_(out, pc.match_substring(values, ":")) if self.ipv6 else out
 
     def _may_hold(self, values: pa.Array) -> pa.Array:
@@ -896,14 +956,16 @@ class BulkFilter:
             alternatives = "|".join(re.escape(w) for w in sorted(self.words))
             out = pc.or_(out, pc.match_substring_regex(lower, rf"(?:^|[^a-z0-9_])(?:{alternatives})(?:[^a-z0-9_]|$)"))
         elif self.words:
-            out = pc.or_(out, _any_token(lower, _WORD_BYTES, self.tokens, pairs=self.pairs))
+            out = pc.or_(
+                out, _any_token(lower, _WORD_BYTES, self._token_set, pairs=self._pair_sets if self.pairs else None)
+            )
         if self.tails:
-            out = pc.or_(out, pa.array(_any_window(values, self.tails)))
+            out = pc.or_(out, pa.array(_any_window(values, self._wanted_tails)))
         if self.ipv4:
             dotted = pa.array(_per_text(values, _DOT) >= 3)
             where = pc.indices_nonzero(dotted)
             if len(where):
-                found = _any_token(lower.filter(dotted), _IPV4_BYTES, self.ipv4, strip=".")
+                found = _any_token(lower.filter(dotted), _IPV4_BYTES, self._ipv4_set, strip=".")
                 out = pc.or_(out, _mask(len(values), where.filter(pc.fill_null(found, False))))
         return out
 
@@ -973,8 +1035,12 @@ def _rows(offsets: np.ndarray, starts: np.ndarray) -> np.ndarray:
     return np.searchsorted(offsets, starts, side="right") - 1
 
 
-def _any_window(values: pa.Array, tails: frozenset[str]) -> np.ndarray:
-    """True where PHONE_TAIL ASCII digits in a row of one phone-like run are one of `tails`.
+def _value_set(values: Iterable[str]) -> pa.Array:
+    return pa.array(sorted(values), pa.string())
+
+
+def _any_window(values: pa.Array, wanted: np.ndarray) -> np.ndarray:
+    """True where PHONE_TAIL ASCII digits in a row of one phone-like run are a wanted tail (`wanted[tail]`).
 
     A run is what `_PHONE_RUN` can match: digits and the separators a phone is written with (` \t().-`);
     any other character ends it. A phone candidate's digits are whole digit groups of one run, so its last
@@ -998,8 +1064,6 @@ def _any_window(values: pa.Array, tails: frozenset[str]) -> np.ndarray:
     end = np.ones(len(where), dtype=bool)
     end[:-1] = (where[1:] != where[:-1] + 1) | (run[1:] != run[:-1])
     last = np.flatnonzero(end[PHONE_TAIL - 1 :])  # the windows, by their first digit
-    wanted = np.zeros(10**PHONE_TAIL, dtype=bool)
-    wanted[[int(t) for t in tails if len(t) == PHONE_TAIL and t.isascii() and t.isdigit()]] = True
     hit = last[wanted[number[last]] & (run[last] == run[last + PHONE_TAIL - 1])]  # a window inside one run
     out[_rows(offsets, where[hit])] = True
     return out
@@ -1012,25 +1076,30 @@ def _mask(n: int, rows: pa.Array | np.ndarray) -> pa.Array:
 
 
 def _any_token(
-    values: pa.Array, classes: np.ndarray, needles: frozenset[str], strip: str = "", pairs: frozenset[str] = frozenset()
+    values: pa.Array,
+    classes: np.ndarray,
+    needles: pa.Array,
+    strip: str = "",
+    pairs: tuple[pa.Array, pa.Array] | None = None,
 ) -> pa.Array:
     """True where a token of the text (a run of the byte class, `strip` trimmed) is a needle,
-    or two tokens one after the other, joined by a space, are one of `pairs`."""
+    or two tokens one after the other, joined by a space, are one of the pairs (`pairs`: their first
+    words, and the pairs)."""
     pieces, starts, token, offsets = _runs(values, classes)
     if strip:
         pieces = pc.utf8_trim(pieces, strip)
-    hit = token & pc.is_in(pieces, value_set=pa.array(sorted(needles), pa.string())).to_numpy(zero_copy_only=False)
+    hit = token & pc.is_in(pieces, value_set=needles).to_numpy(zero_copy_only=False)
     rows = _rows(offsets, starts[hit])
-    if pairs and len(pieces) > 2:
+    if pairs is not None and len(pieces) > 2:
         # Only where a pair's first word is: the token after it is two pieces on (a separator between).
-        firsts = pa.array(sorted({p.split(" ", 1)[0] for p in pairs}), pa.string())
+        firsts, joined_pairs = pairs
         first = np.flatnonzero(token & pc.is_in(pieces, value_set=firsts).to_numpy(zero_copy_only=False))
         first = first[first + 2 < len(pieces)]
         at, after = _rows(offsets, starts[first]), _rows(offsets, starts[first + 2])
         first, at = first[at == after], at[at == after]  # both words in one text
         if len(first):
             joined = pc.binary_join_element_wise(pieces.take(first), pieces.take(first + 2), " ")
-            pair_hit = pc.is_in(joined, value_set=pa.array(sorted(pairs), pa.string())).to_numpy(zero_copy_only=False)
+            pair_hit = pc.is_in(joined, value_set=joined_pairs).to_numpy(zero_copy_only=False)
             rows = np.concatenate([rows, at[pair_hit]])
     return _mask(len(values), rows)
 

@@ -163,3 +163,36 @@ def test_keyed_index_bulk_equals_reference(db_url: str) -> None:
         index = residue.KeyedIndex(key, frozenset(people[0].pseudonyms(key)))
         assert _bulk(cur, tables, index) == _reference(cur, tables, index)
         assert _bulk(cur, tables, index)
+
+
+def test_blocks_matched_in_parallel_keep_every_hit_in_order(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables cut into many small blocks, matched on worker threads while the COPY goes on: the same hits as
+    matching every value, in the order of one block per table; a block that fails fails the scan."""
+    insert_people(db_url)
+    _plant(db_url)
+    policy = load_policy()
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        tables = residue.text_tables(cur, residue.policy_schemas(cur, policy), policy.tables)
+        index = residue.PlainIndex(residue.footprints(cur, policy, [ASHA["user_id"], BHAVIN["user_id"]]))
+        whole = [(h.table.name, h.ctid, h.owners) for h in residue.scan_rows(cur, tables, index)]
+        monkeypatch.setattr(residue, "BLOCK_BYTES", 200)  # a few rows a block
+        pieces = [(h.table.name, h.ctid, h.owners) for h in residue.scan_rows(cur, tables, index)]
+        assert pieces == whole
+        assert {(t, ctid, c, o) for t, ctid, owners in pieces for c, o in owners.items()} == _reference(
+            cur, tables, index
+        )
+        assert len({t for t, _, _ in pieces}) >= 5  # many tables, so blocks of one overlap the next one's COPY
+
+        calls = 0
+        original = residue._block_hits
+
+        def fails_on_the_third(*args: object, **kwargs: object) -> list[residue.Hit]:
+            nonlocal calls
+            calls += 1
+            if calls == 3:
+                raise RuntimeError("block 3 could not be matched")
+            return original(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(residue, "_block_hits", fails_on_the_third)
+        with pytest.raises(RuntimeError, match="block 3"):
+            list(residue.scan_rows(cur, tables, index))
