@@ -30,7 +30,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 KEY = b"bench-pseudonym-key"
 REGION = "us-east-1"
@@ -61,10 +61,11 @@ def _export_local(
     from lethe.backup.snapshot import export_tables
     from lethe.db import connect
 
-    def to_file(table: str, bucket: int | None, body: bytes) -> tuple[str, str]:
+    def to_file(table: str, bucket: int | None, body: BinaryIO) -> tuple[str, str]:
         name = layout.object_key("bench", table, bucket).replace("/", "_")
-        (out / name).write_bytes(body)
-        return name, hashlib.sha256(body).hexdigest()
+        data = body.read()
+        (out / name).write_bytes(data)
+        return name, hashlib.sha256(data).hexdigest()
 
     conn = connect(url)
     conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ, readonly=True)

@@ -10,7 +10,9 @@ Steps, on the database `lethe bench erasure --users N` seeds (`--database`, reus
 2. one: one person's tombstone (with the keyed pseudonyms of their identifiers, so free-text objects whose
    term index may hold them are searched too) propagated into that snapshot;
 3. many: `--tombstones` more in one propagation run.
-The largest object's size and row groups are printed beside them: what a worker that read objects whole held.
+The largest object's size and row groups are printed beside them: what a worker that read objects whole held;
+and after the export, the time of `pg_dump -Fc` of the same tables (bench/backup.py's command): the export's
+anchor, in the same run.
 
 Run: `LETHE_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres uv run python bench/memory.py
 --database lethe_bench_1m` after `lethe bench erasure --users 1000000 --database lethe_bench_1m --skip-scan
@@ -22,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import resource
 import subprocess
 import sys
@@ -53,13 +54,15 @@ def _child(step: str, url: str, s3: str, tombstones: int) -> dict[str, Any]:
         out["snapshot"] = take_snapshot(url, REGION, s3, SID, load_policy(), KEY)
     elif step in ("one", "many"):
         with transaction(url) as cur:
-            cur.execute("SELECT user_id FROM accounts ORDER BY user_id")
-            users = [r[0] for r in cur.fetchall()]
             cur.execute("SELECT count(*) FROM erasure_tombstones")
             earlier = cur.fetchone()[0]  # type: ignore[index]
-            # people not picked by an earlier run into the same snapshot (theirs are applied already)
-            picked = random.Random(f"{step}/{earlier}").sample(users, 1 if step == "one" else tombstones)
-            insert_tombstones(cur, KEY, picked)
+            # people not picked by an earlier run into the same snapshot (theirs are applied already), chosen
+            # by the server: a million ids fetched into this process would add ~120 MiB to the peak measured
+            cur.execute(
+                "SELECT user_id FROM accounts ORDER BY md5(user_id::text || %s) LIMIT %s",
+                (f"{step}/{earlier}", 1 if step == "one" else tombstones),
+            )
+            insert_tombstones(cur, KEY, [r[0] for r in cur.fetchall()])
         result = propagate_region(url, REGION, s3, key=KEY)
         out["propagation"] = {
             k: getattr(result, k)
@@ -104,6 +107,32 @@ def _largest_object(s3: str) -> str:
     )
 
 
+def _pg_dump_seconds(url: str) -> tuple[float, int]:
+    """The anchor: `pg_dump -Fc` of the same backed-up tables (bench/backup.py's command), wall time and bytes."""
+    import importlib.util
+    import tempfile
+    from pathlib import Path
+
+    from lethe.backup.snapshot import backed_up_tables
+    from lethe.db import transaction
+    from lethe.policy import load_policy
+
+    spec = importlib.util.spec_from_file_location("bench_backup", Path(__file__).with_name("backup.py"))
+    assert spec and spec.loader
+    backup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(backup)
+    with transaction(url) as cur:
+        cur.execute("SHOW server_version_num")
+        major = int(cur.fetchone()[0]) // 10000  # type: ignore[index]
+    policy = load_policy()
+    with tempfile.TemporaryDirectory() as work:
+        out = Path(work) / "dump.fc"
+        command = backup._pg_dump_command(url, backup._pg_dump(major), backed_up_tables(policy), policy, out)
+        t0 = time.perf_counter()
+        subprocess.run(command, check=True)
+        return time.perf_counter() - t0, out.stat().st_size
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/memory.py", description=__doc__.split("\n")[0])
     parser.add_argument("--database", default="lethe_bench_1m", help="a database `lethe bench erasure` seeded")
@@ -143,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {step:6s} peak {out['peak_mib']:7,.0f} MiB  {out['seconds']:7.1f} s  {extra}", flush=True)
             if step == "export":
                 print(f"  {_largest_object(s3)}")
+                dumped, size = _pg_dump_seconds(url)
+                print(f"  anchor pg_dump -Fc of the same tables: {dumped:.1f} s, {size:,} bytes; "
+                      f"export / pg_dump = {out['seconds'] / dumped:.2f}x", flush=True)  # fmt: skip
         print(f"load at the end {os.getloadavg()[0]:.1f}")
     return 0
 

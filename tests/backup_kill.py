@@ -47,7 +47,7 @@ def main(argv: list[str]) -> int:
         from lethe.backup import snapshot, store
         from lethe.policy import load_policy
 
-        _kill_after(store, "put", int(arg))
+        _kill_after(store, "put_file", int(arg))
         snapshot.take_snapshot(db_url, region, endpoint, argv[5], load_policy(), key.encode())
         return 0
     raise SystemExit(f"unknown job {job!r}")

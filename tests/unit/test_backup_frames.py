@@ -66,7 +66,8 @@ def test_snapshot_ids_are_checked() -> None:
 
 
 def test_each_object_carries_only_its_own_rows_pseudonyms() -> None:
-    """The pseudonym column is dictionary-encoded; no object's dictionary may name anyone else."""
+    """Rows spilled by bucket a block at a time come back in their order, each bucket's apart, and the object
+    written from a bucket names no one else: every row group's dictionary holds only its own rows' subjects."""
     import io
 
     import pyarrow.parquet as pq
@@ -75,16 +76,39 @@ def test_each_object_carries_only_its_own_rows_pseudonyms() -> None:
     table = pa.table({"user_id": pa.array([p for p in people for _ in range(3)] + [None], pa.int64())})
     erased = subject_pseudonym(KEY, 7)
     frame, _ = frames.erase_subjects(frames.with_subject(table, "user_id", KEY), {erased}, "delete", {})
+    spill = frames.BucketSpill(8)
+    for block in (frame.slice(0, 250), frame.slice(250)):  # two blocks: every bucket gets a part of each
+        spill.add(block)
     seen: set[str] = set()
-    for bucket, part in frames.split_by_bucket(frame, 8):
-        raw = pq.read_table(io.BytesIO(frames.to_parquet(part))).column(layout.SUBJECT_COLUMN).combine_chunks()
-        in_rows = {p for p in raw.to_pylist() if p is not None}
-        assert set(raw.dictionary.to_pylist()) == in_rows  # nothing but this object's own subjects
-        assert all(layout.bucket_of(p, 8) == bucket for p in in_rows)
-        assert frames.from_parquet(frames.to_parquet(part)).column(layout.SUBJECT_COLUMN).type == pa.string()
-        seen |= in_rows
+    assert spill.rows == frame.num_rows
+    for bucket in spill.buckets_held():
+        parts = list(spill.parts(bucket))
+        ids = [u for part in parts for u in part.column("user_id").to_pylist()]
+        expected = frame.filter(pa.array([_bucket8(p) == bucket for p in _subjects(frame)]))
+        assert ids == expected.column("user_id").to_pylist()  # the bucket's rows, in the order they came
+        body = io.BytesIO()
+        out = frames.ParquetStream(body, spill.schema)
+        for part in parts:
+            out.write(part)
+        out.close()
+        raw = pq.read_table(io.BytesIO(body.getvalue()), read_dictionary=[layout.SUBJECT_COLUMN])
+        for chunk in raw.column(layout.SUBJECT_COLUMN).chunks:  # one per row group
+            in_rows = {p for p in chunk.to_pylist() if p is not None}
+            assert set(chunk.dictionary.to_pylist()) == in_rows  # nothing but this object's own subjects
+            assert all(layout.bucket_of(p, 8) == bucket for p in in_rows)
+            seen |= in_rows
+        assert frames.from_parquet(body.getvalue()).column(layout.SUBJECT_COLUMN).type == pa.string()
+    spill.close()
     assert erased not in seen
     assert seen == {subject_pseudonym(KEY, p) for p in people if p != 7}
+
+
+def _subjects(frame: pa.Table) -> list[str | None]:
+    return frame.column(layout.SUBJECT_COLUMN).cast(pa.string()).to_pylist()
+
+
+def _bucket8(pseudonym: str | None) -> int | None:
+    return None if pseudonym is None else layout.bucket_of(pseudonym, 8)
 
 
 @given(
@@ -134,3 +158,31 @@ def test_manifest_finds_a_persons_objects_by_each_tables_bucket_count() -> None:
     back = Manifest.from_json(json.dumps(raw).encode(), "test")
     assert back.tables["events"].buckets == 150 and back.tables["older"].buckets is None
     assert {(t, o.bucket) for t, _, o, _ in back.holding({p})} == found
+
+
+def test_cached_pseudonyms_equal_the_keyed_pseudonym(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compact cache gives each subject exactly its keyed pseudonym, whether it was met before a merge,
+    after it, or in the same block, for integer keys of any width and sign and for text keys, and a digest
+    ending in a zero byte keeps it."""
+    monkeypatch.setattr(frames.Pseudonyms, "MERGE_AFTER", 3)
+    cache = frames.Pseudonyms(KEY)
+    trailing_zero = next(i for i in range(100_000) if subject_pseudonym(KEY, i).endswith("00"))
+    blocks = [[5, 1, 9], [9, 2, 5, 70_000_000_000], [1, 3, trailing_zero, 2], [-8, trailing_zero, 5]]
+    blocks += [list(range(60_000, 60_100)), [100_000, 60_050, 1], list(range(59_990, 60_010))]
+    for block in blocks:
+        for width in (pa.int32(), pa.int64()):
+            if width == pa.int32() and max(block) > 2**31:
+                continue
+            got = cache.of(pa.array(block, width)).to_pylist()
+            assert got == [subject_pseudonym(KEY, v) for v in block]
+    words = ["a@example.test", "B", "a@example.test"]
+    assert cache.of(pa.array(words)).to_pylist() == [subject_pseudonym(KEY, w) for w in words]
+
+
+def test_buckets_read_from_the_strings_equal_bucket_of() -> None:
+    pseudonyms = [subject_pseudonym(KEY, i) for i in range(500)] + ["ABCDEF01" + "0" * 56]
+    array = pa.array(pseudonyms).slice(3)  # an offset into the buffers, as a sliced dictionary has
+    for buckets in (1, 7, 64, 4096):
+        assert frames.buckets_of(array, buckets).tolist() == [layout.bucket_of(p, buckets) for p in pseudonyms[3:]]
+    with pytest.raises(ValueError):
+        frames.buckets_of(pa.array(["not-hex-at-all"]), 8)

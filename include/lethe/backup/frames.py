@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import io
 import itertools
+import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -25,7 +28,7 @@ from psycopg2 import sql
 
 from lethe import masking
 from lethe.backup.layout import SUBJECT_COLUMN, bucket_of
-from lethe.pseudonym import subject_pseudonym
+from lethe.pseudonym import subject_digest, subject_pseudonym
 from lethe.relations import regclass_literal, relation
 
 _ARROW_TYPES: dict[str, pa.DataType] = {
@@ -81,46 +84,216 @@ def table_columns(cur: psycopg2.extensions.cursor, table: str) -> list[Column]:
     return columns
 
 
-def export_table(cur: psycopg2.extensions.cursor, table: str, columns: list[Column]) -> pa.Table:
-    """All rows of `table` as an Arrow table, through COPY (in the caller's transaction)."""
-    query = sql.SQL("COPY (SELECT {} FROM {} t) TO STDOUT WITH (FORMAT csv)").format(
+def copy_query(table: str, columns: list[Column]) -> sql.Composed:
+    """The COPY that exports `table`'s columns as CSV (times in the format Arrow parses: set DateStyle first)."""
+    return sql.SQL("COPY (SELECT {} FROM {} t) TO STDOUT WITH (FORMAT csv)").format(
         sql.SQL(", ").join(c.select_expr() for c in columns), relation(table)
     )
-    cur.execute("SET LOCAL DateStyle = 'ISO, YMD'")  # the time format Arrow parses, whatever the server default
-    with tempfile.SpooledTemporaryFile(max_size=64 << 20) as spool:
-        cur.copy_expert(query.as_string(cur), spool)
-        spool.seek(0)
-        if spool.read(1) == b"":
-            return pa.table({c.name: pa.array([], c.arrow_type) for c in columns})
-        spool.seek(0)
-        return pacsv.read_csv(
-            spool,
-            read_options=pacsv.ReadOptions(column_names=[c.name for c in columns], block_size=8 << 20),
-            parse_options=pacsv.ParseOptions(newlines_in_values=True),
-            convert_options=pacsv.ConvertOptions(
-                column_types={c.name: c.arrow_type for c in columns},
-                null_values=[""],
-                strings_can_be_null=True,
-                quoted_strings_can_be_null=False,  # "" is an empty string, a bare empty field is NULL
-                true_values=["t"],
-                false_values=["f"],
-            ),
-        )
+
+
+def parse_csv(block: pa.Buffer, columns: list[Column]) -> pa.Table:
+    """Rows of a table's COPY (whole rows) as Arrow, with the columns' types."""
+    return pacsv.read_csv(
+        block,
+        read_options=pacsv.ReadOptions(column_names=[c.name for c in columns], block_size=8 << 20),
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(
+            column_types={c.name: c.arrow_type for c in columns},
+            null_values=[""],
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,  # "" is an empty string, a bare empty field is NULL
+            true_values=["t"],
+            false_values=["f"],
+        ),
+    )
+
+
+# The export receives a table's COPY in blocks of about this size and parses each on its own: no table is
+# ever held whole, whatever its size.
+COPY_BLOCK_BYTES = 4 << 20
+
+
+class CopyBlocks:
+    """The file a COPY writes into. libpq hands over one whole row per write, so a block always ends on a row;
+    each full block (and the last) goes to `consume` on `worker`, in order, while the COPY receives the next.
+    At most two blocks wait, so memory stays bounded whatever the table's size."""
+
+    def __init__(self, worker: ThreadPoolExecutor, consume: Callable[[pa.Buffer], None]) -> None:
+        self.worker, self.consume = worker, consume
+        self.buffer = bytearray()
+        self.pending: deque[Future[None]] = deque()
+
+    def write(self, data: bytes) -> int:
+        self.buffer += data
+        if len(self.buffer) >= COPY_BLOCK_BYTES:
+            self._hand_over()
+        return len(data)
+
+    def _hand_over(self) -> None:
+        if not self.buffer:
+            return
+        if len(self.pending) > 1:
+            self.pending.popleft().result()
+        block, self.buffer = pa.py_buffer(self.buffer), bytearray()  # the block keeps its bytes alive
+        self.pending.append(self.worker.submit(self.consume, block))
+
+    def finish(self) -> None:
+        """Hand over the rest and wait for every block (raises what consuming one raised)."""
+        self._hand_over()
+        while self.pending:
+            self.pending.popleft().result()
+
+    def cancel(self) -> None:
+        for future in self.pending:
+            future.cancel()
+        self.buffer = bytearray()
+
+
+class BucketSpill:
+    """A table's rows split by subject bucket into one unnamed temporary file (gone with the process, even a
+    killed one), in the order they came: each block's part of a bucket is one Arrow record batch at a recorded
+    offset, so a bucket is read back part by part (`parts`) from any thread, and never whole."""
+
+    def __init__(self, buckets: int) -> None:
+        self.buckets = buckets
+        self.rows = 0
+        self.schema: pa.Schema | None = None
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115 (open until close(): parts are read after add)
+        self._chunks: dict[int | None, list[tuple[int, int]]] = {}
+
+    def add(self, frame: pa.Table) -> None:
+        """Spill a block's rows (with SUBJECT_COLUMN), ordered by bucket, the pseudonyms as plain strings: each
+        bucket's rows one serialised Arrow record batch, whose place in the file is recorded."""
+        self.rows += frame.num_rows
+        if frame.num_rows == 0:
+            return
+        subjects = _as_dictionary(frame.column(SUBJECT_COLUMN))
+        distinct = len(subjects.dictionary)
+        indices = subjects.indices.fill_null(distinct).to_numpy(zero_copy_only=False)  # NULL -> one past the end
+        row_bucket = np.append(buckets_of(subjects.dictionary, self.buckets), -1)[indices]
+        order = np.argsort(row_bucket, kind="stable")
+        column = frame.column_names.index(SUBJECT_COLUMN)
+        rows = frame.set_column(column, SUBJECT_COLUMN, subjects.cast(pa.string())).take(pa.array(order))
+        if self.schema is None:
+            self.schema = rows.schema
+        (batch,) = rows.cast(self.schema).combine_chunks().to_batches()  # one chunk: at least one row
+        values, starts = np.unique(row_bucket[order], return_index=True)
+        ends = [*starts[1:].tolist(), batch.num_rows]
+        parts = [batch.slice(start, end - start).serialize() for start, end in zip(starts.tolist(), ends, strict=True)]
+        offset = self._file.seek(0, io.SEEK_END)
+        for value, part in zip(values.tolist(), parts, strict=True):
+            self._file.write(part)
+            self._chunks.setdefault(None if value < 0 else value, []).append((offset, part.size))
+            offset += part.size
+        self._file.flush()
+
+    def buckets_held(self) -> list[int | None]:
+        return sorted(self._chunks, key=lambda b: -1 if b is None else b)
+
+    def parts(self, bucket_no: int | None) -> Iterator[pa.Table]:
+        """A bucket's rows, block by block (positioned reads: threads may read buckets at once)."""
+        for offset, size in self._chunks.get(bucket_no, []):
+            batch = pa.ipc.read_record_batch(pa.py_buffer(os.pread(self._file.fileno(), size, offset)), self.schema)
+            yield pa.Table.from_batches([batch])
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class Pseudonyms:
+    """Each subject's keyed pseudonym, computed once per snapshot (one HMAC per person, not per row or table).
+
+    Integer subjects, the usual key, are kept in sorted arrays of id and 32-byte digest: about 40 bytes a
+    person, where a dict of id to hex string took about 200 (194 MiB for 1M people). The ids met since the
+    last merge wait in a dict, merged in when MERGE_AFTER of them are there; other kinds of subject in a dict.
+    """
+
+    MERGE_AFTER = 1 << 16
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+        self._ids = np.empty(0, dtype=np.int64)
+        self._digests = np.empty((0, 32), dtype=np.uint8)  # not numpy bytes ("S32"): they drop trailing zeros
+        self._recent: dict[int, bytes] = {}
+        self._other: dict[Any, str] = {}
+
+    def of(self, values: pa.Array) -> pa.Array:
+        """The pseudonyms (hex strings) of distinct non-null subject values, in their order."""
+        if not pa.types.is_integer(values.type):
+            for value in values.to_pylist():
+                if value not in self._other:
+                    self._other[value] = subject_pseudonym(self.key, value)
+            return pa.array([self._other[v] for v in values.to_pylist()], pa.string())
+        ids = values.cast(pa.int64()).to_numpy()
+        position = np.searchsorted(self._ids, ids)
+        known = position < len(self._ids)
+        known[known] = self._ids[position[known]] == ids[known]
+        found = np.empty((len(ids), 32), dtype=np.uint8)
+        found[known] = self._digests[position[known]]
+        for i in np.flatnonzero(~known).tolist():
+            value = int(ids[i])
+            digest = self._recent.get(value)
+            if digest is None:
+                digest = self._recent[value] = subject_digest(self.key, value)
+            found[i] = np.frombuffer(digest, dtype=np.uint8)
+        if len(self._recent) >= self.MERGE_AFTER:
+            self._merge()
+        return _hex_strings(found)
+
+    def _merge(self) -> None:
+        recent = np.frombuffer(b"".join(self._recent.values()), dtype=np.uint8).reshape(-1, 32)
+        ids = np.concatenate([self._ids, np.fromiter(self._recent, dtype=np.int64, count=len(self._recent))])
+        digests = np.concatenate([self._digests, recent])
+        order = np.argsort(ids, kind="stable")
+        self._ids, self._digests, self._recent = ids[order], digests[order], {}
+
+
+_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+
+
+def _hex_strings(digests: np.ndarray) -> pa.Array:
+    """Rows of 32 bytes as 64-character hex strings, built as one Arrow buffer (no Python string per row)."""
+    text = np.empty((len(digests), 64), dtype=np.uint8)
+    text[:, 0::2] = _HEX_DIGITS[digests >> 4]
+    text[:, 1::2] = _HEX_DIGITS[digests & 15]
+    offsets = np.arange(0, 64 * (len(digests) + 1), 64, dtype=np.int32)
+    return pa.Array.from_buffers(pa.string(), len(digests), [None, pa.py_buffer(offsets), pa.py_buffer(text)])
+
+
+_NIBBLE = np.full(256, 255, dtype=np.uint8)
+_NIBBLE[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = np.arange(16)
+_NIBBLE[np.frombuffer(b"ABCDEF", dtype=np.uint8)] = np.arange(10, 16)
+
+
+def buckets_of(pseudonyms: pa.Array, buckets: int) -> np.ndarray:
+    """`layout.bucket_of` of each pseudonym (hex), read from the strings' bytes at once; per value in Python
+    only when one is not hex (which bucket_of refuses as it always did)."""
+    strings = pseudonyms.cast(pa.large_string())
+    if len(strings) and strings.null_count == 0 and pc.min(pc.utf8_length(strings)).as_py() >= 8:
+        first = pc.utf8_slice_codeunits(strings, 0, 8)
+        data = np.frombuffer(first.buffers()[2], dtype=np.uint8)
+        offsets = np.frombuffer(first.buffers()[1], dtype=np.int64)[first.offset : first.offset + len(first) + 1]
+        if np.all(np.diff(offsets) == 8):
+            nibbles = _NIBBLE[data[offsets[0] : offsets[-1]]].reshape(-1, 8)
+            if not (nibbles == 255).any():
+                value = (nibbles.astype(np.uint64) << np.arange(28, -1, -4, dtype=np.uint64)).sum(axis=1)
+                return (value % np.uint64(buckets)).astype(np.int64)
+    return np.array([bucket_of(p, buckets) for p in pseudonyms.to_pylist()], dtype=np.int64)
 
 
 def with_subject(
     frame: pa.Table,
     subject_column: str | None,
     key: bytes,
-    cache: dict[int, str] | None = None,
+    cache: Pseudonyms | None = None,
     cut_link: str | None = None,
 ) -> pa.Table:
     """Add the keyed pseudonym of each row's subject as SUBJECT_COLUMN (NULL when the row has none).
 
     The column is dictionary-encoded: one HMAC and one 64-character string per distinct
     subject, and per row only an index, which keeps the split and the Parquet encoding cheap.
-    `cache` carries the HMACs across the tables of one snapshot. `cut_link`: the column holding the
-    subject's pseudonym in rows whose link retention cut (pseudonym_link): their subject, so they
+    `cache` carries the HMACs across the blocks and tables of one snapshot. `cut_link`: the column holding
+    the subject's pseudonym in rows whose link retention cut (pseudonym_link): their subject, so they
     share the person's bucket and an erasure's tombstone finds them.
     """
     if cut_link is not None:
@@ -130,14 +303,9 @@ def with_subject(
         return frame.set_column(column, SUBJECT_COLUMN, pc.dictionary_encode(both.combine_chunks()))
     if subject_column is None:
         return frame.append_column(SUBJECT_COLUMN, pa.nulls(frame.num_rows, pa.string()))
-    cache = {} if cache is None else cache
+    cache = Pseudonyms(key) if cache is None else cache
     encoded = pc.dictionary_encode(frame.column(subject_column).combine_chunks())
-    uniques = []
-    for value in encoded.dictionary.to_pylist():
-        if value not in cache:
-            cache[value] = subject_pseudonym(key, value)
-        uniques.append(cache[value])
-    pseudonyms = pa.DictionaryArray.from_arrays(encoded.indices, pa.array(uniques, pa.string()))
+    pseudonyms = pa.DictionaryArray.from_arrays(encoded.indices, cache.of(encoded.dictionary))
     return frame.append_column(SUBJECT_COLUMN, pseudonyms)
 
 
@@ -161,7 +329,7 @@ def split_by_bucket(frame: pa.Table, buckets: int) -> Iterable[tuple[int | None,
     distinct = len(subjects.dictionary)
     indices = subjects.indices.fill_null(distinct).to_numpy(zero_copy_only=False)  # NULL -> one past the end
     used = np.bincount(indices, minlength=distinct + 1)[:distinct] > 0  # erased rows leave unused entries
-    unique_bucket = np.array([bucket_of(p, buckets) for p in subjects.dictionary.to_pylist()], dtype=np.int64)
+    unique_bucket = buckets_of(subjects.dictionary, buckets)
     unique_bucket[~used] = buckets  # past every bucket: left out of all dictionaries
     unique_order = np.argsort(unique_bucket, kind="stable")
     position = np.empty(distinct + 1, dtype=np.int64)
@@ -187,9 +355,12 @@ def split_by_bucket(frame: pa.Table, buckets: int) -> Iterable[tuple[int | None,
         yield int(value), part.append_column(SUBJECT_COLUMN, column)
 
 
-# Rows per row group: propagation reads and rewrites an object this many rows at a time, so its memory
-# is bounded by the row group, not by the object (a bucket of a billion-row table).
+# Rows per row group written. Fewer would cost bytes: each row group repeats its pseudonym dictionary
+# (row groups of 16,384 rows made the 1M-user snapshot 37% larger).
 ROW_GROUP_ROWS = 65_536
+# Rows per batch read: propagation reads, erases and redacts an object this many rows at a time, so its
+# memory is bounded by the batch, not by the row group or the object (a bucket of a billion-row table).
+READ_ROWS = 16_384
 # No column statistics (nothing reads them); dictionary encoding only for the pseudonym, whose few
 # distinct values repeat on many rows.
 _PARQUET_OPTIONS: dict[str, Any] = {
@@ -197,12 +368,6 @@ _PARQUET_OPTIONS: dict[str, Any] = {
     "write_statistics": False,
     "use_dictionary": [SUBJECT_COLUMN],
 }
-
-
-def to_parquet(frame: pa.Table) -> bytes:
-    buf = io.BytesIO()
-    pq.write_table(frame, buf, row_group_size=ROW_GROUP_ROWS, **_PARQUET_OPTIONS)
-    return buf.getvalue()
 
 
 def from_parquet(data: bytes) -> pa.Table:
@@ -223,25 +388,42 @@ def parquet_schema(source: BinaryIO) -> pa.Schema:
 
 
 def parquet_batches(source: BinaryIO, limit: int | None = None) -> Iterator[pa.Table]:
-    """An object's rows ROW_GROUP_ROWS at a time (the first `limit` batches only, when given), as
+    """An object's rows READ_ROWS at a time (the first `limit` batches only, when given), as
     `from_parquet` gives them whole. Readers of one file may interleave: each reads at its own offsets."""
-    batches = pq.ParquetFile(source).iter_batches(batch_size=ROW_GROUP_ROWS)
+    batches = pq.ParquetFile(source).iter_batches(batch_size=READ_ROWS)
     for batch in itertools.islice(batches, limit):
         yield _plain_subject(pa.Table.from_batches([batch]))
 
 
 class ParquetStream:
-    """An object written a batch at a time, as `to_parquet` writes it whole; every batch is cast to `schema`
-    (a masked column keeps its type)."""
+    """An object written a batch at a time: batches are gathered into row groups of ROW_GROUP_ROWS, each cast
+    to `schema` (a masked column keeps its type). The pseudonym column is dictionary-encoded per row group, so
+    an object's dictionaries name only its own rows' subjects."""
 
     def __init__(self, sink: BinaryIO, schema: pa.Schema) -> None:
         self.schema = schema
         self._writer = pq.ParquetWriter(sink, schema, **_PARQUET_OPTIONS)
+        self._gathered: list[pa.Table] = []
+        self._rows = 0
 
     def write(self, frame: pa.Table) -> None:
-        self._writer.write_table(frame.select(self.schema.names).cast(self.schema), row_group_size=ROW_GROUP_ROWS)
+        self._gathered.append(frame.select(self.schema.names).cast(self.schema))
+        self._rows += frame.num_rows
+        if self._rows >= ROW_GROUP_ROWS:
+            self._flush(whole_groups_only=True)
+
+    def _flush(self, whole_groups_only: bool = False) -> None:
+        """Write what was gathered as row groups of ROW_GROUP_ROWS; keep a last, partial one for later when
+        `whole_groups_only` (an object read in batches is written back in row groups as full as before)."""
+        if not self._gathered:
+            return
+        rows = pa.concat_tables(self._gathered)
+        keep = rows.num_rows % ROW_GROUP_ROWS if whole_groups_only else 0
+        self._writer.write_table(rows.slice(0, rows.num_rows - keep), row_group_size=ROW_GROUP_ROWS)
+        self._gathered, self._rows = ([rows.slice(rows.num_rows - keep)], keep) if keep else ([], 0)
 
     def close(self) -> None:
+        self._flush()
         self._writer.close()
 
 

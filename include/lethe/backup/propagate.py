@@ -273,7 +273,9 @@ def _rewrite_snapshot(
     drill: _Drill,
 ) -> None:
     lock = threading.Lock()
-    # The index describes the object as it now is: rebuilt whenever a free-text object changes.
+    # The index describes the object as it now is: rebuilt whenever an indexed object changes. An object
+    # exported without one (term indexes off) stays without: it is always searched, and building an index
+    # nobody asked for cost a 1M-user propagation most of its time and memory on a few rewritten objects.
     memo = TermMemo()  # one bounded memo for all tables: a worker's memory is not multiplied by its tables
     indexers = {t: TermIndexer(finder.key, e.free_text, memo) for t, e in manifest.tables.items() if e.free_text}
     changed = {"objects": 0, "deleted": 0, "pseudonymised": 0, "bytes": 0, "repaired": 0, "mentions": 0}
@@ -290,7 +292,7 @@ def _rewrite_snapshot(
                 if data_digest != job.obj.sha256 or done.rows != job.obj.rows:
                     # An interrupted run already rewrote this object but not the manifest: take the object's truth.
                     job.obj.sha256, job.obj.rows, job.obj.bytes = data_digest, done.rows, _size(original)
-                    if job.table in indexers:
+                    if job.obj.term_index is not None and job.table in indexers:
                         job.obj.term_index = indexers[job.table].index_parts(frames.parquet_batches(original))
                     with lock:
                         changed["repaired"] += 1
@@ -300,7 +302,8 @@ def _rewrite_snapshot(
         drill.put_done()
         with tempfile.TemporaryFile() as served:  # verify what S3 now serves, not what we meant to send
             served_digest = store.download(client, bucket, job.obj.key, served)
-            check = _check_served(job, served, finder, indexers.get(job.table))
+            indexer = indexers.get(job.table) if job.obj.term_index is not None else None
+            check = _check_served(job, served, finder, indexer)
         erased = done.erased
         if served_digest != digest or check.rows != done.rows - erased.deleted:
             raise RuntimeError(

@@ -11,24 +11,26 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, BinaryIO
 
 import psycopg2.extensions
 
 from lethe import relations
-from lethe.backup import frames, layout, locks, store, writer
+from lethe.backup import frames, heap, layout, locks, store, writer
 from lethe.backup.manifest import Manifest, ObjectEntry, TableEntry
 from lethe.backup.manifest import write as write_manifest
-from lethe.backup.term_index import TermIndexer
+from lethe.backup.term_index import BloomFilter, TermIndexer
 from lethe.config import BUCKETS
 from lethe.db import connect, transaction
 from lethe.policy.model import Policy
 
 log = logging.getLogger(__name__)
-UPLOAD_THREADS = 8
+# Objects encoded and stored at once: each holds a row group or two, whatever its table's size.
+WRITE_THREADS = 4
 OWNER = "__lethe_owner"  # the computed owner column of a referenced table, dropped after use
 
 
@@ -162,17 +164,17 @@ def _export(
         tombstones = {row[0] for row in cur.fetchall()}
         manifest.tombstones_at_export = len(tombstones)
 
-        def upload(table: str, bucket_no: int | None, body: bytes) -> tuple[str, str]:
+        def upload(table: str, bucket_no: int | None, body: BinaryIO) -> tuple[str, str]:
             object_key = layout.object_key(sid, table, bucket_no)
-            return object_key, store.put(client, bucket, object_key, body)
+            return object_key, store.put_file(client, bucket, object_key, body)
 
         manifest.tables = export_tables(cur, backed_up_tables(policy), policy, key, tombstones, upload)
     write_manifest(client, bucket, manifest)  # last: from here on the snapshot exists
     return manifest, leftovers, tombstones
 
 
-Sink = Callable[[str, int | None, bytes], tuple[str, str]]
-"""Stores one encoded object: (table, bucket, Parquet bytes) -> (object key, sha256)."""
+Sink = Callable[[str, int | None, BinaryIO], tuple[str, str]]
+"""Stores one encoded object: (table, bucket, file of Parquet bytes, rewound) -> (object key, sha256)."""
 
 
 def export_tables(
@@ -184,35 +186,45 @@ def export_tables(
     sink: Sink,
     *,
     buckets: int | None = None,
-    threads: int = UPLOAD_THREADS,
+    threads: int = WRITE_THREADS,
     index_terms: bool | None = None,
 ) -> dict[str, TableEntry]:
-    """Export tables in the caller's transaction; split, encode and store each in a worker.
+    """Export tables in the caller's transaction, a block at a time; encode and store each object in a worker.
 
-    Each table gets its own bucket count (layout.bucket_counts, from the tables' sizes on disk)
-    unless `buckets` fixes one for all. The next table's COPY runs while the workers bucket,
-    encode and upload the previous ones. Each object of a table with free text gets its term index
-    (lethe.backup.term_index) when the policy's `backups.term_index` (or `index_terms`, if given) says so.
+    Each table's COPY is parsed in blocks while it is received, its rows split by subject bucket into an
+    unnamed spill file (frames.BucketSpill); then each bucket's object is written a row group at a time and
+    stored by a worker while the next table is read: a worker's memory is bounded by the block and the row
+    group, not by the table. Each table gets its own bucket count (layout.bucket_counts, from the tables'
+    sizes on disk) unless `buckets` fixes one for all. Each object of a table with free text gets its term
+    index (lethe.backup.term_index) when the policy's `backups.term_index` (or `index_terms`, if given) says so.
     """
     if index_terms is None:
         index_terms = policy.backups.term_index
-    pseudonyms: dict[int, str] = {}  # one HMAC per person for the whole snapshot
+    pseudonyms = frames.Pseudonyms(key)  # one HMAC per person for the whole snapshot
     if buckets is None:
         rewritable = {t for t in tables if _rewritable(policy, t)}
         counts = layout.bucket_counts(table_sizes(cur, tables), rewritable, policy.backups.buckets)
     else:
         counts = dict.fromkeys(tables, buckets)
     entries: dict[str, TableEntry] = {}
-    pending: list[tuple[TableEntry, Future[list[ObjectEntry]]]] = []
-    with ThreadPoolExecutor(threads) as pool:
-        for table in tables:
-            entry, frame = _table_frame(cur, table, policy, key, tombstones, pseudonyms)
-            entry.buckets = counts[table]
-            entries[table] = entry
-            indexer = TermIndexer(key, entry.free_text) if entry.free_text and index_terms else None
-            pending.append((entry, pool.submit(_write_parts, table, frame, counts[table], sink, indexer)))
-        for entry, future in pending:
-            entry.objects = sorted(future.result(), key=lambda o: o.key)
+    pending: list[tuple[TableEntry, frames.BucketSpill, list[Future[ObjectEntry]]]] = []
+    heap.few_arenas()
+    with ThreadPoolExecutor(threads) as pool, ThreadPoolExecutor(1) as parser:
+        try:
+            for table in tables:
+                entry, spill = _export_table(cur, table, policy, key, tombstones, pseudonyms, counts[table], parser)
+                entries[table] = entry
+                indexer = TermIndexer(key, entry.free_text) if entry.free_text and index_terms else None
+                writes = [pool.submit(_write_part, table, b, spill, sink, indexer) for b in spill.buckets_held()]
+                pending.append((entry, spill, writes))
+            for entry, spill, writes in pending:
+                entry.objects = sorted((w.result() for w in writes), key=lambda o: o.key)
+                spill.close()
+        finally:
+            for _, spill, writes in pending:
+                for write in writes:
+                    write.cancel()
+                spill.close()
     return entries
 
 
@@ -251,25 +263,20 @@ def searched_columns(columns: list[frames.Column], subject: str | None, classes:
     ]
 
 
-def _table_frame(
+def _export_table(
     cur: psycopg2.extensions.cursor,
     table: str,
     policy: Policy,
     key: bytes,
     tombstones: set[str],
-    pseudonyms: dict[int, str],
-) -> tuple[TableEntry, Any]:
+    pseudonyms: frames.Pseudonyms,
+    buckets: int,
+    parser: ThreadPoolExecutor,
+) -> tuple[TableEntry, frames.BucketSpill]:
+    """COPY one table, each block parsed on `parser` while the next is received: its subjects' pseudonyms
+    added, the tombstoned people's rows erased, the rows spilled by bucket."""
     rule = policy.tables[table]
     columns = frames.table_columns(cur, table)
-    owner = None
-    if rule.subject is None and rule.erasure is not None:
-        owner = relations.referenced_owner(policy, relations.foreign_keys(cur, policy.tables), table)
-    if owner is None:
-        exported = frames.export_table(cur, table, columns)
-        frame = frames.with_subject(exported, rule.subject, key, pseudonyms, rule.link_pseudonym)
-    else:  # a row the subject points to (an address): its owner is the one row pointing at it
-        exported = frames.export_table(cur, table, [*columns, frames.Column(OWNER, "text", owner)])
-        frame = frames.with_subject(exported, OWNER, key, pseudonyms).drop_columns([OWNER])
     erasure = rule.erasure
     entry = TableEntry(
         columns=[{"name": c.name, "pg_type": c.pg_type, "arrow_type": str(c.arrow_type)} for c in columns],
@@ -280,33 +287,75 @@ def _table_frame(
         else {},
         pseudonym_column=next((c for c, cls in rule.columns.items() if cls == "pseudonym"), None),
         free_text=searched_columns(columns, rule.subject, rule.columns),
+        buckets=buckets,
     )
-    frame, _ = frames.erase_subjects(
-        frame, tombstones, entry.erasure_action, entry.erasure_columns, entry.pseudonym_column
-    )
-    entry.rows = frame.num_rows
-    return entry, frame
+    owner = None
+    if rule.subject is None and erasure is not None:
+        owner = relations.referenced_owner(policy, relations.foreign_keys(cur, policy.tables), table)
+    exported = columns if owner is None else [*columns, frames.Column(OWNER, "text", owner)]
+    spill = frames.BucketSpill(buckets)
 
-
-def _write_parts(
-    table: str, frame: Any, buckets: int, sink: Sink, indexer: TermIndexer | None = None
-) -> list[ObjectEntry]:
-    """Store each bucket's part; with an indexer (a table with free text), index its terms for the manifest."""
-    written = []
-    for bucket_no, part in frames.split_by_bucket(frame, buckets):
-        body = frames.to_parquet(part)
-        object_key, digest = sink(table, bucket_no, body)
-        written.append(
-            ObjectEntry(
-                key=object_key,
-                bucket=bucket_no,
-                rows=part.num_rows,
-                bytes=len(body),
-                sha256=digest,
-                term_index=indexer.index(part) if indexer else None,
-            )
+    def consume(block: Any) -> None:
+        rows = frames.parse_csv(block, exported)
+        if owner is None:
+            rows = frames.with_subject(rows, rule.subject, key, pseudonyms, rule.link_pseudonym)
+        else:  # a row the subject points to (an address): its owner is the one row pointing at it
+            rows = frames.with_subject(rows, OWNER, key, pseudonyms).drop_columns([OWNER])
+        rows, _ = frames.erase_subjects(
+            rows, tombstones, entry.erasure_action, entry.erasure_columns, entry.pseudonym_column
         )
-    return written
+        spill.add(rows)
+
+    blocks = frames.CopyBlocks(parser, consume)
+    cur.execute("SET LOCAL DateStyle = 'ISO, YMD'")  # the time format Arrow parses, whatever the server default
+    try:
+        cur.copy_expert(frames.copy_query(table, exported).as_string(cur), blocks)
+        blocks.finish()
+    except BaseException:
+        blocks.cancel()
+        spill.close()
+        raise
+    entry.rows = spill.rows
+    return entry, spill
+
+
+def _write_part(
+    table: str, bucket_no: int | None, spill: frames.BucketSpill, sink: Sink, indexer: TermIndexer | None
+) -> ObjectEntry:
+    """Encode one bucket's object from the spill a row group at a time into an unnamed file and store it; with an
+    indexer (a table with free text), index its terms for the manifest."""
+    try:
+        return _encode_and_store(table, bucket_no, spill, sink, indexer)
+    finally:
+        heap.give_back()
+
+
+def _encode_and_store(
+    table: str, bucket_no: int | None, spill: frames.BucketSpill, sink: Sink, indexer: TermIndexer | None
+) -> ObjectEntry:
+    assert spill.schema is not None  # a bucket held means rows were spilled
+    found: set[str] = set()
+    rows = 0
+    with tempfile.TemporaryFile() as body:
+        out = frames.ParquetStream(body, spill.schema)
+        for part in spill.parts(bucket_no):
+            out.write(part)
+            rows += part.num_rows
+            if indexer is not None:
+                found |= indexer.terms(part)
+        out.close()
+        body.flush()
+        size = body.tell()
+        body.seek(0)
+        object_key, digest = sink(table, bucket_no, body)
+    return ObjectEntry(
+        key=object_key,
+        bucket=bucket_no,
+        rows=rows,
+        bytes=size,
+        sha256=digest,
+        term_index=BloomFilter.of(found).to_manifest() if indexer is not None else None,
+    )
 
 
 def new_snapshot_id(now: datetime | None = None) -> str:
