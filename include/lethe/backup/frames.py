@@ -190,6 +190,9 @@ class BucketSpill:
     def buckets_held(self) -> list[int | None]:
         return sorted(self._chunks, key=lambda b: -1 if b is None else b)
 
+    def spilled_bytes(self, bucket_no: int | None) -> int:
+        return sum(size for _, size in self._chunks.get(bucket_no, []))
+
     def parts(self, bucket_no: int | None) -> Iterator[pa.Table]:
         """A bucket's rows, block by block (positioned reads: threads may read buckets at once)."""
         for offset, size in self._chunks.get(bucket_no, []):
