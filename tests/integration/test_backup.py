@@ -599,3 +599,42 @@ def test_propagation_rewrites_an_object_a_row_group_at_a_time(
 
 def _body(s3: str, key: str) -> bytes:
     return bytes(s3_client("us-east-1", s3).get_object(Bucket=BUCKETS.backup("us-east-1"), Key=key)["Body"].read())
+
+
+@pytest.mark.parametrize("failing", ["upload", "block"])
+def test_a_failing_upload_or_block_fails_the_export_plainly_and_leaves_nothing_running(
+    primary: str, failing: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The export's blocks, spill files and writer threads: a bucket that refuses an object, or a block that
+    cannot be parsed, fails the export with that error (no hang, no thread left behind, no spill file kept)."""
+    import os
+    import threading
+
+    from lethe.backup import frames
+    from lethe.backup.snapshot import backed_up_tables, export_tables, export_transaction
+
+    monkeypatch.setattr(frames, "COPY_BLOCK_BYTES", 512)  # many blocks a table
+    calls = {"sink": 0, "parse": 0}
+
+    def sink(table: str, bucket_no: int | None, body: Any) -> tuple[str, str]:
+        calls["sink"] += 1
+        if failing == "upload" and calls["sink"] == 5:
+            raise RuntimeError("the bucket refused the object")
+        return f"{table}/{bucket_no}", hashlib.sha256(body.read()).hexdigest()
+
+    parse = frames.parse_csv
+
+    def parse_or_fail(block: Any, columns: Any) -> Any:
+        calls["parse"] += 1
+        if failing == "block" and calls["parse"] == 7:
+            raise ValueError("a block that does not parse")
+        return parse(block, columns)
+
+    monkeypatch.setattr(frames, "parse_csv", parse_or_fail)
+    threads, fds = threading.active_count(), len(os.listdir("/proc/self/fd"))
+    policy = load_policy()
+    expected = "the bucket refused the object" if failing == "upload" else "a block that does not parse"
+    with export_transaction(primary) as cur, pytest.raises((RuntimeError, ValueError), match=expected):
+        export_tables(cur, backed_up_tables(policy), policy, KEY, set(), sink)
+    assert threading.active_count() == threads
+    assert len(os.listdir("/proc/self/fd")) <= fds  # every spill file closed (an unnamed file lives by its fd)

@@ -8,6 +8,7 @@ gives back exactly what was exported.
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import itertools
 import os
@@ -147,6 +148,10 @@ class CopyBlocks:
         for future in self.pending:
             future.cancel()
         self.buffer = bytearray()
+
+    def wait(self) -> None:
+        """Wait for the block being consumed, if any, whatever it raises (after `cancel`, on the way out)."""
+        concurrent.futures.wait(self.pending)
 
 
 class BucketSpill:

@@ -211,22 +211,26 @@ def export_tables(
     entries: dict[str, TableEntry] = {}
     pending: list[tuple[TableEntry, frames.BucketSpill, list[Future[ObjectEntry]]]] = []
     heap.few_arenas()
-    with ThreadPoolExecutor(threads) as pool, ThreadPoolExecutor(1) as parser:
-        try:
-            for table in tables:
-                entry, spill = _export_table(cur, table, policy, key, tombstones, pseudonyms, counts[table], parser)
-                entries[table] = entry
-                indexer = TermIndexer(key, entry.free_text) if entry.free_text and index_terms else None
-                writes = [pool.submit(_write_part, table, b, spill, sink, indexer) for b in spill.buckets_held()]
-                pending.append((entry, spill, writes))
-            for entry, spill, writes in pending:
-                entry.objects = sorted((w.result() for w in writes), key=lambda o: o.key)
-                spill.close()
-        finally:
-            for _, spill, writes in pending:
-                for write in writes:
-                    write.cancel()
-                spill.close()
+    try:
+        with ThreadPoolExecutor(threads) as pool, ThreadPoolExecutor(1) as parser:
+            try:
+                for table in tables:
+                    entry, spill = _export_table(cur, table, policy, key, tombstones, pseudonyms, counts[table], parser)
+                    entries[table] = entry
+                    indexer = TermIndexer(key, entry.free_text) if entry.free_text and index_terms else None
+                    writes = [pool.submit(_write_part, table, b, spill, sink, indexer) for b in spill.buckets_held()]
+                    pending.append((entry, spill, writes))
+                for entry, spill, writes in pending:
+                    entry.objects = sorted((w.result() for w in writes), key=lambda o: o.key)
+                    spill.close()  # its objects are stored: the disk space goes now, not at the end
+            except BaseException:
+                for _, _, writes in pending:
+                    for write in writes:
+                        write.cancel()  # the ones already running finish before the pool lets go
+                raise
+    finally:
+        for _, spill, _ in pending:  # after the workers stopped reading them
+            spill.close()
     return entries
 
 
@@ -315,6 +319,7 @@ def _export_table(
         blocks.finish()
     except BaseException:
         blocks.cancel()
+        blocks.wait()  # a block being parsed still writes into the spill
         spill.close()
         raise
     entry.rows = spill.rows
