@@ -29,7 +29,10 @@ def _frame() -> pa.Table:
 def test_bucket_is_computed_from_the_pseudonym_alone() -> None:
     p = subject_pseudonym(KEY, 10)
     assert layout.bucket_of(p, 64) == int(p[:8], 16) % 64
-    groups = dict(frames.split_by_bucket(_frame(), 64))
+    spill = frames.BucketSpill(64)
+    spill.add(_frame())
+    groups = {b: pa.concat_tables(spill.parts(b)) for b in spill.buckets_held()}
+    spill.close()
     assert groups[None].column("invoice_id").to_pylist() == [4]
     assert groups[layout.bucket_of(p, 64)].column("user_id").to_pylist().count(10) == 2
     assert sum(t.num_rows for t in groups.values()) == 4

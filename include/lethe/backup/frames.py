@@ -14,7 +14,7 @@ import itertools
 import os
 import tempfile
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -322,45 +322,6 @@ def _as_dictionary(column: pa.ChunkedArray) -> pa.DictionaryArray:
     if pa.types.is_dictionary(array.type):
         return array
     return pc.dictionary_encode(array)
-
-
-def split_by_bucket(frame: pa.Table, buckets: int) -> Iterable[tuple[int | None, pa.Table]]:
-    """(bucket, rows) groups by the subject pseudonym; rows without a subject come as bucket None.
-
-    Each group's pseudonym column is dictionary-encoded with only the pseudonyms of its own
-    rows: the distinct pseudonyms are ordered by bucket once, so every bucket's dictionary is
-    one contiguous slice of them and no object carries anyone else's pseudonym.
-    """
-    if frame.num_rows == 0:
-        return
-    subjects = _as_dictionary(frame.column(SUBJECT_COLUMN))
-    distinct = len(subjects.dictionary)
-    indices = subjects.indices.fill_null(distinct).to_numpy(zero_copy_only=False)  # NULL -> one past the end
-    used = np.bincount(indices, minlength=distinct + 1)[:distinct] > 0  # erased rows leave unused entries
-    unique_bucket = buckets_of(subjects.dictionary, buckets)
-    unique_bucket[~used] = buckets  # past every bucket: left out of all dictionaries
-    unique_order = np.argsort(unique_bucket, kind="stable")
-    position = np.empty(distinct + 1, dtype=np.int64)
-    position[unique_order] = np.arange(distinct)
-    dictionary = subjects.dictionary.take(pa.array(unique_order))
-    dictionary_start = np.searchsorted(unique_bucket[unique_order], np.arange(buckets + 1))
-
-    row_bucket = np.append(unique_bucket, -1)[indices]
-    order = np.argsort(row_bucket, kind="stable")
-    rows = frame.drop_columns([SUBJECT_COLUMN]).take(pa.array(order))
-    row_position = position[indices][order]
-    values, starts = np.unique(row_bucket[order], return_index=True)
-    ends = [*starts[1:], frame.num_rows]
-    for value, start, end in zip(values, starts, ends, strict=True):
-        part = rows.slice(int(start), int(end - start))
-        if value < 0:
-            column = pa.DictionaryArray.from_arrays(pa.nulls(part.num_rows, pa.int32()), dictionary.slice(0, 0))
-            yield None, part.append_column(SUBJECT_COLUMN, column)
-            continue
-        first, last = int(dictionary_start[value]), int(dictionary_start[value + 1])
-        local = (row_position[start:end] - first).astype(np.int32)
-        column = pa.DictionaryArray.from_arrays(pa.array(local), dictionary.slice(first, last - first))
-        yield int(value), part.append_column(SUBJECT_COLUMN, column)
 
 
 # Rows per row group written. Fewer would cost bytes: each row group repeats its pseudonym dictionary
