@@ -322,3 +322,19 @@ def test_cutting_the_link_is_refused_on_a_table_without_a_pseudonym_column(tmp_p
         "rule usage_events_unlinked: pseudonym_link writes the subject's keyed pseudonym into the table's column"
         in str(err.value)
     )
+
+
+def test_an_erasure_plan_made_while_retention_drops_a_partition_leaves_it_to_retention(db_url: str) -> None:
+    """The erasure's graph is read between the purge's two transactions: the detached `<name>__expired` keeps
+    its foreign key to accounts, and the plan refused it as a table linked to the subject without an erasure
+    rule (CI, e2e under a real executor: a retention run beside an erasure). Its rows are past retention and go
+    with the DROP; a table that only looks like retention's is still refused."""
+    from lethe.erasure import discovery
+
+    part = detach_as_retention_does(db_url, "usage_events")
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        graph = discovery.read_graph(cur, load_policy())
+        assert "usage_events" in graph.tables and f"{part}__expired" not in graph.tables
+        cur.execute("CREATE TABLE usage_notes__expired (user_id bigint PRIMARY KEY REFERENCES accounts (user_id))")
+        with pytest.raises(discovery.ErasureGraphError, match="usage_notes__expired"):
+            discovery.read_graph(cur, load_policy())

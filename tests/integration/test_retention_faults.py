@@ -232,3 +232,54 @@ def test_a_purge_that_cannot_get_its_locks_in_time_fails_naming_the_table_and_re
         locker.join(timeout=30)
     assert execute_rule(db_url, plan, RULE).rows == plan.rule(RULE).rows
     assert not any(k <= 60 and 1 + k % 3 != HELD_USER for k in events(db_url))
+
+
+class AccountsReader(threading.Thread):
+    """A long reader of accounts and then of the partition being dropped (as the erasure's residue scan reads
+    every table in one transaction): it holds accounts while the purge's DROP of `<part>__expired` waits for
+    accounts (the dropped foreign key's table), then asks for the partition the DROP holds: a deadlock."""
+
+    def __init__(self, url: str, expired: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.expired = url, expired
+        self.drop_waited = False
+        self.outcome = ""
+
+    def run(self) -> None:
+        import psycopg2
+        from psycopg2 import sql
+
+        conn = psycopg2.connect(self.url)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM accounts")
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline and not self.drop_waited:
+                    with psycopg2.connect(self.url) as probe, probe.cursor() as q:
+                        q.execute("SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'accounts'::regclass")
+                        self.drop_waited = q.fetchone()[0] > 0  # type: ignore[index]
+                    time.sleep(0.05)
+                try:
+                    cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(self.expired)))
+                    self.outcome = "read"
+                except psycopg2.errors.DeadlockDetected:
+                    self.outcome = "deadlock victim"
+        finally:
+            conn.rollback()
+            conn.close()
+
+
+def test_a_purge_chosen_as_a_deadlocks_victim_resumes_and_drops_the_partition(db_url: str) -> None:
+    """CI (e2e, a retention run beside an erasure): the DROP of a detached partition deadlocked with the residue
+    scan's reads, and the purge failed, leaving `<name>__expired` behind for the erasure to trip on. A deadlock's
+    victim is rolled back like a lock wait given up: the rule resumes from its checkpoint and finishes."""
+    fill(db_url)
+    plan = make_plan(db_url, [RULE])
+    (part,) = [p.name for p in plan.rule(RULE).partitions][:1]
+    reader = AccountsReader(db_url, f"{part}__expired")
+    reader.start()
+    result = execute_rule(db_url, plan, RULE)
+    reader.join(timeout=60)
+    assert reader.drop_waited, "the DROP never waited for accounts: the deadlock was not set up"
+    assert reader.outcome == "read", "the purge, which waited first, should have been the victim"
+    assert result.partitions_dropped >= 1 and leftovers(db_url) == []

@@ -20,6 +20,7 @@ from lethe.erasure import indexes
 from lethe.policy import Policy
 from lethe.pseudonym import normalise
 from lethe.relations import ForeignKey, relation
+from lethe.retention.catalog import being_dropped
 from psycopg2 import sql
 
 
@@ -61,9 +62,12 @@ class Graph:
 def read_graph(cur: psycopg2.extensions.cursor, policy: Policy) -> Graph:
     """The tables reachable from the subject table through foreign keys and the policy's subject links.
 
-    Foreign keys declared only on partitions count as their partitioned parent's (lethe.relations).
+    Foreign keys declared only on partitions count as their partitioned parent's (lethe.relations). An expired
+    partition retention has detached and is dropping (`<name>__expired`) is not part of the platform: its rows
+    are past retention and go with it, and a plan made in that moment failed on it as a table without a rule.
     """
-    fks = relations.foreign_keys(cur, policy.tables)
+    dropping = being_dropped(policy, cur)
+    fks = [fk for fk in relations.foreign_keys(cur, policy.tables) if fk.child not in dropping]
     subject = policy.subject.table
 
     involved = {subject}

@@ -15,6 +15,7 @@ from lethe.db import LETHE_TABLES, PLATFORM_SCHEMA, lethe_schema
 from lethe.policy.draft import unreviewed
 from lethe.policy.model import PERSONAL_CATEGORIES, Policy, _line_index
 from lethe.relations import ForeignKey, foreign_keys, policy_oids, split
+from lethe.retention.catalog import being_dropped
 
 # Types a retention clock can count from.
 CLOCK_TYPES = ("timestamp with time zone", "timestamp without time zone", "date")
@@ -87,19 +88,6 @@ def pointed_to(policy: Policy, fks: list[ForeignKey]) -> dict[str, str]:
     return found
 
 
-def _being_dropped(policy: Policy, cur: psycopg2.extensions.cursor, live: set[str]) -> set[str]:
-    """Expired partitions retention has detached and not yet dropped (`<name>__expired`): its own transient state,
-    which a task starting meanwhile (or after a killed purge, until the next plan drops them) must not refuse."""
-    from lethe.retention.catalog import detached_leftovers
-
-    found = set()
-    for table, rule in policy.tables.items():
-        if rule.partitioned_by and table in live:  # a missing table is reported on its own
-            schema, _ = split(table)
-            found |= {f"{schema}.{name}" if schema else name for name in detached_leftovers(cur, table)}
-    return found
-
-
 def lint(policy: Policy, cur: psycopg2.extensions.cursor) -> list[str]:
     path = policy.path
     text = path.read_text() if path else ""
@@ -119,7 +107,7 @@ def lint(policy: Policy, cur: psycopg2.extensions.cursor) -> list[str]:
     problems: list[str] = unreviewed(text, str(path))
     problems += _clock_problems(policy, schema, at)
     problems += _placeholder_problems(policy, schema, at)
-    covered = set(policy.tables) | set(policy.system_tables) | _being_dropped(policy, cur, set(schema))
+    covered = set(policy.tables) | set(policy.system_tables) | being_dropped(policy, cur, set(schema))
     for table in sorted(set(schema) - covered):
         problems.append(f"{at('tables')}: table {table!r} exists in the database but no rule of the policy covers it")
     for table, rule in policy.tables.items():

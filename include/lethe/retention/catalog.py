@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import psycopg2.extensions
 from lethe import relations
@@ -116,6 +117,19 @@ def detached_leftovers(cur: psycopg2.extensions.cursor, table: str) -> list[str]
         },
     )
     return [str(r[0]) for r in cur.fetchall()]
+
+
+def being_dropped(policy: Any, cur: psycopg2.extensions.cursor, live: set[str] | None = None) -> set[str]:
+    """Expired partitions retention has detached and not yet dropped (`<name>__expired`), of every partitioned
+    table of the policy (of those in `live`, when given): retention's own transient state, which a task
+    starting meanwhile (or after a killed purge, until the next plan drops them) must neither refuse nor treat
+    as the platform's."""
+    found = set()
+    for table, rule in policy.tables.items():
+        if rule.partitioned_by and (live is None or table in live):  # a missing table is reported on its own
+            schema, _ = relations.split(table)
+            found |= {f"{schema}.{name}" if schema else name for name in detached_leftovers(cur, table)}
+    return found
 
 
 def partitions(cur: psycopg2.extensions.cursor, table: str) -> list[Partition]:

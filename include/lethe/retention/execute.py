@@ -291,8 +291,9 @@ def execute_rule(
     `policy`: the already loaded policy the plan was made from (saves re-reading it per rule).
 
     A statement that waits more than LOCK_TIMEOUT for a lock another transaction holds (an
-    erasure's transaction on the same rows, its VACUUM, the platform's own writes) is rolled
-    back and the rule resumes from its last checkpoint after a pause, for up to
+    erasure's transaction on the same rows, its VACUUM, the platform's own writes), or that
+    PostgreSQL picks as a deadlock's victim, is rolled back and the rule resumes from its last
+    checkpoint after a pause, for up to
     `lock_patience_s` in all: waiting in the lock queue instead would block everyone queued
     behind our request, and failing would spend one of the task's retries on ordinary traffic.
     """
@@ -384,7 +385,10 @@ def _execute_rule_once(
             if cur.rowcount == 1:
                 ledger.append(cur, LEDGER_KIND, ledger_payload(plan, rp, result.rows, result.partitions_dropped))
             conn.commit()
-    except psycopg2.errors.LockNotAvailable:
+    except (psycopg2.errors.LockNotAvailable, psycopg2.errors.DeadlockDetected):
+        # A deadlock's victim is rolled back like a lock wait given up: nothing lost, resumed from the checkpoint.
+        # (The DROP of a detached partition takes the lock of the table its foreign key references, after its
+        # own: a long reader of both, such as the erasure's residue scan, met it the other way round.)
         raise _LockBusy(rp.table) from None
     except psycopg2.Error as exc:  # told by rule and table; PostgreSQL's text can quote the failing row
         raise DatabaseError(f"retention rule {rp.rule} on table {rp.table}", exc) from None
