@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from airflow.sdk import Asset, AssetAny, AssetOrTimeSchedule, CronTriggerTimetable, dag, task
+from airflow.sdk import Asset, AssetAny, AssetOrTimeSchedule, CronTriggerTimetable, TaskGroup, dag, task
 from lethe.assets import BACKUP_PROPAGATION_URI, ERASURE_TOMBSTONES_URI
 from lethe.backup.layout import purged_table_uris
 from lethe.config import BACKUP_REGIONS
@@ -12,23 +12,26 @@ DOC = """
 ### backup_erasure_propagation
 
 Runs when subject_erasure writes tombstones or retention_nightly purges a table,
-and nightly at 03:30 UTC. For each backup region (one mapped task each, with its
-own S3 client) it applies every tombstone not yet applied to every retained
-snapshot: only the objects of the tombstoned subjects' buckets are rewritten, each
-once for all its tombstones; the rewrite is read back and verified (checksum,
-rows = before - erased) and the manifest updated. Every run then deletes every
-noncurrent version of every object of every retained snapshot, and only after that
-records the tombstones as applied. Incomplete snapshots left by a killed
-backup_nightly are deleted first (when no backup is being written in the region).
-Per-region status goes to `backup_propagation_status`, the ledger
-(`backup_propagation`) and each erasure certificate.
+and nightly at 03:30 UTC. For each backup region (a task group named after it):
+`plan` lists the retained snapshots, after deleting incomplete ones left by a killed
+backup_nightly (when no backup is being written in the region); `propagate_snapshot`
+is mapped over them (one task per snapshot, labelled with its id, so workers share
+them) and applies every tombstone not yet applied to that snapshot: only the objects
+of the tombstoned subjects' buckets are rewritten, each once for all its tombstones;
+the rewrite is read back and verified (checksum, rows = before - erased) and the
+manifest updated; then every noncurrent version of every object of the snapshot is
+deleted, and only after that are the tombstones recorded as applied to it. `finish`
+marks a tombstone applied in the region once every snapshot there has it, writes the
+ledger (`backup_propagation`) and updates each erasure certificate.
 
 Purged (expired) rows are not rewritten out of backups: they leave when the
 snapshots that hold them expire (policy `backups.retention`); see docs/backups.md.
 
 **When it fails**
-- A region task names the region and endpoint it could not reach; the other region's
+- A region's `plan` names the region and endpoint it could not reach; the other region's
   work is done and recorded. Fix the endpoint and clear the task (or wait for the next run).
+- A failed `propagate_snapshot` names its snapshot; the other snapshots' tasks finish, and
+  `finish` waits for a rerun (a tombstone is applied in a region only when every snapshot is).
 - "rewrite not verified": S3 served something else than was written; the old version is
   kept. Rerun; a rerun repairs half-done rewrites and removes old versions.
 """
@@ -49,13 +52,31 @@ snapshots that hold them expire (policy `backups.retention`); see docs/backups.m
     dagrun_timeout=RUN_TIMEOUT,
 )
 def backup_erasure_propagation() -> None:
-    @task(outlets=[Asset(BACKUP_PROPAGATION_URI)])
-    def propagate_region(region: str) -> dict:  # type: ignore[type-arg]
-        from lethe.backup.tasks import propagate_task
+    @task
+    def plan(region: str) -> list[str]:
+        from lethe.backup.tasks import plan_propagation_task
 
-        return propagate_task(region)
+        return plan_propagation_task(region)
 
-    propagate_region.expand(region=list(BACKUP_REGIONS))
+    @task(map_index_template="{{ snapshot_label }}")
+    def propagate_snapshot(region: str, snapshot_id: str) -> dict:  # type: ignore[type-arg]
+        from airflow.sdk import get_current_context
+        from lethe.backup.tasks import propagate_snapshot_task
+
+        get_current_context()["snapshot_label"] = snapshot_id  # type: ignore[typeddict-unknown-key]
+        return propagate_snapshot_task(region, snapshot_id)
+
+    # Also when the region has no snapshot (nothing mapped, so skipped): its tombstones are then applied.
+    @task(outlets=[Asset(BACKUP_PROPAGATION_URI)], trigger_rule="none_failed")
+    def finish(region: str, snapshot_results: list[dict]) -> dict:  # type: ignore[type-arg]
+        from lethe.backup.tasks import finish_propagation_task
+
+        return finish_propagation_task(region, list(snapshot_results or []))
+
+    for region in BACKUP_REGIONS:
+        with TaskGroup(group_id=region):
+            snapshots = propagate_snapshot.partial(region=region).expand(snapshot_id=plan(region))
+            finish(region, snapshots)  # type: ignore[arg-type]  # the mapped tasks' results, a list at run time
 
 
 backup_erasure_propagation()

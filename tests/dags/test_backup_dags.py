@@ -221,7 +221,14 @@ def test_snapshot_erase_propagate_leaves_no_version_of_the_person_in_either_regi
     _erase(second)
     run = _run_without_retries("backup_erasure_propagation")
     states = _states(run)
-    assert states == {"propagate_region[0]": "success", "propagate_region[1]": "failed"}
+    assert states["ap-southeast-1.plan[-1]"] == "failed"
+    assert states["ap-southeast-1.finish[-1]"] == "upstream_failed"
+    # the reachable region: one task per snapshot (one snapshot here), then finish
+    assert {t: v for t, v in states.items() if t.startswith("us-east-1.")} == {
+        "us-east-1.plan[-1]": "success",
+        "us-east-1.propagate_snapshot[0]": "success",
+        "us-east-1.finish[-1]": "success",
+    }
     p2 = _pseudonym(second)
     rows = _query(seeded, "SELECT region FROM backup_propagation_status WHERE subject_pseudonym = %s", (p2,))
     assert rows == [("us-east-1",)]
@@ -233,3 +240,42 @@ def test_snapshot_erase_propagate_leaves_no_version_of_the_person_in_either_regi
     assert not [k for k in _rows_per_person(_objects(s3_endpoint, "ap-southeast-1")) if k[1] == second]
     rows = _query(seeded, "SELECT region, status FROM backup_propagation_status WHERE subject_pseudonym = %s", (p2,))
     assert sorted(rows) == [("ap-southeast-1", "applied"), ("us-east-1", "applied")]
+
+
+def test_propagation_maps_one_task_per_snapshot_and_a_region_without_snapshots_still_finishes(
+    seeded: str, s3_endpoint: str
+) -> None:
+    from lethe.backup.snapshot import take_snapshot
+    from lethe.policy import load_policy
+
+    snapshots = ["20261101T020000Z", "20261102T020000Z"]
+    for sid in snapshots:  # two nights in the first region, none in the second
+        take_snapshot(seeded, REGIONS[0], s3_endpoint, sid, load_policy(), _key())
+    person = _people_without_holds(seeded, 1)[0]
+    assert sum(1 for (_, uid), n in _rows_per_person(_objects(s3_endpoint, REGIONS[0])).items() if uid == person)
+    _erase(person)
+
+    run = _run_without_retries("backup_erasure_propagation")
+    labels = {
+        ti.map_index: ti.rendered_map_index
+        for ti in run.get_task_instances()
+        if ti.task_id == "us-east-1.propagate_snapshot"
+    }
+    assert labels == {0: snapshots[0], 1: snapshots[1]}  # one task per snapshot, named by it in the grid
+    states = _states(run)
+    assert all(v == "success" for t, v in states.items() if t.startswith("us-east-1.")), states
+    assert states["ap-southeast-1.propagate_snapshot[-1]"] == "skipped"  # nothing to map over
+    assert states["ap-southeast-1.finish[-1]"] == "success"
+
+    # Read back independently: no version of either snapshot holds the person, everyone else is still there.
+    versions = _objects(s3_endpoint, REGIONS[0])
+    for sid in snapshots:
+        mine = [(k, t) for k, t in versions if k.startswith(f"snapshots/{sid}/")]
+        assert mine and not [k for k in _rows_per_person(mine) if k[1] == person], sid
+        assert len({k[1] for k in _rows_per_person(mine)}) == 59, sid
+    status = _query(
+        seeded,
+        "SELECT region, status, snapshots FROM backup_propagation_status WHERE subject_pseudonym = %s ORDER BY 1",
+        (_pseudonym(person),),
+    )
+    assert status == [("ap-southeast-1", "applied", 0), ("us-east-1", "applied", 2)]

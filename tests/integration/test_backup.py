@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import re
+import threading
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -259,6 +260,46 @@ def test_interrupted_propagation_loses_nobody_and_a_rerun_finishes(primary: str,
         assert hashlib.sha256(body).hexdigest() == obj.sha256
     assert manifest.tables["comments"].rows == before["comments"] - 3
     assert not any(p in t.column(layout.SUBJECT_COLUMN).to_pylist() for _, t in versions)
+
+
+def test_a_snapshot_written_while_a_person_was_erased_keeps_them_pending_until_it_is_rewritten(
+    primary: str, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Propagation no longer holds the region for its whole run: a backup written beside it can complete
+    holding a person erased (and propagated) after its export began. That person must not stay 'applied'."""
+    region = BACKUP_REGIONS[0]
+    take_snapshot(primary, region, s3_endpoint, "20261101T020000Z", load_policy(), KEY)
+    status = "SELECT status, snapshots FROM backup_propagation_status WHERE subject_pseudonym = %s AND region = %s"
+    erased: dict[str, str] = {}
+    real_put = store.put_file
+    once = threading.Lock()  # the export's writer threads put at once
+
+    def erase_and_propagate_mid_export(*args: Any, **kwargs: Any) -> str:
+        with once:
+            first = not erased
+            erased.setdefault("p", "")
+        if first:  # the second night's export has read its tombstones and rows: now person 7 is erased
+            erased["p"] = erase(primary, 7)
+            propagate_region(primary, region, s3_endpoint, key=KEY)
+            with transaction(primary) as cur:
+                cur.execute(status, (erased["p"], region))
+                assert cur.fetchone() == ("applied", 1)  # the only complete snapshot is rewritten
+        return real_put(*args, **kwargs)
+
+    monkeypatch.setattr(store, "put_file", erase_and_propagate_mid_export)
+    take_snapshot(primary, region, s3_endpoint, "20261102T020000Z", load_policy(), KEY)
+    monkeypatch.undo()
+    second = [(k, t) for k, t in every_version(s3_endpoint, region) if "/20261102T020000Z/" in k]
+    assert rows_of(second, {7})["accounts"] == 1  # the new snapshot holds her, as of its export
+    with transaction(primary) as cur:
+        cur.execute(status, (erased["p"], region))
+        assert cur.fetchone() == ("pending", 1)
+
+    propagate_region(primary, region, s3_endpoint, key=KEY)
+    assert sum(rows_of(every_version(s3_endpoint, region), {7}).values()) == 0
+    with transaction(primary) as cur:
+        cur.execute(status, (erased["p"], region))
+        assert cur.fetchone() == ("applied", 2)
 
 
 def test_restore_replays_every_tombstone(primary: str, s3_endpoint: str, services: tuple[str, str]) -> None:

@@ -8,19 +8,25 @@ too, for mentions of the erased people by the keyed pseudonyms of their identifi
 filter in its manifest entry, lethe.backup.term_index) may hold one of those pseudonyms,
 and every object without an index (snapshots from before indexes). And the
 links the primary cuts in kept rows are cut too (lethe.backup.links: an erased person's
-legal holds name them by pseudonym only). Order, so that a kill at any point loses
-nothing and a rerun finishes the job:
+legal holds name them by pseudonym only).
+
+A region's run has three parts: plan_region (step 0), propagate_snapshot for each
+complete snapshot (steps 1-4; snapshots share nothing, so the DAG maps one task per
+snapshot and Celery workers share them) and finish_region (step 5). Order, so that a
+kill at any point loses nothing and a rerun finishes the job:
 
 0. when no backup is being written in the region (its writer lock is free), delete the
-   incomplete snapshots a killed backup_nightly left (lethe.backup.writer), and hold the
-   lock for the run;
+   incomplete snapshots a killed backup_nightly left (lethe.backup.writer); list the
+   complete ones;
 1. put the rewritten object (the old version stays until step 3), read it back and
    check its checksum and that rows = before - erased;
 2. write the manifest with the new checksums and row counts;
 3. delete every noncurrent version (and delete marker) of every object of the snapshot,
    whether this run rewrote it or an earlier, killed one did;
 4. only then record the tombstones as applied to this snapshot (database): a snapshot
-   counts as applied when no version of any of its objects holds an erased person.
+   counts as applied when no version of any of its objects holds an erased person;
+5. once every snapshot's task is done: a tombstone applied to every complete snapshot of
+   the region is marked applied there, and its erasure certificate says so.
 
 Step 3 runs for every retained snapshot on every run, pending tombstones or not. A
 rerun finds the tombstones still pending, sees the object already clean, repairs the
@@ -40,7 +46,8 @@ from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
 from lethe.backup import frames, heap, layout, links, store, writer
-from lethe.backup.manifest import Manifest, ObjectEntry, TableEntry, complete_manifests
+from lethe.backup.manifest import Manifest, ObjectEntry, TableEntry, snapshot_ids
+from lethe.backup.manifest import read as read_manifest
 from lethe.backup.manifest import write as write_manifest
 from lethe.backup.mentions import MentionFinder, prefilter_of
 from lethe.backup.term_index import Query, TermIndexer, TermMemo, may_mention
@@ -85,13 +92,30 @@ class RegionResult:
     holds_forgotten: int = 0  # legal holds of erased people now naming them by pseudonym only
     certificates_updated: int = 0
     certificates_missing: int = 0
-    rewrites_per_object: dict[str, int] = field(default_factory=dict)
+    rewrites_per_object: dict[str, int] = field(default_factory=dict)  # rewrites in this process, by object
+    rewrites_from_tasks: dict[str, int] = field(default_factory=lambda: {"objects": 0, "max": 0})  # other tasks'
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         counts = list(self.rewrites_per_object.values())
-        data["rewrites_per_object"] = {"objects": len(counts), "max": max(counts, default=0)}
+        carried = data.pop("rewrites_from_tasks")
+        data["rewrites_per_object"] = {
+            "objects": len(counts) + carried["objects"],
+            "max": max([*counts, carried["max"]]),
+        }
         return data
+
+    def add(self, part: RegionResult | dict[str, Any]) -> None:
+        """Sum one snapshot's counts into the region's: a result of this process, or a task's as_dict()."""
+        data = part.as_dict() if isinstance(part, RegionResult) else part
+        for name, value in data.items():
+            if name != "region" and isinstance(value, int):
+                setattr(self, name, getattr(self, name) + value)
+        if isinstance(part, RegionResult):
+            self.rewrites_per_object.update(part.rewrites_per_object)  # keys name the snapshot: never shared
+        else:
+            self.rewrites_from_tasks["objects"] += data["rewrites_per_object"]["objects"]
+            self.rewrites_from_tasks["max"] = max(self.rewrites_from_tasks["max"], data["rewrites_per_object"]["max"])
 
 
 @dataclass
@@ -129,49 +153,103 @@ def propagate_region(
 ) -> RegionResult:
     """Apply every pending tombstone to every complete snapshot in `region`; return counts (no personal data).
 
-    `key` is the pseudonym key, needed to recognise erased identifiers in free text. Without
-    `use_term_index` every free-text object is searched (the bench's and tests' full read).
+    The region's three steps in this process, one snapshot after another (the tests' and benches' path):
+    the DAG runs the same steps as tasks, a mapped task per snapshot. `key` is the pseudonym key, needed to
+    recognise erased identifiers in free text. Without `use_term_index` every free-text object is searched
+    (the bench's and tests' full read).
+    """
+    snapshots, removed = plan_region(db_url, region, endpoint_url)
+    drill = _Drill(interrupt_after_puts)
+    finders: dict[frozenset[str], MentionFinder] = {}  # shared by the snapshots: it remembers the texts it matched
+    result = RegionResult(region=region, incomplete_snapshots_removed=removed)
+    for sid in snapshots:
+        result.add(_propagate_snapshot(db_url, region, endpoint_url, sid, key, use_term_index, drill, finders))
+    return finish_region(db_url, region, endpoint_url, result, certificates_endpoint)
+
+
+def plan_region(db_url: str, region: str, endpoint_url: str | None) -> tuple[list[str], int]:
+    """The region's complete snapshots, oldest first, and how many incomplete ones were removed first.
+
+    Incomplete snapshots are removed only while no backup is being written in the region (its writer lock is
+    free): then what has no manifest was left by a killed backup_nightly.
     """
     client = store.region_client(region, endpoint_url)
     bucket = BUCKETS.backup(region)
-    result = RegionResult(region=region)
-    with transaction(db_url) as cur:
-        cur.execute(
-            "SELECT subject_pseudonym, request_id::text, identifier_pseudonyms, prefilter_pseudonyms"
-            " FROM erasure_tombstones"
-        )
-        rows = cur.fetchall()
-        tombstones: dict[str, str | None] = {p: request for p, request, _, _ in rows}
-        identifiers: dict[str, list[str]] = {p: list(ids or []) for p, _, ids, _ in rows}
-        prefilters: dict[str, list[str] | None] = {p: terms for p, _, _, terms in rows}
-        cur.execute(
-            "SELECT snapshot_id, subject_pseudonym FROM backup_tombstone_applications WHERE region = %s", (region,)
-        )
-        applied: dict[str, set[str]] = defaultdict(set)
-        for sid, pseudonym in cur.fetchall():
-            applied[sid].add(pseudonym)
-        cur.execute("SELECT subject_pseudonym FROM backup_propagation_status WHERE region = %s", (region,))
-        known_status = {row[0] for row in cur.fetchall()}
-    result.tombstones = len(tombstones)
+    removed = 0
     with writer.region_lock(db_url, region, wait=False) as alone:
-        if alone:  # no backup being written in this region: what has no manifest was left by a killed one
-            result.incomplete_snapshots_removed = len(remove_incomplete(db_url, region, client, bucket)[0])
+        if alone:
+            removed = len(remove_incomplete(db_url, region, client, bucket)[0])
         else:
             log.info("region %s: a backup is being written; its incomplete snapshot is left to it", region)
-        touched, per_subject = _propagate_snapshots(
-            db_url,
-            client,
-            bucket,
-            region,
-            tombstones,
-            identifiers,
-            prefilters,
-            applied,
-            key,
-            result,
-            interrupt_after_puts,
-            use_term_index,
+    return complete_snapshot_ids(client, bucket), removed
+
+
+def complete_snapshot_ids(client: Any, bucket: str) -> list[str]:
+    return [sid for sid in snapshot_ids(client, bucket) if store.exists(client, bucket, layout.manifest_key(sid))]
+
+
+def propagate_snapshot(
+    db_url: str,
+    region: str,
+    endpoint_url: str | None,
+    sid: str,
+    *,
+    key: bytes,
+    use_term_index: bool = True,
+) -> RegionResult:
+    """Apply the tombstones not yet applied to snapshot `sid` (one task of the DAG); counts, no personal data."""
+    return _propagate_snapshot(db_url, region, endpoint_url, sid, key, use_term_index, _Drill(None), {})
+
+
+def _propagate_snapshot(
+    db_url: str,
+    region: str,
+    endpoint_url: str | None,
+    sid: str,
+    key: bytes,
+    use_term_index: bool,
+    drill: _Drill,
+    finders: dict[frozenset[str], MentionFinder],
+) -> RegionResult:
+    client = store.region_client(region, endpoint_url)
+    bucket = BUCKETS.backup(region)
+    result = RegionResult(region=region, snapshots=1)
+    if not store.exists(client, bucket, layout.manifest_key(sid)):
+        log.info("region %s: snapshot %s is gone (expired since the plan); nothing to apply", region, sid)
+        result.snapshots = 0
+        return result
+    with transaction(db_url) as cur:
+        cur.execute(
+            "SELECT t.subject_pseudonym, t.identifier_pseudonyms, t.prefilter_pseudonyms FROM erasure_tombstones t"
+            " WHERE NOT EXISTS (SELECT 1 FROM backup_tombstone_applications a WHERE a.snapshot_id = %s"
+            " AND a.region = %s AND a.subject_pseudonym = t.subject_pseudonym)",
+            (sid, region),
         )
+        rows = cur.fetchall()
+    if rows:
+        pending = {p for p, _, _ in rows}
+        identifiers = {p: list(ids or []) for p, ids, _ in rows}
+        wanted = frozenset(i for ids in identifiers.values() for i in ids)
+        finder = finders.get(wanted) or finders.setdefault(
+            wanted, MentionFinder(key, wanted, prefilter_of((identifiers[p], terms) for p, _, terms in rows))
+        )
+        manifest = read_manifest(client, bucket, sid)
+        per_subject: dict[str, dict[str, int]] = defaultdict(lambda: {"objects": 0, "bytes": 0})
+        jobs = _affected_jobs(manifest, pending, finder, use_term_index, result)
+        _rewrite_snapshot(client, bucket, manifest, jobs, finder, len(pending), result, per_subject, drill)
+    # Every run, every retained snapshot: no old version may outlive its rewrite, whoever wrote it.
+    result.noncurrent_versions_deleted += sweep_versions(client, bucket, sid)
+    if rows:
+        record_applied(db_url, region, sid, per_subject, pending)
+        result.tombstones = len(pending)
+    return result
+
+
+def finish_region(
+    db_url: str, region: str, endpoint_url: str | None, result: RegionResult, certificates_endpoint: str | None = None
+) -> RegionResult:
+    """After every snapshot's task: check the rewrites left nothing, mark the tombstones now applied to every
+    complete snapshot of the region, update their certificates. `result` sums the snapshots' counts."""
     if result.objects_rewritten:
         from lethe.quality import zero_rows
 
@@ -179,48 +257,9 @@ def propagate_region(
             f"backup_propagation_{region}",
             {"tombstoned_rows_left": result.tombstoned_rows_left, "mentions_left": result.mentions_left},
         ).raise_if_failed()
-    record_status(db_url, region, tombstones, touched, known_status, per_subject, result)
+    record_status(db_url, region, store.region_client(region, endpoint_url), BUCKETS.backup(region), result)
     _update_certificates(db_url, region, certificates_endpoint or endpoint_url, result)
     return result
-
-
-def _propagate_snapshots(
-    db_url: str,
-    client: Any,
-    bucket: str,
-    region: str,
-    tombstones: dict[str, str | None],
-    identifiers: dict[str, list[str]],
-    prefilters: dict[str, list[str] | None],
-    applied: dict[str, set[str]],
-    key: bytes,
-    result: RegionResult,
-    interrupt_after_puts: int | None,
-    use_term_index: bool = True,
-) -> tuple[set[str], dict[str, dict[str, int]]]:
-    drill = _Drill(interrupt_after_puts)
-    per_subject: dict[str, dict[str, int]] = defaultdict(lambda: {"snapshots": 0, "objects": 0, "bytes": 0})
-    touched: set[str] = set()
-    manifests = complete_manifests(client, bucket)
-    result.snapshots = len(manifests)
-    finders: dict[frozenset[str], MentionFinder] = {}  # one per set of people: it remembers the texts it matched
-    for manifest in manifests:
-        pending = set(tombstones) - applied[manifest.snapshot_id]
-        if pending:
-            wanted = frozenset(i for p in pending for i in identifiers[p])
-            finder = finders.get(wanted) or finders.setdefault(
-                wanted, MentionFinder(key, wanted, prefilter_of((identifiers[p], prefilters[p]) for p in pending))
-            )
-            jobs = _affected_jobs(manifest, pending, finder, use_term_index, result)
-            _rewrite_snapshot(client, bucket, manifest, jobs, finder, len(pending), result, per_subject, drill)
-        # Every run, every retained snapshot: no old version may outlive its rewrite, whoever wrote it.
-        result.noncurrent_versions_deleted += sweep_versions(client, bucket, manifest.snapshot_id)
-        if pending:
-            record_applied(db_url, region, manifest.snapshot_id, pending)
-            for pseudonym in pending:
-                per_subject[pseudonym]["snapshots"] += 1
-            touched |= pending
-    return touched, per_subject
 
 
 def remove_incomplete(db_url: str, region: str, client: Any, bucket: str) -> tuple[list[str], int]:
@@ -228,13 +267,35 @@ def remove_incomplete(db_url: str, region: str, client: Any, bucket: str) -> tup
     return writer.remove_incomplete(db_url, region, client, bucket)
 
 
-def record_applied(db_url: str, region: str, sid: str, pending: set[str]) -> None:
-    """The tombstones are applied to snapshot `sid`: written only once no version in it holds their people."""
+def record_applied(
+    db_url: str, region: str, sid: str, per_subject: dict[str, dict[str, int]], pending: set[str]
+) -> None:
+    """The tombstones are applied to snapshot `sid`: written only once no version in it holds their people.
+
+    Each newly applied tombstone's region status counts the snapshot and what was rewritten for it, and stays
+    'pending' until finish_region has seen every snapshot of the region applied.
+    """
     with transaction(db_url) as cur:
+        writer.lock_status(cur, region)
         cur.execute(
             "INSERT INTO backup_tombstone_applications (snapshot_id, region, subject_pseudonym)"
-            " SELECT %s, %s, unnest(%s::text[]) ON CONFLICT DO NOTHING",
+            " SELECT %s, %s, unnest(%s::text[]) ON CONFLICT DO NOTHING RETURNING subject_pseudonym",
             (sid, region, sorted(pending)),
+        )
+        new = sorted(row[0] for row in cur.fetchall())
+        cur.execute(
+            "INSERT INTO backup_propagation_status AS s (subject_pseudonym, region, status, snapshots,"
+            " objects_rewritten, bytes_rewritten) SELECT p, %s, 'pending', 1, o, b"
+            " FROM unnest(%s::text[], %s::int[], %s::bigint[]) AS u(p, o, b)"
+            " ON CONFLICT (subject_pseudonym, region) DO UPDATE SET status = 'pending', snapshots = s.snapshots + 1,"
+            " objects_rewritten = s.objects_rewritten + EXCLUDED.objects_rewritten,"
+            " bytes_rewritten = s.bytes_rewritten + EXCLUDED.bytes_rewritten",
+            (
+                region,
+                new,
+                [per_subject[p]["objects"] for p in new],
+                [per_subject[p]["bytes"] for p in new],
+            ),
         )
 
 
@@ -456,35 +517,34 @@ def sweep_versions(client: Any, bucket: str, sid: str) -> int:
     return delete_versions(client, bucket, doomed)
 
 
-def record_status(
-    db_url: str,
-    region: str,
-    tombstones: dict[str, str | None],
-    touched: set[str],
-    known_status: set[str],
-    per_subject: dict[str, dict[str, int]],
-    result: RegionResult,
-) -> None:
+def record_status(db_url: str, region: str, client: Any, bucket: str, result: RegionResult) -> None:
+    """A tombstone is 'applied' in a region once every complete snapshot there has it applied; then the run's
+    ledger entry.
+
+    The snapshots are listed under the region's status lock: a snapshot whose manifest is written later
+    completes after this transaction (lethe.backup.snapshot.record_complete takes the same lock) and marks
+    the people erased while it was written pending again.
+    """
     from lethe.ledger import append
 
-    rows = [
-        (p, region, per_subject[p]["snapshots"], per_subject[p]["objects"], per_subject[p]["bytes"])
-        for p in tombstones
-        if p in touched or p not in known_status
-    ]
-    result.tombstones_newly_applied = sum(1 for r in rows if r[0] not in known_status)
     with transaction(db_url) as cur:
-        for row in rows:
-            cur.execute(
-                "INSERT INTO backup_propagation_status AS s (subject_pseudonym, region, status, snapshots,"
-                " objects_rewritten, bytes_rewritten, applied_at) VALUES (%s, %s, 'applied', %s, %s, %s, now())"
-                " ON CONFLICT (subject_pseudonym, region) DO UPDATE SET status = 'applied',"
-                " snapshots = s.snapshots + EXCLUDED.snapshots,"
-                " objects_rewritten = s.objects_rewritten + EXCLUDED.objects_rewritten,"
-                " bytes_rewritten = s.bytes_rewritten + EXCLUDED.bytes_rewritten, applied_at = now(),"
-                " certificate_updated = false",
-                row,
-            )
+        writer.lock_status(cur, region)
+        snapshots = complete_snapshot_ids(client, bucket)
+        cur.execute("SELECT count(*) FROM erasure_tombstones")
+        result.tombstones = cur.fetchone()[0]  # type: ignore[index]
+        cur.execute(
+            "INSERT INTO backup_propagation_status AS s (subject_pseudonym, region, status, applied_at)"
+            " SELECT t.subject_pseudonym, %(region)s, 'applied', now() FROM erasure_tombstones t"
+            " WHERE NOT EXISTS (SELECT 1 FROM backup_propagation_status d WHERE d.subject_pseudonym ="
+            " t.subject_pseudonym AND d.region = %(region)s AND d.status = 'applied')"
+            " AND NOT EXISTS (SELECT 1 FROM unnest(%(snapshots)s::text[]) AS b(sid) WHERE NOT EXISTS (SELECT 1"
+            " FROM backup_tombstone_applications a WHERE a.snapshot_id = b.sid AND a.region = %(region)s"
+            " AND a.subject_pseudonym = t.subject_pseudonym))"
+            " ON CONFLICT (subject_pseudonym, region) DO UPDATE SET status = 'applied', applied_at = now(),"
+            " certificate_updated = false",
+            {"region": region, "snapshots": snapshots},
+        )
+        result.tombstones_newly_applied = cur.rowcount
         payload = result.as_dict()
         payload.pop("certificates_updated")
         payload.pop("certificates_missing")

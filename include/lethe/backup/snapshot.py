@@ -104,6 +104,7 @@ def record_complete(db_url: str, manifest: Manifest, tombstones: set[str], **ext
         **extra,
     }
     with transaction(db_url) as cur:
+        writer.lock_status(cur, region)  # first: propagation may be applying tombstones to this very snapshot
         cur.execute(
             "UPDATE backup_snapshots SET status = 'complete', completed_at = now(), objects = %s, rows = %s,"
             " bytes = %s WHERE snapshot_id = %s AND region = %s",
@@ -113,6 +114,14 @@ def record_complete(db_url: str, manifest: Manifest, tombstones: set[str], **ext
             "INSERT INTO backup_tombstone_applications (snapshot_id, region, subject_pseudonym)"
             " SELECT %s, %s, unnest(%s::text[]) ON CONFLICT DO NOTHING",
             (sid, region, sorted(tombstones)),
+        )
+        # People erased while this snapshot was written are in it: their region status is pending again until
+        # propagation has rewritten it too.
+        cur.execute(
+            "UPDATE backup_propagation_status s SET status = 'pending' WHERE s.region = %s AND s.status = 'applied'"
+            " AND NOT EXISTS (SELECT 1 FROM backup_tombstone_applications a WHERE a.snapshot_id = %s"
+            " AND a.region = s.region AND a.subject_pseudonym = s.subject_pseudonym)",
+            (region, sid),
         )
         from lethe.ledger import append
 

@@ -70,15 +70,38 @@ def expire_task(region: str) -> dict[str, Any]:
     return summary
 
 
-def propagate_task(region: str) -> dict[str, Any]:
+def plan_propagation_task(region: str) -> list[str]:
+    """The region's complete snapshots (ids only), after removing what a killed backup left."""
     from lethe.backup.layout import region_endpoint
-    from lethe.backup.propagate import propagate_region
+    from lethe.backup.propagate import plan_region
+
+    db_url, endpoint = _services()
+    snapshots, removed = plan_region(db_url, region, region_endpoint(region, endpoint))
+    log.info("region %s: %d complete snapshot(s); %d incomplete removed", region, len(snapshots), removed)
+    return snapshots
+
+
+def propagate_snapshot_task(region: str, snapshot_id: str) -> dict[str, Any]:
+    from lethe.backup.layout import region_endpoint
+    from lethe.backup.propagate import propagate_snapshot
     from lethe.connections import pseudonym_key
 
     db_url, endpoint = _services()
-    result = propagate_region(
-        db_url, region, region_endpoint(region, endpoint), key=pseudonym_key(), certificates_endpoint=endpoint
-    )
-    summary = result.as_dict()
+    summary = propagate_snapshot(
+        db_url, region, region_endpoint(region, endpoint), snapshot_id, key=pseudonym_key()
+    ).as_dict()
+    log.info("backup propagation %s %s", snapshot_id, summary)
+    return summary
+
+
+def finish_propagation_task(region: str, snapshot_results: list[dict[str, Any]]) -> dict[str, Any]:
+    from lethe.backup.layout import region_endpoint
+    from lethe.backup.propagate import RegionResult, finish_region
+
+    db_url, endpoint = _services()
+    total = RegionResult(region=region)
+    for part in snapshot_results:
+        total.add(part)
+    summary = finish_region(db_url, region, region_endpoint(region, endpoint), total, endpoint).as_dict()
     log.info("backup propagation %s", summary)
     return summary

@@ -5,8 +5,10 @@ the first object it writes until its manifest is written. A killed export loses 
 database session, and with it the lock: a snapshot prefix without a manifest whose region
 lock can be taken is then known to be a leftover, never a snapshot being written, and is
 deleted with every object version in it (it can hold rows of people erased since).
-backup_erasure_propagation takes the same lock for its whole run when it is free, so no
-snapshot starts or completes under it.
+backup_erasure_propagation takes the same lock, when it is free, only to remove such leftovers: its
+snapshots' tasks run beside a backup being written. Whether every snapshot of a region honours a
+tombstone is decided under a second, transaction-scoped lock (lock_status) that a snapshot's
+completion takes too.
 """
 
 from __future__ import annotations
@@ -70,3 +72,9 @@ def remove_incomplete(
                 (region, removed),
             )
     return removed, deleted
+
+
+def lock_status(cur: Any, region: str) -> None:
+    """Serialise, in the caller's transaction, what decides whether a region's snapshots all honour a tombstone:
+    a snapshot completing (lethe.backup.snapshot.record_complete) and propagation marking tombstones applied."""
+    cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"lethe.backup.status.{region}",))
