@@ -141,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=20_000, help="accounts to seed (default 20,000)")
     parser.add_argument("--tombstones", type=int, default=1_000, help="tombstones in the batch run (default 1,000)")
     parser.add_argument("--repeat", type=int, default=3, help="export/pg_dump rounds (default 3)")
+    parser.add_argument(
+        "--export-only",
+        action="store_true",
+        help="only the default export (no term indexes), one object per table and pg_dump: measurement 1 in a minute",
+    )
     args = parser.parse_args(argv)
 
     import pyarrow as pa
@@ -172,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         dump = _pg_dump(major)
         timings: dict[str, list[float]] = {"export": [], "unindexed": [], "flat": [], "pg_dump": []}
         for round_no in range(args.repeat):
-            order = ["export", "unindexed", "flat", "pg_dump"]
+            order = ["unindexed", "flat", "pg_dump"] if args.export_only else ["export", "unindexed", "flat", "pg_dump"]
             order = order if round_no % 2 == 0 else order[::-1]
             for what in order:
                 work = Path(tempfile.mkdtemp(prefix="lethe-bench-backup-"))
@@ -184,12 +189,28 @@ def main(argv: list[str] | None = None) -> int:
                     elif what == "export":
                         rows, parquet_bytes, parquet_objects = _export_local(url, tables, policy, work, None)
                     elif what == "unindexed":
-                        _export_local(url, tables, policy, work, None, index_terms=False)
+                        rows, unindexed_bytes, unindexed_objects = _export_local(
+                            url, tables, policy, work, None, index_terms=False
+                        )
                     else:
                         _, flat_bytes, _ = _export_local(url, tables, policy, work, 1, index_terms=False)
                     timings[what].append(time.perf_counter() - t0)
                 finally:
                     shutil.rmtree(work, ignore_errors=True)
+        if args.export_only:
+            unindexed_s, flat_s, dump_s = (statistics.median(timings[k]) for k in ("unindexed", "flat", "pg_dump"))
+            ratios = [e / d for e, d in zip(timings["unindexed"], timings["pg_dump"], strict=True)]
+            print(
+                f"seeded {args.users:,} users; {len(tables)} backed-up tables, {rows:,} rows; {args.repeat} rounds\n"
+                f"export (no term indexes, the default), local files: {unindexed_s:.2f} s, "
+                f"{unindexed_bytes / 1e6:.1f} MB in {unindexed_objects} objects "
+                f"[{', '.join(f'{t:.2f}' for t in timings['unindexed'])}]\n"
+                f"anchor `pg_dump -Fc`: {dump_s:.2f} s [{', '.join(f'{t:.2f}' for t in timings['pg_dump'])}]\n"
+                f"export / pg_dump time: {unindexed_s / dump_s:.2f}x "
+                f"(per round: {', '.join(f'{r:.2f}' for r in ratios)})\n"
+                f"one object per table: {flat_s:.2f} s ({flat_s / dump_s:.2f}x)"
+            )
+            return 0
         export_s, unindexed_s, flat_s, dump_s = (
             statistics.median(timings[k]) for k in ("export", "unindexed", "flat", "pg_dump")
         )

@@ -54,9 +54,12 @@ snapshots that hold them expire (policy `backups.retention`); see docs/backups.m
 def backup_erasure_propagation() -> None:
     @task
     def plan(region: str) -> list[str]:
+        from airflow.sdk import get_current_context
         from lethe.backup.tasks import plan_propagation_task
 
-        return plan_propagation_task(region)
+        snapshots, removed = plan_propagation_task(region)
+        get_current_context()["ti"].xcom_push(key="incomplete_removed", value=removed)  # for finish's ledger entry
+        return snapshots  # what propagate_snapshot is mapped over
 
     @task(map_index_template="{{ snapshot_label }}")
     def propagate_snapshot(region: str, snapshot_id: str) -> dict:  # type: ignore[type-arg]
@@ -69,9 +72,11 @@ def backup_erasure_propagation() -> None:
     # Also when the region has no snapshot (nothing mapped, so skipped): its tombstones are then applied.
     @task(outlets=[Asset(BACKUP_PROPAGATION_URI)], trigger_rule="none_failed")
     def finish(region: str, snapshot_results: list[dict]) -> dict:  # type: ignore[type-arg]
+        from airflow.sdk import get_current_context
         from lethe.backup.tasks import finish_propagation_task
 
-        return finish_propagation_task(region, list(snapshot_results or []))
+        removed = get_current_context()["ti"].xcom_pull(task_ids=f"{region}.plan", key="incomplete_removed")
+        return finish_propagation_task(region, list(snapshot_results or []), int(removed or 0))
 
     for region in BACKUP_REGIONS:
         with TaskGroup(group_id=region):

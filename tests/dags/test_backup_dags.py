@@ -251,11 +251,21 @@ def test_propagation_maps_one_task_per_snapshot_and_a_region_without_snapshots_s
     snapshots = ["20261101T020000Z", "20261102T020000Z"]
     for sid in snapshots:  # two nights in the first region, none in the second
         take_snapshot(seeded, REGIONS[0], s3_endpoint, sid, load_policy(), _key())
+    from lethe.storage import s3_client
+
     person = _people_without_holds(seeded, 1)[0]
     assert sum(1 for (_, uid), n in _rows_per_person(_objects(s3_endpoint, REGIONS[0])).items() if uid == person)
+    leftover = "snapshots/20261103T020000Z/data/accounts/bucket=00.parquet"  # a killed backup's, no manifest
+    s3_client(REGIONS[0], s3_endpoint).put_object(Bucket=_bucket(REGIONS[0]), Key=leftover, Body=b"half")
     _erase(person)
 
     run = _run_without_retries("backup_erasure_propagation")
+    assert leftover not in _current_bytes(s3_endpoint, REGIONS[0])
+    ledger = _query(
+        seeded, "SELECT payload FROM ledger WHERE kind = 'backup_propagation' ORDER BY entry_id DESC LIMIT 2"
+    )
+    removed = {p["region"]: p["incomplete_snapshots_removed"] for (p,) in ledger}
+    assert removed == {REGIONS[0]: 1, REGIONS[1]: 0}
     labels = {
         ti.map_index: ti.rendered_map_index
         for ti in run.get_task_instances()

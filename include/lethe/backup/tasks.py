@@ -70,15 +70,15 @@ def expire_task(region: str) -> dict[str, Any]:
     return summary
 
 
-def plan_propagation_task(region: str) -> list[str]:
-    """The region's complete snapshots (ids only), after removing what a killed backup left."""
+def plan_propagation_task(region: str) -> tuple[list[str], int]:
+    """The region's complete snapshots (ids only), after removing what a killed backup left, and how many went."""
     from lethe.backup.layout import region_endpoint
     from lethe.backup.propagate import plan_region
 
     db_url, endpoint = _services()
     snapshots, removed = plan_region(db_url, region, region_endpoint(region, endpoint))
     log.info("region %s: %d complete snapshot(s); %d incomplete removed", region, len(snapshots), removed)
-    return snapshots
+    return snapshots, removed
 
 
 def propagate_snapshot_task(region: str, snapshot_id: str) -> dict[str, Any]:
@@ -94,12 +94,14 @@ def propagate_snapshot_task(region: str, snapshot_id: str) -> dict[str, Any]:
     return summary
 
 
-def finish_propagation_task(region: str, snapshot_results: list[dict[str, Any]]) -> dict[str, Any]:
+def finish_propagation_task(
+    region: str, snapshot_results: list[dict[str, Any]], incomplete_removed: int
+) -> dict[str, Any]:
     from lethe.backup.layout import region_endpoint
     from lethe.backup.propagate import RegionResult, finish_region
 
     db_url, endpoint = _services()
-    total = RegionResult(region=region)
+    total = RegionResult(region=region, incomplete_snapshots_removed=incomplete_removed)
     for part in snapshot_results:
         total.add(part)
     summary = finish_region(db_url, region, region_endpoint(region, endpoint), total, endpoint).as_dict()

@@ -53,6 +53,7 @@ def remove_incomplete(
     from lethe.backup.manifest import snapshot_ids
 
     removed: list[str] = []
+    incomplete: list[str] = []
     deleted = 0
     for sid in snapshot_ids(client, bucket, include_hidden=True):
         try:
@@ -61,15 +62,19 @@ def remove_incomplete(
             continue  # not ours: leave foreign prefixes alone
         if sid == keep or store.exists(client, bucket, layout.manifest_key(sid)):
             continue
-        deleted += store.delete_everything(client, bucket, layout.snapshot_prefix(sid))
-        removed.append(sid)
+        incomplete.append(sid)
+        versions = store.delete_everything(client, bucket, layout.snapshot_prefix(sid))
+        if versions:  # some servers (SeaweedFS) still list a prefix whose objects are all gone
+            removed.append(sid)
+            deleted += versions
     if removed:
         log.info("region %s: removed %d incomplete snapshot(s) left by a killed backup", region, len(removed))
+    if incomplete:
         with transaction(db_url) as cur:
             cur.execute(
                 "UPDATE backup_snapshots SET status = 'expired', expired_at = now()"
                 " WHERE region = %s AND snapshot_id = ANY(%s) AND status = 'writing'",
-                (region, removed),
+                (region, incomplete),
             )
     return removed, deleted
 
