@@ -245,6 +245,15 @@ def trigger_erasure_with_approval(page: Any, local: Local, email: str, reference
 
 def answer_approval(page: Any, local: Local, run_id: str, choice: str) -> None:
     """Airflow 3's Required Action screen of the run's approve task: press Approve or Reject."""
+    # Airflow races here (apache/airflow#67287): an answer that resumes the task before the scheduler has taken
+    # in the executor's "success" of the worker that deferred it gets the task failed as changed externally.
+    # Answer only once the scheduler log shows that event taken in (a person's answer comes later than a test's).
+    taken_in = f"TaskInstance Finished: dag_id=subject_erasure, task_id=approve, run_id={run_id},"
+    scheduler_log = local.home / "logs" / "scheduler.log"
+    deadline = time.monotonic() + 180
+    while not any(taken_in in line for line in scheduler_log.read_text(errors="replace").splitlines()):
+        assert time.monotonic() < deadline, "the scheduler never took in the approve task's deferral"
+        time.sleep(1)
     quoted = urllib.parse.quote(run_id, safe="")
     page.goto(f"{local.url}/dags/subject_erasure/runs/{quoted}/tasks/approve/required_actions")
     button = page.get_by_role("button", name=choice, exact=True)
