@@ -76,7 +76,9 @@ def backup_erasure_propagation() -> None:
         from lethe.backup.tasks import finish_propagation_task
 
         removed = get_current_context()["ti"].xcom_pull(task_ids=f"{region}.plan", key="incomplete_removed")
-        return finish_propagation_task(region, list(snapshot_results or []), int(removed or 0))
+        # One slice, one request: iterating the lazy sequence probes past its end and Airflow logs that 404 as an error.
+        results = list(snapshot_results[:]) if snapshot_results else []
+        return finish_propagation_task(region, results, int(removed or 0))
 
     for region in BACKUP_REGIONS:
         with TaskGroup(group_id=region):
