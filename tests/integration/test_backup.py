@@ -210,6 +210,8 @@ def test_propagation_rewrites_only_affected_objects_in_both_regions(primary: str
         assert result.objects_rewritten == 2 * affected
         assert result.objects_rewritten < total_objects
         assert max(Counter(result.rewrites_per_object).values()) == 1
+        # each of the two people applied to each of the two snapshots, and now to the whole region
+        assert (result.applications, result.tombstones, result.tombstones_newly_applied) == (4, 2, 2)
         assert result.rows_deleted == 2 * len(erased_ids) * (1 + 1 + 3 + 3 + 1)
         assert result.rows_pseudonymised == 2 * len(erased_ids) * 2
         versions = every_version(s3_endpoint, region)
@@ -234,6 +236,7 @@ def test_propagation_rewrites_only_affected_objects_in_both_regions(primary: str
     # nothing pending: a second run reads and rewrites nothing
     again = propagate_region(primary, "us-east-1", s3_endpoint, key=KEY)
     assert again.objects_read == 0 and again.objects_rewritten == 0
+    assert (again.applications, again.tombstones, again.tombstones_newly_applied) == (0, 2, 0)
 
 
 def test_interrupted_propagation_loses_nobody_and_a_rerun_finishes(primary: str, s3_endpoint: str) -> None:

@@ -138,10 +138,11 @@ def snapshot_ids(client: Any, bucket: str, *, include_hidden: bool = False) -> l
     return sorted(ids)
 
 
+def complete_snapshot_ids(client: Any, bucket: str) -> list[str]:
+    """The snapshots whose manifest is written (complete), oldest first."""
+    return [sid for sid in snapshot_ids(client, bucket) if store.exists(client, bucket, layout.manifest_key(sid))]
+
+
 def complete_manifests(client: Any, bucket: str) -> list[Manifest]:
     """The manifests of every complete snapshot, oldest first."""
-    found = []
-    for sid in snapshot_ids(client, bucket):
-        if store.exists(client, bucket, layout.manifest_key(sid)):
-            found.append(read(client, bucket, sid))
-    return found
+    return [read(client, bucket, sid) for sid in complete_snapshot_ids(client, bucket)]

@@ -46,7 +46,7 @@ from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
 from lethe.backup import frames, heap, layout, links, store, writer
-from lethe.backup.manifest import Manifest, ObjectEntry, TableEntry, snapshot_ids
+from lethe.backup.manifest import Manifest, ObjectEntry, TableEntry, complete_snapshot_ids
 from lethe.backup.manifest import read as read_manifest
 from lethe.backup.manifest import write as write_manifest
 from lethe.backup.mentions import MentionFinder, prefilter_of
@@ -72,8 +72,9 @@ class RegionResult:
     region: str
     snapshots: int = 0
     snapshots_rewritten: int = 0
-    tombstones: int = 0
-    tombstones_newly_applied: int = 0
+    tombstones: int = 0  # every tombstone (set by finish)
+    tombstones_newly_applied: int = 0  # now applied to every complete snapshot of the region
+    applications: int = 0  # (snapshot, tombstone) pairs applied by this run: one per snapshot a tombstone reached
     objects_read: int = 0
     objects_rewritten: int = 0
     bytes_rewritten: int = 0
@@ -184,10 +185,6 @@ def plan_region(db_url: str, region: str, endpoint_url: str | None) -> tuple[lis
     return complete_snapshot_ids(client, bucket), removed
 
 
-def complete_snapshot_ids(client: Any, bucket: str) -> list[str]:
-    return [sid for sid in snapshot_ids(client, bucket) if store.exists(client, bucket, layout.manifest_key(sid))]
-
-
 def propagate_snapshot(
     db_url: str,
     region: str,
@@ -241,7 +238,7 @@ def _propagate_snapshot(
     result.noncurrent_versions_deleted += sweep_versions(client, bucket, sid)
     if rows:
         record_applied(db_url, region, sid, per_subject, pending)
-        result.tombstones = len(pending)
+        result.applications = len(pending)
     return result
 
 
