@@ -163,11 +163,13 @@ def test_manifest_finds_a_persons_objects_by_each_tables_bucket_count() -> None:
     assert {(t, o.bucket) for t, _, o, _ in back.holding({p})} == found
 
 
-def test_cached_pseudonyms_equal_the_keyed_pseudonym(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("first", "after"), [(1024, 3), (2, 100)], ids=["every-3", "doubling"])
+def test_cached_pseudonyms_equal_the_keyed_pseudonym(monkeypatch: pytest.MonkeyPatch, first: int, after: int) -> None:
     """The compact cache gives each subject exactly its keyed pseudonym, whether it was met before a merge,
     after it, or in the same block, for integer keys of any width and sign and for text keys, and a digest
     ending in a zero byte keeps it."""
-    monkeypatch.setattr(frames.Pseudonyms, "MERGE_AFTER", 3)
+    monkeypatch.setattr(frames.Pseudonyms, "MERGE_FIRST", first)
+    monkeypatch.setattr(frames.Pseudonyms, "MERGE_AFTER", after)
     cache = frames.Pseudonyms(KEY)
     trailing_zero = next(i for i in range(100_000) if subject_pseudonym(KEY, i).endswith("00"))
     blocks = [[5, 1, 9], [9, 2, 5, 70_000_000_000], [1, 3, trailing_zero, 2], [-8, trailing_zero, 5]]
@@ -189,3 +191,29 @@ def test_buckets_read_from_the_strings_equal_bucket_of() -> None:
         assert frames.buckets_of(array, buckets).tolist() == [layout.bucket_of(p, buckets) for p in pseudonyms[3:]]
     with pytest.raises(ValueError):
         frames.buckets_of(pa.array(["not-hex-at-all"]), 8)
+
+
+@given(st.lists(st.integers(min_value=1, max_value=3000), min_size=1, max_size=200))
+def test_copy_blocks_end_on_rows_and_lose_nothing(sizes: list[int]) -> None:
+    """Whatever the rows' sizes against the block size (smaller, equal, several times larger), each block
+    handed over is whole rows, in order, and together they are every byte written."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rows = [b"r" * (n - 1) + b"\n" for n in sizes]
+    blocks: list[bytes] = []
+    with pytest.MonkeyPatch.context() as patch, ThreadPoolExecutor(1) as worker:
+        patch.setattr(frames, "COPY_BLOCK_BYTES", 1024)
+        copy = frames.CopyBlocks(worker, lambda block: blocks.append(block.to_pybytes()))
+        for row in rows:
+            assert copy.write(row) == len(row)
+        copy.finish()
+    assert b"".join(blocks) == b"".join(rows)
+    ends, offset = set(), 0
+    for row in rows:
+        offset += len(row)
+        ends.add(offset)
+    offset = 0
+    for block in blocks:
+        offset += len(block)
+        assert offset in ends
+        assert len(block) <= 1024 or block.count(b"\n") == 1  # a block is at most the size, or one larger row
