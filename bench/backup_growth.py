@@ -1,0 +1,185 @@
+"""Backups over many nights: what N nightly snapshots store, and what one erasure rewrites across all of them.
+
+Issue #20's two lines for retained snapshots, measured on a platform that changes every night:
+1. with `--change` (default 2%) of rows changing a day, N nightly snapshots (default 35) should store at most
+   3x the bytes of one;
+2. one person's erasure propagated across all N should rewrite at most 2x the bytes of doing it in one.
+
+Each night, before its snapshot: the event tables (partitioned by time) get `--change` of their rows appended
+as new events of that night; every other backed-up table with a timestamp column has `--change` of its rows
+updated (the first such column moved by a second). Then backup_nightly's export into the first region.
+
+Both figures are read from the store itself, not from Lethe's manifests or counters: bytes stored are the
+sizes of every object version under `snapshots/` (list_object_versions); bytes rewritten are the sizes of the
+versions that exist after the propagation and did not before. The anchor, in the same run: the last night's
+snapshot copied alone into the second region (server-side, as backup_nightly does) and the same person
+propagated there.
+
+Run: `uv run python bench/backup_growth.py` (default 2,000 users, 35 nights, 2%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+KEY = b"bench-pseudonym-key"
+FIRST_NIGHT = datetime(2026, 11, 1, 2, 0, tzinfo=UTC)
+
+
+def _versions(client: Any, bucket: str) -> dict[tuple[str, str], int]:
+    """(key, version id) -> size of every object version under snapshots/, manifests included."""
+    from lethe.backup import layout, store
+
+    return {
+        (v["Key"], v["VersionId"]): int(v["Size"])
+        for v in store.versions(client, bucket, layout.SNAPSHOT_PREFIX)
+        if not v["DeleteMarker"]
+    }
+
+
+def _data_bytes(found: dict[tuple[str, str], int], prefix: str = "") -> int:
+    """Bytes of the data objects (not the manifests) among `found`, under `prefix` when given."""
+    return sum(size for (key, _), size in found.items() if key.startswith(prefix) and "/data/" in key)
+
+
+def _change_a_night(cur: Any, tables: list[str], share: float, night: datetime, seed: int) -> int:
+    """`share` of each table's rows changed as a night of the platform would; rows changed in all."""
+    from psycopg2 import sql
+
+    changed = 0
+    for table in tables:
+        cur.execute(
+            "SELECT c.relkind, (SELECT array_agg(a.attname ORDER BY k.n) FROM unnest(i.indkey) WITH ORDINALITY"
+            " AS k(attnum, n) JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum),"
+            " (SELECT array_agg(a.attname ORDER BY a.attnum) FROM pg_attribute a JOIN pg_type t ON t.oid ="
+            " a.atttypid WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND t.typname ="
+            " 'timestamptz') FROM pg_class c LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary"
+            " WHERE c.oid = to_regclass(%s)",
+            (table,),
+        )
+        kind, key_columns, times = cur.fetchone()
+        if not key_columns or not times:
+            continue
+        # the same rows for a given night whatever the order of the scan: a hash of the key and the night
+        sample = sql.SQL("abs(hashtext(ROW({})::text || %s)) %% 10000 < %s").format(
+            sql.SQL(", ").join(sql.Identifier(c) for c in key_columns)
+        )
+        if kind == "p":  # an event table: new events of this night, copied from sampled ones under new ids
+            ident, at = key_columns[0], times[0]
+            cur.execute(
+                "SELECT array_agg(a.attname ORDER BY a.attnum) FROM pg_attribute a"
+                " WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped",
+                (table,),
+            )
+            columns = cur.fetchone()[0]
+            values = [
+                sql.SQL("{} + (SELECT max({}) FROM {})").format(
+                    sql.Identifier(c), sql.Identifier(c), sql.Identifier(table)
+                )
+                if c == ident
+                else sql.SQL("%s::timestamptz")
+                if c == at
+                else sql.Identifier(c)
+                for c in columns
+            ]
+            params = [night.isoformat()] if at in columns else []
+            query = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} WHERE {}").format(
+                sql.Identifier(table),
+                sql.SQL(", ").join(sql.Identifier(c) for c in columns),
+                sql.SQL(", ").join(values),
+                sql.Identifier(table),
+                sample,
+            )
+            cur.execute(query, [*params, str(seed), int(share * 10000)])
+        else:
+            query = sql.SQL("UPDATE {} SET {} = {} + interval '1 second' WHERE {}").format(
+                sql.Identifier(table), sql.Identifier(times[0]), sql.Identifier(times[0]), sample
+            )
+            cur.execute(query, (str(seed), int(share * 10000)))
+        changed += cur.rowcount
+    return changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench/backup_growth.py", description=__doc__.split("\n")[0])
+    parser.add_argument("--users", type=int, default=2_000, help="accounts to seed (default 2,000)")
+    parser.add_argument("--nights", type=int, default=35, help="nightly snapshots retained (default 35)")
+    parser.add_argument("--change", type=float, default=0.02, help="share of rows changed a night (default 0.02)")
+    args = parser.parse_args(argv)
+
+    from lethe.backup.propagate import propagate_region
+    from lethe.backup.replicate import replicate_snapshot
+    from lethe.backup.snapshot import backed_up_tables, take_snapshot
+    from lethe.backup.store import region_client
+    from lethe.config import BACKUP_REGIONS, BUCKETS
+    from lethe.db import transaction
+    from lethe.embedded import services
+    from lethe.policy import load_policy
+    from lethe.testing import insert_tombstones, seeded_platform
+
+    first, second = BACKUP_REGIONS[:2]
+    policy = load_policy()
+    tables = backed_up_tables(policy)
+    with services() as (server_url, s3):
+        url = seeded_platform(server_url, s3, "lethe_bench_growth", args.users)
+        clients = {r: region_client(r, s3) for r in (first, second)}
+        buckets = {r: BUCKETS.backup(r) for r in (first, second)}
+        sids = []
+        t0 = time.perf_counter()
+        for night in range(args.nights):
+            at = FIRST_NIGHT + timedelta(days=night)
+            if night:
+                with transaction(url) as cur:
+                    changed = _change_a_night(cur, tables, args.change, at, night)
+            sid = at.strftime("%Y%m%dT%H%M%SZ")
+            take_snapshot(url, first, s3, sid, policy, KEY)
+            sids.append(sid)
+            if night in (0, 1) or night == args.nights - 1:
+                print(
+                    f"  night {night + 1}: snapshot {sid}" + (f", {changed:,} rows changed before it" if night else "")
+                )
+        print(f"{args.nights} nights exported in {time.perf_counter() - t0:.0f} s", flush=True)
+        replicate_snapshot(url, sids[-1], first, s3, second, s3)  # the anchor: the last night alone
+
+        stored = _versions(clients[first], buckets[first])
+        one = _data_bytes(stored, f"snapshots/{sids[-1]}/")
+        first_night = _data_bytes(stored, f"snapshots/{sids[0]}/")
+        everything = _data_bytes(stored)
+        manifests = sum(size for (key, _), size in stored.items() if key.endswith("manifest.json"))
+
+        with transaction(url) as cur:  # the person: one with rows in most tables, the same one for both sides
+            cur.execute("SELECT user_id FROM comments GROUP BY user_id ORDER BY count(*) DESC, user_id LIMIT 1")
+            person = cur.fetchone()[0]
+            insert_tombstones(cur, KEY, [person])
+        rewritten = {}
+        for region in (second, first):
+            before = _versions(clients[region], buckets[region])
+            t0 = time.perf_counter()
+            propagate_region(url, region, s3, key=KEY)
+            seconds = time.perf_counter() - t0
+            after = _versions(clients[region], buckets[region])
+            rewritten[region] = (_data_bytes({k: s for k, s in after.items() if k not in before}), seconds)
+
+        many, many_s = rewritten[first]
+        alone, alone_s = rewritten[second]
+        print(f"{args.users:,} users, {args.nights} nights, {args.change:.0%} of rows changed a night")
+        print(
+            f"stored: {everything / 1e6:.1f} MB of data objects in {args.nights} snapshots (+ {manifests / 1e6:.1f} MB"
+            f" of manifests); one snapshot {one / 1e6:.1f} MB (the first night's {first_night / 1e6:.1f} MB):"
+            f" {everything / one:.2f}x one (target at most 3x)"
+        )
+        print(
+            f"one erasure across the {args.nights} snapshots: {many / 1e6:.2f} MB rewritten in {many_s:.1f} s;"
+            f" into the last snapshot alone ({second}): {alone / 1e6:.2f} MB in {alone_s:.1f} s:"
+            f" {many / alone:.2f}x (target at most 2x)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))
