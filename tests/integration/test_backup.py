@@ -269,11 +269,24 @@ def test_a_snapshot_written_while_a_person_was_erased_keeps_them_pending_until_i
     primary: str, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Propagation no longer holds the region for its whole run: a backup written beside it can complete
-    holding a person erased (and propagated) after its export began. That person must not stay 'applied'."""
+    holding a person erased (and propagated) after its export began. That person must not stay 'applied',
+    neither in the status table nor in their erasure certificate."""
+    from lethe.erasure import certificate
+
     region = BACKUP_REGIONS[0]
     take_snapshot(primary, region, s3_endpoint, "20261101T020000Z", load_policy(), KEY)
     status = "SELECT status, snapshots FROM backup_propagation_status WHERE subject_pseudonym = %s AND region = %s"
+    evidence = s3_client("ap-south-1", s3_endpoint)
     erased: dict[str, str] = {}
+
+    def certified() -> dict[str, Any]:
+        """The region's entry of her certificate, as the auditor reads it from the evidence bucket."""
+        entry = certificate.read(evidence, erased["request"])["backup_propagation"][region]
+        body = evidence.get_object(Bucket=BUCKETS.evidence, Key=certificate.markdown_key(erased["request"]))
+        page = body["Body"].read().decode()
+        assert f"| {region} | {entry['status']} |" in page  # the page says what the JSON says
+        return dict(entry)
+
     real_put = store.put_file
     once = threading.Lock()  # the export's writer threads put at once
 
@@ -283,10 +296,22 @@ def test_a_snapshot_written_while_a_person_was_erased_keeps_them_pending_until_i
             erased.setdefault("p", "")
         if first:  # the second night's export has read its tombstones and rows: now person 7 is erased
             erased["p"] = erase(primary, 7)
+            with transaction(primary) as cur:
+                cur.execute(
+                    "SELECT request_id::text FROM erasure_tombstones WHERE subject_pseudonym = %s", (erased["p"],)
+                )
+                erased["request"] = cur.fetchone()[0]
+            request = {
+                "request_id": erased["request"],
+                "subject_pseudonym": erased["p"],
+                "detail": {"outcome": "erased"},
+            }
+            certificate.write(evidence, certificate.build(request, "test"))  # what subject_erasure writes
             propagate_region(primary, region, s3_endpoint, key=KEY)
             with transaction(primary) as cur:
                 cur.execute(status, (erased["p"], region))
                 assert cur.fetchone() == ("applied", 1)  # the only complete snapshot is rewritten
+            assert certified()["status"] == "applied"
         return real_put(*args, **kwargs)
 
     monkeypatch.setattr(store, "put_file", erase_and_propagate_mid_export)
@@ -297,12 +322,15 @@ def test_a_snapshot_written_while_a_person_was_erased_keeps_them_pending_until_i
     with transaction(primary) as cur:
         cur.execute(status, (erased["p"], region))
         assert cur.fetchone() == ("pending", 1)
+    assert certified()["status"] == "pending"  # not "applied" while a snapshot holds her
+    assert certified()["reason"]
 
     propagate_region(primary, region, s3_endpoint, key=KEY)
     assert sum(rows_of(every_version(s3_endpoint, region), {7}).values()) == 0
     with transaction(primary) as cur:
         cur.execute(status, (erased["p"], region))
         assert cur.fetchone() == ("applied", 2)
+    assert certified()["status"] == "applied" and certified()["snapshots"] == 2
 
 
 def test_restore_replays_every_tombstone(primary: str, s3_endpoint: str, services: tuple[str, str]) -> None:

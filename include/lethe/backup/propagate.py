@@ -46,6 +46,7 @@ from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
 from lethe.backup import frames, heap, layout, links, store, writer
+from lethe.backup.certificate import update_certificates
 from lethe.backup.manifest import Manifest, ObjectEntry, TableEntry, complete_snapshot_ids
 from lethe.backup.manifest import read as read_manifest
 from lethe.backup.manifest import write as write_manifest
@@ -255,7 +256,9 @@ def finish_region(
             {"tombstoned_rows_left": result.tombstoned_rows_left, "mentions_left": result.mentions_left},
         ).raise_if_failed()
     record_status(db_url, region, store.region_client(region, endpoint_url), BUCKETS.backup(region), result)
-    _update_certificates(db_url, region, certificates_endpoint or endpoint_url, result)
+    result.certificates_updated, result.certificates_missing = update_certificates(
+        db_url, region, certificates_endpoint or endpoint_url
+    )
     return result
 
 
@@ -285,6 +288,7 @@ def record_applied(
             " objects_rewritten, bytes_rewritten) SELECT p, %s, 'pending', 1, o, b"
             " FROM unnest(%s::text[], %s::int[], %s::bigint[]) AS u(p, o, b)"
             " ON CONFLICT (subject_pseudonym, region) DO UPDATE SET status = 'pending', snapshots = s.snapshots + 1,"
+            " certificate_updated = s.certificate_updated AND s.status = 'pending',"
             " objects_rewritten = s.objects_rewritten + EXCLUDED.objects_rewritten,"
             " bytes_rewritten = s.bytes_rewritten + EXCLUDED.bytes_rewritten",
             (
@@ -546,37 +550,3 @@ def record_status(db_url: str, region: str, client: Any, bucket: str, result: Re
         payload.pop("certificates_updated")
         payload.pop("certificates_missing")
         append(cur, "backup_propagation", payload)
-
-
-def _update_certificates(db_url: str, region: str, endpoint_url: str | None, result: RegionResult) -> None:
-    from lethe.backup.certificate import mark_region_applied
-
-    with transaction(db_url) as cur:
-        cur.execute(
-            "SELECT s.subject_pseudonym, t.request_id::text, s.snapshots, s.objects_rewritten, s.bytes_rewritten,"
-            " to_char(s.applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
-            " FROM backup_propagation_status s JOIN erasure_tombstones t USING (subject_pseudonym)"
-            " WHERE s.region = %s AND s.status = 'applied' AND NOT s.certificate_updated",
-            (region,),
-        )
-        for pseudonym, request_id, snapshots, objects, nbytes, applied_at in cur.fetchall():
-            done = True
-            if request_id is not None:
-                entry = {
-                    "status": "applied",
-                    "snapshots": snapshots,
-                    "objects_rewritten": objects,
-                    "bytes_rewritten": nbytes,
-                    "applied_at": applied_at,
-                }
-                done = mark_region_applied(endpoint_url, request_id, region, entry)
-                if done:
-                    result.certificates_updated += 1
-                else:
-                    result.certificates_missing += 1
-            if done:
-                cur.execute(
-                    "UPDATE backup_propagation_status SET certificate_updated = true"
-                    " WHERE subject_pseudonym = %s AND region = %s",
-                    (pseudonym, region),
-                )

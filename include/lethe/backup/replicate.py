@@ -49,6 +49,7 @@ def replicate_snapshot(
     *,
     erasure_deadline_days: int = 30,
     fail_after_copies: int | None = None,
+    certificates_endpoint: str | None = None,
 ) -> dict[str, Any]:
     """Copy snapshot `sid` from `source_region`'s bucket into `region`'s; return counts (no personal data).
 
@@ -87,6 +88,7 @@ def replicate_snapshot(
         db_url,
         manifest,
         applied,
+        certificates_endpoint or endpoint_url,
         copied_from=source_region,
         objects_copied=copied,
         objects_already_copied=kept,

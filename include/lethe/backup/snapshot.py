@@ -22,6 +22,7 @@ import psycopg2.extensions
 
 from lethe import relations
 from lethe.backup import frames, heap, layout, locks, store, writer
+from lethe.backup.certificate import update_certificates
 from lethe.backup.manifest import Manifest, ObjectEntry, TableEntry
 from lethe.backup.manifest import write as write_manifest
 from lethe.backup.term_index import BloomFilter, TermIndexer
@@ -73,8 +74,11 @@ def take_snapshot(
     key: bytes,
     *,
     erasure_deadline_days: int = 30,
+    certificates_endpoint: str | None = None,
 ) -> dict[str, Any]:
-    """Write snapshot `sid` into `region`'s backup bucket; return counts (no personal data)."""
+    """Write snapshot `sid` into `region`'s backup bucket; return counts (no personal data).
+
+    `certificates_endpoint`: where the evidence bucket is (default: the region's endpoint)."""
     layout.check_snapshot_id(sid)
     client = store.region_client(region, endpoint_url)
     bucket = BUCKETS.backup(region)
@@ -86,12 +90,17 @@ def take_snapshot(
     if done is None:
         return {"region": region, "snapshot_id": sid, "status": "already complete"}
     manifest, leftovers, tombstones = done
-    return record_complete(db_url, manifest, tombstones, leftover_versions_removed=leftovers)
+    return record_complete(
+        db_url, manifest, tombstones, certificates_endpoint or endpoint_url, leftover_versions_removed=leftovers
+    )
 
 
-def record_complete(db_url: str, manifest: Manifest, tombstones: set[str], **extra: Any) -> dict[str, Any]:
+def record_complete(
+    db_url: str, manifest: Manifest, tombstones: set[str], certificates_endpoint: str | None, **extra: Any
+) -> dict[str, Any]:
     """After the manifest is written: mark the snapshot complete in the catalogue, record the tombstones
-    its objects already honour, append the ledger entry; return the summary (counts, no personal data)."""
+    its objects already honour, put the people erased while it was written back to pending (their
+    certificates too), append the ledger entry; return the summary (counts, no personal data)."""
     sid, region = manifest.snapshot_id, manifest.region
     summary: dict[str, Any] = {
         "region": region,
@@ -118,14 +127,18 @@ def record_complete(db_url: str, manifest: Manifest, tombstones: set[str], **ext
         # People erased while this snapshot was written are in it: their region status is pending again until
         # propagation has rewritten it too.
         cur.execute(
-            "UPDATE backup_propagation_status s SET status = 'pending' WHERE s.region = %s AND s.status = 'applied'"
-            " AND NOT EXISTS (SELECT 1 FROM backup_tombstone_applications a WHERE a.snapshot_id = %s"
-            " AND a.region = s.region AND a.subject_pseudonym = s.subject_pseudonym)",
+            "UPDATE backup_propagation_status s SET status = 'pending', certificate_updated = false"
+            " WHERE s.region = %s AND s.status = 'applied' AND NOT EXISTS (SELECT 1 FROM"
+            " backup_tombstone_applications a WHERE a.snapshot_id = %s AND a.region = s.region"
+            " AND a.subject_pseudonym = s.subject_pseudonym)",
             (region, sid),
         )
+        summary["erasures_pending_again"] = cur.rowcount
         from lethe.ledger import append
 
         append(cur, "backup_snapshot", {k: v for k, v in summary.items() if k != "status"})
+    if summary["erasures_pending_again"]:
+        update_certificates(db_url, region, certificates_endpoint)
     return summary
 
 

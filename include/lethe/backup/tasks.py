@@ -32,6 +32,7 @@ def snapshot_task(region: str, snapshot_id: str, erasure_deadline_days: int = 30
         load_policy(),
         pseudonym_key(),
         erasure_deadline_days=erasure_deadline_days,
+        certificates_endpoint=endpoint,
     )
     log.info("backup snapshot %s", summary)
     return summary
@@ -52,6 +53,7 @@ def replicate_task(region: str, snapshot_id: str, erasure_deadline_days: int = 3
         region,
         region_endpoint(region, endpoint),
         erasure_deadline_days=erasure_deadline_days,
+        certificates_endpoint=endpoint,
     )
     log.info("backup copy %s", summary)
     return summary
