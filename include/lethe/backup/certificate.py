@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from lethe.backup import store
+from lethe.backup import store, writer
 from lethe.config import BUCKETS, PRIMARY_REGION
 from lethe.db import transaction
 from lethe.storage import s3_client
@@ -44,9 +44,13 @@ def set_region_entry(endpoint_url: str | None, request_id: str, region: str, ent
 def update_certificates(db_url: str, region: str, endpoint_url: str | None) -> tuple[int, int]:
     """Write the region's entry of every certificate whose status moved since it was last written: "applied"
     with the counts, or "pending" again (applied before, now held by a snapshot written meanwhile).
-    Returns (certificates updated, certificates not found yet)."""
+    Returns (certificates updated, certificates not found yet).
+
+    Under the region's status lock: a snapshot completing meanwhile (which may put a person back to pending)
+    waits, so the last writer of a certificate is the one that read the latest status."""
     updated = missing = 0
     with transaction(db_url) as cur:
+        writer.lock_status(cur, region)
         cur.execute(
             "SELECT s.subject_pseudonym, t.request_id::text, s.status, s.snapshots, s.objects_rewritten,"
             " s.bytes_rewritten, to_char(s.applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"

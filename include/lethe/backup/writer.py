@@ -81,5 +81,6 @@ def remove_incomplete(
 
 def lock_status(cur: Any, region: str) -> None:
     """Serialise, in the caller's transaction, what decides whether a region's snapshots all honour a tombstone:
-    a snapshot completing (lethe.backup.snapshot.record_complete) and propagation marking tombstones applied."""
+    a snapshot completing (lethe.backup.snapshot.record_complete), propagation marking tombstones applied, and
+    the certificates written from those statuses (lethe.backup.certificate.update_certificates)."""
     cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"lethe.backup.status.{region}",))
