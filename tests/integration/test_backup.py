@@ -744,3 +744,26 @@ def test_the_objects_hold_exactly_the_tables_rows_whatever_the_block_size(
                         assert mine == theirs, (name, row[0])
     comments = dict((r[0], r[2]) for r in stored["comments"])
     assert comments[9001] == huge and comments[9002] == ""  # an empty text stays empty, not NULL
+
+
+def test_a_snapshot_hidden_behind_delete_markers_is_found_and_every_version_removed(
+    primary: str, s3_endpoint: str
+) -> None:
+    """A plain delete of a snapshot's objects (an operator's `aws s3 rm --recursive` on a versioned bucket) leaves
+    every byte behind delete markers. The next run must still find that prefix and delete every version of it."""
+    region = BACKUP_REGIONS[0]
+    hidden, kept = "20261101T020000Z", "20261102T020000Z"
+    for sid in (hidden, kept):
+        take_snapshot(primary, region, s3_endpoint, sid, load_policy(), KEY)
+    client = s3_client(region, s3_endpoint)
+    bucket = BUCKETS.backup(region)
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=layout.snapshot_prefix(hidden)):
+        for obj in page.get("Contents", []):
+            client.delete_object(Bucket=bucket, Key=obj["Key"])  # no version id: a delete marker on top
+    behind = [v for v in store.versions(client, bucket, layout.snapshot_prefix(hidden)) if not v["DeleteMarker"]]
+    assert behind, "the bytes stay behind the markers"
+
+    propagate_region(primary, region, s3_endpoint, key=KEY)  # its plan removes what has no manifest
+
+    assert list(store.versions(client, bucket, layout.snapshot_prefix(hidden))) == []
+    assert store.exists(client, bucket, layout.manifest_key(kept))

@@ -130,11 +130,20 @@ def snapshot_ids(client: Any, bucket: str, *, include_hidden: bool = False) -> l
     ):
         for p in page.get("CommonPrefixes", []):
             ids.append(p["Prefix"][len(layout.SNAPSHOT_PREFIX) :].rstrip("/"))
-    # Versions hidden behind delete markers still hold bytes: find their prefixes too.
-    for v in store.versions(client, bucket, layout.SNAPSHOT_PREFIX) if include_hidden else ():
-        sid = v["Key"][len(layout.SNAPSHOT_PREFIX) :].split("/", 1)[0]
-        if sid not in ids:
-            ids.append(sid)
+    # Versions hidden behind delete markers still hold bytes: find their prefixes too, from the versions rolled
+    # up by prefix (one entry a snapshot: listing every version took 5.7 s at 35 snapshots, 31k versions).
+    pages = (
+        client.get_paginator("list_object_versions").paginate(
+            Bucket=bucket, Prefix=layout.SNAPSHOT_PREFIX, Delimiter="/"
+        )
+        if include_hidden
+        else ()
+    )
+    for page in pages:
+        for p in page.get("CommonPrefixes", []):
+            sid = p["Prefix"][len(layout.SNAPSHOT_PREFIX) :].rstrip("/")
+            if sid not in ids:
+                ids.append(sid)
     return sorted(ids)
 
 
