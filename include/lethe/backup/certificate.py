@@ -72,7 +72,10 @@ def update_certificates(db_url: str, region: str, endpoint_url: str | None) -> t
                 else:
                     entry = {"status": "pending", "reason": REOPENED, "applied_before_at": applied_at}
                 done = set_region_entry(endpoint_url, request_id, region, entry)
-                updated, missing = (updated + 1, missing) if done else (updated, missing + 1)
+                if done:
+                    updated += 1
+                else:
+                    missing += 1
             if done:
                 cur.execute(
                     "UPDATE backup_propagation_status SET certificate_updated = true"

@@ -124,26 +124,15 @@ def snapshot_ids(client: Any, bucket: str, *, include_hidden: bool = False) -> l
 
     include_hidden also finds prefixes whose only versions sit behind delete markers (expiry needs them).
     """
-    ids: list[str] = []
-    for page in client.get_paginator("list_objects_v2").paginate(
-        Bucket=bucket, Prefix=layout.SNAPSHOT_PREFIX, Delimiter="/"
-    ):
-        for p in page.get("CommonPrefixes", []):
-            ids.append(p["Prefix"][len(layout.SNAPSHOT_PREFIX) :].rstrip("/"))
-    # Versions hidden behind delete markers still hold bytes: find their prefixes too, from the versions rolled
-    # up by prefix (one entry a snapshot: listing every version took 5.7 s at 35 snapshots, 31k versions).
-    pages = (
-        client.get_paginator("list_object_versions").paginate(
-            Bucket=bucket, Prefix=layout.SNAPSHOT_PREFIX, Delimiter="/"
-        )
-        if include_hidden
-        else ()
-    )
-    for page in pages:
-        for p in page.get("CommonPrefixes", []):
-            sid = p["Prefix"][len(layout.SNAPSHOT_PREFIX) :].rstrip("/")
-            if sid not in ids:
-                ids.append(sid)
+    # Versions hidden behind delete markers still hold bytes: with include_hidden the prefixes come from the
+    # versions rolled up by prefix, which holds every current object's too (one entry a snapshot; listing every
+    # version took 5.7 s at 35 snapshots, 31k versions).
+    listing = "list_object_versions" if include_hidden else "list_objects_v2"
+    ids = {
+        p["Prefix"][len(layout.SNAPSHOT_PREFIX) :].rstrip("/")
+        for page in client.get_paginator(listing).paginate(Bucket=bucket, Prefix=layout.SNAPSHOT_PREFIX, Delimiter="/")
+        for p in page.get("CommonPrefixes", [])
+    }
     return sorted(ids)
 
 
