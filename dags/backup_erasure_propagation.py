@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from airflow.sdk import Asset, AssetAny, AssetOrTimeSchedule, CronTriggerTimetable, TaskGroup, dag, task
-from lethe.assets import BACKUP_PROPAGATION_URI, ERASURE_TOMBSTONES_URI
+from lethe.assets import BACKUP_ERASURES_UNAPPLIED_URI, BACKUP_PROPAGATION_URI, ERASURE_TOMBSTONES_URI
 from lethe.backup.layout import purged_table_uris
 from lethe.config import BACKUP_REGIONS
 from lethe.dag_defaults import BACKUP_TASK_TIMEOUT, RUN_TIMEOUT, default_args
@@ -11,8 +11,9 @@ from lethe.dag_defaults import BACKUP_TASK_TIMEOUT, RUN_TIMEOUT, default_args
 DOC = """
 ### backup_erasure_propagation
 
-Runs when subject_erasure writes tombstones or retention_nightly purges a table,
-and nightly at 03:30 UTC. For each backup region (a task group named after it):
+Runs when subject_erasure writes tombstones, retention_nightly purges a table or
+backup_nightly leaves an erasure not applied in every region (a snapshot written
+while a person was erased holds them), and nightly at 03:30 UTC. For each backup region (a task group named after it):
 `plan` lists the retained snapshots, after deleting incomplete ones left by a killed
 backup_nightly (when no backup is being written in the region); `propagate_snapshot`
 is mapped over them (one task per snapshot, labelled with its id, so workers share
@@ -41,8 +42,13 @@ snapshots that hold them expire (policy `backups.retention`); see docs/backups.m
     dag_id="backup_erasure_propagation",
     schedule=AssetOrTimeSchedule(
         timetable=CronTriggerTimetable("30 3 * * *", timezone="UTC"),
-        # Any erasure, or a purge of a backed-up table (the policy's `backup: true` tables).
-        assets=AssetAny(Asset(ERASURE_TOMBSTONES_URI), *(Asset(uri) for uri in purged_table_uris())),
+        # Any erasure, a purge of a backed-up table (the policy's `backup: true` tables), or new snapshots
+        # holding an erased person.
+        assets=AssetAny(
+            Asset(ERASURE_TOMBSTONES_URI),
+            Asset(BACKUP_ERASURES_UNAPPLIED_URI),
+            *(Asset(uri) for uri in purged_table_uris()),
+        ),
     ),
     catchup=False,
     max_active_runs=1,

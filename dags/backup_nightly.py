@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from airflow.sdk import Asset, Param, dag, task
-from lethe.assets import BACKUP_SNAPSHOTS_URI
+from lethe.assets import BACKUP_ERASURES_UNAPPLIED_URI, BACKUP_SNAPSHOTS_URI
 from lethe.config import BACKUP_REGIONS
 from lethe.dag_defaults import BACKUP_TASK_TIMEOUT, RUN_TIMEOUT, default_args
 
@@ -17,7 +17,9 @@ encryption on versioned buckets. The manifest (schema, row counts, sha256 per
 object, policy version) is written last: a snapshot without one does not exist, and
 the next run of this DAG or of backup_erasure_propagation deletes it, every version.
 Then snapshots older than the policy's `backups.retention` are deleted, every
-object version included.
+object version included, and `hand_over` starts backup_erasure_propagation at once
+when an erasure is not yet applied in every region: above all a person erased while
+the export ran, whom the new snapshot holds (skipped when there is none).
 
 The primary is read **once** a night: `export_snapshot` exports into the first
 region (us-east-1); `copy_snapshot[i]`, one mapped task per other region, copies
@@ -89,10 +91,17 @@ def backup_nightly() -> None:
 
         return expire_task(region)
 
+    # Whatever became of the copies: a region that got its snapshot can hold a person erased meanwhile.
+    @task(outlets=[Asset(BACKUP_ERASURES_UNAPPLIED_URI)], trigger_rule="all_done")
+    def hand_over() -> int:
+        from lethe.backup.tasks import hand_over_task
+
+        return hand_over_task(list(BACKUP_REGIONS))
+
     snapshot_id = plan()
     exported = export_snapshot(snapshot_id)  # type: ignore[arg-type]  # plan's XComArg, a str at run time
     copies = copy_snapshot.partial(snapshot_id=snapshot_id).expand(region=list(BACKUP_REGIONS[1:]))
-    exported >> copies >> expire_region.expand(region=list(BACKUP_REGIONS))
+    exported >> copies >> [expire_region.expand(region=list(BACKUP_REGIONS)), hand_over()]
 
 
 backup_nightly()

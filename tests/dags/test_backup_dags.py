@@ -12,6 +12,7 @@ import io
 import json
 import os
 import socket
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,7 @@ def test_backup_nightly_reads_the_primary_once_and_copies_the_objects_to_the_sec
         "copy_snapshot[0]": "success",
         "expire_region[0]": "success",
         "expire_region[1]": "success",
+        "hand_over[-1]": "skipped",  # no erasure waits for the backups
     }
     first, second = _current_bytes(s3_endpoint, REGIONS[0]), _current_bytes(s3_endpoint, REGIONS[1])
     data = sorted(k for k in first if k.endswith(".parquet"))
@@ -289,3 +291,69 @@ def test_propagation_maps_one_task_per_snapshot_and_a_region_without_snapshots_s
         (_pseudonym(person),),
     )
     assert status == [("ap-southeast-1", "applied", 0), ("us-east-1", "applied", 2)]
+
+
+def _asset_events(run: Any) -> set[str]:
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return {e.uri for e in session.query(AssetEvent).filter(AssetEvent.source_run_id == run.run_id)}
+
+
+def test_a_backup_holding_a_person_erased_while_it_was_written_starts_their_propagation(
+    seeded: str, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A person erased (and propagated) while the night's export runs is in the new snapshots: backup_nightly
+    hands over to backup_erasure_propagation at once instead of leaving them there until 03:30."""
+    from airflow.models.asset import AssetDagRunQueue
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+    from lethe.assets import BACKUP_ERASURES_UNAPPLIED_URI
+    from lethe.backup import store
+    from lethe.backup.propagate import propagate_region
+    from lethe.dagrun import run_dag
+    from lethe.db import transaction
+    from lethe.testing import insert_tombstones
+
+    run = _run_without_retries("backup_nightly")
+    assert _states(run)["hand_over[-1]"] == "skipped"
+    assert BACKUP_ERASURES_UNAPPLIED_URI not in _asset_events(run)
+    run_dag("backup_erasure_propagation")  # known to Airflow's database as the asset's consumer, then unpaused
+    with create_session() as session:
+        session.query(DagModel).filter(DagModel.dag_id == "backup_erasure_propagation").update({"is_paused": False})
+
+    person = _people_without_holds(seeded, 1)[0]
+    real_put = store.put_file
+    erased = threading.Lock()
+
+    def erase_and_propagate_mid_export(*args: Any, **kwargs: Any) -> str:
+        if erased.acquire(blocking=False):  # the first object of the export: its rows are read, she is in them
+            with transaction(seeded) as cur:
+                insert_tombstones(cur, _key(), [person])
+            for region in REGIONS:  # her erasure's own propagation, into last night's snapshots
+                propagate_region(seeded, region, s3_endpoint, key=_key())
+        return real_put(*args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(store, "put_file", erase_and_propagate_mid_export)
+        run = _run_without_retries("backup_nightly")
+    assert erased.locked()
+    states = _states(run)
+    assert states["export_snapshot[-1]"] == states["copy_snapshot[0]"] == "success"
+    assert states["hand_over[-1]"] == "success"
+    assert BACKUP_ERASURES_UNAPPLIED_URI in _asset_events(run)
+    with create_session() as session:
+        queued = {q.target_dag_id for q in session.query(AssetDagRunQueue)}
+    assert "backup_erasure_propagation" in queued  # what the scheduler turns into a run
+    status = "SELECT region, status FROM backup_propagation_status WHERE subject_pseudonym = %s ORDER BY 1"
+    assert _query(seeded, status, (_pseudonym(person),)) == [("ap-southeast-1", "pending"), ("us-east-1", "pending")]
+    for region in REGIONS:  # tonight's snapshot holds her in both regions
+        assert [k for k in _rows_per_person(_objects(s3_endpoint, region, latest_only=True)) if k[1] == person]
+
+    run_dag("backup_erasure_propagation")  # the run the hand-over queued
+    for region in REGIONS:
+        assert not [k for k in _rows_per_person(_objects(s3_endpoint, region)) if k[1] == person], region
+    assert _query(seeded, status, (_pseudonym(person),)) == [("ap-southeast-1", "applied"), ("us-east-1", "applied")]
+    run = _run_without_retries("backup_nightly")  # her tombstone is honoured by the export: nothing to hand over
+    assert _states(run)["hand_over[-1]"] == "skipped"

@@ -518,6 +518,19 @@ def sweep_versions(client: Any, bucket: str, sid: str) -> int:
     return delete_versions(client, bucket, doomed)
 
 
+def unapplied_erasures(db_url: str, regions: list[str]) -> int:
+    """Tombstones not 'applied' in one of `regions` or more: erasures not yet propagated, and people a snapshot
+    completed holding (lethe.backup.snapshot.record_complete put them back to 'pending')."""
+    with transaction(db_url) as cur:
+        cur.execute(
+            "SELECT count(*) FROM erasure_tombstones t WHERE EXISTS (SELECT 1 FROM unnest(%s::text[]) AS r(region)"
+            " WHERE NOT EXISTS (SELECT 1 FROM backup_propagation_status s WHERE s.subject_pseudonym ="
+            " t.subject_pseudonym AND s.region = r.region AND s.status = 'applied'))",
+            (list(regions),),
+        )
+        return int(cur.fetchone()[0])  # type: ignore[index]
+
+
 def record_status(db_url: str, region: str, client: Any, bucket: str, result: RegionResult) -> None:
     """A tombstone is 'applied' in a region once every complete snapshot there has it applied; then the run's
     ledger entry.

@@ -72,6 +72,21 @@ def expire_task(region: str) -> dict[str, Any]:
     return summary
 
 
+def hand_over_task(regions: list[str]) -> int:
+    """How many erasures are not yet applied in every region after the night's snapshots; skips when none, so
+    that the asset event which starts backup_erasure_propagation is emitted only when it has work."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from lethe.backup.propagate import unapplied_erasures
+
+    db_url, _ = _services()
+    count = unapplied_erasures(db_url, regions)
+    if not count:
+        raise AirflowSkipException("every erasure is applied in every region's snapshots")
+    log.info("%d erasure(s) not yet applied in every region: handing over to backup_erasure_propagation", count)
+    return count
+
+
 def plan_propagation_task(region: str) -> tuple[list[str], int]:
     """The region's complete snapshots (ids only), after removing what a killed backup left, and how many went."""
     from lethe.backup.layout import region_endpoint
