@@ -103,11 +103,125 @@ def _change_a_night(cur: Any, tables: list[str], share: float, night: datetime, 
     return changed
 
 
+def _key_columns(cur: Any, tables: list[str]) -> dict[str, list[str]]:
+    """Each table's primary key columns (empty: no primary key, the whole row is its key)."""
+    keys = {}
+    for table in tables:
+        cur.execute(
+            "SELECT array_agg(a.attname ORDER BY k.n) FROM pg_index i,"
+            " unnest(i.indkey) WITH ORDINALITY AS k(attnum, n), pg_attribute a"
+            " WHERE i.indrelid = to_regclass(%s) AND i.indisprimary AND a.attrelid = i.indrelid"
+            " AND a.attnum = k.attnum",
+            (table,),
+        )
+        keys[table] = list(cur.fetchone()[0] or [])
+    return keys
+
+
+def _parquet_bytes(table: Any) -> int:
+    import io
+
+    import pyarrow.parquet as pq
+
+    out = io.BytesIO()
+    pq.write_table(table, out, compression="zstd")
+    return out.tell()
+
+
+def _project_deltas(
+    client: Any, bucket: str, sids: list[str], keys: dict[str, list[str]], person: str, groups: int
+) -> dict[str, int]:
+    """What a base + nightly deltas layout (not built) would store and rewrite, from the snapshots' raw Parquet.
+
+    A night's delta holds the rows whose key is new or whose values changed since the night before, and the
+    keys of rows gone. Two groupings: (a) one object per (table, bucket), as the base; (b) one object per
+    `groups` buckets of the subject pseudonym for all tables (rows as table, key and values in text).
+    The erasure: the delta objects holding the person's rows or keys, every night.
+    """
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from lethe.backup import layout
+    from lethe.backup.manifest import read as read_manifest
+
+    totals = dict.fromkeys(
+        ("a_bytes", "a_objects", "a_person", "b_bytes", "b_objects", "b_person", "rows", "base_rows"), 0
+    )
+    before: dict[str, dict[tuple[Any, ...], tuple[Any, ...]]] = {}
+    for night, sid in enumerate(sids):
+        manifest = read_manifest(client, bucket, sid)
+        grouped: dict[int, list[tuple[str, str, str, str | None]]] = {}
+        for name, entry in manifest.tables.items():
+            parts = [
+                pq.read_table(io.BytesIO(client.get_object(Bucket=bucket, Key=o.key)["Body"].read()))
+                for o in entry.objects
+            ]
+            rows = pa.concat_tables(parts) if parts else None
+            if rows is None:
+                continue
+            values = list(zip(*(rows.column(c).to_pylist() for c in rows.column_names), strict=True))
+            at = {c: i for i, c in enumerate(rows.column_names)}
+            subject = at.get(layout.SUBJECT_COLUMN)
+            key_at = [at[c] for c in keys.get(name, []) if c in at] or list(range(len(rows.column_names)))
+            now = {tuple(v[i] for i in key_at): v for v in values}
+            if subject is not None and night == len(sids) - 1:
+                totals["base_rows"] += sum(1 for v in values if v[subject] == person)
+            if night:
+                old = before[name]
+                changed = [i for i, v in enumerate(values) if old.get(tuple(v[j] for j in key_at)) != v]
+                gone = [v for k, v in old.items() if k not in now]
+                buckets = entry.buckets or manifest.buckets
+                per_bucket: dict[int, tuple[list[int], list[tuple[Any, ...]]]] = {}
+                for i in changed:
+                    b = (
+                        layout.bucket_of(values[i][subject], buckets)
+                        if subject is not None and values[i][subject]
+                        else 0
+                    )
+                    per_bucket.setdefault(b, ([], []))[0].append(i)
+                for v in gone:
+                    b = layout.bucket_of(v[subject], buckets) if subject is not None and v[subject] else 0
+                    per_bucket.setdefault(b, ([], []))[1].append(v)
+                for idx, removed in per_bucket.values():
+                    size = _parquet_bytes(rows.take(idx)) if idx else 0
+                    if removed:
+                        size += _parquet_bytes(pa.table({"key": [repr(tuple(v[j] for j in key_at)) for v in removed]}))
+                    totals["a_bytes"] += size
+                    totals["a_objects"] += bool(idx) + bool(removed)
+                    mine = [values[i] for i in idx] + removed
+                    if subject is not None and any(v[subject] == person for v in mine):
+                        totals["a_person"] += size
+                        totals["rows"] += sum(1 for v in mine if v[subject] == person)
+                for v, was in [(values[i], False) for i in changed] + [(v, True) for v in gone]:
+                    p = v[subject] if subject is not None else None
+                    g = layout.bucket_of(p, groups) if p else 0
+                    text = None if was else repr(v)
+                    grouped.setdefault(g, []).append((name, repr(tuple(v[j] for j in key_at)), p or "", text))
+            before[name] = now
+        for entries in grouped.values():
+            columns = ("table", "key", "subject", "row")
+            size = _parquet_bytes(pa.table({c: [e[i] for e in entries] for i, c in enumerate(columns)}))
+            totals["b_bytes"] += size
+            totals["b_objects"] += 1
+            if any(e[2] == person for e in entries):
+                totals["b_person"] += size
+    return totals
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/backup_growth.py", description=__doc__.split("\n")[0])
     parser.add_argument("--users", type=int, default=2_000, help="accounts to seed (default 2,000)")
     parser.add_argument("--nights", type=int, default=35, help="nightly snapshots retained (default 35)")
     parser.add_argument("--change", type=float, default=0.02, help="share of rows changed a night (default 0.02)")
+    parser.add_argument(
+        "--project-deltas",
+        type=int,
+        default=64,
+        metavar="GROUPS",
+        help="also project a base + nightly deltas layout (not built) from the raw Parquet, with deltas of all"
+        " tables grouped in GROUPS objects a night (default 64; 0: skip)",
+    )
     args = parser.parse_args(argv)
 
     from lethe.backup.propagate import propagate_region
@@ -153,6 +267,20 @@ def main(argv: list[str] | None = None) -> int:
         with transaction(url) as cur:  # the person: one with rows in most tables, the same one for both sides
             cur.execute("SELECT user_id FROM comments GROUP BY user_id ORDER BY count(*) DESC, user_id LIMIT 1")
             person = cur.fetchone()[0]
+            keys = _key_columns(cur, tables)
+        projected = None
+        if args.project_deltas:  # before the erasure: the snapshots still hold the person
+            from lethe.pseudonym import subject_pseudonym
+
+            t0 = time.perf_counter()
+            projected = _project_deltas(
+                clients[first], buckets[first], sids, keys, subject_pseudonym(KEY, person), args.project_deltas
+            )
+            print(
+                f"deltas projected from {len(sids)} snapshots' raw Parquet in {time.perf_counter() - t0:.0f} s;"
+                f" the person: {projected['base_rows']} rows in the last snapshot, {projected['rows']} in the deltas"
+            )
+        with transaction(url) as cur:
             insert_tombstones(cur, KEY, [person])
         rewritten = {}
         for region in (second, first):
@@ -176,6 +304,20 @@ def main(argv: list[str] | None = None) -> int:
             f" into the last snapshot alone ({second}): {alone / 1e6:.2f} MB in {alone_s:.1f} s:"
             f" {many / alone:.2f}x (target at most 2x)"
         )
+        if projected:
+            base = one  # the base holds what one snapshot holds; the person's part of it is what one erasure rewrites
+            for label, name in (
+                ("a", "per (table, bucket), as the base"),
+                ("b", f"{args.project_deltas} objects a night"),
+            ):
+                stored_x = (base + projected[f"{label}_bytes"]) / one
+                erased_x = (alone + projected[f"{label}_person"]) / alone
+                print(
+                    f"projected base + {args.nights - 1} nightly deltas, deltas {name}:"
+                    f" {projected[f'{label}_objects']:,} delta objects, {projected[f'{label}_bytes'] / 1e6:.2f} MB:"
+                    f" stored {stored_x:.2f}x one snapshot; one erasure {erased_x:.2f}x"
+                    f" ({projected[f'{label}_person'] / 1e6:.2f} MB of deltas besides the base's)"
+                )
     return 0
 
 
