@@ -85,3 +85,13 @@ def airflow_home(services: tuple[str, str]) -> Iterator[Path]:
     airflow_env.migrate_metadata()
     yield home
     shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _phone_region_of_the_shipped_policy() -> Iterator[None]:
+    """A test that loads another policy (a Dutch shop: NL) sets how national numbers read for the process, as a
+    worker does for its deployment; the next test reads them as the shipped policy does."""
+    from lethe import residue
+
+    yield
+    residue.set_phone_region(None)

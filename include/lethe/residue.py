@@ -50,7 +50,8 @@ from lethe.pseudonym import normalise as pseudonym_normalise
 from lethe.pseudonym import subject_pseudonym
 from lethe.relations import policy_oids, regclass_literal, relation, subject_key_type
 
-DEFAULT_REGION = "IN"  # re:Skill's members: a number without country code is Indian
+DEFAULT_REGION = "IN"  # until a policy says otherwise (subject.phone_region): re:Skill's members are in India
+_phone_region = DEFAULT_REGION
 REPLACEMENT = "[erased]"
 MIN_LENGTH = 3  # shorter values ("v", "a") would match everywhere
 KINDS = ("email", "phone", "username", "name", "cookie", "ip")
@@ -82,8 +83,20 @@ def fold(value: str) -> str:
     return unicodedata.normalize("NFKC", value).casefold()
 
 
+def set_phone_region(region: str | None) -> None:
+    """The country national numbers are read in from now on (the policy's `subject.phone_region`)."""
+    global _phone_region
+    _phone_region = region or DEFAULT_REGION
+
+
+def phone_e164(value: str, region: str | None = None) -> str | None:
+    """The number as E.164 (+919876543210), or None when it does not parse as one; a national number is read
+    as one of `region` (default: the policy's `subject.phone_region`)."""
+    return _phone_e164(value, region or _phone_region)
+
+
 @functools.lru_cache(maxsize=1 << 16)
-def phone_e164(value: str, region: str = DEFAULT_REGION) -> str | None:
+def _phone_e164(value: str, region: str) -> str | None:
     """The number as E.164 (+919876543210), or None when it does not parse as one.
 
     Cached: parsing is the costliest step of matching, and the same digit runs come back (the same

@@ -180,3 +180,29 @@ def test_kept_column_that_is_also_masked_or_unknown_is_located(tmp_path: Path) -
     with pytest.raises(PolicyError) as err:
         load_policy(path)
     assert "column 'no_such' is used but not listed under `columns`" in str(err.value)
+
+
+def test_a_policy_with_phones_says_how_its_national_numbers_read(tmp_path: Path) -> None:
+    from lethe import residue
+
+    region = "  phone_region: IN  # re:Skill's members: a number without a country code is Indian\n"
+    path = broken(tmp_path, region, "")
+    with pytest.raises(PolicyError) as err:
+        load_policy(path)
+    assert "subject.phone_region: the policy holds phone numbers (tables.accounts.phone" in str(err.value)
+    subject = next(i for i, line in enumerate(path.read_text().splitlines(), 1) if line.startswith("subject:"))
+    assert f"policy.yaml:{subject}: subject.phone_region:" in str(err.value)  # the line of the section it belongs to
+    with pytest.raises(PolicyError, match=r"subject\.phone_region: unknown phone region 'UK'"):
+        load_policy(broken(tmp_path, region, "  phone_region: UK\n"))
+
+    # The same national number is a British one under GB and an Indian one under IN: a UK platform's request
+    # for 07700 900123 must find +44 7700 900123.
+    try:
+        load_policy(broken(tmp_path, region, "  phone_region: GB\n"))
+        assert residue.normalise("phone", "07700 900123") == "+447700900123"
+        assert residue.normalise("phone", "+91 98765 43210") == "+919876543210"  # a country code wins
+        load_policy()
+        assert residue.normalise("phone", "07700 900123") == "+917700900123"
+        assert residue.normalise("phone", "098765 43210") == "+919876543210"
+    finally:
+        load_policy()  # the shipped policy's reading for the tests after this one

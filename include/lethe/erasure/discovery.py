@@ -118,10 +118,14 @@ def read_graph(cur: psycopg2.extensions.cursor, policy: Policy) -> Graph:
 
 
 def _parents_first(tables: set[str], edges: list[ForeignKey]) -> list[str]:
-    """Topological order (Kahn); a cycle is reported with the tables on it, never broken by guessing."""
+    """Topological order (Kahn); a cycle is reported with the tables on it, never broken by guessing.
+
+    A table's link to itself (users.manager_id) orders nothing: its rows pointing at a deleted one are
+    other people's, and lethe.erasure.execute cuts those links before the delete."""
     parents: dict[str, set[str]] = {t: set() for t in tables}
     for fk in edges:
-        parents[fk.child].add(fk.parent)
+        if fk.child != fk.parent:
+            parents[fk.child].add(fk.parent)
     order: list[str] = []
     ready = sorted(t for t, ps in parents.items() if not ps)
     while ready:
@@ -183,6 +187,9 @@ def materialise(
         for fk in graph.parents_of(table):
             if fk.parent == table:
                 continue
+            other_link = fk.parent == graph.subject_table and fk.child_columns != (link,)
+            if link and table != graph.subject_table and other_link:
+                continue  # a row naming the person in another link (an assignee) is its subject's: the link is cut
             join_ref = sql.SQL(" AND ").join(
                 sql.SQL("t.{} = p.{}").format(sql.Identifier(c), sql.Identifier(pc))
                 for c, pc in zip(fk.child_columns, fk.parent_columns, strict=True)

@@ -21,7 +21,7 @@ from lethe.erasure.plan import Work
 from lethe.policy import Policy
 from lethe.policy.model import LINK_STRATEGIES
 from lethe.pseudonym import pseudonym
-from lethe.relations import relation
+from lethe.relations import ForeignKey, relation
 from psycopg2 import sql
 
 REDACTED = masking.ERASED
@@ -112,11 +112,13 @@ def apply(
     for table in order:
         erasure = policy.tables[table].erasure
         assert erasure is not None
+        _cut_links_to_people(cur, policy, graph, table)
         pk = graph.primary_keys[table]
         linked = sql.SQL("FROM {e} e JOIN {g} g ON g.owner = e.owner WHERE {m}").format(
             e=discovery.temp_name(table), g=TARGETS, m=_pk_match(pk, "t", "e")
         )
         if erasure.action == "delete":
+            _cut_links_to_self(cur, graph, table)
             counts = _counted(
                 cur,
                 sql.SQL(
@@ -182,37 +184,78 @@ def _sweep(cur: psycopg2.extensions.cursor, policy: Policy, works: list[Work]) -
         w.residue = handled.get(w.subject.user_id, {})
 
 
+def _null_link(
+    cur: psycopg2.extensions.cursor, graph: Graph, table: str, fk: ForeignKey, rows: sql.Composable, problem: str
+) -> None:
+    """Null `fk`'s columns in the rows of `table` (alias t) that point at a row of `fk.parent` being erased and
+    satisfy `rows`; a NOT NULL column among them raises `problem` (its `{columns}` filled in)."""
+    blocked = [c for c in fk.child_columns if c in graph.not_null.get(table, set())]
+    if blocked:
+        raise ErasureGraphError(problem.format(columns=", ".join(blocked)))
+    cur.execute(
+        sql.SQL(
+            "UPDATE {t} t SET {s} FROM {p} p JOIN {pe} pe ON {ppk} JOIN {g} g ON g.owner = pe.owner"
+            " WHERE {ref} AND {rows}"
+        ).format(
+            t=relation(table),
+            s=sql.SQL(", ").join(sql.SQL("{} = NULL").format(sql.Identifier(c)) for c in fk.child_columns),
+            p=relation(fk.parent),
+            pe=discovery.temp_name(fk.parent),
+            ppk=_pk_match(graph.primary_keys[fk.parent], "p", "pe"),
+            g=TARGETS,
+            ref=sql.SQL(" AND ").join(
+                sql.SQL("t.{} = p.{}").format(sql.Identifier(c), sql.Identifier(pc))
+                for c, pc in zip(fk.child_columns, fk.parent_columns, strict=True)
+            ),
+            rows=rows,
+        )
+    )
+
+
 def _cut_links(cur: psycopg2.extensions.cursor, graph: Graph, table: str, deleted: set[str], handled: set[str]) -> None:
     """A kept row must not point at a row being deleted: null that link (it must be nullable)."""
     for fk in graph.parents_of(table):
         if fk.parent not in deleted or set(fk.child_columns) <= handled:
             continue
-        blocked = [c for c in fk.child_columns if c in graph.not_null.get(table, set())]
-        if blocked:
-            raise ErasureGraphError(
-                f"{table} keeps rows that reference {fk.parent} via {', '.join(blocked)} (NOT NULL): "
-                f"make the column nullable or give {table} a delete action"
-            )
-        ref = sql.SQL(" AND ").join(
-            sql.SQL("t.{} = p.{}").format(sql.Identifier(c), sql.Identifier(pc))
-            for c, pc in zip(fk.child_columns, fk.parent_columns, strict=True)
+        kept = sql.SQL("EXISTS (SELECT 1 FROM {e} e WHERE {tpk})").format(
+            e=discovery.temp_name(table), tpk=_pk_match(graph.primary_keys[table], "t", "e")
         )
-        cur.execute(
-            sql.SQL(
-                "UPDATE {t} t SET {s} FROM {p} p JOIN {pe} pe ON {ppk} JOIN {g} g ON g.owner = pe.owner"
-                " WHERE {ref} AND EXISTS (SELECT 1 FROM {e} e WHERE {tpk})"
-            ).format(
-                t=relation(table),
-                s=sql.SQL(", ").join(sql.SQL("{} = NULL").format(sql.Identifier(c)) for c in fk.child_columns),
-                p=relation(fk.parent),
-                pe=discovery.temp_name(fk.parent),
-                ppk=_pk_match(graph.primary_keys[fk.parent], "p", "pe"),
-                g=TARGETS,
-                ref=ref,
-                e=discovery.temp_name(table),
-                tpk=_pk_match(graph.primary_keys[table], "t", "e"),
-            )
+        problem = (
+            f"{table} keeps rows that reference {fk.parent} via {{columns}} (NOT NULL): "
+            f"make the column nullable or give {table} a delete action"
         )
+        _null_link(cur, graph, table, fk, kept, problem)
+
+
+def _cut_links_to_people(cur: psycopg2.extensions.cursor, policy: Policy, graph: Graph, table: str) -> None:
+    """Rows naming an erased person in a link other than their own subject link (a ticket's assignee_id) are
+    their subject's (lethe.erasure.discovery.materialise leaves them out): null that link, before the person's
+    row goes, rather than delete someone else's row or fail on the foreign key."""
+    link = policy.tables[table].subject
+    if table == graph.subject_table or not link:
+        return  # a table without a subject link of its own: its rows are the person's through these links
+    for fk in graph.foreign_keys:
+        if fk.child == table and fk.parent == graph.subject_table and fk.child_columns != (link,):
+            problem = (
+                f"{table}.{{columns}} names a {graph.subject_table} row (NOT NULL) beside the rows' own link {link}:"
+                " an erased person there can be neither kept nor cut; make it nullable"
+            )
+            _null_link(cur, graph, table, fk, sql.SQL("true"), problem)
+
+
+def _cut_links_to_self(cur: psycopg2.extensions.cursor, graph: Graph, table: str) -> None:
+    """Rows of `table` that point at one of its rows being deleted (a report's manager_id) and are not deleted
+    themselves are someone else's: null that link (it must be nullable) rather than fail or cascade."""
+    others = sql.SQL("NOT EXISTS (SELECT 1 FROM {e} x JOIN {g} h ON h.owner = x.owner WHERE {tpk})").format(
+        e=discovery.temp_name(table), g=TARGETS, tpk=_pk_match(graph.primary_keys[table], "t", "x")
+    )
+    for fk in graph.foreign_keys:
+        if fk.child == table and fk.parent == table:
+            problem = (
+                f"{table} links to itself via {{columns}} (NOT NULL): other people's rows pointing at an erased "
+                "person's row could be neither kept nor deleted; make the column nullable"
+            )
+            _null_link(cur, graph, table, fk, others, problem)
 
 
 def write_tombstones(cur: psycopg2.extensions.cursor, key: bytes, works: list[Work]) -> int:

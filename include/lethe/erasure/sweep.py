@@ -5,8 +5,11 @@ The scanner (lethe.residue) finds the rest by value; each row found is handled
 by what it is, never by blocking the erasure:
 
 - a row no one else owns (subject link empty) in a table the policy erases by
-  deleting, such as an anonymous visitor log carrying the person's cookie, IP or
-  email in a URL: deleted;
+  deleting and no foreign key points to, such as an anonymous visitor log carrying
+  the person's cookie, IP or email in a URL: deleted;
+- a row no one owns in a table other rows point to (a team whose owner_email is the
+  person's): masked like any other, never deleted, for deleting it would take the
+  rows pointing to it with it (ON DELETE CASCADE: other people's) or fail the erasure;
 - any other row (another person's, or a row the policy keeps): every column in
   which the person appears is masked with lethe.residue.redact_text: an IP
   truncated to its network, JSON redacted value by value, text redacted span by
@@ -33,6 +36,15 @@ from psycopg2 import sql
 
 def held_people(cur: psycopg2.extensions.cursor) -> set[str]:
     return set(holds.active_keys(cur))
+
+
+def referenced_tables(cur: psycopg2.extensions.cursor) -> set[int]:
+    """The oids of every table a foreign key points to, each partition of a partitioned one included."""
+    cur.execute(
+        "SELECT confrelid FROM pg_constraint WHERE contype = 'f' UNION SELECT t.relid FROM pg_constraint c,"
+        " pg_partition_tree(c.confrelid) t WHERE c.contype = 'f'"  # the tree is empty for a plain table
+    )
+    return {int(oid) for (oid,) in cur.fetchall()}
 
 
 def scanned_tables(cur: psycopg2.extensions.cursor, policy: Policy) -> list[residue.Table]:
@@ -119,6 +131,7 @@ def sweep(
     held = held_people(cur)
     kept = kept_columns(policy)
     names = own_names(policy)
+    pointed_to = referenced_tables(cur)
     out: dict[str, Counter[str]] = defaultdict(Counter)
     tables = [t for t in scanned_tables(cur, policy) if only_tables is None or t.name in only_tables]
     hits = list(residue.scan_rows(cur, tables, index, subject_links(policy), only))
@@ -131,7 +144,13 @@ def sweep(
         where = sql.SQL("tableoid = %s AND ctid = %s::tid")
         if owner is not None and owner in held and owner not in people:
             action = {c: "waiting_for_hold" for c in found}
-        elif rule and rule.erasure and rule.erasure.action == "delete" and (owner is None or owner in people):
+        elif (
+            rule
+            and rule.erasure
+            and rule.erasure.action == "delete"
+            and (owner is None or owner in people)
+            and (owner is not None or hit.tableoid not in pointed_to)
+        ):
             cur.execute(sql.SQL("DELETE FROM {} WHERE {}").format(hit.table.ident, where), (hit.tableoid, hit.ctid))
             action = {c: "deleted" for c in found}
         else:

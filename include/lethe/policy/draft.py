@@ -224,6 +224,10 @@ def render(tables: list[DraftTable], subject_table: str, key: str, source: str) 
         f"  table: {subject_table}",
         f"  key: {key}",
         "  identifiers: {" + ", ".join(f"{k}: {v}" for k, v in identifiers.items()) + f"}}  {MARKER}: columns found",
+    ]
+    if any(c.cls == "phone" for t in tables for c in t.columns):
+        out.append(f"  phone_region: IN  {MARKER}: the country whose national numbers your phones are written in")
+    out += [
         "",
         f"purposes:  {MARKER}: name what the data is used for; every table names one",
         "  service: Providing the service the person signed up for",

@@ -507,12 +507,24 @@ class Subject(_Strict):
 
     `placeholder`: the key value of the one row, with no personal data, that Lethe creates in the subject
     table and re-points NOT NULL links of kept rows to (erasure strategy `placeholder`).
+    `phone_region`: the country (ISO 3166 alpha-2) whose national numbers the platform's phones are written
+    in: `07700 900123` is +447700900123 in GB and +9107700900123 in IN. Required once the policy holds phones.
     """
 
     table: str
     key: str
     identifiers: dict[Literal["user_id", "email", "phone", "username"], str]
     placeholder: str | None = None
+    phone_region: str | None = None
+
+    @field_validator("phone_region")
+    @classmethod
+    def _known_region(cls, value: str | None) -> str | None:
+        import phonenumbers
+
+        if value is not None and value not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"unknown phone region {value!r}: an ISO 3166 alpha-2 country code such as IN, GB, US")
+        return value
 
 
 class AccountClosedClock(_Strict):
@@ -584,6 +596,12 @@ class Policy(_Strict):
                     f"tables.{name}.erasure: strategy placeholder needs `subject.placeholder` (the key of the "
                     "placeholder subject row Lethe creates)"
                 )
+        phones = [f"tables.{t}.{c}" for t, r in self.tables.items() for c, cls in r.columns.items() if cls == "phone"]
+        if ("phone" in self.subject.identifiers or phones) and self.subject.phone_region is None:
+            problems.append(
+                f"subject.phone_region: the policy holds phone numbers ({', '.join(phones) or 'identifier phone'}):"
+                " say which country's national numbers they are written in (ISO 3166 alpha-2, e.g. IN, GB, US)"
+            )
         for name, p in self.processors.items():
             problems += [f"processors.{name}: unknown purpose {x!r}" for x in p.purposes if x not in self.purposes]
             problems += [
@@ -746,11 +764,14 @@ def load_policy(path: Path | str | None = None) -> Policy:
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal["))))
             field = ".".join(str(p) for p in loc) or "(top level)"
             message = err["msg"].removeprefix("Value error, ")
-            if (not loc and "\n" in message) or re.match(r"^(tables|processors)\.[^ :]+: ", message):
+            if (not loc and "\n" in message) or re.match(r"^(tables|processors|subject)\.[^ :]+: ", message):
                 for part in message.split("\n"):  # the policy's cross-checks: `field: message` per line
                     where, _, text = part.partition(": ")
                     problems.append(f"{path}:{_locate(_field_path(where, lines), lines)}: {where}: {text}")
                 continue
             problems.append(f"{path}:{_locate(loc, lines)}: {field}: {message}")
         raise PolicyError(problems) from None
+    from lethe import residue  # here: residue imports this module
+
+    residue.set_phone_region(policy.subject.phone_region)  # how this platform's national numbers read
     return policy.model_copy(update={"path": path, "digest": hashlib.sha256(text.encode()).hexdigest()[:16]})
