@@ -357,3 +357,47 @@ def test_a_backup_holding_a_person_erased_while_it_was_written_starts_their_prop
     assert _query(seeded, status, (_pseudonym(person),)) == [("ap-southeast-1", "applied"), ("us-east-1", "applied")]
     run = _run_without_retries("backup_nightly")  # her tombstone is honoured by the export: nothing to hand over
     assert _states(run)["hand_over[-1]"] == "skipped"
+
+
+def test_what_the_policy_keeps_of_an_erased_persons_invoices_stays_in_later_snapshots_and_restores(
+    seeded: str, s3_endpoint: str, services: tuple[str, str]
+) -> None:
+    """Found from outside: an erased person's invoices keep billing_name on the primary (kept as issued), and
+    every later snapshot exported it; the audit counted it as a mention left in the backups on every night after,
+    and a restore redacted it, so a restored tax record differed from the primary's."""
+    from datetime import UTC, datetime
+
+    from lethe import testing
+    from lethe.audit.backups import check_backups
+    from lethe.backup.restore import restore_snapshot
+    from lethe.dagrun import run_dag
+
+    person = _people_without_holds(seeded, 1)[0]
+    _erase(person)
+    kept = dict(
+        _query(
+            seeded, "SELECT invoice_id, billing_name FROM invoices WHERE subject_pseudonym = %s", (_pseudonym(person),)
+        )
+    )
+    assert kept and all(kept.values())  # pseudonymised, the recipient's name kept as issued
+    run_dag("backup_nightly")
+    for region in REGIONS:  # the raw Parquet holds the tax records as the primary does
+        exported = {}
+        for key, table in _objects(s3_endpoint, region, latest_only=True):
+            if "/data/invoices/" in key:
+                ids, names = table.column("invoice_id").to_pylist(), table.column("billing_name").to_pylist()
+                exported.update(zip(ids, names, strict=True))
+        assert {i: exported.get(i) for i in kept} == kept, region
+    failed = check_backups(seeded, s3_endpoint, _key(), datetime.now(UTC), sample=0).failed
+    assert not [f for f in failed if f.startswith("erased_mentions_left")], failed
+
+    [(sid,)] = _query(seeded, "SELECT snapshot_id FROM lethe.backup_snapshots WHERE region = %s", (REGIONS[1],))
+    target = testing.fresh_database(services[0])
+    try:
+        restore_snapshot(sid, REGIONS[1], target, endpoint_url=s3_endpoint, key=_key(), primary_url=seeded)
+        restored = dict(
+            _query(target, "SELECT invoice_id, billing_name FROM invoices WHERE invoice_id = ANY(%s)", (list(kept),))
+        )
+        assert restored == kept
+    finally:
+        testing.drop_database(target)

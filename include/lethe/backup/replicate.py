@@ -26,7 +26,7 @@ from lethe.backup import layout, locks, store, writer
 from lethe.backup.manifest import Manifest
 from lethe.backup.manifest import read as read_manifest
 from lethe.backup.manifest import write as write_manifest
-from lethe.backup.snapshot import already_complete, record_complete, start_writing
+from lethe.backup.snapshot import already_complete, record_complete, record_honoured, start_writing
 from lethe.config import BUCKETS
 from lethe.db import transaction
 from lethe.storage import delete_versions
@@ -64,8 +64,7 @@ def replicate_snapshot(
         raise RuntimeError(f"backup region {region}: refusing to write a snapshot: {problem}")
     with writer.region_lock(db_url, region, wait=True):  # held until the manifest is written, as an export's
         if store.exists(client, bucket, layout.manifest_key(sid)):
-            already_complete(db_url, region, sid)
-            return {"region": region, "snapshot_id": sid, "status": "already complete"}
+            return already_complete(db_url, client, bucket, region, sid, certificates_endpoint or endpoint_url)
         with transaction(db_url) as cur:  # before the manifest (see the module's docstring)
             cur.execute(
                 "SELECT subject_pseudonym FROM backup_tombstone_applications WHERE snapshot_id = %s AND region = %s",
@@ -83,11 +82,11 @@ def replicate_snapshot(
         copied, kept = _copy_objects(source, source_bucket, client, bucket, manifest, fail_after_copies)
         removed = _remove_strays(client, bucket, manifest)
         manifest.region, manifest.bucket = region, bucket
+        record_honoured(db_url, region, sid, applied)
         write_manifest(client, bucket, manifest)  # last: from here on the snapshot exists
     return record_complete(
         db_url,
         manifest,
-        applied,
         certificates_endpoint or endpoint_url,
         copied_from=source_region,
         objects_copied=copied,

@@ -13,7 +13,7 @@ import contextlib
 import io
 import logging
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
@@ -24,6 +24,7 @@ from lethe import relations
 from lethe.backup import frames, heap, layout, locks, store, writer
 from lethe.backup.certificate import update_certificates
 from lethe.backup.manifest import Manifest, ObjectEntry, TableEntry
+from lethe.backup.manifest import read as read_manifest
 from lethe.backup.manifest import write as write_manifest
 from lethe.backup.term_index import BloomFilter, TermIndexer
 from lethe.config import BUCKETS
@@ -88,19 +89,29 @@ def take_snapshot(
     with writer.region_lock(db_url, region, wait=True):  # held until the manifest is written
         done = _export(db_url, region, client, bucket, sid, policy, key)
     if done is None:
-        return {"region": region, "snapshot_id": sid, "status": "already complete"}
-    manifest, leftovers, tombstones = done
-    return record_complete(
-        db_url, manifest, tombstones, certificates_endpoint or endpoint_url, leftover_versions_removed=leftovers
-    )
+        return already_complete(db_url, client, bucket, region, sid, certificates_endpoint or endpoint_url)
+    manifest, leftovers = done
+    return record_complete(db_url, manifest, certificates_endpoint or endpoint_url, leftover_versions_removed=leftovers)
 
 
-def record_complete(
-    db_url: str, manifest: Manifest, tombstones: set[str], certificates_endpoint: str | None, **extra: Any
-) -> dict[str, Any]:
-    """After the manifest is written: mark the snapshot complete in the catalogue, record the tombstones
-    its objects already honour, put the people erased while it was written back to pending (their
-    certificates too), append the ledger entry; return the summary (counts, no personal data)."""
+def record_honoured(db_url: str, region: str, sid: str, tombstones: set[str]) -> None:
+    """Before the manifest: the tombstones the snapshot's objects honour, so that whoever completes it (this run,
+    or a retry finding the manifest of a run killed right after it) knows who is in it."""
+    with transaction(db_url) as cur:
+        cur.execute(
+            "DELETE FROM backup_tombstone_applications WHERE snapshot_id = %s AND region = %s", (sid, region)
+        )  # a killed attempt's, before its manifest: this attempt's set is the one its objects honour
+        cur.execute(
+            "INSERT INTO backup_tombstone_applications (snapshot_id, region, subject_pseudonym)"
+            " SELECT %s, %s, unnest(%s::text[])",
+            (sid, region, sorted(tombstones)),
+        )
+
+
+def record_complete(db_url: str, manifest: Manifest, certificates_endpoint: str | None, **extra: Any) -> dict[str, Any]:
+    """After the manifest is written: mark the snapshot complete in the catalogue, put the people erased while
+    it was written (no application recorded by record_honoured) back to pending, their certificates too, append
+    the ledger entry; return the summary (counts, no personal data)."""
     sid, region = manifest.snapshot_id, manifest.region
     summary: dict[str, Any] = {
         "region": region,
@@ -118,11 +129,6 @@ def record_complete(
             "UPDATE backup_snapshots SET status = 'complete', completed_at = now(), objects = %s, rows = %s,"
             " bytes = %s WHERE snapshot_id = %s AND region = %s",
             (summary["objects"], summary["rows"], summary["bytes"], sid, region),
-        )
-        cur.execute(
-            "INSERT INTO backup_tombstone_applications (snapshot_id, region, subject_pseudonym)"
-            " SELECT %s, %s, unnest(%s::text[]) ON CONFLICT DO NOTHING",
-            (sid, region, sorted(tombstones)),
         )
         # People erased while this snapshot was written are in it: their region status is pending again until
         # propagation has rewritten it too.
@@ -142,15 +148,19 @@ def record_complete(
     return summary
 
 
-def already_complete(db_url: str, region: str, sid: str) -> None:
-    """The manifest is there: a run killed after it, before the catalogue, is caught up."""
-    log.info("snapshot %s already complete in %s", sid, region)
+def already_complete(
+    db_url: str, client: Any, bucket: str, region: str, sid: str, certificates_endpoint: str | None
+) -> dict[str, Any]:
+    """The manifest is there. A run killed after it, before record_complete, is caught up: the catalogue, the
+    people erased while it was written put back to pending (the snapshot holds them), the ledger entry."""
     with transaction(db_url) as cur:
-        cur.execute(
-            "UPDATE backup_snapshots SET status = 'complete', completed_at = coalesce(completed_at, now())"
-            " WHERE snapshot_id = %s AND region = %s AND status = 'writing'",
-            (sid, region),
-        )
+        cur.execute("SELECT status FROM backup_snapshots WHERE snapshot_id = %s AND region = %s", (sid, region))
+        row = cur.fetchone()
+    if row is not None and row[0] == "writing":
+        log.info("snapshot %s: manifest written in %s by a run killed before completing it; completing", sid, region)
+        return record_complete(db_url, read_manifest(client, bucket, sid), certificates_endpoint, caught_up=True)
+    log.info("snapshot %s already complete in %s", sid, region)
+    return {"region": region, "snapshot_id": sid, "status": "already complete"}
 
 
 def start_writing(db_url: str, region: str, sid: str, policy_version: str) -> None:
@@ -164,10 +174,9 @@ def start_writing(db_url: str, region: str, sid: str, policy_version: str) -> No
 
 def _export(
     db_url: str, region: str, client: Any, bucket: str, sid: str, policy: Policy, key: bytes
-) -> tuple[Manifest, int, set[str]] | None:
+) -> tuple[Manifest, int] | None:
     """Write the snapshot's objects, then its manifest; None when it is already complete. Under the region lock."""
     if store.exists(client, bucket, layout.manifest_key(sid)):
-        already_complete(db_url, region, sid)
         return None
     # Leftovers of killed attempts (this snapshot's or an earlier one's) have no manifest, and no writer
     # holds the lock: remove every version of them before writing anew.
@@ -193,8 +202,9 @@ def _export(
             return object_key, store.put_file(client, bucket, object_key, body)
 
         manifest.tables = export_tables(cur, backed_up_tables(policy), policy, key, tombstones, upload)
+    record_honoured(db_url, region, sid, tombstones)
     write_manifest(client, bucket, manifest)  # last: from here on the snapshot exists
-    return manifest, leftovers, tombstones
+    return manifest, leftovers
 
 
 Sink = Callable[[str, int | None, BinaryIO], tuple[str, str]]
@@ -282,13 +292,14 @@ _SEARCHED_TYPES = frozenset(
 )
 
 
-def searched_columns(columns: list[frames.Column], subject: str | None, classes: dict[str, str]) -> list[str]:
-    """The columns propagation and restore search for erased people: every text-like one but the links."""
-    return [
-        c.name
-        for c in columns
-        if c.pg_type in _SEARCHED_TYPES and c.name != subject and classes.get(c.name) != "pseudonym"
-    ]
+def searched_columns(
+    columns: list[frames.Column], subject: str | None, classes: dict[str, str], kept: Iterable[str] = ()
+) -> list[str]:
+    """The columns propagation, restore and the audit search for erased people: every text-like one but the links
+    and what the policy keeps of a kept row (`erasure.keep`: an invoice's billing_name stays as issued, on the
+    primary as in every snapshot, as lethe.erasure.sweep leaves it)."""
+    skipped = {subject, *kept} | {c for c, cls in classes.items() if cls == "pseudonym"}
+    return [c.name for c in columns if c.pg_type in _SEARCHED_TYPES and c.name not in skipped]
 
 
 def _export_table(
@@ -314,7 +325,9 @@ def _export_table(
         if erasure
         else {},
         pseudonym_column=next((c for c, cls in rule.columns.items() if cls == "pseudonym"), None),
-        free_text=searched_columns(columns, rule.subject, rule.columns),
+        free_text=searched_columns(
+            columns, rule.subject, rule.columns, erasure.keep if erasure and erasure.action != "delete" else ()
+        ),
         buckets=buckets,
     )
     owner = None
