@@ -25,3 +25,14 @@ def test_a_detail_without_the_record_vacuums_every_table_it_changed_whole() -> N
 
 def test_an_erasure_that_wrote_nothing_vacuums_nothing() -> None:
     assert vacuum.targets([{"tables": {"accounts": {"action": "deleted", "rows": 0}}, "vacuum": []}]) == []
+
+
+def test_tables_in_other_schemas_are_vacuumed_by_their_whole_name() -> None:
+    """Found from outside: the sweep masked a row of crm.leads, and `crm` (no table) was all the vacuum got, so the
+    dead tuple kept the person's e-mail in the pages."""
+    detail = {
+        "tables": {"billing.invoices": {"action": "pseudonymised"}},
+        "redactions": {"support.tickets.body": 1},
+        "residue": {"masked:crm.leads.email": 1, "deleted:visitor_logs.url": 1, "kept:billing.invoices.name": 1},
+    }
+    assert vacuum.touched([detail]) == ["billing.invoices", "crm.leads", "support.tickets", "visitor_logs"]

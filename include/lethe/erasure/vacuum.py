@@ -34,11 +34,12 @@ def touched(details: Iterable[dict[str, Any]]) -> list[str]:
         for table, entry in (detail.get("tables") or {}).items():
             if entry.get("action") != "held":
                 tables.add(table)
-        tables |= {column.split(".", 1)[0] for column in detail.get("redactions") or {}}
+        # `table.column`, the table maybe `schema.table`: the column is what follows the last dot
+        tables |= {column.rsplit(".", 1)[0] for column in detail.get("redactions") or {}}
         for key in detail.get("residue") or {}:
             action, _, column = key.partition(":")
             if action in WRITES:
-                tables.add(column.split(".", 1)[0])
+                tables.add(column.rsplit(".", 1)[0])
     return sorted(tables)
 
 
