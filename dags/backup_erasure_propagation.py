@@ -35,6 +35,9 @@ snapshots that hold them expire (policy `backups.retention`); see docs/backups.m
   `finish` waits for a rerun (a tombstone is applied in a region only when every snapshot is).
 - "rewrite not verified": S3 served something else than was written; the old version is
   kept. Rerun; a rerun repairs half-done rewrites and removes old versions.
+- "s3://... is missing: a manifest names it": that object was deleted outside Lethe. Remove
+  its delete marker (its newest version comes back) or delete the snapshot, manifest first;
+  until then no erasure reaches `applied` in the region.
 """
 
 

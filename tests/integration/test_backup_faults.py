@@ -276,3 +276,29 @@ def test_the_snapshot_before_an_erasure_restores_with_intact_links_and_the_perso
         assert any("payments(invoice_id) -> invoices(invoice_id)" in line for line in lines)
     finally:
         testing.drop_database(target)
+
+
+def test_an_object_deleted_outside_lethe_is_named_and_once_restored_the_erasure_goes_through(
+    db_url: str, s3_endpoint: str
+) -> None:
+    """Found from outside: one data object plainly deleted (a delete marker) made every propagation of its snapshot
+    fail with a bare NoSuchKey naming nothing, so no erasure reached 'applied' in the region."""
+    from lethe.backup.manifest import read as read_manifest
+    from lethe.backup.store import MissingObject
+
+    fill(db_url)
+    sid = "20261101T020000Z"
+    take_snapshot(db_url, REGION, s3_endpoint, sid, load_policy(), KEY)
+    client, bucket = s3(s3_endpoint), BUCKETS.backup(REGION)
+    person = erase(db_url, 1)
+    [(_, _, gone, _)] = [h for h in read_manifest(client, bucket, sid).holding({person}) if h[0] == "accounts"]
+    marker = client.delete_object(Bucket=bucket, Key=gone.key)["VersionId"]  # an operator's plain delete
+
+    with pytest.raises(MissingObject) as err:
+        propagate_region(db_url, REGION, s3_endpoint, key=KEY)
+    assert f"s3://{bucket}/{gone.key} is missing" in str(err.value) and "delete marker" in str(err.value)
+    assert traces(every_version(s3_endpoint), {1})  # she is still in the snapshot
+
+    client.delete_object(Bucket=bucket, Key=gone.key, VersionId=marker)  # what the message says to do
+    propagate_region(db_url, REGION, s3_endpoint, key=KEY)
+    assert traces(every_version(s3_endpoint), {1}) == []

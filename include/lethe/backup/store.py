@@ -77,8 +77,26 @@ def _put_object(client: Any, bucket: str, key: str, body: bytes | BinaryIO, cont
     )
 
 
+class MissingObject(RuntimeError):
+    """An object a manifest names is not in the bucket (deleted outside Lethe)."""
+
+
+def _get_object(client: Any, bucket: str, key: str) -> Any:
+    try:
+        return client.get_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            raise MissingObject(
+                f"s3://{bucket}/{key} is missing: a manifest names it, but it was deleted outside Lethe (a plain "
+                "delete leaves its bytes behind a delete marker). Restore it from its newest version "
+                "(list_object_versions, then delete the marker), or delete the snapshot, manifest first; until then "
+                "no erasure can be applied to that snapshot"
+            ) from None
+        raise
+
+
 def get(client: Any, bucket: str, key: str) -> bytes:
-    return bytes(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    return bytes(_get_object(client, bucket, key)["Body"].read())
 
 
 CHUNK = 1 << 20
@@ -87,7 +105,7 @@ CHUNK = 1 << 20
 def download(client: Any, bucket: str, key: str, sink: BinaryIO) -> str:
     """Stream an object into `sink` (a MiB at a time, never whole in memory) and rewind it; return its sha256."""
     digest = hashlib.sha256()
-    for chunk in client.get_object(Bucket=bucket, Key=key)["Body"].iter_chunks(CHUNK):
+    for chunk in _get_object(client, bucket, key)["Body"].iter_chunks(CHUNK):
         digest.update(chunk)
         sink.write(chunk)
     sink.flush()
