@@ -49,6 +49,18 @@ class Graph:
     def parents_of(self, table: str) -> list[ForeignKey]:
         return [fk for fk in self.foreign_keys if fk.child == table and fk.parent in self.tables]
 
+    def second_links(self, table: str, link: str | None) -> list[ForeignKey]:
+        """Links from `table` to the subject table other than its own subject link `link` (a ticket's assignee_id):
+        a row is its subject link's, so these name someone in another person's row, and are cut, never followed.
+        None for the subject table itself and a table without a link of its own (its rows inherit through them)."""
+        if table == self.subject_table or not link:
+            return []
+        return [
+            fk
+            for fk in self.foreign_keys
+            if fk.child == table and fk.parent == self.subject_table and fk.child_columns != (link,)
+        ]
+
     def pointers_to(self, table: str) -> list[ForeignKey]:
         """Links from erased rows (or referenced rows reached earlier) to `table`, a referenced table."""
         reached = set(self.tables) | set(self.referenced[: self.referenced.index(table)])
@@ -184,12 +196,10 @@ def materialise(
                     " AS m(owner, p) ON t.{c} = m.p"
                 ).format(pk=pk_cols, t=relation(table), c=sql.Identifier(cut))
             )
+        second = graph.second_links(table, link)
         for fk in graph.parents_of(table):
-            if fk.parent == table:
+            if fk.parent == table or fk in second:
                 continue
-            other_link = fk.parent == graph.subject_table and fk.child_columns != (link,)
-            if link and table != graph.subject_table and other_link:
-                continue  # a row naming the person in another link (an assignee) is its subject's: the link is cut
             join_ref = sql.SQL(" AND ").join(
                 sql.SQL("t.{} = p.{}").format(sql.Identifier(c), sql.Identifier(pc))
                 for c, pc in zip(fk.child_columns, fk.parent_columns, strict=True)

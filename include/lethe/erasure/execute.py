@@ -228,19 +228,15 @@ def _cut_links(cur: psycopg2.extensions.cursor, graph: Graph, table: str, delete
 
 
 def _cut_links_to_people(cur: psycopg2.extensions.cursor, policy: Policy, graph: Graph, table: str) -> None:
-    """Rows naming an erased person in a link other than their own subject link (a ticket's assignee_id) are
-    their subject's (lethe.erasure.discovery.materialise leaves them out): null that link, before the person's
-    row goes, rather than delete someone else's row or fail on the foreign key."""
+    """An erased person named in another person's row (Graph.second_links: a ticket's assignee_id): null that
+    link before the person's row goes, rather than delete someone else's row or fail on the foreign key."""
     link = policy.tables[table].subject
-    if table == graph.subject_table or not link:
-        return  # a table without a subject link of its own: its rows are the person's through these links
-    for fk in graph.foreign_keys:
-        if fk.child == table and fk.parent == graph.subject_table and fk.child_columns != (link,):
-            problem = (
-                f"{table}.{{columns}} names a {graph.subject_table} row (NOT NULL) beside the rows' own link {link}:"
-                " an erased person there can be neither kept nor cut; make it nullable"
-            )
-            _null_link(cur, graph, table, fk, sql.SQL("true"), problem)
+    for fk in graph.second_links(table, link):
+        problem = (
+            f"{table}.{{columns}} names a {graph.subject_table} row (NOT NULL) beside the rows' own link {link}:"
+            " an erased person there can be neither kept nor cut; make it nullable"
+        )
+        _null_link(cur, graph, table, fk, sql.SQL("true"), problem)
 
 
 def _cut_links_to_self(cur: psycopg2.extensions.cursor, graph: Graph, table: str) -> None:
