@@ -97,6 +97,21 @@ def erase(url: str, user_id: int) -> str:
     return p
 
 
+def erase_certify_propagate(primary: str, s3_endpoint: str, region: str, user_id: int) -> tuple[str, str]:
+    """What subject_erasure and its propagation do for one person (the certificate as the DAG writes it):
+    (their pseudonym, the request id)."""
+    from lethe.erasure import certificate
+
+    erased = erase(primary, user_id)
+    with transaction(primary) as cur:
+        cur.execute("SELECT request_id::text FROM erasure_tombstones WHERE subject_pseudonym = %s", (erased,))
+        request_id = cur.fetchone()[0]
+    request = {"request_id": request_id, "subject_pseudonym": erased, "detail": {"outcome": "erased"}}
+    certificate.write(s3_client("ap-south-1", s3_endpoint), certificate.build(request, "test"))
+    propagate_region(primary, region, s3_endpoint, key=KEY)
+    return erased, request_id
+
+
 @pytest.fixture
 def primary(db_url: str) -> str:
     fill_primary(db_url)
@@ -295,19 +310,7 @@ def test_a_snapshot_written_while_a_person_was_erased_keeps_them_pending_until_i
             first = not erased
             erased.setdefault("p", "")
         if first:  # the second night's export has read its tombstones and rows: now person 7 is erased
-            erased["p"] = erase(primary, 7)
-            with transaction(primary) as cur:
-                cur.execute(
-                    "SELECT request_id::text FROM erasure_tombstones WHERE subject_pseudonym = %s", (erased["p"],)
-                )
-                erased["request"] = cur.fetchone()[0]
-            request = {
-                "request_id": erased["request"],
-                "subject_pseudonym": erased["p"],
-                "detail": {"outcome": "erased"},
-            }
-            certificate.write(evidence, certificate.build(request, "test"))  # what subject_erasure writes
-            propagate_region(primary, region, s3_endpoint, key=KEY)
+            erased["p"], erased["request"] = erase_certify_propagate(primary, s3_endpoint, region, 7)
             with transaction(primary) as cur:
                 cur.execute(status, (erased["p"], region))
                 assert cur.fetchone() == ("applied", 1)  # the only complete snapshot is rewritten
@@ -351,19 +354,7 @@ def test_a_backup_killed_between_its_manifest_and_its_catalogue_is_completed_by_
 
     def erase_and_propagate_mid_export(*args: Any, **kwargs: Any) -> str:
         if once.acquire(blocking=False):
-            erased["p"] = erase(primary, 7)
-            with transaction(primary) as cur:
-                cur.execute(
-                    "SELECT request_id::text FROM erasure_tombstones WHERE subject_pseudonym = %s", (erased["p"],)
-                )
-                erased["request"] = cur.fetchone()[0]
-            request = {
-                "request_id": erased["request"],
-                "subject_pseudonym": erased["p"],
-                "detail": {"outcome": "erased"},
-            }
-            certificate.write(evidence, certificate.build(request, "test"))
-            propagate_region(primary, region, s3_endpoint, key=KEY)
+            erased["p"], erased["request"] = erase_certify_propagate(primary, s3_endpoint, region, 7)
         return real_put(*args, **kwargs)
 
     def killed(*args: Any, **kwargs: Any) -> dict[str, Any]:
