@@ -338,3 +338,55 @@ def test_an_erasure_plan_made_while_retention_drops_a_partition_leaves_it_to_ret
         cur.execute("CREATE TABLE usage_notes__expired (user_id bigint PRIMARY KEY REFERENCES accounts (user_id))")
         with pytest.raises(discovery.ErasureGraphError, match="usage_notes__expired"):
             discovery.read_graph(cur, load_policy())
+
+
+# Found from outside: policies the check passed and the erasure or the purge then failed on, with an unnamed
+# psycopg2 error (each reproduced against a real database first). Each is now refused, naming table and column.
+
+
+def test_a_subject_link_to_another_column_than_the_subject_key_is_refused(db_url: str, tmp_path: Path) -> None:
+    """tickets.owner_email references accounts.email: the erasure compared it with the person's user_id and failed
+    planning with UndefinedFunction (text = bigint). The check looked only at the table a foreign key reaches."""
+    from airflow.sdk.exceptions import AirflowFailException
+    from lethe.policy.check import check_before_acting
+
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "CREATE TABLE tickets (ticket_id bigint PRIMARY KEY, owner_email text REFERENCES accounts (email),"
+            " body text, created_at timestamptz NOT NULL)"
+        )
+    path = tmp_path / "p.yaml"
+    tickets = (
+        "  tickets:\n    description: Support tickets.\n    purpose: services\n    legal_basis: contract\n"
+        "    subject: owner_email\n    backup: true\n"
+        "    columns: {ticket_id: identifier, owner_email: email, body: comment, created_at: timestamp}\n"
+        "    retention:\n      - {name: old_tickets, keep: P1Y, after: created_at, action: delete}\n"
+        "    erasure: {action: delete}\n"
+    )
+    path.write_text(SHIPPED.replace("\n  ssh_keys:\n", "\n" + tickets + "\n  ssh_keys:\n", 1))
+    want = (
+        f"{path}:{line_of(path, 'subject: owner_email')}: tables.tickets.subject: linked to accounts by owner_email,"
+        " which references accounts.email, not the subject key accounts.user_id; Lethe links by the subject key only"
+    )
+    problems = check(load_policy(path), db_url)
+    assert any(p.startswith(want) for p in problems), problems
+    # Every DAG task (the erasure's plan among them) refuses it before acting, with the same words.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LETHE_POLICY_FILE", str(path))
+        with pytest.raises(AirflowFailException) as refused:
+            check_before_acting()
+    assert want in str(refused.value)
+
+
+def test_a_subject_key_no_link_references_is_refused(db_url: str, tmp_path: Path) -> None:
+    """`key: email` while every table links by user_id: the erasure compared user_id with the person's email and
+    failed planning with UndefinedFunction (bigint = text). A uuid key is fine (examples/bookshop): what matters
+    is that the links reference the key."""
+    path = tmp_path / "p.yaml"
+    path.write_text(SHIPPED.replace("  key: user_id\n", "  key: email\n", 1))
+    problems = check(load_policy(path), db_url)
+    want = (
+        f"{path}:{line_of(path, 'key: email')}: subject.key: the subject key is accounts.email, but every link to"
+        " accounts references accounts.user_id (ssh_keys.user_id, subscriptions.user_id, invoices.user_id,"
+    )
+    assert any(p.startswith(want) and p.endswith("make user_id the subject key") for p in problems), problems

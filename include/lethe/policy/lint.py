@@ -63,10 +63,14 @@ def live_schema(
     return schema
 
 
-def subject_foreign_keys(fks: list[ForeignKey], subject_table: str) -> set[tuple[str, str]]:
-    """(table, column) pairs with a single-column foreign key to the subject table (declared on the
-    table, or only on its partitions)."""
-    return {(fk.child, fk.child_columns[0]) for fk in fks if fk.parent == subject_table and len(fk.child_columns) == 1}
+def subject_foreign_keys(fks: list[ForeignKey], subject_table: str) -> dict[tuple[str, str], set[str]]:
+    """(table, column) -> the columns of the subject table it references, for each single-column foreign key
+    to the subject table (declared on the table, or only on its partitions)."""
+    out: dict[tuple[str, str], set[str]] = {}
+    for fk in fks:
+        if fk.parent == subject_table and len(fk.child_columns) == 1:
+            out.setdefault((fk.child, fk.child_columns[0]), set()).add(fk.parent_columns[0])
+    return out
 
 
 def pointed_to(policy: Policy, fks: list[ForeignKey]) -> dict[str, str]:
@@ -148,12 +152,45 @@ def lint(policy: Policy, cur: psycopg2.extensions.cursor) -> list[str]:
                     f"column(s) {', '.join(loose)} unnamed: mask each under `columns` or list it under `keep` "
                     "with its legal reason"
                 )
-        if rule.subject and table != policy.subject.table and (table, rule.subject) not in fks:
-            problems.append(
-                f"{at('tables', table, 'subject')}: tables.{table}.subject: column {rule.subject!r} has no foreign key "
-                f"to {policy.subject.table}.{policy.subject.key}, so the subject cannot be reached through it"
-            )
+    problems += _link_to_key_problems(policy, fks, at)
     return problems
+
+
+def _link_to_key_problems(policy: Policy, fks: dict[tuple[str, str], set[str]], at: Any) -> list[str]:
+    """Each table's subject link must be a foreign key to the subject key: the erasure and the event clocks
+    compare the link with the person's key, so a link to another column (an email) compares unlike values."""
+    subject, key = policy.subject.table, policy.subject.key
+    problems: list[str] = []
+    elsewhere: dict[str, str] = {}  # table -> the subject table's column(s) its link references instead
+    to_key = False
+    for table, rule in policy.tables.items():
+        if not rule.subject or table == subject:
+            continue
+        referenced = fks.get((table, rule.subject), set())
+        if key in referenced:
+            to_key = True
+        elif referenced:
+            elsewhere[table] = ", ".join(sorted(referenced))
+        else:
+            problems.append(
+                f"{at('tables', table, 'subject')}: tables.{table}.subject: column {rule.subject!r} has no foreign "
+                f"key to {subject}.{key}, so the subject cannot be reached through it"
+            )
+    if len(elsewhere) > 1 and len(set(elsewhere.values())) == 1 and not to_key:  # the key is what is wrong: once
+        other = next(iter(elsewhere.values()))
+        links = ", ".join(f"{t}.{policy.tables[t].subject}" for t in elsewhere)
+        problems.append(
+            f"{at('subject', 'key')}: subject.key: the subject key is {subject}.{key}, but every link to {subject} "
+            f"references {subject}.{other} ({links}); Lethe links by the subject key only: make {other} the "
+            "subject key"
+        )
+        return problems
+    return problems + [
+        f"{at('tables', t, 'subject')}: tables.{t}.subject: linked to {subject} by {policy.tables[t].subject}, "
+        f"which references {subject}.{other}, not the subject key {subject}.{key}; Lethe links by the subject key "
+        f"only: link {t} by a column with a foreign key to {subject}.{key}"
+        for t, other in elsewhere.items()
+    ]
 
 
 def _clock_problems(policy: Policy, schema: dict[str, dict[str, LiveColumn]], at: Any) -> list[str]:
