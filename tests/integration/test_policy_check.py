@@ -390,3 +390,16 @@ def test_a_subject_key_no_link_references_is_refused(db_url: str, tmp_path: Path
         " accounts references accounts.user_id (ssh_keys.user_id, subscriptions.user_id, invoices.user_id,"
     )
     assert any(p.startswith(want) and p.endswith("make user_id the subject key") for p in problems), problems
+
+
+def test_a_subject_identifier_naming_a_missing_column_is_refused(db_url: str, tmp_path: Path) -> None:
+    """`identifiers: {phone: mobile}` with no accounts.mobile: every erasure failed planning with UndefinedColumn,
+    whatever identifier the request gave."""
+    path = tmp_path / "p.yaml"
+    path.write_text(SHIPPED.replace("phone: phone, username: username}", "phone: mobile, username: username}", 1))
+    problems = check(load_policy(path), db_url)
+    want = (
+        f"{path}:{line_of(path, 'phone: mobile')}: subject.identifiers.phone: the erasure finds a person by phone in"
+        " accounts.mobile, which is not a column in the database"
+    )
+    assert any(p.startswith(want) for p in problems), problems

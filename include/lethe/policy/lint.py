@@ -21,6 +21,8 @@ from lethe.retention.catalog import being_dropped
 CLOCK_TYPES = ("timestamp with time zone", "timestamp without time zone", "date")
 # Erasure and anonymisation strategies that leave the column NULL.
 NULLING = ("null", "pseudonym_link")
+# Types the erasure can compare an identifier with as one value (lower(col), a phone's digits).
+IDENTIFIER_TYPES = ("text", "character varying", "character", "citext")
 
 
 class LiveColumn(NamedTuple):
@@ -153,6 +155,7 @@ def lint(policy: Policy, cur: psycopg2.extensions.cursor) -> list[str]:
                     "with its legal reason"
                 )
     problems += _link_to_key_problems(policy, fks, at)
+    problems += _identifier_problems(policy, schema, at)
     return problems
 
 
@@ -191,6 +194,31 @@ def _link_to_key_problems(policy: Policy, fks: dict[tuple[str, str], set[str]], 
         f"only: link {t} by a column with a foreign key to {subject}.{key}"
         for t, other in elsewhere.items()
     ]
+
+
+def _identifier_problems(policy: Policy, schema: dict[str, dict[str, LiveColumn]], at: Any) -> list[str]:
+    """The erasure finds people by the subject's identifier columns, compared as one text value (the key aside):
+    each must exist, and be text, not an array or a document."""
+    subject = policy.subject.table
+    live = schema.get(subject, {})  # a subject table not in the database is reported as an unknown table
+    problems: list[str] = []
+    for kind, column in policy.subject.identifiers.items() if live else ():
+        where = f"{at('subject', 'identifiers', kind)}: subject.identifiers.{kind}"
+        if column not in live:
+            problems.append(
+                f"{where}: the erasure finds a person by {kind} in {subject}.{column}, which is not a column in "
+                f"the database: name the column of {subject} that holds the {kind}"
+            )
+        elif kind != "user_id" and not _text(live[column]):
+            problems.append(
+                f"{where}: the erasure compares {subject}.{column} with the {kind} asked for as one text value, but "
+                f"the column is {live[column].type}: name a text column of {subject} holding one {kind}"
+            )
+    return problems
+
+
+def _text(column: LiveColumn) -> bool:
+    return column.type.rsplit(".", 1)[-1] in IDENTIFIER_TYPES  # citext may come schema-qualified
 
 
 def _clock_problems(policy: Policy, schema: dict[str, dict[str, LiveColumn]], at: Any) -> list[str]:
