@@ -378,6 +378,23 @@ def test_a_subject_link_to_another_column_than_the_subject_key_is_refused(db_url
     assert want in str(refused.value)
 
 
+def test_an_array_column_classed_as_an_identifier_is_refused(db_url: str, tmp_path: Path) -> None:
+    """comments.cc (text[]) classed email: the plan passed, then the erasure's identifier check ran lower(cc) and
+    the erase step failed with an unnamed UndefinedFunction, for every request."""
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("ALTER TABLE comments ADD COLUMN cc text[]")
+    old = "columns: {comment_id: identifier, user_id: identifier, body: comment, created_at: timestamp}"
+    assert old in SHIPPED
+    path = tmp_path / "p.yaml"
+    path.write_text(SHIPPED.replace(old, old[:-1] + ", cc: email}", 1))
+    problems = check(load_policy(path), db_url)
+    want = (
+        f"{path}:{line_of(path, 'cc: email')}: tables.comments.columns.cc: class email is checked after every erasure"
+        " as one text value (lower-cased or its digits), but the column is text[]"
+    )
+    assert any(p.startswith(want) for p in problems), problems
+
+
 def test_a_subject_key_no_link_references_is_refused(db_url: str, tmp_path: Path) -> None:
     """`key: email` while every table links by user_id: the erasure compared user_id with the person's email and
     failed planning with UndefinedFunction (bigint = text). A uuid key is fine (examples/bookshop): what matters

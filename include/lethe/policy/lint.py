@@ -12,6 +12,7 @@ import psycopg2.extensions
 import yaml
 
 from lethe.db import LETHE_TABLES, PLATFORM_SCHEMA, lethe_schema
+from lethe.erasure.indexes import IDENTIFIER_CLASSES, identifier_columns
 from lethe.policy.draft import unreviewed
 from lethe.policy.model import PERSONAL_CATEGORIES, Policy, _line_index
 from lethe.relations import ForeignKey, foreign_keys, policy_oids, split
@@ -197,8 +198,8 @@ def _link_to_key_problems(policy: Policy, fks: dict[tuple[str, str], set[str]], 
 
 
 def _identifier_problems(policy: Policy, schema: dict[str, dict[str, LiveColumn]], at: Any) -> list[str]:
-    """The erasure finds people by the subject's identifier columns, compared as one text value (the key aside):
-    each must exist, and be text, not an array or a document."""
+    """The erasure finds people by the subject's identifier columns and checks every identifier-classed column
+    (lethe.erasure.indexes) as one text value: each must exist, and be text, not an array or a document."""
     subject = policy.subject.table
     live = schema.get(subject, {})  # a subject table not in the database is reported as an unknown table
     problems: list[str] = []
@@ -213,6 +214,15 @@ def _identifier_problems(policy: Policy, schema: dict[str, dict[str, LiveColumn]
             problems.append(
                 f"{where}: the erasure compares {subject}.{column} with the {kind} asked for as one text value, but "
                 f"the column is {live[column].type}: name a text column of {subject} holding one {kind}"
+            )
+    for table, column, cls in identifier_columns(policy):
+        if column in schema.get(table, {}) and not _text(schema[table][column]):
+            problems.append(
+                f"{at('tables', table, 'columns', column)}: tables.{table}.columns.{column}: class {cls} is checked "
+                f"after every erasure as one text value (lower-cased or its digits), but the column is "
+                f"{schema[table][column].type}: keep one {cls} per text column (several: one row each in a child "
+                f"table), or give it a class other than {'/'.join(IDENTIFIER_CLASSES)} (the residue scan still "
+                "reads arrays)"
             )
     return problems
 
