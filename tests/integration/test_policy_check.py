@@ -420,3 +420,40 @@ def test_a_subject_identifier_naming_a_missing_column_is_refused(db_url: str, tm
         " accounts.mobile, which is not a column in the database"
     )
     assert any(p.startswith(want) for p in problems), problems
+
+
+def test_a_rule_writing_a_generated_column_is_refused_before_the_purge(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """closed_account_details redacting accounts.email_domain (GENERATED ALWAYS): the check and `purge --dry-run`
+    passed, and the real purge failed on the first closed account. Both purges now refuse it, changing nothing."""
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "ALTER TABLE accounts ADD COLUMN email_domain text GENERATED ALWAYS AS (split_part(email, '@', 2)) STORED"
+        )
+        cur.execute(
+            "INSERT INTO accounts (user_id, name, username, email, password_hash, created_at, closed_at)"
+            " VALUES (7, 'Closed One', 'closed7', 'closed7@example.com', 'h', now() - interval '3 years',"
+            " now() - interval '60 days')"
+        )
+    path = tmp_path / "p.yaml"
+    text = SHIPPED.replace("      closed_at: timestamp\n", "      closed_at: timestamp\n      email_domain: email\n", 1)
+    path.write_text(
+        text.replace(
+            '          interests: "null"\n', '          interests: "null"\n          email_domain: redact\n', 1
+        )
+    )
+    want = (
+        f"{path}:{line_of(path, 'email_domain: redact')}: tables.accounts.retention.0.columns.email_domain: rule"
+        " closed_account_details writes accounts.email_domain, which is GENERATED ALWAYS"
+    )
+    assert any(p.startswith(want) for p in check(load_policy(path), db_url))
+    monkeypatch.setenv("LETHE_POLICY_FILE", str(path))
+    for dry_run in (["--dry-run"], []):
+        code = main(["purge", "--rule", "closed_account_details", *dry_run])
+        out = capsys.readouterr()
+        assert code == 2, out
+        assert want in out.out + out.err
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT name FROM accounts WHERE user_id = 7")
+        assert cur.fetchone() == ("Closed One",)

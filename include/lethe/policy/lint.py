@@ -30,6 +30,7 @@ class LiveColumn(NamedTuple):
     type: str
     not_null: bool
     has_default: bool = False
+    generated: bool = False  # GENERATED ALWAYS (a computed or identity column): PostgreSQL refuses a written value
 
 
 def live_schema(
@@ -45,7 +46,7 @@ def live_schema(
     cur.execute(
         """
         SELECT c.oid::oid, n.nspname, c.relname, a.attname, format_type(a.atttypid, NULL), a.attnotnull,
-               a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''
+               a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '', a.attgenerated <> '' OR a.attidentity = 'a'
         FROM pg_class c
         JOIN pg_namespace n ON n.oid = c.relnamespace
         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -57,12 +58,12 @@ def live_schema(
     )
     schema: dict[str, dict[str, LiveColumn]] = {}
     home: dict[str, str] = {}
-    for oid, namespace, relname, column, type_, not_null, has_default in cur.fetchall():
+    for oid, namespace, relname, column, type_, not_null, has_default, generated in cur.fetchall():
         table = known.get(int(oid)) or (
             relname if namespace in (PLATFORM_SCHEMA, lethe_schema()) else f"{namespace}.{relname}"
         )
         if home.setdefault(table, namespace) == namespace:  # a platform table shadows Lethe's of the same name
-            schema.setdefault(table, {})[column] = LiveColumn(type_, not_null, has_default)
+            schema.setdefault(table, {})[column] = LiveColumn(type_, not_null, has_default, generated)
     return schema
 
 
@@ -274,7 +275,8 @@ def _placeholder_problems(policy: Policy, schema: dict[str, dict[str, LiveColumn
 
 
 def _impossible(policy: Policy, table: str, live: dict[str, LiveColumn], at: Any) -> list[str]:
-    """Rules the database cannot carry out: a NULL into a NOT NULL column, a clock that is not a time."""
+    """Rules the database cannot carry out: a NULL into a NOT NULL column, a write into a generated column,
+    a clock that is not a time."""
     rule = policy.tables[table]
     problems: list[str] = []
     for i, r in enumerate(rule.retention):
@@ -294,7 +296,13 @@ def _impossible(policy: Policy, table: str, live: dict[str, LiveColumn], at: Any
         if r.cuts_link:
             problems += _link_problems(table, i, r.name, rule.link_pseudonym, live, at)
         for column, strategy in r.columns.items():
-            if strategy in NULLING and column in live and live[column].not_null:
+            if column in live and live[column].generated:
+                problems.append(
+                    f"{at('tables', table, 'retention', i, 'columns', column)}: "
+                    f"tables.{table}.retention.{i}.columns.{column}: rule {r.name} writes {table}.{column}, "
+                    f"{_GENERATED}"
+                )
+            elif strategy in NULLING and column in live and live[column].not_null:
                 problems.append(
                     f"{at('tables', table, 'retention', i, 'columns', column)}: "
                     f"tables.{table}.retention.{i}.columns.{column}: rule {r.name} sets {column!r} to null, "
@@ -302,7 +310,12 @@ def _impossible(policy: Policy, table: str, live: dict[str, LiveColumn], at: Any
                 )
     erasure_columns = rule.erasure.columns if rule.erasure else {}
     for column, strategy in erasure_columns.items():
-        if strategy in NULLING and column in live and live[column].not_null:
+        if column in live and live[column].generated:
+            problems.append(
+                f"{at('tables', table, 'erasure', 'columns', column)}: tables.{table}.erasure.columns.{column}: "
+                f"erasure writes {table}.{column}, {_GENERATED}"
+            )
+        elif strategy in NULLING and column in live and live[column].not_null:
             problems.append(
                 f"{at('tables', table, 'erasure', 'columns', column)}: tables.{table}.erasure.columns.{column}: "
                 f"erasure sets {column!r} to null ({strategy}), but the column is NOT NULL"
@@ -313,6 +326,12 @@ def _impossible(policy: Policy, table: str, live: dict[str, LiveColumn], at: Any
                 )
             )
     return problems
+
+
+_GENERATED = (
+    "which is GENERATED ALWAYS: PostgreSQL refuses any value written into it; mask the column(s) it is computed "
+    "from instead (PostgreSQL recomputes it)"
+)
 
 
 def _link_problems(
@@ -327,6 +346,8 @@ def _link_problems(
             f"{table}.{column}, which is not a column in the database: add it (text) to {table} in the "
             "company's schema (Lethe does not change the company's tables)"
         ]
+    if live[column].generated:
+        return [f"{where}: rule {rule} writes the keyed pseudonym into {table}.{column}, {_GENERATED}"]
     if live[column].type not in ("text", "character varying"):
         return [
             f"{where}: rule {rule} writes the keyed pseudonym (64 hex characters) into {table}.{column}, "
