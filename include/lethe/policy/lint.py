@@ -156,12 +156,14 @@ def lint(policy: Policy, cur: psycopg2.extensions.cursor) -> list[str]:
                     f"column(s) {', '.join(loose)} unnamed: mask each under `columns` or list it under `keep` "
                     "with its legal reason"
                 )
-    problems += _link_to_key_problems(policy, fks, at)
+    problems += _link_to_key_problems(policy, fks, set(schema), at)
     problems += _identifier_problems(policy, schema, at)
     return problems
 
 
-def _link_to_key_problems(policy: Policy, fks: dict[tuple[str, str], set[str]], at: Any) -> list[str]:
+def _link_to_key_problems(
+    policy: Policy, fks: dict[tuple[str, str], set[str]], live_tables: set[str], at: Any
+) -> list[str]:
     """Each table's subject link must be a foreign key to the subject key: the erasure and the event clocks
     compare the link with the person's key, so a link to another column (an email) compares unlike values."""
     subject, key = policy.subject.table, policy.subject.key
@@ -169,7 +171,7 @@ def _link_to_key_problems(policy: Policy, fks: dict[tuple[str, str], set[str]], 
     elsewhere: dict[str, str] = {}  # table -> the subject table's column(s) its link references instead
     to_key = False
     for table, rule in policy.tables.items():
-        if not rule.subject or table == subject:
+        if not rule.subject or table == subject or table not in live_tables:  # unknown tables: reported as such
             continue
         referenced = fks.get((table, rule.subject), set())
         if key in referenced:
