@@ -9,7 +9,13 @@ from lethe.erasure.discovery import ErasureGraphError, ForeignKey
 
 @pytest.mark.parametrize(
     ("kind", "value"),
-    [("email", "asha.rao@example.com"), ("phone", "+91 90000 00001"), ("username", "asha_rao"), ("user_id", "42")],
+    [
+        ("email", "asha.rao@example.com"),
+        ("phone", "+91 90000 00001"),
+        ("username", "asha_rao"),
+        ("user_id", "42"),
+        ("user_id", "9223372036854775807"),  # the largest bigint: 19 digits
+    ],
 )
 def test_valid_identifiers_pass(kind: str, value: str) -> None:
     assert request.validate_identifier(kind, f"  {value} ") == value
@@ -22,6 +28,8 @@ def test_valid_identifiers_pass(kind: str, value: str) -> None:
         ("email", "asha.rao@example", "name@example.com"),
         ("phone", "asha.rao@example.com", "digits"),
         ("user_id", "1; DROP TABLE accounts", "digits"),
+        ("user_id", "9223372036854775808", "at most 9223372036854775807"),  # one past bigint
+        ("user_id", "12345678901234567890", "1 to 19 digits"),
         ("username", "-x!", "2 to 64"),
         ("passport", "X1", "identifier_kind must be one of"),
     ],

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 IDENTIFIER_KINDS = ("user_id", "email", "phone", "username")
+MAX_USER_ID = 2**63 - 1  # the largest key a bigint column holds
 
 # Per kind: a pattern and the plain rule an operator reads when it does not match.
 FORMATS: dict[str, tuple[str, str]] = {
-    "user_id": (r"[0-9]{1,18}", "a user id is 1 to 18 digits"),
+    "user_id": (r"[0-9]{1,19}", f"a user id is 1 to 19 digits, at most {MAX_USER_ID} (PostgreSQL's bigint)"),
     "email": (
         r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
         "an email looks like name@example.com (letters, digits and . _ % + - before the @)",
