@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from lethe import testing
@@ -302,3 +303,41 @@ def test_an_object_deleted_outside_lethe_is_named_and_once_restored_the_erasure_
     client.delete_object(Bucket=bucket, Key=gone.key, VersionId=marker)  # what the message says to do
     propagate_region(db_url, REGION, s3_endpoint, key=KEY)
     assert traces(every_version(s3_endpoint), {1}) == []
+
+
+def test_a_snapshot_whose_manifest_is_deleted_while_a_backup_runs_is_removed_before_the_erasure_is_applied(
+    db_url: str, s3_endpoint: str
+) -> None:
+    """Found from outside: a manifest plainly deleted while backup_nightly held the region's writer lock hid its
+    snapshot from propagation, which marked the erasure applied while that snapshot's objects held the person."""
+    from lethe.backup import writer
+
+    fill(db_url)
+    old, live = "20261101T020000Z", "20261102T020000Z"
+    take_snapshot(db_url, REGION, s3_endpoint, old, load_policy(), KEY)
+    client, bucket = s3(s3_endpoint), BUCKETS.backup(REGION)
+    client.delete_object(Bucket=bucket, Key=f"snapshots/{old}/manifest.json")  # an operator's plain delete
+    person = erase(db_url, 1)
+    # A backup being written: its catalogue row, an object of its own, and the region's writer lock held.
+    in_flight, body = f"snapshots/{live}/data/comments/b0000.parquet", io.BytesIO()
+    pq.write_table(pa.table({"comment_id": [900]}), body)
+    with transaction(db_url) as cur:
+        cur.execute(
+            "INSERT INTO backup_snapshots (snapshot_id, region, status, policy_version)"
+            " VALUES (%s, %s, 'writing', 'x')",
+            (live, REGION),
+        )
+    client.put_object(Bucket=bucket, Key=in_flight, Body=body.getvalue())
+    with writer.region_lock(db_url, REGION, wait=True):
+        propagate_region(db_url, REGION, s3_endpoint, key=KEY)
+
+    assert traces(every_version(s3_endpoint), {1}) == []  # no version of the old snapshot holds her
+    assert client.get_object(Bucket=bucket, Key=in_flight)["Body"].read() == body.getvalue()  # the writer's own
+    with transaction(db_url) as cur:
+        cur.execute("SELECT status FROM backup_snapshots WHERE snapshot_id = %s AND region = %s", (old, REGION))
+        assert cur.fetchone()[0] == "expired"
+        cur.execute(
+            "SELECT status FROM backup_propagation_status WHERE subject_pseudonym = %s AND region = %s",
+            (person, REGION),
+        )
+        assert cur.fetchone()[0] == "applied"

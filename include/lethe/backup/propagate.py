@@ -15,9 +15,9 @@ complete snapshot (steps 1-4; snapshots share nothing, so the DAG maps one task 
 snapshot and Celery workers share them) and finish_region (step 5). Order, so that a
 kill at any point loses nothing and a rerun finishes the job:
 
-0. when no backup is being written in the region (its writer lock is free), delete the
-   incomplete snapshots a killed backup_nightly left (lethe.backup.writer); list the
-   complete ones;
+0. delete the incomplete snapshots (no manifest) a killed backup_nightly left, or whose manifest
+   someone deleted; while a backup is being written, every one but its own (lethe.backup.writer);
+   list the complete ones;
 1. put the rewritten object (the old version stays until step 3), read it back and
    check its checksum and that rows = before - erased;
 2. write the manifest with the new checksums and row counts;
@@ -172,17 +172,17 @@ def propagate_region(
 def plan_region(db_url: str, region: str, endpoint_url: str | None) -> tuple[list[str], int]:
     """The region's complete snapshots, oldest first, and how many incomplete ones were removed first.
 
-    Incomplete snapshots are removed only while no backup is being written in the region (its writer lock is
-    free): then what has no manifest was left by a killed backup_nightly.
+    Incomplete snapshots are removed: while no backup is being written in the region (its writer lock is free),
+    every one (a killed backup_nightly left them); while one is, every one but its own. A writer removes the
+    others when it takes the lock, so one found beside it lost its manifest since (someone deleted it): left
+    there, it would hold the erased people while their erasure is marked applied to every complete snapshot.
     """
     client = store.region_client(region, endpoint_url)
     bucket = BUCKETS.backup(region)
-    removed = 0
     with writer.region_lock(db_url, region, wait=False) as alone:
-        if alone:
-            removed = len(remove_incomplete(db_url, region, client, bucket)[0])
-        else:
+        if not alone:
             log.info("region %s: a backup is being written; its incomplete snapshot is left to it", region)
+        removed = len(remove_incomplete(db_url, region, client, bucket, beside_writer=not alone)[0])
     return complete_snapshot_ids(client, bucket), removed
 
 
@@ -262,9 +262,11 @@ def finish_region(
     return result
 
 
-def remove_incomplete(db_url: str, region: str, client: Any, bucket: str) -> tuple[list[str], int]:
-    """Step 0 (under the free writer lock): snapshots a killed backup left without a manifest go, every version."""
-    return writer.remove_incomplete(db_url, region, client, bucket)
+def remove_incomplete(
+    db_url: str, region: str, client: Any, bucket: str, *, beside_writer: bool = False
+) -> tuple[list[str], int]:
+    """Step 0: snapshots without a manifest go, every version (but a live writer's, `beside_writer`)."""
+    return writer.remove_incomplete(db_url, region, client, bucket, beside_writer=beside_writer)
 
 
 def record_applied(

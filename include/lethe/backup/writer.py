@@ -44,10 +44,12 @@ def region_lock(db_url: str, region: str, *, wait: bool) -> Iterator[bool]:
 
 
 def remove_incomplete(
-    db_url: str, region: str, client: Any, bucket: str, *, keep: str | None = None
+    db_url: str, region: str, client: Any, bucket: str, *, keep: str | None = None, beside_writer: bool = False
 ) -> tuple[list[str], int]:
-    """Delete every snapshot prefix without a manifest (but `keep`), every version; only under the region lock.
+    """Delete every snapshot prefix without a manifest (but `keep`), every version; only under the region lock,
+    or `beside_writer`: a backup holds the lock and the snapshot it is writing is kept.
 
+    Their catalogue rows are expired: a killed write's ('writing'), and a complete one's whose manifest was deleted.
     Returns (snapshot ids removed, versions deleted).
     """
     from lethe.backup.manifest import snapshot_ids
@@ -55,7 +57,12 @@ def remove_incomplete(
     removed: list[str] = []
     incomplete: list[str] = []
     deleted = 0
-    for sid in snapshot_ids(client, bucket, include_hidden=True):
+    listed = snapshot_ids(client, bucket, include_hidden=True)
+    if beside_writer:
+        # Read after the listing: a writer records its snapshot as 'writing' before its first object, so any
+        # prefix listed with objects of the live writer is already its latest 'writing' row.
+        keep = being_written(db_url, region)
+    for sid in listed:
         try:
             layout.check_snapshot_id(sid)
         except ValueError:
@@ -73,10 +80,23 @@ def remove_incomplete(
         with transaction(db_url) as cur:
             cur.execute(
                 "UPDATE backup_snapshots SET status = 'expired', expired_at = now()"
-                " WHERE region = %s AND snapshot_id = ANY(%s) AND status = 'writing'",
+                " WHERE region = %s AND snapshot_id = ANY(%s) AND status <> 'expired'",
                 (region, incomplete),
             )
     return removed, deleted
+
+
+def being_written(db_url: str, region: str) -> str | None:
+    """The snapshot the catalogue says was started last and is not complete: the live writer's, when one holds
+    the lock (a writer removes every other incomplete snapshot when it takes the lock)."""
+    with transaction(db_url) as cur:
+        cur.execute(
+            "SELECT snapshot_id FROM backup_snapshots WHERE region = %s AND status = 'writing'"
+            " ORDER BY started_at DESC LIMIT 1",
+            (region,),
+        )
+        row = cur.fetchone()
+    return row[0] if row else None
 
 
 def lock_status(cur: Any, region: str) -> None:
