@@ -118,24 +118,47 @@ def _key_columns(cur: Any, tables: list[str]) -> dict[str, list[str]]:
     return keys
 
 
-def _parquet_bytes(table: Any) -> int:
+def _parquet_bytes(table: Any, *, lean: bool = False) -> int:
+    """Bytes of `table` as one zstd Parquet object; `lean` drops what a manifest could carry instead
+    (the Arrow schema, column statistics)."""
     import io
 
     import pyarrow.parquet as pq
 
     out = io.BytesIO()
-    pq.write_table(table, out, compression="zstd")
+    pq.write_table(table, out, compression="zstd", store_schema=not lean, write_statistics=not lean)
     return out.tell()
 
 
+def _typed_delta(rows: Any, changed: list[int], gone: Any) -> Any:
+    """One typed delta table: the changed rows as they are, then the gone rows' keys (other columns null),
+    told apart by a `_gone` column."""
+    import pyarrow as pa
+
+    kept = rows.take(changed).append_column("_gone", pa.array([False] * len(changed)))
+    if not gone.num_rows:
+        return kept
+    return pa.concat_tables([kept, gone.append_column("_gone", pa.array([True] * gone.num_rows))])
+
+
 def _project_deltas(
-    client: Any, bucket: str, sids: list[str], keys: dict[str, list[str]], person: str, groups: int
-) -> dict[str, int]:
+    client: Any,
+    bucket: str,
+    sids: list[str],
+    keys: dict[str, list[str]],
+    person: str,
+    groups: int,
+    targets: list[int],
+) -> dict[str, dict[str, int]]:
     """What a base + nightly deltas layout (not built) would store and rewrite, from the snapshots' raw Parquet.
 
     A night's delta holds the rows whose key is new or whose values changed since the night before, and the
-    keys of rows gone. Two groupings: (a) one object per (table, bucket), as the base; (b) one object per
-    `groups` buckets of the subject pseudonym for all tables (rows as table, key and values in text).
+    keys of rows gone. Groupings, each a variant of the result:
+    - `bucketed`: one object per (table, bucket), as the base;
+    - `grouped`: `groups` objects a night for all tables (rows as table, key and values in text);
+    - `typed-<T>K` and `typed-<T>K-lean`: each table's delta typed, in as many objects of its subject buckets
+      as make objects of about T KiB (at least one, at most the table's buckets); `lean` without the Arrow
+      schema and statistics in the footer (the manifest holds the columns' types).
     The erasure: the delta objects holding the person's rows or keys, every night.
     """
     import io
@@ -145,9 +168,15 @@ def _project_deltas(
     from lethe.backup import layout
     from lethe.backup.manifest import read as read_manifest
 
-    totals = dict.fromkeys(
-        ("a_bytes", "a_objects", "a_person", "b_bytes", "b_objects", "b_person", "rows", "base_rows"), 0
-    )
+    variants = ["bucketed", "grouped"] + [f"typed-{t}K{lean}" for t in targets for lean in ("", "-lean")]
+    totals = {v: dict.fromkeys(("bytes", "objects", "person"), 0) for v in variants}
+    counts = {"rows": 0, "base_rows": 0}
+
+    def add(variant: str, size: int, holds_person: bool) -> None:
+        totals[variant]["bytes"] += size
+        totals[variant]["objects"] += 1
+        totals[variant]["person"] += size if holds_person else 0
+
     before: dict[str, dict[tuple[Any, ...], tuple[Any, ...]]] = {}
     for night, sid in enumerate(sids):
         manifest = read_manifest(client, bucket, sid)
@@ -166,47 +195,67 @@ def _project_deltas(
             key_at = [at[c] for c in keys.get(name, []) if c in at] or list(range(len(rows.column_names)))
             now = {tuple(v[i] for i in key_at): v for v in values}
             if subject is not None and night == len(sids) - 1:
-                totals["base_rows"] += sum(1 for v in values if v[subject] == person)
-            if night:
-                old = before[name]
-                changed = [i for i, v in enumerate(values) if old.get(tuple(v[j] for j in key_at)) != v]
-                gone = [v for k, v in old.items() if k not in now]
-                buckets = entry.buckets or manifest.buckets
-                per_bucket: dict[int, tuple[list[int], list[tuple[Any, ...]]]] = {}
-                for i in changed:
-                    b = (
-                        layout.bucket_of(values[i][subject], buckets)
-                        if subject is not None and values[i][subject]
-                        else 0
-                    )
-                    per_bucket.setdefault(b, ([], []))[0].append(i)
-                for v in gone:
-                    b = layout.bucket_of(v[subject], buckets) if subject is not None and v[subject] else 0
-                    per_bucket.setdefault(b, ([], []))[1].append(v)
-                for idx, removed in per_bucket.values():
-                    size = _parquet_bytes(rows.take(idx)) if idx else 0
-                    if removed:
-                        size += _parquet_bytes(pa.table({"key": [repr(tuple(v[j] for j in key_at)) for v in removed]}))
-                    totals["a_bytes"] += size
-                    totals["a_objects"] += bool(idx) + bool(removed)
-                    mine = [values[i] for i in idx] + removed
-                    if subject is not None and any(v[subject] == person for v in mine):
-                        totals["a_person"] += size
-                        totals["rows"] += sum(1 for v in mine if v[subject] == person)
-                for v, was in [(values[i], False) for i in changed] + [(v, True) for v in gone]:
-                    p = v[subject] if subject is not None else None
-                    g = layout.bucket_of(p, groups) if p else 0
-                    text = None if was else repr(v)
-                    grouped.setdefault(g, []).append((name, repr(tuple(v[j] for j in key_at)), p or "", text))
-            before[name] = now
+                counts["base_rows"] += sum(1 for v in values if v[subject] == person)
+            before_now, before[name] = before.get(name, {}), now
+            if not night:
+                continue
+            changed = [i for i, v in enumerate(values) if before_now.get(tuple(v[j] for j in key_at)) != v]
+            gone = [v for k, v in before_now.items() if k not in now]
+            if not changed and not gone:
+                continue
+            buckets = entry.buckets or manifest.buckets
+
+            def owner(v: tuple[Any, ...], subject: int | None = subject) -> str | None:
+                return v[subject] if subject is not None and v[subject] else None
+
+            mine = sum(1 for v in [values[i] for i in changed] + gone if owner(v) == person)
+            counts["rows"] += mine
+            gone_keys = pa.table(
+                {
+                    c: [v[i] if i in key_at or i == subject else None for v in gone]
+                    for i, c in enumerate(rows.column_names)
+                },
+                schema=rows.schema,
+            )
+            # (a) per (table, bucket), rows typed and gone keys as text, as in the first projection
+            per_bucket: dict[int, tuple[list[int], list[tuple[Any, ...]]]] = {}
+            for i in changed:
+                p = owner(values[i])
+                per_bucket.setdefault(layout.bucket_of(p, buckets) if p else 0, ([], []))[0].append(i)
+            for v in gone:
+                p = owner(v)
+                per_bucket.setdefault(layout.bucket_of(p, buckets) if p else 0, ([], []))[1].append(v)
+            for idx, removed in per_bucket.values():
+                size = _parquet_bytes(rows.take(idx)) if idx else 0
+                if removed:
+                    size += _parquet_bytes(pa.table({"key": [repr(tuple(v[j] for j in key_at)) for v in removed]}))
+                holds = any(owner(v) == person for v in [values[i] for i in idx] + removed)
+                add("bucketed", size, holds)
+                totals["bucketed"]["objects"] += bool(idx) and bool(removed)
+            # (b) every table's changes of the night in `groups` objects, rows as text
+            for v, was in [(values[i], False) for i in changed] + [(v, True) for v in gone]:
+                p = owner(v)
+                text = None if was else repr(v)
+                key = repr(tuple(v[j] for j in key_at))
+                grouped.setdefault(layout.bucket_of(p, groups) if p else 0, []).append((name, key, p or "", text))
+            # (c) typed, in objects of about T KiB of this table's subject buckets
+            delta = _typed_delta(rows, changed, gone_keys)
+            whole = _parquet_bytes(delta)
+            owners = [owner(values[i]) for i in changed] + [owner(v) for v in gone]
+            for target in targets:
+                parts_n = max(1, min(buckets, round(whole / (target * 1024))))
+                split: dict[int, list[int]] = {}
+                for row, p in enumerate(owners):
+                    split.setdefault(layout.bucket_of(p, parts_n) if p else row % parts_n, []).append(row)
+                for lean in ("", "-lean"):
+                    for idx in split.values():
+                        size = _parquet_bytes(delta.take(idx), lean=bool(lean))
+                        add(f"typed-{target}K{lean}", size, any(owners[r] == person for r in idx))
         for entries in grouped.values():
             columns = ("table", "key", "subject", "row")
             size = _parquet_bytes(pa.table({c: [e[i] for e in entries] for i, c in enumerate(columns)}))
-            totals["b_bytes"] += size
-            totals["b_objects"] += 1
-            if any(e[2] == person for e in entries):
-                totals["b_person"] += size
-    return totals
+            add("grouped", size, any(e[2] == person for e in entries))
+    return {**totals, "counts": counts}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,7 +271,13 @@ def main(argv: list[str] | None = None) -> int:
         help="also project a base + nightly deltas layout (not built) from the raw Parquet, with deltas of all"
         " tables grouped in GROUPS objects a night (default 64; 0: skip)",
     )
+    parser.add_argument(
+        "--delta-object-kib",
+        default="8,32,128",
+        help="object sizes (KiB, comma-separated) of the typed delta projections (default 8,32,128)",
+    )
     args = parser.parse_args(argv)
+    targets = [int(t) for t in args.delta_object_kib.split(",") if t.strip()]
 
     from lethe.backup.propagate import propagate_region
     from lethe.backup.replicate import replicate_snapshot
@@ -274,11 +329,18 @@ def main(argv: list[str] | None = None) -> int:
 
             t0 = time.perf_counter()
             projected = _project_deltas(
-                clients[first], buckets[first], sids, keys, subject_pseudonym(KEY, person), args.project_deltas
+                clients[first],
+                buckets[first],
+                sids,
+                keys,
+                subject_pseudonym(KEY, person),
+                args.project_deltas,
+                targets,
             )
+            counts = projected.pop("counts")
             print(
                 f"deltas projected from {len(sids)} snapshots' raw Parquet in {time.perf_counter() - t0:.0f} s;"
-                f" the person: {projected['base_rows']} rows in the last snapshot, {projected['rows']} in the deltas"
+                f" the person: {counts['base_rows']} rows in the last snapshot, {counts['rows']} in the deltas"
             )
         with transaction(url) as cur:
             insert_tombstones(cur, KEY, [person])
@@ -305,18 +367,13 @@ def main(argv: list[str] | None = None) -> int:
             f" {many / alone:.2f}x (target at most 2x)"
         )
         if projected:
-            base = one  # the base holds what one snapshot holds; the person's part of it is what one erasure rewrites
-            for label, name in (
-                ("a", "per (table, bucket), as the base"),
-                ("b", f"{args.project_deltas} objects a night"),
-            ):
-                stored_x = (base + projected[f"{label}_bytes"]) / one
-                erased_x = (alone + projected[f"{label}_person"]) / alone
+            # the base holds what one snapshot holds; the person's part of it is what one erasure into one rewrites
+            for variant, t in projected.items():
                 print(
-                    f"projected base + {args.nights - 1} nightly deltas, deltas {name}:"
-                    f" {projected[f'{label}_objects']:,} delta objects, {projected[f'{label}_bytes'] / 1e6:.2f} MB:"
-                    f" stored {stored_x:.2f}x one snapshot; one erasure {erased_x:.2f}x"
-                    f" ({projected[f'{label}_person'] / 1e6:.2f} MB of deltas besides the base's)"
+                    f"projected base + {args.nights - 1} nightly deltas, {variant}: {t['objects']:,} delta objects,"
+                    f" {t['bytes'] / 1e6:.2f} MB: stored {(one + t['bytes']) / one:.2f}x one snapshot;"
+                    f" one erasure {(alone + t['person']) / alone:.2f}x ({t['person'] / 1e6:.3f} MB of deltas"
+                    " besides the base's)"
                 )
     return 0
 
