@@ -395,6 +395,17 @@ def test_an_array_column_classed_as_an_identifier_is_refused(db_url: str, tmp_pa
     assert any(p.startswith(want) for p in problems), problems
 
 
+def test_identifier_and_clock_columns_of_a_domain_type_are_read_as_its_base_type(db_url: str) -> None:
+    """A company's e-mails in a domain over text (CREATE DOMAIN email_address AS text CHECK ...) and a clock in a
+    domain over timestamptz: the erasure and the purge read them as their base types, so the check must too."""
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("CREATE DOMAIN email_address AS text CHECK (VALUE LIKE '%@%')")
+        cur.execute("CREATE DOMAIN moment AS timestamptz")
+        cur.execute("ALTER TABLE accounts ALTER COLUMN email TYPE email_address")
+        cur.execute("ALTER TABLE accounts ALTER COLUMN closed_at TYPE moment")  # the account_closed clock
+    assert check(load_policy(), db_url) == []
+
+
 def test_a_subject_key_no_link_references_is_refused(db_url: str, tmp_path: Path) -> None:
     """`key: email` while every table links by user_id: the erasure compared user_id with the person's email and
     failed planning with UndefinedFunction (bigint = text). A uuid key is fine (examples/bookshop): what matters

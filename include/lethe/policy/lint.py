@@ -39,17 +39,20 @@ def live_schema(
     """Ordinary and partitioned tables (not partitions) -> columns in order: those of the platform's schema
     and of every other schema the policy names a table in (`schema.table`), plus those of `lethe_tables`
     that live in Lethe's own schema (its state the policy governs). Tables the policy names come under
-    the policy's name; others as `table` in the platform's schema and `schema.table` elsewhere."""
+    the policy's name; others as `table` in the platform's schema and `schema.table` elsewhere. A column of
+    a domain type has its base type: the erasure and the purge read it as one."""
     named = policy_tables or []
     schemas = sorted({PLATFORM_SCHEMA} | {s for s, _ in map(split, named) if s})
     known = policy_oids(cur, named)
     cur.execute(
         """
-        SELECT c.oid::oid, n.nspname, c.relname, a.attname, format_type(a.atttypid, NULL), a.attnotnull,
+        SELECT c.oid::oid, n.nspname, c.relname, a.attname,
+               format_type(CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END, NULL), a.attnotnull,
                a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '', a.attgenerated <> '' OR a.attidentity = 'a'
         FROM pg_class c
         JOIN pg_namespace n ON n.oid = c.relnamespace
         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+        JOIN pg_type t ON t.oid = a.atttypid
         WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
           AND (n.nspname = ANY(%(schemas)s) OR (n.nspname = %(lethe)s AND c.relname = ANY(%(named)s)))
         ORDER BY n.nspname = %(platform)s DESC, c.relname, a.attnum
