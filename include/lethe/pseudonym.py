@@ -9,6 +9,8 @@ from __future__ import annotations
 import hmac
 import re
 
+_UUID = re.compile(r"[0-9A-Fa-f]{8}(?:-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}")
+
 
 def normalise(kind: str, value: str) -> str:
     """One spelling per identifier, so the same person always gets the same pseudonym."""
@@ -17,8 +19,10 @@ def normalise(kind: str, value: str) -> str:
         return value.lower()
     if kind == "phone":
         return re.sub(r"[^0-9+]", "", value)
-    if kind == "user_id":  # the subject key's value: an integer in one spelling, any other type as text
-        return str(int(value)) if re.fullmatch(r"[+-]?[0-9]+", value) else value
+    if kind == "user_id":  # the subject key's value: an integer or a uuid in one spelling, any other type as text
+        if re.fullmatch(r"[+-]?[0-9]+", value):
+            return str(int(value))
+        return value.lower() if _UUID.fullmatch(value) else value  # PostgreSQL writes a uuid lower-case
     raise ValueError(f"unknown identifier kind {kind!r}")
 
 

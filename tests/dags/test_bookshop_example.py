@@ -280,6 +280,11 @@ def test_lethe_runs_on_a_database_it_did_not_invent(
     assert q(shop, "SELECT count(*) FROM orders WHERE customer_id = %s", (BRAM.key,)) == [(0,)]
     assert q(shop, "SELECT line1 FROM addresses WHERE address_id = %s", (shared_address,)) == [("Molenweg 3",)]
 
+    # Cato asks by her customer number, the shop's uuid key.
+    run_dag("subject_erasure", {"identifier_kind": "user_id", "identifier": CATO.key.upper(), "dry_run": False})
+    assert q(shop, "SELECT count(*) FROM customers WHERE customer_id = %s", (CATO.key,)) == [(0,)]
+    assert q(shop, "SELECT count(*) FROM lethe.erasure_requests WHERE status = 'certified'") == [(3,)]
+
     # Nothing outside Lethe's schema changed shape: migrate, check, retention, erasure, backups, audit.
     assert shape_digest(shop) == before
 

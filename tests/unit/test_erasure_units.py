@@ -15,6 +15,7 @@ from lethe.erasure.discovery import ErasureGraphError, ForeignKey
         ("username", "asha_rao"),
         ("user_id", "42"),
         ("user_id", "9223372036854775807"),  # the largest bigint: 19 digits
+        ("user_id", "0ca70000-0000-4000-8000-00000000000c"),  # a uuid key (examples/bookshop)
     ],
 )
 def test_valid_identifiers_pass(kind: str, value: str) -> None:
@@ -30,6 +31,7 @@ def test_valid_identifiers_pass(kind: str, value: str) -> None:
         ("user_id", "1; DROP TABLE accounts", "digits"),
         ("user_id", "9223372036854775808", "at most 9223372036854775807"),  # one past bigint
         ("user_id", "12345678901234567890", "1 to 19 digits"),
+        ("user_id", "0ca70000-0000-4000-8000-00000000000", "or a UUID"),  # one hex digit short
         ("username", "-x!", "2 to 64"),
         ("passport", "X1", "identifier_kind must be one of"),
     ],

@@ -7,7 +7,10 @@ MAX_USER_ID = 2**63 - 1  # the largest key a bigint column holds
 
 # Per kind: a pattern and the plain rule an operator reads when it does not match.
 FORMATS: dict[str, tuple[str, str]] = {
-    "user_id": (r"[0-9]{1,19}", f"a user id is 1 to 19 digits, at most {MAX_USER_ID} (PostgreSQL's bigint)"),
+    "user_id": (
+        r"[0-9]{1,19}|[0-9A-Fa-f]{8}(?:-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}",
+        f"a user id is the subject's key: 1 to 19 digits (at most {MAX_USER_ID}, PostgreSQL's bigint) or a UUID",
+    ),
     "email": (
         r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
         "an email looks like name@example.com (letters, digits and . _ % + - before the @)",

@@ -47,7 +47,7 @@ def validate_identifier(kind: str, value: object) -> str:
     if not text:
         raise InvalidIdentifier(f"the identifier for kind {kind} is empty")
     pattern, rule = FORMATS[kind]
-    if not re.fullmatch(pattern, text) or (kind == "user_id" and int(text) > MAX_USER_ID):
+    if not re.fullmatch(pattern, text) or (kind == "user_id" and text.isdigit() and int(text) > MAX_USER_ID):
         raise InvalidIdentifier(f"the identifier is not a valid {kind}: {rule}")
     return text
 
