@@ -717,6 +717,7 @@ def scan_rows(
     with_columns: dict[str, list[str]] | None = None,
     only: dict[str, set[str]] | None = None,
     locate: bool = True,
+    since: int | None = None,
 ) -> Iterator[Hit]:
     """Read each table once; yield every row in which someone of the index appears.
 
@@ -724,6 +725,9 @@ def scan_rows(
     `only`, when given, limits the read to these columns per table (tables not named are skipped).
     `locate=False` does not read where each row is (its hits carry tableoid 0 and ctid ""): for counting,
     the columns alone are read, a third less for a table of short values.
+    `since`, a transaction id (32 bits), limits the read to the rows that one or a later transaction wrote
+    (the current one's own writes, lethe.erasure.side_effects): still a sequential read of each table, but
+    PostgreSQL filters it and sends only those rows.
 
     Each table is one `COPY (SELECT ...) TO STDOUT (FORMAT csv)`, parsed into Arrow a block at a
     time; the prefilter's test runs on whole columns (`BulkFilter`), so Python sees only the values
@@ -750,13 +754,14 @@ def scan_rows(
                 if not columns:
                     continue
                 extra = (with_columns or {}).get(table.name, [])
-                copy = "COPY (SELECT {where}{extra}, {cols} FROM {t} WHERE {any}) TO STDOUT (FORMAT csv)"
+                copy = "COPY (SELECT {where}{extra}, {cols} FROM {t} WHERE ({any}){mine}) TO STDOUT (FORMAT csv)"
                 query = sql.SQL(copy).format(
                     where=sql.SQL("tableoid::int, ctid::text" if locate else "NULL, NULL"),
                     extra=sql.SQL("").join(sql.SQL(", {}::text").format(sql.Identifier(c)) for c in extra),
                     cols=sql.SQL(", ").join(_as_text(sql.Identifier(c.name)) for c in columns),
                     t=table.ident,
                     any=sql.SQL(" OR ").join(sql.SQL("{} IS NOT NULL").format(sql.Identifier(c.name)) for c in columns),
+                    mine=sql.SQL("") if since is None else sql.SQL(" AND {}").format(written_since(since)),
                 )
                 blocks.consume = functools.partial(
                     _block_hits,
@@ -773,6 +778,15 @@ def scan_rows(
             yield from blocks.drain()
         finally:
             blocks.cancel()
+
+
+def written_since(xid: int) -> sql.Composable:
+    """Rows whose version transaction `xid` or a later one wrote: xids compare modulo 2**32, as PostgreSQL
+    compares them (every unfrozen xid of a table is within 2**31 of the current one); 0-2 are special
+    (frozen, bootstrap), always older."""
+    return sql.SQL(
+        "xmin::text::bigint > 2 AND (xmin::text::bigint - {} + 4294967296) % 4294967296 < 2147483648"
+    ).format(sql.Literal(xid))
 
 
 MEMO_SIZE = 100_000

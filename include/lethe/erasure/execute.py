@@ -15,7 +15,7 @@ import psycopg2.extensions
 import psycopg2.extras
 from lethe import holds, ledger, masking, residue
 from lethe.db import table as lethe_table
-from lethe.erasure import discovery, sweep
+from lethe.erasure import discovery, side_effects, sweep
 from lethe.erasure.discovery import ErasureGraphError, Graph
 from lethe.erasure.plan import Work
 from lethe.policy import Policy
@@ -168,6 +168,7 @@ def apply(
             for owner in mine:
                 redacted[owner][f"{table}.{column}"] = redacted[owner].get(f"{table}.{column}", 0) + 1
     _sweep(cur, policy, works)
+    _side_effects(cur, policy, graph, works)
     return done, redacted
 
 
@@ -182,6 +183,17 @@ def _sweep(cur: psycopg2.extensions.cursor, policy: Policy, works: list[Work]) -
     for w in erasing:
         assert w.subject is not None
         w.residue = handled.get(w.subject.user_id, {})
+
+
+def _side_effects(cur: psycopg2.extensions.cursor, policy: Policy, graph: Graph, works: list[Work]) -> None:
+    """What the statements above made triggers copy of the people elsewhere is erased too, or the erasure
+    fails before its commit (lethe.erasure.side_effects)."""
+    erasing = [w for w in works if w.outcome == "erased" and w.subject and w.subject.footprint]
+    handled = side_effects.handle(cur, policy, graph, [w.subject for w in erasing if w.subject])
+    for w in erasing:
+        assert w.subject is not None
+        for key, n in handled.get(w.subject.user_id, {}).items():
+            w.residue[key] = w.residue.get(key, 0) + n
 
 
 def _null_link(

@@ -122,19 +122,24 @@ def sweep(
     people: set[str],
     only: dict[str, set[str]] | None = None,
     only_tables: set[str] | None = None,
+    tables: list[residue.Table] | None = None,
+    since: int | None = None,
 ) -> dict[str, dict[str, int]]:
     """Handle every row where one of `people` still appears; per person, `action:table.column` -> rows.
 
     `only`: the columns to read per table (those where the pass before the erasure found the batch);
-    all when None. `only_tables`: the tables to read (after a hold's release); all when None.
+    all when None. `only_tables`: the tables to read (after a hold's release); all when None. `tables`:
+    these tables instead of the policy's schemas', and `since`: only the rows this transaction (or a later
+    one) wrote (lethe.erasure.side_effects).
     """
     held = held_people(cur)
     kept = kept_columns(policy)
     names = own_names(policy)
     pointed_to = referenced_tables(cur)
     out: dict[str, Counter[str]] = defaultdict(Counter)
-    tables = [t for t in scanned_tables(cur, policy) if only_tables is None or t.name in only_tables]
-    hits = list(residue.scan_rows(cur, tables, index, subject_links(policy), only))
+    if tables is None:
+        tables = [t for t in scanned_tables(cur, policy) if only_tables is None or t.name in only_tables]
+    hits = list(residue.scan_rows(cur, tables, index, subject_links(policy), only, since=since))
     for hit in hits:
         rule = policy.tables.get(hit.table.name)
         owner = owner_of(hit)
@@ -183,17 +188,21 @@ def left(
     index: residue.Index,
     people: set[str],
     only: dict[str, set[str]] | None = None,
+    tables: list[residue.Table] | None = None,
+    since: int | None = None,
 ) -> tuple[dict[str, int], dict[str, int]]:
     """After the sweep: (rows per `table.column` still holding the people, outside what is allowed; allowed rows).
 
-    Allowed: a column the policy keeps, and rows of someone under an active hold. `only` as for `sweep`.
+    Allowed: a column the policy keeps, and rows of someone under an active hold. `only`, `tables` and
+    `since` as for `sweep`.
     """
     held = held_people(cur)
     kept = kept_columns(policy)
     names = own_names(policy)
     residue_left: Counter[str] = Counter()
     allowed: Counter[str] = Counter()
-    for hit in residue.scan_rows(cur, scanned_tables(cur, policy), index, subject_links(policy), only):
+    read = scanned_tables(cur, policy) if tables is None else tables
+    for hit in residue.scan_rows(cur, read, index, subject_links(policy), only, since=since):
         owner = owner_of(hit)
         for name in _relevant(hit, people, owner, names):
             key = f"{hit.table.name}.{name}"

@@ -37,7 +37,7 @@ ERASED_OUTCOMES = ("erased", "same_subject", "already_erased", "no_data")
 def _reason(step: str, exc: BaseException) -> str:
     # The class name only, unless the message is one of Lethe's own (names tables and checks, never values):
     # a database error's text can quote a row of the person.
-    own = type(exc).__name__ in ("DataQualityError", "ErasureGraphError", "TransitionRefused")
+    own = type(exc).__name__ in ("DataQualityError", "ErasureGraphError", "ErasureSideEffectError", "TransitionRefused")
     return f"{step}: {type(exc).__name__}" + (f": {exc}" if own else "")
 
 
