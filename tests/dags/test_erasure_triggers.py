@@ -136,6 +136,15 @@ def zoe_anywhere(url: str) -> dict[str, int]:
     return found
 
 
+def policy_warnings(url: str) -> list[str]:
+    from lethe.policy import load_policy
+    from lethe.policy.check import schema_problems, warnings
+
+    policy = load_policy()
+    assert schema_problems(policy, url) == []
+    return warnings(policy, url)
+
+
 def _audit_db(
     services: tuple[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, schema: str, policy: str
 ) -> str:
@@ -178,6 +187,7 @@ def test_what_a_trigger_copies_during_the_erasure_is_erased_when_the_policy_cove
     from lethe.db import migrate
 
     migrate(audited)
+    assert policy_warnings(audited) == []  # the trigger writes a table the policy erases in: nothing to warn of
     assert set(zoe_anywhere(audited)) == {
         "public.users:zoe.quill",
         "public.users:quill",
@@ -203,6 +213,10 @@ def test_an_erasure_whose_trigger_copies_the_person_outside_the_policy_fails_bef
     from lethe.db import migrate
 
     migrate(unaudited)
+    # `lethe policy check` warns of both triggers beforehand (warnings: the check still passes).
+    users, notes = policy_warnings(unaudited)
+    assert "users_history_trg" in users and "writes users_history," in users, users
+    assert "notes_log_trg" in notes and "writes audit.change_log," in notes, notes
     tables = ("users", "notes", "users_history", "audit.change_log")
     before = {t: q(unaudited, f"SELECT * FROM {t} ORDER BY 1") for t in tables}  # noqa: S608
     with pytest.raises(DagRunFailed):

@@ -115,7 +115,7 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
 def cmd_policy_check(args: argparse.Namespace) -> int:
     from lethe.policy import load_policy
-    from lethe.policy.check import check
+    from lethe.policy.check import check, warnings
 
     policy = load_policy(args.file)  # PolicyError is printed, located, by the CLI
     if args.no_db:
@@ -123,6 +123,8 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
         return 0
     with services() as (db_url, s3_url):
         problems = check(policy, db_url, s3_url)
+        for warning in warnings(policy, db_url):
+            print(f"warning: {warning}", file=sys.stderr)
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:

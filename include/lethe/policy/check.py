@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from lethe.db import connect
-from lethe.policy.lint import lint
+from lethe.policy.lint import lint, trigger_warnings
 from lethe.policy.model import Policy, PolicyError, load_policy
 
 
@@ -24,6 +24,17 @@ def schema_problems(policy: Policy, db_url: str) -> list[str]:
     try:
         with conn.cursor() as cur:
             return lint(policy, cur)
+    finally:
+        conn.close()
+
+
+def warnings(policy: Policy, db_url: str) -> list[str]:
+    """What may defeat an erasure without being wrong yet (lint.trigger_warnings), read-only."""
+    conn = connect(db_url)
+    conn.set_session(readonly=True)
+    try:
+        with conn.cursor() as cur:
+            return trigger_warnings(policy, cur)
     finally:
         conn.close()
 

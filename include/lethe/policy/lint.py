@@ -6,6 +6,7 @@ ones (a column nobody classified) at the table's `columns:` line.
 
 from __future__ import annotations
 
+import re
 from typing import Any, NamedTuple
 
 import psycopg2.extensions
@@ -359,3 +360,68 @@ def _link_problems(
             f"which is {live[column].type}, not text"
         ]
     return []
+
+
+# A trigger function's statements that write a table: what a warning can read from its source.
+_WRITES = re.compile(
+    r"\b(?:insert\s+into|update|merge\s+into)\s+((?:\"[^\"]+\"|\w+)(?:\s*\.\s*(?:\"[^\"]+\"|\w+))?)", re.I
+)
+_NOT_TABLES = {"set", "to", "of", "skip", "nowait", "only"}  # `DO UPDATE SET`, `FOR UPDATE SKIP LOCKED`...
+
+
+def trigger_warnings(policy: Policy, cur: psycopg2.extensions.cursor) -> list[str]:
+    """Warnings (not problems: nothing is wrong until a trigger copies a person) about the row triggers and
+    rules that an erasure's UPDATE or DELETE on a policy table fires and that write a table no erasure rule
+    covers, or whose writes cannot be read from their source (dynamic SQL, another language). An erasure
+    that makes one copy a person there fails before its commit (lethe.erasure.side_effects)."""
+    known = policy_oids(cur, policy.tables)
+    erased = {oid for oid, name in known.items() if policy.tables[name].erasure is not None}
+    if not erased:
+        return []
+    # tgtype bits: 1 row, 8 delete, 16 update; ev_type '2' update, '4' delete
+    cur.execute(
+        "SELECT t.tgrelid::oid, t.tgname, p.oid::regprocedure::text, l.lanname, p.prosrc,"
+        " p.pronamespace::regnamespace::text"
+        " FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid JOIN pg_language l ON l.oid = p.prolang"
+        " WHERE NOT t.tgisinternal AND t.tgenabled <> 'D' AND t.tgtype & 1 = 1 AND t.tgtype & 24 <> 0"
+        " AND t.tgrelid = ANY(%(oids)s::oid[])"
+        " UNION ALL SELECT r.ev_class::oid, r.rulename, NULL, 'sql', pg_get_ruledef(r.oid), NULL FROM pg_rewrite r"
+        " WHERE r.rulename <> '_RETURN' AND r.ev_enabled <> 'D' AND r.ev_type IN ('2', '4')"
+        " AND r.ev_class = ANY(%(oids)s::oid[]) ORDER BY 1, 2",
+        {"oids": sorted(erased)},
+    )
+    warnings: list[str] = []
+    for oid, name, function, language, source, schema in cur.fetchall():
+        what = f"trigger {name} ({function})" if function else f"rule {name}"
+        where = f"tables.{known[int(oid)]}: {what} runs when an erasure updates or deletes its rows"
+        source = (source or "") if function else (source or "").partition(" DO ")[2]  # a rule: what it does
+        if language not in ("plpgsql", "sql") or (function and re.search(r"\bexecute\b", source, re.I)):
+            warnings.append(
+                f"{where}; what it writes cannot be read from its source: if it copies the row to another table,"
+                " give that table an erasure rule (an erasure that copies a person there fails before its commit)"
+            )
+            continue
+        uncovered = set()
+        for target in _WRITES.findall(source):
+            lit = re.sub(r"\s+", "", target)
+            if lit.lower() in _NOT_TABLES:
+                continue
+            cur.execute(
+                "SELECT coalesce(to_regclass(%s), to_regclass(%s))::oid",
+                (lit, f"{schema}.{lit}" if schema and "." not in lit else lit),
+            )
+            found = cur.fetchone()[0]  # type: ignore[index]
+            if found is None or (int(found) not in known or policy.tables[known[int(found)]].erasure is None):
+                uncovered.add(lit if found is None else _regclass(cur, int(found)))
+        if uncovered:
+            warnings.append(
+                f"{where} and writes {', '.join(sorted(uncovered))}, which no erasure rule covers: an erasure that"
+                " makes it copy a person there fails before its commit; give the table an erasure rule, or make the"
+                " trigger skip Lethe's erasures"
+            )
+    return warnings
+
+
+def _regclass(cur: psycopg2.extensions.cursor, oid: int) -> str:
+    cur.execute("SELECT %s::oid::regclass::text", (oid,))
+    return str(cur.fetchone()[0])  # type: ignore[index]
