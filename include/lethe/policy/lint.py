@@ -369,6 +369,12 @@ _WRITES = re.compile(
 _NOT_TABLES = {"set", "to", "of", "skip", "nowait", "only"}  # `DO UPDATE SET`, `FOR UPDATE SKIP LOCKED`...
 
 
+def written_tables(source: str) -> list[str]:
+    """The tables a trigger function's (or rule's) source inserts into, updates or merges into, as written."""
+    found = (re.sub(r"\s+", "", target) for target in _WRITES.findall(source))
+    return [t for t in found if t.lower() not in _NOT_TABLES]
+
+
 def trigger_warnings(policy: Policy, cur: psycopg2.extensions.cursor) -> list[str]:
     """Warnings (not problems: nothing is wrong until a trigger copies a person) about the row triggers and
     rules that an erasure's UPDATE or DELETE on a policy table fires and that write a table no erasure rule
@@ -402,10 +408,7 @@ def trigger_warnings(policy: Policy, cur: psycopg2.extensions.cursor) -> list[st
             )
             continue
         uncovered = set()
-        for target in _WRITES.findall(source):
-            lit = re.sub(r"\s+", "", target)
-            if lit.lower() in _NOT_TABLES:
-                continue
+        for lit in written_tables(source):
             cur.execute(
                 "SELECT coalesce(to_regclass(%s), to_regclass(%s))::oid",
                 (lit, f"{schema}.{lit}" if schema and "." not in lit else lit),
