@@ -163,7 +163,9 @@ def subject_erasure() -> None:
 
         try:
             return tasks.register_run(get_current_context(), primary_url())
-        except ValueError as exc:  # bad input: retrying cannot help; the message names the rule, not the value
+        except ValueError as exc:
+            # Bad input, or a named request another run holds (the message says which run, since when):
+            # retrying cannot help. The message names the rule, the request and the run, never the value.
             raise AirflowFailException(str(exc)) from None
 
     @task

@@ -5,6 +5,10 @@
   and once the trigger is gone the next batch certifies it too.
 - A run killed (SIGKILL of the process running dag.test()) right after `erase` committed leaves its
   request erased, not certified; the next batch resumes it to a certificate in the evidence bucket.
+- A run killed in the middle of `erase` (its transaction waiting inside a DELETE, never committed) leaves its
+  request `erasing`, and Airflow's metadata still calls the dead run running (dag.test: no scheduler marks
+  it failed). The next batch takes the request over anyway (no session holds the dead run's work lock) and
+  certifies it; a request a live run holds is named with its run and since when, never skipped silently.
 - A run triggered with only a request id leaves no email or phone in Airflow's metadata database
   (every column of every table, read with this test's own SQL) nor in its logs.
 
@@ -34,6 +38,7 @@ pytestmark = pytest.mark.dags
 ROWS = {"accounts": 1, "ssh_keys": 1, "sessions": 2, "comments": 2, "usage_events": 1}
 NONE = dict.fromkeys(ROWS, 0)
 PAUSE_LOCK = 7_140_014  # the advisory lock a trigger of test 2 waits on before a request may become verified
+ERASE_PAUSE_LOCK = 7_140_015  # the one a trigger of test 4 waits on inside erase, deleting the person's comment
 
 
 def _query(url: str, q: str, args: Any = None) -> list[tuple[Any, ...]]:
@@ -194,15 +199,60 @@ def test_one_failing_request_in_a_batch_of_ten_does_not_hold_back_the_other_nine
 RUN_BATCH = "from lethe.dagrun import run_dag; run_dag('subject_erasure', {'dry_run': False})"
 
 
-def _waiting_on_pause(url: str) -> list[int]:
+def _waiting_on(url: str, lock: int) -> list[int]:
     return [
         pid
         for (pid,) in _query(
             url,
             "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = %s",
-            (PAUSE_LOCK,),
+            (lock,),
         )
     ]
+
+
+def _kill_run_paused_on(url: str, lock: int, log: Path, script: str = RUN_BATCH) -> str:
+    """Run `script` in a process, SIGKILL it while one of its statements waits on `lock`; return the run's output.
+
+    Once the process is dead the lock is let go: the dead client's backend finishes the statement it was in,
+    finds nobody to answer to and ends, rolling its transaction back (what PostgreSQL does with any dead
+    client's session). Returns once those backends are gone.
+    """
+    holder = psycopg2.connect(url)
+    holder.autocommit = True
+    out = log.open("w+")
+    proc = None
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT pg_advisory_lock(%s)", (lock,))
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script],
+            env=os.environ.copy(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 600  # a bound on waiting only (a loaded machine), nothing measured
+        while not (waiting := _waiting_on(url, lock)):
+            if proc.poll() is not None:
+                out.seek(0)
+                pytest.fail(f"the run ended (exit {proc.returncode}) before the pause:\n{out.read()[-4000:]}")
+            assert time.monotonic() < deadline, "the run never reached the pause"
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGKILL)  # the worker dies: no finally, no rollback sent
+        proc.wait()
+    finally:
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        holder.close()
+        out.seek(0)
+        printed = out.read()
+        out.close()
+    deadline = time.monotonic() + 120
+    while _query(url, "SELECT pid FROM pg_stat_activity WHERE pid = ANY(%s)", (waiting,)):
+        assert time.monotonic() < deadline, f"the dead run's sessions {waiting} never ended"
+        time.sleep(0.2)
+    return printed
 
 
 def _mark_run_failed(run_id: str) -> None:
@@ -230,38 +280,7 @@ def test_a_run_killed_right_after_erase_is_resumed_to_a_certificate(
         " CREATE TRIGGER pause_before_verified BEFORE UPDATE ON erasure_requests FOR EACH ROW"
         " WHEN (OLD.status = 'erased' AND NEW.status = 'verified') EXECUTE FUNCTION pause_before_verified()",
     )
-    holder = psycopg2.connect(db_url)
-    holder.autocommit = True
-    out = (tmp_path / "killed_run.log").open("w+")
-    proc = None
-    try:
-        with holder.cursor() as cur:
-            cur.execute("SELECT pg_advisory_lock(%s)", (PAUSE_LOCK,))
-        proc = subprocess.Popen(
-            [sys.executable, "-c", RUN_BATCH],
-            env=os.environ.copy(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 600  # a bound on waiting only (a loaded machine), nothing measured
-        while not _waiting_on_pause(db_url):
-            if proc.poll() is not None:
-                out.seek(0)
-                pytest.fail(f"the run ended (exit {proc.returncode}) before verify:\n{out.read()[-4000:]}")
-            assert time.monotonic() < deadline, "the run never reached verify"
-            time.sleep(0.5)
-        os.killpg(proc.pid, signal.SIGKILL)  # the worker dies: no finally, no rollback sent
-        proc.wait()
-        # Its connection dies with it (PostgreSQL notices a dead client only when it next talks to it).
-        for pid in _waiting_on_pause(db_url):
-            _query(db_url, "SELECT pg_terminate_backend(%s)", (pid,))
-    finally:
-        if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        holder.close()
-        out.close()
+    _kill_run_paused_on(db_url, PAUSE_LOCK, tmp_path / "killed_run.log")
     _query(db_url, "DROP TRIGGER pause_before_verified ON erasure_requests; DROP FUNCTION pause_before_verified()")
 
     # Left mid-way: erased (her rows are gone, erase committed), not verified or certified, identifier kept.
@@ -286,6 +305,76 @@ def test_a_run_killed_right_after_erase_is_resumed_to_a_certificate(
     assert people.count_rows(db_url, 1) == dict.fromkeys(people.ASHA_ROWS, 0)
     assert people.count_rows(db_url, 2)["accounts"] == 1  # nobody else was erased on the way
     assert _query(db_url, "SELECT count(*) FROM erasure_tombstones") == [(1,)]
+
+
+# --- 4. a crash in the middle of erase -----------------------------------------------------------
+
+
+def _airflow_run_state(run_id: str) -> str:
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        run = session.query(DagRun).filter_by(dag_id="subject_erasure", run_id=run_id).one()
+        return str(getattr(run.state, "value", run.state))
+
+
+def _xcom(run_id: str, task_id: str) -> Any:
+    """What a task of a run returned, read from Airflow's metadata database with this test's own SQL."""
+    conn = sqlite3.connect(f"file:{_metadata_db()}?mode=ro", uri=True)
+    try:
+        ((value,),) = conn.execute(
+            "SELECT value FROM xcom WHERE dag_id = 'subject_erasure' AND run_id = ? AND task_id = ? AND key = ?",
+            (run_id, task_id, "return_value"),
+        ).fetchall()
+    finally:
+        conn.close()
+    return json.loads(value)
+
+
+def test_a_run_killed_in_the_middle_of_erase_is_taken_over_by_the_next_batch(
+    db_url: str, s3_endpoint: str, airflow_home: Path, tmp_path: Path
+) -> None:
+    people.insert_people(db_url)
+    rid = _queue(db_url, people.ASHA, "T-2026-0004")
+    # Inside erase's transaction, deleting Asha's first comment waits on a lock this test holds: the process
+    # is killed there, after `erasing` was committed and before the erasure's own commit.
+    _query(
+        db_url,
+        "CREATE FUNCTION pause_in_erase() RETURNS trigger AS $$"
+        f" BEGIN PERFORM pg_advisory_xact_lock({ERASE_PAUSE_LOCK}); RETURN OLD; END $$ LANGUAGE plpgsql;"
+        " CREATE TRIGGER pause_in_erase BEFORE DELETE ON comments FOR EACH ROW"
+        " WHEN (OLD.comment_id = 101) EXECUTE FUNCTION pause_in_erase()",
+    )
+    _kill_run_paused_on(db_url, ERASE_PAUSE_LOCK, tmp_path / "killed_run.log")
+    _query(db_url, "DROP TRIGGER pause_in_erase ON comments; DROP FUNCTION pause_in_erase()")
+
+    # Left mid-way: erasing, its transaction rolled back (every row of hers is still there), identifier kept.
+    assert people.count_rows(db_url, 1) == people.ASHA_ROWS
+    ((status, identifier, dead_run),) = _query(db_url, "SELECT status, identifier, claimed_by FROM erasure_requests")
+    assert (status, identifier) == ("erasing", people.ASHA["email"])
+    assert dead_run is not None
+    # Nothing told Airflow the run died (no scheduler under dag.test): by Airflow's word it is still running.
+    assert _airflow_run_state(dead_run) == "running"
+    assert _certificates(s3_endpoint) == set()
+    assert _query(db_url, "SELECT count(*) FROM erasure_tombstones") == [(0,)]
+
+    run = _run({"dry_run": False})  # the next batch, as the nightly schedule or a user triggers it
+
+    registered = _xcom(run.run_id, "register")
+    assert registered["claimed"] == 1, registered
+    assert _query(db_url, "SELECT status, identifier, claimed_by FROM erasure_requests") == [("certified", None, None)]
+    assert people.count_rows(db_url, 1) == dict.fromkeys(people.ASHA_ROWS, 0)
+    assert people.count_rows(db_url, 2)["accounts"] == 1  # nobody else was erased on the way
+    assert _query(db_url, "SELECT count(*) FROM erasure_tombstones") == [(1,)]
+    assert _certificates(s3_endpoint) == {rid}
+    from lethe.config import BUCKETS
+
+    body = _s3(s3_endpoint).get_object(Bucket=BUCKETS.evidence, Key=f"certificates/{rid}.json")["Body"].read()
+    cert = json.loads(body)
+    assert cert["outcome"] == "erased" and cert["reference"] == "T-2026-0004"
+    assert {t: v["rows"] for t, v in cert["tables"].items()} == people.ASHA_ROWS
+    assert people.ASHA["email"] not in body.decode()
 
 
 # --- 3. a request-id-only trigger keeps identifiers out of Airflow ---------------------------------

@@ -12,14 +12,22 @@ only when the run died: `claim_batch` takes over requests whose claiming run is 
 resumes them where they stopped (an `erasing` request whose transaction rolled back is erased again,
 an `erased` one is verified, a `verified` one certified).
 
+Whether a run is alive is Airflow's word (its run state), except for `erasing`: a request is in that
+state only while the run's erase task works on it, and that task holds a PostgreSQL session lock of
+its run (`erase_lock`) the whole time. A session ends with its process, so an `erasing` request whose
+run's lock nobody holds was left by a dead erase task, whatever Airflow says (a killed worker Airflow
+has not noticed yet; a killed `dag.test()`, which nothing ever marks failed): it is taken over.
+Requests another run holds are not taken, and `not_taken` says which, since when and why.
+
 Closed states forget the identifier (and the reason and the processors' identifiers): certified,
 no_data, rejected, dry_run. A rejected request is never claimed again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import psycopg2.extensions
@@ -175,14 +183,64 @@ def dead_runs(cur: psycopg2.extensions.cursor, run_id: str, alive: Callable[[str
     return [r for r in live_claims(cur, run_id) if not alive(r)]
 
 
-def _claimable(dead: list[str]) -> tuple[str, dict[str, Any]]:
-    where = "status = ANY(%(open)s) AND (claimed_by IS NULL OR claimed_by = ANY(%(dead)s))"
-    return where, {"open": list(OPEN), "dead": dead}
+# The advisory lock a run's erase task holds while it works (key: hashtextextended of this + run id).
+ERASE_LOCK = "lethe.erasure.erase:"
 
 
-def queued(cur: psycopg2.extensions.cursor, limit: int, dead: list[str]) -> list[str]:
+@contextlib.contextmanager
+def erase_lock(db_url: str, run_id: str) -> Iterator[None]:
+    """Hold the run's erase lock in a session of its own for the duration: proof the erase task is alive.
+
+    A claimer taking the lock (`abandoned_runs`) holds it until its claim commits, so this waits for that
+    and then finds the requests it lost gone from its claim.
+    """
+    from lethe.db import connect
+
+    conn = connect(db_url)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            # A worker host that vanishes without closing the socket: the server drops the session in ~1.5 min.
+            cur.execute("SET tcp_keepalives_idle = 60; SET tcp_keepalives_interval = 10; SET tcp_keepalives_count = 3")
+            cur.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (ERASE_LOCK + run_id,))
+        yield
+    finally:
+        conn.close()  # the session ends: the lock goes with it
+
+
+def abandoned_runs(cur: psycopg2.extensions.cursor, run_id: str, dead: list[str]) -> list[str]:
+    """Runs, alive by Airflow's word, holding `erasing` requests while no session holds their erase lock.
+
+    Their erase task died mid-erasure (its transaction rolled back). The lock is taken here until the
+    caller's transaction ends, so a retry of that task cannot start on them while they are taken over.
+    """
+    cur.execute(
+        "SELECT DISTINCT claimed_by FROM erasure_requests WHERE status = %s AND claimed_by IS NOT NULL"
+        " AND claimed_by <> %s AND NOT claimed_by = ANY(%s) ORDER BY 1",
+        (ERASING, run_id, dead),
+    )
+    runs = [r[0] for r in cur.fetchall()]
+    abandoned = []
+    for run in runs:
+        cur.execute("SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))", (ERASE_LOCK + run,))
+        if cur.fetchone()[0]:  # type: ignore[index]
+            abandoned.append(run)
+    return abandoned
+
+
+def _claimable(dead: list[str], abandoned: list[str]) -> tuple[str, dict[str, Any]]:
+    where = (
+        "status = ANY(%(open)s) AND (claimed_by IS NULL OR claimed_by = ANY(%(dead)s)"
+        " OR (status = %(erasing)s AND claimed_by = ANY(%(abandoned)s)))"
+    )
+    return where, {"open": list(OPEN), "dead": dead, "erasing": ERASING, "abandoned": abandoned}
+
+
+def queued(
+    cur: psycopg2.extensions.cursor, limit: int, dead: list[str], abandoned: list[str] | None = None
+) -> list[str]:
     """The ids a batch run would take now, oldest due first (for a dry run, which claims nothing)."""
-    where, params = _claimable(dead)
+    where, params = _claimable(dead, abandoned or [])
     cur.execute(
         f"SELECT request_id::text FROM erasure_requests WHERE {where} ORDER BY due_at, request_id LIMIT %(limit)s",  # noqa: S608
         {**params, "limit": limit},
@@ -190,14 +248,17 @@ def queued(cur: psycopg2.extensions.cursor, limit: int, dead: list[str]) -> list
     return [r[0] for r in cur.fetchall()]
 
 
-def claim_batch(cur: psycopg2.extensions.cursor, run_id: str, limit: int, dead: list[str]) -> int:
+def claim_batch(
+    cur: psycopg2.extensions.cursor, run_id: str, limit: int, dead: list[str], abandoned: list[str] | None = None
+) -> int:
     """Claim up to `limit` open requests that no live run holds; return how many.
 
     A request left mid-way by a dead run resumes: planned or awaiting approval go back to the
     queue (plan and approval again), a failure of the certificate resumes at certification, the
-    rest keep their state and the next step picks them up.
+    rest keep their state and the next step picks them up. `abandoned` (from `abandoned_runs`):
+    runs whose `erasing` requests are taken over though Airflow calls them alive.
     """
-    where, params = _claimable(dead)
+    where, params = _claimable(dead, abandoned or [])
     cur.execute(
         f"""
         UPDATE erasure_requests r SET claimed_by = %(run)s, claimed_at = now()
@@ -214,18 +275,27 @@ def claim_batch(cur: psycopg2.extensions.cursor, run_id: str, limit: int, dead: 
 
 
 def claim_one(
-    cur: psycopg2.extensions.cursor, request_id: str, run_id: str, dead: list[str]
+    cur: psycopg2.extensions.cursor,
+    request_id: str,
+    run_id: str,
+    dead: list[str],
+    abandoned: list[str] | None = None,
 ) -> tuple[str | None, bool]:
     """Claim one named request; return (its status or None when there is none, whether this run holds it).
 
-    A closed request (rejected included) is not claimed; nor is one that a live run holds.
+    A closed request (rejected included) is not claimed; nor is one that a live run holds, nor one whose
+    row another transaction has locked (it is not waited for: `not_taken` says so).
     """
+    where, params = _claimable(dead, abandoned or [])
     cur.execute(
-        "UPDATE erasure_requests SET claimed_by = %(run)s, claimed_at = now()"
-        " WHERE request_id = %(id)s AND status = ANY(%(open)s)"
-        " AND (claimed_by IS NULL OR claimed_by = %(run)s OR claimed_by = ANY(%(dead)s))"
-        " RETURNING request_id::text, status, detail->>'resume_from'",
-        {"run": run_id, "id": request_id, "open": list(OPEN), "dead": dead},
+        f"""
+        UPDATE erasure_requests r SET claimed_by = %(run)s, claimed_at = now()
+        FROM (SELECT request_id FROM erasure_requests WHERE request_id = %(id)s
+              AND (({where}) OR (status = ANY(%(open)s) AND claimed_by = %(run)s)) FOR UPDATE SKIP LOCKED) q
+        WHERE r.request_id = q.request_id
+        RETURNING r.request_id::text, r.status, r.detail->>'resume_from'
+        """,  # noqa: S608 (fixed SQL; values are params)
+        {**params, "run": run_id, "id": request_id},
     )
     rows = cur.fetchall()
     if rows:
@@ -235,6 +305,57 @@ def claim_one(
     cur.execute("SELECT status FROM erasure_requests WHERE request_id = %s", (request_id,))
     row = cur.fetchone()
     return (row[0] if row else None), False
+
+
+def not_taken(
+    cur: psycopg2.extensions.cursor,
+    run_id: str,
+    dead: list[str],
+    abandoned: list[str],
+    request_id: str | None = None,
+    limit: int = 20,
+) -> tuple[int, list[dict[str, Any]]]:
+    """Open requests another run holds (all of them, or the one named), and why this run left them.
+
+    Returns the count and the first `limit` of them, each with its id, state, holding run, since when
+    and why: ids, states and times only, never an identifier.
+    """
+    cur.execute(
+        "SELECT request_id::text, status, claimed_by, claimed_at, count(*) OVER () FROM erasure_requests"
+        " WHERE status = ANY(%(open)s) AND claimed_by IS NOT NULL AND claimed_by <> %(run)s"
+        " AND (%(id)s::uuid IS NULL OR request_id = %(id)s::uuid)"
+        " ORDER BY claimed_at, request_id LIMIT %(limit)s",
+        {"open": list(OPEN), "run": run_id, "id": request_id, "limit": limit},
+    )
+    rows = cur.fetchall()
+    total = int(rows[0][4]) if rows else 0
+    held = []
+    for rid, status, run, since, _ in rows:
+        if run in dead or (status == ERASING and run in abandoned):
+            cur.execute("SELECT 1 FROM erasure_requests WHERE request_id = %s FOR UPDATE SKIP LOCKED", (rid,))
+            why = (
+                f"run {run} is gone, but a transaction still holds the request's row (a dead worker's session"
+                " PostgreSQL has not dropped yet): the next run takes it over"
+                if not cur.fetchall()
+                else f"run {run} is gone; the request is beyond this run's batch_size: the next run takes it over"
+            )
+        elif status == ERASING:
+            why = f"run {run}'s erase task is working on it now (its session holds the run's erase lock)"
+        else:
+            why = (
+                f"run {run} holds it and Airflow reports that run queued or running: it goes on there"
+                " (a run whose worker died is failed or retried by Airflow; the next run then takes over)"
+            )
+        held.append(
+            {
+                "request_id": rid,
+                "status": status,
+                "claimed_by": run,
+                "claimed_since": since.isoformat() if since else None,
+                "why": why,
+            }
+        )
+    return total, held
 
 
 def _resume(cur: psycopg2.extensions.cursor, run_id: str, rows: list[tuple[str, str, str | None]]) -> None:

@@ -90,6 +90,8 @@ def register(
     dry = bool(params.get("dry_run"))
     with transaction(db_url) as cur:
         dead = lifecycle.dead_runs(cur, run_id, alive)
+        # Airflow may call a run alive whose erase task died mid-erasure: its `erasing` requests are taken over.
+        abandoned = lifecycle.abandoned_runs(cur, run_id, dead)
         if named:
             if dry:  # plan it, claim nothing
                 cur.execute("SELECT status FROM erasure_requests WHERE request_id = %s", (str(named),))
@@ -97,11 +99,13 @@ def register(
                 if row is None:
                     raise ValueError(f"no erasure request {named} in erasure_requests")
                 return {"mode": "request", "dry_run": True, "request_id": str(named), "status": row[0]}
-            status, held = lifecycle.claim_one(cur, str(named), run_id, dead)
+            status, held = lifecycle.claim_one(cur, str(named), run_id, dead, abandoned)
             if status is None:
                 raise ValueError(f"no erasure request {named} in erasure_requests")
             if status == lifecycle.REJECTED:
                 raise ValueError(f"erasure request {named} was rejected by its approver: it is never erased")
+            if not held:
+                _refuse_held(cur, str(named), run_id, dead, abandoned)
             return {"mode": "request", "dry_run": False, "claimed": int(held), "status": status}
         if identifier not in (None, ""):
             request_id, created = request.register(
@@ -115,7 +119,9 @@ def register(
                 require_approval=bool(params.get("require_approval")),
                 requested_by=requested_by,
             )
-            status, held = lifecycle.claim_one(cur, request_id, run_id, dead)
+            status, held = lifecycle.claim_one(cur, request_id, run_id, dead, abandoned)
+            if not held:
+                _refuse_held(cur, request_id, run_id, dead, abandoned)
             return {
                 "mode": "form",
                 "dry_run": False,
@@ -127,8 +133,37 @@ def register(
         if dry:
             ids = lifecycle.queued(cur, limit, [])
             return {"mode": "batch", "dry_run": True, "queued": len(ids), "batch_size": limit}
-        n = lifecycle.claim_batch(cur, run_id, limit, dead)
-        return {"mode": "batch", "dry_run": False, "claimed": n}
+        n = lifecycle.claim_batch(cur, run_id, limit, dead, abandoned)
+        total, held_elsewhere = lifecycle.not_taken(cur, run_id, dead, abandoned)
+    for h in held_elsewhere:  # never silent: an open request this run leaves is named, with its holder and why
+        log.warning(
+            "erasure request %s (%s) not taken: claimed by run %s since %s; %s",
+            h["request_id"],
+            h["status"],
+            h["claimed_by"],
+            h["claimed_since"],
+            h["why"],
+        )
+    if total > len(held_elsewhere):
+        log.warning("and %d more open erasure request(s) held by other runs", total - len(held_elsewhere))
+    return {"mode": "batch", "dry_run": False, "claimed": n, "held_by_other_runs": total, "not_taken": held_elsewhere}
+
+
+class RequestHeld(ValueError):
+    """The named request is held by another run; names the request, its state, the run, since when and why."""
+
+
+def _refuse_held(
+    cur: psycopg2.extensions.cursor, request_id: str, run_id: str, dead: list[str], abandoned: list[str]
+) -> None:
+    """A run given one request that another run holds fails saying so, rather than succeed having done nothing."""
+    _, held = lifecycle.not_taken(cur, run_id, dead, abandoned, request_id=request_id)
+    if held:  # else it is closed: nothing is owed, the run has nothing to do
+        h = held[0]
+        raise RequestHeld(
+            f"erasure request {request_id} ({h['status']}) is not taken by this run: claimed by run"
+            f" {h['claimed_by']} since {h['claimed_since']}; {h['why']}"
+        )
 
 
 def _works(rows: list[dict[str, Any]]) -> list[Work]:
@@ -354,6 +389,12 @@ def _erase_chunk(db_url: str, policy: Policy, key: bytes, chunk: list[dict[str, 
     outcomes: Counter[str] = Counter()
     ids = [r["request_id"] for r in chunk]
     with transaction(db_url) as cur:
+        # A killed worker's session would otherwise go on (holding these rows) until its statement ends; PostgreSQL
+        # 14+ checks that the client is still there every 10 s and ends the session, rolling back, when it is not.
+        cur.execute(
+            "SELECT set_config('client_connection_check_interval', '10s', true)"
+            " WHERE current_setting('server_version_num')::int >= 140000"
+        )
         cur.execute("SELECT request_id FROM erasure_requests WHERE request_id = ANY(%s::uuid[]) FOR UPDATE", (ids,))
         graph = read_graph(cur, policy)
         works = _works(chunk)
@@ -434,16 +475,21 @@ def erase_run(run_id: str, db_url: str, key: bytes, policy: Policy | None = None
     transaction (rolled back: nothing changed) leaves a state the next run resumes from.
     """
     policy = policy or load_policy()
-    with transaction(db_url) as cur:
-        rows = [r for r in lifecycle.claimed(cur, run_id, (lifecycle.APPROVED, lifecycle.ERASING)) if not r["dry_run"]]
     outcomes: Counter[str] = Counter()
     failed = 0
-    for chunk in _chunks(rows):
+    # While this task lives its session holds the run's erase lock: a request it leaves `erasing` without the
+    # lock held was left by a dead task, and the next run takes it over (lifecycle.abandoned_runs).
+    with lifecycle.erase_lock(db_url, run_id):
         with transaction(db_url) as cur:
-            lifecycle.move(cur, "start_erasing", [r["request_id"] for r in chunk], run_id=run_id)
-        o, f = _erase_or_fail(db_url, policy, key, chunk, run_id)
-        outcomes += o
-        failed += f
+            rows = [
+                r for r in lifecycle.claimed(cur, run_id, (lifecycle.APPROVED, lifecycle.ERASING)) if not r["dry_run"]
+            ]
+        for chunk in _chunks(rows):
+            with transaction(db_url) as cur:
+                lifecycle.move(cur, "start_erasing", [r["request_id"] for r in chunk], run_id=run_id)
+            o, f = _erase_or_fail(db_url, policy, key, chunk, run_id)
+            outcomes += o
+            failed += f
     with transaction(db_url) as cur:  # after the commits: the old row versions of the people leave the pages
         changed = vacuum.targets(r["detail"] for r in lifecycle.claimed(cur, run_id, (lifecycle.ERASED,)))
     vacuumed = vacuum.vacuum(db_url, changed)
