@@ -33,7 +33,10 @@ follows the request's own dry-run choice).
 rejected -> erasing -> erased -> verified -> certified, or held, failed, no_data. Each request
 moves on its own: one failing request is marked failed (its reason, never an identifier, in
 `detail->>'error'`) and the others complete; the next run resumes it, and resumes any request a
-dead run left mid-way. A held request is planned again by every batch run until its hold is released.
+dead run left mid-way (one left `erasing` by a killed `erase` task even while Airflow still calls
+that run running: the task's PostgreSQL lock went with it). A batch's `register` names each open
+request another run holds (run, since when, why); a run naming such a request fails saying so.
+A held request is planned again by every batch run until its hold is released.
 
 **Approval**: a request registered with `require_approval` (stored on the request, honoured by
 batch runs too) waits in `approve` for a human. The screen shows the plan's counts. Respondents:

@@ -4,7 +4,9 @@
   person's rows): the other nine are erased and certified, the tenth is failed with its rows untouched,
   and once the trigger is gone the next batch certifies it too.
 - A run killed (SIGKILL of the process running dag.test()) right after `erase` committed leaves its
-  request erased, not certified; the next batch resumes it to a certificate in the evidence bucket.
+  request erased, not certified. While Airflow still calls that run running, the next batch leaves the
+  request and names it (request, state, run, since, why) in its `register` result; once the run is
+  marked failed, the next batch resumes it to a certificate in the evidence bucket.
 - A run killed in the middle of `erase` (its transaction waiting inside a DELETE, never committed) leaves its
   request `erasing`, and Airflow's metadata still calls the dead run running (dag.test: no scheduler marks
   it failed). The next batch takes the request over anyway (no session holds the dead run's work lock) and
@@ -255,6 +257,28 @@ def _kill_run_paused_on(url: str, lock: int, log: Path, script: str = RUN_BATCH)
     return printed
 
 
+def _airflow_run_state(run_id: str) -> str:
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        run = session.query(DagRun).filter_by(dag_id="subject_erasure", run_id=run_id).one()
+        return str(getattr(run.state, "value", run.state))
+
+
+def _xcom(run_id: str, task_id: str) -> Any:
+    """What a task of a run returned, read from Airflow's metadata database with this test's own SQL."""
+    conn = sqlite3.connect(f"file:{_metadata_db()}?mode=ro", uri=True)
+    try:
+        ((value,),) = conn.execute(
+            "SELECT value FROM xcom WHERE dag_id = 'subject_erasure' AND run_id = ? AND task_id = ? AND key = ?",
+            (run_id, task_id, "return_value"),
+        ).fetchall()
+    finally:
+        conn.close()
+    return json.loads(value)
+
+
 def _mark_run_failed(run_id: str) -> None:
     """What the scheduler does to a run whose worker died (or an operator's "mark failed")."""
     from airflow.models.dagrun import DagRun
@@ -290,7 +314,18 @@ def test_a_run_killed_right_after_erase_is_resumed_to_a_certificate(
     assert dead_run is not None
     assert rid not in _certificates(s3_endpoint)
 
-    _mark_run_failed(dead_run)
+    # Airflow still calls the dead run running (under dag.test nothing ever marks it failed), and an `erased`
+    # request is one a live run holds between its tasks: the next batch leaves it, and says so.
+    assert _airflow_run_state(dead_run) == "running"
+    left = _run({"dry_run": False})
+    registered = _xcom(left.run_id, "register")
+    assert (registered["claimed"], registered["held_by_other_runs"]) == (0, 1), registered
+    ((held),) = registered["not_taken"]
+    assert (held["request_id"], held["status"], held["claimed_by"]) == (rid, "erased", dead_run)
+    assert held["claimed_since"] and "Airflow reports that run queued or running" in held["why"]
+    assert _query(db_url, "SELECT status, claimed_by FROM erasure_requests") == [("erased", dead_run)]
+
+    _mark_run_failed(dead_run)  # what the scheduler does once it notices the worker died
     _run({"dry_run": False})  # the next batch takes over the dead run's request
 
     assert _query(db_url, "SELECT status, identifier, claimed_by FROM erasure_requests") == [("certified", None, None)]
@@ -308,28 +343,6 @@ def test_a_run_killed_right_after_erase_is_resumed_to_a_certificate(
 
 
 # --- 4. a crash in the middle of erase -----------------------------------------------------------
-
-
-def _airflow_run_state(run_id: str) -> str:
-    from airflow.models.dagrun import DagRun
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        run = session.query(DagRun).filter_by(dag_id="subject_erasure", run_id=run_id).one()
-        return str(getattr(run.state, "value", run.state))
-
-
-def _xcom(run_id: str, task_id: str) -> Any:
-    """What a task of a run returned, read from Airflow's metadata database with this test's own SQL."""
-    conn = sqlite3.connect(f"file:{_metadata_db()}?mode=ro", uri=True)
-    try:
-        ((value,),) = conn.execute(
-            "SELECT value FROM xcom WHERE dag_id = 'subject_erasure' AND run_id = ? AND task_id = ? AND key = ?",
-            (run_id, task_id, "return_value"),
-        ).fetchall()
-    finally:
-        conn.close()
-    return json.loads(value)
 
 
 def test_a_run_killed_in_the_middle_of_erase_is_taken_over_by_the_next_batch(
