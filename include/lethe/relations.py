@@ -16,6 +16,23 @@ from typing import Any
 import psycopg2.extensions
 from psycopg2 import sql
 
+# Types whose values the masking writes as text (a domain over one of them reads as it, BASE_TYPE_JOIN).
+TEXT_TYPES = ("text", "character varying", "character", "citext")
+
+# The type under a column's domains (a domain over a domain too), for a query over pg_attribute `a`: what
+# PostgreSQL's functions and operators, so the erasure and the purge, work on. Yields `base.oid`.
+BASE_TYPE_JOIN = """
+CROSS JOIN LATERAL (
+    WITH RECURSIVE chain(oid, typtype, typbasetype) AS (
+        SELECT t.oid, t.typtype, t.typbasetype FROM pg_type t WHERE t.oid = a.atttypid
+        UNION ALL
+        SELECT p.oid, p.typtype, p.typbasetype FROM pg_type p JOIN chain c ON p.oid = c.typbasetype
+        WHERE c.typtype = 'd'
+    )
+    SELECT chain.oid FROM chain WHERE chain.typtype <> 'd'
+) base
+"""
+
 
 def relation(name: str) -> sql.Identifier:
     """A table the policy names: `table` (on the search path) or `schema.table`, quoted."""

@@ -338,3 +338,27 @@ def test_plan_errors_name_the_rule_and_what_is_wrong(db_url: str, tmp_path: Path
     bad.write_text(yaml.safe_dump(data))
     with pytest.raises(PlanError, match="table sessions, rule expired_cookies: drop_partitions, but sessions is not"):
         make_plan(db_url, bad, ["expired_cookies"])
+
+
+def test_anonymise_masks_varchar_and_domain_columns(db_url: str) -> None:
+    """Found from outside: `name varchar(100)` or an e-mail in a domain made the plan refuse `redact` ("needs a
+    text column; name is character varying(100)"), so retention_nightly purged nothing at all."""
+    from lethe.cli import main
+
+    with transaction(db_url) as cur:
+        cur.execute("CREATE DOMAIN mail AS varchar(200)")
+        cur.execute("CREATE DOMAIN work_mail AS mail")
+        cur.execute("ALTER TABLE accounts ALTER COLUMN name TYPE varchar(100)")
+        cur.execute("ALTER TABLE accounts ALTER COLUMN email TYPE work_mail")
+        cur.execute(
+            "INSERT INTO accounts (user_id, name, username, email, password_hash, created_at, closed_at)"
+            " VALUES (7, 'Closed One', 'closed7', 'closed7@example.com', 'h', now() - interval '3 years',"
+            " now() - interval '60 days')"
+        )
+        # An invoice still points at the account: the row stays, its details go.
+        cur.execute("INSERT INTO invoices VALUES (7, 7, NULL, 'Closed One', 'Street 1', 'TAX', 1000, 'INR', now())")
+    assert main(["purge"]) == 0
+    with transaction(db_url) as cur:
+        cur.execute("SELECT name, username, email FROM accounts WHERE user_id = 7")
+        name, username, email = cur.fetchone()
+    assert name != "Closed One" and "closed7" not in username and "closed7" not in email, (name, username, email)

@@ -16,15 +16,13 @@ from lethe.db import LETHE_TABLES, PLATFORM_SCHEMA, lethe_schema
 from lethe.erasure.indexes import IDENTIFIER_CLASSES, identifier_columns
 from lethe.policy.draft import unreviewed
 from lethe.policy.model import PERSONAL_CATEGORIES, Policy, _line_index
-from lethe.relations import ForeignKey, foreign_keys, policy_oids, split
+from lethe.relations import BASE_TYPE_JOIN, TEXT_TYPES, ForeignKey, foreign_keys, policy_oids, split
 from lethe.retention.catalog import being_dropped
 
 # Types a retention clock can count from.
 CLOCK_TYPES = ("timestamp with time zone", "timestamp without time zone", "date")
 # Erasure and anonymisation strategies that leave the column NULL.
 NULLING = ("null", "pseudonym_link")
-# Types the erasure can compare an identifier with as one value (lower(col), a phone's digits).
-IDENTIFIER_TYPES = ("text", "character varying", "character", "citext")
 
 
 class LiveColumn(NamedTuple):
@@ -46,18 +44,18 @@ def live_schema(
     schemas = sorted({PLATFORM_SCHEMA} | {s for s, _ in map(split, named) if s})
     known = policy_oids(cur, named)
     cur.execute(
-        """
+        f"""
         SELECT c.oid::oid, n.nspname, c.relname, a.attname,
-               format_type(CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END, NULL), a.attnotnull,
+               format_type(base.oid, NULL), a.attnotnull,
                a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '', a.attgenerated <> '' OR a.attidentity = 'a'
         FROM pg_class c
         JOIN pg_namespace n ON n.oid = c.relnamespace
         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-        JOIN pg_type t ON t.oid = a.atttypid
+        {BASE_TYPE_JOIN}
         WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
           AND (n.nspname = ANY(%(schemas)s) OR (n.nspname = %(lethe)s AND c.relname = ANY(%(named)s)))
         ORDER BY n.nspname = %(platform)s DESC, c.relname, a.attnum
-        """,
+        """,  # noqa: S608 (a constant join; values are params)
         {"platform": PLATFORM_SCHEMA, "schemas": schemas, "lethe": lethe_schema(), "named": lethe_tables or []},
     )
     schema: dict[str, dict[str, LiveColumn]] = {}
@@ -235,7 +233,7 @@ def _identifier_problems(policy: Policy, schema: dict[str, dict[str, LiveColumn]
 
 
 def _text(column: LiveColumn) -> bool:
-    return column.type.rsplit(".", 1)[-1] in IDENTIFIER_TYPES  # citext may come schema-qualified
+    return column.type.rsplit(".", 1)[-1] in TEXT_TYPES  # citext may come schema-qualified
 
 
 def _clock_problems(policy: Policy, schema: dict[str, dict[str, LiveColumn]], at: Any) -> list[str]:

@@ -62,9 +62,10 @@ def primary_key(cur: psycopg2.extensions.cursor, table: str) -> list[tuple[str, 
 
 
 def column_types(cur: psycopg2.extensions.cursor, table: str) -> dict[str, str]:
+    """Each column's type under its domains, without length (varchar(40) is character varying)."""
     cur.execute(
-        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
-        " WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+        f"SELECT a.attname, format_type(base.oid, NULL) FROM pg_attribute a {relations.BASE_TYPE_JOIN}"  # noqa: S608
+        " WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
         (_oid(cur, table),),
     )
     return {str(name): str(kind) for name, kind in cur.fetchall()}

@@ -16,7 +16,7 @@ import psycopg2.extensions
 from lethe import holds
 from lethe.db import ConfigurationError
 from lethe.policy import Policy, RetentionRule, load_policy
-from lethe.relations import ForeignKey, relation
+from lethe.relations import TEXT_TYPES, ForeignKey, relation
 from lethe.retention import catalog, links
 from lethe.retention.predicates import DELETING, Predicates, anonymised_value
 from psycopg2 import sql
@@ -161,7 +161,7 @@ def _validate(policy: Policy, cur: psycopg2.extensions.cursor, table: str, rule:
                 raise PlanError(f"{where}: column {column}: {exc}") from None
             if strategy == "truncate_ip" and types[column] not in ("inet", "cidr"):
                 raise PlanError(f"{where}: truncate_ip needs an inet column; {column} is {types[column]}")
-            if strategy in ("redact", "unique_redact") and types[column] not in ("text", "character varying"):
+            if strategy in ("redact", "unique_redact") and types[column].rsplit(".", 1)[-1] not in TEXT_TYPES:
                 raise PlanError(f"{where}: {strategy} needs a text column; {column} is {types[column]}")
 
 
