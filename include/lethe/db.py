@@ -71,18 +71,16 @@ class DatabaseError(RuntimeError):
 def describe_error(exc: psycopg2.Error) -> str:
     """The error's kind and the objects it names; never PostgreSQL's message text (it can hold values)."""
     kind = (psycopg2.errorcodes.lookup(exc.pgcode) if exc.pgcode else None) or type(exc).__name__
-    diag = exc.diag
-    named = [
-        f"{label} {value}"
-        for label, value in (
-            ("table", diag.table_name),
-            ("column", diag.column_name),
-            ("constraint", diag.constraint_name),
-        )
-        if value
-    ]
+    named = error_objects(exc)
     text = kind.replace("_", " ").lower()
-    return f"{text} ({', '.join(named)})" if named else text
+    return f"{text} ({named})" if named else text
+
+
+def error_objects(exc: psycopg2.Error) -> str:
+    """'table t, column c, constraint k': the names a database error carries (empty when none), no value."""
+    diag = exc.diag
+    pairs = (("table", diag.table_name), ("column", diag.column_name), ("constraint", diag.constraint_name))
+    return ", ".join(f"{label} {value}" for label, value in pairs if value)
 
 
 def database_url() -> str:

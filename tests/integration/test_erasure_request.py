@@ -50,3 +50,22 @@ def test_the_reason_is_checked_too_and_an_empty_identifier_is_refused_plainly(
     assert "the reason holds an email address" in capsys.readouterr().err
     assert main(["erasure", "submit", "--email", ""]) == 2
     assert "--email: the identifier for kind email is empty" in capsys.readouterr().err
+
+
+def test_a_failed_request_names_the_table_and_constraint_a_database_error_was_about(db_url: str) -> None:
+    """Found from outside: a request that failed on a CHECK, a too-short varchar or a generated column said only
+    `erase: CheckViolation`; the names PostgreSQL attaches to the error (never its message, which can quote the
+    row) now say where."""
+    from lethe.erasure.tasks import _reason
+
+    conn = psycopg2.connect(db_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("CREATE TABLE notes (body text CONSTRAINT notes_body_short CHECK (length(body) < 5))")
+            with pytest.raises(psycopg2.errors.CheckViolation) as caught:
+                cur.execute("INSERT INTO notes VALUES ('asha.rao@example.com')")
+    finally:
+        conn.rollback()
+        conn.close()
+    reason = _reason("erase", caught.value)
+    assert reason == "erase: CheckViolation (table notes, constraint notes_body_short)"

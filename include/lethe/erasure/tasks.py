@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg2.extensions
-from lethe.db import connect, transaction
+from lethe.db import connect, error_objects, transaction
 from lethe.erasure import certificate, execute, lifecycle, plan, request, vacuum, verify
 from lethe.erasure.discovery import read_graph
 from lethe.erasure.plan import Work
@@ -37,7 +37,10 @@ ERASED_OUTCOMES = ("erased", "same_subject", "already_erased", "no_data")
 def _reason(step: str, exc: BaseException) -> str:
     # The class name only, unless the message is one of Lethe's own (names tables and checks, never values):
     # a database error's text can quote a row of the person.
+    # A database error says which table, column and constraint it is about (lethe.db.error_objects).
     own = type(exc).__name__ in ("DataQualityError", "ErasureGraphError", "ErasureSideEffectError", "TransitionRefused")
+    if isinstance(exc, psycopg2.Error) and error_objects(exc):
+        return f"{step}: {type(exc).__name__} ({error_objects(exc)})"
     return f"{step}: {type(exc).__name__}" + (f": {exc}" if own else "")
 
 
