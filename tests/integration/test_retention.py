@@ -362,3 +362,32 @@ def test_anonymise_masks_varchar_and_domain_columns(db_url: str) -> None:
         cur.execute("SELECT name, username, email FROM accounts WHERE user_id = 7")
         name, username, email = cur.fetchone()
     assert name != "Closed One" and "closed7" not in username and "closed7" not in email, (name, username, email)
+
+
+def test_a_self_referencing_account_table_is_purged_and_a_referenced_manager_kept(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found from outside: `accounts.manager_id REFERENCES accounts` made every purge fail with a traceback
+    ("foreign keys around 'accounts' nest deeper than 8 levels (a cycle?)"), so closed accounts were never deleted."""
+    from lethe.cli import main
+
+    data = yaml.safe_load(RESKILL.read_text())
+    data["tables"]["accounts"]["columns"]["manager_id"] = "identifier"
+    policy = tmp_path / "managers.yaml"
+    policy.write_text(yaml.safe_dump(data))
+
+    with transaction(db_url) as cur:
+        cur.execute("ALTER TABLE accounts ADD COLUMN manager_id bigint REFERENCES accounts (user_id)")
+        for uid, closed in ((8, True), (9, True), (10, False)):
+            cur.execute(
+                "INSERT INTO accounts (user_id, name, username, email, password_hash, created_at, closed_at)"
+                " VALUES (%s, %s, %s, %s, 'h', now() - interval '3 years', %s)",
+                (uid, f"Person {uid}", f"person{uid}", f"person{uid}@example.com", "-infinity" if closed else None),
+            )
+        cur.execute("UPDATE accounts SET manager_id = 9 WHERE user_id = 10")  # 10, still here, reports to 9
+    with monkeypatch.context() as m:
+        m.setenv("LETHE_POLICY_FILE", str(policy))
+        assert main(["purge"]) == 0
+    with transaction(db_url) as cur:
+        cur.execute("SELECT user_id FROM accounts WHERE user_id IN (8, 9, 10) ORDER BY 1")
+        assert [r[0] for r in cur.fetchall()] == [9, 10]  # 8 closed and unreferenced: gone; 9 still a manager

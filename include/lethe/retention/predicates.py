@@ -218,9 +218,11 @@ class Predicates:
                 )
                 for cc, pc in zip(fk.child_columns, fk.parent_columns, strict=True)
             )
+            # A row of the same table (a manager_id) counts as surviving: whether it goes this run depends on
+            # rows of the same table again, without end; its referent goes the night after it.
             survives = (
                 sql.SQL("NOT ({})").format(self.deleted(fk.child, child, depth + 1))
-                if fk.child in self.policy.tables
+                if fk.child in self.policy.tables and fk.child != table
                 else _TRUE
             )
             parts.append(
