@@ -469,3 +469,14 @@ def test_a_rule_writing_a_generated_column_is_refused_before_the_purge(
     with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
         cur.execute("SELECT name FROM accounts WHERE user_id = 7")
         assert cur.fetchone() == ("Closed One",)
+
+
+def test_a_schema_the_policy_does_not_name_is_warned_of(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Found from outside: a `legacy.contacts` table holding a person's e-mail and phone was read by nothing, and
+    her erasure was certified with them still there. The check says so (a warning: the policy is not wrong)."""
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("CREATE SCHEMA legacy; CREATE TABLE legacy.contacts (contact_id int PRIMARY KEY, email text)")
+    code, output = run_check(capsys)
+    assert code == 0, output
+    assert "warning: schema legacy holds 1 table(s) the policy does not name (legacy.contacts)" in output
+    assert output.count("warning: schema") == 1  # the platform's schema and Lethe's are not warned of

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from lethe.db import connect
-from lethe.policy.lint import lint, trigger_warnings
+from lethe.policy.lint import lint, trigger_warnings, unnamed_schema_warnings
 from lethe.policy.model import Policy, PolicyError, load_policy
 
 
@@ -29,12 +29,13 @@ def schema_problems(policy: Policy, db_url: str) -> list[str]:
 
 
 def warnings(policy: Policy, db_url: str) -> list[str]:
-    """What may defeat an erasure without being wrong yet (lint.trigger_warnings), read-only."""
+    """What may defeat an erasure without being wrong yet (triggers that copy rows, schemas the policy does not
+    name), read-only."""
     conn = connect(db_url)
     conn.set_session(readonly=True)
     try:
         with conn.cursor() as cur:
-            return trigger_warnings(policy, cur)
+            return unnamed_schema_warnings(policy, cur) + trigger_warnings(policy, cur)
     finally:
         conn.close()
 

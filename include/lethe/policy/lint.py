@@ -373,6 +373,27 @@ def written_tables(source: str) -> list[str]:
     return [t for t in found if t.lower() not in _NOT_TABLES]
 
 
+def unnamed_schema_warnings(policy: Policy, cur: psycopg2.extensions.cursor) -> list[str]:
+    """Schemas holding tables of which the policy names none: nothing Lethe does reads them (the check, the
+    erasure's residue pass, retention), so a person in them outlives a certified erasure."""
+    named = {PLATFORM_SCHEMA, lethe_schema()} | {s for s, _ in map(split, [*policy.tables, *policy.system_tables]) if s}
+    cur.execute(
+        "SELECT n.nspname, array_agg(c.relname ORDER BY c.relname) FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND NOT n.nspname = ANY(%s)"
+        " AND n.nspname NOT IN ('information_schema') AND n.nspname NOT LIKE 'pg\\_%%'"
+        " GROUP BY n.nspname ORDER BY n.nspname",
+        (sorted(named),),
+    )
+    return [
+        f"schema {schema} holds {len(tables)} table(s) the policy does not name"
+        f" ({', '.join(f'{schema}.{t}' for t in tables[:5])}"
+        f"{', ...' if len(tables) > 5 else ''}): no erasure, purge or check reads them, so a person there stays"
+        f" after a certified erasure; name each as {schema}.<table> under `tables` or `system_tables`"
+        for schema, tables in cur.fetchall()
+    ]
+
+
 def trigger_warnings(policy: Policy, cur: psycopg2.extensions.cursor) -> list[str]:
     """Warnings (not problems: nothing is wrong until a trigger copies a person) about the row triggers and
     rules that an erasure's UPDATE or DELETE on a policy table fires and that write a table no erasure rule
