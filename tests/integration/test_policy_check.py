@@ -480,3 +480,26 @@ def test_a_schema_the_policy_does_not_name_is_warned_of(db_url: str, capsys: pyt
     assert code == 0, output
     assert "warning: schema legacy holds 1 table(s) the policy does not name (legacy.contacts)" in output
     assert output.count("warning: schema") == 1  # the platform's schema and Lethe's are not warned of
+
+
+@pytest.mark.parametrize(
+    ("column", "expected"),
+    [
+        ("meta jsonb", "the column is jsonb: list only text columns under free_text"),
+        ("search_text text GENERATED ALWAYS AS (lower(body)) STORED", "which is GENERATED ALWAYS"),
+    ],
+)
+def test_a_free_text_column_the_erasure_cannot_search_or_redact_is_refused(
+    db_url: str, tmp_path: Path, column: str, expected: str
+) -> None:
+    """Found from outside: a jsonb column under free_text failed every erasure's plan (`jsonb ~~* text`), a
+    GENERATED one its erase step (GeneratedAlways), both after the check had passed."""
+    name = column.split()[0]
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute(f"ALTER TABLE comments ADD COLUMN {column}")
+    old = "columns: {comment_id: identifier, user_id: identifier, body: comment, created_at: timestamp}"
+    text = SHIPPED.replace(old, old[:-1] + f", {name}: comment}}", 1)
+    path = tmp_path / "p.yaml"
+    path.write_text(text.replace("free_text: [body]", f"free_text: [body, {name}]", 1))
+    problems = check(load_policy(path), db_url)
+    assert any(f"tables.comments.free_text: comments.{name}: " in p and expected in p for p in problems), problems

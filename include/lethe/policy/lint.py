@@ -160,6 +160,27 @@ def lint(policy: Policy, cur: psycopg2.extensions.cursor) -> list[str]:
                 )
     problems += _link_to_key_problems(policy, fks, set(schema), at)
     problems += _identifier_problems(policy, schema, at)
+    problems += _free_text_problems(policy, schema, at)
+    return problems
+
+
+def _free_text_problems(policy: Policy, schema: dict[str, dict[str, LiveColumn]], at: Any) -> list[str]:
+    """The erasure searches a `free_text` column as text (ILIKE) and redacts mentions in place: it must be
+    text, and not GENERATED (PostgreSQL refuses a written value)."""
+    problems: list[str] = []
+    for table, rule in policy.tables.items():
+        live = schema.get(table, {})
+        for column in rule.free_text:
+            if column not in live:
+                continue  # reported as an unknown column
+            where = f"{at('tables', table, 'free_text')}: tables.{table}.free_text: {table}.{column}"
+            if live[column].generated:
+                problems.append(f"{where}: the erasure redacts mentions in it, {_GENERATED}")
+            elif not _text(live[column]):
+                problems.append(
+                    f"{where}: the erasure searches it as text and redacts mentions in place, but the column is"
+                    f" {live[column].type}: list only text columns under free_text"
+                )
     return problems
 
 
