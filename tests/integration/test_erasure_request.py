@@ -69,3 +69,19 @@ def test_a_failed_request_names_the_table_and_constraint_a_database_error_was_ab
         conn.close()
     reason = _reason("erase", caught.value)
     assert reason == "erase: CheckViolation (table notes, constraint notes_body_short)"
+
+
+def test_the_placeholder_row_goes_into_a_subject_table_keyed_by_an_identity_column(db_url: str) -> None:
+    """Found from outside: with `person_id bigint GENERATED ALWAYS AS IDENTITY`, every erasure re-pointing kept
+    rows to the placeholder failed (`erase: GeneratedAlways`): PostgreSQL refuses a given value for such a key."""
+    from types import SimpleNamespace
+
+    from lethe.erasure.execute import ensure_placeholder
+
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE people (person_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, email text)")
+        policy = SimpleNamespace(subject=SimpleNamespace(table="people", key="person_id", placeholder="0"))
+        ensure_placeholder(cur, policy)  # type: ignore[arg-type]
+        ensure_placeholder(cur, policy)  # type: ignore[arg-type]  # once only
+        cur.execute("SELECT person_id, email FROM people")
+        assert cur.fetchall() == [(0, None)]

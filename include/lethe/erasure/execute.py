@@ -61,9 +61,11 @@ def _counted(cur: psycopg2.extensions.cursor, query: sql.Composable) -> Counter[
 
 
 def ensure_placeholder(cur: psycopg2.extensions.cursor, policy: Policy) -> None:
-    """The one placeholder subject row, with nothing but its key, that re-pointed NOT NULL links point to."""
+    """The one placeholder subject row, with nothing but its key, that re-pointed NOT NULL links point to.
+
+    OVERRIDING SYSTEM VALUE: a key GENERATED ALWAYS AS IDENTITY takes the given value too (a no-op otherwise)."""
     cur.execute(
-        sql.SQL("INSERT INTO {} ({}) VALUES (%s) ON CONFLICT DO NOTHING").format(
+        sql.SQL("INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE VALUES (%s) ON CONFLICT DO NOTHING").format(
             relation(policy.subject.table), sql.Identifier(policy.subject.key)
         ),
         (policy.subject.placeholder,),
