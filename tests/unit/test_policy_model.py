@@ -206,3 +206,9 @@ def test_a_policy_with_phones_says_how_its_national_numbers_read(tmp_path: Path)
         assert residue.normalise("phone", "098765 43210") == "+919876543210"
     finally:
         load_policy()  # the shipped policy's reading for the tests after this one
+
+
+def test_a_numeric_placeholder_key_may_be_written_unquoted(tmp_path: Path) -> None:
+    """Found from outside: `placeholder: 0` for a bigint key was refused as "Input should be a valid string"."""
+    path = broken(tmp_path, "  phone_region: IN", "  phone_region: IN\n  placeholder: 0")
+    assert load_policy(path).subject.placeholder == "0"

@@ -517,6 +517,12 @@ class Subject(_Strict):
     placeholder: str | None = None
     phone_region: str | None = None
 
+    @field_validator("placeholder", mode="before")
+    @classmethod
+    def _key_as_text(cls, value: Any) -> Any:
+        # YAML reads `placeholder: 0` as a number; the key is kept as text whatever its type (PostgreSQL casts it).
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
     @field_validator("phone_region")
     @classmethod
     def _known_region(cls, value: str | None) -> str | None:
