@@ -503,3 +503,17 @@ def test_a_free_text_column_the_erasure_cannot_search_or_redact_is_refused(
     path.write_text(text.replace("free_text: [body]", f"free_text: [body, {name}]", 1))
     problems = check(load_policy(path), db_url)
     assert any(f"tables.comments.free_text: comments.{name}: " in p and expected in p for p in problems), problems
+
+
+def test_a_not_null_domain_is_a_not_null_column(db_url: str) -> None:
+    """Found from outside: `nick nn` with `CREATE DOMAIN nn AS varchar(40) NOT NULL` passed the check with a rule
+    setting it to null (`attnotnull` is false), and the purge failed on 'not null violation'."""
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("CREATE DOMAIN required_text AS text NOT NULL; CREATE DOMAIN required_phone AS required_text")
+        cur.execute("ALTER TABLE accounts ALTER COLUMN phone TYPE required_phone")
+    problems = check(load_policy(), db_url)
+    assert any(
+        ": tables.accounts.retention.0.columns.phone: rule closed_account_details sets 'phone' to null, but the"
+        " column is NOT NULL" in p
+        for p in problems
+    ), problems

@@ -46,7 +46,7 @@ def live_schema(
     cur.execute(
         f"""
         SELECT c.oid::oid, n.nspname, c.relname, a.attname,
-               format_type(base.oid, NULL), a.attnotnull,
+               format_type(base.oid, NULL), a.attnotnull OR base.not_null,
                a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '', a.attgenerated <> '' OR a.attidentity = 'a'
         FROM pg_class c
         JOIN pg_namespace n ON n.oid = c.relnamespace
