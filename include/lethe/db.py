@@ -123,6 +123,24 @@ def connect(url: str | None = None) -> psycopg2.extensions.connection:
 
 
 @contextlib.contextmanager
+def session_lock(url: str, name: str, *, wait: bool = True) -> Iterator[bool]:
+    """Hold the advisory lock `name` in a session of its own for the block; yields whether it is held (always,
+    when `wait`). The lock ends with the session: on exit, on a kill, or (keepalives) ~1.5 min after a worker
+    host vanishes without closing its socket."""
+    conn = connect(url)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SET tcp_keepalives_idle = 60; SET tcp_keepalives_interval = 10; SET tcp_keepalives_count = 3")
+            fn = "pg_advisory_lock" if wait else "pg_try_advisory_lock"
+            cur.execute(f"SELECT {fn}(hashtextextended(%s, 0))", (name,))
+            held = True if wait else bool(cur.fetchone()[0])  # type: ignore[index]
+        yield held
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
 def transaction(url: str | None = None) -> Iterator[psycopg2.extensions.cursor]:
     """A cursor in one transaction: committed on success, rolled back on error."""
     conn = connect(url)

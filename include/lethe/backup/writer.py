@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from lethe.backup import layout, store
-from lethe.db import connect, transaction
+from lethe.db import session_lock, transaction
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +31,8 @@ def _lock_name(region: str) -> str:
 @contextlib.contextmanager
 def region_lock(db_url: str, region: str, *, wait: bool) -> Iterator[bool]:
     """Hold the region's writer lock for the block; yields whether it is held (always, when `wait`)."""
-    conn = connect(db_url)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            fn = "pg_advisory_lock" if wait else "pg_try_advisory_lock"
-            cur.execute(f"SELECT {fn}(hashtextextended(%s, 0))", (_lock_name(region),))
-            held = True if wait else bool(cur.fetchone()[0])  # type: ignore[index]
+    with session_lock(db_url, _lock_name(region), wait=wait) as held:
         yield held
-    finally:
-        conn.close()  # a session lock ends with its session, on exit or on a kill alike
 
 
 def remove_incomplete(

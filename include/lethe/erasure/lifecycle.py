@@ -194,18 +194,10 @@ def erase_lock(db_url: str, run_id: str) -> Iterator[None]:
     A claimer taking the lock (`abandoned_runs`) holds it until its claim commits, so this waits for that
     and then finds the requests it lost gone from its claim.
     """
-    from lethe.db import connect
+    from lethe.db import session_lock
 
-    conn = connect(db_url)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            # A worker host that vanishes without closing the socket: the server drops the session in ~1.5 min.
-            cur.execute("SET tcp_keepalives_idle = 60; SET tcp_keepalives_interval = 10; SET tcp_keepalives_count = 3")
-            cur.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (ERASE_LOCK + run_id,))
+    with session_lock(db_url, ERASE_LOCK + run_id):
         yield
-    finally:
-        conn.close()  # the session ends: the lock goes with it
 
 
 def abandoned_runs(cur: psycopg2.extensions.cursor, run_id: str, dead: list[str]) -> list[str]:

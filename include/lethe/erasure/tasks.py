@@ -35,9 +35,8 @@ ERASED_OUTCOMES = ("erased", "same_subject", "already_erased", "no_data")
 
 
 def _reason(step: str, exc: BaseException) -> str:
-    # The class name only, unless the message is one of Lethe's own (names tables and checks, never values):
-    # a database error's text can quote a row of the person.
-    # A database error says which table, column and constraint it is about (lethe.db.error_objects).
+    # The class name, and the message only when it is one of Lethe's own (names tables and checks, never values):
+    # a database error's text can quote a row of the person, so it gives only the names it carries.
     own = type(exc).__name__ in ("DataQualityError", "ErasureGraphError", "ErasureSideEffectError", "TransitionRefused")
     if isinstance(exc, psycopg2.Error) and error_objects(exc):
         return f"{step}: {type(exc).__name__} ({error_objects(exc)})"
