@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import own_schema
 import pytest
 from hypothesis import HealthCheck, settings
 from lethe import airflow_env, testing
@@ -67,8 +68,7 @@ def services() -> Iterator[tuple[str, str]]:
 @pytest.fixture
 def db_url(services: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     url = testing.fresh_database(services[0])
-    monkeypatch.setenv("LETHE_DATABASE_URL", url)
-    monkeypatch.setenv("AIRFLOW_CONN_LETHE_PRIMARY", url.replace("postgresql://", "postgres://", 1))
+    own_schema.as_primary(monkeypatch, url)
     yield url
     testing.drop_database(url)
 

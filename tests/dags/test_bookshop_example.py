@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import own_schema
 import psycopg2
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -162,9 +163,7 @@ def shop(services: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator
     with psycopg2.connect(url) as conn, conn.cursor() as cur:
         bookshop.create_schema(cur)
         bookshop.seed(cur)
-    monkeypatch.setenv("LETHE_DATABASE_URL", url)
-    monkeypatch.setenv("AIRFLOW_CONN_LETHE_PRIMARY", url.replace("postgresql://", "postgres://", 1))
-    monkeypatch.setenv("LETHE_POLICY_FILE", str(EXAMPLE / "policy.yaml"))
+    own_schema.as_primary(monkeypatch, url, EXAMPLE / "policy.yaml")
     yield url
     testing.drop_database(url)
 

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import own_schema
 import psycopg2
 import pytest
 
@@ -126,14 +127,7 @@ def q(url: str, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any,
 def teams(services: tuple[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
     from lethe import testing
 
-    url = testing.empty_database(services[0], "lethe_teams")
-    with psycopg2.connect(url) as conn, conn.cursor() as cur:
-        cur.execute(SCHEMA)
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY)
-    monkeypatch.setenv("LETHE_DATABASE_URL", url)
-    monkeypatch.setenv("AIRFLOW_CONN_LETHE_PRIMARY", url.replace("postgresql://", "postgres://", 1))
-    monkeypatch.setenv("LETHE_POLICY_FILE", str(policy))
+    url = own_schema.database(services[0], monkeypatch, tmp_path, "lethe_teams", SCHEMA, POLICY)
     yield url
     testing.drop_database(url)
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import own_schema
 import psycopg2
 import pytest
 
@@ -145,27 +146,11 @@ def policy_warnings(url: str) -> list[str]:
     return warnings(policy, url)
 
 
-def _audit_db(
-    services: tuple[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, schema: str, policy: str
-) -> str:
-    from lethe import testing
-
-    url = testing.empty_database(services[0], "lethe_audit")
-    with psycopg2.connect(url) as conn, conn.cursor() as cur:
-        cur.execute(schema)
-    path = tmp_path / "policy.yaml"
-    path.write_text(policy)
-    monkeypatch.setenv("LETHE_DATABASE_URL", url)
-    monkeypatch.setenv("AIRFLOW_CONN_LETHE_PRIMARY", url.replace("postgresql://", "postgres://", 1))
-    monkeypatch.setenv("LETHE_POLICY_FILE", str(path))
-    return url
-
-
 @pytest.fixture
 def audited(services: tuple[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
     from lethe import testing
 
-    url = _audit_db(services, monkeypatch, tmp_path, SCHEMA + AUDIT, POLICY + AUDIT_POLICY)
+    url = own_schema.database(services[0], monkeypatch, tmp_path, "lethe_audit", SCHEMA + AUDIT, POLICY + AUDIT_POLICY)
     yield url
     testing.drop_database(url)
 
@@ -175,7 +160,7 @@ def unaudited(services: tuple[str, str], monkeypatch: pytest.MonkeyPatch, tmp_pa
     from lethe import testing
 
     policy = POLICY.replace("consent_purposes: []", "consent_purposes: []\nsystem_tables: [users_history]")
-    url = _audit_db(services, monkeypatch, tmp_path, SCHEMA + UNCOVERED, policy)
+    url = own_schema.database(services[0], monkeypatch, tmp_path, "lethe_audit", SCHEMA + UNCOVERED, policy)
     yield url
     testing.drop_database(url)
 
