@@ -357,10 +357,10 @@ _PARQUET_OPTIONS: dict[str, Any] = {
 
 def from_parquet(data: bytes) -> pa.Table:
     """An object's rows, with the pseudonym column as plain strings whatever encoding it was written in."""
-    return _plain_subject(pq.read_table(io.BytesIO(data)))
+    return plain_subject(pq.read_table(io.BytesIO(data)))
 
 
-def _plain_subject(frame: pa.Table) -> pa.Table:
+def plain_subject(frame: pa.Table) -> pa.Table:
     if SUBJECT_COLUMN in frame.column_names and pa.types.is_dictionary(frame.schema.field(SUBJECT_COLUMN).type):
         index = frame.column_names.index(SUBJECT_COLUMN)
         frame = frame.set_column(index, SUBJECT_COLUMN, frame.column(index).cast(pa.string()))
@@ -369,7 +369,7 @@ def _plain_subject(frame: pa.Table) -> pa.Table:
 
 def parquet_schema(source: BinaryIO) -> pa.Schema:
     """The schema `parquet_batches` yields (the pseudonym column as plain strings)."""
-    return _plain_subject(pq.ParquetFile(source).schema_arrow.empty_table()).schema
+    return plain_subject(pq.ParquetFile(source).schema_arrow.empty_table()).schema
 
 
 def parquet_batches(source: BinaryIO, limit: int | None = None) -> Iterator[pa.Table]:
@@ -377,7 +377,7 @@ def parquet_batches(source: BinaryIO, limit: int | None = None) -> Iterator[pa.T
     `from_parquet` gives them whole. Readers of one file may interleave: each reads at its own offsets."""
     batches = pq.ParquetFile(source).iter_batches(batch_size=READ_ROWS)
     for batch in itertools.islice(batches, limit):
-        yield _plain_subject(pa.Table.from_batches([batch]))
+        yield plain_subject(pa.Table.from_batches([batch]))
 
 
 class ParquetStream:

@@ -84,9 +84,13 @@ def bucket_counts(sizes: dict[str, int], rewritable: set[str], share: int) -> di
     return chosen
 
 
-def object_key(sid: str, table: str, bucket: int | None) -> str:
-    """Data object of one table and bucket; rows without a subject go to `unbucketed`."""
-    name = "unbucketed" if bucket is None else f"b{bucket:04d}"
+def object_key(sid: str, table: str, bucket: int | None, last: int | None = None) -> str:
+    """Data object of one table and bucket; rows without a subject go to `unbucketed`. With `last`, a delta
+    object of an incremental snapshot (lethe.backup.chain), buckets `bucket`..`last` (or without a subject)."""
+    if last is None:
+        name = "unbucketed" if bucket is None else f"b{bucket:04d}"
+    else:
+        name = "unbucketed-delta" if bucket is None else f"d{bucket:04d}-{last:04d}"
     return f"{snapshot_prefix(sid)}data/{table}/{name}.parquet"
 
 

@@ -13,7 +13,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from lethe.backup import layout, store
+from lethe.backup import chain, layout, store
 
 FORMAT = "lethe-backup/1 parquet+zstd"
 
@@ -27,6 +27,10 @@ class ObjectEntry:
     sha256: str
     # Bloom filter of the keyed terms its free text holds (lethe.backup.term_index); None: not indexed
     term_index: dict[str, Any] | None = None
+    # Incremental snapshots (lethe.backup.chain): a delta object holds the changes of night `night` (a snapshot
+    # id) for buckets `bucket`..`last_bucket`; a base or full object has neither.
+    night: str | None = None
+    last_bucket: int | None = None
 
 
 @dataclass
@@ -66,6 +70,7 @@ class Manifest:
     format: str = FORMAT
     tombstones_at_export: int = 0
     rewrites: list[dict[str, Any]] = field(default_factory=list)  # one entry per propagation that changed it
+    incremental: bool = False  # objects are a base and nightly deltas, shared with other snapshots (chain)
 
     def holding(self, pseudonyms: set[str]) -> list[tuple[str, TableEntry, ObjectEntry, set[str]]]:
         """(table, entry, object, pseudonyms in it) for each object of a rewritable table that can hold
@@ -77,7 +82,10 @@ class Manifest:
             per_bucket: dict[int, set[str]] = {}
             for pseudonym in pseudonyms:
                 per_bucket.setdefault(layout.bucket_of(pseudonym, entry.buckets or self.buckets), set()).add(pseudonym)
-            found += [(table, entry, o, per_bucket[o.bucket]) for o in entry.objects if o.bucket in per_bucket]
+            for obj in entry.objects:
+                held = {p for b, ps in per_bucket.items() if chain.covers(obj, b) for p in ps}
+                if held:
+                    found.append((table, entry, obj, held))
         return found
 
     @property

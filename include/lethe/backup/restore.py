@@ -16,7 +16,6 @@ no parent; a foreign key the primary has and the target lacks fails the check to
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +25,7 @@ import pyarrow as pa
 from psycopg2 import sql
 
 from lethe import relations
-from lethe.backup import frames, layout, links, store
+from lethe.backup import chain, frames, layout, links, store
 from lethe.backup.manifest import Manifest, TableEntry, read
 from lethe.backup.mentions import MentionFinder, prefilter_of
 from lethe.config import BUCKETS
@@ -65,16 +64,9 @@ class RestoreReport:
 
 
 def _read_table(client: Any, bucket: str, table: str, entry: TableEntry) -> pa.Table:
-    """Every object of a table, each checked against the manifest's checksum and row count."""
-    parts = []
-    for obj in entry.objects:
-        data = store.get(client, bucket, obj.key)
-        if hashlib.sha256(data).hexdigest() != obj.sha256:
-            raise ConfigurationError(f"s3://{bucket}/{obj.key}: checksum does not match the manifest; not restoring")
-        part = frames.from_parquet(data)
-        if part.num_rows != obj.rows:
-            raise ConfigurationError(f"s3://{bucket}/{obj.key}: {part.num_rows} rows, the manifest says {obj.rows}")
-        parts.append(part)
+    """A table's rows at the snapshot (an incremental one's base with its nights replayed, lethe.backup.chain),
+    every object checked against the manifest's checksum and row count."""
+    parts = list(chain.table_rows(client, bucket, entry))
     if not parts:
         columns = {c["name"]: pa.array([], frames.Column(c["name"], c["pg_type"]).arrow_type) for c in entry.columns}
         columns[layout.SUBJECT_COLUMN] = pa.array([], pa.string())

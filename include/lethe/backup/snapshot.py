@@ -15,15 +15,18 @@ import logging
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
+import numpy as np
 import psycopg2.extensions
+import pyarrow as pa
 
 from lethe import relations
-from lethe.backup import frames, heap, layout, locks, store, writer
+from lethe.backup import chain, frames, heap, layout, locks, store, writer
 from lethe.backup.certificate import update_certificates
-from lethe.backup.manifest import Manifest, ObjectEntry, TableEntry
+from lethe.backup.manifest import Manifest, ObjectEntry, TableEntry, complete_snapshot_ids
 from lethe.backup.manifest import read as read_manifest
 from lethe.backup.manifest import write as write_manifest
 from lethe.backup.term_index import BloomFilter, TermIndexer
@@ -191,24 +194,66 @@ def _export(
         policy_digest=policy.digest,
         buckets=policy.backups.buckets,
         tables={},
+        incremental=policy.backups.incremental,
     )
+    previous = _previous(client, bucket, sid) if policy.backups.incremental else None
     with export_transaction(db_url) as cur:
         cur.execute("SELECT subject_pseudonym FROM erasure_tombstones")
         tombstones = {row[0] for row in cur.fetchall()}
         manifest.tombstones_at_export = len(tombstones)
 
-        def upload(table: str, bucket_no: int | None, body: BinaryIO) -> tuple[str, str]:
-            object_key = layout.object_key(sid, table, bucket_no)
+        def upload(table: str, bucket_no: int | None, body: BinaryIO, last: int | None = None) -> tuple[str, str]:
+            object_key = layout.object_key(sid, table, bucket_no, last)
             return object_key, store.put_file(client, bucket, object_key, body)
 
-        manifest.tables = export_tables(cur, backed_up_tables(policy), policy, key, tombstones, upload)
+        since = None if previous is None else Since(previous, client, bucket, sid)
+        manifest.tables = export_tables(cur, backed_up_tables(policy), policy, key, tombstones, upload, since=since)
+    own = layout.snapshot_prefix(sid)
+    if previous is not None and any(not o.key.startswith(own) for o in manifest.objects):
+        # Objects shared with earlier snapshots hold whom those hold: only the people already erased from them
+        # are honoured here; propagation carries the others into every snapshot sharing the objects.
+        tombstones &= _applied(db_url, region, previous.snapshot_id)
     record_honoured(db_url, region, sid, tombstones)
     write_manifest(client, bucket, manifest)  # last: from here on the snapshot exists
     return manifest, leftovers
 
 
-Sink = Callable[[str, int | None, BinaryIO], tuple[str, str]]
-"""Stores one encoded object: (table, bucket, file of Parquet bytes, rewound) -> (object key, sha256)."""
+Sink = Callable[..., tuple[str, str]]
+"""Stores one encoded object: (table, bucket, file of Parquet bytes, rewound[, a delta's last bucket]) ->
+(object key, sha256)."""
+
+
+@dataclass
+class Since:
+    """An incremental export: the region's last complete snapshot (in `bucket`); `night` is this one."""
+
+    previous: Manifest
+    client: Any
+    bucket: str
+    night: str
+
+    def entry(self, table: str, columns: list[frames.Column]) -> TableEntry | None:
+        """The table's entry to write a delta against: None (write a base) unless the previous snapshot is
+        incremental and holds the table with the same columns."""
+        entry = self.previous.tables.get(table)
+        if not self.previous.incremental or entry is None or entry.buckets is None:
+            return None
+        same = [(c["name"], c["pg_type"]) for c in entry.columns] == [(c.name, c.pg_type) for c in columns]
+        return entry if same else None
+
+
+def _previous(client: Any, bucket: str, sid: str) -> Manifest | None:
+    earlier = [s for s in complete_snapshot_ids(client, bucket) if s < sid]
+    return read_manifest(client, bucket, earlier[-1]) if earlier else None
+
+
+def _applied(db_url: str, region: str, sid: str) -> set[str]:
+    with transaction(db_url) as cur:
+        cur.execute(
+            "SELECT subject_pseudonym FROM backup_tombstone_applications WHERE snapshot_id = %s AND region = %s",
+            (sid, region),
+        )
+        return {row[0] for row in cur.fetchall()}
 
 
 def export_tables(
@@ -222,6 +267,7 @@ def export_tables(
     buckets: int | None = None,
     threads: int = WRITE_THREADS,
     index_terms: bool | None = None,
+    since: Since | None = None,
 ) -> dict[str, TableEntry]:
     """Export tables in the caller's transaction, a block at a time; encode and store each object in a worker.
 
@@ -231,6 +277,8 @@ def export_tables(
     group, not by the table. Each table gets its own bucket count (layout.bucket_counts, from the tables'
     sizes on disk) unless `buckets` fixes one for all. Each object of a table with free text gets its term
     index (lethe.backup.term_index) when the policy's `backups.term_index` (or `index_terms`, if given) says so.
+    With `since` (an incremental export), a table the previous snapshot holds alike gets a delta against it
+    (lethe.backup.chain) in its bucket count, every other table a base.
     """
     if index_terms is None:
         index_terms = policy.backups.term_index
@@ -240,28 +288,46 @@ def export_tables(
         counts = layout.bucket_counts(table_sizes(cur, tables), rewritable, policy.backups.buckets)
     else:
         counts = dict.fromkeys(tables, buckets)
+    before: dict[str, TableEntry] = {}
+    if since is not None:
+        for table in tables:
+            found = since.entry(table, frames.table_columns(cur, table))
+            if found is not None and found.buckets is not None:
+                before[table], counts[table] = found, found.buckets
+    digests = since is not None or policy.backups.incremental
     entries: dict[str, TableEntry] = {}
-    pending: list[tuple[TableEntry, frames.BucketSpill, list[Future[ObjectEntry]]]] = []
+    pending: list[tuple[str, TableEntry, frames.BucketSpill, list[Future[Any]]]] = []
     heap.few_arenas()
     try:
         with ThreadPoolExecutor(threads) as pool, ThreadPoolExecutor(1) as parser:
             try:
                 for table in tables:
-                    entry, spill = _export_table(cur, table, policy, key, tombstones, pseudonyms, counts[table], parser)
+                    entry, spill = _export_table(
+                        cur, table, policy, key, tombstones, pseudonyms, counts[table], parser, digests=digests
+                    )
                     entries[table] = entry
                     indexer = TermIndexer(key, entry.free_text) if entry.free_text and index_terms else None
-                    writes = [pool.submit(_write_part, table, b, spill, sink, indexer) for b in spill.buckets_held()]
-                    pending.append((entry, spill, writes))
-                for entry, spill, writes in pending:
-                    entry.objects = sorted((w.result() for w in writes), key=lambda o: o.key)
+                    writes: list[Future[Any]]
+                    if table in before and since is not None:
+                        writes = [pool.submit(_write_delta, table, entry, spill, before[table], since, sink, indexer)]
+                    else:
+                        held = spill.buckets_held()
+                        writes = [pool.submit(_write_part, table, b, spill, sink, indexer) for b in held]
+                    pending.append((table, entry, spill, writes))
+                for table, entry, spill, writes in pending:
+                    done = [w.result() for w in writes]
+                    if table in before:  # a delta: the objects before it, then its own
+                        entry.objects = [*before[table].objects, *done[0]]
+                    else:
+                        entry.objects = sorted(done, key=lambda o: o.key)
                     spill.close()  # its objects are stored: the disk space goes now, not at the end
             except BaseException:
-                for _, _, writes in pending:
+                for _, _, _, writes in pending:
                     for write in writes:
                         write.cancel()  # the ones already running finish before the pool lets go
                 raise
     finally:
-        for _, spill, _ in pending:  # after the workers stopped reading them
+        for _, _, spill, _ in pending:  # after the workers stopped reading them
             spill.close()
     return entries
 
@@ -311,9 +377,12 @@ def _export_table(
     pseudonyms: frames.Pseudonyms,
     buckets: int,
     parser: ThreadPoolExecutor,
+    *,
+    digests: bool = False,
 ) -> tuple[TableEntry, frames.BucketSpill]:
     """COPY one table, each block parsed on `parser` while the next is received: its subjects' pseudonyms
-    added, the tombstoned people's rows erased, the rows spilled by bucket."""
+    added, the tombstoned people's rows erased, each row's digest added (`digests`: an incremental snapshot),
+    the rows spilled by bucket."""
     rule = policy.tables[table]
     columns = frames.table_columns(cur, table)
     erasure = rule.erasure
@@ -345,6 +414,8 @@ def _export_table(
         rows, _ = frames.erase_subjects(
             rows, tombstones, entry.erasure_action, entry.erasure_columns, entry.pseudonym_column
         )
+        if digests:
+            rows = chain.with_row_digests(rows, [c.name for c in columns], key)
         spill.add(rows)
 
     blocks = frames.CopyBlocks(parser, consume)
@@ -403,6 +474,85 @@ def _encode_and_store(
         bytes=size,
         sha256=digest,
         term_index=BloomFilter.of(found).to_manifest() if indexer is not None else None,
+    )
+
+
+def _write_delta(
+    table: str,
+    entry: TableEntry,
+    spill: frames.BucketSpill,
+    before: TableEntry,
+    since: Since,
+    sink: Sink,
+    indexer: TermIndexer | None,
+) -> list[ObjectEntry]:
+    """A table's night of changes against `before`, bucket by bucket: the rows whose digest is new, one gone row
+    per digest no longer there; consecutive buckets gathered into objects of about chain.DELTA_OBJECT_BYTES."""
+    rows_schema = spill.schema or _rows_schema(entry)
+    schema = chain.delta_schema(rows_schema)
+    reader = chain.Reader(since.client, since.bucket, columns=[])  # the digests only
+    objects: list[ObjectEntry] = []
+    group: list[pa.Table] = []
+    span: list[int | None] = []
+
+    def flush() -> None:
+        if group:
+            objects.append(_store_delta(table, pa.concat_tables(group), span[0], span[-1], since.night, sink, indexer))
+        group.clear()
+        span.clear()
+
+    held = set(spill.buckets_held())
+    for bucket_no in sorted(held | set(chain.buckets_named(before)), key=lambda b: -1 if b is None else b):
+        now = pa.concat_tables(list(spill.parts(bucket_no))) if bucket_no in held else rows_schema.empty_table()
+        was = reader.rows(before, bucket_no)
+        was_digests = was.column(chain.ROW_COLUMN).to_numpy() if was is not None else np.empty(0, np.uint64)
+        new, gone = chain.changes(was_digests, now.column(chain.ROW_COLUMN).to_numpy())
+        number = chain.bucket_number(bucket_no)
+        part = pa.concat_tables([chain.as_delta(now.take(new), number, schema), chain.gone_rows(schema, gone, number)])
+        if not part.num_rows:
+            continue
+        if bucket_no is None:  # rows without a subject: an object of their own
+            flush()
+        group.append(part)
+        span.append(bucket_no)
+        if bucket_no is None or sum(p.nbytes for p in group) >= chain.DELTA_OBJECT_BYTES:
+            flush()
+    flush()
+    return objects
+
+
+def _rows_schema(entry: TableEntry) -> pa.Schema:
+    """The exported rows' schema, from the manifest's columns (a table with no rows tonight has no spill schema)."""
+    fields = [pa.field(c["name"], frames.Column(c["name"], c["pg_type"]).arrow_type) for c in entry.columns]
+    return pa.schema([*fields, pa.field(layout.SUBJECT_COLUMN, pa.string()), pa.field(chain.ROW_COLUMN, pa.uint64())])
+
+
+def _store_delta(
+    table: str,
+    rows: pa.Table,
+    first: int | None,
+    last: int | None,
+    night: str,
+    sink: Sink,
+    indexer: TermIndexer | None,
+) -> ObjectEntry:
+    with io.BytesIO() as body:
+        out = frames.ParquetStream(body, rows.schema)
+        out.write(rows)
+        out.close()
+        size = body.tell()
+        body.seek(0)
+        object_key, digest = sink(table, first, body, chain.bucket_number(last))
+    terms = indexer.terms(rows) if indexer is not None else set()
+    return ObjectEntry(
+        key=object_key,
+        bucket=first,
+        last_bucket=last,
+        rows=rows.num_rows,
+        bytes=size,
+        sha256=digest,
+        term_index=BloomFilter.of(terms).to_manifest() if indexer is not None else None,
+        night=night,
     )
 
 

@@ -298,6 +298,9 @@ class Backups(_Strict):
     # that may mention an erased person. Off by default: building it costs the export far more than the
     # export itself (BENCHMARKS.md, "Indexed propagation").
     term_index: bool = False
+    # Each night stores only the rows changed since the night before, over a base that expiry rolls forward
+    # (lethe.backup.chain): 35 nights cost about 1 + 34 x the daily change of one snapshot, not 35 copies.
+    incremental: bool = False
 
     @field_validator("retention")
     @classmethod
