@@ -97,6 +97,12 @@ class Manifest:
         return sum(o.bytes for o in self.objects)
 
     @property
+    def own_bytes(self) -> int:
+        """Bytes of the objects this snapshot wrote (an incremental one also names objects earlier nights wrote)."""
+        own = layout.snapshot_prefix(self.snapshot_id)
+        return sum(o.bytes for o in self.objects if o.key.startswith(own))
+
+    @property
     def total_rows(self) -> int:
         return sum(t.rows for t in self.tables.values())
 

@@ -124,6 +124,7 @@ def record_complete(db_url: str, manifest: Manifest, certificates_endpoint: str 
         "objects": len(manifest.objects),
         "rows": manifest.total_rows,
         "bytes": manifest.total_bytes,
+        "bytes_written": manifest.own_bytes,
         **extra,
     }
     with transaction(db_url) as cur:
