@@ -21,17 +21,21 @@ TEXT_TYPES = ("text", "character varying", "character", "citext")
 
 # The type under a column's domains (a domain over a domain too), for a query over pg_attribute `a`: what
 # PostgreSQL's functions and operators, so the erasure and the purge, work on. Yields `base.oid`, and
-# `base.not_null`: one of the domains is NOT NULL (the column refuses a null though `attnotnull` is false).
+# `base.not_null`: one of the domains is NOT NULL (the column refuses a null though `attnotnull` is false),
+# and `base.typmod`: the column's or its nearest domain's type modifier (varchar(n): n + 4), NULL when none.
 BASE_TYPE_JOIN = """
 CROSS JOIN LATERAL (
-    WITH RECURSIVE chain(oid, typtype, typbasetype, typnotnull) AS (
-        SELECT t.oid, t.typtype, t.typbasetype, t.typnotnull FROM pg_type t WHERE t.oid = a.atttypid
+    WITH RECURSIVE chain(oid, typtype, typbasetype, typnotnull, typtypmod, depth) AS (
+        SELECT t.oid, t.typtype, t.typbasetype, t.typnotnull, t.typtypmod, 0 FROM pg_type t WHERE t.oid = a.atttypid
         UNION ALL
-        SELECT p.oid, p.typtype, p.typbasetype, p.typnotnull FROM pg_type p JOIN chain c ON p.oid = c.typbasetype
+        SELECT p.oid, p.typtype, p.typbasetype, p.typnotnull, p.typtypmod, c.depth + 1
+        FROM pg_type p JOIN chain c ON p.oid = c.typbasetype
         WHERE c.typtype = 'd'
     )
     SELECT (SELECT chain.oid FROM chain WHERE chain.typtype <> 'd') AS oid, (SELECT bool_or(typnotnull) FROM chain)
-        AS not_null
+        AS not_null,
+        coalesce(nullif(a.atttypmod, -1), (SELECT chain.typtypmod FROM chain WHERE chain.typtype = 'd'
+            AND chain.typtypmod >= 0 ORDER BY chain.depth LIMIT 1)) AS typmod
 ) base
 """
 

@@ -517,3 +517,33 @@ def test_a_not_null_domain_is_a_not_null_column(db_url: str) -> None:
         " column is NOT NULL" in p
         for p in problems
     ), problems
+
+
+def test_a_value_longer_than_its_varchar_column_is_refused_before_the_purge_or_erasure(db_url: str) -> None:
+    """Found from outside: `name varchar(3)` with a rule redacting it to '[redacted]', and a pseudonym column of
+    varchar(32), passed the check; the purge and every erasure of an invoice then failed 'value too long'.
+    A column wide enough (varchar(10) for '[redacted]', varchar(64) through a domain) is not refused."""
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("ALTER TABLE accounts ALTER COLUMN name TYPE varchar(3) USING left(name, 3)")
+        cur.execute("ALTER TABLE invoices ALTER COLUMN subject_pseudonym TYPE varchar(32)")
+        cur.execute("CREATE DOMAIN short_text AS varchar(9); CREATE DOMAIN shorter_hash AS short_text")
+        cur.execute("ALTER TABLE accounts ALTER COLUMN password_hash TYPE shorter_hash USING left(password_hash, 9)")
+        cur.execute("CREATE DOMAIN pseudonym_text AS varchar(64)")
+        cur.execute("ALTER TABLE payments ALTER COLUMN subject_pseudonym TYPE pseudonym_text")
+    problems = check(load_policy(), db_url)
+    assert any(
+        ": tables.accounts.retention.0.columns.name: rule closed_account_details writes '[redacted]' (10 characters)"
+        " into accounts.name, which holds at most 3" in p
+        for p in problems
+    ), problems
+    assert any(
+        "tables.accounts.retention.0.columns.password_hash: rule closed_account_details writes '[redacted]'" in p
+        and "holds at most 9" in p
+        for p in problems
+    ), problems  # a domain over a domain over varchar(9)
+    assert any(
+        ": tables.invoices.columns.subject_pseudonym: erasure writes the keyed pseudonym (64 hex characters) into"
+        " invoices.subject_pseudonym, which holds at most 32" in p
+        for p in problems
+    ), problems
+    assert not [p for p in problems if "payments.subject_pseudonym" in p], problems

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 import psycopg2.extensions
 import yaml
 
+from lethe import masking
 from lethe.db import LETHE_TABLES, PLATFORM_SCHEMA, lethe_schema
 from lethe.erasure.indexes import IDENTIFIER_CLASSES, identifier_columns
 from lethe.policy.draft import unreviewed
@@ -30,6 +31,7 @@ class LiveColumn(NamedTuple):
     not_null: bool
     has_default: bool = False
     generated: bool = False  # GENERATED ALWAYS (a computed or identity column): PostgreSQL refuses a written value
+    max_length: int | None = None  # varchar(n) / char(n), through its domains: a longer value is refused
 
 
 def live_schema(
@@ -47,7 +49,9 @@ def live_schema(
         f"""
         SELECT c.oid::oid, n.nspname, c.relname, a.attname,
                format_type(base.oid, NULL), a.attnotnull OR base.not_null,
-               a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '', a.attgenerated <> '' OR a.attidentity = 'a'
+               a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '', a.attgenerated <> '' OR a.attidentity = 'a',
+               CASE WHEN base.oid IN ('varchar'::regtype, 'bpchar'::regtype) AND base.typmod >= 4
+                    THEN base.typmod - 4 END
         FROM pg_class c
         JOIN pg_namespace n ON n.oid = c.relnamespace
         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -60,12 +64,12 @@ def live_schema(
     )
     schema: dict[str, dict[str, LiveColumn]] = {}
     home: dict[str, str] = {}
-    for oid, namespace, relname, column, type_, not_null, has_default, generated in cur.fetchall():
+    for oid, namespace, relname, column, type_, not_null, has_default, generated, max_length in cur.fetchall():
         table = known.get(int(oid)) or (
             relname if namespace in (PLATFORM_SCHEMA, lethe_schema()) else f"{namespace}.{relname}"
         )
         if home.setdefault(table, namespace) == namespace:  # a platform table shadows Lethe's of the same name
-            schema.setdefault(table, {})[column] = LiveColumn(type_, not_null, has_default, generated)
+            schema.setdefault(table, {})[column] = LiveColumn(type_, not_null, has_default, generated, max_length)
     return schema
 
 
@@ -333,6 +337,12 @@ def _impossible(policy: Policy, table: str, live: dict[str, LiveColumn], at: Any
                     f"tables.{table}.retention.{i}.columns.{column}: rule {r.name} sets {column!r} to null, "
                     "but the column is NOT NULL"
                 )
+            elif strategy == "redact" and _too_short(live.get(column), masking.REDACTED):
+                problems.append(
+                    f"{at('tables', table, 'retention', i, 'columns', column)}: "
+                    f"tables.{table}.retention.{i}.columns.{column}: rule {r.name} "
+                    f"{_too_long(table, column, masking.REDACTED, live[column])}"
+                )
     erasure_columns = rule.erasure.columns if rule.erasure else {}
     for column, strategy in erasure_columns.items():
         if column in live and live[column].generated:
@@ -350,7 +360,40 @@ def _impossible(policy: Policy, table: str, live: dict[str, LiveColumn], at: Any
                     else ""
                 )
             )
+        elif (written := _erasure_writes(policy, strategy)) is not None and _too_short(live.get(column), written):
+            problems.append(
+                f"{at('tables', table, 'erasure', 'columns', column)}: tables.{table}.erasure.columns.{column}: "
+                f"erasure {_too_long(table, column, written, live[column])}"
+            )
+    pseudonym = next((c for c, cls in rule.columns.items() if cls == "pseudonym"), None)
+    if rule.erasure and rule.erasure.action == "pseudonymise" and _too_short(live.get(pseudonym or ""), "x" * 64):
+        assert pseudonym is not None
+        problems.append(
+            f"{at('tables', table, 'columns', pseudonym)}: tables.{table}.columns.{pseudonym}: erasure writes the "
+            f"keyed pseudonym (64 hex characters) into {table}.{pseudonym}, which holds at most "
+            f"{live[pseudonym].max_length}: widen it (text, or varchar(64) or more)"
+        )
     return problems
+
+
+def _erasure_writes(policy: Policy, strategy: str) -> str | None:
+    """The text an erasure strategy writes whatever the row, when it is fixed."""
+    if strategy == "redact":
+        return masking.ERASED
+    if strategy == "placeholder" and policy.subject.placeholder is not None:
+        return str(policy.subject.placeholder)
+    return None
+
+
+def _too_short(column: LiveColumn | None, value: str) -> bool:
+    return column is not None and column.max_length is not None and len(value) > column.max_length
+
+
+def _too_long(table: str, column: str, value: str, live: LiveColumn) -> str:
+    return (
+        f"writes {value!r} ({len(value)} characters) into {table}.{column}, which holds at most {live.max_length} "
+        "(PostgreSQL would refuse the purge or erasure): widen the column or use strategy null"
+    )
 
 
 _GENERATED = (
@@ -377,6 +420,11 @@ def _link_problems(
         return [
             f"{where}: rule {rule} writes the keyed pseudonym (64 hex characters) into {table}.{column}, "
             f"which is {live[column].type}, not text"
+        ]
+    if _too_short(live[column], "x" * 64):
+        return [
+            f"{where}: rule {rule} writes the keyed pseudonym (64 hex characters) into {table}.{column}, "
+            f"which holds at most {live[column].max_length}: widen it (text, or varchar(64) or more)"
         ]
     return []
 
