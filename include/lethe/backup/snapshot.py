@@ -451,14 +451,29 @@ def _encode_and_store(
     table: str, bucket_no: int | None, spill: frames.BucketSpill, sink: Sink, indexer: TermIndexer | None
 ) -> ObjectEntry:
     assert spill.schema is not None  # a bucket held means rows were spilled
-    found: set[str] = set()
-    rows = 0
     # A small object is encoded in memory (most are: a file each cost a small snapshot a fifth of its time),
     # a large one into an unnamed file.
     small = spill.spilled_bytes(bucket_no) <= IN_MEMORY_OBJECT_BYTES
+    return encode_object(table, bucket_no, spill.parts(bucket_no), spill.schema, sink, indexer, small=small)
+
+
+def encode_object(
+    table: str,
+    bucket_no: int | None,
+    parts: Iterable[pa.Table],
+    schema: pa.Schema,
+    sink: Sink,
+    indexer: TermIndexer | None,
+    *,
+    small: bool,
+) -> ObjectEntry:
+    """One base (or full) object of a bucket, written a part at a time (in memory when `small`, else into an
+    unnamed file) and stored through `sink`; with an indexer, its term index. Also expiry's rolled bases."""
+    found: set[str] = set()
+    rows = 0
     with io.BytesIO() if small else tempfile.TemporaryFile() as body:
-        out = frames.ParquetStream(body, spill.schema)
-        for part in spill.parts(bucket_no):
+        out = frames.ParquetStream(body, schema)
+        for part in parts:
             out.write(part)
             rows += part.num_rows
             if indexer is not None:

@@ -62,11 +62,16 @@ def replicate_task(region: str, snapshot_id: str, erasure_deadline_days: int = 3
 def expire_task(region: str) -> dict[str, Any]:
     from lethe.backup.expiry import expire_region
     from lethe.backup.layout import region_endpoint
+    from lethe.connections import pseudonym_key
     from lethe.policy import load_policy
 
     db_url, endpoint = _services()
     summary = expire_region(
-        db_url, region, region_endpoint(region, endpoint), load_policy().backups.retention.to_timedelta()
+        db_url,
+        region,
+        region_endpoint(region, endpoint),
+        load_policy().backups.retention.to_timedelta(),
+        key=pseudonym_key(),  # a rolled base's term index (lethe.backup.roll)
     )
     log.info("backup expiry %s", summary)
     return summary
