@@ -303,3 +303,36 @@ def test_an_object_no_retained_manifest_vouches_for_stops_the_expiry_before_any_
     # nothing deleted and no manifest changed (new base objects, named by none, may have been put)
     assert listed <= {(v["Key"], v["VersionId"]) for v in versions(client, bucket)}
     assert {sid: manifest_json(client, bucket, sid) for sid in NIGHTS} == manifests
+
+
+def test_a_manifest_written_by_someone_else_during_the_roll_stops_it_and_a_rerun_converges(
+    db_url: str, s3_endpoint: str, services: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A propagation (it does not hold the writer lock) writes a later night's manifest while the roll writes
+    the new base objects: the roll's rewrite of that manifest would lose it, so the roll stops before writing it
+    (the later manifest it wrote first names stored objects) and deletes nothing; a rerun finishes the job."""
+    policy = incremental_policy()
+    fill(db_url)
+    expected = take_nights(db_url, s3_endpoint, policy, NIGHTS)
+    client, bucket = s3_client(REGION, s3_endpoint), BUCKETS.backup(REGION)
+    listed = {(v["Key"], v["VersionId"]) for v in versions(client, bucket)}
+    meanwhile = manifest_json(client, bucket, NIGHTS[3])
+    meanwhile["rewrites"].append({"at": "2026-11-05T12:00:00+00:00", "tombstones": 0, "objects_rewritten": 0})
+    real = roll._current_sha256
+
+    def propagation_writes(*args: Any) -> Any:
+        client.put_object(Bucket=bucket, Key=f"snapshots/{NIGHTS[3]}/manifest.json", Body=json.dumps(meanwhile))
+        return real(*args)
+
+    monkeypatch.setattr(roll, "_current_sha256", propagation_writes)
+    with pytest.raises(roll.ManifestChanged, match=f"snapshot {NIGHTS[3]}: its manifest changed"):
+        expire(db_url, s3_endpoint)
+    monkeypatch.undo()
+    assert listed <= {(v["Key"], v["VersionId"]) for v in versions(client, bucket)}  # nothing deleted
+    assert manifest_json(client, bucket, NIGHTS[3]) == meanwhile  # the propagation's write stands
+
+    expire(db_url, s3_endpoint)
+
+    assert_rolled(client, bucket)
+    assert manifest_json(client, bucket, NIGHTS[3])["rewrites"] == meanwhile["rewrites"]
+    restores(services, s3_endpoint, policy, {sid: expected[sid] for sid in RETAINED})
