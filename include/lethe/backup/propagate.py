@@ -39,21 +39,25 @@ import logging
 import os
 import tempfile
 import threading
-from collections import defaultdict
+from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
-from lethe.backup import frames, heap, layout, links, store, writer
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lethe.backup import chain, frames, heap, layout, links, store, writer
 from lethe.backup.certificate import update_certificates
-from lethe.backup.manifest import Manifest, ObjectEntry, TableEntry, complete_snapshot_ids
+from lethe.backup.manifest import Manifest, ObjectEntry, TableEntry, complete_manifests, complete_snapshot_ids
 from lethe.backup.manifest import read as read_manifest
 from lethe.backup.manifest import write as write_manifest
 from lethe.backup.mentions import MentionFinder, prefilter_of
 from lethe.backup.term_index import Query, TermIndexer, TermMemo, may_mention
 from lethe.config import BUCKETS
-from lethe.db import transaction
+from lethe.db import session_lock, transaction
 from lethe.storage import delete_versions
 
 log = logging.getLogger(__name__)
@@ -216,6 +220,11 @@ def _propagate_snapshot(
         log.info("region %s: snapshot %s is gone (expired since the plan); nothing to apply", region, sid)
         result.snapshots = 0
         return result
+    if read_manifest(client, bucket, sid).incremental:
+        if _pending_in(db_url, region, sid):
+            _propagate_chain(db_url, region, client, bucket, key, use_term_index, drill, result)
+        result.noncurrent_versions_deleted += sweep_versions(client, bucket, sid)
+        return result
     with transaction(db_url) as cur:
         cur.execute(
             "SELECT t.subject_pseudonym, t.identifier_pseudonyms, t.prefilter_pseudonyms FROM erasure_tombstones t"
@@ -241,6 +250,276 @@ def _propagate_snapshot(
         record_applied(db_url, region, sid, per_subject, pending)
         result.applications = len(pending)
     return result
+
+
+def _pending_in(db_url: str, region: str, sid: str) -> bool:
+    with transaction(db_url) as cur:
+        cur.execute(
+            "SELECT EXISTS (SELECT 1 FROM erasure_tombstones t WHERE NOT EXISTS (SELECT 1 FROM"
+            " backup_tombstone_applications a WHERE a.snapshot_id = %s AND a.region = %s"
+            " AND a.subject_pseudonym = t.subject_pseudonym))",
+            (sid, region),
+        )
+        return bool(cur.fetchone()[0])  # type: ignore[index]
+
+
+def chain_lock(region: str) -> str:
+    return f"lethe backup chain manifests {region}"
+
+
+@dataclass
+class _ChainJob:
+    job: _Job
+    refs: list[tuple[Manifest, TableEntry, ObjectEntry]] = field(default_factory=list)  # every manifest's entry
+    deleted: dict[int, list[int]] = field(default_factory=dict)  # bucket -> digests of the rows erased (delete)
+    gone: dict[int, list[int]] = field(default_factory=dict)  # bucket -> a delta's gone digests
+    stale: bool = False  # found already rewritten, some manifest not: its tables' rows are counted again
+
+
+def _propagate_chain(
+    db_url: str,
+    region: str,
+    client: Any,
+    bucket: str,
+    key: bytes,
+    use_term_index: bool,
+    drill: _Drill,
+    result: RegionResult,
+) -> None:
+    """Every pending tombstone into every incremental snapshot of the region at once.
+
+    Incremental snapshots share objects (a night's manifest names the base and every delta since, written under
+    older snapshots' prefixes), so they are done together: each distinct object is read once and rewritten at
+    most once for the union of the tombstones pending in the manifests naming it (a person already applied to
+    one of them is not in it: erasing her again changes nothing), and every manifest naming it takes its new
+    checksum, size, rows and term index. Why one pass under one lock rather than each snapshot's task on its own:
+    a task rewriting only its own manifest would read every shared object again (35 times for a base), and two
+    tasks updating the same manifests would lose one's update. So the first snapshot task of the region with
+    something pending takes the region's chain lock (a session advisory lock, also taken by replication when it
+    updates older manifests) and does the whole region; the others wait, then find nothing pending and only
+    sweep. The steps keep their order: objects, then every changed manifest, then the old versions under every
+    snapshot's prefix, then the applications.
+    """
+    with session_lock(db_url, chain_lock(region)):
+        manifests = [m for m in complete_manifests(client, bucket) if m.incremental]
+        with transaction(db_url) as cur:
+            cur.execute(
+                "SELECT b.sid, t.subject_pseudonym, t.identifier_pseudonyms, t.prefilter_pseudonyms"
+                " FROM unnest(%s::text[]) AS b(sid) JOIN erasure_tombstones t ON NOT EXISTS (SELECT 1"
+                " FROM backup_tombstone_applications a WHERE a.snapshot_id = b.sid AND a.region = %s"
+                " AND a.subject_pseudonym = t.subject_pseudonym)",
+                ([m.snapshot_id for m in manifests], region),
+            )
+            rows = cur.fetchall()
+        pending: dict[str, set[str]] = defaultdict(set)
+        identifiers: dict[str, list[str]] = {}
+        terms: dict[str, Any] = {}
+        for sid, subject, ids, prefilter in rows:
+            pending[sid].add(subject)
+            identifiers[subject], terms[subject] = list(ids or []), prefilter
+        if not pending:
+            return
+        wanted = frozenset(i for ids in identifiers.values() for i in ids)
+        finder = MentionFinder(key, wanted, prefilter_of((identifiers[p], terms[p]) for p in identifiers))
+        jobs: dict[str, _ChainJob] = {}
+        scratch = RegionResult(region=region)
+        for m in manifests:
+            if not pending[m.snapshot_id]:
+                continue
+            for job in _affected_jobs(m, pending[m.snapshot_id], finder, use_term_index, scratch):
+                found = jobs.setdefault(job.obj.key, _ChainJob(_Job(job.table, job.entry, job.obj, set())))
+                found.job.pseudonyms |= job.pseudonyms
+                found.job.mentions |= job.mentions
+                found.job.holds |= job.holds
+        for m in manifests:  # every manifest naming an object to read, pending there or not
+            for entry in m.tables.values():
+                for obj in entry.objects:
+                    if obj.key in jobs:
+                        jobs[obj.key].refs.append((m, entry, obj))
+        result.free_text_objects += scratch.free_text_objects
+        result.free_text_objects_searched += sum(1 for j in jobs.values() if j.job.mentions)
+        if wanted:
+            result.free_text_objects_read += sum(1 for j in jobs.values() if j.job.entry.free_text)
+        per_subject: dict[str, dict[str, dict[str, int]]] = defaultdict(
+            lambda: defaultdict(lambda: {"objects": 0, "bytes": 0})
+        )
+        changed = _rewrite_chain(client, bucket, list(jobs.values()), finder, pending, result, per_subject, drill)
+        _count_rows(client, bucket, list(jobs.values()), changed)
+        for m in manifests:  # step 2: every manifest naming a rewritten or repaired object
+            if m.snapshot_id in changed:
+                m.rewrites.append({"at": datetime.now(UTC).isoformat(timespec="seconds"), **changed[m.snapshot_id]})
+                write_manifest(client, bucket, m)
+                result.snapshots_rewritten += 1
+        for m in manifests:  # step 3: the old versions of shared objects live under their owners' prefixes
+            result.noncurrent_versions_deleted += sweep_versions(client, bucket, m.snapshot_id)
+        for m in manifests:  # step 4
+            if pending[m.snapshot_id]:
+                record_applied(db_url, region, m.snapshot_id, per_subject[m.snapshot_id], pending[m.snapshot_id])
+                result.applications += len(pending[m.snapshot_id])
+        result.bytes_in_touched_snapshots += sum(m.total_bytes for m in manifests if m.snapshot_id in changed)
+
+
+def _rewrite_chain(
+    client: Any,
+    bucket: str,
+    jobs: list[_ChainJob],
+    finder: MentionFinder,
+    pending: dict[str, set[str]],
+    result: RegionResult,
+    per_subject: dict[str, dict[str, dict[str, int]]],
+    drill: _Drill,
+) -> dict[str, dict[str, int]]:
+    """Read each object once, rewrite it when something of the erased is in it, and give every manifest entry
+    naming it the object's truth; return, per manifest changed, what changed in it."""
+    lock = threading.Lock()
+    memo = TermMemo()
+    indexers: dict[str, TermIndexer] = {}
+    changed: dict[str, dict[str, int]] = {}
+
+    def count(sid: str, name: str, n: int) -> None:
+        into = changed.setdefault(
+            sid, {"tombstones": len(pending[sid]), "objects_rewritten": 0, "rows_deleted": 0,
+                  "rows_pseudonymised": 0, "mentions_redacted": 0, "bytes_rewritten": 0, "repaired": 0},
+        )  # fmt: skip
+        into[name] += n
+
+    def rewrite(chain_job: _ChainJob) -> None:
+        job = chain_job.job
+        with lock:
+            indexer = indexers.get(job.table)
+            if indexer is None and job.entry.free_text:
+                indexer = indexers[job.table] = TermIndexer(finder.key, job.entry.free_text, memo)
+        with tempfile.TemporaryFile() as original, tempfile.TemporaryFile() as rewritten:
+            data_digest = store.download(client, bucket, job.obj.key, original)
+            done = _rewrite_rows(job, original, rewritten, finder)
+            with lock:
+                result.objects_read += 1
+            _digests_erased(chain_job, original)
+            if not done.changed:
+                stale = [r for r in chain_job.refs if r[2].sha256 != data_digest or r[2].rows != done.rows]
+                if stale:  # an interrupted run rewrote it, or an export copied an entry from before: take its truth
+                    size = _size(original)
+                    index = None
+                    if indexer is not None and any(r[2].term_index is not None for r in stale):
+                        index = indexer.index_parts(frames.parquet_batches(original))
+                    for m, _, obj in stale:
+                        obj.sha256, obj.rows, obj.bytes = data_digest, done.rows, size
+                        if obj.term_index is not None:
+                            obj.term_index = index
+                        with lock:
+                            count(m.snapshot_id, "repaired", 1)
+                    chain_job.stale = True
+                return
+            digest = put_object(client, bucket, job.obj.key, rewritten)
+            body_bytes = _size(rewritten)
+        drill.put_done()
+        with tempfile.TemporaryFile() as served:  # verify what S3 now serves, not what we meant to send
+            served_digest = store.download(client, bucket, job.obj.key, served)
+            indexed = any(r[2].term_index is not None for r in chain_job.refs)
+            check = _check_served(job, served, finder, indexer if indexed else None)
+        erased = done.erased
+        if served_digest != digest or check.rows != done.rows - erased.deleted:
+            raise RuntimeError(
+                f"s3://{bucket}/{job.obj.key}: rewrite not verified (rows {check.rows}, expected "
+                f"{done.rows - erased.deleted}); the previous version is kept, rerun the propagation"
+            )
+        for _, _, obj in chain_job.refs:
+            obj.sha256, obj.rows, obj.bytes = digest, check.rows, body_bytes
+            if obj.term_index is not None:
+                obj.term_index = check.term_index
+        with lock:
+            result.tombstoned_rows_left += check.tombstoned_left + check.holds_left
+            result.holds_forgotten += done.forgotten
+            result.mentions_left += check.mentions_left
+            result.objects_rewritten += 1
+            result.rows_deleted += erased.deleted
+            result.rows_pseudonymised += erased.pseudonymised
+            result.bytes_rewritten += body_bytes
+            result.mentions_redacted += done.mentions
+            result.rewrites_per_object[job.obj.key] = result.rewrites_per_object.get(job.obj.key, 0) + 1
+            for m in {id(r[0]): r[0] for r in chain_job.refs}.values():
+                count(m.snapshot_id, "objects_rewritten", 1)
+                count(m.snapshot_id, "bytes_rewritten", body_bytes)
+                count(m.snapshot_id, "rows_deleted", erased.deleted)
+                count(m.snapshot_id, "rows_pseudonymised", erased.pseudonymised)
+                count(m.snapshot_id, "mentions_redacted", done.mentions)
+            for pseudonym in erased.per_subject:  # counted once: for the oldest snapshot it was pending in
+                first = next((m for m, _, _ in chain_job.refs if pseudonym in pending[m.snapshot_id]), None)
+                if first is not None:
+                    per_subject[first.snapshot_id][pseudonym]["objects"] += 1
+                    per_subject[first.snapshot_id][pseudonym]["bytes"] += body_bytes
+
+    def rewrite_and_give_back(job: _ChainJob) -> None:
+        try:
+            rewrite(job)
+        finally:
+            heap.give_back()
+
+    heap.few_arenas()
+    with ThreadPoolExecutor(REWRITE_THREADS) as pool:
+        for future in [pool.submit(rewrite_and_give_back, job) for job in jobs]:
+            future.result()
+    result.manifest_entries_repaired += sum(c.get("repaired", 0) for c in changed.values())
+    return changed
+
+
+def _digests_erased(chain_job: _ChainJob, original: BinaryIO) -> None:
+    """The digests (by bucket) of the rows the rewrite deletes, and a delta's gone digests: what a manifest's
+    row count loses is counted from them (_count_rows)."""
+    job = chain_job.job
+    if job.entry.erasure_action != "delete" or not job.pseudonyms:
+        return
+    wanted = pa.array(sorted(job.pseudonyms), pa.string())
+    for frame in frames.parquet_batches(original):
+        if chain.ROW_COLUMN not in frame.column_names:
+            return
+        digests = frame.column(chain.ROW_COLUMN).to_numpy()
+        if job.obj.night is None:
+            buckets = np.full(frame.num_rows, chain.bucket_number(job.obj.bucket))
+            gone = np.zeros(frame.num_rows, dtype=bool)
+        else:
+            buckets = frame.column(chain.BUCKET_COLUMN).to_numpy()
+            gone = frame.column(chain.GONE_COLUMN).to_numpy(zero_copy_only=False).astype(bool)
+        subjects = frame.column(layout.SUBJECT_COLUMN).combine_chunks()
+        erased = pc.fill_null(pc.is_in(subjects, value_set=wanted), False).to_numpy(zero_copy_only=False)
+        for into, mask in ((chain_job.deleted, erased), (chain_job.gone, gone)):
+            for b, d in zip(buckets[mask].tolist(), digests[mask].tolist(), strict=True):
+                into.setdefault(b, []).append(d)
+
+
+def _count_rows(client: Any, bucket: str, jobs: list[_ChainJob], changed: dict[str, dict[str, int]]) -> None:
+    """Each changed manifest's table rows: the table's rows at that snapshot, not the sum of its objects' (those
+    hold older nights and gone entries). A deleted row counts where it was live: the manifest's objects replayed
+    on the erased digests alone (a base adds them, a delta removes its gone digests first, then adds). A table
+    an interrupted run left stale is counted again, whole, from its objects."""
+    by_key = {j.job.obj.key: j for j in jobs}
+    done: set[tuple[int, str]] = set()
+    for chain_job in jobs:
+        for m, entry, _ in chain_job.refs:
+            table = chain_job.job.table
+            if (id(m), table) in done or m.snapshot_id not in changed:
+                continue
+            done.add((id(m), table))
+            mine = [by_key[o.key] for o in entry.objects if o.key in by_key]
+            if any(j.stale for j in mine):
+                reader = chain.Reader(client, bucket)
+                entry.rows = sum(
+                    rows.num_rows for b in chain.buckets_named(entry) if (rows := reader.rows(entry, b)) is not None
+                )
+                continue
+            lost = 0
+            for b in {b for j in mine for b in j.deleted}:
+                live: Counter[int] = Counter()
+                for obj in entry.objects:
+                    found = by_key.get(obj.key)
+                    if found is None or not chain.covers(obj, None if b == chain.NO_BUCKET else b):
+                        continue
+                    for d in found.gone.get(b, []) if obj.night is not None else []:
+                        if live[d] > 0:
+                            live[d] -= 1
+                    live.update(found.deleted.get(b, []))
+                lost += sum(live.values())
+            entry.rows -= lost
 
 
 def finish_region(

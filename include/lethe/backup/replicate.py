@@ -22,13 +22,14 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from lethe.backup import layout, locks, store, writer
-from lethe.backup.manifest import Manifest
+from lethe.backup import chain, layout, locks, store, writer
+from lethe.backup.manifest import Manifest, TableEntry, complete_manifests
 from lethe.backup.manifest import read as read_manifest
 from lethe.backup.manifest import write as write_manifest
+from lethe.backup.propagate import chain_lock
 from lethe.backup.snapshot import already_complete, record_complete, record_honoured, start_writing
 from lethe.config import BUCKETS
-from lethe.db import transaction
+from lethe.db import session_lock, transaction
 from lethe.storage import delete_versions
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,16 @@ def replicate_snapshot(
         manifest = read_manifest(source, source_bucket, sid)
         _, leftovers = writer.remove_incomplete(db_url, region, client, bucket, keep=sid)
         start_writing(db_url, region, sid, manifest.policy_version)
-        copied, kept = _copy_objects(source, source_bucket, client, bucket, manifest, fail_after_copies)
+        if manifest.incremental:
+            # Shared objects are copied over under the chain lock propagation rewrites them under (lethe.backup.
+            # propagate._propagate_chain): every older manifest here naming one takes its new checksum in the same
+            # hold, so no manifest here ever names what the region does not serve.
+            with session_lock(db_url, chain_lock(region)):
+                copied, kept = _copy_chain(
+                    db_url, region, source, source_bucket, client, bucket, manifest, applied, fail_after_copies
+                )
+        else:
+            copied, kept = _copy_objects(source, source_bucket, client, bucket, manifest, fail_after_copies)
         removed = _remove_strays(client, bucket, manifest)
         manifest.region, manifest.bucket = region, bucket
         record_honoured(db_url, region, sid, applied)
@@ -108,6 +118,95 @@ def _copy_objects(
     with ThreadPoolExecutor(COPY_THREADS) as pool:
         list(pool.map(lambda o: copy_object(client, source_bucket, bucket, o.key, o.sha256), todo))
     return len(todo), len(manifest.objects) - len(todo)
+
+
+def _copy_chain(
+    db_url: str,
+    region: str,
+    source: Any,
+    source_bucket: str,
+    client: Any,
+    bucket: str,
+    manifest: Manifest,
+    applied: set[str],
+    fail_after: int | None,
+) -> tuple[int, int]:
+    """An incremental snapshot's copy: its own objects as _copy_objects copies them, and the objects it shares
+    with older snapshots only where this region serves another version than the source's manifest names (the
+    source propagated an erasure this region has not yet). Such a copy replaces what this region's older
+    manifests name: they take the source's entry (checksum, size, rows, term index), the versions they named
+    go, and the tombstones they were recorded as honouring but the copy does not (`applied`: the source's
+    applications for this snapshot) are theirs no longer, until this region's propagation applies them again."""
+    own = layout.snapshot_prefix(manifest.snapshot_id)
+    mine = Manifest(**{**manifest.__dict__, "tables": {}})
+    mine.tables = {
+        t: TableEntry(**{**e.__dict__, "objects": [o for o in e.objects if o.key.startswith(own)]})
+        for t, e in manifest.tables.items()
+    }
+    olders = [m for m in complete_manifests(client, bucket) if m.incremental and m.snapshot_id < manifest.snapshot_id]
+    served: dict[str, str] = {}  # key -> sha256 this region serves, as its manifests name it (they agree)
+    for older in olders:
+        served.update({o.key: o.sha256 for o in older.objects})
+    shared = {o.key: o for o in manifest.objects if not o.key.startswith(own)}
+    todo = [
+        o
+        for o in shared.values()
+        if (served[o.key] if o.key in served else stored_sha256(client, bucket, o.key)) != o.sha256
+    ]
+    replaced = {o.key: o for o in todo}
+    naming = [m for m in olders if any(o.key in replaced for o in m.objects)]
+    if naming:  # first: from the copy on, they hold what the source's version holds
+        with transaction(db_url) as cur:
+            writer.lock_status(cur, region)
+            cur.execute(
+                "DELETE FROM backup_tombstone_applications WHERE region = %s AND snapshot_id = ANY(%s)"
+                " AND NOT (subject_pseudonym = ANY(%s))",
+                (region, [m.snapshot_id for m in naming], sorted(applied)),
+            )
+        # Their people's region status goes back to pending with record_complete: this snapshot does not honour
+        # them either.
+    copied, kept = _copy_objects(source, source_bucket, client, bucket, mine, fail_after)
+    for obj in todo:
+        copy_object(client, source_bucket, bucket, obj.key, obj.sha256)
+    for older in naming:
+        for entry in older.tables.values():
+            for obj in entry.objects:
+                if obj.key in replaced:
+                    new = replaced[obj.key]
+                    obj.sha256, obj.bytes, obj.rows, obj.term_index = new.sha256, new.bytes, new.rows, new.term_index
+        _rows_from_source(source, source_bucket, older, client, bucket, set(replaced))
+        write_manifest(client, bucket, older)
+    for key in sorted(replaced):  # then the versions the older manifests named: nobody names them now
+        old = [v for v in store.versions(client, bucket, key) if v["Key"] == key and not v["IsLatest"]]
+        delete_versions(client, bucket, old)
+    if todo:
+        log.info("%s: %d shared object(s) copied over, %d older manifest(s) updated", bucket, len(todo), len(naming))
+    return copied + len(todo), kept + len(shared) - len(todo)
+
+
+def _rows_from_source(
+    source: Any, source_bucket: str, older: Manifest, client: Any, bucket: str, replaced: set[str]
+) -> None:
+    """An older manifest's table rows, where a copied-over object changed them: the source's manifest of the same
+    snapshot says them when it names the table's objects alike (then it holds the same rows); else they are
+    counted from this region's objects (the table's every bucket materialised: rare, a source expired or changed
+    since)."""
+    theirs = None
+    if store.exists(source, source_bucket, layout.manifest_key(older.snapshot_id)):
+        theirs = read_manifest(source, source_bucket, older.snapshot_id)
+    for table, entry in older.tables.items():
+        if not any(o.key in replaced for o in entry.objects):
+            continue
+        other = theirs.tables.get(table) if theirs is not None else None
+        if other is not None and [(o.key, o.sha256) for o in other.objects] == [
+            (o.key, o.sha256) for o in entry.objects
+        ]:
+            entry.rows = other.rows
+            continue
+        reader = chain.Reader(client, bucket)
+        entry.rows = sum(
+            rows.num_rows for b in chain.buckets_named(entry) if (rows := reader.rows(entry, b)) is not None
+        )
 
 
 def copy_object(client: Any, source_bucket: str, bucket: str, key: str, sha256: str) -> None:
