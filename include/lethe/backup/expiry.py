@@ -19,7 +19,7 @@ from typing import Any
 
 from lethe.backup import layout, roll, store, writer
 from lethe.config import BUCKETS
-from lethe.db import transaction
+from lethe.db import session_lock, transaction
 
 INCOMPLETE_GRACE = timedelta(days=1)
 
@@ -48,7 +48,8 @@ def expire_region(
     retained: list[str] = []
     versions_deleted = 0
     rolled = roll.Rolled()
-    with writer.region_lock(db_url, region, wait=True):
+    # The writer lock, then the chain lock (always in that order): no export, copy or propagation meanwhile.
+    with writer.region_lock(db_url, region, wait=True), session_lock(db_url, writer.chain_lock(region)):
         for sid in snapshot_ids(client, bucket, include_hidden=True):
             try:
                 taken = layout.snapshot_time(sid)

@@ -263,10 +263,6 @@ def _pending_in(db_url: str, region: str, sid: str) -> bool:
         return bool(cur.fetchone()[0])  # type: ignore[index]
 
 
-def chain_lock(region: str) -> str:
-    return f"lethe backup chain manifests {region}"
-
-
 @dataclass
 class _ChainJob:
     job: _Job
@@ -300,7 +296,7 @@ def _propagate_chain(
     sweep. The steps keep their order: objects, then every changed manifest, then the old versions under every
     snapshot's prefix, then the applications.
     """
-    with session_lock(db_url, chain_lock(region)):
+    with session_lock(db_url, writer.chain_lock(region)):
         manifests = [m for m in complete_manifests(client, bucket) if m.incremental]
         with transaction(db_url) as cur:
             cur.execute(

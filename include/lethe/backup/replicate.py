@@ -26,7 +26,6 @@ from lethe.backup import chain, layout, locks, store, writer
 from lethe.backup.manifest import Manifest, TableEntry, complete_manifests
 from lethe.backup.manifest import read as read_manifest
 from lethe.backup.manifest import write as write_manifest
-from lethe.backup.propagate import chain_lock
 from lethe.backup.snapshot import already_complete, record_complete, record_honoured, start_writing
 from lethe.config import BUCKETS
 from lethe.db import session_lock, transaction
@@ -84,7 +83,7 @@ def replicate_snapshot(
             # Shared objects are copied over under the chain lock propagation rewrites them under (lethe.backup.
             # propagate._propagate_chain): every older manifest here naming one takes its new checksum in the same
             # hold, so no manifest here ever names what the region does not serve.
-            with session_lock(db_url, chain_lock(region)):
+            with session_lock(db_url, writer.chain_lock(region)):
                 copied, kept = _copy_chain(
                     db_url, region, source, source_bucket, client, bucket, manifest, applied, fail_after_copies
                 )

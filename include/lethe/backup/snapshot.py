@@ -31,7 +31,7 @@ from lethe.backup.manifest import read as read_manifest
 from lethe.backup.manifest import write as write_manifest
 from lethe.backup.term_index import BloomFilter, TermIndexer
 from lethe.config import BUCKETS
-from lethe.db import connect, transaction
+from lethe.db import connect, session_lock, transaction
 from lethe.policy.model import Policy
 
 log = logging.getLogger(__name__)
@@ -197,6 +197,23 @@ def _export(
         tables={},
         incremental=policy.backups.incremental,
     )
+    with contextlib.ExitStack() as held:
+        if policy.backups.incremental:  # the night before is read whole: no propagation rewrites it meanwhile
+            held.enter_context(session_lock(db_url, writer.chain_lock(region)))
+        return _export_under_locks(db_url, region, client, bucket, sid, policy, key, manifest, leftovers)
+
+
+def _export_under_locks(
+    db_url: str,
+    region: str,
+    client: Any,
+    bucket: str,
+    sid: str,
+    policy: Policy,
+    key: bytes,
+    manifest: Manifest,
+    leftovers: int,
+) -> tuple[Manifest, int]:
     previous = _previous(client, bucket, sid) if policy.backups.incremental else None
     with export_transaction(db_url) as cur:
         cur.execute("SELECT subject_pseudonym FROM erasure_tombstones")

@@ -35,6 +35,14 @@ def region_lock(db_url: str, region: str, *, wait: bool) -> Iterator[bool]:
         yield held
 
 
+def chain_lock(region: str) -> str:
+    """The lock of a region's incremental snapshots' shared objects and the manifests naming them
+    (lethe.backup.chain): held by whoever rewrites them or reads them as a whole (propagation, replication copying
+    over a shared object, expiry's roll, an incremental export reading the night before), so that no one reads a
+    manifest another is rewriting, or an object whose manifests do not yet name its new version."""
+    return f"lethe.backup.chain.{region}"
+
+
 def remove_incomplete(
     db_url: str, region: str, client: Any, bucket: str, *, keep: str | None = None, beside_writer: bool = False
 ) -> tuple[list[str], int]:
