@@ -11,17 +11,30 @@ updated (the first such column moved by a second). Then backup_nightly's export 
 
 Both figures are read from the store itself, not from Lethe's manifests or counters: bytes stored are the
 sizes of every object version under `snapshots/` (list_object_versions); bytes rewritten are the sizes of the
-versions that exist after the propagation and did not before. The anchor, in the same run: the last night's
-snapshot copied alone into the second region (server-side, as backup_nightly does) and the same person
-propagated there.
+versions that exist after the propagation and did not before; data objects and manifests are given apart.
+The anchor, in the same run: the last night's snapshot alone in the second region and the same person
+propagated there. Full copies (the default): the anchor is the last snapshot copied server-side, as
+backup_nightly does. `--incremental` (policy backups.incremental on): every night is a base or a delta in the
+first region, and the anchor is the same last night exported in full (not incremental) into the second
+region; the two exports of that night are timed side by side.
 
-Run: `uv run python bench/backup_growth.py` (default 2,000 users, 35 nights, 2%).
+Each export's S3 requests are counted by a botocore hook (every request the process makes while it runs,
+by operation; GetObjects by key and answered ContentLength): an incremental night reads the previous
+manifest and every data object it names (the digests of the rows they hold).
+
+Run: `uv run python bench/backup_growth.py [--incremental] [--delta-object-kib K]` (default 2,000 users,
+35 nights, 2%).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import statistics
+import threading
 import time
+from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -103,159 +116,56 @@ def _change_a_night(cur: Any, tables: list[str], share: float, night: datetime, 
     return changed
 
 
-def _key_columns(cur: Any, tables: list[str]) -> dict[str, list[str]]:
-    """Each table's primary key columns (empty: no primary key, the whole row is its key)."""
-    keys = {}
-    for table in tables:
-        cur.execute(
-            "SELECT array_agg(a.attname ORDER BY k.n) FROM pg_index i,"
-            " unnest(i.indkey) WITH ORDINALITY AS k(attnum, n), pg_attribute a"
-            " WHERE i.indrelid = to_regclass(%s) AND i.indisprimary AND a.attrelid = i.indrelid"
-            " AND a.attnum = k.attnum",
-            (table,),
-        )
-        keys[table] = list(cur.fetchone()[0] or [])
-    return keys
+class _S3Calls:
+    """Every S3 request this process makes while `on`, by operation, and the keys and bytes of its GetObjects.
 
-
-def _parquet_bytes(table: Any, *, lean: bool = False) -> int:
-    """Bytes of `table` as one zstd Parquet object; `lean` drops what a manifest could carry instead
-    (the Arrow schema, column statistics)."""
-    import io
-
-    import pyarrow.parquet as pq
-
-    out = io.BytesIO()
-    pq.write_table(table, out, compression="zstd", store_schema=not lean, write_statistics=not lean)
-    return out.tell()
-
-
-def _typed_delta(rows: Any, changed: list[int], gone: Any) -> Any:
-    """One typed delta table: the changed rows as they are, then the gone rows' keys (other columns null),
-    told apart by a `_gone` column."""
-    import pyarrow as pa
-
-    kept = rows.take(changed).append_column("_gone", pa.array([False] * len(changed)))
-    if not gone.num_rows:
-        return kept
-    return pa.concat_tables([kept, gone.append_column("_gone", pa.array([True] * gone.num_rows))])
-
-
-def _project_deltas(
-    client: Any,
-    bucket: str,
-    sids: list[str],
-    keys: dict[str, list[str]],
-    person: str,
-    groups: int,
-    targets: list[int],
-) -> dict[str, dict[str, int]]:
-    """What a base + nightly deltas layout (not built) would store and rewrite, from the snapshots' raw Parquet.
-
-    A night's delta holds the rows whose key is new or whose values changed since the night before, and the
-    keys of rows gone. Groupings, each a variant of the result:
-    - `bucketed`: one object per (table, bucket), as the base;
-    - `grouped`: `groups` objects a night for all tables (rows as table, key and values in text);
-    - `typed-<T>K` and `typed-<T>K-lean`: each table's delta typed, in as many objects of its subject buckets
-      as make objects of about T KiB (at least one, at most the table's buckets); `lean` without the Arrow
-      schema and statistics in the footer (the manifest holds the columns' types).
-    The erasure: the delta objects holding the person's rows or keys, every night.
+    A botocore hook on boto3's default session: every client Lethe makes afterwards (boto3.client) inherits it.
     """
-    import io
 
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from lethe.backup import layout
-    from lethe.backup.manifest import read as read_manifest
+    def __init__(self) -> None:
+        import boto3
 
-    variants = ["bucketed", "grouped"] + [f"typed-{t}K{lean}" for t in targets for lean in ("", "-lean")]
-    totals = {v: dict.fromkeys(("bytes", "objects", "person"), 0) for v in variants}
-    counts = {"rows": 0, "base_rows": 0}
+        self.on = False
+        self.lock = threading.Lock()
+        self.calls: Counter[str] = Counter()
+        self.got: list[tuple[str, int]] = []  # (key, bytes) of each GetObject
+        if boto3.DEFAULT_SESSION is None:
+            boto3.setup_default_session()
+        assert boto3.DEFAULT_SESSION is not None
+        boto3.DEFAULT_SESSION.events.register("provide-client-params.s3", self._params)
+        boto3.DEFAULT_SESSION.events.register("after-call.s3", self._answer)
 
-    def add(variant: str, size: int, holds_person: bool) -> None:
-        totals[variant]["bytes"] += size
-        totals[variant]["objects"] += 1
-        totals[variant]["person"] += size if holds_person else 0
+    def _params(self, params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        context["bench_key"] = params.get("Key")
 
-    before: dict[str, dict[tuple[Any, ...], tuple[Any, ...]]] = {}
-    for night, sid in enumerate(sids):
-        manifest = read_manifest(client, bucket, sid)
-        grouped: dict[int, list[tuple[str, str, str, str | None]]] = {}
-        for name, entry in manifest.tables.items():
-            parts = [
-                pq.read_table(io.BytesIO(client.get_object(Bucket=bucket, Key=o.key)["Body"].read()))
-                for o in entry.objects
-            ]
-            rows = pa.concat_tables(parts) if parts else None
-            if rows is None:
-                continue
-            values = list(zip(*(rows.column(c).to_pylist() for c in rows.column_names), strict=True))
-            at = {c: i for i, c in enumerate(rows.column_names)}
-            subject = at.get(layout.SUBJECT_COLUMN)
-            key_at = [at[c] for c in keys.get(name, []) if c in at] or list(range(len(rows.column_names)))
-            now = {tuple(v[i] for i in key_at): v for v in values}
-            if subject is not None and night == len(sids) - 1:
-                counts["base_rows"] += sum(1 for v in values if v[subject] == person)
-            before_now, before[name] = before.get(name, {}), now
-            if not night:
-                continue
-            changed = [i for i, v in enumerate(values) if before_now.get(tuple(v[j] for j in key_at)) != v]
-            gone = [v for k, v in before_now.items() if k not in now]
-            if not changed and not gone:
-                continue
-            buckets = entry.buckets or manifest.buckets
+    def _answer(self, model: Any, parsed: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        if not self.on:
+            return
+        with self.lock:
+            self.calls[model.name] += 1
+            if model.name == "GetObject":
+                self.got.append((str(context.get("bench_key")), int(parsed.get("ContentLength") or 0)))
 
-            def owner(v: tuple[Any, ...], subject: int | None = subject) -> str | None:
-                return v[subject] if subject is not None and v[subject] else None
+    @contextlib.contextmanager
+    def counting(self) -> Iterator[_S3Calls]:
+        self.calls.clear()
+        self.got.clear()
+        self.on = True
+        try:
+            yield self
+        finally:
+            self.on = False
 
-            mine = sum(1 for v in [values[i] for i in changed] + gone if owner(v) == person)
-            counts["rows"] += mine
-            gone_keys = pa.table(
-                {
-                    c: [v[i] if i in key_at or i == subject else None for v in gone]
-                    for i, c in enumerate(rows.column_names)
-                },
-                schema=rows.schema,
-            )
-            # (a) per (table, bucket), rows typed and gone keys as text, as in the first projection
-            per_bucket: dict[int, tuple[list[int], list[tuple[Any, ...]]]] = {}
-            for i in changed:
-                p = owner(values[i])
-                per_bucket.setdefault(layout.bucket_of(p, buckets) if p else 0, ([], []))[0].append(i)
-            for v in gone:
-                p = owner(v)
-                per_bucket.setdefault(layout.bucket_of(p, buckets) if p else 0, ([], []))[1].append(v)
-            for idx, removed in per_bucket.values():
-                size = _parquet_bytes(rows.take(idx)) if idx else 0
-                if removed:
-                    size += _parquet_bytes(pa.table({"key": [repr(tuple(v[j] for j in key_at)) for v in removed]}))
-                holds = any(owner(v) == person for v in [values[i] for i in idx] + removed)
-                add("bucketed", size, holds)
-                totals["bucketed"]["objects"] += bool(idx) and bool(removed)
-            # (b) every table's changes of the night in `groups` objects, rows as text
-            for v, was in [(values[i], False) for i in changed] + [(v, True) for v in gone]:
-                p = owner(v)
-                text = None if was else repr(v)
-                key = repr(tuple(v[j] for j in key_at))
-                grouped.setdefault(layout.bucket_of(p, groups) if p else 0, []).append((name, key, p or "", text))
-            # (c) typed, in objects of about T KiB of this table's subject buckets
-            delta = _typed_delta(rows, changed, gone_keys)
-            whole = _parquet_bytes(delta)
-            owners = [owner(values[i]) for i in changed] + [owner(v) for v in gone]
-            for target in targets:
-                parts_n = max(1, min(buckets, round(whole / (target * 1024))))
-                split: dict[int, list[int]] = {}
-                for row, p in enumerate(owners):
-                    split.setdefault(layout.bucket_of(p, parts_n) if p else row % parts_n, []).append(row)
-                for lean in ("", "-lean"):
-                    for idx in split.values():
-                        size = _parquet_bytes(delta.take(idx), lean=bool(lean))
-                        add(f"typed-{target}K{lean}", size, any(owners[r] == person for r in idx))
-        for entries in grouped.values():
-            columns = ("table", "key", "subject", "row")
-            size = _parquet_bytes(pa.table({c: [e[i] for e in entries] for i, c in enumerate(columns)}))
-            add("grouped", size, any(e[2] == person for e in entries))
-    return {**totals, "counts": counts}
+    def summary(self) -> str:
+        data = [(k, n) for k, n in self.got if "/data/" in k]
+        other = [(k, n) for k, n in self.got if "/data/" not in k]
+        ops = ", ".join(f"{op} {n:,}" for op, n in self.calls.most_common())
+        distinct = len({k for k, _ in data})
+        return (
+            f"{sum(self.calls.values()):,} S3 requests ({ops}); GETs: {len(data):,} data objects ({distinct:,}"
+            f" distinct) {sum(n for _, n in data) / 1e6:.2f} MB, {len(other):,} other (manifests)"
+            f" {sum(n for _, n in other) / 1e6:.2f} MB"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,21 +174,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nights", type=int, default=35, help="nightly snapshots retained (default 35)")
     parser.add_argument("--change", type=float, default=0.02, help="share of rows changed a night (default 0.02)")
     parser.add_argument(
-        "--project-deltas",
-        type=int,
-        default=64,
-        metavar="GROUPS",
-        help="also project a base + nightly deltas layout (not built) from the raw Parquet, with deltas of all"
-        " tables grouped in GROUPS objects a night (default 64; 0: skip)",
+        "--incremental",
+        action="store_true",
+        help="the nights as incremental snapshots (backups.incremental: a base and a delta a night); the anchor"
+        " is the last night exported in full into the second region",
     )
     parser.add_argument(
         "--delta-object-kib",
-        default="8,32,128",
-        help="object sizes (KiB, comma-separated) of the typed delta projections (default 8,32,128)",
+        type=int,
+        default=None,
+        metavar="KIB",
+        help="with --incremental: Arrow bytes of rows a delta object gathers (lethe.backup.chain.DELTA_OBJECT_BYTES;"
+        " default: Lethe's)",
     )
     args = parser.parse_args(argv)
-    targets = [int(t) for t in args.delta_object_kib.split(",") if t.strip()]
 
+    from lethe.backup import chain
     from lethe.backup.propagate import propagate_region
     from lethe.backup.replicate import replicate_snapshot
     from lethe.backup.snapshot import backed_up_tables, take_snapshot
@@ -289,14 +200,26 @@ def main(argv: list[str] | None = None) -> int:
     from lethe.policy import load_policy
     from lethe.testing import insert_tombstones, seeded_platform
 
+    s3_calls = _S3Calls()  # before any client is made
     first, second = BACKUP_REGIONS[:2]
-    policy = load_policy()
+    full = load_policy()
+    policy = full
+    if args.incremental:
+        policy = full.model_copy(update={"backups": full.backups.model_copy(update={"incremental": True})})
+        if args.delta_object_kib:
+            chain.DELTA_OBJECT_BYTES = args.delta_object_kib << 10
+    layout_name = (
+        f"incremental (delta objects of {chain.DELTA_OBJECT_BYTES >> 10} KiB of Arrow rows)"
+        if args.incremental
+        else "full copies"
+    )
     tables = backed_up_tables(policy)
     with services() as (server_url, s3):
         url = seeded_platform(server_url, s3, "lethe_bench_growth", args.users)
         clients = {r: region_client(r, s3) for r in (first, second)}
         buckets = {r: BUCKETS.backup(r) for r in (first, second)}
-        sids = []
+        sids: list[str] = []
+        seconds: list[float] = []
         t0 = time.perf_counter()
         for night in range(args.nights):
             at = FIRST_NIGHT + timedelta(days=night)
@@ -304,17 +227,41 @@ def main(argv: list[str] | None = None) -> int:
                 with transaction(url) as cur:
                     changed = _change_a_night(cur, tables, args.change, at, night)
             sid = at.strftime("%Y%m%dT%H%M%SZ")
-            take_snapshot(url, first, s3, sid, policy, KEY)
+            with s3_calls.counting():
+                t1 = time.perf_counter()
+                take_snapshot(url, first, s3, sid, policy, KEY)
+                seconds.append(time.perf_counter() - t1)
             sids.append(sid)
             if night in (0, 1) or night == args.nights - 1:
                 print(
-                    f"  night {night + 1}: snapshot {sid}" + (f", {changed:,} rows changed before it" if night else "")
+                    f"  night {night + 1}: snapshot {sid} in {seconds[-1]:.2f} s"
+                    + (f", {changed:,} rows changed before it" if night else "")
+                    + f"; {s3_calls.summary()}",
+                    flush=True,
                 )
-        print(f"{args.nights} nights exported in {time.perf_counter() - t0:.0f} s", flush=True)
-        replicate_snapshot(url, sids[-1], first, s3, second, s3)  # the anchor: the last night alone
+        later = seconds[1:] or seconds
+        print(
+            f"{args.nights} nights exported ({layout_name}) in {time.perf_counter() - t0:.0f} s; a night after the"
+            f" first: median {statistics.median(later):.2f} s, max {max(later):.2f} s",
+            flush=True,
+        )
+        if args.incremental:  # the anchor: the last night exported in full, the same data, into the second region
+            with s3_calls.counting():
+                t1 = time.perf_counter()
+                take_snapshot(url, second, s3, sids[-1], full, KEY)
+                anchor_s = time.perf_counter() - t1
+            print(
+                f"the last night exported in full into {second}: {anchor_s:.2f} s (incremental: {seconds[-1]:.2f} s);"
+                f" {s3_calls.summary()}",
+                flush=True,
+            )
+        else:  # the anchor: the last night copied alone
+            replicate_snapshot(url, sids[-1], first, s3, second, s3)
 
         stored = _versions(clients[first], buckets[first])
-        one = _data_bytes(stored, f"snapshots/{sids[-1]}/")
+        anchor = _versions(clients[second], buckets[second])
+        one = _data_bytes(anchor, f"snapshots/{sids[-1]}/")
+        one_manifest = sum(size for (key, _), size in anchor.items() if key.endswith("manifest.json"))
         first_night = _data_bytes(stored, f"snapshots/{sids[0]}/")
         everything = _data_bytes(stored)
         manifests = sum(size for (key, _), size in stored.items() if key.endswith("manifest.json"))
@@ -322,59 +269,46 @@ def main(argv: list[str] | None = None) -> int:
         with transaction(url) as cur:  # the person: one with rows in most tables, the same one for both sides
             cur.execute("SELECT user_id FROM comments GROUP BY user_id ORDER BY count(*) DESC, user_id LIMIT 1")
             person = cur.fetchone()[0]
-            keys = _key_columns(cur, tables)
-        projected = None
-        if args.project_deltas:  # before the erasure: the snapshots still hold the person
-            from lethe.pseudonym import subject_pseudonym
-
-            t0 = time.perf_counter()
-            projected = _project_deltas(
-                clients[first],
-                buckets[first],
-                sids,
-                keys,
-                subject_pseudonym(KEY, person),
-                args.project_deltas,
-                targets,
-            )
-            counts = projected.pop("counts")
-            print(
-                f"deltas projected from {len(sids)} snapshots' raw Parquet in {time.perf_counter() - t0:.0f} s;"
-                f" the person: {counts['base_rows']} rows in the last snapshot, {counts['rows']} in the deltas"
-            )
-        with transaction(url) as cur:
             insert_tombstones(cur, KEY, [person])
         rewritten = {}
         for region in (second, first):
             before = _versions(clients[region], buckets[region])
             t0 = time.perf_counter()
-            propagate_region(url, region, s3, key=KEY)
-            seconds = time.perf_counter() - t0
+            result = propagate_region(url, region, s3, key=KEY)
+            took = time.perf_counter() - t0
             after = _versions(clients[region], buckets[region])
-            rewritten[region] = (_data_bytes({k: s for k, s in after.items() if k not in before}), seconds)
+            new = {k: s for k, s in after.items() if k not in before}
+            rewritten[region] = (new, took, result)
 
-        many, many_s = rewritten[first]
-        alone, alone_s = rewritten[second]
-        print(f"{args.users:,} users, {args.nights} nights, {args.change:.0%} of rows changed a night")
+        print(f"{args.users:,} users, {args.nights} nights, {args.change:.0%} of rows changed a night, {layout_name}")
         print(
-            f"stored: {everything / 1e6:.1f} MB of data objects in {args.nights} snapshots (+ {manifests / 1e6:.1f} MB"
-            f" of manifests); one snapshot {one / 1e6:.1f} MB (the first night's {first_night / 1e6:.1f} MB):"
-            f" {everything / one:.2f}x one (target at most 3x)"
+            f"stored: {everything / 1e6:.2f} MB of data objects in {args.nights} snapshots (+ {manifests / 1e6:.2f} MB"
+            f" of manifests); one full snapshot of the last night {one / 1e6:.2f} MB (+ {one_manifest / 1e6:.2f} MB"
+            f" of manifest; the first night's {first_night / 1e6:.2f} MB): data {everything / one:.2f}x one,"
+            f" with manifests {(everything + manifests) / (one + one_manifest):.2f}x (target at most 3x)"
+        )
+        many, many_s, many_result = rewritten[first]
+        alone, alone_s, alone_result = rewritten[second]
+        many_data, alone_data = _data_bytes(many), _data_bytes(alone)
+        many_all, alone_all = sum(many.values()), sum(alone.values())
+        nights_touched = sorted({key.split("/")[1] for (key, _) in many if "/data/" in key})
+        print(
+            f"one erasure across the {args.nights} snapshots: {many_data / 1e6:.3f} MB of data objects rewritten"
+            f" ({sum(1 for k in many if '/data/' in k[0])} objects under {len(nights_touched)} snapshots' prefixes,"
+            f" {'the base ' if sids[0] in nights_touched else ''}and {len(set(nights_touched) - {sids[0]})} nights'"
+            f" deltas) + {(many_all - many_data) / 1e6:.3f} MB of manifests, in {many_s:.1f} s;"
+            f" Lethe counted {many_result.objects_read} objects read, {many_result.objects_rewritten} rewritten,"
+            f" {many_result.manifest_entries_repaired} manifest entries repaired"
         )
         print(
-            f"one erasure across the {args.nights} snapshots: {many / 1e6:.2f} MB rewritten in {many_s:.1f} s;"
-            f" into the last snapshot alone ({second}): {alone / 1e6:.2f} MB in {alone_s:.1f} s:"
-            f" {many / alone:.2f}x (target at most 2x)"
+            f"into the last night's full snapshot alone ({second}): {alone_data / 1e6:.3f} MB of data objects"
+            f" ({sum(1 for k in alone if '/data/' in k[0])} objects) + {(alone_all - alone_data) / 1e6:.3f} MB of"
+            f" manifest, in {alone_s:.1f} s; Lethe counted {alone_result.objects_read} objects read"
         )
-        if projected:
-            # the base holds what one snapshot holds; the person's part of it is what one erasure into one rewrites
-            for variant, t in projected.items():
-                print(
-                    f"projected base + {args.nights - 1} nightly deltas, {variant}: {t['objects']:,} delta objects,"
-                    f" {t['bytes'] / 1e6:.2f} MB: stored {(one + t['bytes']) / one:.2f}x one snapshot;"
-                    f" one erasure {(alone + t['person']) / alone:.2f}x ({t['person'] / 1e6:.3f} MB of deltas"
-                    " besides the base's)"
-                )
+        print(
+            f"one erasure: data {many_data / alone_data:.2f}x into one, with manifests {many_all / alone_all:.2f}x"
+            " (target at most 2x)"
+        )
     return 0
 
 
