@@ -294,9 +294,14 @@ def main(argv: list[str] | None = None) -> int:
         nights_touched = sorted({key.split("/")[1] for (key, _) in many if "/data/" in key})
         print(
             f"one erasure across the {args.nights} snapshots: {many_data / 1e6:.3f} MB of data objects rewritten"
-            f" ({sum(1 for k in many if '/data/' in k[0])} objects under {len(nights_touched)} snapshots' prefixes,"
-            f" {'the base ' if sids[0] in nights_touched else ''}and {len(set(nights_touched) - {sids[0]})} nights'"
-            f" deltas) + {(many_all - many_data) / 1e6:.3f} MB of manifests, in {many_s:.1f} s;"
+            f" ({sum(1 for k in many if '/data/' in k[0])} objects under {len(nights_touched)} snapshots' prefixes"
+            + (
+                f": {'the base and ' if sids[0] in nights_touched else ''}"
+                f"{len(set(nights_touched) - {sids[0]})} nights' deltas"
+                if args.incremental
+                else ""
+            )
+            + f") + {(many_all - many_data) / 1e6:.3f} MB of manifests, in {many_s:.1f} s;"
             f" Lethe counted {many_result.objects_read} objects read, {many_result.objects_rewritten} rewritten,"
             f" {many_result.manifest_entries_repaired} manifest entries repaired"
         )
