@@ -266,6 +266,14 @@ def main(argv: list[str] | None = None) -> int:
         everything = _data_bytes(stored)
         manifests = sum(size for (key, _), size in stored.items() if key.endswith("manifest.json"))
 
+        print(f"{args.users:,} users, {args.nights} nights, {args.change:.0%} of rows changed a night, {layout_name}")
+        print(
+            f"stored: {everything / 1e6:.2f} MB of data objects in {args.nights} snapshots (+ {manifests / 1e6:.2f} MB"
+            f" of manifests); one full snapshot of the last night {one / 1e6:.2f} MB (+ {one_manifest / 1e6:.2f} MB"
+            f" of manifest; the first night's {first_night / 1e6:.2f} MB): data {everything / one:.2f}x one,"
+            f" with manifests {(everything + manifests) / (one + one_manifest):.2f}x (target at most 3x)",
+            flush=True,
+        )
         with transaction(url) as cur:  # the person: one with rows in most tables, the same one for both sides
             cur.execute("SELECT user_id FROM comments GROUP BY user_id ORDER BY count(*) DESC, user_id LIMIT 1")
             person = cur.fetchone()[0]
@@ -280,13 +288,6 @@ def main(argv: list[str] | None = None) -> int:
             new = {k: s for k, s in after.items() if k not in before}
             rewritten[region] = (new, took, result)
 
-        print(f"{args.users:,} users, {args.nights} nights, {args.change:.0%} of rows changed a night, {layout_name}")
-        print(
-            f"stored: {everything / 1e6:.2f} MB of data objects in {args.nights} snapshots (+ {manifests / 1e6:.2f} MB"
-            f" of manifests); one full snapshot of the last night {one / 1e6:.2f} MB (+ {one_manifest / 1e6:.2f} MB"
-            f" of manifest; the first night's {first_night / 1e6:.2f} MB): data {everything / one:.2f}x one,"
-            f" with manifests {(everything + manifests) / (one + one_manifest):.2f}x (target at most 3x)"
-        )
         many, many_s, many_result = rewritten[first]
         alone, alone_s, alone_result = rewritten[second]
         many_data, alone_data = _data_bytes(many), _data_bytes(alone)
