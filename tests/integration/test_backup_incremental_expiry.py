@@ -7,6 +7,7 @@ nothing with the roll's code.
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 from collections import Counter
@@ -47,7 +48,8 @@ def versions(client: Any, bucket: str, prefix: str = "snapshots/") -> list[dict[
 
 
 def manifest_json(client: Any, bucket: str, sid: str) -> dict[str, Any]:
-    return json.loads(client.get_object(Bucket=bucket, Key=f"snapshots/{sid}/manifest.json")["Body"].read())
+    body = client.get_object(Bucket=bucket, Key=f"snapshots/{sid}/manifest.json")["Body"].read()
+    return json.loads(gzip.decompress(body))  # an incremental manifest is stored gzipped
 
 
 def user_ids_in_every_version(client: Any, bucket: str) -> Counter[int]:

@@ -8,6 +8,7 @@ filter of keyed pseudonyms (lethe.backup.term_index), meaningless without the ke
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -112,7 +113,7 @@ class Manifest:
     @classmethod
     def from_json(cls, data: bytes, where: str) -> Manifest:
         try:
-            raw = json.loads(data)
+            raw = json.loads(gzip.decompress(data) if data[:2] == GZIP_MAGIC else data)
             tables = {
                 name: TableEntry(**{**t, "objects": [ObjectEntry(**o) for o in t["objects"]]})
                 for name, t in raw.pop("tables").items()
@@ -122,9 +123,18 @@ class Manifest:
             raise ValueError(f"{where}: not a Lethe backup manifest ({exc})") from exc
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
 def write(client: Any, bucket: str, manifest: Manifest) -> str:
+    """Store the manifest. An incremental one names every object of its base and of each night since, most of them
+    named alike by the manifests before it: it is stored gzipped (35 nights of plain JSON at 20,000 users weighed
+    0.75x a snapshot; bench/backup_growth.py), under the same key."""
     body = manifest.to_json()
-    store.put(client, bucket, layout.manifest_key(manifest.snapshot_id), body, "application/json")
+    if manifest.incremental:
+        body = gzip.compress(body, mtime=0)  # no time in the header: the same manifest, the same bytes
+    kind = "application/gzip" if manifest.incremental else "application/json"
+    store.put(client, bucket, layout.manifest_key(manifest.snapshot_id), body, kind)
     return hashlib.sha256(body).hexdigest()
 
 
