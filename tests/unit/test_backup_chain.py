@@ -40,3 +40,14 @@ def test_row_digests_tell_rows_apart_by_every_column_and_by_null() -> None:
     assert found[0] == found[1]  # the same row twice
     assert len(set(found[1:])) == 5  # another name, NULL, empty text, a NULL time: each its own digest
     assert chain.row_digests(frame, ["id", "name", "at"], b"another key").tolist()[0] != found[0]
+
+
+def test_nulls_of_columns_64_apart_are_not_the_empty_values_of_both() -> None:
+    """A table of more than 64 columns: columns 0 and 64 both NULL, and both '', are different rows."""
+    import pyarrow as pa
+    from lethe.backup import chain
+
+    names = [f"c{i}" for i in range(66)]
+    frame = pa.table({n: pa.array([None, ""] if n in ("c0", "c64") else [None, None], pa.string()) for n in names})
+    first, second = chain.row_digests(frame, names, b"k")
+    assert first != second

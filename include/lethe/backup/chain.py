@@ -76,14 +76,17 @@ def row_digests(frame: pa.Table, columns: list[str], key: bytes) -> np.ndarray:
         return np.empty(0, dtype=np.uint64)
     hash_key = _siphash_key(key)
     words = []
-    nulls = np.zeros(frame.num_rows, dtype=np.uint64)
+    # One bit a column, a word of flags per 64 columns: columns i and i + 64 sharing a bit made a row with both
+    # NULL and one with both '' (or 0) the same digest, and the change went unseen (the first word is as before).
+    nulls = [np.zeros(frame.num_rows, dtype=np.uint64) for _ in range(max(1, (len(columns) + 63) // 64))]
     for i, name in enumerate(columns):
         array = frame.column(name).combine_chunks()
         if array.null_count:
             flags = array.is_null().to_numpy(zero_copy_only=False).astype(np.uint64)
-            nulls ^= flags << np.uint64(i % 64)
+            nulls[i // 64] |= flags << np.uint64(i % 64)
         words.append(_word(array, hash_key))
-    words.append(nulls + np.uint64(len(columns)))
+    words.append(nulls[0] + np.uint64(len(columns)))
+    words.extend(nulls[1:])
     matrix = np.ascontiguousarray(np.column_stack(words))
     width = 8 * matrix.shape[1]
     rows = pa.Array.from_buffers(pa.binary(width), frame.num_rows, [None, pa.py_buffer(matrix)])
