@@ -128,8 +128,8 @@ GZIP_MAGIC = b"\x1f\x8b"
 
 def write(client: Any, bucket: str, manifest: Manifest) -> str:
     """Store the manifest. An incremental one names every object of its base and of each night since, most of them
-    named alike by the manifests before it: it is stored gzipped (35 nights of plain JSON at 20,000 users weighed
-    0.75x a snapshot; bench/backup_growth.py), under the same key."""
+    named alike by the manifests before it: it is stored gzipped (35 nights of plain JSON weighed 14 MB beside a
+    5 MB snapshot at 2,000 users; bench/backup_growth.py), under the same key."""
     body = manifest.to_json()
     if manifest.incremental:
         body = gzip.compress(body, mtime=0)  # no time in the header: the same manifest, the same bytes

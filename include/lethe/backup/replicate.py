@@ -18,15 +18,22 @@ from __future__ import annotations
 import base64
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, BinaryIO
 
 from botocore.exceptions import ClientError
 
 from lethe.backup import chain, layout, locks, store, writer
-from lethe.backup.manifest import Manifest, TableEntry, complete_manifests
+from lethe.backup.manifest import Manifest, TableEntry, complete_manifests, complete_snapshot_ids
 from lethe.backup.manifest import read as read_manifest
 from lethe.backup.manifest import write as write_manifest
-from lethe.backup.snapshot import already_complete, record_complete, record_honoured, start_writing
+from lethe.backup.snapshot import (
+    IN_MEMORY_OBJECT_BYTES,
+    already_complete,
+    encode_object,
+    record_complete,
+    record_honoured,
+    start_writing,
+)
 from lethe.config import BUCKETS
 from lethe.db import session_lock, transaction
 from lethe.storage import delete_versions
@@ -79,7 +86,15 @@ def replicate_snapshot(
         manifest = read_manifest(source, source_bucket, sid)
         _, leftovers = writer.remove_incomplete(db_url, region, client, bucket, keep=sid)
         start_writing(db_url, region, sid, manifest.policy_version)
-        if manifest.incremental:
+        lacking = _lacking(client, bucket, manifest) if manifest.incremental else []
+        if lacking:
+            log.warning(
+                "region %s: snapshot %s shares objects of %s, which this region has not (expired here first, or "
+                "never copied): copied as a base of its own, read through the source's chain",
+                region, sid, ", ".join(lacking),
+            )  # fmt: skip
+            copied, kept = _copy_as_base(source, source_bucket, client, bucket, manifest)
+        elif manifest.incremental:
             # Shared objects are copied over under the chain lock propagation rewrites them under (lethe.backup.
             # propagate._propagate_chain): every older manifest here naming one takes its new checksum in the same
             # hold, so no manifest here ever names what the region does not serve.
@@ -117,6 +132,38 @@ def _copy_objects(
     with ThreadPoolExecutor(COPY_THREADS) as pool:
         list(pool.map(lambda o: copy_object(client, source_bucket, bucket, o.key, o.sha256), todo))
     return len(todo), len(manifest.objects) - len(todo)
+
+
+def _lacking(client: Any, bucket: str, manifest: Manifest) -> list[str]:
+    """The snapshots whose objects `manifest` shares but this region holds no complete snapshot of."""
+    writers = {o.key[len(layout.SNAPSHOT_PREFIX) :].split("/", 1)[0] for o in manifest.objects}
+    return sorted(writers - {manifest.snapshot_id} - set(complete_snapshot_ids(client, bucket)))
+
+
+def _copy_as_base(source: Any, source_bucket: str, client: Any, bucket: str, manifest: Manifest) -> tuple[int, int]:
+    """An incremental snapshot whose chain reaches snapshots this region does not hold (its expiry ran before the
+    source's, or an earlier copy failed), written here as a base of its own: each bucket read through the source's
+    chain, as expiry's roll does. Copying the shared objects instead put them under prefixes this region has no
+    manifest for, which the next copy removed as a killed backup's (found from outside: every later night here then
+    named objects that were gone). Term indexes are not rebuilt (no key here): those tables are always searched."""
+    sid = manifest.snapshot_id
+
+    def sink(table: str, bucket_no: int | None, body: BinaryIO) -> tuple[str, str]:
+        object_key = layout.object_key(sid, table, bucket_no)
+        return object_key, store.put_file(client, bucket, object_key, body)
+
+    written = 0
+    for table, entry in manifest.tables.items():
+        reader = chain.Reader(source, source_bucket)
+        bases = []
+        for number in chain.buckets_named(entry):
+            rows = reader.rows(entry, number)
+            if rows is not None and rows.num_rows:
+                small = rows.nbytes <= IN_MEMORY_OBJECT_BYTES
+                bases.append(encode_object(table, number, [rows], rows.schema, sink, None, small=small))
+        entry.objects = sorted(bases, key=lambda o: o.key)
+        written += len(bases)
+    return written, 0
 
 
 def _copy_chain(

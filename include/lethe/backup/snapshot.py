@@ -432,8 +432,8 @@ def _export_table(
         rows, _ = frames.erase_subjects(
             rows, tombstones, entry.erasure_action, entry.erasure_columns, entry.pseudonym_column
         )
-        if digests:
-            rows = chain.with_row_digests(rows, [c.name for c in columns], key)
+        if digests:  # the subject too: a row whose owner changed within its bucket is a change (found from outside)
+            rows = chain.with_row_digests(rows, [*(c.name for c in columns), layout.SUBJECT_COLUMN], key)
         spill.add(rows)
 
     blocks = frames.CopyBlocks(parser, consume)
