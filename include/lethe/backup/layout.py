@@ -37,6 +37,11 @@ def snapshot_prefix(sid: str) -> str:
     return f"{SNAPSHOT_PREFIX}{sid}/"
 
 
+def written_by(key: str) -> str:
+    """The snapshot whose prefix holds object `key` (an incremental snapshot names objects of earlier ones)."""
+    return key[len(SNAPSHOT_PREFIX) :].split("/", 1)[0]
+
+
 def manifest_key(sid: str) -> str:
     return f"{snapshot_prefix(sid)}manifest.json"
 

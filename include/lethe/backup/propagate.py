@@ -40,10 +40,11 @@ import os
 import tempfile
 import threading
 from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -61,6 +62,7 @@ from lethe.db import session_lock, transaction
 from lethe.storage import delete_versions
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 REWRITE_THREADS = 4
 
 
@@ -445,16 +447,7 @@ def _rewrite_chain(
                     per_subject[first.snapshot_id][pseudonym]["objects"] += 1
                     per_subject[first.snapshot_id][pseudonym]["bytes"] += body_bytes
 
-    def rewrite_and_give_back(job: _ChainJob) -> None:
-        try:
-            rewrite(job)
-        finally:
-            heap.give_back()
-
-    heap.few_arenas()
-    with ThreadPoolExecutor(REWRITE_THREADS) as pool:
-        for future in [pool.submit(rewrite_and_give_back, job) for job in jobs]:
-            future.result()
+    _rewrite_each(jobs, rewrite)
     result.manifest_entries_repaired += sum(c.get("repaired", 0) for c in changed.values())
     return changed
 
@@ -670,16 +663,7 @@ def _rewrite_snapshot(
 
     result.bytes_in_touched_snapshots += manifest.total_bytes
 
-    def rewrite_and_give_back(job: _Job) -> None:
-        try:
-            rewrite(job)
-        finally:
-            heap.give_back()
-
-    heap.few_arenas()
-    with ThreadPoolExecutor(REWRITE_THREADS) as pool:
-        for future in [pool.submit(rewrite_and_give_back, job) for job in jobs]:
-            future.result()
+    _rewrite_each(jobs, rewrite)
     if changed["objects"] or changed["repaired"]:
         for entry in manifest.tables.values():
             entry.rows = sum(o.rows for o in entry.objects)
@@ -702,6 +686,22 @@ def _rewrite_snapshot(
     result.bytes_rewritten += changed["bytes"]
     result.mentions_redacted += changed["mentions"]
     result.manifest_entries_repaired += changed["repaired"]
+
+
+def _rewrite_each(jobs: Sequence[T], rewrite: Callable[[T], None]) -> None:
+    """Run `rewrite` on every job, REWRITE_THREADS at once, the heap given back after each (an object's rewrite
+    frees its row groups' memory); the first failure is raised."""
+
+    def rewrite_and_give_back(job: T) -> None:
+        try:
+            rewrite(job)
+        finally:
+            heap.give_back()
+
+    heap.few_arenas()
+    with ThreadPoolExecutor(REWRITE_THREADS) as pool:
+        for future in [pool.submit(rewrite_and_give_back, job) for job in jobs]:
+            future.result()
 
 
 @dataclass

@@ -136,7 +136,7 @@ def _copy_objects(
 
 def _lacking(client: Any, bucket: str, manifest: Manifest) -> list[str]:
     """The snapshots whose objects `manifest` shares but this region holds no complete snapshot of."""
-    writers = {o.key[len(layout.SNAPSHOT_PREFIX) :].split("/", 1)[0] for o in manifest.objects}
+    writers = {layout.written_by(o.key) for o in manifest.objects}
     return sorted(writers - {manifest.snapshot_id} - set(complete_snapshot_ids(client, bucket)))
 
 

@@ -66,11 +66,6 @@ class Stored:
     body: bytes
 
 
-def written_by(key: str) -> str:
-    """The snapshot whose prefix holds `key`."""
-    return key[len(layout.SNAPSHOT_PREFIX) :].split("/", 1)[0]
-
-
 def read_retained(client: Any, bucket: str, sids: list[str]) -> list[Stored]:
     found = []
     for sid in sids:
@@ -207,9 +202,9 @@ def _replace_chain(manifest: Manifest, sid: str, rolled: dict[str, tuple[list[st
         if entry is None:
             continue
         head = 0
-        while head < len(entry.objects) and written_by(entry.objects[head].key) <= sid:
+        while head < len(entry.objects) and layout.written_by(entry.objects[head].key) <= sid:
             head += 1
-        if any(written_by(o.key) <= sid for o in entry.objects[head:]):
+        if any(layout.written_by(o.key) <= sid for o in entry.objects[head:]):
             continue  # not a chain in night order: not one this roll knows
         keys = [o.key for o in entry.objects[:head]]
         ours = all(o.night is None and o.key.startswith(own) for o in entry.objects[:head])

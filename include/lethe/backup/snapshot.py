@@ -200,40 +200,26 @@ def _export(
     with contextlib.ExitStack() as held:
         if policy.backups.incremental:  # the night before is read whole: no propagation rewrites it meanwhile
             held.enter_context(session_lock(db_url, writer.chain_lock(region)))
-        return _export_under_locks(db_url, region, client, bucket, sid, policy, key, manifest, leftovers)
+        previous = _previous(client, bucket, sid) if policy.backups.incremental else None
+        with export_transaction(db_url) as cur:
+            cur.execute("SELECT subject_pseudonym FROM erasure_tombstones")
+            tombstones = {row[0] for row in cur.fetchall()}
+            manifest.tombstones_at_export = len(tombstones)
 
+            def upload(table: str, bucket_no: int | None, body: BinaryIO, last: int | None = None) -> tuple[str, str]:
+                object_key = layout.object_key(sid, table, bucket_no, last)
+                return object_key, store.put_file(client, bucket, object_key, body)
 
-def _export_under_locks(
-    db_url: str,
-    region: str,
-    client: Any,
-    bucket: str,
-    sid: str,
-    policy: Policy,
-    key: bytes,
-    manifest: Manifest,
-    leftovers: int,
-) -> tuple[Manifest, int]:
-    previous = _previous(client, bucket, sid) if policy.backups.incremental else None
-    with export_transaction(db_url) as cur:
-        cur.execute("SELECT subject_pseudonym FROM erasure_tombstones")
-        tombstones = {row[0] for row in cur.fetchall()}
-        manifest.tombstones_at_export = len(tombstones)
-
-        def upload(table: str, bucket_no: int | None, body: BinaryIO, last: int | None = None) -> tuple[str, str]:
-            object_key = layout.object_key(sid, table, bucket_no, last)
-            return object_key, store.put_file(client, bucket, object_key, body)
-
-        since = None if previous is None else Since(previous, client, bucket, sid)
-        manifest.tables = export_tables(cur, backed_up_tables(policy), policy, key, tombstones, upload, since=since)
-    own = layout.snapshot_prefix(sid)
-    if previous is not None and any(not o.key.startswith(own) for o in manifest.objects):
-        # Objects shared with earlier snapshots hold whom those hold: only the people already erased from them
-        # are honoured here; propagation carries the others into every snapshot sharing the objects.
-        tombstones &= _applied(db_url, region, previous.snapshot_id)
-    record_honoured(db_url, region, sid, tombstones)
-    write_manifest(client, bucket, manifest)  # last: from here on the snapshot exists
-    return manifest, leftovers
+            since = None if previous is None else Since(previous, client, bucket, sid)
+            manifest.tables = export_tables(cur, backed_up_tables(policy), policy, key, tombstones, upload, since=since)
+        own = layout.snapshot_prefix(sid)
+        if previous is not None and any(not o.key.startswith(own) for o in manifest.objects):
+            # Objects shared with earlier snapshots hold whom those hold: only the people already erased from them
+            # are honoured here; propagation carries the others into every snapshot sharing the objects.
+            tombstones &= _applied(db_url, region, previous.snapshot_id)
+        record_honoured(db_url, region, sid, tombstones)
+        write_manifest(client, bucket, manifest)  # last: from here on the snapshot exists
+        return manifest, leftovers
 
 
 Sink = Callable[..., tuple[str, str]]
