@@ -11,7 +11,8 @@ updated (the first such column moved by a second). Then backup_nightly's export 
 
 Both figures are read from the store itself, not from Lethe's manifests or counters: bytes stored are the
 sizes of every object version under `snapshots/` (list_object_versions); bytes rewritten are the sizes of the
-versions that exist after the propagation and did not before; data objects and manifests are given apart.
+versions that exist after the propagation and did not before; data objects and manifests (with the index
+objects incremental manifests name their entries in) are given apart.
 The anchor, in the same run: the last night's snapshot alone in the second region and the same person
 propagated there. Full copies (the default): the anchor is the last snapshot copied server-side, as
 backup_nightly does. `--incremental` (policy backups.incremental on): every night is a base or a delta in the
@@ -56,6 +57,11 @@ def _versions(client: Any, bucket: str) -> dict[tuple[str, str], int]:
 def _data_bytes(found: dict[tuple[str, str], int], prefix: str = "") -> int:
     """Bytes of the data objects (not the manifests) among `found`, under `prefix` when given."""
     return sum(size for (key, _), size in found.items() if key.startswith(prefix) and "/data/" in key)
+
+
+def _manifest_bytes(found: dict[tuple[str, str], int]) -> int:
+    """Bytes of the manifests and the index objects incremental ones name their entries in."""
+    return sum(size for (key, _), size in found.items() if "/data/" not in key)
 
 
 def _change_a_night(cur: Any, tables: list[str], share: float, night: datetime, seed: int) -> int:
@@ -261,10 +267,10 @@ def main(argv: list[str] | None = None) -> int:
         stored = _versions(clients[first], buckets[first])
         anchor = _versions(clients[second], buckets[second])
         one = _data_bytes(anchor, f"snapshots/{sids[-1]}/")
-        one_manifest = sum(size for (key, _), size in anchor.items() if key.endswith("manifest.json"))
+        one_manifest = _manifest_bytes(anchor)
         first_night = _data_bytes(stored, f"snapshots/{sids[0]}/")
         everything = _data_bytes(stored)
-        manifests = sum(size for (key, _), size in stored.items() if key.endswith("manifest.json"))
+        manifests = _manifest_bytes(stored)
 
         print(f"{args.users:,} users, {args.nights} nights, {args.change:.0%} of rows changed a night, {layout_name}")
         print(

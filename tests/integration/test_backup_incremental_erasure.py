@@ -8,6 +8,7 @@ with boto3 and pyarrow (every version of every object), never from Lethe's own c
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -160,6 +161,25 @@ def new_versions(before: dict[str, list[dict[str, Any]]], after: dict[str, list[
     return {k: [v for v in vs if v["VersionId"] not in old] for k, vs in after.items() if k in before}
 
 
+def index_objects(client: Any, bucket: str) -> dict[str, list[dict[str, Any]]]:
+    """Every index object's key -> the entries it holds (raw reads: every current object under an index/)."""
+    found = {}
+    for v in store.versions(client, bucket, layout.SNAPSHOT_PREFIX):
+        if v["IsLatest"] and not v["DeleteMarker"] and "/index/" in v["Key"]:
+            body = client.get_object(Bucket=bucket, Key=v["Key"])["Body"].read()
+            found[v["Key"]] = [o for entries in json.loads(gzip.decompress(body))["tables"].values() for o in entries]
+    return found
+
+
+def named_indexes(client: Any, bucket: str, sids: list[str]) -> set[str]:
+    """The index objects these snapshots' manifests name (raw reads)."""
+    named = set()
+    for sid in sids:
+        body = client.get_object(Bucket=bucket, Key=layout.manifest_key(sid))["Body"].read()
+        named |= {ref["key"] for ref in json.loads(gzip.decompress(body))["index_objects"]}
+    return named
+
+
 def inconsistencies(client: Any, bucket: str) -> list[str]:
     """Every manifest entry whose sha256, size or row count is not what the store serves (read raw)."""
     wrong = []
@@ -234,6 +254,7 @@ def test_one_erasure_rewrites_each_shared_object_once_and_every_manifest_naming_
     later = [k for k, t in every_version(s3_endpoint, chain_region) if rows_of([(k, t)], {HER})]
     assert any(not k.startswith(layout.snapshot_prefix(NIGHTS[0])) for k in later)  # she is in a delta too
     before, full_before = versions(client, bucket), versions(full_client, full_bucket)
+    indexes_before = index_objects(client, bucket)
 
     pseudonym = erase(db_url, HER)
     with pytest.MonkeyPatch.context() as patch:  # old versions kept a while: every put stays countable
@@ -251,6 +272,15 @@ def test_one_erasure_rewrites_each_shared_object_once_and_every_manifest_naming_
     full_bytes = sum(int(v["Size"]) for vs in full_added.values() for v in vs)
     print(f"bytes rewritten: {len(NIGHTS)} incremental snapshots {chain_bytes}, one full snapshot {full_bytes}")
     assert 0 < chain_bytes <= 2 * full_bytes
+    # The manifests do not each repeat the entries of the objects they share: each snapshot's objects are named in
+    # one index object, a rewrite gave a new one to the snapshots whose objects it rewrote, the old ones went.
+    indexes = index_objects(client, bucket)
+    assert set(indexes) == named_indexes(client, bucket, NIGHTS)
+    keys = Counter(o["key"] for entries in indexes.values() for o in entries)
+    assert set(keys.values()) == {1}
+    writers = {layout.written_by(k) for k in rewritten}
+    assert {layout.written_by(k) for k in set(indexes) - set(indexes_before)} == writers
+    assert {layout.written_by(k) for k in set(indexes_before) - set(indexes)} == writers
     for sid in NIGHTS:
         sweep_versions(client, bucket, sid)
     sweep_versions(full_client, full_bucket, NIGHTS[-1])

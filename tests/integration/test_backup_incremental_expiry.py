@@ -47,9 +47,18 @@ def versions(client: Any, bucket: str, prefix: str = "snapshots/") -> list[dict[
     return found
 
 
-def manifest_json(client: Any, bucket: str, sid: str) -> dict[str, Any]:
-    body = client.get_object(Bucket=bucket, Key=f"snapshots/{sid}/manifest.json")["Body"].read()
+def gunzipped_json(client: Any, bucket: str, key: str) -> Any:
+    body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
     return json.loads(gzip.decompress(body) if body[:2] == b"\x1f\x8b" else body)  # incremental ones: gzipped
+
+
+def manifest_json(client: Any, bucket: str, sid: str) -> dict[str, Any]:
+    """The manifest with every entry inline (as it may also be stored): the index objects it names, read raw."""
+    found = gunzipped_json(client, bucket, f"snapshots/{sid}/manifest.json")
+    indexes = [gunzipped_json(client, bucket, ref["key"])["tables"] for ref in found.pop("index_objects", [])]
+    for name, table in found["tables"].items():
+        table["objects"] = table.get("objects") or [o for index in indexes for o in index.get(name, [])]
+    return found
 
 
 def user_ids_in_every_version(client: Any, bucket: str) -> Counter[int]:
@@ -111,6 +120,8 @@ def assert_rolled(client: Any, bucket: str) -> None:
             assert entry["objects"][: len(base)] == base, (sid, table)
             assert all(o["night"] not in (None, *NIGHTS[:3]) for o in entry["objects"][len(base) :]), (sid, table)
             named |= {o["key"] for o in entry["objects"]}
+        raw = gunzipped_json(client, bucket, f"snapshots/{sid}/manifest.json")
+        named |= {ref["key"] for ref in raw.get("index_objects", [])}  # the entries' index objects
     listed = versions(client, bucket)
     assert not [v for v in listed if v["Marker"]]
     data = Counter(v["Key"] for v in listed if not v["Key"].endswith("manifest.json"))

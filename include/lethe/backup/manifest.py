@@ -4,6 +4,14 @@ It names every data object with its bucket, row count, size and sha256, the
 schema of each table and the policy version the snapshot was taken under. It
 holds no personal data: no rows, no pseudonyms; an object's term index is a Bloom
 filter of keyed pseudonyms (lethe.backup.term_index), meaningless without the key.
+
+An incremental snapshot names the objects of its base and of every night since,
+most of them named alike by each manifest before it. Its manifest does not repeat
+them: the entries are stored once per writing snapshot, in content-addressed index
+objects (`snapshots/<writer>/index/<sha256>.json.gz`, immutable, checked against
+the sha256 the manifest gives), and the manifest names its indexes. An erasure that
+rewrites a base object writes one new index for the base and small manifests, not
+35 copies of every entry (bench/backup_growth.py).
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -72,6 +81,8 @@ class Manifest:
     tombstones_at_export: int = 0
     rewrites: list[dict[str, Any]] = field(default_factory=list)  # one entry per propagation that changed it
     incremental: bool = False  # objects are a base and nightly deltas, shared with other snapshots (chain)
+    # The index objects the entries were read from (not stored: the manifest names them as it is written)
+    indexes: list[str] = field(default_factory=list, compare=False, repr=False)
 
     def holding(self, pseudonyms: set[str]) -> list[tuple[str, TableEntry, ObjectEntry, set[str]]]:
         """(table, entry, object, pseudonyms in it) for each object of a rewritable table that can hold
@@ -108,39 +119,134 @@ class Manifest:
         return sum(t.rows for t in self.tables.values())
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), indent=1, sort_keys=True).encode()
+        raw = asdict(self)
+        del raw["indexes"]
+        return json.dumps(raw, indent=1, sort_keys=True).encode()
 
     @classmethod
-    def from_json(cls, data: bytes, where: str) -> Manifest:
+    def from_json(
+        cls, data: bytes, where: str, indexes: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    ) -> Manifest:
+        """The manifest stored as `data`; one naming index objects needs `indexes` (a reference -> the index's
+        tables, checked: `IndexReader`)."""
         try:
             raw = json.loads(gzip.decompress(data) if data[:2] == GZIP_MAGIC else data)
+            refs = raw.pop("index_objects", None)
+            if refs is not None:
+                if indexes is None:
+                    raise ValueError("it names index objects and none can be read here")
+                held = [indexes(ref) for ref in refs]
+                for name, t in raw["tables"].items():
+                    t["objects"] = [o for index in held for o in index.get(name, [])]
             tables = {
                 name: TableEntry(**{**t, "objects": [ObjectEntry(**o) for o in t["objects"]]})
                 for name, t in raw.pop("tables").items()
             }
-            return cls(**raw, tables=tables)
+            return cls(**raw, tables=tables, indexes=[ref["key"] for ref in refs or []])
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"{where}: not a Lethe backup manifest ({exc})") from exc
 
 
 GZIP_MAGIC = b"\x1f\x8b"
+INDEX_FORMAT = "lethe-backup-index/1"
+
+
+def _gzip(data: bytes) -> bytes:
+    return gzip.compress(data, mtime=0)  # no time in the header: the same content, the same bytes
+
+
+def _split(manifest: Manifest) -> tuple[dict[str, Any], list[tuple[str, bytes]]] | None:
+    """The manifest without its entries, and one gzipped index body per snapshot whose prefix holds the objects
+    (in the order the tables name them); None when that order cannot be rebuilt from such indexes."""
+    raw = json.loads(manifest.to_json())
+    groups: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for name, t in raw["tables"].items():
+        for o in t.pop("objects"):
+            groups.setdefault(layout.written_by(o["key"]), {}).setdefault(name, []).append(o)
+    for name, entry in manifest.tables.items():
+        if [o["key"] for g in groups.values() for o in g.get(name, [])] != [o.key for o in entry.objects]:
+            return None
+    bodies = [
+        (writer, _gzip(json.dumps({"format": INDEX_FORMAT, "tables": tables}, sort_keys=True).encode()))
+        for writer, tables in groups.items()
+    ]
+    return raw, bodies
 
 
 def write(client: Any, bucket: str, manifest: Manifest) -> str:
-    """Store the manifest. An incremental one names every object of its base and of each night since, most of them
-    named alike by the manifests before it: it is stored gzipped (35 nights of plain JSON weighed 14 MB beside a
-    5 MB snapshot at 2,000 users; bench/backup_growth.py), under the same key."""
-    body = manifest.to_json()
-    if manifest.incremental:
-        body = gzip.compress(body, mtime=0)  # no time in the header: the same manifest, the same bytes
+    """Store the manifest, last (see the module's docstring for an incremental one's index objects)."""
+    split = _split(manifest) if manifest.incremental else None
+    if split is None:
+        body = manifest.to_json()
+        if manifest.incremental:  # an order the indexes cannot give: every entry inline, gzipped
+            body = _gzip(body)
+    else:
+        raw, bodies = split
+        refs = []
+        for writer, index in bodies:
+            sha = hashlib.sha256(index).hexdigest()
+            key = index_key(writer, sha)
+            if not store.exists(client, bucket, key):  # content-addressed: there, it holds these very bytes
+                store.put(client, bucket, key, index, "application/gzip")
+            refs.append({"key": key, "sha256": sha})
+        raw["index_objects"] = refs
+        body = _gzip(json.dumps(raw, indent=1, sort_keys=True).encode())
+    manifest.indexes = [ref["key"] for ref in raw["index_objects"]] if split else []
     kind = "application/gzip" if manifest.incremental else "application/json"
     store.put(client, bucket, layout.manifest_key(manifest.snapshot_id), body, kind)
     return hashlib.sha256(body).hexdigest()
 
 
-def read(client: Any, bucket: str, sid: str) -> Manifest:
+def index_key(writer: str, sha256: str) -> str:
+    return f"{index_prefix(writer)}{sha256}.json.gz"
+
+
+def index_prefix(writer: str) -> str:
+    return f"{layout.snapshot_prefix(writer)}index/"
+
+
+def sweep_indexes(client: Any, bucket: str, manifests: list[Manifest]) -> int:
+    """Delete the index objects under these snapshots' prefixes that none of them names any more (a rewrite
+    gives its writer a new index; the old one, Bloom filters of erased people's terms included, goes).
+    `manifests`: every complete manifest of the bucket, as written. Returns the versions deleted."""
+    from lethe.storage import delete_versions
+
+    named = {key for m in manifests for key in m.indexes}
+    doomed = [
+        v
+        for m in manifests
+        if m.incremental
+        for v in store.versions(client, bucket, index_prefix(m.snapshot_id))
+        if v["Key"] not in named
+    ]
+    return delete_versions(client, bucket, doomed)
+
+
+class IndexReader:
+    """Reads index objects, each once (many manifests name the same), checked against the manifest's sha256."""
+
+    def __init__(self, client: Any, bucket: str) -> None:
+        self.client, self.bucket = client, bucket
+        self.read: dict[str, dict[str, Any]] = {}
+
+    def __call__(self, ref: dict[str, Any]) -> dict[str, Any]:
+        key, sha = ref["key"], ref["sha256"]
+        if key not in self.read:
+            data = store.get(self.client, self.bucket, key)
+            if hashlib.sha256(data).hexdigest() != sha:
+                raise ValueError(f"index object s3://{self.bucket}/{key} does not match its sha256")
+            index = json.loads(gzip.decompress(data))
+            if index.get("format") != INDEX_FORMAT:
+                raise ValueError(f"s3://{self.bucket}/{key} is not a Lethe backup index")
+            self.read[key] = index["tables"]
+        return self.read[key]
+
+
+def read(client: Any, bucket: str, sid: str, indexes: IndexReader | None = None) -> Manifest:
+    """Snapshot `sid`'s manifest; `indexes` shares index objects already read (one reader per bucket)."""
     key = layout.manifest_key(sid)
-    return Manifest.from_json(store.get(client, bucket, key), f"s3://{bucket}/{key}")
+    body = store.get(client, bucket, key)
+    return Manifest.from_json(body, f"s3://{bucket}/{key}", indexes or IndexReader(client, bucket))
 
 
 def snapshot_ids(client: Any, bucket: str, *, include_hidden: bool = False) -> list[str]:
@@ -167,4 +273,5 @@ def complete_snapshot_ids(client: Any, bucket: str) -> list[str]:
 
 def complete_manifests(client: Any, bucket: str) -> list[Manifest]:
     """The manifests of every complete snapshot, oldest first."""
-    return [read(client, bucket, sid) for sid in complete_snapshot_ids(client, bucket)]
+    indexes = IndexReader(client, bucket)
+    return [read(client, bucket, sid, indexes) for sid in complete_snapshot_ids(client, bucket)]

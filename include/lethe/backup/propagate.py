@@ -52,7 +52,14 @@ import pyarrow.compute as pc
 
 from lethe.backup import chain, frames, heap, layout, links, store, writer
 from lethe.backup.certificate import update_certificates
-from lethe.backup.manifest import Manifest, ObjectEntry, TableEntry, complete_manifests, complete_snapshot_ids
+from lethe.backup.manifest import (
+    Manifest,
+    ObjectEntry,
+    TableEntry,
+    complete_manifests,
+    complete_snapshot_ids,
+    sweep_indexes,
+)
 from lethe.backup.manifest import read as read_manifest
 from lethe.backup.manifest import write as write_manifest
 from lethe.backup.mentions import MentionFinder, prefilter_of
@@ -350,6 +357,7 @@ def _propagate_chain(
                 result.snapshots_rewritten += 1
         for m in manifests:  # step 3: the old versions of shared objects live under their owners' prefixes
             result.noncurrent_versions_deleted += sweep_versions(client, bucket, m.snapshot_id)
+        result.noncurrent_versions_deleted += sweep_indexes(client, bucket, manifests)
         for m in manifests:  # step 4
             if pending[m.snapshot_id]:
                 record_applied(db_url, region, m.snapshot_id, per_subject[m.snapshot_id], pending[m.snapshot_id])

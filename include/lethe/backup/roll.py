@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from lethe.backup import chain, layout, store
-from lethe.backup.manifest import Manifest, ObjectEntry, TableEntry
+from lethe.backup.manifest import IndexReader, Manifest, ObjectEntry, TableEntry
 from lethe.backup.manifest import write as write_manifest
 from lethe.db import ConfigurationError
 
@@ -68,10 +68,11 @@ class Stored:
 
 def read_retained(client: Any, bucket: str, sids: list[str]) -> list[Stored]:
     found = []
+    indexes = IndexReader(client, bucket)
     for sid in sids:
         where = layout.manifest_key(sid)
         body = store.get(client, bucket, where)
-        found.append(Stored(Manifest.from_json(body, f"s3://{bucket}/{where}"), body))
+        found.append(Stored(Manifest.from_json(body, f"s3://{bucket}/{where}", indexes), body))
     return found
 
 
@@ -246,7 +247,7 @@ def delete_unreferenced(client: Any, bucket: str, stored: list[Stored]) -> int:
     Manifests themselves are left alone. Returns the versions deleted."""
     from lethe.storage import delete_versions
 
-    named = {o.key for s in stored for o in s.manifest.objects}
+    named = {o.key for s in stored for o in s.manifest.objects} | {k for s in stored for k in s.manifest.indexes}
     doomed: list[dict[str, Any]] = []
     for s in stored:
         if not s.manifest.incremental:
