@@ -449,3 +449,12 @@ def test_the_audit_reads_shared_objects_once_and_fails_on_her_rows_planted_back(
     counts, _ = _audit(db_url, region, s3_endpoint)
     assert counts["tombstones_not_applied"] == 1, counts
     assert counts["manifest_mismatches"] == 0, counts
+
+    # an index object deleted outside Lethe: the manifests naming it are mismatches, named; the region is audited
+    base_index = next(k for k in named_indexes(client, bucket, NIGHTS) if layout.written_by(k) == NIGHTS[0])
+    client.delete_object(Bucket=bucket, Key=base_index)
+    counts, details = _audit(db_url, region, s3_endpoint)
+    assert counts["manifest_mismatches"] == len(NIGHTS), counts
+    assert set(details["unreadable_manifests"]) == set(NIGHTS)
+    assert f"s3://{bucket}/{base_index} is missing" in details["unreadable_manifests"][NIGHTS[-1]]
+    assert counts["bucket_in_region"] == 0 and counts["snapshot_within_rpo"] == 1, counts  # none left to restore

@@ -157,9 +157,10 @@ def audit_region(
         reported, listed_at = bucket_region(client, bucket)
         custom = "amazonaws.com" not in (client.meta.endpoint_url or "")
         in_region, location = region_matches(reported, region, custom)
-        manifests = manifest.complete_manifests(client, bucket)
+        sids = manifest.complete_snapshot_ids(client, bucket)
     except Exception as exc:  # an unreachable region fails its checks; the other region is still audited
         return {name: 1 for name in CHECKS}, {"unreachable": type(exc).__name__}
+    manifests, unreadable = _readable_manifests(client, bucket, sids)
     newest = max((datetime.fromisoformat(m.created_at) for m in manifests), default=None)
     age_hours = round((now - newest).total_seconds() / 3600, 2) if newest else None
     new_erased, new_identifiers = found.since(since.listed_at - CLOCK_SLACK if since else None)
@@ -168,7 +169,7 @@ def audit_region(
     objects = [(m, entry, obj) for m in manifests for entry in m.tables.values() for obj in entry.objects]
     versions = listing(client, bucket, [layout.snapshot_prefix(m.snapshot_id) for m in manifests])
 
-    mismatched = 0
+    mismatched = len(unreadable)
     reasons = {"written": 0, "new_tombstones": 0, "new_mentions": 0, "sample": 0}
     to_read: dict[str, tuple[Any, Any]] = {}  # key -> (table entry, object entry)
     rest = []
@@ -257,6 +258,7 @@ def audit_region(
     details = {
         "bucket_region": location,
         "snapshots": len(manifests),
+        "unreadable_manifests": unreadable,
         "newest_age_hours": age_hours,
         "rpo_hours": rpo.total_seconds() / 3600,
         "objects": len(objects),
@@ -271,6 +273,21 @@ def audit_region(
         "tombstones": len(erased),
     }
     return counts, details
+
+
+def _readable_manifests(client: Any, bucket: str, sids: list[str]) -> tuple[list[Any], dict[str, str]]:
+    """The manifests that read whole, and for each that does not (an index object it names altered or deleted,
+    a body that is not a manifest), why: a manifest mismatch, not an unreachable region."""
+    from lethe.backup import manifest, store
+
+    indexes = manifest.IndexReader(client, bucket)
+    found, unreadable = [], {}
+    for sid in sids:
+        try:
+            found.append(manifest.read(client, bucket, sid, indexes))
+        except (store.MissingObject, ValueError) as exc:
+            unreadable[sid] = str(exc)
+    return found, unreadable
 
 
 def _stale_versions(client: Any, bucket: str, complete: set[str]) -> list[dict[str, Any]]:
