@@ -254,3 +254,37 @@ def test_an_address_that_changes_owner_within_a_bucket_is_a_change(db_url: str, 
     entry = read_manifest(client, bucket, NIGHTS[2]).tables["postal_addresses"]
     held = [r for t in chain.table_rows(client, bucket, entry) for r in t.to_pylist() if r["line1"] == "Her Street 1"]
     assert not held  # night 3 held her address as hers: propagation erased it
+
+
+def test_a_table_that_outgrows_its_chains_buckets_gets_a_base_with_tonights(
+    db_url: str, s3_endpoint: str, services: tuple[str, str]
+) -> None:
+    """Bucket counts follow the tables' relative sizes (one person's objects within the policy's share); a chain
+    keeps its base's, so a table grown far past the others is given a new base with tonight's count."""
+    policy = incremental_policy()
+    tables = tables_of(policy)
+    fill(db_url)
+    take_snapshot(db_url, REGION, s3_endpoint, NIGHTS[0], policy, KEY)
+    with transaction(db_url) as cur:
+        cur.execute(
+            "INSERT INTO usage_events SELECT 200000 + g, 1 + g %% %s, %s, 'video', 5, 1"
+            " FROM generate_series(1, 60000) g",
+            (USERS, NOW),
+        )
+        cur.execute("UPDATE accounts SET name = name || ' v2' WHERE user_id = 3")
+    expected = contents(db_url, tables)
+    take_snapshot(db_url, REGION, s3_endpoint, NIGHTS[1], policy, KEY)
+
+    client, bucket = s3_client(REGION, s3_endpoint), BUCKETS.backup(REGION)
+    first, second = (read_manifest(client, bucket, sid) for sid in NIGHTS[:2])
+    grown, kept = second.tables["usage_events"], second.tables["accounts"]
+    assert grown.buckets > first.tables["usage_events"].buckets * layout.BUCKET_HEADROOM
+    assert all(o.night is None and layout.written_by(o.key) == NIGHTS[1] for o in grown.objects)  # a base tonight
+    assert {layout.written_by(o.key) for o in kept.objects} == set(NIGHTS[:2])  # the others: a delta
+    target = testing.fresh_database(services[0])
+    without_evidence_key(target)
+    try:
+        restore_snapshot(NIGHTS[1], REGION, target, endpoint_url=s3_endpoint, key=KEY, out=lambda _: None)
+        assert contents(target, tables) == expected
+    finally:
+        testing.drop_database(target)

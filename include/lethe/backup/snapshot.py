@@ -296,7 +296,13 @@ def export_tables(
     if since is not None:
         for table in tables:
             found = since.entry(table, frames.table_columns(cur, table))
-            if found is not None and found.buckets is not None:
+            # A table grown past its chain's bucket count (beyond the headroom the counts are chosen with) gets a
+            # base with tonight's: the chain's count would let one person's objects outgrow the policy's share.
+            if (
+                found is not None
+                and found.buckets is not None
+                and counts[table] <= found.buckets * layout.BUCKET_HEADROOM
+            ):
                 before[table], counts[table] = found, found.buckets
     digests = since is not None or policy.backups.incremental
     entries: dict[str, TableEntry] = {}
