@@ -11,7 +11,10 @@ Per backup region:
   per object); an object written since the last passed audit is read and its sha256 recomputed, as is
   the sample; the rest were read and verified by an earlier audit and have not been written since (S3
   sets LastModified on every write; propagation deletes a rewritten object's older versions, so
-  deleting the current one leaves the key missing, not an old version in its place);
+  deleting the current one leaves the key missing, not an old version in its place); a manifest that
+  cannot be read (it, or an index object it names, changed or deleted outside Lethe) counts once, the
+  key named in the details (`unreadable_manifests`), and its snapshot's objects are read as no
+  manifest's;
 - tombstones_not_applied: no retained snapshot still holds a row of an erased person (rows are
   matched by the keyed pseudonym each object carries, only in the subject buckets tombstones fall in);
 - erased_mentions_left: no retained snapshot still names an erased person in other people's free
@@ -149,7 +152,7 @@ def audit_region(
     """Counts (zero when the region is fine) and details for one region; `since`: the last passed audit."""
     import pyarrow
 
-    from lethe.backup import frames, layout, manifest, store
+    from lethe.backup import frames, layout, store
 
     try:
         client = store.region_client(region, layout.region_endpoint(region, endpoint_url))
@@ -157,10 +160,9 @@ def audit_region(
         reported, listed_at = bucket_region(client, bucket)
         custom = "amazonaws.com" not in (client.meta.endpoint_url or "")
         in_region, location = region_matches(reported, region, custom)
-        sids = manifest.complete_snapshot_ids(client, bucket)
+        manifests, unreadable = _readable_manifests(client, bucket)
     except Exception as exc:  # an unreachable region fails its checks; the other region is still audited
         return {name: 1 for name in CHECKS}, {"unreachable": type(exc).__name__}
-    manifests, unreadable = _readable_manifests(client, bucket, sids)
     newest = max((datetime.fromisoformat(m.created_at) for m in manifests), default=None)
     age_hours = round((now - newest).total_seconds() / 3600, 2) if newest else None
     new_erased, new_identifiers = found.since(since.listed_at - CLOCK_SLACK if since else None)
@@ -169,7 +171,7 @@ def audit_region(
     objects = [(m, entry, obj) for m in manifests for entry in m.tables.values() for obj in entry.objects]
     versions = listing(client, bucket, [layout.snapshot_prefix(m.snapshot_id) for m in manifests])
 
-    mismatched = len(unreadable)
+    mismatched = len(unreadable)  # a snapshot whose manifest cannot be read: its objects are read as stale below
     reasons = {"written": 0, "new_tombstones": 0, "new_mentions": 0, "sample": 0}
     to_read: dict[str, tuple[Any, Any]] = {}  # key -> (table entry, object entry)
     rest = []
@@ -258,7 +260,6 @@ def audit_region(
     details = {
         "bucket_region": location,
         "snapshots": len(manifests),
-        "unreadable_manifests": unreadable,
         "newest_age_hours": age_hours,
         "rpo_hours": rpo.total_seconds() / 3600,
         "objects": len(objects),
@@ -270,22 +271,24 @@ def audit_region(
         "since": since.listed_at.isoformat() if since else None,
         "listed_at": listed_at.isoformat(),
         "snapshot_ids": [m.snapshot_id for m in manifests],
+        "unreadable_manifests": unreadable,
         "tombstones": len(erased),
     }
     return counts, details
 
 
-def _readable_manifests(client: Any, bucket: str, sids: list[str]) -> tuple[list[Any], dict[str, str]]:
-    """The manifests that read whole, and for each that does not (an index object it names altered or deleted,
-    a body that is not a manifest), why: a manifest mismatch, not an unreachable region."""
+def _readable_manifests(client: Any, bucket: str) -> tuple[list[Any], dict[str, str]]:
+    """The complete snapshots' manifests, oldest first, and, for each one that cannot be read (its manifest or an
+    index object it names changed or deleted outside Lethe), why, naming the key. Such a snapshot is not one a
+    manifest vouches for: its objects are read in full (_stale_versions), the rest of the region audited as ever."""
     from lethe.backup import manifest, store
 
     indexes = manifest.IndexReader(client, bucket)
     found, unreadable = [], {}
-    for sid in sids:
+    for sid in manifest.complete_snapshot_ids(client, bucket):
         try:
             found.append(manifest.read(client, bucket, sid, indexes))
-        except (store.MissingObject, ValueError) as exc:
+        except (ValueError, store.MissingObject) as exc:
             unreadable[sid] = str(exc)
     return found, unreadable
 

@@ -222,6 +222,27 @@ def sweep_indexes(client: Any, bucket: str, manifests: list[Manifest]) -> int:
     return delete_versions(client, bucket, doomed)
 
 
+def damaged_indexes(client: Any, bucket: str, listed: list[dict[str, Any]]) -> set[str]:
+    """The index objects among `listed` (store.versions under a prefix) with an older version or a delete marker
+    whose current version is not the content their key names: deleted or changed outside Lethe. A sweep of old
+    versions leaves theirs alone: one of them is what a manifest names (IndexReader says which key; put it back),
+    whether or not the manifest of the snapshot whose prefix holds it names it (one written before index objects)."""
+    latest = {v["Key"]: v for v in listed if v["IsLatest"]}
+    suspects = {
+        v["Key"]
+        for v in listed
+        if (not v["IsLatest"] or v["DeleteMarker"]) and v["Key"].startswith(index_prefix(layout.written_by(v["Key"])))
+    }
+
+    def intact(key: str) -> bool:
+        top = latest.get(key)
+        if top is None or top["DeleteMarker"]:
+            return False
+        return f"{hashlib.sha256(store.get(client, bucket, key)).hexdigest()}.json.gz" == key.rsplit("/", 1)[-1]
+
+    return {key for key in suspects if not intact(key)}
+
+
 class IndexReader:
     """Reads index objects, each once (many manifests name the same), checked against the manifest's sha256."""
 

@@ -58,6 +58,7 @@ from lethe.backup.manifest import (
     TableEntry,
     complete_manifests,
     complete_snapshot_ids,
+    damaged_indexes,
     sweep_indexes,
 )
 from lethe.backup.manifest import read as read_manifest
@@ -798,8 +799,11 @@ def sweep_versions(client: Any, bucket: str, sid: str) -> int:
 
     One listing of the snapshot's prefix, not one per object: listing cost grows with the bucket on some servers.
     """
-    listed = store.versions(client, bucket, layout.snapshot_prefix(sid))
+    listed = list(store.versions(client, bucket, layout.snapshot_prefix(sid)))
     doomed = [v for v in listed if not v["IsLatest"] or v["DeleteMarker"]]
+    if doomed:  # an index object deleted or changed outside Lethe keeps the version a manifest names
+        damaged = damaged_indexes(client, bucket, listed)
+        doomed = [v for v in doomed if v["Key"] not in damaged]
     return delete_versions(client, bucket, doomed)
 
 

@@ -145,9 +145,11 @@ def restore_snapshot(
     client = store.region_client(region, endpoint_url)
     bucket = BUCKETS.backup(region)
     if not store.exists(client, bucket, layout.manifest_key(sid)):
-        from lethe.backup.manifest import complete_manifests
+        from lethe.backup.manifest import complete_snapshot_ids
 
-        available = ", ".join(m.snapshot_id for m in complete_manifests(client, bucket)) or "none"
+        # the ids only: one snapshot's unreadable manifest (an index object deleted outside Lethe) must not hide
+        # that this one is not there
+        available = ", ".join(complete_snapshot_ids(client, bucket)) or "none"
         raise ConfigurationError(
             f"no complete snapshot {sid} in region {region} (bucket {bucket}); complete snapshots there: {available}"
         )
