@@ -289,3 +289,22 @@ def test_an_index_under_a_snapshot_with_an_inline_manifest_changed_or_deleted_ou
     propagate_region(db_url, REGION, s3_endpoint, key=KEY)
     assert manifest.read(client, bucket, NIGHTS[2]).snapshot_id == NIGHTS[2]
     assert leftovers(client, bucket) == []
+
+
+def test_a_table_given_a_base_of_its_own_later_does_not_put_every_entry_back_inline(s3_endpoint: str) -> None:
+    """Found from outside: a table whose chain starts at a later night (its columns changed: a new base) named
+    before a table still on the first base (tables are stored sorted: `accounts` first) made the writers' order
+    one no table but the first could be rebuilt from, so every manifest of the chain went back to every entry
+    inline, 35 copies of the base's entries rewritten by each erasure, until the first base expired."""
+    from test_backup_manifest_index import BASE, LAST, NIGHT, chain, entry, raw
+
+    client, bucket = s3_client(REGION, s3_endpoint), BUCKETS.backup(REGION)
+    written = chain([entry(BASE, 0), entry(NIGHT, 0, night=True), entry(LAST, 0, night=True)])
+    accounts = written.tables["events"]
+    own = [manifest.ObjectEntry(key=layout.object_key(LAST, "accounts", 0), bucket=0, rows=1, bytes=1, sha256="0" * 64)]
+    written.tables = {"events": accounts, "accounts": manifest.TableEntry(**{**accounts.__dict__, "objects": own})}
+    manifest.write(client, bucket, written)
+
+    stored = raw(client, bucket, layout.manifest_key(LAST))
+    assert [layout.written_by(r["key"]) for r in stored.get("index_objects", [])] == [BASE, NIGHT, LAST]
+    assert manifest.read(client, bucket, LAST) == written

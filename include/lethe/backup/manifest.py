@@ -163,6 +163,9 @@ def _split(manifest: Manifest) -> tuple[dict[str, Any], list[tuple[str, bytes]]]
     for name, t in raw["tables"].items():
         for o in t.pop("objects"):
             groups.setdefault(layout.written_by(o["key"]), {}).setdefault(name, []).append(o)
+    # Oldest writer first, as every table's chain runs (a base, then the nights since): not the order of the first
+    # table's objects, which a table given a base of its own later (its columns changed) would make the order of all
+    groups = dict(sorted(groups.items()))
     for name, entry in manifest.tables.items():
         if [o["key"] for g in groups.values() for o in g.get(name, [])] != [o.key for o in entry.objects]:
             return None
