@@ -308,3 +308,21 @@ def test_a_table_given_a_base_of_its_own_later_does_not_put_every_entry_back_inl
     stored = raw(client, bucket, layout.manifest_key(LAST))
     assert [layout.written_by(r["key"]) for r in stored.get("index_objects", [])] == [BASE, NIGHT, LAST]
     assert manifest.read(client, bucket, LAST) == written
+
+
+@pytest.mark.xfail(strict=True, reason="pre-existing (not index objects): sweep_versions deletes a plainly deleted "
+                   "object's marker and its one version; roll.delete_unreferenced leaves them for repair")  # fmt: skip
+def test_a_data_object_plainly_deleted_outside_lethe_survives_a_propagation_with_nothing_pending(
+    db_url: str, s3_endpoint: str
+) -> None:
+    """What store.MissingObject tells the operator to do (delete the marker) needs the version behind it: the
+    next nightly propagation, with nothing pending, sweeps the snapshot's prefix and deletes both."""
+    policy = incremental_policy()
+    tables = tables_of(policy)
+    fill_primary(db_url)
+    client, bucket = s3_client(REGION, s3_endpoint), BUCKETS.backup(REGION)
+    nights_of(db_url, s3_endpoint, policy, tables, NIGHTS[:2], REGION)
+    gone = manifest.read(client, bucket, NIGHTS[1]).tables["comments"].objects[0].key
+    client.delete_object(Bucket=bucket, Key=gone)  # an operator's plain delete
+    propagate_region(db_url, REGION, s3_endpoint, key=KEY)  # nothing pending: the nightly run
+    assert [v for v in store.versions(client, bucket, gone) if not v["DeleteMarker"]]
