@@ -326,3 +326,25 @@ def test_a_data_object_plainly_deleted_outside_lethe_survives_a_propagation_with
     client.delete_object(Bucket=bucket, Key=gone)  # an operator's plain delete
     propagate_region(db_url, REGION, s3_endpoint, key=KEY)  # nothing pending: the nightly run
     assert [v for v in store.versions(client, bucket, gone) if not v["DeleteMarker"]]
+
+
+def test_the_restore_drill_of_a_region_with_an_unreadable_manifest_still_drills_and_reports(
+    db_url: str, s3_endpoint: str
+) -> None:
+    """Found from outside: the drill listed the region's snapshots by reading every manifest, so one index object
+    deleted outside Lethe (the newest night's own) made the whole drill raise, nothing restored, nothing recorded."""
+    from lethe.audit import drill, scratch
+
+    policy = incremental_policy()
+    fill_primary(db_url)
+    client, bucket = s3_client(REGION, s3_endpoint), BUCKETS.backup(REGION)
+    nights_of(db_url, s3_endpoint, policy, tables_of(policy), NIGHTS[:2], REGION)
+    own = next(k for k in index_refs(client, bucket, NIGHTS[1]) if layout.written_by(k) == NIGHTS[1])
+    client.delete_object(Bucket=bucket, Key=own)  # an operator's plain delete
+
+    with pytest.MonkeyPatch.context() as patch:  # the restored database's checks need the whole platform: not here
+        patch.setattr(drill, "check_restored", lambda *args: {})
+        counts, where, details = drill.drill_region(db_url, s3_endpoint, KEY, REGION, scratch.default_name(db_url))
+    assert counts["restore_failed.oldest"] == 0, details
+    assert counts["restore_failed.newest"] == 1, details
+    assert NIGHTS[1] in where["restore_failed.newest"]

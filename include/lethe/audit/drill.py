@@ -118,14 +118,16 @@ def drill_region(
     from lethe.backup import layout, manifest, store
 
     endpoint = layout.region_endpoint(region, endpoint_url)
-    manifests = manifest.complete_manifests(store.region_client(region, endpoint), BUCKETS.backup(region))
-    if not manifests:
+    # the ids only: one snapshot's unreadable manifest (an index object deleted outside Lethe) fails its restore,
+    # not the drill of the others
+    snapshots = manifest.complete_snapshot_ids(store.region_client(region, endpoint), BUCKETS.backup(region))
+    if not snapshots:
         return (
             {"snapshots_missing": 1},
             {"snapshots_missing": f"region {region}"},
             {"snapshots_missing": {"region": region}},
         )
-    chosen = {"oldest": manifests[0].snapshot_id, "newest": manifests[-1].snapshot_id}
+    chosen = {"oldest": snapshots[0], "newest": snapshots[-1]}
     done: dict[str, tuple[dict[str, int], dict[str, Any]]] = {}  # snapshot -> its outcome (one restore each)
     counts: dict[str, int] = {}
     where: dict[str, str] = {}
