@@ -310,8 +310,6 @@ def test_a_table_given_a_base_of_its_own_later_does_not_put_every_entry_back_inl
     assert manifest.read(client, bucket, LAST) == written
 
 
-@pytest.mark.xfail(strict=True, reason="pre-existing (not index objects): sweep_versions deletes a plainly deleted "
-                   "object's marker and its one version; roll.delete_unreferenced leaves them for repair")  # fmt: skip
 def test_a_data_object_plainly_deleted_outside_lethe_survives_a_propagation_with_nothing_pending(
     db_url: str, s3_endpoint: str
 ) -> None:

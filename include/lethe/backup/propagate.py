@@ -798,9 +798,12 @@ def sweep_versions(client: Any, bucket: str, sid: str) -> int:
     """Step 3: every noncurrent version and delete marker under a snapshot's prefix, for good.
 
     One listing of the snapshot's prefix, not one per object: listing cost grows with the bucket on some servers.
+    A key whose current version is a delete marker was deleted outside Lethe (Lethe deletes versions, never puts
+    markers): its versions stay for the repair store.MissingObject asks for (the audit reads them meanwhile).
     """
     listed = list(store.versions(client, bucket, layout.snapshot_prefix(sid)))
-    doomed = [v for v in listed if not v["IsLatest"] or v["DeleteMarker"]]
+    marked = {v["Key"] for v in listed if v["IsLatest"] and v["DeleteMarker"]}
+    doomed = [v for v in listed if (not v["IsLatest"] or v["DeleteMarker"]) and v["Key"] not in marked]
     if doomed:  # an index object deleted or changed outside Lethe keeps the version a manifest names
         damaged = damaged_indexes(client, bucket, listed)
         doomed = [v for v in doomed if v["Key"] not in damaged]

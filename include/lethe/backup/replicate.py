@@ -16,6 +16,7 @@ the rest, then deletes every other version and key under the prefix before the m
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO
@@ -86,28 +87,31 @@ def replicate_snapshot(
         manifest = read_manifest(source, source_bucket, sid)
         _, leftovers = writer.remove_incomplete(db_url, region, client, bucket, keep=sid)
         start_writing(db_url, region, sid, manifest.policy_version)
-        lacking = _lacking(client, bucket, manifest) if manifest.incremental else []
-        if lacking:
-            log.warning(
-                "region %s: snapshot %s shares objects of %s, which this region has not (expired here first, or "
-                "never copied): copied as a base of its own, read through the source's chain",
-                region, sid, ", ".join(lacking),
-            )  # fmt: skip
-            copied, kept = _copy_as_base(source, source_bucket, client, bucket, manifest)
-        elif manifest.incremental:
-            # Shared objects are copied over under the chain lock propagation rewrites them under (lethe.backup.
-            # propagate._propagate_chain): every older manifest here naming one takes its new checksum in the same
-            # hold, so no manifest here ever names what the region does not serve.
-            with session_lock(db_url, writer.chain_lock(region)):
+        with contextlib.ExitStack() as held:
+            if manifest.incremental:
+                # Shared objects are copied over under the chain lock propagation rewrites them under (lethe.
+                # backup.propagate._propagate_chain): every older manifest here naming one takes its new checksum in
+                # the same hold, and the new manifest is written in it too, so no manifest here ever names what the
+                # region does not serve (nor an index object propagation's sweep is deleting).
+                held.enter_context(session_lock(db_url, writer.chain_lock(region)))
+            lacking = _lacking(client, bucket, manifest) if manifest.incremental else []
+            if lacking:
+                log.warning(
+                    "region %s: snapshot %s shares objects of %s, which this region has not (expired here first, "
+                    "or never copied): copied as a base of its own, read through the source's chain",
+                    region, sid, ", ".join(lacking),
+                )  # fmt: skip
+                copied, kept = _copy_as_base(source, source_bucket, client, bucket, manifest)
+            elif manifest.incremental:
                 copied, kept = _copy_chain(
                     db_url, region, source, source_bucket, client, bucket, manifest, applied, fail_after_copies
                 )
-        else:
-            copied, kept = _copy_objects(source, source_bucket, client, bucket, manifest, fail_after_copies)
-        removed = _remove_strays(client, bucket, manifest)
-        manifest.region, manifest.bucket = region, bucket
-        record_honoured(db_url, region, sid, applied)
-        write_manifest(client, bucket, manifest)  # last: from here on the snapshot exists
+            else:
+                copied, kept = _copy_objects(source, source_bucket, client, bucket, manifest, fail_after_copies)
+            removed = _remove_strays(client, bucket, manifest)
+            manifest.region, manifest.bucket = region, bucket
+            record_honoured(db_url, region, sid, applied)
+            write_manifest(client, bucket, manifest)  # last: from here on the snapshot exists
     return record_complete(
         db_url,
         manifest,
