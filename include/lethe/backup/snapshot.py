@@ -14,19 +14,18 @@ import io
 import logging
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
-import numpy as np
 import psycopg2.extensions
 import pyarrow as pa
 
 from lethe import relations
 from lethe.backup import chain, frames, heap, layout, locks, store, writer
 from lethe.backup.certificate import update_certificates
-from lethe.backup.manifest import Manifest, ObjectEntry, TableEntry, complete_snapshot_ids
+from lethe.backup.manifest import Manifest, ObjectEntry, TableEntry, snapshot_ids
 from lethe.backup.manifest import read as read_manifest
 from lethe.backup.manifest import write as write_manifest
 from lethe.backup.term_index import BloomFilter, TermIndexer
@@ -38,6 +37,11 @@ log = logging.getLogger(__name__)
 # Objects encoded and stored at once: each holds a row group or two, whatever its table's size.
 WRITE_THREADS = 4
 IN_MEMORY_OBJECT_BYTES = 4 << 20  # an object whose rows spilled to at most this is encoded in memory
+# An incremental night reads the chain back for its digests, an object a GET (most of a few KB: round trips, not
+# bytes): FETCH_THREADS read for all tables' deltas at once (with WRITE_THREADS' uploads, within botocore's 10
+# connections), each table's reads running up to FETCH_AHEAD objects ahead of the bucket it is at.
+FETCH_THREADS = 4
+FETCH_AHEAD = 8
 OWNER = "__lethe_owner"  # the computed owner column of a referenced table, dropped after use
 
 
@@ -247,8 +251,11 @@ class Since:
 
 
 def _previous(client: Any, bucket: str, sid: str) -> Manifest | None:
-    earlier = [s for s in complete_snapshot_ids(client, bucket) if s < sid]
-    return read_manifest(client, bucket, earlier[-1]) if earlier else None
+    """The last complete snapshot before `sid`, found newest first (not a HEAD per retained snapshot)."""
+    for earlier in reversed([s for s in snapshot_ids(client, bucket) if s < sid]):
+        if store.exists(client, bucket, layout.manifest_key(earlier)):
+            return read_manifest(client, bucket, earlier)
+    return None
 
 
 def _applied(db_url: str, region: str, sid: str) -> set[str]:
@@ -309,7 +316,12 @@ def export_tables(
     pending: list[tuple[str, TableEntry, frames.BucketSpill, list[Future[Any]]]] = []
     heap.few_arenas()
     try:
-        with ThreadPoolExecutor(threads) as pool, ThreadPoolExecutor(1) as parser:
+        # fetch first: it shuts down after the writers that read through it
+        with (
+            ThreadPoolExecutor(FETCH_THREADS) as fetch,
+            ThreadPoolExecutor(threads) as pool,
+            ThreadPoolExecutor(1) as parser,
+        ):
             try:
                 for table in tables:
                     entry, spill = _export_table(
@@ -319,7 +331,8 @@ def export_tables(
                     indexer = TermIndexer(key, entry.free_text) if entry.free_text and index_terms else None
                     writes: list[Future[Any]]
                     if table in before and since is not None:
-                        writes = [pool.submit(_write_delta, table, entry, spill, before[table], since, sink, indexer)]
+                        delta = (table, entry, spill, before[table], since, sink, indexer, fetch)
+                        writes = [pool.submit(_write_delta, *delta)]
                     else:
                         held = spill.buckets_held()
                         writes = [pool.submit(_write_part, table, b, spill, sink, indexer) for b in held]
@@ -510,6 +523,7 @@ def _write_delta(
     since: Since,
     sink: Sink,
     indexer: TermIndexer | None,
+    fetch: Executor,
 ) -> list[ObjectEntry]:
     """A table's night of changes against `before`, bucket by bucket: the rows whose digest is new, one gone row
     per digest no longer there; consecutive buckets gathered into objects of about chain.DELTA_OBJECT_BYTES."""
@@ -519,18 +533,21 @@ def _write_delta(
     objects: list[ObjectEntry] = []
     group: list[pa.Table] = []
     span: list[int | None] = []
+    gathered = 0  # the group's bytes: summed once a part (Table.nbytes on every bucket cost a night seconds)
 
     def flush() -> None:
+        nonlocal gathered
         if group:
             objects.append(_store_delta(table, pa.concat_tables(group), span[0], span[-1], since.night, sink, indexer))
         group.clear()
         span.clear()
+        gathered = 0
 
     held = set(spill.buckets_held())
-    for bucket_no in sorted(held | set(chain.buckets_named(before)), key=lambda b: -1 if b is None else b):
+    buckets = sorted(held | set(chain.buckets_named(before)), key=lambda b: -1 if b is None else b)
+    was = chain.digests_at(reader, before, buckets, fetch, FETCH_AHEAD)
+    for bucket_no, was_digests in zip(buckets, was, strict=True):
         now = pa.concat_tables(list(spill.parts(bucket_no))) if bucket_no in held else rows_schema.empty_table()
-        was = reader.rows(before, bucket_no)
-        was_digests = was.column(chain.ROW_COLUMN).to_numpy() if was is not None else np.empty(0, np.uint64)
         new, gone = chain.changes(was_digests, now.column(chain.ROW_COLUMN).to_numpy())
         number = chain.bucket_number(bucket_no)
         part = pa.concat_tables([chain.as_delta(now.take(new), number, schema), chain.gone_rows(schema, gone, number)])
@@ -540,7 +557,8 @@ def _write_delta(
             flush()
         group.append(part)
         span.append(bucket_no)
-        if bucket_no is None or sum(p.nbytes for p in group) >= chain.DELTA_OBJECT_BYTES:
+        gathered += part.nbytes
+        if bucket_no is None or gathered >= chain.DELTA_OBJECT_BYTES:
             flush()
     flush()
     return objects
