@@ -51,3 +51,18 @@ def test_nulls_of_columns_64_apart_are_not_the_empty_values_of_both() -> None:
     frame = pa.table({n: pa.array([None, ""] if n in ("c0", "c64") else [None, None], pa.string()) for n in names})
     first, second = chain.row_digests(frame, names, b"k")
     assert first != second
+
+
+@settings(max_examples=500, deadline=None)
+@given(steps=st.lists(st.tuples(digests, digests), max_size=6))
+def test_held_digests_are_the_bucket_replayed_step_by_step(steps: list[tuple[list[int], list[int]]]) -> None:
+    """chain.held (numpy, the export's digests before tonight) against the restore's rule replayed with a Counter:
+    each step's gone digests remove one row each while one is left, then its new ones add a row each."""
+    rows: Counter[int] = Counter()
+    for gone, new in steps:
+        for d in gone:
+            if rows[d]:
+                rows[d] -= 1
+        rows.update(new)
+    as_arrays = [(np.array(g, np.uint64), np.array(n, np.uint64)) for g, n in steps]
+    assert Counter(chain.held(as_arrays).tolist()) == +rows
