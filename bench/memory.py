@@ -10,6 +10,12 @@ Steps, on the database `lethe bench erasure --users N` seeds (`--database`, reus
 2. one: one person's tombstone (with the keyed pseudonyms of their identifiers, so free-text objects whose
    term index may hold them are searched too) propagated into that snapshot;
 3. many: `--tombstones` more in one propagation run.
+With `--incremental` (the policy's backups.incremental on), the steps are a chain of two nights:
+1. export: the base snapshot;
+2. change: 2% of rows changed as a night of the platform would (bench/backup_growth.py's `_change_a_night`: events
+   appended, other tables' timestamps moved; the database keeps them);
+3. export-delta: the next night's snapshot, a delta against the base (it reads the base back for its digests);
+4. one, many: as above, each propagated across both snapshots in one pass (propagate.py's `_propagate_chain`).
 The largest object's size and row groups are printed beside them: what a worker that read objects whole held;
 and after the export, the time of `pg_dump -Fc` of the same tables (bench/backup.py's command): the export's
 anchor, in the same run.
@@ -33,16 +39,41 @@ from typing import Any
 KEY = b"bench-pseudonym-key"
 REGION = "us-east-1"
 SID = "20261101T020000Z"
+NEXT_SID = "20261102T020000Z"  # the incremental run's second night
+CHANGE = 0.02
 TARGET_MIB = 512
 
 
-def _child(step: str, url: str, s3: str, tombstones: int) -> dict[str, Any]:
+def _sibling(name: str) -> Any:
+    """A module of bench/ by its file name (bench/ is not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).with_name(f"{name}.py"))
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _policy(incremental: bool) -> Any:
+    from lethe.policy import load_policy
+
+    policy = load_policy()
+    if not incremental:
+        return policy
+    return policy.model_copy(update={"backups": policy.backups.model_copy(update={"incremental": True})})
+
+
+def _child(step: str, url: str, s3: str, tombstones: int, incremental: bool) -> dict[str, Any]:
     """One step in this process; its wall time and this process's peak memory."""
+    from datetime import timedelta
+
+    from lethe.backup import layout
     from lethe.backup.propagate import propagate_region
-    from lethe.backup.snapshot import take_snapshot
+    from lethe.backup.snapshot import backed_up_tables, take_snapshot
     from lethe.backup.store import region_client
     from lethe.db import transaction
-    from lethe.policy import load_policy
     from lethe.testing import insert_tombstones
 
     with transaction(url) as cur:
@@ -50,8 +81,15 @@ def _child(step: str, url: str, s3: str, tombstones: int) -> dict[str, Any]:
     region_client(REGION, s3)
     out: dict[str, Any] = {}
     t0 = time.perf_counter()
-    if step == "export":
-        out["snapshot"] = take_snapshot(url, REGION, s3, SID, load_policy(), KEY)
+    if step in ("export", "export-delta"):
+        sid = SID if step == "export" else NEXT_SID
+        out["snapshot"] = take_snapshot(url, REGION, s3, sid, _policy(incremental), KEY)
+    elif step == "change":
+        with transaction(url) as cur:
+            cur.execute("SET LOCAL statement_timeout = '30min'")
+            night = layout.snapshot_time(SID) + timedelta(days=1)
+            tables = backed_up_tables(_policy(incremental))
+            out["rows_changed"] = _sibling("backup_growth")._change_a_night(cur, tables, CHANGE, night, 1)
     elif step in ("one", "many"):
         with transaction(url) as cur:
             cur.execute("SELECT count(*) FROM erasure_tombstones")
@@ -74,9 +112,10 @@ def _child(step: str, url: str, s3: str, tombstones: int) -> dict[str, Any]:
     return out
 
 
-def _run(step: str, url: str, s3: str, tombstones: int) -> dict[str, Any]:
+def _run(step: str, url: str, s3: str, tombstones: int, incremental: bool) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--step", step, "--url", url, "--s3", s3, "--tombstones", str(tombstones)]
     done = subprocess.run(
-        [sys.executable, __file__, "--step", step, "--url", url, "--s3", s3, "--tombstones", str(tombstones)],
+        command + ["--incremental"] * incremental,
         capture_output=True,
         text=True,
         check=False,
@@ -109,7 +148,6 @@ def _largest_object(s3: str) -> str:
 
 def _pg_dump_seconds(url: str) -> tuple[float, int]:
     """The anchor: `pg_dump -Fc` of the same backed-up tables (bench/backup.py's command), wall time and bytes."""
-    import importlib.util
     import tempfile
     from pathlib import Path
 
@@ -117,10 +155,7 @@ def _pg_dump_seconds(url: str) -> tuple[float, int]:
     from lethe.db import transaction
     from lethe.policy import load_policy
 
-    spec = importlib.util.spec_from_file_location("bench_backup", Path(__file__).with_name("backup.py"))
-    assert spec and spec.loader
-    backup = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(backup)
+    backup = _sibling("backup")
     with transaction(url) as cur:
         cur.execute("SHOW server_version_num")
         major = int(cur.fetchone()[0]) // 10000  # type: ignore[index]
@@ -137,39 +172,52 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/memory.py", description=__doc__.split("\n")[0])
     parser.add_argument("--database", default="lethe_bench_1m", help="a database `lethe bench erasure` seeded")
     parser.add_argument("--tombstones", type=int, default=100, help="tombstones in the 'many' run (default 100)")
-    parser.add_argument("--steps", default="export,one,many", help="steps to run (default export,one,many)")
-    parser.add_argument("--step", choices=("idle", "export", "one", "many"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--incremental", action="store_true", help="backups.incremental on: a base, a night's changes, a delta"
+    )
+    parser.add_argument(
+        "--steps", help="steps to run (default export,one,many; --incremental: export,change,export-delta,one,many)"
+    )
+    parser.add_argument(
+        "--step", choices=("idle", "export", "change", "export-delta", "one", "many"), help=argparse.SUPPRESS
+    )
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--s3", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.step:
-        print(json.dumps(_child(args.step, args.url, args.s3, args.tombstones)))
+        print(json.dumps(_child(args.step, args.url, args.s3, args.tombstones, args.incremental)))
         return 0
+    if args.steps is None:
+        args.steps = "export,change,export-delta,one,many" if args.incremental else "export,one,many"
 
     from lethe.db import transaction, url_for_database
     from lethe.embedded import services
     from lethe.testing import empty_buckets
 
+    steps = args.steps.split(",")
     with services() as (server_url, s3):
         url = url_for_database(server_url, args.database)
         with transaction(url) as cur:
             cur.execute("SELECT count(*) FROM accounts")
             users = cur.fetchone()[0]  # type: ignore[index]
-            if "export" in args.steps:  # a fresh snapshot; without it, the last run's is propagated into again
+            if "export" in steps:  # a fresh snapshot; without it, the last run's is propagated into again
                 cur.execute("TRUNCATE erasure_tombstones, backup_tombstone_applications CASCADE")
                 cur.execute("DELETE FROM backup_snapshots")
-        if "export" in args.steps:
+        if "export" in steps:
             empty_buckets(s3)
         print(f"{args.database}: {users:,} users; load {os.getloadavg()[0]:.1f}; target: peak under {TARGET_MIB} MiB")
-        for step in ("idle", *args.steps.split(",")):
-            out = _run(step, url, s3, args.tombstones)
+        for step in ("idle", *steps):
+            out = _run(step, url, s3, args.tombstones, args.incremental)
             if "error" in out:
-                print(f"  {step:6s} failed: {out['error']}")
+                print(f"  {step:12s} failed: {out['error']}")
                 continue
-            extra = out.get("propagation") or {
-                k: v for k, v in (out.get("snapshot") or {}).items() if k in ("objects", "bytes", "rows")
-            }
-            print(f"  {step:6s} peak {out['peak_mib']:7,.0f} MiB  {out['seconds']:7.1f} s  {extra}", flush=True)
+            shown = ("objects", "bytes", "bytes_written", "rows", "rows_changed")
+            extra = out.get("propagation") or {k: v for k, v in (out.get("snapshot") or out).items() if k in shown}
+            print(
+                f"  {step:12s} peak {out['peak_mib']:7,.0f} MiB  {out['seconds']:7.1f} s"
+                f"  load {os.getloadavg()[0]:4.1f}  {extra}",
+                flush=True,
+            )
             if step == "export":
                 print(f"  {_largest_object(s3)}")
                 dumped, size = _pg_dump_seconds(url)
