@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
+import numpy as np
 import psycopg2.extensions
 import pyarrow as pa
 
@@ -547,10 +548,12 @@ def _write_delta(
     buckets = sorted(held | set(chain.buckets_named(before)), key=lambda b: -1 if b is None else b)
     was = chain.digests_at(reader, before, buckets, fetch, FETCH_AHEAD)
     for bucket_no, was_digests in zip(buckets, was, strict=True):
-        now = pa.concat_tables(list(spill.parts(bucket_no))) if bucket_no in held else rows_schema.empty_table()
-        new, gone = chain.changes(was_digests, now.column(chain.ROW_COLUMN).to_numpy())
+        # each block's digests copied out: a view would keep the block's whole buffer (every column) alive
+        now = [b.column(chain.ROW_COLUMN).to_numpy().copy() for b in spill.parts(bucket_no)]
+        new, gone = chain.changes(was_digests, np.concatenate(now) if now else np.empty(0, np.uint64))
         number = chain.bucket_number(bucket_no)
-        part = pa.concat_tables([chain.as_delta(now.take(new), number, schema), chain.gone_rows(schema, gone, number)])
+        added = chain.as_delta(_taken(spill, bucket_no, new, rows_schema), number, schema)
+        part = pa.concat_tables([added, chain.gone_rows(schema, gone, number)])
         if not part.num_rows:
             continue
         if bucket_no is None:  # rows without a subject: an object of their own
@@ -562,6 +565,19 @@ def _write_delta(
             flush()
     flush()
     return objects
+
+
+def _taken(spill: frames.BucketSpill, bucket_no: int | None, rows: np.ndarray, schema: pa.Schema) -> pa.Table:
+    """Rows `rows` (positions in the bucket) of a spilled bucket, read a block at a time: a bucket is never whole
+    in memory (the rows without a subject of a large table are one bucket: 301 MiB of visitor_logs at 1M users)."""
+    rows = np.sort(rows)
+    taken, offset = [], 0
+    for block in spill.parts(bucket_no) if len(rows) else ():
+        low, high = np.searchsorted(rows, [offset, offset + block.num_rows])
+        if high > low:
+            taken.append(block.take(rows[low:high] - offset))
+        offset += block.num_rows
+    return pa.concat_tables(taken) if taken else schema.empty_table()
 
 
 def _rows_schema(entry: TableEntry) -> pa.Schema:
