@@ -225,25 +225,22 @@ def sweep_indexes(client: Any, bucket: str, manifests: list[Manifest]) -> int:
     return delete_versions(client, bucket, doomed)
 
 
-def damaged_indexes(client: Any, bucket: str, listed: list[dict[str, Any]]) -> set[str]:
-    """The index objects among `listed` (store.versions under a prefix) with an older version or a delete marker
-    whose current version is not the content their key names: deleted or changed outside Lethe. A sweep of old
-    versions leaves theirs alone: one of them is what a manifest names (IndexReader says which key; put it back),
-    whether or not the manifest of the snapshot whose prefix holds it names it (one written before index objects)."""
-    latest = {v["Key"]: v for v in listed if v["IsLatest"]}
-    suspects = {
+def overwritten_indexes(client: Any, bucket: str, listed: list[dict[str, Any]]) -> set[str]:
+    """The index objects among `listed` (store.versions under a prefix) with an older version under a current one
+    that is not the content their key names: overwritten outside Lethe. A sweep of old versions leaves theirs
+    alone: one of them is what a manifest names (IndexReader says which key; put it back), whether or not the
+    manifest of the snapshot whose prefix holds it names it (one written before index objects). A key deleted
+    outside Lethe (a delete marker on top) is kept by the sweep whatever it is."""
+    older = {v["Key"] for v in listed if not v["IsLatest"]}
+    return {
         v["Key"]
         for v in listed
-        if (not v["IsLatest"] or v["DeleteMarker"]) and v["Key"].startswith(index_prefix(layout.written_by(v["Key"])))
+        if v["IsLatest"]
+        and not v["DeleteMarker"]
+        and v["Key"] in older
+        and v["Key"].startswith(index_prefix(layout.written_by(v["Key"])))
+        and f"{hashlib.sha256(store.get(client, bucket, v['Key'])).hexdigest()}.json.gz" != v["Key"].rsplit("/", 1)[-1]
     }
-
-    def intact(key: str) -> bool:
-        top = latest.get(key)
-        if top is None or top["DeleteMarker"]:
-            return False
-        return f"{hashlib.sha256(store.get(client, bucket, key)).hexdigest()}.json.gz" == key.rsplit("/", 1)[-1]
-
-    return {key for key in suspects if not intact(key)}
 
 
 class IndexReader:

@@ -58,7 +58,7 @@ from lethe.backup.manifest import (
     TableEntry,
     complete_manifests,
     complete_snapshot_ids,
-    damaged_indexes,
+    overwritten_indexes,
     sweep_indexes,
 )
 from lethe.backup.manifest import read as read_manifest
@@ -802,11 +802,11 @@ def sweep_versions(client: Any, bucket: str, sid: str) -> int:
     markers): its versions stay for the repair store.MissingObject asks for (the audit reads them meanwhile).
     """
     listed = list(store.versions(client, bucket, layout.snapshot_prefix(sid)))
-    marked = {v["Key"] for v in listed if v["IsLatest"] and v["DeleteMarker"]}
-    doomed = [v for v in listed if (not v["IsLatest"] or v["DeleteMarker"]) and v["Key"] not in marked]
-    if doomed:  # an index object deleted or changed outside Lethe keeps the version a manifest names
-        damaged = damaged_indexes(client, bucket, listed)
-        doomed = [v for v in doomed if v["Key"] not in damaged]
+    kept = {v["Key"] for v in listed if v["IsLatest"] and v["DeleteMarker"]}
+    doomed = [v for v in listed if not v["IsLatest"] and v["Key"] not in kept]
+    if doomed:  # an index object overwritten outside Lethe keeps the version a manifest names
+        kept |= overwritten_indexes(client, bucket, listed)
+        doomed = [v for v in doomed if v["Key"] not in kept]
     return delete_versions(client, bucket, doomed)
 
 
