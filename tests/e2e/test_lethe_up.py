@@ -127,6 +127,14 @@ class Local:
                         for error in e.get("error_detail") or []:  # the exception itself, not only "failed"
                             events.append(f"  {error.get('exc_type')}: {error.get('exc_value')}")
                 lines += ["    " + e for e in events[-25:]]
+        if dag_id == "subject_erasure":  # a request failed at a step says why in the database, not in a task's log
+            reasons = sql(
+                self.db_url,
+                "SELECT status, detail->>'error' FROM erasure_requests WHERE claimed_by = %s OR detail->>'run_id' = %s",
+                run_id,
+                run_id,
+            )
+            lines += [f"request {status}: {error}" for status, error in reasons]
         return "\n".join(lines)
 
     def trigger(self, dag_id: str, conf: dict[str, Any]) -> str:

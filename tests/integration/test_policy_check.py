@@ -115,6 +115,31 @@ def test_a_partition_dropped_while_the_check_reads_is_not_an_unknown_table(
         assert cur.fetchone() == (None,)
 
 
+def test_a_partition_detached_while_an_erasure_reads_the_graph_is_not_a_table_of_the_platform(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The purge's detach, rename and mark commit after the erasure asked which partitions retention is dropping
+    and before it read the foreign keys: the plan saw `<name>__expired` linked to accounts, without a rule, and
+    failed the request (CI, stop 36: an erasure approved in the UI beside retention_nightly)."""
+    from lethe.erasure import discovery
+
+    real_being_dropped = discovery.being_dropped
+    detached = []
+
+    def purge_commits_now(*args: object, **kwargs: object) -> set[str]:
+        found = real_being_dropped(*args, **kwargs)  # type: ignore[arg-type]
+        if not detached:
+            detached.append(detach_as_retention_does(db_url, "usage_events"))
+        return found
+
+    monkeypatch.setattr(discovery, "being_dropped", purge_commits_now)
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        graph = discovery.read_graph(cur, load_policy())
+    assert detached, "the purge's commit was not placed between the two reads"
+    assert "usage_events" in graph.tables
+    assert not any(t.endswith("__expired") for t in [*graph.tables, *graph.referenced]), graph.tables
+
+
 @pytest.mark.parametrize(
     ("old", "new", "expected"),
     [

@@ -87,7 +87,7 @@ EXPIRED_SUFFIX = "__expired"
 
 def expired_marker(table: str) -> str:
     """The comment on a partition retention detached from `table` and has yet to drop."""
-    return f"lethe retention: expired partition detached from {table}, to be dropped"
+    return f"{relations.EXPIRED_PARTITION_MARK}{table}, to be dropped"
 
 
 def detached_leftovers(cur: psycopg2.extensions.cursor, table: str) -> list[str]:
