@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    from lethe.backup import chain
+    from lethe.backup import chain, manifest
     from lethe.backup.propagate import propagate_region
     from lethe.backup.replicate import replicate_snapshot
     from lethe.backup.snapshot import backed_up_tables, take_snapshot
@@ -321,6 +321,16 @@ def main(argv: list[str] | None = None) -> int:
             f"one erasure: data {many_data / alone_data:.2f}x into one, with manifests {many_all / alone_all:.2f}x"
             " (target at most 2x)"
         )
+        # The per-person bound, read from the last night's manifest in each region: the bytes of the objects her
+        # erasure rewrote that it names, against all it names (an incremental one names the base and every delta).
+        for region, new in ((first, many), (second, alone)):
+            last = manifest.read(clients[region], buckets[region], sids[-1])
+            named = {o.key for o in last.objects}
+            hers = sum(size for (key, _), size in new.items() if key in named)
+            print(
+                f"the per-person bound in {region}'s last snapshot: her objects {hers / 1e6:.3f} MB of the"
+                f" {last.total_bytes / 1e6:.2f} MB it names, 1/{last.total_bytes / hers:.0f} (bound 1/{last.buckets})"
+            )
     return 0
 
 
