@@ -224,14 +224,22 @@ def restores_to(
         testing.drop_database(target)
 
 
+def take_night(
+    db_url: str, s3: str, policy: Policy, tables: list[str], sid: str, n: int, region: str, copy_to: str | None = None
+) -> dict:
+    """Night `n` of the platform (changed by `change`, but the first), snapshot `sid` taken in `region` and copied
+    into `copy_to` when given; returns what the primary held (plain SQL)."""
+    if n:
+        change(db_url, n)
+    held = contents(db_url, tables)
+    take_snapshot(db_url, region, s3, sid, policy, KEY)
+    if copy_to:
+        replicate_snapshot(db_url, sid, region, s3, copy_to, s3)
+    return held
+
+
 def nights_of(db_url: str, s3: str, policy: Policy, tables: list[str], nights: list[str], region: str) -> dict:
-    expected = {}
-    for n, sid in enumerate(nights):
-        if n:
-            change(db_url, n)
-        expected[sid] = contents(db_url, tables)
-        take_snapshot(db_url, region, s3, sid, policy, KEY)
-    return expected
+    return {sid: take_night(db_url, s3, policy, tables, sid, n, region) for n, sid in enumerate(nights)}
 
 
 def test_one_erasure_rewrites_each_shared_object_once_and_every_manifest_naming_it(
@@ -358,11 +366,7 @@ def test_replicated_chains_stay_what_each_region_serves_through_an_erasure(db_ur
     expected = {}
 
     def night(n: int) -> None:
-        if n:
-            change(db_url, n)
-        expected[NIGHTS[n]] = contents(db_url, tables)
-        take_snapshot(db_url, source, s3_endpoint, NIGHTS[n], policy, KEY)
-        replicate_snapshot(db_url, NIGHTS[n], source, s3_endpoint, target, s3_endpoint)
+        expected[NIGHTS[n]] = take_night(db_url, s3_endpoint, policy, tables, NIGHTS[n], n, source, target)
 
     for n in range(3):
         night(n)

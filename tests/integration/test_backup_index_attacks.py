@@ -17,7 +17,6 @@ from lethe import testing
 from lethe.backup import layout, manifest, store
 from lethe.backup.expiry import expire_region
 from lethe.backup.propagate import propagate_region
-from lethe.backup.replicate import replicate_snapshot
 from lethe.backup.restore import restore_snapshot
 from lethe.backup.snapshot import take_snapshot
 from lethe.config import BACKUP_REGIONS, BUCKETS
@@ -28,12 +27,12 @@ from test_backup_incremental_erasure import (
     NIGHTS,
     _audit,
     change,
-    contents,
     inconsistencies,
     incremental_policy,
     nights_of,
     restores_to,
     tables_of,
+    take_night,
     without_her,
 )
 
@@ -176,9 +175,7 @@ def test_manifests_from_before_index_objects_mixed_into_a_chain_propagate_expire
         patch.setattr(manifest, "_split", lambda m: None)
         expected = nights_of(db_url, s3_endpoint, policy, tables, NIGHTS[:2], REGION)
     for n, sid in enumerate(NIGHTS[2:4], start=2):
-        change(db_url, n)
-        expected[sid] = contents(db_url, tables)
-        take_snapshot(db_url, REGION, s3_endpoint, sid, policy, KEY)
+        expected[sid] = take_night(db_url, s3_endpoint, policy, tables, sid, n, REGION)
     assert index_refs(client, bucket, NIGHTS[0]) == [] and index_refs(client, bucket, NIGHTS[3])
     pseudonym = erase(db_url, HER)
     propagate_region(db_url, REGION, s3_endpoint, key=KEY)
@@ -214,11 +211,7 @@ def test_a_second_region_holds_no_superseded_index_after_copies_propagation_and_
     nights = [*NIGHTS, "20261106T020000Z"]
 
     def night(n: int) -> None:
-        if n:
-            change(db_url, n)
-        expected[nights[n]] = contents(db_url, tables)
-        take_snapshot(db_url, source, s3_endpoint, nights[n], policy, KEY)
-        replicate_snapshot(db_url, nights[n], source, s3_endpoint, target, s3_endpoint)
+        expected[nights[n]] = take_night(db_url, s3_endpoint, policy, tables, nights[n], n, source, target)
 
     for n in range(3):
         night(n)
