@@ -124,6 +124,36 @@ def foreign_keys(cur: psycopg2.extensions.cursor, names: Iterable[str] = ()) -> 
     return out
 
 
+_EXPIRED_FK_SQL = """
+SELECT n.nspname || '.' || ch.relname,
+       coalesce(pg_partition_root(c.confrelid), c.confrelid)::oid,
+       coalesce(pg_partition_root(c.confrelid), c.confrelid)::regclass::text,
+       ARRAY(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY k(n, i)
+             JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.i),
+       ARRAY(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY k(n, i)
+             JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.i)
+FROM pg_constraint c
+JOIN pg_class ch ON ch.oid = c.conrelid
+JOIN pg_namespace n ON n.oid = ch.relnamespace
+WHERE c.contype = 'f'
+  AND EXISTS (SELECT 1 FROM pg_description d WHERE d.classoid = 'pg_class'::regclass AND d.objsubid = 0
+              AND d.objoid = c.conrelid AND starts_with(d.description, %s))
+ORDER BY 1, c.conname
+"""
+
+
+def expired_partition_keys(cur: psycopg2.extensions.cursor, names: Iterable[str] = ()) -> list[ForeignKey]:
+    """The foreign keys of retention's marked expired partitions (`<name>__expired`: detached, not dropped yet),
+    each child as `schema.relname`. A detached partition keeps its keys: its rows still point at live rows,
+    which cannot be deleted before them (`foreign_keys` leaves these out: they are no table of the platform)."""
+    known = policy_oids(cur, names)
+    cur.execute(_EXPIRED_FK_SQL, (EXPIRED_PARTITION_MARK,))
+    return [
+        ForeignKey(child, tuple(ccols), known.get(int(parent_oid), parent), tuple(pcols))
+        for child, parent_oid, parent, ccols, pcols in cur.fetchall()
+    ]
+
+
 def primary_keys(cur: psycopg2.extensions.cursor, names: Iterable[str]) -> dict[str, tuple[str, ...]]:
     """The primary-key columns of each named table that has one, in key order."""
     known = policy_oids(cur, names)

@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg2.extensions
 import psycopg2.extras
-from lethe import holds, ledger, masking, residue
+from lethe import holds, ledger, masking, relations, residue
 from lethe.db import table as lethe_table
 from lethe.erasure import discovery, side_effects, sweep
 from lethe.erasure.discovery import ErasureGraphError, Graph
@@ -108,6 +108,9 @@ def apply(
     cur.execute(sql.SQL("ANALYZE {}").format(TARGETS))  # statistics for the joins below (discovery._analyse)
 
     deleted = {t for t in graph.tables if policy.tables[t].erasure.action == "delete"}  # type: ignore[union-attr]
+    # Read now, with the graph's tables locked (plan.build read them): no partition of theirs is detached, and no
+    # table referencing them dropped, before this transaction ends.
+    expired = relations.expired_partition_keys(cur, policy.tables)
     order = [*graph.deletion_order, *graph.referenced]  # the rows the person's rows pointed to come last
     if any("placeholder" in policy.tables[t].erasure.columns.values() for t in order):  # type: ignore[union-attr]
         ensure_placeholder(cur, policy)
@@ -121,6 +124,7 @@ def apply(
         )
         if erasure.action == "delete":
             _cut_links_to_self(cur, graph, table)
+            _delete_expired_rows(cur, graph, table, expired)
             counts = _counted(
                 cur,
                 sql.SQL(
@@ -224,6 +228,30 @@ def _null_link(
             rows=rows,
         )
     )
+
+
+def _delete_expired_rows(cur: psycopg2.extensions.cursor, graph: Graph, table: str, expired: list[ForeignKey]) -> None:
+    """Rows of an expired partition retention detached and is dropping (`<name>__expired`) that point at a row of
+    `table` being deleted: deleted first (past retention, they go with the partition anyway, and are not counted).
+    The detached partition keeps its foreign keys: the erasure failed on them until the purge's DROP."""
+    for fk in expired:
+        if fk.parent != table:
+            continue
+        cur.execute(
+            sql.SQL(
+                "DELETE FROM {c} c USING {p} p JOIN {e} e ON {ppk} JOIN {g} g ON g.owner = e.owner WHERE {ref}"
+            ).format(
+                c=relation(fk.child),
+                p=relation(table),
+                e=discovery.temp_name(table),
+                ppk=_pk_match(graph.primary_keys[table], "p", "e"),
+                g=TARGETS,
+                ref=sql.SQL(" AND ").join(
+                    sql.SQL("c.{} = p.{}").format(sql.Identifier(cc), sql.Identifier(pc))
+                    for cc, pc in zip(fk.child_columns, fk.parent_columns, strict=True)
+                ),
+            )
+        )
 
 
 def _cut_links(cur: psycopg2.extensions.cursor, graph: Graph, table: str, deleted: set[str], handled: set[str]) -> None:

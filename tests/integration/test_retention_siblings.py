@@ -1,0 +1,83 @@
+"""Sibling races of retention's partition drop: Lethe code reading the catalog or the partitioned tables in
+several statements while a purge's detach, rename and drop commit in between (real PostgreSQL)."""
+
+from __future__ import annotations
+
+import erasure_people as people
+import psycopg2
+import pytest
+
+pytestmark = pytest.mark.integration
+
+KEY = b"sibling-race-key"
+
+
+def detach_like_retention(db_url: str, part: str) -> None:
+    """Retention's first transaction for partition `part`: detached, renamed `<part>__expired`, marked."""
+    from lethe.retention.catalog import expired_marker
+
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("SET statement_timeout = '30s'")
+        cur.execute("SELECT inhparent::regclass::text FROM pg_inherits WHERE inhrelid = %s::regclass", (part,))
+        (parent,) = cur.fetchone()  # type: ignore[misc]
+        cur.execute(f'ALTER TABLE "{parent}" DETACH PARTITION "{part}"')
+        cur.execute(f'ALTER TABLE "{part}" RENAME TO "{part}__expired"')
+        cur.execute(f'COMMENT ON TABLE "{part}__expired" IS %s', (expired_marker(parent),))
+
+
+def her_partitions(db_url: str, table: str) -> list[str]:
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute(
+            f"SELECT DISTINCT tableoid::regclass::text FROM {table} WHERE user_id = %s ORDER BY 1",  # noqa: S608
+            (people.ASHA["user_id"],),
+        )
+        return [r[0] for r in cur.fetchall()]
+
+
+def approved_request(db_url: str, run_id: str) -> str:
+    from lethe.db import transaction
+    from lethe.erasure import lifecycle, request
+
+    with transaction(db_url) as cur:
+        request_id, _ = request.register(cur, "email", people.ASHA["email"])
+        lifecycle.claim_one(cur, request_id, run_id, [])
+        lifecycle.move(cur, "plan", [request_id], run_id=run_id)
+        lifecycle.move(cur, "approve_unattended", [request_id], run_id=run_id)
+    return str(request_id)
+
+
+def test_an_erasure_beside_a_partition_retention_detached_deletes_the_persons_rows_there_first(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The purge's first transaction (detach, rename, mark) commits after the erasure read the graph and before
+    it deleted her account: the detached `<name>__expired` keeps its foreign key to accounts and her rows in it,
+    and the erasure failed on a ForeignKeyViolation (for as long as the DROP waits for the erasures' locks on
+    accounts, or a killed purge left it)."""
+    from lethe.erasure import tasks
+    from lethe.policy import load_policy
+
+    people.insert_people(db_url)
+    part = her_partitions(db_url, "usage_events")[0]
+    request_id = approved_request(db_url, "sibling-run")
+    real_read_graph = tasks.read_graph
+    detached = []
+
+    def purge_detaches_now(*args: object, **kwargs: object) -> object:
+        graph = real_read_graph(*args, **kwargs)  # type: ignore[arg-type]
+        if not detached:  # the graph is read, her account not yet deleted
+            detach_like_retention(db_url, part)
+            detached.append(part)
+        return graph
+
+    monkeypatch.setattr(tasks, "read_graph", purge_detaches_now)
+    summary = tasks.erase_run("sibling-run", db_url, KEY, load_policy())
+
+    assert detached == [part]
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT status, detail->>'error' FROM erasure_requests WHERE request_id = %s", (request_id,))
+        assert cur.fetchone() == ("erased", None)
+        cur.execute(f'SELECT user_id, count(*) FROM "{part}__expired" GROUP BY 1 ORDER BY 1')  # noqa: S608
+        left = dict(cur.fetchall())
+    assert summary["outcomes"] == {"erased": 1}, summary
+    assert people.ASHA["user_id"] not in left  # hers went with her account
+    assert left  # the other people's expired rows are the purge's to drop
