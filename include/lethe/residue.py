@@ -48,7 +48,7 @@ from lethe import masking
 from lethe.policy import Policy
 from lethe.pseudonym import normalise as pseudonym_normalise
 from lethe.pseudonym import subject_pseudonym
-from lethe.relations import policy_oids, regclass_literal, relation, subject_key_type
+from lethe.relations import EXPIRED_PARTITION_MARK, policy_oids, regclass_literal, relation, subject_key_type
 
 DEFAULT_REGION = "IN"  # until a policy says otherwise (subject.phone_region): re:Skill's members are in India
 _phone_region = DEFAULT_REGION
@@ -667,6 +667,9 @@ def policy_schemas(cur: psycopg2.extensions.cursor, policy: Policy) -> list[str]
 def text_tables(cur: psycopg2.extensions.cursor, schemas: list[str], names: Iterable[str] = ()) -> list[Table]:
     """Every table (partitioned parents, not their partitions) and its text-like columns.
 
+    Retention's detached expired partitions (`<name>__expired`, marked) are left out in the same statement: they
+    are no table of the platform, and the purge drops them in a transaction of its own, maybe before they are read.
+
     Tables of `names` (the policy's) carry the policy's name; others `relname` on the search path, else
     `schema.relname`.
     """
@@ -684,9 +687,11 @@ def text_tables(cur: psycopg2.extensions.cursor, schemas: list[str], names: Iter
         LEFT JOIN pg_type et ON et.oid = t.typelem AND t.typcategory = 'A'
         WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'p') AND NOT c.relispartition
           AND coalesce(et.typname, t.typname) = ANY(%s)
+          AND NOT EXISTS (SELECT 1 FROM pg_description d WHERE d.objoid = c.oid AND d.classoid = 'pg_class'::regclass
+                          AND d.objsubid = 0 AND starts_with(d.description, %s))
         ORDER BY n.nspname, c.relname, a.attnum
         """,
-        (schemas, list(_TEXT_TYPES)),
+        (schemas, list(_TEXT_TYPES), EXPIRED_PARTITION_MARK),
     )
     tables: dict[tuple[int, str, str], list[Column]] = defaultdict(list)
     for oid, schema, table, column, typ, is_json, is_array, not_null in cur.fetchall():

@@ -81,3 +81,40 @@ def test_an_erasure_beside_a_partition_retention_detached_deletes_the_persons_ro
     assert summary["outcomes"] == {"erased": 1}, summary
     assert people.ASHA["user_id"] not in left  # hers went with her account
     assert left  # the other people's expired rows are the purge's to drop
+
+
+def drop_like_retention(db_url: str, part: str) -> None:
+    """Retention's second transaction for partition `part`: the detached `<part>__expired` dropped."""
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("SET statement_timeout = '30s'")
+        cur.execute(f'DROP TABLE "{part}__expired"')
+
+
+def test_a_partition_dropped_while_the_audit_scans_by_value_is_not_read(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The audit's scan by value listed every table of the schemas, `<name>__expired` included, and read them one
+    by one later: the purge's DROP committing in between failed the check on a table that was gone."""
+    from lethe import residue
+    from lethe.audit import primary
+    from lethe.policy import load_policy
+    from lethe.pseudonym import pseudonym
+
+    people.insert_people(db_url)
+    part = her_partitions(db_url, "visitor_logs")[0]
+    detach_like_retention(db_url, part)
+    real_scan_rows = residue.scan_rows
+    dropped = []
+
+    def purge_drops_it_now(*args: object, **kwargs: object) -> object:
+        if not dropped:  # the tables are listed, none read yet
+            drop_like_retention(db_url, part)
+            dropped.append(part)
+        return real_scan_rows(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(residue, "scan_rows", purge_drops_it_now)
+    erased = ({"someone"}, {pseudonym(KEY, "email", "gone@example.com")})
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        counts, _ = primary.erasure_residue_scan(cur, load_policy(), KEY, erased)
+    assert dropped == [part]
+    assert counts == {"erased_found_by_value": 0}
