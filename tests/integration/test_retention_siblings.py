@@ -118,3 +118,28 @@ def test_a_partition_dropped_while_the_audit_scans_by_value_is_not_read(
         counts, _ = primary.erasure_residue_scan(cur, load_policy(), KEY, erased)
     assert dropped == [part]
     assert counts == {"erased_found_by_value": 0}
+
+
+def test_a_partition_the_purge_detaches_after_the_erasure_looked_it_up_is_not_vacuumed(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After its commit the erasure vacuums the partitions it wrote: it asked whether each still exists, then ran
+    VACUUM in another statement; the purge detaching and renaming it (or dropping it) in between failed the erase
+    task after the erasure had committed."""
+    from lethe.erasure import vacuum
+
+    people.insert_people(db_url)
+    part = her_partitions(db_url, "usage_events")[0]
+    real_relation = vacuum.relation
+    detached = []
+
+    def purge_detaches_now(name: str) -> object:
+        if name == f"public.{part}" and not detached:  # looked up, not vacuumed yet
+            detach_like_retention(db_url, part)
+            detached.append(part)
+        return real_relation(name)
+
+    monkeypatch.setattr(vacuum, "relation", purge_detaches_now)
+    done = vacuum.vacuum(db_url, ["accounts", f"public.{part}"])
+    assert detached == [part]
+    assert done == ["accounts"]
