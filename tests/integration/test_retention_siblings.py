@@ -143,3 +143,69 @@ def test_a_partition_the_purge_detaches_after_the_erasure_looked_it_up_is_not_va
     done = vacuum.vacuum(db_url, ["accounts", f"public.{part}"])
     assert detached == [part]
     assert done == ["accounts"]
+
+
+def detach_keeping_held_like_retention(db_url: str, part: str, held_user: int) -> None:
+    """Retention's first transaction for `part` when someone in it is under legal hold: their rows copied into a
+    fresh table, the partition detached, renamed and marked, the fresh table attached under its name. Refused
+    (LockNotAvailable) when the partition cannot be locked within a second."""
+    from lethe.retention.catalog import expired_marker
+
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("SET statement_timeout = '30s'")
+        cur.execute("SET lock_timeout = '1s'")
+        cur.execute(
+            "SELECT inhparent::regclass::text, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i"
+            " JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhrelid = %s::regclass",
+            (part,),
+        )
+        parent, bound = cur.fetchone()  # type: ignore[misc]
+        cur.execute(f'LOCK TABLE "{part}" IN SHARE MODE')
+        cur.execute(f'CREATE TABLE "{part}__held" (LIKE "{parent}" INCLUDING ALL)')
+        cur.execute(f'INSERT INTO "{part}__held" SELECT * FROM "{part}" WHERE user_id = %s', (held_user,))  # noqa: S608
+        cur.execute(f'ALTER TABLE "{parent}" DETACH PARTITION "{part}"')
+        cur.execute(f'ALTER TABLE "{part}" RENAME TO "{part}__expired"')
+        cur.execute(f'COMMENT ON TABLE "{part}__expired" IS %s', (expired_marker(parent),))
+        cur.execute(f'ALTER TABLE "{part}__held" RENAME TO "{part}"')
+        cur.execute(f'ALTER TABLE "{parent}" ATTACH PARTITION "{part}" {bound}')
+
+
+def test_a_backup_export_holds_the_partitions_of_its_snapshot_however_the_purge_detaches_meanwhile(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The export reads every table in one REPEATABLE READ snapshot, taken at its first statement, and locked the
+    partitions only later (when it sized the tables): a purge detaching a partition in between, its held rows put
+    back in a fresh table, left the export with neither the partition's rows as of its snapshot nor the held
+    rows (written after it): a legally held person's events missing from the night's backup."""
+    from lethe.backup import snapshot
+    from lethe.policy import load_policy
+
+    people.insert_people(db_url)
+    held = people.CHITRA["user_id"]
+    part = her_partitions(db_url, "usage_events")[0]
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*), count(*) FILTER (WHERE user_id = %s) FROM usage_events", (held,))
+        before, held_rows = cur.fetchone()  # type: ignore[misc]
+    assert held_rows
+    real_table_sizes = snapshot.table_sizes
+    purge: list[str] = []
+
+    def purge_detaches_now(*args: object, **kwargs: object) -> object:
+        if not purge:  # after the export's snapshot, before it sized (and so locked) the tables
+            try:
+                detach_keeping_held_like_retention(db_url, part, held)
+                purge.append("committed")
+            except psycopg2.errors.LockNotAvailable:
+                purge.append("waited for the export")
+        return real_table_sizes(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(snapshot, "table_sizes", purge_detaches_now)
+
+    def sink(table: str, bucket_no: int | None, body: object, last: int | None = None) -> tuple[str, str]:
+        return f"{table}/{bucket_no}", ""
+
+    policy = load_policy()
+    with snapshot.export_transaction(db_url, lock=snapshot.backed_up_tables(policy)) as cur:
+        entries = snapshot.export_tables(cur, snapshot.backed_up_tables(policy), policy, KEY, set(), sink)
+    assert purge, "the purge was not placed after the export's snapshot"
+    assert entries["usage_events"].rows == before, purge

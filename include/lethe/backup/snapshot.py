@@ -13,7 +13,7 @@ import contextlib
 import io
 import logging
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,6 +22,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import psycopg2.extensions
 import pyarrow as pa
+from psycopg2 import sql
 
 from lethe import relations
 from lethe.backup import chain, frames, heap, layout, locks, store, writer
@@ -55,15 +56,30 @@ EXPORT_IDLE_TIMEOUT = "10min"
 
 @contextlib.contextmanager
 def export_transaction(
-    db_url: str, *, statement_timeout: str = EXPORT_STATEMENT_TIMEOUT, idle_timeout: str = EXPORT_IDLE_TIMEOUT
+    db_url: str,
+    *,
+    statement_timeout: str = EXPORT_STATEMENT_TIMEOUT,
+    idle_timeout: str = EXPORT_IDLE_TIMEOUT,
+    lock: Sequence[str] = (),
 ) -> Iterator[psycopg2.extensions.cursor]:
-    """A read-only REPEATABLE READ transaction, all tables from one instant, bounded in time; rolled back."""
+    """A read-only REPEATABLE READ transaction, all tables from one instant, bounded in time; rolled back.
+
+    The tables of `lock` (a partitioned one with its partitions) are locked before the snapshot is taken: a
+    partition retention detached after the snapshot was gone from its table when read, and the rows it put back
+    in a fresh partition (legally held people's) were written after the snapshot, so missing too."""
     conn = connect(db_url)
     try:
         conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ, readonly=True)
         with conn.cursor() as cur:
-            cur.execute("SELECT set_config('statement_timeout', %s, true)", (statement_timeout,))
-            cur.execute("SELECT set_config('idle_in_transaction_session_timeout', %s, true)", (idle_timeout,))
+            # SET and LOCK take no snapshot: it is taken by the first query, after the locks are held.
+            cur.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(statement_timeout)))
+            cur.execute(sql.SQL("SET LOCAL idle_in_transaction_session_timeout = {}").format(sql.Literal(idle_timeout)))
+            if lock:
+                cur.execute(
+                    sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(
+                        sql.SQL(", ").join(relations.relation(t) for t in lock)
+                    )
+                )
             yield cur
         conn.rollback()
     finally:
@@ -206,7 +222,7 @@ def _export(
         if policy.backups.incremental:  # the night before is read whole: no propagation rewrites it meanwhile
             held.enter_context(session_lock(db_url, writer.chain_lock(region)))
         previous = _previous(client, bucket, sid) if policy.backups.incremental else None
-        with export_transaction(db_url) as cur:
+        with export_transaction(db_url, lock=backed_up_tables(policy)) as cur:
             cur.execute("SELECT subject_pseudonym FROM erasure_tombstones")
             tombstones = {row[0] for row in cur.fetchall()}
             manifest.tombstones_at_export = len(tombstones)
