@@ -13,11 +13,13 @@ KEY = b"sibling-race-key"
 
 
 def detach_like_retention(db_url: str, part: str) -> None:
-    """Retention's first transaction for partition `part`: detached, renamed `<part>__expired`, marked."""
+    """Retention's first transaction for partition `part`: detached, renamed `<part>__expired`, marked. Refused
+    (LockNotAvailable) when the partition cannot be locked within a second."""
     from lethe.retention.catalog import expired_marker
 
     with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
         cur.execute("SET statement_timeout = '30s'")
+        cur.execute("SET lock_timeout = '1s'")
         cur.execute("SELECT inhparent::regclass::text FROM pg_inherits WHERE inhrelid = %s::regclass", (part,))
         (parent,) = cur.fetchone()  # type: ignore[misc]
         cur.execute(f'ALTER TABLE "{parent}" DETACH PARTITION "{part}"')
@@ -87,6 +89,7 @@ def drop_like_retention(db_url: str, part: str) -> None:
     """Retention's second transaction for partition `part`: the detached `<part>__expired` dropped."""
     with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
         cur.execute("SET statement_timeout = '30s'")
+        cur.execute("SET lock_timeout = '1s'")
         cur.execute(f'DROP TABLE "{part}__expired"')
 
 
@@ -209,3 +212,78 @@ def test_a_backup_export_holds_the_partitions_of_its_snapshot_however_the_purge_
         entries = snapshot.export_tables(cur, snapshot.backed_up_tables(policy), policy, KEY, set(), sink)
     assert purge, "the purge was not placed after the export's snapshot"
     assert entries["usage_events"].rows == before, purge
+
+
+def test_a_partition_another_purge_detaches_while_this_one_plans_is_not_counted_by_a_name_gone(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plan (a dry run beside the nightly purge, or a second run) listed the table's partitions, then counted
+    each by name in statements of their own: the other purge's detach and rename committing in between failed
+    the plan on a relation that no longer existed."""
+    from datetime import UTC, datetime
+
+    from lethe.db import transaction
+    from lethe.retention import catalog, plan
+
+    people.insert_people(db_url)
+    real_partitions = catalog.partitions
+    purge: list[str] = []
+
+    def other_purge_detaches_now(cur: object, table: str) -> object:
+        found = real_partitions(cur, table)  # type: ignore[arg-type]
+        if table == "usage_events" and not purge:  # listed, not counted yet
+            try:
+                detach_like_retention(db_url, found[0].name)
+                purge.append("committed")
+            except psycopg2.errors.LockNotAvailable:
+                purge.append("waited for the plan")
+        return found
+
+    monkeypatch.setattr(catalog, "partitions", other_purge_detaches_now)
+    with transaction(db_url) as cur:
+        p = plan.build_plan(cur, datetime(2031, 1, 1, tzinfo=UTC), rules=["raw_usage_events"], dry_run=True)
+    assert purge
+    assert p.rule("raw_usage_events").partitions
+
+
+def test_a_leftover_another_purge_drops_while_this_one_plans_is_not_counted_by_a_name_gone(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plan listed the `<name>__expired` leftovers of a purge (killed, or between its two transactions) and then
+    counted each by name: that purge's DROP committing in between failed the plan."""
+    from datetime import UTC, datetime
+
+    from lethe.db import transaction
+    from lethe.retention import catalog, plan
+
+    people.insert_people(db_url)
+    part = catalog_partitions(db_url, "usage_events")[0]
+    detach_like_retention(db_url, part)
+    real_leftovers = catalog.detached_leftovers
+    purge: list[str] = []
+
+    def other_purge_drops_now(cur: object, table: str) -> list[str]:
+        found = real_leftovers(cur, table)  # type: ignore[arg-type]
+        if table == "usage_events" and not purge:  # listed, not counted yet
+            assert found == [f"{part}__expired"]
+            try:
+                drop_like_retention(db_url, part)
+                purge.append("committed")
+            except psycopg2.errors.LockNotAvailable:
+                purge.append("waited for the plan")
+        return found
+
+    monkeypatch.setattr(catalog, "detached_leftovers", other_purge_drops_now)
+    with transaction(db_url) as cur:
+        p = plan.build_plan(cur, datetime(2031, 1, 1, tzinfo=UTC), rules=["raw_usage_events"], dry_run=True)
+    assert purge
+    assert f"{part}__expired" not in [x.name for x in p.rule("raw_usage_events").partitions] or purge == [
+        "waited for the plan"
+    ]
+
+
+def catalog_partitions(db_url: str, table: str) -> list[str]:
+    from lethe.retention import catalog
+
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        return [p.name for p in catalog.partitions(cur, table)]

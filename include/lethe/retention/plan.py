@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg2.errors
 import psycopg2.extensions
 from lethe import holds
 from lethe.db import ConfigurationError
@@ -244,14 +245,23 @@ def build_plan(
         if rule.action == "drop_partitions":
             if any(fk.parent == table for fk in fks):
                 raise PlanError(f"table {table}, rule {rule.name}: drop_partitions on a table other tables reference")
+            # Its partitions locked before they are listed: another purge's detach and rename cannot come between
+            # the list and the counts below (it read each by a name the detach had changed).
+            cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(relation(table)))
             for name in catalog.detached_leftovers(cur, table):
-                cur.execute(
-                    sql.SQL("SELECT count(*) FILTER (WHERE NOT {h}), count(*) FILTER (WHERE {h}) FROM {p} t").format(
-                        h=preds.held(table, "t"), p=sql.Identifier(name)
-                    ),
-                    params,
-                )
+                cur.execute("SAVEPOINT lethe_leftover")
+                try:
+                    cur.execute(
+                        sql.SQL(
+                            "SELECT count(*) FILTER (WHERE NOT {h}), count(*) FILTER (WHERE {h}) FROM {p} t"
+                        ).format(h=preds.held(table, "t"), p=sql.Identifier(name)),
+                        params,
+                    )
+                except psycopg2.errors.UndefinedTable:  # the purge that left it dropped it since it was listed
+                    cur.execute("ROLLBACK TO SAVEPOINT lethe_leftover")
+                    continue
                 rows, held = cur.fetchone()  # type: ignore[misc]
+                cur.execute("RELEASE SAVEPOINT lethe_leftover")
                 partitions.append(PartitionPlan(name, "", "", rows, held, detached=True))
             for part in catalog.partitions(cur, table):
                 if part.upper > cutoffs[rule.name]:
