@@ -287,3 +287,31 @@ def catalog_partitions(db_url: str, table: str) -> list[str]:
 
     with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
         return [p.name for p in catalog.partitions(cur, table)]
+
+
+def test_a_policy_draft_beside_a_purge_neither_drafts_nor_samples_a_partition_retention_is_dropping(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`lethe policy init` listed every table, `<name>__expired` included, then sampled each one's text columns in
+    statements of their own: the draft named the leftover as a table of the platform, and the purge's DROP
+    between the list and the samples failed the command."""
+    from lethe.policy import draft
+
+    people.insert_people(db_url)
+    part = catalog_partitions(db_url, "usage_events")[0]
+    detach_like_retention(db_url, part)
+    real_foreign_keys = draft.relations.foreign_keys
+    purge: list[str] = []
+
+    def purge_drops_now(*args: object, **kwargs: object) -> object:
+        if not purge:  # the tables are listed, none sampled yet
+            drop_like_retention(db_url, part)
+            purge.append("committed")
+        return real_foreign_keys(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(draft.relations, "foreign_keys", purge_drops_now)
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        tables, _ = draft.draft_tables(cur, "accounts")
+    assert purge == ["committed"]
+    names = [t.name for t in tables]
+    assert "usage_events" in names and not any(n.endswith("__expired") for n in names), names

@@ -122,15 +122,19 @@ def classify(
 
 
 def _tables(cur: psycopg2.extensions.cursor, schemas: list[str]) -> dict[str, list[tuple[str, str]]]:
+    """Each table and its columns; retention's marked `<name>__expired` left out in this very statement (no table
+    of the platform: the purge drops it in a transaction of its own, maybe before it is sampled)."""
     cur.execute(
         """
         SELECT n.nspname, c.relname, a.attname, format_type(a.atttypid, NULL)
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
         WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND n.nspname = ANY(%s)
+          AND NOT EXISTS (SELECT 1 FROM pg_description d WHERE d.objoid = c.oid AND d.classoid = 'pg_class'::regclass
+                          AND d.objsubid = 0 AND starts_with(d.description, %s))
         ORDER BY n.nspname <> %s, n.nspname, c.relname, a.attnum
         """,
-        (schemas, PLATFORM_SCHEMA),
+        (schemas, relations.EXPIRED_PARTITION_MARK, PLATFORM_SCHEMA),
     )
     out: dict[str, list[tuple[str, str]]] = {}
     for schema, table, column, type_ in cur.fetchall():
