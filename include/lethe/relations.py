@@ -82,8 +82,9 @@ def policy_oids(cur: psycopg2.extensions.cursor, names: Iterable[str]) -> dict[i
 # The comment retention puts on an expired partition it has detached and is about to drop (lethe.retention.catalog).
 EXPIRED_PARTITION_MARK = "lethe retention: expired partition detached from "
 
-# Retention's detached partitions are left out by this very statement: it renames, marks and later drops them in
-# transactions of its own, and a list read in two statements (the keys, then what is being dropped) raced them.
+# Whether each side carries retention's mark is read by this very statement: retention renames, marks and later
+# drops its detached partitions in transactions of its own, and a list read in two statements (the keys, then
+# what is being dropped) raced them.
 _FK_SQL = """
 SELECT c.conname,
        coalesce(pg_partition_root(c.conrelid), c.conrelid)::oid,
@@ -93,65 +94,49 @@ SELECT c.conname,
        ARRAY(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY k(n, i)
              JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.i),
        ARRAY(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY k(n, i)
-             JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.i)
+             JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.i),
+       EXISTS (SELECT 1 FROM pg_description d WHERE d.classoid = 'pg_class'::regclass AND d.objsubid = 0
+               AND d.objoid = c.conrelid AND starts_with(d.description, %(mark)s)),
+       EXISTS (SELECT 1 FROM pg_description d WHERE d.classoid = 'pg_class'::regclass AND d.objsubid = 0
+               AND d.objoid = c.confrelid AND starts_with(d.description, %(mark)s))
 FROM pg_constraint c
 JOIN pg_namespace n ON n.oid = (SELECT relnamespace FROM pg_class WHERE oid = c.conrelid)
 WHERE c.contype = 'f' AND c.conparentid = 0
   AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%%'
-  AND NOT EXISTS (SELECT 1 FROM pg_description d WHERE d.classoid = 'pg_class'::regclass AND d.objsubid = 0
-                  AND d.objoid IN (c.conrelid, c.confrelid) AND starts_with(d.description, %s))
 ORDER BY 3, 1
 """
 
 
+def _keys(cur: psycopg2.extensions.cursor, names: Iterable[str]) -> list[tuple[ForeignKey, bool, bool]]:
+    """Every foreign key (once), with whether its child and its parent carry retention's mark."""
+    known = policy_oids(cur, names)
+    cur.execute(_FK_SQL, {"mark": EXPIRED_PARTITION_MARK})
+    seen: set[tuple[str, tuple[str, ...], str, tuple[str, ...]]] = set()
+    out = []
+    for conname, child_oid, child, parent_oid, parent, ccols, pcols, child_marked, parent_marked in cur.fetchall():
+        fk = (known.get(int(child_oid), child), tuple(ccols), known.get(int(parent_oid), parent), tuple(pcols))
+        if fk in seen:
+            continue
+        seen.add(fk)
+        out.append((ForeignKey(*fk, name=conname), bool(child_marked), bool(parent_marked)))
+    return out
+
+
 def foreign_keys(cur: psycopg2.extensions.cursor, names: Iterable[str] = ()) -> list[ForeignKey]:
-    """Every foreign key of the database, partitions' own folded into their partitioned parent.
+    """Every foreign key of the database, partitions' own folded into their partitioned parent; keys of
+    retention's marked expired partitions (`<name>__expired`) left out: they are no table of the platform.
 
     A key the parent declares is cloned onto each partition (conparentid set): only the parent's
     counts. A key declared on partitions only (conparentid 0, a partition's conrelid) counts once,
     as its root's. Tables named in `names` (the policy's tables) come back under those names.
     """
-    known = policy_oids(cur, names)
-    cur.execute(_FK_SQL, (EXPIRED_PARTITION_MARK,))
-    seen: set[tuple[str, tuple[str, ...], str, tuple[str, ...]]] = set()
-    out: list[ForeignKey] = []
-    for conname, child_oid, child, parent_oid, parent, ccols, pcols in cur.fetchall():
-        fk = (known.get(int(child_oid), child), tuple(ccols), known.get(int(parent_oid), parent), tuple(pcols))
-        if fk in seen:
-            continue
-        seen.add(fk)
-        out.append(ForeignKey(*fk, name=conname))
-    return out
-
-
-_EXPIRED_FK_SQL = """
-SELECT n.nspname || '.' || ch.relname,
-       coalesce(pg_partition_root(c.confrelid), c.confrelid)::oid,
-       coalesce(pg_partition_root(c.confrelid), c.confrelid)::regclass::text,
-       ARRAY(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY k(n, i)
-             JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.i),
-       ARRAY(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY k(n, i)
-             JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.i)
-FROM pg_constraint c
-JOIN pg_class ch ON ch.oid = c.conrelid
-JOIN pg_namespace n ON n.oid = ch.relnamespace
-WHERE c.contype = 'f'
-  AND EXISTS (SELECT 1 FROM pg_description d WHERE d.classoid = 'pg_class'::regclass AND d.objsubid = 0
-              AND d.objoid = c.conrelid AND starts_with(d.description, %s))
-ORDER BY 1, c.conname
-"""
+    return [fk for fk, child_marked, parent_marked in _keys(cur, names) if not (child_marked or parent_marked)]
 
 
 def expired_partition_keys(cur: psycopg2.extensions.cursor, names: Iterable[str] = ()) -> list[ForeignKey]:
-    """The foreign keys of retention's marked expired partitions (`<name>__expired`: detached, not dropped yet),
-    each child as `schema.relname`. A detached partition keeps its keys: its rows still point at live rows,
-    which cannot be deleted before them (`foreign_keys` leaves these out: they are no table of the platform)."""
-    known = policy_oids(cur, names)
-    cur.execute(_EXPIRED_FK_SQL, (EXPIRED_PARTITION_MARK,))
-    return [
-        ForeignKey(child, tuple(ccols), known.get(int(parent_oid), parent), tuple(pcols))
-        for child, parent_oid, parent, ccols, pcols in cur.fetchall()
-    ]
+    """The foreign keys of retention's marked expired partitions (`<name>__expired`: detached, not dropped yet).
+    A detached partition keeps its keys: its rows still point at live rows, which cannot be deleted before them."""
+    return [fk for fk, child_marked, _ in _keys(cur, names) if child_marked]
 
 
 def primary_keys(cur: psycopg2.extensions.cursor, names: Iterable[str]) -> dict[str, tuple[str, ...]]:
