@@ -122,6 +122,8 @@ def assert_rolled(client: Any, bucket: str) -> None:
             named |= {o["key"] for o in entry["objects"]}
         raw = gunzipped_json(client, bucket, f"snapshots/{sid}/manifest.json")
         named |= {ref["key"] for ref in raw.get("index_objects", [])}  # the entries' index objects
+    # the newest night's digests, for the next night (each night deletes the one before's)
+    named |= {f"snapshots/{RETAINED[-1]}/digests/{table}.parquet" for table in first["tables"]}
     listed = versions(client, bucket)
     assert not [v for v in listed if v["Marker"]]
     data = Counter(v["Key"] for v in listed if not v["Key"].endswith("manifest.json"))

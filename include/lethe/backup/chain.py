@@ -256,7 +256,7 @@ def table_rows(client: Any, bucket: str, entry: TableEntry) -> Iterator[pa.Table
             yield rows.drop_columns([c for c in OWN_COLUMNS if c in rows.column_names])
 
 
-def _span(obj: ObjectEntry) -> tuple[int, int]:
+def span(obj: ObjectEntry) -> tuple[int, int]:
     """The bucket numbers an object covers, first and last (as `covers`: None is NO_BUCKET)."""
     first = bucket_number(obj.bucket)
     return first, first if obj.last_bucket is None else obj.last_bucket
@@ -311,7 +311,7 @@ def digests_at(
     numbers = [bucket_number(b) for b in buckets]
     first_needed = {}
     for position, obj in enumerate(entry.objects):
-        first, last = _span(obj)
+        first, last = span(obj)
         at = bisect.bisect_left(numbers, first)
         if at < len(numbers) and numbers[at] <= last:
             first_needed[position] = numbers[at]
@@ -331,7 +331,7 @@ def digests_at(
                 position, future = queued.popleft()
                 active[position] = future
                 top_up()
-            for position in [p for p in active if _span(entry.objects[p])[1] < number]:
+            for position in [p for p in active if span(entry.objects[p])[1] < number]:
                 del active[position]
             steps = [active[p].result().get(number) for p in sorted(active)]
             yield held([s for s in steps if s is not None])

@@ -54,6 +54,9 @@ class TableEntry:
     objects: list[ObjectEntry] = field(default_factory=list)
     buckets: int | None = None  # this table's subject buckets; None in manifests from before per-table counts
     free_text: list[str] = field(default_factory=list)  # text-like columns searched for erased people
+    # An incremental night's digests of the table's rows, for the next night (lethe.backup.digest_state): key and
+    # sha256; None: the next night reads the chain's objects for them
+    digests: dict[str, str] | None = None
 
     @property
     def rewritable(self) -> bool:

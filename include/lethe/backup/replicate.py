@@ -110,6 +110,8 @@ def replicate_snapshot(
                 copied, kept = _copy_objects(source, source_bucket, client, bucket, manifest, fail_after_copies)
             removed = _remove_strays(client, bucket, manifest)
             manifest.region, manifest.bucket = region, bucket
+            for entry in manifest.tables.values():
+                entry.digests = None  # the source's next night diffs against its own; none are copied here
             record_honoured(db_url, region, sid, applied)
             write_manifest(client, bucket, manifest)  # last: from here on the snapshot exists
     return record_complete(

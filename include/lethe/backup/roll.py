@@ -248,6 +248,7 @@ def delete_unreferenced(client: Any, bucket: str, stored: list[Stored]) -> int:
     from lethe.storage import delete_versions
 
     named = {o.key for s in stored for o in s.manifest.objects} | {k for s in stored for k in s.manifest.indexes}
+    named |= {t.digests["key"] for s in stored for t in s.manifest.tables.values() if t.digests is not None}
     doomed: list[dict[str, Any]] = []
     for s in stored:
         if not s.manifest.incremental:

@@ -25,7 +25,7 @@ import pyarrow as pa
 from psycopg2 import sql
 
 from lethe import relations
-from lethe.backup import chain, frames, heap, layout, locks, store, writer
+from lethe.backup import chain, digest_state, frames, heap, layout, locks, store, writer
 from lethe.backup.certificate import update_certificates
 from lethe.backup.manifest import Manifest, ObjectEntry, TableEntry, snapshot_ids
 from lethe.backup.manifest import read as read_manifest
@@ -240,6 +240,8 @@ def _export(
             tombstones &= _applied(db_url, region, previous.snapshot_id)
         record_honoured(db_url, region, sid, tombstones)
         write_manifest(client, bucket, manifest)  # last: from here on the snapshot exists
+        if previous is not None:  # tonight's digests supersede the night before's
+            digest_state.delete_previous(client, bucket, previous.tables)
         return manifest, leftovers
 
 
@@ -357,7 +359,9 @@ def export_tables(
                 for table, entry, spill, writes in pending:
                     done = [w.result() for w in writes]
                     if table in before:  # a delta: the objects before it, then its own
-                        entry.objects = [*before[table].objects, *done[0]]
+                        objects, ends = done[0]
+                        entry.objects = [*before[table].objects, *objects]
+                        entry.digests = ends
                     else:
                         entry.objects = sorted(done, key=lambda o: o.key)
                     spill.close()  # its objects are stored: the disk space goes now, not at the end
@@ -541,9 +545,10 @@ def _write_delta(
     sink: Sink,
     indexer: TermIndexer | None,
     fetch: Executor,
-) -> list[ObjectEntry]:
+) -> tuple[list[ObjectEntry], dict[str, Any]]:
     """A table's night of changes against `before`, bucket by bucket: the rows whose digest is new, one gone row
-    per digest no longer there; consecutive buckets gathered into objects of about chain.DELTA_OBJECT_BYTES."""
+    per digest no longer there; consecutive buckets gathered into objects of about chain.DELTA_OBJECT_BYTES.
+    Also stores the digests the night ends with (lethe.backup.digest_state) and returns their reference."""
     rows_schema = spill.schema or _rows_schema(entry)
     schema = chain.delta_schema(rows_schema)
     reader = chain.Reader(since.client, since.bucket, columns=[])  # the digests only
@@ -562,25 +567,40 @@ def _write_delta(
 
     held = set(spill.buckets_held())
     buckets = sorted(held | set(chain.buckets_named(before)), key=lambda b: -1 if b is None else b)
-    was = chain.digests_at(reader, before, buckets, fetch, FETCH_AHEAD)
-    for bucket_no, was_digests in zip(buckets, was, strict=True):
-        # each block's digests copied out: a view would keep the block's whole buffer (every column) alive
-        now = [b.column(chain.ROW_COLUMN).to_numpy().copy() for b in spill.parts(bucket_no)]
-        new, gone = chain.changes(was_digests, np.concatenate(now) if now else np.empty(0, np.uint64))
-        number = chain.bucket_number(bucket_no)
-        added = chain.as_delta(_taken(spill, bucket_no, new, rows_schema), number, schema)
-        part = pa.concat_tables([added, chain.gone_rows(schema, gone, number)])
-        if not part.num_rows:
-            continue
-        if bucket_no is None:  # rows without a subject: an object of their own
-            flush()
-        group.append(part)
-        span.append(bucket_no)
-        gathered += part.nbytes
-        if bucket_no is None or gathered >= chain.DELTA_OBJECT_BYTES:
-            flush()
-    flush()
-    return objects
+    was = digest_state.digests_at(
+        since.client,
+        since.bucket,
+        before,
+        buckets,
+        lambda asked: chain.digests_at(reader, before, asked, fetch, FETCH_AHEAD),
+    )
+    ends = digest_state.Writer()
+    try:
+        for bucket_no, was_digests in zip(buckets, was, strict=True):
+            # each block's digests copied out: a view would keep the block's whole buffer (every column) alive
+            parts = [b.column(chain.ROW_COLUMN).to_numpy().copy() for b in spill.parts(bucket_no)]
+            now = np.concatenate(parts) if parts else np.empty(0, np.uint64)
+            ends.add(bucket_no, now)
+            new, gone = chain.changes(was_digests, now)
+            number = chain.bucket_number(bucket_no)
+            added = chain.as_delta(_taken(spill, bucket_no, new, rows_schema), number, schema)
+            part = pa.concat_tables([added, chain.gone_rows(schema, gone, number)])
+            if not part.num_rows:
+                continue
+            if bucket_no is None:  # rows without a subject: an object of their own
+                flush()
+            group.append(part)
+            span.append(bucket_no)
+            gathered += part.nbytes
+            if bucket_no is None or gathered >= chain.DELTA_OBJECT_BYTES:
+                flush()
+        flush()
+    except BaseException:
+        ends.discard()
+        raise
+    return objects, ends.store(
+        since.client, since.bucket, digest_state.key(since.night, table), [*before.objects, *objects]
+    )
 
 
 def _taken(spill: frames.BucketSpill, bucket_no: int | None, rows: np.ndarray, schema: pa.Schema) -> pa.Table:

@@ -1,0 +1,179 @@
+"""A table's row digests at an incremental night, kept in one object beside the night's own.
+
+An incremental night diffs tonight's rows against the digests of the night before (lethe.backup.chain). Worked out
+from the chain, they cost a GET of every object of it: 3,612 objects a night at 20,000 users, half the night's
+export (BENCHMARKS.md). Each delta night therefore stores the digests it ends with, (bucket, digest) rows in bucket
+order, at `<its prefix>digests/<table>.parquet`, with the key and sha256 of every object of the chain they sum up
+in its metadata; the manifest's table entry names it with its sha256. The next night reads that one object, and
+the chain's objects only for the buckets whose objects were rewritten since (a propagation erased somebody there)
+or when it is gone or does not match its checksum.
+
+Only the newest night's are kept: the next night deletes the previous night's once its manifest is written, and
+expiry deletes any that no retained manifest names. They are keyed digests, as every object of the chain carries.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lethe.backup import chain, layout, store
+
+if TYPE_CHECKING:
+    from lethe.backup.manifest import ObjectEntry, TableEntry
+
+log = logging.getLogger(__name__)
+
+SCHEMA = pa.schema([pa.field("bucket", pa.int32()), pa.field("digest", pa.uint64())])
+CHAIN_METADATA = b"lethe.chain"  # [[key, sha256], ...] of the objects the digests sum up
+ROWS_AT_ONCE = 1 << 20  # digests written and decoded at a time (8 MiB): a table's state is never whole in memory
+
+
+def key(sid: str, table: str) -> str:
+    return f"{layout.snapshot_prefix(sid)}digests/{table}.parquet"
+
+
+class Writer:
+    """Tonight's digests of a table, a bucket at a time in bucket order, into a temporary file."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115 (open until store() or discard())
+        self._out = pq.ParquetWriter(self._file, SCHEMA, compression="zstd", write_statistics=False)
+        self._gathered: list[pa.Table] = []
+        self._rows = 0
+
+    def add(self, bucket_no: int | None, digests: np.ndarray) -> None:
+        if len(digests):
+            number = np.full(len(digests), chain.bucket_number(bucket_no), dtype=np.int32)
+            self._gathered.append(pa.table([pa.array(number), pa.array(digests, pa.uint64())], schema=SCHEMA))
+            self._rows += len(digests)
+            if self._rows >= ROWS_AT_ONCE:
+                self._flush()
+
+    def _flush(self) -> None:
+        if self._gathered:
+            self._out.write_table(pa.concat_tables(self._gathered), row_group_size=ROWS_AT_ONCE)
+        self._gathered, self._rows = [], 0
+
+    def store(self, client: Any, bucket: str, object_key: str, objects: list[ObjectEntry]) -> dict[str, str]:
+        """Store the digests of the chain `objects` make up; their reference for the manifest."""
+        try:
+            self._flush()
+            self._out.add_key_value_metadata({CHAIN_METADATA: json.dumps([[o.key, o.sha256] for o in objects])})
+            self._out.close()
+            return {"key": object_key, "sha256": store.put_file(client, bucket, object_key, self._file)}
+        finally:
+            self._file.close()
+
+    def discard(self) -> None:
+        self._file.close()
+
+
+Digests = Iterator[np.ndarray]
+"""The digests of each of a list of buckets' rows, in the list's order (as chain.digests_at yields them)."""
+
+
+def digests_at(
+    client: Any,
+    bucket: str,
+    entry: TableEntry,
+    buckets: list[int | None],
+    from_chain: Callable[[list[int | None]], Digests],
+) -> Digests:
+    """The digests of each of `buckets`' rows at `entry`'s snapshot: from the digests it names, and from the
+    chain (`from_chain`) for the buckets any object rewritten since covers, or for all when it names none."""
+    opened = _open(client, bucket, entry)
+    if opened is None:
+        return from_chain(buckets)
+    held, recorded = opened
+    spans = [chain.span(o) for o in entry.objects if recorded.get(o.key) != o.sha256]
+    stale = [b for b in buckets if any(first <= chain.bucket_number(b) <= last for first, last in spans)]
+    where = f"s3://{bucket}/{entry.digests['key'] if entry.digests else ''}"
+    if len(stale) == len(buckets) or set(recorded) - {o.key for o in entry.objects}:
+        held.close()  # every bucket rewritten, or the chain rebuilt (expiry's roll): its objects it is
+        log.info("%s: the chain was rewritten since; its digests read from its objects", where)
+        return from_chain(buckets)
+    if stale:
+        log.info(
+            "%s: %d of %d buckets rewritten since; their digests read from the chain", where, len(stale), len(buckets)
+        )
+    return _merged(_by_bucket(held, [chain.bucket_number(b) for b in buckets], where), buckets, stale, from_chain)
+
+
+def _open(client: Any, bucket: str, entry: TableEntry) -> tuple[BinaryIO, dict[str, str]] | None:
+    """The entry's digests object, downloaded and checked, and the objects it sums up; None if it has none."""
+    if entry.digests is None:
+        return None
+    where = f"s3://{bucket}/{entry.digests['key']}"
+    held = tempfile.TemporaryFile()  # noqa: SIM115 (handed to the caller's reader, which closes it)
+    try:
+        sha = store.download(client, bucket, entry.digests["key"], held)
+    except store.MissingObject:
+        held.close()
+        log.warning("%s is missing; the chain's digests read from its objects", where)
+        return None
+    if sha != entry.digests["sha256"]:
+        held.close()
+        log.warning("%s does not match its checksum; the chain's digests read from its objects", where)
+        return None
+    metadata = pq.ParquetFile(held).metadata.metadata or {}
+    held.seek(0)
+    return held, {k: sha for k, sha in json.loads(metadata[CHAIN_METADATA])}
+
+
+def _merged(
+    state: Digests,
+    buckets: list[int | None],
+    stale: list[int | None],
+    from_chain: Callable[[list[int | None]], Digests],
+) -> Digests:
+    fresh = from_chain(stale)
+    rewritten = set(stale)
+    for bucket_no, digests in zip(buckets, state, strict=True):
+        yield next(fresh) if bucket_no in rewritten else digests
+
+
+def _by_bucket(held: BinaryIO, numbers: list[int], where: str) -> Digests:
+    with held:
+        batches = pq.ParquetFile(held).iter_batches(batch_size=ROWS_AT_ONCE)
+        at = np.empty(0, np.int32)  # the decoded batch's buckets and digests not handed out yet
+        digests = np.empty(0, np.uint64)
+        last = -2
+        for number in numbers:
+            found = []
+            while True:
+                if not len(at):
+                    batch = next(batches, None)
+                    if batch is None:
+                        break
+                    at, digests = batch.column(0).to_numpy(), batch.column(1).to_numpy()
+                    if len(at) and (at[0] < last or np.any(np.diff(at) < 0)):
+                        raise ValueError(f"{where}: digests not in bucket order")
+                    last = int(at[-1]) if len(at) else last
+                start, end = np.searchsorted(at, [number, number + 1])
+                if start:
+                    raise ValueError(f"{where}: digests of bucket {int(at[0])}, which no object of the chain covers")
+                found.append(digests[:end])
+                at, digests = at[end:], digests[end:]
+                if len(at):  # the rest is later buckets'
+                    break
+            yield np.concatenate(found) if found else np.empty(0, np.uint64)
+        if len(at) or next(batches, None) is not None:
+            raise ValueError(f"{where}: digests of a bucket no object of the chain covers")
+
+
+def delete_previous(client: Any, bucket: str, previous: dict[str, TableEntry]) -> int:
+    """Delete every version of the previous night's digests (a later night's supersede them); the versions
+    deleted. Their manifest goes on naming them: a night that finds them gone reads the chain."""
+    from lethe.storage import delete_versions
+
+    keys = {entry.digests["key"] for entry in previous.values() if entry.digests is not None}
+    doomed = [v for k in sorted(keys) for v in store.versions(client, bucket, k) if v["Key"] == k]
+    return delete_versions(client, bucket, doomed)
