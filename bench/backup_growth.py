@@ -60,8 +60,25 @@ def _data_bytes(found: dict[tuple[str, str], int], prefix: str = "") -> int:
 
 
 def _manifest_bytes(found: dict[tuple[str, str], int]) -> int:
-    """Bytes of the manifests and the index objects incremental ones name their entries in."""
+    """Bytes of the manifests and the index objects incremental ones name their entries in (and an incremental
+    night's digests for the next night, lethe.backup.digest_state: `_digest_bytes` says how much of it)."""
     return sum(size for (key, _), size in found.items() if "/data/" not in key)
+
+
+def _digest_bytes(found: dict[tuple[str, str], int]) -> int:
+    return sum(size for (key, _), size in found.items() if "/digests/" in key)
+
+
+def _pg_dump_seconds(url: str) -> float:
+    """`pg_dump -Fc` of the same backed-up tables (bench/memory.py's anchor), wall seconds."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench_memory", Path(__file__).with_name("memory.py"))
+    assert spec and spec.loader
+    memory = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(memory)
+    return float(memory._pg_dump_seconds(url)[0])
 
 
 def _change_a_night(cur: Any, tables: list[str], share: float, night: datetime, seed: int) -> int:
@@ -261,6 +278,12 @@ def main(argv: list[str] | None = None) -> int:
                 f" {s3_calls.summary()}",
                 flush=True,
             )
+            dump_s = _pg_dump_seconds(url)
+            print(
+                f"pg_dump -Fc of the same tables: {dump_s:.2f} s; the last night incremental / pg_dump"
+                f" {seconds[-1] / dump_s:.2f}x, in full / pg_dump {anchor_s / dump_s:.2f}x",
+                flush=True,
+            )
         else:  # the anchor: the last night copied alone
             replicate_snapshot(url, sids[-1], first, s3, second, s3)
 
@@ -277,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
             f"stored: {everything / 1e6:.2f} MB of data objects in {args.nights} snapshots (+ {manifests / 1e6:.2f} MB"
             f" of manifests); one full snapshot of the last night {one / 1e6:.2f} MB (+ {one_manifest / 1e6:.2f} MB"
             f" of manifest; the first night's {first_night / 1e6:.2f} MB): data {everything / one:.2f}x one,"
-            f" with manifests {(everything + manifests) / (one + one_manifest):.2f}x (target at most 3x)",
+            f" with manifests {(everything + manifests) / (one + one_manifest):.2f}x (target at most 3x);"
+            f" of the manifests' bytes, {_digest_bytes(stored) / 1e6:.2f} MB are the last night's digests",
             flush=True,
         )
         with transaction(url) as cur:  # the person: one with rows in most tables, the same one for both sides
