@@ -133,6 +133,18 @@ def foreign_keys(cur: psycopg2.extensions.cursor, names: Iterable[str] = ()) -> 
     return [fk for fk, child_marked, parent_marked in _keys(cur, names) if not (child_marked or parent_marked)]
 
 
+def expired_partitions(cur: psycopg2.extensions.cursor, schemas: Iterable[str]) -> list[tuple[str, str]]:
+    """(schema, name) of each relation of `schemas` carrying retention's mark (`<name>__expired`: detached, not
+    dropped yet), read in one statement: the purge marks and drops them in transactions of its own."""
+    cur.execute(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " JOIN pg_description d ON d.objoid = c.oid AND d.classoid = 'pg_class'::regclass AND d.objsubid = 0"
+        " WHERE n.nspname = ANY(%s) AND starts_with(d.description, %s) ORDER BY 1, 2",
+        (list(schemas), EXPIRED_PARTITION_MARK),
+    )
+    return [(str(schema), str(name)) for schema, name in cur.fetchall()]
+
+
 def expired_partition_keys(cur: psycopg2.extensions.cursor, names: Iterable[str] = ()) -> list[ForeignKey]:
     """The foreign keys of retention's marked expired partitions (`<name>__expired`: detached, not dropped yet).
     A detached partition keeps its keys: its rows still point at live rows, which cannot be deleted before them."""

