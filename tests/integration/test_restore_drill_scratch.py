@@ -138,3 +138,21 @@ def test_a_leftover_the_purge_drops_while_pg_dump_lists_the_tables_does_not_fail
 
     assert "error" not in outcome, outcome
     assert outcome["tables"] == primary - {expired}
+
+
+def test_a_schema_whose_name_pg_dump_reads_as_a_pattern_is_copied_and_no_other(db_url: str) -> None:
+    """The schemas are passed to pg_dump as patterns: unquoted, `Re.Skill` named no schema (folded to lower case,
+    `.` a separator) and `re*` every schema starting so."""
+    from lethe.audit import scratch
+
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        cur.execute("SET statement_timeout = '30s'")
+        for schema, table in (("Re.Skill", "courses"), ("re*", "lessons"), ("rex", "other")):
+            cur.execute(f'CREATE SCHEMA "{schema}"')
+            cur.execute(f'CREATE TABLE "{schema}"."{table}" (id bigint PRIMARY KEY)')
+
+    script = scratch.schema_script(db_url, ["Re.Skill", "re*"])
+
+    assert 'CREATE TABLE "Re.Skill".courses' in script
+    assert 'CREATE TABLE "re*".lessons' in script
+    assert "rex.other" not in script and "CREATE SCHEMA rex" not in script

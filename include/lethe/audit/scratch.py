@@ -154,7 +154,7 @@ def schema_script(primary_url: str, schemas: list[str]) -> str:
         if dsn.get(option):
             env[variable] = dsn[option]
     args = [pg_dump(), "--schema-only", "--no-owner", "--no-privileges", "--no-comments"]
-    args += [f"--schema={s}" for s in schemas]
+    args += [f"--schema={pattern(s)}" for s in schemas]
     # Read just before pg_dump lists the tables: a leftover is no table of the platform, and the purge's DROP
     # committing between pg_dump's listing and its lock of the table failed the dump.
     with transaction(primary_url) as cur:
