@@ -7,8 +7,10 @@ the delta code. Bytes are read from the store with boto3, not from Lethe's manif
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -285,6 +287,140 @@ def test_a_table_that_outgrows_its_chains_buckets_gets_a_base_with_tonights(
     without_evidence_key(target)
     try:
         restore_snapshot(NIGHTS[1], REGION, target, endpoint_url=s3_endpoint, key=KEY, out=lambda _: None)
+        assert contents(target, tables) == expected
+    finally:
+        testing.drop_database(target)
+
+
+@contextlib.contextmanager
+def gets() -> Iterator[list[str]]:
+    """The key of every GetObject any boto3 client makes meanwhile (a hook on boto3's default session, which
+    every client Lethe makes inherits)."""
+    import boto3
+
+    if boto3.DEFAULT_SESSION is None:
+        boto3.setup_default_session()
+    events = boto3.DEFAULT_SESSION.events  # type: ignore[union-attr]
+    keys: list[str] = []
+
+    def asked(params: dict[str, Any], model: Any, **_: Any) -> None:
+        if model.name == "GetObject":
+            keys.append(params["Key"])
+
+    events.register("provide-client-params.s3.GetObject", asked, unique_id="test-gets")
+    try:
+        yield keys
+    finally:
+        events.unregister("provide-client-params.s3.GetObject", unique_id="test-gets")
+
+
+def raw_digests(client: Any, bucket: str, key: str) -> Counter[int]:
+    return Counter(
+        pq.read_table(io.BytesIO(client.get_object(Bucket=bucket, Key=key)["Body"].read()))["digest"].to_pylist()
+    )
+
+
+def test_a_night_diffs_against_the_digests_the_night_before_left_not_the_chain(
+    db_url: str, s3_endpoint: str, services: tuple[str, str]
+) -> None:
+    """Nights 3 and 4 read one digests object a table, no object of the chain, and restore to what the primary
+    held; the digests each night leaves are its rows' (a base of the same rows, taken apart, says which); only the
+    newest night's are kept."""
+    from lethe.config import BACKUP_REGIONS
+
+    policy = incremental_policy()
+    tables = tables_of(policy)
+    fill(db_url)
+    expected, asked = {}, {}
+    for n, sid in enumerate(NIGHTS):
+        if n:
+            change_a_night(db_url, n)
+        expected[sid] = contents(db_url, tables)
+        with gets() as keys:
+            take_snapshot(db_url, REGION, s3_endpoint, sid, policy, KEY)
+        asked[sid] = keys
+    client = s3_client(REGION, s3_endpoint)
+    bucket = BUCKETS.backup(REGION)
+    last = read_manifest(client, bucket, NIGHTS[-1])
+    deltas = sorted(t for t, e in last.tables.items() if e.digests)  # every table, diffed against the night before
+    assert deltas == sorted(tables)
+    assert [k for k in asked[NIGHTS[1]] if "/data/" in k]  # night 2 has no digests before it: it reads the base
+    for sid in NIGHTS[2:]:
+        assert not [k for k in asked[sid] if "/data/" in k], sid
+        previous = NIGHTS[NIGHTS.index(sid) - 1]
+        assert sorted(k for k in asked[sid] if "/digests/" in k) == [
+            f"{layout.snapshot_prefix(previous)}digests/{t}.parquet" for t in deltas
+        ]
+    for sid in NIGHTS[2:]:
+        target = testing.fresh_database(services[0])
+        without_evidence_key(target)
+        try:
+            restore_snapshot(sid, REGION, target, endpoint_url=s3_endpoint, key=KEY, out=lambda _: None)
+            assert contents(target, tables) == expected[sid], sid
+        finally:
+            testing.drop_database(target)
+
+    # Only the last night's digests are stored, one version each.
+    stored_digests = [v for v in store.versions(client, bucket, layout.SNAPSHOT_PREFIX) if "/digests/" in v["Key"]]
+    assert sorted(v["Key"] for v in stored_digests) == [
+        f"{layout.snapshot_prefix(NIGHTS[-1])}digests/{t}.parquet" for t in deltas
+    ]
+    # They are the digests of the rows the primary holds: a base of the same rows, taken in another region (each
+    # row's digest computed afresh, read raw from its objects), holds the same multiset for every table.
+    other = BACKUP_REGIONS[1]
+    take_snapshot(db_url, other, s3_endpoint, NIGHTS[-1], policy, KEY)
+    other_client = s3_client(other, s3_endpoint)
+    base = read_manifest(other_client, BUCKETS.backup(other), NIGHTS[-1])
+    for table in deltas:
+        fresh: Counter[int] = Counter()
+        for obj in base.tables[table].objects:
+            body = other_client.get_object(Bucket=BUCKETS.backup(other), Key=obj.key)["Body"].read()
+            fresh.update(pq.read_table(io.BytesIO(body))["_lethe_row"].to_pylist())
+        kept = raw_digests(client, bucket, f"{layout.snapshot_prefix(NIGHTS[-1])}digests/{table}.parquet")
+        assert kept == fresh, table
+        assert sum(kept.values()) == sum(expected[NIGHTS[-1]][table].values()), table
+
+
+@pytest.mark.parametrize("damage", ["deleted", "overwritten"])
+def test_a_night_whose_digests_are_gone_or_altered_reads_the_chain_and_is_right(
+    db_url: str, s3_endpoint: str, services: tuple[str, str], damage: str
+) -> None:
+    """The digests a night left, deleted outside Lethe (every version) or overwritten with other rows: the next
+    night reads the chain instead, and restores to what the primary held."""
+    import pyarrow as pa
+
+    policy = incremental_policy()
+    tables = tables_of(policy)
+    client = s3_client(REGION, s3_endpoint)
+    bucket = BUCKETS.backup(REGION)
+    fill(db_url)
+    for n, sid in enumerate(NIGHTS[:2]):
+        if n:
+            change_a_night(db_url, n)
+        take_snapshot(db_url, REGION, s3_endpoint, sid, policy, KEY)
+    damaged = f"{layout.snapshot_prefix(NIGHTS[1])}digests/comments.parquet"
+    if damage == "deleted":
+        for v in store.versions(client, bucket, damaged):
+            client.delete_object(Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"])
+    else:  # a night of no comments at all, naming the same chain: trusted, it would make every comment new
+        was = pq.read_metadata(io.BytesIO(client.get_object(Bucket=bucket, Key=damaged)["Body"].read())).metadata
+        body = io.BytesIO()
+        empty = pa.table({"bucket": pa.array([], pa.int32()), "digest": pa.array([], pa.uint64())})
+        pq.write_table(empty.replace_schema_metadata({b"lethe.chain": was[b"lethe.chain"]}), body)
+        client.put_object(Bucket=bucket, Key=damaged, Body=body.getvalue())
+    change_a_night(db_url, 2)
+    expected = contents(db_url, tables)
+    with gets() as keys:
+        take_snapshot(db_url, REGION, s3_endpoint, NIGHTS[2], policy, KEY)
+    assert [k for k in keys if "/data/comments/" in k]  # the chain of comments read instead
+    assert not [k for k in keys if "/data/" in k and "/data/comments/" not in k]  # the other tables' digests used
+    comments = read_manifest(client, bucket, NIGHTS[2]).tables["comments"]
+    tonight = [o for o in comments.objects if o.night == NIGHTS[2]]
+    assert sum(o.rows for o in tonight) < sum(expected["comments"].values())  # a delta, not every comment again
+    target = testing.fresh_database(services[0])
+    without_evidence_key(target)
+    try:
+        restore_snapshot(NIGHTS[2], REGION, target, endpoint_url=s3_endpoint, key=KEY, out=lambda _: None)
         assert contents(target, tables) == expected
     finally:
         testing.drop_database(target)

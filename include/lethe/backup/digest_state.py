@@ -123,9 +123,13 @@ def _open(client: Any, bucket: str, entry: TableEntry) -> tuple[BinaryIO, dict[s
         held.close()
         log.warning("%s does not match its checksum; the chain's digests read from its objects", where)
         return None
-    metadata = pq.ParquetFile(held).metadata.metadata or {}
+    recorded = (pq.ParquetFile(held).metadata.metadata or {}).get(CHAIN_METADATA)
+    if recorded is None:
+        held.close()
+        log.warning("%s does not say which objects it sums up; the chain's digests read from its objects", where)
+        return None
     held.seek(0)
-    return held, {k: sha for k, sha in json.loads(metadata[CHAIN_METADATA])}
+    return held, {k: sha for k, sha in json.loads(recorded)}
 
 
 def _merged(
