@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from lethe.backup import chain, layout, store
 
 if TYPE_CHECKING:
-    from lethe.backup.manifest import ObjectEntry, TableEntry
+    from lethe.backup.manifest import Manifest, ObjectEntry, TableEntry
 
 log = logging.getLogger(__name__)
 
@@ -173,11 +173,7 @@ def _by_bucket(held: BinaryIO, numbers: list[int], where: str) -> Digests:
             raise ValueError(f"{where}: digests of a bucket no object of the chain covers")
 
 
-def delete_previous(client: Any, bucket: str, previous: dict[str, TableEntry]) -> int:
-    """Delete every version of the previous night's digests (a later night's supersede them); the versions
-    deleted. Their manifest goes on naming them: a night that finds them gone reads the chain."""
-    from lethe.storage import delete_versions
-
-    keys = {entry.digests["key"] for entry in previous.values() if entry.digests is not None}
-    doomed = [v for k in sorted(keys) for v in store.versions(client, bucket, k) if v["Key"] == k]
-    return delete_versions(client, bucket, doomed)
+def delete_previous(client: Any, bucket: str, previous: Manifest) -> int:
+    """Delete every version of the previous night's digests (tonight's supersede them), in one listing of its
+    prefix; the versions deleted. Its manifest goes on naming them: a night that finds them gone reads the chain."""
+    return store.delete_everything(client, bucket, f"{layout.snapshot_prefix(previous.snapshot_id)}digests/")

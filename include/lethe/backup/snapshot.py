@@ -241,7 +241,7 @@ def _export(
         record_honoured(db_url, region, sid, tombstones)
         write_manifest(client, bucket, manifest)  # last: from here on the snapshot exists
         if previous is not None:  # tonight's digests supersede the night before's
-            digest_state.delete_previous(client, bucket, previous.tables)
+            digest_state.delete_previous(client, bucket, previous)
         return manifest, leftovers
 
 
