@@ -15,6 +15,8 @@ With `--incremental` (the policy's backups.incremental on), the steps are a chai
 2. change: 2% of rows changed as a night of the platform would (bench/backup_growth.py's `_change_a_night`: events
    appended, other tables' timestamps moved; the database keeps them);
 3. export-delta: the next night's snapshot, a delta against the base (it reads the base back for its digests);
+   then, if asked, change-3 and export-3: another night of changes and its snapshot, a delta that diffs against
+   the digests the night before left (lethe.backup.digest_state), not the chain;
 4. one, many: as above, each propagated across both snapshots in one pass (propagate.py's `_propagate_chain`).
 The largest object's size and row groups are printed beside them: what a worker that read objects whole held;
 and after the export, the time of `pg_dump -Fc` of the same tables (bench/backup.py's command): the export's
@@ -40,6 +42,7 @@ KEY = b"bench-pseudonym-key"
 REGION = "us-east-1"
 SID = "20261101T020000Z"
 NEXT_SID = "20261102T020000Z"  # the incremental run's second night
+THIRD_SID = "20261103T020000Z"  # and its third
 CHANGE = 0.02
 TARGET_MIB = 512
 
@@ -81,15 +84,16 @@ def _child(step: str, url: str, s3: str, tombstones: int, incremental: bool) -> 
     region_client(REGION, s3)
     out: dict[str, Any] = {}
     t0 = time.perf_counter()
-    if step in ("export", "export-delta"):
-        sid = SID if step == "export" else NEXT_SID
+    if step in ("export", "export-delta", "export-3"):
+        sid = {"export": SID, "export-delta": NEXT_SID}.get(step, THIRD_SID)
         out["snapshot"] = take_snapshot(url, REGION, s3, sid, _policy(incremental), KEY)
-    elif step == "change":
+    elif step in ("change", "change-3"):
+        nights = 1 if step == "change" else 2
         with transaction(url) as cur:
             cur.execute("SET LOCAL statement_timeout = '30min'")
-            night = layout.snapshot_time(SID) + timedelta(days=1)
+            night = layout.snapshot_time(SID) + timedelta(days=nights)
             tables = backed_up_tables(_policy(incremental))
-            out["rows_changed"] = _sibling("backup_growth")._change_a_night(cur, tables, CHANGE, night, 1)
+            out["rows_changed"] = _sibling("backup_growth")._change_a_night(cur, tables, CHANGE, night, nights)
     elif step in ("one", "many"):
         with transaction(url) as cur:
             cur.execute("SELECT count(*) FROM erasure_tombstones")
@@ -179,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         "--steps", help="steps to run (default export,one,many; --incremental: export,change,export-delta,one,many)"
     )
     parser.add_argument(
-        "--step", choices=("idle", "export", "change", "export-delta", "one", "many"), help=argparse.SUPPRESS
+        "--step",
+        choices=("idle", "export", "change", "export-delta", "change-3", "export-3", "one", "many"),
+        help=argparse.SUPPRESS,
     )
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--s3", help=argparse.SUPPRESS)

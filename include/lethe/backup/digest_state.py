@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA = pa.schema([pa.field("bucket", pa.int32()), pa.field("digest", pa.uint64())])
 CHAIN_METADATA = b"lethe.chain"  # [[key, sha256], ...] of the objects the digests sum up
-ROWS_AT_ONCE = 1 << 20  # digests written and decoded at a time (8 MiB): a table's state is never whole in memory
+ROWS_AT_ONCE = 1 << 18  # digests written and decoded at a time (3 MiB with their buckets), a table's few at once
 
 
 def key(sid: str, table: str) -> str:
