@@ -262,10 +262,10 @@ def test_a_leftover_another_purge_drops_while_this_one_plans_is_not_counted_by_a
     real_leftovers = catalog.detached_leftovers
     purge: list[str] = []
 
-    def other_purge_drops_now(cur: object, table: str) -> list[str]:
+    def other_purge_drops_now(cur: object, table: str) -> list[tuple[str, str]]:
         found = real_leftovers(cur, table)  # type: ignore[arg-type]
         if table == "usage_events" and not purge:  # listed, not counted yet
-            assert found == [f"{part}__expired"]
+            assert found == [("public", f"{part}__expired")]
             try:
                 drop_like_retention(db_url, part)
                 purge.append("committed")

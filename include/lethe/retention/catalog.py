@@ -23,6 +23,7 @@ _BOUND = re.compile(r"^FOR VALUES FROM \('([^']*)'\) TO \('([^']*)'\)$")
 
 @dataclass(frozen=True)
 class Partition:
+    schema: str  # its own schema (a partition need not share its parent's)
     name: str
     lower: datetime
     upper: datetime
@@ -90,34 +91,35 @@ def expired_marker(table: str) -> str:
     return f"{relations.EXPIRED_PARTITION_MARK}{table}, to be dropped"
 
 
-def detached_leftovers(cur: psycopg2.extensions.cursor, table: str) -> list[str]:
-    """Expired partitions of `table` that a killed run detached but did not drop (`<name>__expired`).
+def detached_leftovers(cur: psycopg2.extensions.cursor, table: str) -> list[tuple[str, str]]:
+    """(schema, name) of expired partitions of `table` that a killed run detached but did not drop
+    (`<name>__expired`), each to be named qualified: its schema need not be on the search path.
 
-    Known by retention's comment on them, or (left by a version that set none) by a name
-    `<table>_...__expired` and exactly the table's columns.
+    Known by retention's comment on them (in whichever schema the partition lived), or (left by a version that
+    set none) by a name `<table>_...__expired` beside the table, with exactly the table's columns.
     """
     cur.execute(
         """
         WITH parent AS (SELECT %(oid)s::oid AS oid),
              shape AS (SELECT array_agg(attname || ' ' || format_type(atttypid, atttypmod) ORDER BY attname) AS cols
                        FROM pg_attribute, parent WHERE attrelid = parent.oid AND attnum > 0 AND NOT attisdropped)
-        SELECT c.relname FROM pg_class c, parent p, shape s
-        WHERE c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = p.oid)
-          AND c.relkind = 'r' AND NOT c.relispartition AND c.relname LIKE %(like)s
+        SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, parent p, shape s
+        WHERE c.relkind = 'r' AND NOT c.relispartition AND c.relname LIKE %(like)s
           AND (obj_description(c.oid, 'pg_class') = %(marker)s
-               OR (starts_with(c.relname, %(prefix)s)
+               OR (c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = p.oid)
+                   AND starts_with(c.relname, %(prefix)s)
                    AND s.cols = (SELECT array_agg(attname || ' ' || format_type(atttypid, atttypmod) ORDER BY attname)
                                  FROM pg_attribute WHERE attrelid = c.oid AND attnum > 0 AND NOT attisdropped)))
-        ORDER BY c.relname
+        ORDER BY 1, 2
         """,
         {
             "oid": _oid(cur, table),
             "like": "%" + EXPIRED_SUFFIX.replace("_", r"\_"),
             "marker": expired_marker(table),
-            "prefix": f"{table}_",
+            "prefix": f"{relations.split(table)[1]}_",
         },
     )
-    return [str(r[0]) for r in cur.fetchall()]
+    return [(str(schema), str(name)) for schema, name in cur.fetchall()]
 
 
 def being_dropped(policy: Any, cur: psycopg2.extensions.cursor, live: set[str] | None = None) -> set[str]:
@@ -128,24 +130,24 @@ def being_dropped(policy: Any, cur: psycopg2.extensions.cursor, live: set[str] |
     found = set()
     for table, rule in policy.tables.items():
         if rule.partitioned_by and (live is None or table in live):  # a missing table is reported on its own
-            schema, _ = relations.split(table)
-            found |= {f"{schema}.{name}" if schema else name for name in detached_leftovers(cur, table)}
+            qualified = relations.split(table)[0] is not None
+            found |= {f"{schema}.{name}" if qualified else name for schema, name in detached_leftovers(cur, table)}
     return found
 
 
 def partitions(cur: psycopg2.extensions.cursor, table: str) -> list[Partition]:
     """The range partitions of `table` with both bounds set, oldest first (DEFAULT and open ranges left out)."""
     cur.execute(
-        "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i"
-        " JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %s",
+        "SELECT n.nspname, c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i"
+        " JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE i.inhparent = %s",
         (_oid(cur, table),),
     )
     found = []
-    for name, bound in cur.fetchall():
+    for schema, name, bound in cur.fetchall():
         m = _BOUND.match(bound or "")
         if not m:
             continue
         cur.execute("SELECT %s::timestamptz, %s::timestamptz", (m.group(1), m.group(2)))
         lower, upper = cur.fetchone()  # type: ignore[misc]
-        found.append(Partition(str(name), aware(lower), aware(upper), str(bound)))
+        found.append(Partition(str(schema), str(name), aware(lower), aware(upper), str(bound)))
     return sorted(found, key=lambda p: p.lower)

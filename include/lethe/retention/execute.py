@@ -147,21 +147,22 @@ def _drop_partition(
     """
     step = f"partition:{part.name}"
     started = time.perf_counter()
+    # Every name qualified by the partition's schema, which need not be on the search path, where a table of the
+    # same name may be; a RENAME's new name takes none (the table stays in its schema).
     if part.detached:  # left detached by a killed run of an earlier plan
-        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(part.name)))
+        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(part.relation()))
         _advance(cur, plan_id, rp.rule, step, part.rows, None, True)
         conn.commit()
         timings.append((time.perf_counter() - started) * 1000)
         return
-    parent, old = relation(rp.table), sql.Identifier(part.name)
-    expired = sql.Identifier(f"{part.name}{EXPIRED_SUFFIX}")
-    keep = sql.Identifier(f"{part.name}__held")
-    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{part.name}{EXPIRED_SUFFIX}",))
+    parent, old = relation(rp.table), part.relation()
+    expired, keep = part.relation(EXPIRED_SUFFIX), part.relation("__held")
+    # to_regclass reads its text as SQL does: quoted, so neither a mixed-case name nor the search path misleads it.
+    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (expired.as_string(cur),))
     if not cur.fetchone()[0]:  # type: ignore[index]
         cur.execute(
-            "SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-            " WHERE i.inhparent = to_regclass(%s) AND c.relname = %s",
-            (rp.table, part.name),
+            "SELECT 1 FROM pg_inherits WHERE inhparent = to_regclass(%s) AND inhrelid = to_regclass(%s)",
+            (parent.as_string(cur), old.as_string(cur)),
         )
         if cur.fetchone() is None:  # gone already (another run): nothing of ours to count
             _advance(cur, plan_id, rp.rule, step, 0, None, True)
@@ -181,11 +182,11 @@ def _drop_partition(
                 params,
             )
         cur.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(parent, old))
-        cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(old, expired))
+        cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(old, sql.Identifier(part.name + EXPIRED_SUFFIX)))
         # Marks it as retention's leftover should this run die before the DROP: the next plan drops it.
         cur.execute(sql.SQL("COMMENT ON TABLE {} IS %s").format(expired), (expired_marker(rp.table),))
         if has_held:
-            cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(keep, old))
+            cur.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(keep, sql.Identifier(part.name)))
             # The bound clause comes from pg_get_expr for this very partition (not from user input).
             cur.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} ").format(parent, old) + sql.SQL(part.bound))
         conn.commit()

@@ -40,6 +40,12 @@ class PartitionPlan:
     # An earlier run detached this expired partition and died before dropping it: only the DROP is left
     # (its held rows were already copied back into the table in the transaction that detached it).
     detached: bool = False
+    schema: str = ""  # the partition's schema; empty in a plan made before plans carried it
+
+    def relation(self, suffix: str = "") -> sql.Identifier:
+        """The partition, or `<name><suffix>` beside it, qualified: its schema need not be on the search path."""
+        name = self.name + suffix
+        return sql.Identifier(self.schema, name) if self.schema else sql.Identifier(name)
 
 
 @dataclass
@@ -248,13 +254,13 @@ def build_plan(
             # Its partitions locked before they are listed: another purge's detach and rename cannot come between
             # the list and the counts below (it read each by a name the detach had changed).
             cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(relation(table)))
-            for name in catalog.detached_leftovers(cur, table):
+            for schema, name in catalog.detached_leftovers(cur, table):
                 cur.execute("SAVEPOINT lethe_leftover")
                 try:
                     cur.execute(
                         sql.SQL(
                             "SELECT count(*) FILTER (WHERE NOT {h}), count(*) FILTER (WHERE {h}) FROM {p} t"
-                        ).format(h=preds.held(table, "t"), p=sql.Identifier(name)),
+                        ).format(h=preds.held(table, "t"), p=sql.Identifier(schema, name)),
                         params,
                     )
                 except psycopg2.errors.UndefinedTable:  # the purge that left it dropped it since it was listed
@@ -262,20 +268,22 @@ def build_plan(
                     continue
                 rows, held = cur.fetchone()  # type: ignore[misc]
                 cur.execute("RELEASE SAVEPOINT lethe_leftover")
-                partitions.append(PartitionPlan(name, "", "", rows, held, detached=True))
+                partitions.append(PartitionPlan(name, "", "", rows, held, detached=True, schema=schema))
             for part in catalog.partitions(cur, table):
                 if part.upper > cutoffs[rule.name]:
                     continue
                 cur.execute(
                     sql.SQL("SELECT count(*) FILTER (WHERE NOT {h}), count(*) FILTER (WHERE {h}) FROM {p} t").format(
-                        h=preds.held(table, "t"), p=sql.Identifier(part.name)
+                        h=preds.held(table, "t"), p=sql.Identifier(part.schema, part.name)
                     ),
                     params,
                 )
                 rows, held = cur.fetchone()  # type: ignore[misc]
                 boundary = part.upper
                 if rows or not held:  # a partition holding only held rows has nothing left to do
-                    partitions.append(PartitionPlan(part.name, part.bound, part.upper.isoformat(), rows, held))
+                    partitions.append(
+                        PartitionPlan(part.name, part.bound, part.upper.isoformat(), rows, held, schema=part.schema)
+                    )
         matched = preds.matched(table, rule)
         remainder = matched
         if boundary is not None:
