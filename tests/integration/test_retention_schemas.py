@@ -13,6 +13,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import erasure_people as people
 import psycopg2
 import pytest
 import yaml
@@ -54,26 +55,28 @@ def q(url: str, statement: str | sql.Composable, params: Any = ()) -> list[tuple
         return cur.fetchall() if cur.description else []
 
 
-def build(url: str, schema: str, same_names: bool = True) -> None:
+def build(url: str, schema: str, same_names: bool = True, people_there: bool = False) -> None:
     """The table with an expired month (rows of a held person and of two others) and a recent range; `public`
     holds plain tables named like the table, its expired partition and the names the purge uses on the way
-    (unless not `same_names`)."""
+    (unless not `same_names`). With `people_there` (tests/erasure_people.py inserted them), its rows reference
+    their accounts."""
     s = sql.Identifier(schema)
     columns = sql.SQL(
-        "(event_id bigint NOT NULL, user_id bigint, occurred_at timestamptz NOT NULL, kind text NOT NULL,"
+        "(event_id bigint NOT NULL, user_id bigint{}, occurred_at timestamptz NOT NULL, kind text NOT NULL,"
         " PRIMARY KEY (event_id, occurred_at))"
-    )
+    ).format(sql.SQL(" REFERENCES public.accounts (user_id)" if people_there else ""))
     with closing(psycopg2.connect(url)) as conn, conn, conn.cursor() as cur:
-        for uid in (1, 2, 3):
+        for uid in (1, 2, 3) if not people_there else ():
             cur.execute(
                 "INSERT INTO accounts (user_id, name, username, email, password_hash, created_at)"
                 " VALUES (%s, 'P', %s, %s, 'x', %s)",
                 (uid, f"u{uid}", f"u{uid}@example.com", NOW - timedelta(days=900)),
             )
-        cur.execute(
-            "INSERT INTO legal_holds (hold_id, subject_key, reason, placed_at) VALUES (1, %s, 'case', %s)",
-            (str(HELD_USER), NOW - timedelta(days=3)),
-        )
+        if not people_there:
+            cur.execute(
+                "INSERT INTO legal_holds (hold_id, subject_key, reason, placed_at) VALUES (1, %s, 'case', %s)",
+                (str(HELD_USER), NOW - timedelta(days=3)),
+            )
         cur.execute(sql.SQL("CREATE SCHEMA {}").format(s))
         cur.execute(
             sql.SQL("CREATE TABLE {} {} PARTITION BY RANGE (occurred_at)").format(
@@ -250,3 +253,45 @@ def test_a_purge_killed_between_the_detach_and_the_drop_is_finished_by_the_rerun
     execute_rule(url, plan if rerun == "same plan" else make_plan(url, policy), RULE, policy=load_policy(policy))
 
     assert_purged(url, schema, before, held_old, public)
+
+
+@pytest.mark.parametrize("schema", SCHEMAS)
+def test_an_erasure_beside_a_killed_purges_leftover_outside_the_search_path_deletes_the_persons_rows_there(
+    services: tuple[str, str], tmp_path: Path, schema: str
+) -> None:
+    """The leftover `<name>__expired` keeps its foreign key to accounts: the erasure deletes the person's rows in
+    it before her account (lethe.relations.expired_partition_keys), by a name it must quote and qualify."""
+    from lethe.erasure import lifecycle, request, tasks
+
+    url = testing.fresh_database(services[0])
+    try:
+        people.insert_people(url)
+        build(url, schema, same_names=False, people_there=True)
+        policy = policy_file(tmp_path, schema)
+        plan = make_plan(url, policy)
+        kill_at_the_drop(url)
+        try:
+            with pytest.raises(DatabaseError):
+                execute_rule(url, plan, RULE, policy=load_policy(policy))
+        finally:
+            heal(url)
+        assert leftovers(url, schema) == [f"{OLD}__expired"]
+        with transaction(url) as cur:
+            request_id, _ = request.register(cur, "email", people.ASHA["email"])
+            lifecycle.claim_one(cur, request_id, "schemas-run", [])
+            lifecycle.move(cur, "plan", [request_id], run_id="schemas-run")
+            lifecycle.move(cur, "approve_unattended", [request_id], run_id="schemas-run")
+
+        summary = tasks.erase_run("schemas-run", url, b"schemas-key", load_policy(policy))
+
+        assert summary["outcomes"] == {"erased": 1}, summary
+        assert q(url, "SELECT status FROM erasure_requests WHERE request_id = %s", (request_id,)) == [("erased",)]
+        left = q(
+            url, sql.SQL("SELECT DISTINCT user_id FROM {} ORDER BY 1").format(sql.Identifier(schema, f"{OLD}__expired"))
+        )
+        assert left == [(people.BHAVIN["user_id"],), (people.CHITRA["user_id"],)]  # the others' are the purge's
+        assert (people.ASHA["user_id"],) not in q(
+            url, sql.SQL("SELECT user_id FROM {}").format(sql.Identifier(schema, "Events"))
+        )
+    finally:
+        testing.drop_database(url)
