@@ -98,7 +98,8 @@ SELECT c.conname,
        EXISTS (SELECT 1 FROM pg_description d WHERE d.classoid = 'pg_class'::regclass AND d.objsubid = 0
                AND d.objoid = c.conrelid AND starts_with(d.description, %(mark)s)),
        EXISTS (SELECT 1 FROM pg_description d WHERE d.classoid = 'pg_class'::regclass AND d.objsubid = 0
-               AND d.objoid = c.confrelid AND starts_with(d.description, %(mark)s))
+               AND d.objoid = c.confrelid AND starts_with(d.description, %(mark)s)),
+       n.nspname || '.' || (SELECT relname FROM pg_class WHERE oid = c.conrelid)
 FROM pg_constraint c
 JOIN pg_namespace n ON n.oid = (SELECT relnamespace FROM pg_class WHERE oid = c.conrelid)
 WHERE c.contype = 'f' AND c.conparentid = 0
@@ -108,13 +109,17 @@ ORDER BY 3, 1
 
 
 def _keys(cur: psycopg2.extensions.cursor, names: Iterable[str]) -> list[tuple[ForeignKey, bool, bool]]:
-    """Every foreign key (once), with whether its child and its parent carry retention's mark."""
+    """Every foreign key (once), with whether its child and its parent carry retention's mark. A marked child
+    (no table of the policy) is named `schema.name`, unquoted, as `relation` reads it: its schema need not be
+    on the search path, and regclass's text quotes a mixed-case name."""
     known = policy_oids(cur, names)
     cur.execute(_FK_SQL, {"mark": EXPIRED_PARTITION_MARK})
     seen: set[tuple[str, tuple[str, ...], str, tuple[str, ...]]] = set()
     out = []
-    for conname, child_oid, child, parent_oid, parent, ccols, pcols, child_marked, parent_marked in cur.fetchall():
-        fk = (known.get(int(child_oid), child), tuple(ccols), known.get(int(parent_oid), parent), tuple(pcols))
+    for row in cur.fetchall():
+        conname, child_oid, child, parent_oid, parent, ccols, pcols, child_marked, parent_marked, qualified = row
+        child = qualified if child_marked else known.get(int(child_oid), child)
+        fk = (child, tuple(ccols), known.get(int(parent_oid), parent), tuple(pcols))
         if fk in seen:
             continue
         seen.add(fk)
