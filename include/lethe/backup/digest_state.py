@@ -9,7 +9,9 @@ the chain's objects only for the buckets whose objects were rewritten since (a p
 or when it is gone or does not match its checksum.
 
 Only the newest night's are kept: the next night deletes the previous night's once its manifest is written, and
-expiry deletes any that no retained manifest names. They are keyed digests, as every object of the chain carries.
+expiry deletes every night's but the newest retained one's (a night killed between its manifest and that deletion,
+or a full night between incremental ones, leaves the night before's). They are keyed digests, as every object of
+the chain carries.
 """
 
 from __future__ import annotations

@@ -248,7 +248,10 @@ def delete_unreferenced(client: Any, bucket: str, stored: list[Stored]) -> int:
     from lethe.storage import delete_versions
 
     named = {o.key for s in stored for o in s.manifest.objects} | {k for s in stored for k in s.manifest.indexes}
-    named |= {t.digests["key"] for s in stored for t in s.manifest.tables.values() if t.digests is not None}
+    # Only the newest night's digests: the next night reads no other (a later night supersedes a night's; one
+    # killed before deleting the night before's, or a full night between two incremental ones, leaves them)
+    newest = stored[-1].manifest.tables.values() if stored else []
+    named |= {t.digests["key"] for t in newest if t.digests is not None}
     doomed: list[dict[str, Any]] = []
     for s in stored:
         if not s.manifest.incremental:
