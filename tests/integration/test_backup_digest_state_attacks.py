@@ -513,3 +513,44 @@ def test_a_second_region_taking_over_diffs_against_its_own_chain(
     assert_only_states_of(client, bucket, NIGHTS[4], delta_tables(client, bucket, NIGHTS[4]))
     for sid in NIGHTS[3:5]:
         assert restored(services, s3_endpoint, SECOND, sid, tables) == expected[sid], sid
+
+
+def test_nights_in_a_bucket_under_object_lock_within_the_erasure_deadline(
+    db_url: str, s3_endpoint: str, services: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backup bucket whose Object Lock keeps every version a while, within the erasure deadline (allowed: only a
+    COMPLIANCE retention past the deadline refuses the export). The night before's digests cannot be deleted
+    yet: each night still completes, restores as the primary held it, and the next nights diff as before."""
+    import uuid
+
+    monkeypatch.setenv("LETHE_BUCKET_PREFIX", f"dlock{uuid.uuid4().hex[:8]}")
+    client, bucket = client_of(s3_endpoint)
+    client.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    client.put_object_lock_configuration(
+        Bucket=bucket,
+        ObjectLockConfiguration={
+            "ObjectLockEnabled": "Enabled",
+            "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": 7}},
+        },
+    )
+    from lethe.storage import ensure_buckets
+
+    ensure_buckets(s3_endpoint)
+    policy = incremental_policy()
+    tables = tables_of(policy)
+    fill(db_url)
+    expected = {sid: night(db_url, s3_endpoint, policy, sid, n) for n, sid in enumerate(NIGHTS[:3])}
+    with transaction(db_url) as cur:
+        cur.execute("SELECT snapshot_id, status FROM backup_snapshots WHERE region = %s", (REGION,))
+        assert dict(cur.fetchall()) == dict.fromkeys(NIGHTS[:3], "complete")
+    assert restored(services, s3_endpoint, REGION, NIGHTS[2], tables) == expected[NIGHTS[2]]
+    # the expiry too: the superseded digests the lock still keeps are left for a later one, the rest done
+    summary = expire_region(
+        db_url, REGION, s3_endpoint, timedelta(days=365), now=datetime(2026, 11, 3, 12, tzinfo=UTC), key=KEY
+    )
+    assert summary["expired_snapshots"] == 0
+    with transaction(db_url) as cur:  # the expiry's ledger entry: it ran to its end
+        cur.execute("SELECT count(*) FROM ledger WHERE kind = 'backup_expiry'")
+        assert cur.fetchone()[0] == 1
+    expected[NIGHTS[3]] = night(db_url, s3_endpoint, policy, NIGHTS[3], 3)
+    assert restored(services, s3_endpoint, REGION, NIGHTS[3], tables) == expected[NIGHTS[3]]
