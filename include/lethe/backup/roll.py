@@ -248,11 +248,13 @@ def delete_unreferenced(client: Any, bucket: str, stored: list[Stored]) -> int:
     from lethe.storage import delete_versions
 
     named = {o.key for s in stored for o in s.manifest.objects} | {k for s in stored for k in s.manifest.indexes}
-    # Only the newest night's digests: the next night reads no other (a later night supersedes a night's; one
-    # killed before deleting the night before's, or a full night between two incremental ones, leaves them)
+    # Only the newest night's digests: the next night reads no other. A later night supersedes a night's; one
+    # killed before deleting the night before's, a full night between two incremental ones, or Object Lock
+    # refusing the deletion (lethe.backup.digest_state.delete_previous) leaves them, and they go here.
     newest = stored[-1].manifest.tables.values() if stored else []
     named |= {t.digests["key"] for t in newest if t.digests is not None}
     doomed: list[dict[str, Any]] = []
+    superseded: list[dict[str, Any]] = []
     for s in stored:
         if not s.manifest.incremental:
             continue  # a full snapshot's prefix holds only what its manifest names, as before
@@ -260,10 +262,16 @@ def delete_unreferenced(client: Any, bucket: str, stored: list[Stored]) -> int:
         for v in store.versions(client, bucket, layout.snapshot_prefix(s.manifest.snapshot_id)):
             by_key.setdefault(v["Key"], []).append(v)
         by_key.pop(layout.manifest_key(s.manifest.snapshot_id), None)
+        digests = f"{layout.snapshot_prefix(s.manifest.snapshot_id)}digests/"
         for object_key, listed in by_key.items():
             if object_key not in named:
-                doomed += listed
+                (superseded if object_key.startswith(digests) else doomed).extend(listed)
             elif not any(v["IsLatest"] and v["DeleteMarker"] for v in listed):
                 # a named object plainly deleted is left for its repair (store.MissingObject says how)
                 doomed += [v for v in listed if not v["IsLatest"]]
-    return delete_versions(client, bucket, doomed)
+    deleted = delete_versions(client, bucket, doomed)
+    try:
+        deleted += delete_versions(client, bucket, superseded)
+    except RuntimeError as exc:  # Object Lock keeps the newer ones a while yet: a later expiry deletes them
+        log.warning("superseded digests left for a later expiry (%s)", exc)
+    return deleted
