@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -35,6 +36,9 @@ log = logging.getLogger(__name__)
 
 SCHEMA = pa.schema([pa.field("bucket", pa.int32()), pa.field("digest", pa.uint64())])
 CHAIN_METADATA = b"lethe.chain"  # [[key, sha256], ...] of the objects the digests sum up
+# One table's digests encoded at a time: the export's delta writers run four at once near the worker's memory
+# bound (bench/memory.py), and each encoding holds its row group's buffers
+_ENCODING = threading.Lock()
 ROWS_AT_ONCE = 1 << 18  # digests written and decoded at a time (3 MiB with their buckets), a table's few at once
 
 
@@ -47,25 +51,30 @@ class Writer:
 
     def __init__(self) -> None:
         self._file = tempfile.TemporaryFile()  # noqa: SIM115 (open until store() or discard())
-        # No dictionary for the digests (random, nearly all distinct): trying one cost 67 MiB a writer at 20M rows
-        # and made the object 15% larger
+        # Neither a dictionary nor compression for the digests (random, nearly all distinct): trying a dictionary
+        # cost 67 MiB a writer at 20M rows and made the object 15% larger; a bucket's run takes a dictionary's RLE
         self._out = pq.ParquetWriter(
-            self._file, SCHEMA, compression="zstd", write_statistics=False, use_dictionary=["bucket"]
+            self._file, SCHEMA, compression="none", write_statistics=False, use_dictionary=["bucket"]
         )
         self._gathered: list[pa.Table] = []
         self._rows = 0
 
     def add(self, bucket_no: int | None, digests: np.ndarray) -> None:
-        if len(digests):
-            number = np.full(len(digests), chain.bucket_number(bucket_no), dtype=np.int32)
-            self._gathered.append(pa.table([pa.array(number), pa.array(digests, pa.uint64())], schema=SCHEMA))
-            self._rows += len(digests)
+        """A bucket's digests, taken a slice at a time: the rows without a subject of a large table are one bucket
+        (1.5M at 1M users), and a copy of it whole added to the export's peak at its largest bucket."""
+        number = chain.bucket_number(bucket_no)
+        for start in range(0, len(digests), ROWS_AT_ONCE):
+            part = digests[start : start + ROWS_AT_ONCE]
+            numbers = pa.array(np.full(len(part), number, dtype=np.int32))
+            self._gathered.append(pa.table([numbers, pa.array(part, pa.uint64())], schema=SCHEMA))
+            self._rows += len(part)
             if self._rows >= ROWS_AT_ONCE:
                 self._flush()
 
     def _flush(self) -> None:
         if self._gathered:
-            self._out.write_table(pa.concat_tables(self._gathered), row_group_size=ROWS_AT_ONCE)
+            with _ENCODING:
+                self._out.write_table(pa.concat_tables(self._gathered), row_group_size=ROWS_AT_ONCE)
         self._gathered, self._rows = [], 0
 
     def store(self, client: Any, bucket: str, object_key: str, objects: list[ObjectEntry]) -> dict[str, str]:
@@ -129,13 +138,24 @@ def _open(client: Any, bucket: str, entry: TableEntry) -> tuple[BinaryIO, dict[s
         held.close()
         log.warning("%s does not match its checksum; the chain's digests read from its objects", where)
         return None
-    recorded = (pq.ParquetFile(held, pre_buffer=False).metadata.metadata or {}).get(CHAIN_METADATA)
+    footer = pq.ParquetFile(held, pre_buffer=False).metadata
+    recorded = (footer.metadata or {}).get(CHAIN_METADATA)
     if recorded is None:
         held.close()
         log.warning("%s does not say which objects it sums up; the chain's digests read from its objects", where)
         return None
+    objects = {k: sha for k, sha in json.loads(recorded)}
+    if footer.num_rows != entry.rows and all(objects.get(o.key) == o.sha256 for o in entry.objects):
+        held.close()  # nothing rewritten since, yet not a digest a row: not what that night left
+        log.warning(
+            "%s holds %d digests for %d rows; the chain's digests read from its objects",
+            where,
+            footer.num_rows,
+            entry.rows,
+        )
+        return None
     held.seek(0)
-    return held, {k: sha for k, sha in json.loads(recorded)}
+    return held, objects
 
 
 def _merged(

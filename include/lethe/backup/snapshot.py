@@ -580,8 +580,8 @@ def _write_delta(
             # each block's digests copied out: a view would keep the block's whole buffer (every column) alive
             parts = [b.column(chain.ROW_COLUMN).to_numpy().copy() for b in spill.parts(bucket_no)]
             now = np.concatenate(parts) if parts else np.empty(0, np.uint64)
-            ends.add(bucket_no, now)
             new, gone = chain.changes(was_digests, now)
+            ends.add(bucket_no, now)  # after the changes: their working arrays are let go
             number = chain.bucket_number(bucket_no)
             added = chain.as_delta(_taken(spill, bucket_no, new, rows_schema), number, schema)
             part = pa.concat_tables([added, chain.gone_rows(schema, gone, number)])
