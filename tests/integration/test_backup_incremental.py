@@ -100,6 +100,18 @@ def stored(client: Any, bucket: str, prefix: str = layout.SNAPSHOT_PREFIX) -> in
     return sum(int(v["Size"]) for v in store.versions(client, bucket, prefix) if not v["DeleteMarker"])
 
 
+def restored(services: tuple[str, str], s3_endpoint: str, region: str, sid: str, tables: list[str]) -> dict:
+    """What a restore of snapshot `sid` into a fresh database holds (plain SQL)."""
+    target = testing.fresh_database(services[0])
+    without_evidence_key(target)
+    try:
+        report = restore_snapshot(sid, region, target, endpoint_url=s3_endpoint, key=KEY, out=lambda _: None)
+        assert report.verified
+        return contents(target, tables)
+    finally:
+        testing.drop_database(target)
+
+
 def test_each_night_of_an_incremental_chain_restores_to_what_the_primary_held(
     db_url: str, s3_endpoint: str, services: tuple[str, str]
 ) -> None:
@@ -124,14 +136,7 @@ def test_each_night_of_an_incremental_chain_restores_to_what_the_primary_held(
     nights = {o.night for e in last.tables.values() for o in e.objects}
     assert nights == {None, *NIGHTS[1:]}  # the base, then one delta a night
     for sid in NIGHTS:
-        target = testing.fresh_database(services[0])
-        without_evidence_key(target)
-        try:
-            report = restore_snapshot(sid, REGION, target, endpoint_url=s3_endpoint, key=KEY, out=lambda _: None)
-            assert report.verified
-            assert contents(target, tables) == expected[sid], sid
-        finally:
-            testing.drop_database(target)
+        assert restored(services, s3_endpoint, REGION, sid, tables) == expected[sid], sid
 
 
 def test_a_delta_object_holds_the_changed_rows_and_only_digests_of_the_gone(db_url: str, s3_endpoint: str) -> None:
@@ -193,13 +198,7 @@ def test_a_second_region_that_expired_first_still_restores_every_night(
     versions = store.versions(client, bucket, layout.SNAPSHOT_PREFIX)
     assert not [v["Key"] for v in versions if v["Key"].split("/")[1] in nights[:2]]  # nothing came back there
     for sid in retained:
-        target = testing.fresh_database(services[0])
-        without_evidence_key(target)
-        try:
-            restore_snapshot(sid, region, target, endpoint_url=s3_endpoint, key=KEY, out=lambda _: None)
-            assert contents(target, tables) == expected[sid], sid
-        finally:
-            testing.drop_database(target)
+        assert restored(services, s3_endpoint, region, sid, tables) == expected[sid], sid
 
 
 def test_an_address_that_changes_owner_within_a_bucket_is_a_change(db_url: str, s3_endpoint: str) -> None:
@@ -283,13 +282,7 @@ def test_a_table_that_outgrows_its_chains_buckets_gets_a_base_with_tonights(
     assert grown.buckets > first.tables["usage_events"].buckets * layout.BUCKET_HEADROOM
     assert all(o.night is None and layout.written_by(o.key) == NIGHTS[1] for o in grown.objects)  # a base tonight
     assert {layout.written_by(o.key) for o in kept.objects} == set(NIGHTS[:2])  # the others: a delta
-    target = testing.fresh_database(services[0])
-    without_evidence_key(target)
-    try:
-        restore_snapshot(NIGHTS[1], REGION, target, endpoint_url=s3_endpoint, key=KEY, out=lambda _: None)
-        assert contents(target, tables) == expected
-    finally:
-        testing.drop_database(target)
+    assert restored(services, s3_endpoint, REGION, NIGHTS[1], tables) == expected
 
 
 @contextlib.contextmanager
@@ -352,13 +345,7 @@ def test_a_night_diffs_against_the_digests_the_night_before_left_not_the_chain(
             f"{layout.snapshot_prefix(previous)}digests/{t}.parquet" for t in deltas
         ]
     for sid in NIGHTS[2:]:
-        target = testing.fresh_database(services[0])
-        without_evidence_key(target)
-        try:
-            restore_snapshot(sid, REGION, target, endpoint_url=s3_endpoint, key=KEY, out=lambda _: None)
-            assert contents(target, tables) == expected[sid], sid
-        finally:
-            testing.drop_database(target)
+        assert restored(services, s3_endpoint, REGION, sid, tables) == expected[sid], sid
 
     # Only the last night's digests are stored, one version each.
     stored_digests = [v for v in store.versions(client, bucket, layout.SNAPSHOT_PREFIX) if "/digests/" in v["Key"]]
@@ -417,10 +404,4 @@ def test_a_night_whose_digests_are_gone_or_altered_reads_the_chain_and_is_right(
     comments = read_manifest(client, bucket, NIGHTS[2]).tables["comments"]
     tonight = [o for o in comments.objects if o.night == NIGHTS[2]]
     assert sum(o.rows for o in tonight) < sum(expected["comments"].values())  # a delta, not every comment again
-    target = testing.fresh_database(services[0])
-    without_evidence_key(target)
-    try:
-        restore_snapshot(NIGHTS[2], REGION, target, endpoint_url=s3_endpoint, key=KEY, out=lambda _: None)
-        assert contents(target, tables) == expected
-    finally:
-        testing.drop_database(target)
+    assert restored(services, s3_endpoint, REGION, NIGHTS[2], tables) == expected
