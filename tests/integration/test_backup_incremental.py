@@ -368,12 +368,17 @@ def test_a_night_diffs_against_the_digests_the_night_before_left_not_the_chain(
         assert sum(kept.values()) == sum(expected[NIGHTS[-1]][table].values()), table
 
 
-@pytest.mark.parametrize("damage", ["deleted", "overwritten"])
+@pytest.mark.parametrize("damage", ["deleted", "overwritten", "forged"])
 def test_a_night_whose_digests_are_gone_or_altered_reads_the_chain_and_is_right(
     db_url: str, s3_endpoint: str, services: tuple[str, str], damage: str
 ) -> None:
-    """The digests a night left, deleted outside Lethe (every version) or overwritten with other rows: the next
-    night reads the chain instead, and restores to what the primary held."""
+    """The digests a night left, deleted outside Lethe (every version) or overwritten with other rows (`forged`:
+    and the manifest edited to vouch for them): the next night reads the chain instead, and restores to what the
+    primary held."""
+    import gzip
+    import hashlib
+    import json
+
     import pyarrow as pa
 
     policy = incremental_policy()
@@ -395,6 +400,11 @@ def test_a_night_whose_digests_are_gone_or_altered_reads_the_chain_and_is_right(
         empty = pa.table({"bucket": pa.array([], pa.int32()), "digest": pa.array([], pa.uint64())})
         pq.write_table(empty.replace_schema_metadata({b"lethe.chain": was[b"lethe.chain"]}), body)
         client.put_object(Bucket=bucket, Key=damaged, Body=body.getvalue())
+        if damage == "forged":
+            key = layout.manifest_key(NIGHTS[1])
+            raw = json.loads(gzip.decompress(client.get_object(Bucket=bucket, Key=key)["Body"].read()))
+            raw["tables"]["comments"]["digests"]["sha256"] = hashlib.sha256(body.getvalue()).hexdigest()
+            client.put_object(Bucket=bucket, Key=key, Body=gzip.compress(json.dumps(raw).encode()))
     change_a_night(db_url, 2)
     expected = contents(db_url, tables)
     with gets() as keys:
