@@ -88,7 +88,10 @@ class Writer:
             self._file.close()
 
     def discard(self) -> None:
-        self._file.close()
+        try:
+            self._out.close()  # closed before its file: collected unclosed, it would write to a closed file
+        finally:
+            self._file.close()
 
 
 Digests = Iterator[np.ndarray]
