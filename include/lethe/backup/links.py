@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg2 import sql
 
+from lethe import relations
 from lethe.db import ConfigurationError
 from lethe.holds import HOLDS
 from lethe.pseudonym import subject_pseudonym
@@ -41,7 +42,7 @@ class ForeignKey:
 
 
 _FK_SQL = """
-SELECT ch.relname, pa.relname,
+SELECT k.conrelid, k.confrelid,
        ARRAY(SELECT a.attname::text FROM unnest(k.conkey) WITH ORDINALITY u(n, i)
              JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = u.n ORDER BY u.i),
        ARRAY(SELECT a.attname::text FROM unnest(k.confkey) WITH ORDINALITY u(n, i)
@@ -49,19 +50,20 @@ SELECT ch.relname, pa.relname,
        EXISTS (SELECT 1 FROM unnest(k.conkey) u(n) JOIN pg_attribute a ON a.attrelid = k.conrelid
                AND a.attnum = u.n WHERE a.attnotnull)
 FROM pg_constraint k
-JOIN pg_class ch ON ch.oid = k.conrelid
-JOIN pg_class pa ON pa.oid = k.confrelid
-WHERE k.contype = 'f' AND k.conparentid = 0
-  AND k.conrelid IN (SELECT to_regclass(quote_ident(t)) FROM unnest(%(tables)s::text[]) t)
-  AND k.confrelid IN (SELECT to_regclass(quote_ident(t)) FROM unnest(%(tables)s::text[]) t)
-ORDER BY 1, 3
+WHERE k.contype = 'f' AND k.conparentid = 0 AND k.conrelid = ANY(%(oids)s) AND k.confrelid = ANY(%(oids)s)
 """
 
 
 def foreign_keys(cur: psycopg2.extensions.cursor, tables: list[str]) -> list[ForeignKey]:
-    """Foreign keys among `tables` (as the connection's search_path finds them), declared on the tables."""
-    cur.execute(_FK_SQL, {"tables": tables})
-    return [ForeignKey(c, tuple(cc), p, tuple(pcs), bool(nn)) for c, p, cc, pcs, nn in cur.fetchall()]
+    """Foreign keys among `tables` (the policy's names: `table` on the search path or `schema.table`), declared
+    on the tables, each side named as the policy names it."""
+    named = relations.policy_oids(cur, tables)
+    cur.execute(_FK_SQL, {"oids": list(named)})
+    found = [
+        ForeignKey(named[int(c)], tuple(cc), named[int(p)], tuple(pcs), bool(nn))
+        for c, p, cc, pcs, nn in cur.fetchall()
+    ]
+    return sorted(found, key=lambda fk: (fk.child, fk.parent, fk.child_columns))
 
 
 def orphans(cur: psycopg2.extensions.cursor, fk: ForeignKey) -> int:
@@ -73,7 +75,7 @@ def orphans(cur: psycopg2.extensions.cursor, fk: ForeignKey) -> int:
     present = sql.SQL(" AND ").join(sql.SQL("c.{} IS NOT NULL").format(sql.Identifier(c)) for c in fk.child_columns)
     cur.execute(
         sql.SQL("SELECT count(*) FROM {c} c WHERE {present} AND NOT EXISTS (SELECT 1 FROM {p} p WHERE {m})").format(
-            c=sql.Identifier(fk.child), p=sql.Identifier(fk.parent), present=present, m=match
+            c=relations.relation(fk.child), p=relations.relation(fk.parent), present=present, m=match
         )
     )
     return int(cur.fetchone()[0])  # type: ignore[index]
@@ -92,7 +94,8 @@ def cut_dangling(frame: pa.Table, fk: ForeignKey, present: set[tuple[object, ...
     """Null the link of every row that points at a parent row no longer there; (new frame, rows cut).
 
     In a consistent snapshot a missing parent row is one the erasure removed, so this is the primary's
-    `_cut_links` on the same rows. A NOT NULL link cannot be cut: the primary refuses such an erasure too.
+    `_cut_links` on the same rows. A NOT NULL link cannot be cut: the primary refuses such an erasure too,
+    unless the policy re-points it to the placeholder subject row (the restore counts that row as present).
     """
     if frame.num_rows == 0 or any(c not in frame.column_names for c in fk.child_columns):
         return frame, 0
@@ -103,7 +106,8 @@ def cut_dangling(frame: pa.Table, fk: ForeignKey, present: set[tuple[object, ...
     if fk.not_null:
         raise LinkError(
             f"{cut} kept row(s) of {fk.describe()} reference erased rows through a NOT NULL link; "
-            f"the primary's erasure refuses this too: make the column nullable or give {fk.child} a delete action"
+            f"the primary's erasure refuses this too: make the column nullable, give {fk.child} a delete action, "
+            "or re-point the link (erasure strategy placeholder)"
         )
     mask = pa.array(dangling, pa.bool_())
     for name in fk.child_columns:

@@ -117,6 +117,12 @@ def _ensure_placeholder(cur: psycopg2.extensions.cursor, policy: Any) -> None:
     )
 
 
+def _placeholder_key(frame: pa.Table, policy: Any) -> object:
+    """The placeholder's key as the subject frame's key column holds it (the links re-pointed to it carry the
+    same cast of the same text, `masking.arrow_value`)."""
+    return pa.scalar(str(policy.subject.placeholder), pa.string()).cast(frame.column(policy.subject.key).type).as_py()
+
+
 def _primary_tombstones(primary_url: str | None, target_url: str) -> list[tuple[Any, ...]] | None:
     if not primary_url or primary_url == target_url:
         return None
@@ -223,13 +229,17 @@ def restore_snapshot(
             for fk in fks:  # parents come first (load order); a table's links to itself are checked against itself
                 if fk.parent == table:
                     present[(table, fk.parent_columns)] = links.parent_keys(frame, fk.parent_columns)
+            placeholder = table == policy.subject.table and _uses_placeholder(manifest)
+            kept = present.get((table, (policy.subject.key,)))
+            if placeholder and kept is not None and policy.subject.placeholder is not None:
+                kept.add((_placeholder_key(frame, policy),))  # re-pointed links are not dangling: it is made below
             cut = 0
             for fk in fks:
                 if fk.child == table:
                     frame, n = links.cut_dangling(frame, fk, present[(fk.parent, fk.parent_columns)])
                     cut += n
             report.rows_loaded[table] = frames.copy_into(cur, table, frame)
-            if table == policy.subject.table and _uses_placeholder(manifest):
+            if placeholder:
                 _ensure_placeholder(cur, policy)  # kept rows re-pointed after this snapshot was taken need it
             if mentions:
                 report.mentions_redacted[table] = mentions
