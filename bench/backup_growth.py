@@ -23,8 +23,8 @@ Each export's S3 requests are counted by a botocore hook (every request the proc
 by operation; GetObjects by key and answered ContentLength): an incremental night reads the previous
 manifest and every data object it names (the digests of the rows they hold).
 
-Run: `uv run python bench/backup_growth.py [--incremental] [--delta-object-kib K]` (default 2,000 users,
-35 nights, 2%).
+Run: `uv run python bench/backup_growth.py [--incremental] [--delta-object-kib K] [--s3-latency-ms MS]` (default
+2,000 users, 35 nights, 2%; no latency added).
 """
 
 from __future__ import annotations
@@ -145,10 +145,11 @@ class _S3Calls:
     A botocore hook on boto3's default session: every client Lethe makes afterwards (boto3.client) inherits it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, latency: float = 0.0) -> None:
         import boto3
 
         self.on = False
+        self.latency = latency
         self.lock = threading.Lock()
         self.calls: Counter[str] = Counter()
         self.got: list[tuple[str, int]] = []  # (key, bytes) of each GetObject
@@ -157,6 +158,11 @@ class _S3Calls:
         assert boto3.DEFAULT_SESSION is not None
         boto3.DEFAULT_SESSION.events.register("provide-client-params.s3", self._params)
         boto3.DEFAULT_SESSION.events.register("after-call.s3", self._answer)
+        if latency:
+            boto3.DEFAULT_SESSION.events.register("before-send.s3", self._delay)
+
+    def _delay(self, **_: Any) -> None:
+        time.sleep(self.latency)  # a round trip to a distant region, added to each request the local server answers
 
     def _params(self, params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
         context["bench_key"] = params.get("Key")
@@ -210,6 +216,13 @@ def main(argv: list[str] | None = None) -> int:
         help="with --incremental: Arrow bytes of rows a delta object gathers (lethe.backup.chain.DELTA_OBJECT_BYTES;"
         " default: Lethe's)",
     )
+    parser.add_argument(
+        "--s3-latency-ms",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="add MS milliseconds to every S3 request (a backup region far from the worker; default 0)",
+    )
     args = parser.parse_args(argv)
 
     from lethe.backup import chain, manifest
@@ -223,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     from lethe.policy import load_policy
     from lethe.testing import insert_tombstones, seeded_platform
 
-    s3_calls = _S3Calls()  # before any client is made
+    s3_calls = _S3Calls(args.s3_latency_ms / 1000)  # before any client is made
     first, second = BACKUP_REGIONS[:2]
     full = load_policy()
     policy = full
@@ -295,7 +308,9 @@ def main(argv: list[str] | None = None) -> int:
         everything = _data_bytes(stored)
         manifests = _manifest_bytes(stored)
 
-        print(f"{args.users:,} users, {args.nights} nights, {args.change:.0%} of rows changed a night, {layout_name}")
+        latency = f", {args.s3_latency_ms:g} ms added to each S3 request" if args.s3_latency_ms else ""
+        changed = f"{args.change:.0%} of rows changed a night"
+        print(f"{args.users:,} users, {args.nights} nights, {changed}, {layout_name}{latency}")
         print(
             f"stored: {everything / 1e6:.2f} MB of data objects in {args.nights} snapshots (+ {manifests / 1e6:.2f} MB"
             f" of manifests); one full snapshot of the last night {one / 1e6:.2f} MB (+ {one_manifest / 1e6:.2f} MB"

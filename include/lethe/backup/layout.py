@@ -27,8 +27,12 @@ def snapshot_time(sid: str) -> datetime:
     return datetime.strptime(sid, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
 
 
+def is_snapshot_id(sid: str) -> bool:
+    return bool(_SNAPSHOT_ID.match(sid))
+
+
 def check_snapshot_id(sid: str) -> str:
-    if not _SNAPSHOT_ID.match(sid):
+    if not is_snapshot_id(sid):
         raise ValueError(f"snapshot id {sid!r} is not of the form YYYYMMDDTHHMMSSZ (for example 20261130T020000Z)")
     return sid
 

@@ -188,13 +188,12 @@ def write(client: Any, bucket: str, manifest: Manifest) -> str:
             body = _gzip(body)
     else:
         raw, bodies = split
-        refs = []
-        for writer, index in bodies:
-            sha = hashlib.sha256(index).hexdigest()
-            key = index_key(writer, sha)
-            if not store.exists(client, bucket, key):  # content-addressed: there, it holds these very bytes
-                store.put(client, bucket, key, index, "application/gzip")
-            refs.append({"key": key, "sha256": sha})
+        shas = [hashlib.sha256(index).hexdigest() for _, index in bodies]
+        refs = [{"key": index_key(w, sha), "sha256": sha} for (w, _), sha in zip(bodies, shas, strict=True)]
+        there = store.exists_many(client, bucket, [ref["key"] for ref in refs])
+        for ref, (_, index), stored in zip(refs, bodies, there, strict=True):
+            if not stored:  # content-addressed: there, it holds these very bytes
+                store.put(client, bucket, ref["key"], index, "application/gzip")
         raw["index_objects"] = refs
         body = _gzip(json.dumps(raw, indent=1, sort_keys=True).encode())
     manifest.indexes = [ref["key"] for ref in raw["index_objects"]] if split else []
@@ -292,7 +291,9 @@ def snapshot_ids(client: Any, bucket: str, *, include_hidden: bool = False) -> l
 
 def complete_snapshot_ids(client: Any, bucket: str) -> list[str]:
     """The snapshots whose manifest is written (complete), oldest first."""
-    return [sid for sid in snapshot_ids(client, bucket) if store.exists(client, bucket, layout.manifest_key(sid))]
+    ids = snapshot_ids(client, bucket)
+    there = store.exists_many(client, bucket, map(layout.manifest_key, ids))
+    return [sid for sid, complete in zip(ids, there, strict=True) if complete]
 
 
 def complete_manifests(client: Any, bucket: str) -> list[Manifest]:

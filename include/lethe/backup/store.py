@@ -7,7 +7,8 @@ the old bytes stay readable: erasing means deleting each version by its id.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -122,6 +123,20 @@ def put_file(client: Any, bucket: str, key: str, body: BinaryIO) -> str:
     body.seek(0)
     _put_object(client, bucket, key, body, "application/octet-stream")
     return digest.hexdigest()
+
+
+# HEADs asked at once by exists_many: a night asks one a retained snapshot and one an index object, and one
+# after the other they cost a round trip each (about 70 a night at 35 nights; a cross-region one is ~0.2 s).
+HEAD_THREADS = 8
+
+
+def exists_many(client: Any, bucket: str, keys: Iterable[str]) -> list[bool]:
+    """`exists` of each key, in order, asked on a few threads at once (boto3's clients are thread-safe)."""
+    keys = list(keys)
+    if len(keys) < 2:
+        return [exists(client, bucket, k) for k in keys]
+    with ThreadPoolExecutor(min(HEAD_THREADS, len(keys))) as pool:
+        return list(pool.map(lambda k: exists(client, bucket, k), keys))
 
 
 def exists(client: Any, bucket: str, key: str) -> bool:

@@ -62,12 +62,10 @@ def remove_incomplete(
         # Read after the listing: a writer records its snapshot as 'writing' before its first object, so any
         # prefix listed with objects of the live writer is already its latest 'writing' row.
         keep = being_written(db_url, region)
-    for sid in listed:
-        try:
-            layout.check_snapshot_id(sid)
-        except ValueError:
-            continue  # not ours: leave foreign prefixes alone
-        if sid == keep or store.exists(client, bucket, layout.manifest_key(sid)):
+    ours = [sid for sid in listed if sid != keep and layout.is_snapshot_id(sid)]  # foreign prefixes left alone
+    complete = dict(zip(ours, store.exists_many(client, bucket, map(layout.manifest_key, ours)), strict=True))
+    for sid in ours:
+        if complete[sid]:
             continue
         incomplete.append(sid)
         versions = store.delete_everything(client, bucket, layout.snapshot_prefix(sid))
