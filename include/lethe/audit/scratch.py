@@ -163,8 +163,16 @@ def schema_script(primary_url: str, schemas: list[str]) -> str:
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600, check=False)
     if done.returncode:
         # pg_dump's message names objects and the server, never rows (schema only)
-        raise ConfigurationError(f"pg_dump of the primary's schema failed: {done.stderr.strip()[-500:]}")
+        raise ConfigurationError(f"pg_dump of the primary's schema failed: {pg_dump_error(done.stderr)}")
     return done.stdout
+
+
+def pg_dump_error(stderr: str) -> str:
+    """pg_dump's error, detail and hint lines, each cut to 200 characters: pg_dump 18 ends a failure with the
+    query it ran, and the last 500 characters of that were all a user saw."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    said = [line for line in lines if any(f"{kind}:" in line.lower() for kind in ("error", "detail", "hint"))]
+    return " | ".join(line if len(line) <= 200 else line[:199] + "…" for line in said or lines[-3:])
 
 
 def _runnable(script: str, settings: set[str]) -> str:
