@@ -368,13 +368,13 @@ def test_a_night_diffs_against_the_digests_the_night_before_left_not_the_chain(
         assert sum(kept.values()) == sum(expected[NIGHTS[-1]][table].values()), table
 
 
-@pytest.mark.parametrize("damage", ["deleted", "overwritten", "forged"])
+@pytest.mark.parametrize("damage", ["deleted", "overwritten", "forged", "garbled"])
 def test_a_night_whose_digests_are_gone_or_altered_reads_the_chain_and_is_right(
     db_url: str, s3_endpoint: str, services: tuple[str, str], damage: str
 ) -> None:
     """The digests a night left, deleted outside Lethe (every version) or overwritten with other rows (`forged`:
-    and the manifest edited to vouch for them): the next night reads the chain instead, and restores to what the
-    primary held."""
+    and the manifest edited to vouch for them; `garbled`: not Parquet at all, vouched for alike): the next night
+    reads the chain instead, and restores to what the primary held."""
     import gzip
     import hashlib
     import json
@@ -399,8 +399,10 @@ def test_a_night_whose_digests_are_gone_or_altered_reads_the_chain_and_is_right(
         body = io.BytesIO()
         empty = pa.table({"bucket": pa.array([], pa.int32()), "digest": pa.array([], pa.uint64())})
         pq.write_table(empty.replace_schema_metadata({b"lethe.chain": was[b"lethe.chain"]}), body)
+        if damage == "garbled":
+            body = io.BytesIO(b"PAR1 not a Parquet file")
         client.put_object(Bucket=bucket, Key=damaged, Body=body.getvalue())
-        if damage == "forged":
+        if damage in ("forged", "garbled"):
             key = layout.manifest_key(NIGHTS[1])
             raw = json.loads(gzip.decompress(client.get_object(Bucket=bucket, Key=key)["Body"].read()))
             raw["tables"]["comments"]["digests"]["sha256"] = hashlib.sha256(body.getvalue()).hexdigest()

@@ -141,13 +141,18 @@ def _open(client: Any, bucket: str, entry: TableEntry) -> tuple[BinaryIO, dict[s
         held.close()
         log.warning("%s does not match its checksum; the chain's digests read from its objects", where)
         return None
-    footer = pq.ParquetFile(held, pre_buffer=False).metadata
-    recorded = (footer.metadata or {}).get(CHAIN_METADATA)
-    if recorded is None:
+    try:
+        footer = pq.ParquetFile(held, pre_buffer=False).metadata
+        recorded = (footer.metadata or {}).get(CHAIN_METADATA)
+        objects = None if recorded is None else {str(k): str(sha) for k, sha in json.loads(recorded)}
+    except (pa.ArrowException, ValueError, TypeError) as exc:  # its checksum vouched for by an edited manifest
+        held.close()
+        log.warning("%s is not digests Lethe wrote (%s); the chain's digests read from its objects", where, exc)
+        return None
+    if objects is None:
         held.close()
         log.warning("%s does not say which objects it sums up; the chain's digests read from its objects", where)
         return None
-    objects = {k: sha for k, sha in json.loads(recorded)}
     if footer.num_rows != entry.rows and all(objects.get(o.key) == o.sha256 for o in entry.objects):
         held.close()  # nothing rewritten since, yet not a digest a row: not what that night left
         log.warning(
