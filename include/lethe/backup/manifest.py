@@ -257,7 +257,7 @@ class IndexReader:
         """The tables of each index object `refs` name, in order; those not read yet are fetched a few at once
         (a manifest names one a night of its chain: ~35 GETs, one after the other a round trip each)."""
         unread = list({ref["key"]: ref for ref in refs if ref["key"] not in self.read}.values())
-        with ThreadPoolExecutor(max(1, min(store.HEAD_THREADS, len(unread)))) as pool:
+        with ThreadPoolExecutor(max(1, min(store.SMALL_REQUEST_THREADS, len(unread)))) as pool:
             for ref, tables in zip(unread, pool.map(self._fetch, unread), strict=True):
                 self.read[ref["key"]] = tables
         return [self.read[ref["key"]] for ref in refs]

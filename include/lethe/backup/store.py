@@ -125,9 +125,10 @@ def put_file(client: Any, bucket: str, key: str, body: BinaryIO) -> str:
     return digest.hexdigest()
 
 
-# HEADs asked at once by exists_many: a night asks one a retained snapshot and one an index object, and one
-# after the other they cost a round trip each (about 70 a night at 35 nights; a cross-region one is ~0.2 s).
-HEAD_THREADS = 8
+# Small requests asked at once (exists_many's HEADs, manifest.IndexReader's GETs): a night asks one a retained
+# snapshot and two an index object, and one after the other they cost a round trip each (about 120 a night at 35
+# nights; a cross-region round trip is ~0.2 s).
+SMALL_REQUEST_THREADS = 8
 
 
 def exists_many(client: Any, bucket: str, keys: Iterable[str]) -> list[bool]:
@@ -135,7 +136,7 @@ def exists_many(client: Any, bucket: str, keys: Iterable[str]) -> list[bool]:
     keys = list(keys)
     if len(keys) < 2:
         return [exists(client, bucket, k) for k in keys]
-    with ThreadPoolExecutor(min(HEAD_THREADS, len(keys))) as pool:
+    with ThreadPoolExecutor(min(SMALL_REQUEST_THREADS, len(keys))) as pool:
         return list(pool.map(lambda k: exists(client, bucket, k), keys))
 
 
