@@ -52,10 +52,8 @@ def split(name: str) -> tuple[str | None, str]:
 
 
 def regclass_literal(name: str) -> str:
-    """The name as to_regclass() reads it (each part quoted)."""
-    schema, table = split(name)
-    quoted = '"' + table.replace('"', '""') + '"'
-    return f'"{schema}".{quoted}' if schema else quoted
+    """The name as to_regclass() reads it (each part quoted, a `"` in either doubled)."""
+    return ".".join('"' + part.replace('"', '""') + '"' for part in split(name) if part is not None)
 
 
 @dataclass(frozen=True)

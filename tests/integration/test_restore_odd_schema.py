@@ -1,0 +1,263 @@
+"""A snapshot of a shop Lethe never saw, restored and drilled, read back with this test's own SQL.
+
+The shop keeps its customers in `"Shop"."Kunden"` (a mixed-case schema no search path names); a customer may
+have been referred by another (a nullable link to the same table); addresses are keyed by (customer, number)
+and deliveries point to one with a composite key; invoices live in another schema, whose name is given per
+case (a `"` in it, say), with a NOT NULL link re-pointed to the placeholder customer on erasure.
+
+A snapshot is taken, one customer erased (the real erasure), and the snapshot from before the erasure restored
+into an empty copy of the schema and drilled (the real restore drill, its scratch database copied by pg_dump).
+The restored rows are read with plain SQL here: no row of the erased customer, every kept link intact, the
+placeholder there, and every foreign key declared among the backed-up tables counted as checked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import own_schema
+import psycopg2
+import pytest
+from lethe import testing
+from psycopg2 import sql
+
+pytestmark = pytest.mark.integration
+
+KEY = b"odd-schema-key"
+REGION = "us-east-1"
+PLACEHOLDER = 0
+ANNA, BERT, CLARA = 1, 2, 3  # Anna is erased; Bert was referred by her; Clara by Bert
+FKS_DECLARED = 5  # referred_by, adressen->kunden, lieferungen->adressen (composite), rechnungen->kunden, ->adressen
+
+
+def schema_sql(finance: str) -> sql.Composable:
+    f = sql.Identifier(finance)
+    return sql.SQL(
+        """
+CREATE SCHEMA "Shop";
+CREATE SCHEMA {f};
+CREATE TABLE "Shop"."Kunden" (
+    "Kunden_Nr" bigint PRIMARY KEY,
+    email text UNIQUE,
+    name text,
+    geworben_von bigint REFERENCES "Shop"."Kunden" ("Kunden_Nr")
+);
+CREATE TABLE "Shop"."Adressen" (
+    "Kunden_Nr" bigint NOT NULL REFERENCES "Shop"."Kunden" ("Kunden_Nr"),
+    lfd int NOT NULL,
+    strasse text NOT NULL,
+    PRIMARY KEY ("Kunden_Nr", lfd)
+);
+CREATE TABLE "Shop"."Lieferungen" (
+    lieferung_id bigint PRIMARY KEY,
+    "Kunden_Nr" bigint,
+    adresse int,
+    FOREIGN KEY ("Kunden_Nr", adresse) REFERENCES "Shop"."Adressen" ("Kunden_Nr", lfd)
+);
+CREATE TABLE {f}."Rechnungen" (
+    rechnung_nr bigint PRIMARY KEY,
+    "Kunden_Nr" bigint NOT NULL REFERENCES "Shop"."Kunden" ("Kunden_Nr"),
+    adresse_kunde bigint,
+    adresse int,
+    betrag int NOT NULL,
+    FOREIGN KEY (adresse_kunde, adresse) REFERENCES "Shop"."Adressen" ("Kunden_Nr", lfd)
+);
+"""
+    ).format(f=f)
+
+
+def seed_sql(finance: str) -> sql.Composable:
+    return sql.SQL(
+        """
+INSERT INTO "Shop"."Kunden" VALUES (1, 'anna@odd.test', 'Anna Alt', NULL), (2, 'bert@odd.test', 'Bert Berg', 1),
+    (3, 'clara@odd.test', 'Clara Cis', 2);
+INSERT INTO "Shop"."Adressen" VALUES (1, 1, 'Altweg 1'), (2, 1, 'Bergstr 2'), (3, 1, 'Cisplatz 3');
+INSERT INTO "Shop"."Lieferungen" VALUES (10, 1, 1), (11, 2, 1), (12, 3, 1), (13, NULL, NULL);
+INSERT INTO {f}."Rechnungen" VALUES (100, 1, 1, 1, 500), (101, 2, 2, 1, 700), (102, 3, NULL, NULL, 900);
+"""
+    ).format(f=sql.Identifier(finance))
+
+
+def policy_yaml(finance: str) -> str:
+    rechnungen = f"{finance}.Rechnungen".replace("'", "''")
+    return f"""
+version: "2026.12.0"
+source: "Odd shop test notice"
+subject:
+  table: Shop.Kunden
+  key: Kunden_Nr
+  identifiers: {{user_id: Kunden_Nr, email: email}}
+  placeholder: {PLACEHOLDER}
+purposes:
+  sales: Selling things
+  accounting: Tax records
+consent_purposes: []
+tables:
+  Shop.Kunden:
+    description: Customers
+    purpose: sales
+    legal_basis: contract
+    subject: Kunden_Nr
+    backup: true
+    columns: {{Kunden_Nr: identifier, email: email, name: name, geworben_von: identifier}}
+    retain_indefinitely: "While the account exists"
+    erasure: {{action: delete}}
+  Shop.Adressen:
+    description: Addresses of a customer
+    purpose: sales
+    legal_basis: contract
+    subject: Kunden_Nr
+    backup: true
+    columns: {{Kunden_Nr: identifier, lfd: attribute, strasse: address}}
+    retain_indefinitely: "While the account exists"
+    erasure: {{action: delete}}
+  Shop.Lieferungen:
+    description: Deliveries to an address (composite link)
+    purpose: sales
+    legal_basis: contract
+    subject: null
+    backup: true
+    columns: {{lieferung_id: identifier, Kunden_Nr: identifier, adresse: attribute}}
+    retain_indefinitely: "Delivery records"
+    erasure: {{action: delete}}
+  '{rechnungen}':
+    description: Invoices, NOT NULL link to the customer
+    purpose: accounting
+    legal_basis: legal_obligation
+    subject: Kunden_Nr
+    backup: true
+    columns:
+      {{rechnung_nr: identifier, Kunden_Nr: identifier, adresse_kunde: identifier, adresse: attribute, betrag: payment}}
+    retain_indefinitely: "Tax records"
+    erasure:
+      action: pseudonymise
+      columns: {{Kunden_Nr: placeholder}}
+      keep:
+        betrag: "Amount invoiced: tax record."
+      retained_because: "Invoices are kept for seven years."
+"""
+
+
+def q(url: str, statement: str | sql.Composable, params: Any = ()) -> list[tuple[Any, ...]]:
+    with closing(psycopg2.connect(url)) as conn, conn, conn.cursor() as cur:
+        cur.execute("SET statement_timeout = '30s'")
+        cur.execute(statement, params)
+        return cur.fetchall() if cur.description else []
+
+
+def declared_fks(url: str, schemas: list[str]) -> int:
+    """Foreign keys declared among tables of these schemas, counted from the catalogue here."""
+    [(n,)] = q(
+        url,
+        "SELECT count(*) FROM pg_constraint c"
+        " JOIN pg_class r ON r.oid = c.conrelid JOIN pg_namespace rn ON rn.oid = r.relnamespace"
+        " JOIN pg_class p ON p.oid = c.confrelid JOIN pg_namespace pn ON pn.oid = p.relnamespace"
+        " WHERE c.contype = 'f' AND rn.nspname = ANY(%s) AND pn.nspname = ANY(%s)",
+        (schemas, schemas),
+    )
+    return int(n)
+
+
+@pytest.fixture
+def shop(
+    request: pytest.FixtureRequest, services: tuple[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[tuple[str, str]]:
+    finance: str = request.param
+    url = testing.empty_database(services[0], "lethe_odd")
+    with closing(psycopg2.connect(url)) as conn, conn, conn.cursor() as cur:
+        cur.execute(schema_sql(finance))
+        cur.execute(seed_sql(finance))
+    path = tmp_path / "policy.yaml"
+    path.write_text(policy_yaml(finance))
+    own_schema.as_primary(monkeypatch, url, path)
+    yield url, finance
+    testing.drop_database(url)
+
+
+def erase(url: str, email: str) -> dict[str, Any]:
+    from lethe.db import transaction
+    from lethe.erasure import lifecycle, request, tasks
+    from lethe.policy import load_policy
+
+    with transaction(url) as cur:
+        request_id, _ = request.register(cur, "email", email)
+        lifecycle.claim_one(cur, request_id, "odd-run", [])
+        lifecycle.move(cur, "plan", [request_id], run_id="odd-run")
+        lifecycle.move(cur, "approve_unattended", [request_id], run_id="odd-run")
+    return tasks.erase_run("odd-run", url, KEY, load_policy())
+
+
+@pytest.mark.parametrize("shop", ['Fi"nanz', "Finanz"], indirect=True)
+def test_an_odd_schema_restores_and_drills_without_the_erased_customer(
+    shop: tuple[str, str], s3_endpoint: str, services: tuple[str, str]
+) -> None:
+    from lethe.audit import drill, scratch
+    from lethe.backup.restore import restore_snapshot
+    from lethe.backup.snapshot import take_snapshot
+    from lethe.db import migrate
+    from lethe.policy import load_policy
+
+    url, finance = shop
+    rechnungen = sql.Identifier(finance, "Rechnungen")
+    schemas = ["Shop", finance]
+    assert declared_fks(url, schemas) == FKS_DECLARED
+    migrate(url)
+    policy = load_policy()
+    take_snapshot(url, REGION, s3_endpoint, "20261201T020000Z", policy, KEY)
+
+    summary = erase(url, "anna@odd.test")
+    assert summary["outcomes"] == {"erased": 1}, (
+        summary,
+        q(url, "SELECT detail->>'error' FROM lethe.erasure_requests"),
+    )
+    assert q(url, 'SELECT "Kunden_Nr" FROM "Shop"."Kunden" ORDER BY 1') == [(PLACEHOLDER,), (BERT,), (CLARA,)]
+    assert q(url, sql.SQL('SELECT rechnung_nr, "Kunden_Nr" FROM {} ORDER BY 1').format(rechnungen)) == [
+        (100, PLACEHOLDER),
+        (101, BERT),
+        (102, CLARA),
+    ]
+
+    target = testing.empty_database(services[0], "lethe_odd_restore")
+    try:
+        with closing(psycopg2.connect(target)) as conn, conn, conn.cursor() as cur:
+            cur.execute(schema_sql(finance))
+        report = restore_snapshot(
+            "20261201T020000Z", REGION, target, endpoint_url=s3_endpoint, key=KEY, primary_url=url, out=lambda _: None
+        )
+        assert q(target, 'SELECT "Kunden_Nr", email, name, geworben_von FROM "Shop"."Kunden" ORDER BY 1') == [
+            (PLACEHOLDER, None, None, None),
+            (BERT, "bert@odd.test", "Bert Berg", None),  # his link to Anna is cut
+            (CLARA, "clara@odd.test", "Clara Cis", BERT),
+        ]
+        assert q(target, 'SELECT "Kunden_Nr", lfd FROM "Shop"."Adressen" ORDER BY 1') == [(BERT, 1), (CLARA, 1)]
+        assert q(target, 'SELECT lieferung_id, "Kunden_Nr", adresse FROM "Shop"."Lieferungen" ORDER BY 1') == [
+            (10, None, None),
+            (11, BERT, 1),
+            (12, CLARA, 1),
+            (13, None, None),
+        ] or q(target, 'SELECT lieferung_id FROM "Shop"."Lieferungen" ORDER BY 1') == [(11,), (12,), (13,)]
+        assert q(
+            target,
+            sql.SQL('SELECT rechnung_nr, "Kunden_Nr", adresse_kunde, adresse FROM {} ORDER BY 1').format(rechnungen),
+        ) == [
+            (100, PLACEHOLDER, None, None),
+            (101, BERT, BERT, 1),
+            (102, CLARA, None, None),
+        ]
+        assert (report.foreign_keys_checked, report.orphan_rows, report.foreign_keys_missing) == (
+            declared_fks(target, schemas),
+            {},
+            [],
+        )
+        assert report.foreign_keys_checked == FKS_DECLARED
+    finally:
+        testing.drop_database(target)
+
+    name = scratch.default_name(url)
+    counts, _, details = drill.drill_region(url, s3_endpoint, KEY, REGION, name)
+    assert not any(counts.values()), (counts, details)
+    assert details["orphan_rows.oldest"]["foreign_keys_checked"] == FKS_DECLARED, details
+    assert q(url, "SELECT count(*) FROM pg_database WHERE datname = %s", (name,)) == [(0,)]
