@@ -41,8 +41,10 @@ CROSS JOIN LATERAL (
 
 
 def relation(name: str) -> sql.Identifier:
-    """A table the policy names: `table` (on the search path) or `schema.table`, quoted."""
-    return sql.Identifier(*name.split(".", 1))
+    """A table the policy names: `table` (on the search path) or `schema.table`, quoted. The name splits at its
+    last dot, as `split` and `regclass_literal` read it: a schema's name may hold a dot, a table's may not."""
+    schema, table = split(name)
+    return sql.Identifier(schema, table) if schema else sql.Identifier(table)
 
 
 def split(name: str) -> tuple[str | None, str]:

@@ -190,7 +190,7 @@ def erase(url: str, email: str) -> dict[str, Any]:
     return tasks.erase_run("odd-run", url, KEY, load_policy())
 
 
-@pytest.mark.parametrize("shop", ['Fi"nanz', "Finanz"], indirect=True)
+@pytest.mark.parametrize("shop", ['Fi"nanz', "Finanz", "Buch.Haltung"], indirect=True)
 def test_an_odd_schema_restores_and_drills_without_the_erased_customer(
     shop: tuple[str, str], s3_endpoint: str, services: tuple[str, str]
 ) -> None:

@@ -46,8 +46,11 @@ def _q(name: str) -> str:
 
 
 def _rel(name: str) -> str:
-    """A table as the policy names it, `table` or `schema.table`, each part quoted."""
-    return ".".join(_q(part) for part in name.split(".", 1))
+    """A table as the policy names it, `table` or `schema.table` (split at the last dot, as
+    lethe.relations.split reads it), each part quoted."""
+    from lethe.relations import split
+
+    return ".".join(_q(part) for part in split(name) if part is not None)
 
 
 def _lethe(name: str) -> str:
