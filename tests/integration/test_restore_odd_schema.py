@@ -30,7 +30,9 @@ KEY = b"odd-schema-key"
 REGION = "us-east-1"
 PLACEHOLDER = 0
 ANNA, BERT, CLARA = 1, 2, 3  # Anna is erased; Bert was referred by her; Clara by Bert
-FKS_DECLARED = 5  # referred_by, adressen->kunden, lieferungen->adressen (composite), rechnungen->kunden, ->adressen
+# geworben_von, Adressen->Kunden, Lieferungen->Adressen (composite), Rechnungen->Kunden and ->Adressen (composite),
+# Bestellungen->Kunden twice (declared on each partition only)
+FKS_DECLARED = 7
 
 
 def schema_sql(finance: str) -> sql.Composable:
@@ -65,6 +67,21 @@ CREATE TABLE {f}."Rechnungen" (
     betrag int NOT NULL,
     FOREIGN KEY (adresse_kunde, adresse) REFERENCES "Shop"."Adressen" ("Kunden_Nr", lfd)
 );
+CREATE TABLE "Shop"."Bestellungen" (
+    bestell_nr bigint NOT NULL,
+    bestellt_am date NOT NULL,
+    "Kunden_Nr" bigint NOT NULL,
+    geschenk_fuer bigint,
+    PRIMARY KEY (bestell_nr, bestellt_am)
+) PARTITION BY RANGE (bestellt_am);
+CREATE TABLE "Shop"."Bestellungen_2026" PARTITION OF "Shop"."Bestellungen"
+    FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+CREATE TABLE "Shop"."Bestellungen_2027" PARTITION OF "Shop"."Bestellungen"
+    FOR VALUES FROM ('2027-01-01') TO ('2028-01-01');
+ALTER TABLE "Shop"."Bestellungen_2026" ADD FOREIGN KEY ("Kunden_Nr") REFERENCES "Shop"."Kunden";
+ALTER TABLE "Shop"."Bestellungen_2026" ADD FOREIGN KEY (geschenk_fuer) REFERENCES "Shop"."Kunden";
+ALTER TABLE "Shop"."Bestellungen_2027" ADD FOREIGN KEY ("Kunden_Nr") REFERENCES "Shop"."Kunden";
+ALTER TABLE "Shop"."Bestellungen_2027" ADD FOREIGN KEY (geschenk_fuer) REFERENCES "Shop"."Kunden";
 """
     ).format(f=f)
 
@@ -76,6 +93,8 @@ INSERT INTO "Shop"."Kunden" VALUES (1, 'anna@odd.test', 'Anna Alt', NULL), (2, '
     (3, 'clara@odd.test', 'Clara Cis', 2);
 INSERT INTO "Shop"."Adressen" VALUES (1, 1, 'Altweg 1'), (2, 1, 'Bergstr 2'), (3, 1, 'Cisplatz 3');
 INSERT INTO "Shop"."Lieferungen" VALUES (10, 1, 1), (11, 2, 1), (12, 3, 1), (13, NULL, NULL);
+INSERT INTO "Shop"."Bestellungen" VALUES (1000, '2026-03-01', 1, NULL), (1001, '2026-04-01', 2, 1),
+    (1002, '2027-02-01', 3, 2);
 INSERT INTO {f}."Rechnungen" VALUES (100, 1, 1, 1, 500), (101, 2, 2, 1, 700), (102, 3, NULL, NULL, 900);
 """
     ).format(f=sql.Identifier(finance))
@@ -123,6 +142,15 @@ tables:
     columns: {{lieferung_id: identifier, Kunden_Nr: identifier, adresse: attribute}}
     retain_indefinitely: "Delivery records"
     erasure: {{action: delete}}
+  Shop.Bestellungen:
+    description: Orders, partitioned by year, foreign keys on the partitions only; an order may be a gift
+    purpose: sales
+    legal_basis: contract
+    subject: Kunden_Nr
+    backup: true
+    columns: {{bestell_nr: identifier, bestellt_am: timestamp, Kunden_Nr: identifier, geschenk_fuer: identifier}}
+    retain_indefinitely: "Order history"
+    erasure: {{action: delete}}
   '{rechnungen}':
     description: Invoices, NOT NULL link to the customer
     purpose: accounting
@@ -149,10 +177,15 @@ def q(url: str, statement: str | sql.Composable, params: Any = ()) -> list[tuple
 
 
 def declared_fks(url: str, schemas: list[str]) -> int:
-    """Foreign keys declared among tables of these schemas, counted from the catalogue here."""
+    """Foreign keys declared among tables of these schemas, counted from the catalogue here: a key declared on
+    each partition counts once, as its partitioned table's (by the names of its columns)."""
     [(n,)] = q(
         url,
-        "SELECT count(*) FROM pg_constraint c"
+        "SELECT count(DISTINCT (coalesce(pg_partition_root(c.conrelid), c.conrelid),"
+        "  coalesce(pg_partition_root(c.confrelid), c.confrelid),"
+        "  ARRAY(SELECT a.attname FROM unnest(c.conkey) k(n) JOIN pg_attribute a"
+        "        ON a.attrelid = c.conrelid AND a.attnum = k.n)::text))"
+        " FROM pg_constraint c"
         " JOIN pg_class r ON r.oid = c.conrelid JOIN pg_namespace rn ON rn.oid = r.relnamespace"
         " JOIN pg_class p ON p.oid = c.confrelid JOIN pg_namespace pn ON pn.oid = p.relnamespace"
         " WHERE c.contype = 'f' AND rn.nspname = ANY(%s) AND pn.nspname = ANY(%s)",

@@ -41,27 +41,22 @@ class ForeignKey:
         return f"{self.child}({', '.join(self.child_columns)}) -> {self.parent}({', '.join(self.parent_columns)})"
 
 
-_FK_SQL = """
-SELECT k.conrelid, k.confrelid,
-       ARRAY(SELECT a.attname::text FROM unnest(k.conkey) WITH ORDINALITY u(n, i)
-             JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = u.n ORDER BY u.i),
-       ARRAY(SELECT a.attname::text FROM unnest(k.confkey) WITH ORDINALITY u(n, i)
-             JOIN pg_attribute a ON a.attrelid = k.confrelid AND a.attnum = u.n ORDER BY u.i),
-       EXISTS (SELECT 1 FROM unnest(k.conkey) u(n) JOIN pg_attribute a ON a.attrelid = k.conrelid
-               AND a.attnum = u.n WHERE a.attnotnull)
-FROM pg_constraint k
-WHERE k.contype = 'f' AND k.conparentid = 0 AND k.conrelid = ANY(%(oids)s) AND k.confrelid = ANY(%(oids)s)
-"""
-
-
 def foreign_keys(cur: psycopg2.extensions.cursor, tables: list[str]) -> list[ForeignKey]:
-    """Foreign keys among `tables` (the policy's names: `table` on the search path or `schema.table`), declared
-    on the tables, each side named as the policy names it."""
-    named = relations.policy_oids(cur, tables)
-    cur.execute(_FK_SQL, {"oids": list(named)})
+    """Foreign keys among `tables` (the policy's names: `table` on the search path or `schema.table`), each side
+    named as the policy names it. Keys are read as lethe.relations reads them: a key declared only on the
+    partitions of a partitioned table counts once, as that table's, so its links are cut and checked too."""
+    named = set(tables)
+    not_null = relations.not_null_columns(cur, tables)
     found = [
-        ForeignKey(named[int(c)], tuple(cc), named[int(p)], tuple(pcs), bool(nn))
-        for c, p, cc, pcs, nn in cur.fetchall()
+        ForeignKey(
+            fk.child,
+            fk.child_columns,
+            fk.parent,
+            fk.parent_columns,
+            any(c in not_null.get(fk.child, set()) for c in fk.child_columns),
+        )
+        for fk in relations.foreign_keys(cur, tables)
+        if fk.child in named and fk.parent in named
     ]
     return sorted(found, key=lambda fk: (fk.child, fk.parent, fk.child_columns))
 
