@@ -290,7 +290,13 @@ def test_an_odd_schema_restores_and_drills_without_the_erased_customer(
         testing.drop_database(target)
 
     name = scratch.default_name(url)
+    take_snapshot(url, REGION, s3_endpoint, "20261202T020000Z", policy, KEY)  # the newest: after the erasure
     counts, _, details = drill.drill_region(url, s3_endpoint, KEY, REGION, name)
+    assert {details[f"restore_failed.{w}"]["snapshot_id"] for w in drill.LABELS} == {
+        "20261201T020000Z",
+        "20261202T020000Z",
+    }
     assert not any(counts.values()), (counts, details)
     assert details["orphan_rows.oldest"]["foreign_keys_checked"] == FKS_DECLARED, details
+    assert details["orphan_rows.newest"]["foreign_keys_checked"] == FKS_DECLARED, details
     assert q(url, "SELECT count(*) FROM pg_database WHERE datname = %s", (name,)) == [(0,)]
