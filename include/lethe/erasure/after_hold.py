@@ -89,12 +89,18 @@ def _finish_one(
     residue_counts = row["detail"].get("residue") or {}
     columns = {w[len(WAITING) :] for w, n in residue_counts.items() if w.startswith(WAITING) and n}
     index = residue.KeyedIndex(key, frozenset(row["identifiers"]))
-    handled = sweep.sweep(cur, policy, index, {residue.ERASED}, only_tables={c.split(".", 1)[0] for c in columns})
+    handled = sweep.sweep(cur, policy, index, {residue.ERASED}, only_tables={_table_of(policy, c) for c in columns})
     found = handled.get(residue.ERASED, {})
     # `masked:comments.body` -> `masked_after_hold:comments.body` (deleted and kept alike)
     done = {w.replace(":", AFTER + ":", 1): n for w, n in found.items() if not w.startswith(WAITING)}
     left = {w[len(WAITING) :]: n for w, n in found.items() if w.startswith(WAITING)}
     return done, left
+
+
+def _table_of(policy: Policy, column: str) -> str:
+    """The policy's table of a `<table>.<column>` count: the longest table name it starts with (a name may be
+    `schema.table`, holding a dot itself), else the text before its last dot."""
+    return max((t for t in policy.tables if column.startswith(t + ".")), key=len, default=column.rsplit(".", 1)[0])
 
 
 def _record(detail: dict[str, Any], masked: dict[str, int], left: dict[str, int]) -> dict[str, Any]:
