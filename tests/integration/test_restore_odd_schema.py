@@ -32,18 +32,21 @@ PLACEHOLDER = 0
 ANNA, BERT, CLARA = 1, 2, 3  # Anna is erased; Bert was referred by her; Clara by Bert
 # geworben_von, Adressen->Kunden, Lieferungen->Adressen (composite), Rechnungen->Kunden and ->Adressen (composite),
 # Bestellungen->Kunden twice (declared on each partition only)
-FKS_DECLARED = 7
+# Newsletter->Kunden by key and by login (citext: compared case-insensitively)
+FKS_DECLARED = 9
 
 
 def schema_sql(finance: str) -> sql.Composable:
     f = sql.Identifier(finance)
     return sql.SQL(
         """
+CREATE EXTENSION IF NOT EXISTS citext;
 CREATE SCHEMA "Shop";
 CREATE SCHEMA {f};
 CREATE TABLE "Shop"."Kunden" (
     "Kunden_Nr" bigint PRIMARY KEY,
     email text UNIQUE,
+    login citext UNIQUE,
     name text,
     geworben_von bigint REFERENCES "Shop"."Kunden" ("Kunden_Nr")
 );
@@ -67,6 +70,11 @@ CREATE TABLE {f}."Rechnungen" (
     betrag int NOT NULL,
     FOREIGN KEY (adresse_kunde, adresse) REFERENCES "Shop"."Adressen" ("Kunden_Nr", lfd)
 );
+CREATE TABLE "Shop"."Newsletter" (
+    abo_id bigint PRIMARY KEY,
+    "Kunden_Nr" bigint NOT NULL REFERENCES "Shop"."Kunden" ("Kunden_Nr"),
+    login citext REFERENCES "Shop"."Kunden" (login)
+);
 CREATE TABLE "Shop"."Bestellungen" (
     bestell_nr bigint NOT NULL,
     bestellt_am date NOT NULL,
@@ -89,8 +97,9 @@ ALTER TABLE "Shop"."Bestellungen_2027" ADD FOREIGN KEY (geschenk_fuer) REFERENCE
 def seed_sql(finance: str) -> sql.Composable:
     return sql.SQL(
         """
-INSERT INTO "Shop"."Kunden" VALUES (1, 'anna@odd.test', 'Anna Alt', NULL), (2, 'bert@odd.test', 'Bert Berg', 1),
-    (3, 'clara@odd.test', 'Clara Cis', 2);
+INSERT INTO "Shop"."Kunden" VALUES (1, 'anna@odd.test', 'anna', 'Anna Alt', NULL),
+    (2, 'bert@odd.test', 'Bert', 'Bert Berg', 1), (3, 'clara@odd.test', 'clara', 'Clara Cis', 2);
+INSERT INTO "Shop"."Newsletter" VALUES (20, 1, 'ANNA'), (21, 2, 'bert'), (22, 3, 'Clara');
 INSERT INTO "Shop"."Adressen" VALUES (1, 1, 'Altweg 1'), (2, 1, 'Bergstr 2'), (3, 1, 'Cisplatz 3');
 INSERT INTO "Shop"."Lieferungen" VALUES (10, 1, 1), (11, 2, 1), (12, 3, 1), (13, NULL, NULL);
 INSERT INTO "Shop"."Bestellungen" VALUES (1000, '2026-03-01', 1, NULL), (1001, '2026-04-01', 2, 1),
@@ -121,7 +130,7 @@ tables:
     legal_basis: contract
     subject: Kunden_Nr
     backup: true
-    columns: {{Kunden_Nr: identifier, email: email, name: name, geworben_von: identifier}}
+    columns: {{Kunden_Nr: identifier, email: email, login: username, name: name, geworben_von: identifier}}
     retain_indefinitely: "While the account exists"
     erasure: {{action: delete}}
   Shop.Adressen:
@@ -141,6 +150,15 @@ tables:
     backup: true
     columns: {{lieferung_id: identifier, Kunden_Nr: identifier, adresse: attribute}}
     retain_indefinitely: "Delivery records"
+    erasure: {{action: delete}}
+  Shop.Newsletter:
+    description: Newsletter subscriptions, naming the customer by key and by login (citext)
+    purpose: sales
+    legal_basis: contract
+    subject: Kunden_Nr
+    backup: true
+    columns: {{abo_id: identifier, Kunden_Nr: identifier, login: username}}
+    retain_indefinitely: "While subscribed"
     erasure: {{action: delete}}
   Shop.Bestellungen:
     description: Orders, partitioned by year, foreign keys on the partitions only; an order may be a gift
@@ -264,6 +282,11 @@ def test_an_odd_schema_restores_and_drills_without_the_erased_customer(
             (PLACEHOLDER, None, None, None),
             (BERT, "bert@odd.test", "Bert Berg", None),  # his link to Anna is cut
             (CLARA, "clara@odd.test", "Clara Cis", BERT),
+        ]
+        # the links by login are the shop's own, in the case it wrote them: citext compares them case-insensitively
+        assert q(target, 'SELECT abo_id, "Kunden_Nr", login::text FROM "Shop"."Newsletter" ORDER BY 1') == [
+            (21, BERT, "bert"),
+            (22, CLARA, "Clara"),
         ]
         assert q(target, 'SELECT "Kunden_Nr", lfd FROM "Shop"."Adressen" ORDER BY 1') == [(BERT, 1), (CLARA, 1)]
         assert q(target, 'SELECT lieferung_id, "Kunden_Nr", adresse FROM "Shop"."Lieferungen" ORDER BY 1') == [

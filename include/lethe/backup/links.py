@@ -12,6 +12,7 @@ target database's own catalogue, so a restore verifies the links it loaded rathe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg2.extensions
@@ -85,16 +86,60 @@ def parent_keys(frame: pa.Table, columns: tuple[str, ...]) -> set[tuple[object, 
     return set(_keys(frame, columns))
 
 
-def cut_dangling(frame: pa.Table, fk: ForeignKey, present: set[tuple[object, ...]]) -> tuple[pa.Table, int]:
+def missing_parents(
+    cur: psycopg2.extensions.cursor, fk: ForeignKey, keys: list[tuple[object, ...]]
+) -> set[tuple[object, ...]]:
+    """Of these (non-null) link values of `fk.child`, those no row of `fk.parent` in the database matches, compared
+    as the foreign key compares them: each value cast to its child column's type (citext is case-insensitive, a
+    numeric 1.0 is 1), by the column types' own equality."""
+    if not keys:
+        return set()
+    names = [sql.Identifier(f"k{i}") for i in range(len(fk.child_columns))]
+    arrays = [
+        sql.SQL("CAST(%s AS {}[])").format(sql.SQL(relations.column_type(cur, fk.child, column)))
+        for column in fk.child_columns
+    ]
+    match = sql.SQL(" AND ").join(
+        sql.SQL("p.{} = k.{}").format(sql.Identifier(pc_), name)
+        for pc_, name in zip(fk.parent_columns, names, strict=True)
+    )
+    cur.execute(
+        sql.SQL(
+            "SELECT k.i FROM unnest({arrays}) WITH ORDINALITY AS k({names}, i)"
+            " WHERE NOT EXISTS (SELECT 1 FROM {p} p WHERE {m})"
+        ).format(
+            arrays=sql.SQL(", ").join(arrays),
+            names=sql.SQL(", ").join(names),
+            p=relations.relation(fk.parent),
+            m=match,
+        ),
+        [[key[i] for key in keys] for i in range(len(fk.child_columns))],
+    )
+    return {keys[int(i) - 1] for (i,) in cur.fetchall()}
+
+
+def cut_dangling(
+    frame: pa.Table,
+    fk: ForeignKey,
+    present: set[tuple[object, ...]],
+    confirm: Callable[[list[tuple[object, ...]]], set[tuple[object, ...]]] | None = None,
+) -> tuple[pa.Table, int]:
     """Null the link of every row that points at a parent row no longer there; (new frame, rows cut).
 
     In a consistent snapshot a missing parent row is one the erasure removed, so this is the primary's
     `_cut_links` on the same rows. A NOT NULL link cannot be cut: the primary refuses such an erasure too,
     unless the policy re-points it to the placeholder subject row (the restore counts that row as present).
+    `present` holds the parent's key tuples as Python compares them; the values not found there are given to
+    `confirm` (when given), which returns those the database, comparing as the key does, finds no parent for
+    (`missing_parents`: a citext link differing in case only is intact).
     """
     if frame.num_rows == 0 or any(c not in frame.column_names for c in fk.child_columns):
         return frame, 0
-    dangling = [all(v is not None for v in key) and key not in present for key in _keys(frame, fk.child_columns)]
+    keys = _keys(frame, fk.child_columns)
+    unmatched = {key for key in keys if all(v is not None for v in key) and key not in present}
+    if unmatched and confirm is not None:
+        unmatched = confirm(sorted(unmatched, key=repr))
+    dangling = [key in unmatched for key in keys]
     cut = sum(dangling)
     if not cut:
         return frame, 0
