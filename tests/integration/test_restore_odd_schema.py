@@ -109,7 +109,7 @@ INSERT INTO {f}."Rechnungen" VALUES (100, 1, 1, 1, 500), (101, 2, 2, 1, 700), (1
     ).format(f=sql.Identifier(finance))
 
 
-def policy_yaml(finance: str) -> str:
+def policy_yaml(finance: str, incremental: bool = False) -> str:
     rechnungen = f"{finance}.Rechnungen".replace("'", "''")
     return f"""
 version: "2026.12.0"
@@ -123,6 +123,7 @@ purposes:
   sales: Selling things
   accounting: Tax records
 consent_purposes: []
+backups: {{incremental: {str(incremental).lower()}}}
 tables:
   Shop.Kunden:
     description: Customers
@@ -215,16 +216,16 @@ def declared_fks(url: str, schemas: list[str]) -> int:
 @pytest.fixture
 def shop(
     request: pytest.FixtureRequest, services: tuple[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> Iterator[tuple[str, str]]:
-    finance: str = request.param
+) -> Iterator[tuple[str, str, bool]]:
+    finance, _, mode = str(request.param).partition(" ")
     url = testing.empty_database(services[0], "lethe_odd")
     with closing(psycopg2.connect(url)) as conn, conn, conn.cursor() as cur:
         cur.execute(schema_sql(finance))
         cur.execute(seed_sql(finance))
     path = tmp_path / "policy.yaml"
-    path.write_text(policy_yaml(finance))
+    path.write_text(policy_yaml(finance, incremental=mode == "incremental"))
     own_schema.as_primary(monkeypatch, url, path)
-    yield url, finance
+    yield url, finance, mode == "incremental"
     testing.drop_database(url)
 
 
@@ -241,17 +242,21 @@ def erase(url: str, email: str) -> dict[str, Any]:
     return tasks.erase_run("odd-run", url, KEY, load_policy())
 
 
-@pytest.mark.parametrize("shop", ['Fi"nanz', "Finanz", "Buch.Haltung"], indirect=True)
+# "incremental": the snapshot after the erasure stores a delta over the one before (lethe.backup.chain)
+@pytest.mark.parametrize("shop", ['Fi"nanz', "Finanz", "Buch.Haltung", "Buch.Haltung incremental"], indirect=True)
 def test_an_odd_schema_restores_and_drills_without_the_erased_customer(
-    shop: tuple[str, str], s3_endpoint: str, services: tuple[str, str]
+    shop: tuple[str, str, bool], s3_endpoint: str, services: tuple[str, str]
 ) -> None:
     from lethe.audit import drill, scratch
+    from lethe.backup import store
+    from lethe.backup.manifest import read as read_manifest
     from lethe.backup.restore import restore_snapshot
     from lethe.backup.snapshot import take_snapshot
+    from lethe.config import BUCKETS
     from lethe.db import migrate
     from lethe.policy import load_policy
 
-    url, finance = shop
+    url, finance, incremental = shop
     rechnungen = sql.Identifier(finance, "Rechnungen")
     schemas = ["Shop", finance]
     assert declared_fks(url, schemas) == FKS_DECLARED
@@ -314,6 +319,8 @@ def test_an_odd_schema_restores_and_drills_without_the_erased_customer(
 
     name = scratch.default_name(url)
     take_snapshot(url, REGION, s3_endpoint, "20261202T020000Z", policy, KEY)  # the newest: after the erasure
+    newest = read_manifest(store.region_client(REGION, s3_endpoint), BUCKETS.backup(REGION), "20261202T020000Z")
+    assert newest.incremental == incremental
     counts, _, details = drill.drill_region(url, s3_endpoint, KEY, REGION, name)
     assert {details[f"restore_failed.{w}"]["snapshot_id"] for w in drill.LABELS} == {
         "20261201T020000Z",
