@@ -32,8 +32,8 @@ PLACEHOLDER = 0
 ANNA, BERT, CLARA = 1, 2, 3  # Anna is erased; Bert was referred by her; Clara by Bert
 # geworben_von, Adressen->Kunden, Lieferungen->Adressen (composite), Rechnungen->Kunden and ->Adressen (composite),
 # Bestellungen->Kunden twice (declared on each partition only)
-# Newsletter->Kunden by key and by login (citext: compared case-insensitively)
-FKS_DECLARED = 9
+# Newsletter->Kunden by key and by login (citext: compared case-insensitively), Kunden->Kunden by login too
+FKS_DECLARED = 10
 
 
 def schema_sql(finance: str) -> sql.Composable:
@@ -48,7 +48,8 @@ CREATE TABLE "Shop"."Kunden" (
     email text UNIQUE,
     login citext UNIQUE,
     name text,
-    geworben_von bigint REFERENCES "Shop"."Kunden" ("Kunden_Nr")
+    geworben_von bigint REFERENCES "Shop"."Kunden" ("Kunden_Nr"),
+    pate citext REFERENCES "Shop"."Kunden" (login)
 );
 CREATE TABLE "Shop"."Adressen" (
     "Kunden_Nr" bigint NOT NULL REFERENCES "Shop"."Kunden" ("Kunden_Nr"),
@@ -97,8 +98,8 @@ ALTER TABLE "Shop"."Bestellungen_2027" ADD FOREIGN KEY (geschenk_fuer) REFERENCE
 def seed_sql(finance: str) -> sql.Composable:
     return sql.SQL(
         """
-INSERT INTO "Shop"."Kunden" VALUES (1, 'anna@odd.test', 'anna', 'Anna Alt', NULL),
-    (2, 'bert@odd.test', 'Bert', 'Bert Berg', 1), (3, 'clara@odd.test', 'clara', 'Clara Cis', 2);
+INSERT INTO "Shop"."Kunden" VALUES (1, 'anna@odd.test', 'anna', 'Anna Alt', NULL, NULL),
+    (2, 'bert@odd.test', 'Bert', 'Bert Berg', 1, 'ANNA'), (3, 'clara@odd.test', 'clara', 'Clara Cis', 2, 'BERT');
 INSERT INTO "Shop"."Newsletter" VALUES (20, 1, 'ANNA'), (21, 2, 'bert'), (22, 3, 'Clara');
 INSERT INTO "Shop"."Adressen" VALUES (1, 1, 'Altweg 1'), (2, 1, 'Bergstr 2'), (3, 1, 'Cisplatz 3');
 INSERT INTO "Shop"."Lieferungen" VALUES (10, 1, 1), (11, 2, 1), (12, 3, 1), (13, NULL, NULL);
@@ -131,7 +132,8 @@ tables:
     legal_basis: contract
     subject: Kunden_Nr
     backup: true
-    columns: {{Kunden_Nr: identifier, email: email, login: username, name: name, geworben_von: identifier}}
+    columns:
+      {{Kunden_Nr: identifier, email: email, login: username, name: name, geworben_von: identifier, pate: username}}
     retain_indefinitely: "While the account exists"
     erasure: {{action: delete}}
   Shop.Adressen:
@@ -283,10 +285,11 @@ def test_an_odd_schema_restores_and_drills_without_the_erased_customer(
         report = restore_snapshot(
             "20261201T020000Z", REGION, target, endpoint_url=s3_endpoint, key=KEY, primary_url=url, out=lambda _: None
         )
-        assert q(target, 'SELECT "Kunden_Nr", email, name, geworben_von FROM "Shop"."Kunden" ORDER BY 1') == [
-            (PLACEHOLDER, None, None, None),
-            (BERT, "bert@odd.test", "Bert Berg", None),  # his link to Anna is cut
-            (CLARA, "clara@odd.test", "Clara Cis", BERT),
+        kunden = 'SELECT "Kunden_Nr", email, name, geworben_von, pate::text FROM "Shop"."Kunden" ORDER BY 1'
+        assert q(target, kunden) == [
+            (PLACEHOLDER, None, None, None, None),
+            (BERT, "bert@odd.test", "Bert Berg", None, None),  # his links to Anna are cut
+            (CLARA, "clara@odd.test", "Clara Cis", BERT, "BERT"),  # hers to Bert ("Bert") is his
         ]
         # the links by login are the shop's own, in the case it wrote them: citext compares them case-insensitively
         assert q(target, 'SELECT abo_id, "Kunden_Nr", login::text FROM "Shop"."Newsletter" ORDER BY 1') == [

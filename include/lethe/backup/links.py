@@ -87,33 +87,52 @@ def parent_keys(frame: pa.Table, columns: tuple[str, ...]) -> set[tuple[object, 
 
 
 def missing_parents(
-    cur: psycopg2.extensions.cursor, fk: ForeignKey, keys: list[tuple[object, ...]]
+    cur: psycopg2.extensions.cursor,
+    fk: ForeignKey,
+    keys: list[tuple[object, ...]],
+    among: set[tuple[object, ...]] | None = None,
 ) -> set[tuple[object, ...]]:
     """Of these (non-null) link values of `fk.child`, those no row of `fk.parent` in the database matches, compared
     as the foreign key compares them: each value cast to its child column's type (citext is case-insensitive, a
-    numeric 1.0 is 1), by the column types' own equality."""
+    numeric 1.0 is 1), by the column types' own equality. With `among` (a table's links to itself: its rows are
+    not loaded yet), the parent's key values are those, each cast to its parent column's type; only those equal to
+    a link but for case are passed (`among` holds every exact match already)."""
     if not keys:
         return set()
-    names = [sql.Identifier(f"k{i}") for i in range(len(fk.child_columns))]
-    arrays = [
-        sql.SQL("CAST(%s AS {}[])").format(sql.SQL(relations.column_type(cur, fk.child, column)))
-        for column in fk.child_columns
-    ]
-    match = sql.SQL(" AND ").join(
-        sql.SQL("p.{} = k.{}").format(sql.Identifier(pc_), name)
-        for pc_, name in zip(fk.parent_columns, names, strict=True)
-    )
+    width = len(fk.child_columns)
+
+    def arrays(table: str, columns: tuple[str, ...]) -> sql.Composable:
+        return sql.SQL(", ").join(
+            sql.SQL("CAST(%s AS {}[])").format(sql.SQL(relations.column_type(cur, table, column))) for column in columns
+        )
+
+    params = [[key[i] for key in keys] for i in range(width)]
+    if among is None:
+        parent = sql.SQL("{} p").format(relations.relation(fk.parent))
+    else:
+        folded = {tuple(str(v).casefold() for v in key) for key in keys}
+        alike = sorted((p for p in among if tuple(str(v).casefold() for v in p) in folded), key=repr)
+        if not alike:
+            return set(keys)
+        parent = sql.SQL("unnest({}) AS p({})").format(
+            arrays(fk.parent, fk.parent_columns), sql.SQL(", ").join(sql.Identifier(c) for c in fk.parent_columns)
+        )
+        params += [[key[i] for key in alike] for i in range(width)]
+    names = [sql.Identifier(f"k{i}") for i in range(width)]
     cur.execute(
         sql.SQL(
-            "SELECT k.i FROM unnest({arrays}) WITH ORDINALITY AS k({names}, i)"
-            " WHERE NOT EXISTS (SELECT 1 FROM {p} p WHERE {m})"
+            "SELECT k.i FROM unnest({child}) WITH ORDINALITY AS k({names}, i)"
+            " WHERE NOT EXISTS (SELECT 1 FROM {p} WHERE {m})"
         ).format(
-            arrays=sql.SQL(", ").join(arrays),
+            child=arrays(fk.child, fk.child_columns),
             names=sql.SQL(", ").join(names),
-            p=relations.relation(fk.parent),
-            m=match,
+            p=parent,
+            m=sql.SQL(" AND ").join(
+                sql.SQL("p.{} = k.{}").format(sql.Identifier(pc_), name)
+                for pc_, name in zip(fk.parent_columns, names, strict=True)
+            ),
         ),
-        [[key[i] for key in keys] for i in range(len(fk.child_columns))],
+        params,
     )
     return {keys[int(i) - 1] for (i,) in cur.fetchall()}
 

@@ -237,9 +237,12 @@ def restore_snapshot(
             cut = 0
             for fk in fks:
                 if fk.child == table:
-                    # a parent loaded already (another table, the placeholder made) is asked how its key compares
-                    confirm = None if fk.parent == table else functools.partial(links.missing_parents, cur, fk)
-                    frame, n = links.cut_dangling(frame, fk, present[(fk.parent, fk.parent_columns)], confirm)
+                    # the database says how the key compares: against the loaded parent (another table, the
+                    # placeholder made), or against this frame's own rows for a table's links to itself
+                    parents = present[(fk.parent, fk.parent_columns)]
+                    among = parents if fk.parent == table else None
+                    confirm = functools.partial(links.missing_parents, cur, fk, among=among)
+                    frame, n = links.cut_dangling(frame, fk, parents, confirm)
                     cut += n
             report.rows_loaded[table] = frames.copy_into(cur, table, frame)
             if placeholder:
