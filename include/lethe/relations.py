@@ -233,3 +233,30 @@ def referenced_owner(policy: Any, fks: list[ForeignKey], table: str, alias: str 
     return sql.SQL(
         "(SELECT CASE WHEN count(DISTINCT x.o) = 1 AND bool_and(x.o IS NOT NULL) THEN min(x.o) END FROM ({}) x)"
     ).format(sql.SQL(" UNION ALL ").join(owner_of(fk) for fk in pointing))
+
+
+def inherited_owner(policy: Any, fks: list[ForeignKey], table: str, alias: str = "t") -> sql.Composable | None:
+    """For a table with no subject link of its own whose rows point at rows that have one (a delivery to a
+    customer's address): the SQL of the subject key (as text) of the one person whose rows each of its rows points
+    at; NULL when it points at rows of more than one person, or at none. The primary's erasure takes such a row
+    with that person's rows (lethe.erasure.discovery: a table without a link of its own inherits through its
+    keys), so snapshots must know whose it is to leave it out of a restore and a rewritten backup."""
+    rule = policy.tables.get(table)
+    if rule is None or rule.subject is not None or rule.erasure is None or table == policy.subject.table:
+        return None
+    pointing = [fk for fk in fks if fk.child == table and fk.parent != table and subject_link(policy, fk.parent)]
+    if not pointing:
+        return None
+
+    def owner_of(fk: ForeignKey) -> sql.Composable:
+        match = sql.SQL(" AND ").join(
+            sql.SQL("p.{} = {}.{}").format(sql.Identifier(pc), sql.Identifier(alias), sql.Identifier(cc))
+            for cc, pc in zip(fk.child_columns, fk.parent_columns, strict=True)
+        )
+        return sql.SQL("SELECT p.{}::text AS o FROM {} p WHERE {}").format(
+            sql.Identifier(str(subject_link(policy, fk.parent))), relation(fk.parent), match
+        )
+
+    return sql.SQL(
+        "(SELECT CASE WHEN count(DISTINCT x.o) = 1 AND bool_and(x.o IS NOT NULL) THEN min(x.o) END FROM ({}) x)"
+    ).format(sql.SQL(" UNION ALL ").join(owner_of(fk) for fk in pointing))

@@ -61,6 +61,8 @@ CREATE TABLE "Shop"."Lieferungen" (
     lieferung_id bigint PRIMARY KEY,
     "Kunden_Nr" bigint,
     adresse int,
+    kontakt text,
+    ip inet,
     FOREIGN KEY ("Kunden_Nr", adresse) REFERENCES "Shop"."Adressen" ("Kunden_Nr", lfd)
 );
 CREATE TABLE {f}."Rechnungen" (
@@ -102,7 +104,8 @@ INSERT INTO "Shop"."Kunden" VALUES (1, 'anna@odd.test', 'anna', 'Anna Alt', NULL
     (2, 'bert@odd.test', 'Bert', 'Bert Berg', 1, 'ANNA'), (3, 'clara@odd.test', 'clara', 'Clara Cis', 2, 'BERT');
 INSERT INTO "Shop"."Newsletter" VALUES (20, 1, 'ANNA'), (21, 2, 'bert'), (22, 3, 'Clara');
 INSERT INTO "Shop"."Adressen" VALUES (1, 1, 'Altweg 1'), (2, 1, 'Bergstr 2'), (3, 1, 'Cisplatz 3');
-INSERT INTO "Shop"."Lieferungen" VALUES (10, 1, 1), (11, 2, 1), (12, 3, 1), (13, NULL, NULL);
+INSERT INTO "Shop"."Lieferungen" VALUES (10, 1, 1, 'Anna Alt', '198.51.100.7'), (11, 2, 1, 'Bert Berg', NULL),
+    (12, 3, 1, NULL, NULL), (13, NULL, NULL, NULL, NULL);
 INSERT INTO "Shop"."Bestellungen" VALUES (1000, '2026-03-01', 1, NULL), (1001, '2026-04-01', 2, 1),
     (1002, '2027-02-01', 3, 2);
 INSERT INTO {f}."Rechnungen" VALUES (100, 1, 1, 1, 500), (101, 2, 2, 1, 700), (102, 3, NULL, NULL, 900);
@@ -151,7 +154,7 @@ tables:
     legal_basis: contract
     subject: null
     backup: true
-    columns: {{lieferung_id: identifier, Kunden_Nr: identifier, adresse: attribute}}
+    columns: {{lieferung_id: identifier, Kunden_Nr: identifier, adresse: attribute, kontakt: name, ip: ip_address}}
     retain_indefinitely: "Delivery records"
     erasure: {{action: delete}}
   Shop.Newsletter:
@@ -297,12 +300,10 @@ def test_an_odd_schema_restores_and_drills_without_the_erased_customer(
             (22, CLARA, "Clara"),
         ]
         assert q(target, 'SELECT "Kunden_Nr", lfd FROM "Shop"."Adressen" ORDER BY 1') == [(BERT, 1), (CLARA, 1)]
-        assert q(target, 'SELECT lieferung_id, "Kunden_Nr", adresse FROM "Shop"."Lieferungen" ORDER BY 1') == [
-            (10, None, None),
-            (11, BERT, 1),
-            (12, CLARA, 1),
-            (13, None, None),
-        ] or q(target, 'SELECT lieferung_id FROM "Shop"."Lieferungen" ORDER BY 1') == [(11,), (12,), (13,)]
+        # Anna's delivery (to her address; its table has no link of its own) goes as on the primary, her IP with it
+        lieferungen = 'SELECT lieferung_id, "Kunden_Nr", adresse, kontakt, ip::text FROM "Shop"."Lieferungen"'
+        assert q(target, lieferungen + " ORDER BY 1") == q(url, lieferungen + " ORDER BY 1")
+        assert [r[0] for r in q(target, lieferungen + " ORDER BY 1")] == [11, 12, 13]
         assert q(
             target,
             sql.SQL('SELECT rechnung_nr, "Kunden_Nr", adresse_kunde, adresse FROM {} ORDER BY 1').format(rechnungen),
@@ -333,3 +334,50 @@ def test_an_odd_schema_restores_and_drills_without_the_erased_customer(
     assert details["orphan_rows.oldest"]["foreign_keys_checked"] == FKS_DECLARED, details
     assert details["orphan_rows.newest"]["foreign_keys_checked"] == FKS_DECLARED, details
     assert q(url, "SELECT count(*) FROM pg_database WHERE datname = %s", (name,)) == [(0,)]
+
+
+@pytest.mark.parametrize("shop", ["Buch.Haltung"], indirect=True)
+def test_the_drill_s_checks_find_the_erased_customer_and_a_broken_link_under_these_names(
+    shop: tuple[str, str, bool], services: tuple[str, str]
+) -> None:
+    """The other way round: a restored copy that still holds Anna, and an invoice whose key the copy lost and whose
+    customer is not there, fails the drill's checks (they read these tables, they are not vacuous)."""
+    from lethe.audit import drill
+    from lethe.backup import links
+    from lethe.backup.restore import RestoreReport, verify_links
+    from lethe.db import migrate, transaction
+    from lethe.policy import load_policy
+
+    url, finance, _ = shop
+    migrate(url)
+    assert erase(url, "anna@odd.test")["outcomes"] == {"erased": 1}
+    bad = testing.empty_database(services[0], "lethe_odd_bad")
+    try:
+        with closing(psycopg2.connect(bad)) as conn, conn, conn.cursor() as cur:
+            cur.execute(schema_sql(finance))
+            cur.execute(seed_sql(finance))  # Anna still there
+            rechnungen = sql.Identifier(finance, "Rechnungen")
+            cur.execute(
+                "SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass AND confkey = ARRAY[1::int2]"
+                " AND contype = 'f' AND array_length(conkey, 1) = 1",
+                (rechnungen.as_string(cur),),
+            )
+            [(name,)] = cur.fetchall()
+            cur.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(rechnungen, sql.Identifier(name)))
+            cur.execute(sql.SQL("INSERT INTO {} VALUES (103, 99, NULL, NULL, 1)").format(rechnungen))
+        migrate(bad)
+        info: dict[str, Any] = {}
+        found = drill.check_restored(url, bad, load_policy(), KEY, info)
+        assert found["erased_rows"] > 0 and found["erased_found_by_value"] > 0, info
+        assert (found["orphan_rows"], found["foreign_keys_missing"]) == (1, 1), info
+        assert info["foreign_keys_checked"] == FKS_DECLARED
+
+        with transaction(url) as cur:
+            expected = links.foreign_keys(cur, list(load_policy().tables))
+        report = RestoreReport("x", REGION)
+        verify_links(bad, list(load_policy().tables), expected, report)
+        assert report.foreign_keys_missing == [f"{finance}.Rechnungen(Kunden_Nr) -> Shop.Kunden(Kunden_Nr)"]
+        assert report.orphan_rows == {f"{finance}.Rechnungen(Kunden_Nr) -> Shop.Kunden(Kunden_Nr)": 1}
+        assert report.foreign_keys_checked == FKS_DECLARED
+    finally:
+        testing.drop_database(bad)

@@ -445,7 +445,8 @@ def _export_table(
     )
     owner = None
     if rule.subject is None and erasure is not None:
-        owner = relations.referenced_owner(policy, relations.foreign_keys(cur, policy.tables), table)
+        fks = relations.foreign_keys(cur, policy.tables)
+        owner = relations.referenced_owner(policy, fks, table) or relations.inherited_owner(policy, fks, table)
     exported = columns if owner is None else [*columns, frames.Column(OWNER, "text", owner)]
     spill = frames.BucketSpill(buckets)
 
@@ -453,7 +454,7 @@ def _export_table(
         rows = frames.parse_csv(block, exported)
         if owner is None:
             rows = frames.with_subject(rows, rule.subject, key, pseudonyms, rule.link_pseudonym)
-        else:  # a row the subject points to (an address): its owner is the one row pointing at it
+        else:  # a row the subject points to (an address), or one pointing at hers: its owner is that row's
             rows = frames.with_subject(rows, OWNER, key, pseudonyms).drop_columns([OWNER])
         rows, _ = frames.erase_subjects(
             rows, tombstones, entry.erasure_action, entry.erasure_columns, entry.pseudonym_column
