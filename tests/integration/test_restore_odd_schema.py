@@ -381,3 +381,42 @@ def test_the_drill_s_checks_find_the_erased_customer_and_a_broken_link_under_the
         assert report.foreign_keys_checked == FKS_DECLARED
     finally:
         testing.drop_database(bad)
+
+
+@pytest.mark.parametrize("shop", ["Finanz"], indirect=True)
+def test_propagation_leaves_no_version_of_a_row_that_was_the_erased_customer_s_through_her_address(
+    shop: tuple[str, str, bool], s3_endpoint: str
+) -> None:
+    """Her delivery (its table has no subject link; it points at her address) is hers on the primary, which deletes
+    it: after propagation no version of any backup object holds it, her IP and her key in it."""
+    import io
+
+    import pyarrow.parquet as pq
+    from lethe.backup.propagate import propagate_region
+    from lethe.backup.snapshot import take_snapshot
+    from lethe.config import BUCKETS
+    from lethe.db import migrate, transaction
+    from lethe.erasure import certificate
+    from lethe.policy import load_policy
+    from lethe.storage import s3_client
+
+    url, _, _ = shop
+    migrate(url)
+    take_snapshot(url, REGION, s3_endpoint, "20261201T020000Z", load_policy(), KEY)
+    assert erase(url, "anna@odd.test")["outcomes"] == {"erased": 1}
+    with transaction(url) as cur:
+        cur.execute("SELECT request_id::text, subject_pseudonym FROM erasure_tombstones")
+        request_id, pseudonym = cur.fetchone()  # type: ignore[misc]
+    request = {"request_id": request_id, "subject_pseudonym": pseudonym, "detail": {"outcome": "erased"}}
+    certificate.write(s3_client("ap-south-1", s3_endpoint), certificate.build(request, "test"))
+    propagate_region(url, REGION, s3_endpoint, key=KEY)
+
+    client, bucket = s3_client(REGION, s3_endpoint), BUCKETS.backup(REGION)
+    rows = []
+    for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket):
+        for v in page.get("Versions", []):
+            if "/data/Shop.Lieferungen/" in v["Key"]:
+                body = client.get_object(Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"])["Body"].read()
+                rows += pq.read_table(io.BytesIO(body)).to_pylist()
+    assert sorted(r["lieferung_id"] for r in rows) == [11, 12, 13]
+    assert not [r for r in rows if r["ip"] is not None or r["Kunden_Nr"] == ANNA]
