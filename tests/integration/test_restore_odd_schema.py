@@ -420,3 +420,49 @@ def test_propagation_leaves_no_version_of_a_row_that_was_the_erased_customer_s_t
                 rows += pq.read_table(io.BytesIO(body)).to_pylist()
     assert sorted(r["lieferung_id"] for r in rows) == [11, 12, 13]
     assert not [r for r in rows if r["ip"] is not None or r["Kunden_Nr"] == ANNA]
+
+
+@pytest.mark.parametrize("shop", ["Finanz"], indirect=True)
+def test_a_target_without_the_primary_s_keys_is_loaded_in_the_primary_s_order_and_refused_by_the_check(
+    shop: tuple[str, str, bool], s3_endpoint: str, services: tuple[str, str]
+) -> None:
+    """The target lacks the invoices' keys (a schema copied without constraints): the restore still loads parents
+    first, by the primary's keys, cuts the links to Anna as the primary did, and its check names the missing keys
+    (before, Finanz.Rechnungen sorted before Shop.Kunden was loaded first and the restore failed with a KeyError)."""
+    from lethe.backup.restore import restore_snapshot
+    from lethe.backup.snapshot import take_snapshot
+    from lethe.db import ConfigurationError, migrate
+    from lethe.policy import load_policy
+
+    url, finance, _ = shop
+    migrate(url)
+    take_snapshot(url, REGION, s3_endpoint, "20261201T020000Z", load_policy(), KEY)
+    assert erase(url, "anna@odd.test")["outcomes"] == {"erased": 1}
+    target = testing.empty_database(services[0], "lethe_odd_restore")
+    lines: list[str] = []
+    try:
+        with closing(psycopg2.connect(target)) as conn, conn, conn.cursor() as cur:
+            cur.execute(schema_sql(finance))
+            cur.execute(
+                "SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'f'",
+                (sql.Identifier(finance, "Rechnungen").as_string(cur),),
+            )
+            for (name,) in cur.fetchall():
+                cur.execute(
+                    sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+                        sql.Identifier(finance, "Rechnungen"), sql.Identifier(name)
+                    )
+                )
+        with pytest.raises(ConfigurationError, match="foreign keys are not intact"):
+            restore_snapshot(
+                "20261201T020000Z", REGION, target, endpoint_url=s3_endpoint, key=KEY, primary_url=url, out=lines.append
+            )
+        missing = [line for line in lines if "declared in the primary, absent in the target" in line]
+        assert len(missing) == 2, lines
+        assert not [line for line in lines if "point at no parent row" in line], lines
+        rechnungen = sql.SQL('SELECT rechnung_nr, "Kunden_Nr", adresse_kunde FROM {} ORDER BY 1').format(
+            sql.Identifier(finance, "Rechnungen")
+        )
+        assert q(target, rechnungen) == [(100, PLACEHOLDER, None), (101, BERT, BERT), (102, CLARA, None)]
+    finally:
+        testing.drop_database(target)

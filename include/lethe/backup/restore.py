@@ -17,7 +17,7 @@ no parent; a foreign key the primary has and the target lacks fails the check to
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,13 +82,15 @@ def _array(value: Any) -> list[str]:
     return [v for v in (value or "").strip("{}").split(",") if v]
 
 
-def load_order(cur: psycopg2.extensions.cursor, tables: list[str]) -> list[str]:
+def load_order(cur: psycopg2.extensions.cursor, tables: list[str], also: Iterable[links.ForeignKey] = ()) -> list[str]:
     """Tables ordered so each comes after the tables its foreign keys point to (keys declared only on
-    partitions count as their partitioned parent's, lethe.relations)."""
+    partitions count as their partitioned parent's, lethe.relations), and those of `also` (the primary's keys:
+    the links a restore cuts are cut against parents loaded first, whether the target declares them or not)."""
     needs: dict[str, set[str]] = {t: set() for t in tables}
-    for fk in relations.foreign_keys(cur, tables):
-        if fk.child in needs and fk.parent in needs and fk.child != fk.parent:
-            needs[fk.child].add(fk.parent)
+    edges = [(fk.child, fk.parent) for fk in relations.foreign_keys(cur, tables)] + [(k.child, k.parent) for k in also]
+    for child, parent in edges:
+        if child in needs and parent in needs and child != parent:
+            needs[child].add(parent)
     ordered: list[str] = []
     while needs:
         ready = [t for t in tables if t in needs and not needs[t] - set(ordered)]
@@ -181,7 +183,6 @@ def restore_snapshot(
             raise ConfigurationError(
                 f"target database is not empty (rows in {', '.join(not_empty)}): restore into an empty database"
             )
-        order = load_order(cur, tables)
         fks = links.foreign_keys(cur, tables)
 
     snapshot_tombstones = (
@@ -213,6 +214,8 @@ def restore_snapshot(
 
     expected = _primary_foreign_keys(primary_url, target_url, tables) if report.primary_reachable else []
     fks = list({fk.describe(): fk for fk in [*fks, *expected]}.values())  # cut what either side links
+    with transaction(target_url) as cur:
+        order = load_order(cur, tables, expected)
     present: dict[tuple[str, tuple[str, ...]], set[tuple[object, ...]]] = {}  # parent keys left after erasure
     with transaction(target_url) as cur:
         for table in order:
