@@ -16,9 +16,12 @@ digests = st.lists(st.integers(min_value=0, max_value=6), max_size=30)  # few va
 
 
 @settings(max_examples=300, deadline=None)
-@given(before=digests, now=digests)
-def test_a_delta_applied_to_the_night_before_gives_the_night_after(before: list[int], now: list[int]) -> None:
-    new, gone = chain.changes(np.array(before, np.uint64), np.array(now, np.uint64))
+@given(before=digests, now=digests, at_once=st.integers(min_value=1, max_value=8))
+def test_a_delta_applied_to_the_night_before_gives_the_night_after(
+    before: list[int], now: list[int], at_once: int
+) -> None:
+    # compared a few at a time too: a value's occurrences split over two slices
+    new, gone = chain.changes(np.array(before, np.uint64), np.array(now, np.uint64), at_once)
     # the reference: a multiset difference each way
     assert Counter(now[i] for i in new.tolist()) == Counter(now) - Counter(before)
     assert Counter(gone.tolist()) == Counter(before) - Counter(now)

@@ -204,7 +204,9 @@ def _by_bucket(held: BinaryIO, numbers: list[int], where: str) -> Digests:
                 at, digests = at[end:], digests[end:]
                 if len(at):  # the rest is later buckets'
                     break
-            yield np.concatenate(found) if found else np.empty(0, np.uint64)
+            joined = np.concatenate(found) if found else np.empty(0, np.uint64)
+            found.clear()  # not held beside the copy while the caller diffs the bucket
+            yield joined
         if len(at) or next(batches, None) is not None:
             raise ValueError(f"{where}: digests of a bucket no object of the chain covers")
 

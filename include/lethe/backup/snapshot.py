@@ -578,9 +578,7 @@ def _write_delta(
     ends = digest_state.Writer()
     try:
         for bucket_no, was_digests in zip(buckets, was, strict=True):
-            # each block's digests copied out: a view would keep the block's whole buffer (every column) alive
-            parts = [b.column(chain.ROW_COLUMN).to_numpy().copy() for b in spill.parts(bucket_no)]
-            now = np.concatenate(parts) if parts else np.empty(0, np.uint64)
+            now = _spilled_digests(spill, bucket_no)
             new, gone = chain.changes(was_digests, now)
             ends.add(bucket_no, now)  # after the changes: their working arrays are let go
             number = chain.bucket_number(bucket_no)
@@ -602,6 +600,13 @@ def _write_delta(
     return objects, ends.store(
         since.client, since.bucket, digest_state.key(since.night, table), [*before.objects, *objects]
     )
+
+
+def _spilled_digests(spill: frames.BucketSpill, bucket_no: int | None) -> np.ndarray:
+    """A bucket's digests, each block's copied out (a view would keep the block's whole buffer, every column,
+    alive), the copies let go once joined: not held beside the diff."""
+    parts = [b.column(chain.ROW_COLUMN).to_numpy().copy() for b in spill.parts(bucket_no)]
+    return np.concatenate(parts) if parts else np.empty(0, np.uint64)
 
 
 def _taken(spill: frames.BucketSpill, bucket_no: int | None, rows: np.ndarray, schema: pa.Schema) -> pa.Table:
