@@ -578,12 +578,7 @@ def _write_delta(
     ends = digest_state.Writer()
     try:
         for bucket_no, was_digests in zip(buckets, was, strict=True):
-            now = _spilled_digests(spill, bucket_no)
-            new, gone = chain.changes(was_digests, now)
-            ends.add(bucket_no, now)  # after the changes: their working arrays are let go
-            number = chain.bucket_number(bucket_no)
-            added = chain.as_delta(_taken(spill, bucket_no, new, rows_schema), number, schema)
-            part = pa.concat_tables([added, chain.gone_rows(schema, gone, number)])
+            part = _bucket_delta(spill, bucket_no, was_digests, ends, rows_schema, schema)
             if not part.num_rows:
                 continue
             if bucket_no is None:  # rows without a subject: an object of their own
@@ -600,6 +595,24 @@ def _write_delta(
     return objects, ends.store(
         since.client, since.bucket, digest_state.key(since.night, table), [*before.objects, *objects]
     )
+
+
+def _bucket_delta(
+    spill: frames.BucketSpill,
+    bucket_no: int | None,
+    was: np.ndarray,
+    ends: digest_state.Writer,
+    rows_schema: pa.Schema,
+    schema: pa.Schema,
+) -> pa.Table:
+    """A bucket's part of the delta against its digests of the night before (`was`); its digests of tonight added
+    to `ends`. Its working arrays go at the return, before the next bucket's digests are read."""
+    now = _spilled_digests(spill, bucket_no)
+    new, gone = chain.changes(was, now)
+    ends.add(bucket_no, now)  # after the changes: their working arrays are let go
+    number = chain.bucket_number(bucket_no)
+    added = chain.as_delta(_taken(spill, bucket_no, new, rows_schema), number, schema)
+    return pa.concat_tables([added, chain.gone_rows(schema, gone, number)])
 
 
 def _spilled_digests(spill: frames.BucketSpill, bucket_no: int | None) -> np.ndarray:
