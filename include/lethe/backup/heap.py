@@ -34,14 +34,17 @@ def _libc() -> Any:
     return libc if libc is not None and hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 
-def few_arenas() -> None:
+def few_arenas(*, fixed_mmap: bool = False) -> None:
     """Threads started from now on share ARENAS arenas (call before starting them), and Arrow allocates
-    from the same heap (its own pool keeps what it freed too)."""
+    from the same heap (its own pool keeps what it freed too). `fixed_mmap` (a delta night, which needs it)
+    fixes the mmap threshold at MMAP_THRESHOLD for the rest of the process (glibc does not let it rise again);
+    a full export does without: 437-448 MiB at 1M users, and the threshold cost it ~9 s of 75 (BENCHMARKS.md)."""
     libc = _libc()
     if libc is not None:
         libc.mallopt(M_ARENA_MAX, ARENAS)
-        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-        libc.mallopt(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD)  # fixed too: the rising threshold had raised it
+        if fixed_mmap:
+            libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+            libc.mallopt(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD)  # fixed too: the rising threshold had raised it
         pa.set_memory_pool(pa.system_memory_pool())
 
 
