@@ -36,9 +36,10 @@ def _libc() -> Any:
 
 def few_arenas(*, fixed_mmap: bool = False) -> None:
     """Threads started from now on share ARENAS arenas (call before starting them), and Arrow allocates
-    from the same heap (its own pool keeps what it freed too). `fixed_mmap` (a delta night, which needs it)
-    fixes the mmap threshold at MMAP_THRESHOLD for the rest of the process (glibc does not let it rise again);
-    a full export does without: 437-448 MiB at 1M users, and the threshold cost it ~9 s of 75 (BENCHMARKS.md)."""
+    from the same heap (its own pool keeps what it freed too). `fixed_mmap` (an incremental night, which needs it:
+    a base without it peaked 503 MiB at 1M users) fixes the mmap threshold at MMAP_THRESHOLD for the rest of the
+    process (glibc does not let it rise again); a full export does without: 437-448 MiB at 1M users, and the
+    threshold cost it ~9 s of 75 (BENCHMARKS.md)."""
     libc = _libc()
     if libc is not None:
         libc.mallopt(M_ARENA_MAX, ARENAS)

@@ -333,7 +333,7 @@ def export_tables(
     digests = since is not None or policy.backups.incremental
     entries: dict[str, TableEntry] = {}
     pending: list[tuple[str, TableEntry, frames.BucketSpill, list[Future[Any]]]] = []
-    heap.few_arenas(fixed_mmap=since is not None)
+    heap.few_arenas(fixed_mmap=digests)  # an incremental night, base or delta: its digests need the room
     try:
         # fetch first: it shuts down after the writers that read through it
         with (
