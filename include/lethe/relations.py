@@ -230,9 +230,7 @@ def referenced_owner(policy: Any, fks: list[ForeignKey], table: str, alias: str 
         owner = sql.SQL("r.{}::text").format(sql.Identifier(link)) if link else sql.SQL("NULL::text")
         return sql.SQL("SELECT {} AS o FROM {} r WHERE {}").format(owner, relation(fk.child), match)
 
-    return sql.SQL(
-        "(SELECT CASE WHEN count(DISTINCT x.o) = 1 AND bool_and(x.o IS NOT NULL) THEN min(x.o) END FROM ({}) x)"
-    ).format(sql.SQL(" UNION ALL ").join(owner_of(fk) for fk in pointing))
+    return _one_owner([owner_of(fk) for fk in pointing])
 
 
 def inherited_owner(policy: Any, fks: list[ForeignKey], table: str, alias: str = "t") -> sql.Composable | None:
@@ -257,6 +255,11 @@ def inherited_owner(policy: Any, fks: list[ForeignKey], table: str, alias: str =
             sql.Identifier(str(subject_link(policy, fk.parent))), relation(fk.parent), match
         )
 
+    return _one_owner([owner_of(fk) for fk in pointing])
+
+
+def _one_owner(candidates: list[sql.Composable]) -> sql.Composable:
+    """The one owner (`o`) the candidate queries name, or NULL when they name several, or any names no one."""
     return sql.SQL(
         "(SELECT CASE WHEN count(DISTINCT x.o) = 1 AND bool_and(x.o IS NOT NULL) THEN min(x.o) END FROM ({}) x)"
-    ).format(sql.SQL(" UNION ALL ").join(owner_of(fk) for fk in pointing))
+    ).format(sql.SQL(" UNION ALL ").join(candidates))

@@ -46,11 +46,10 @@ def _q(name: str) -> str:
 
 
 def _rel(name: str) -> str:
-    """A table as the policy names it, `table` or `schema.table` (split at the last dot, as
-    lethe.relations.split reads it), each part quoted."""
-    from lethe.relations import split
+    """A table as the policy names it, `table` or `schema.table`, each part quoted (as to_regclass reads it)."""
+    from lethe.relations import regclass_literal
 
-    return ".".join(_q(part) for part in split(name) if part is not None)
+    return regclass_literal(name)
 
 
 def _lethe(name: str) -> str:
