@@ -20,13 +20,28 @@ def s3_client(region: str, endpoint_url: str | None = None) -> Any:
     if endpoint_url:
         key_id, secret = local_s3_credentials()
         extra = {"aws_access_key_id": key_id, "aws_secret_access_key": secret}
-    return boto3.client(
+    client = boto3.client(
         "s3",
         region_name=region,
         endpoint_url=endpoint_url,
         config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60),
         **extra,
     )
+    client.meta.events.register("before-send.s3", _send_small_bodies_at_once)
+    return client
+
+
+# botocore sends every upload `Expect: 100-continue` and waits a round trip for the server's go-ahead before the
+# body. For a body up to this size the wait costs more than sending it to a server that would refuse it: a PUT of
+# a small object took two round trips instead of one (a night writes hundreds; BENCHMARKS.md, bench/backup_growth.py
+# --s3-latency-ms). Larger bodies keep the header. `Expect` is not signed, so removing it leaves the signature valid.
+SEND_AT_ONCE_BYTES = 8 << 20
+
+
+def _send_small_bodies_at_once(request: Any, **_: Any) -> None:
+    size = request.headers.get("Content-Length")
+    if request.headers.get("Expect") and size is not None and int(size) <= SEND_AT_ONCE_BYTES:
+        del request.headers["Expect"]
 
 
 def ensure_buckets(endpoint_url: str | None = None) -> dict[str, str]:
