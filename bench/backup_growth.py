@@ -24,7 +24,8 @@ by operation; GetObjects by key and answered ContentLength): an incremental nigh
 manifest and every data object it names (the digests of the rows they hold).
 
 Run: `uv run python bench/backup_growth.py [--incremental] [--delta-object-kib K] [--s3-latency-ms MS]` (default
-2,000 users, 35 nights, 2%; no latency added).
+2,000 users, 35 nights, 2%; no latency added). `--s3-latency-ms` puts S3 behind a relay holding every byte half
+the round trip each way, in a process of its own.
 """
 
 from __future__ import annotations
@@ -145,11 +146,10 @@ class _S3Calls:
     A botocore hook on boto3's default session: every client Lethe makes afterwards (boto3.client) inherits it.
     """
 
-    def __init__(self, latency: float = 0.0) -> None:
+    def __init__(self) -> None:
         import boto3
 
         self.on = False
-        self.latency = latency
         self.lock = threading.Lock()
         self.calls: Counter[str] = Counter()
         self.got: list[tuple[str, int]] = []  # (key, bytes) of each GetObject
@@ -158,11 +158,6 @@ class _S3Calls:
         assert boto3.DEFAULT_SESSION is not None
         boto3.DEFAULT_SESSION.events.register("provide-client-params.s3", self._params)
         boto3.DEFAULT_SESSION.events.register("after-call.s3", self._answer)
-        if latency:
-            boto3.DEFAULT_SESSION.events.register("before-send.s3", self._delay)
-
-    def _delay(self, **_: Any) -> None:
-        time.sleep(self.latency)  # a round trip to a distant region, added to each request the local server answers
 
     def _params(self, params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
         context["bench_key"] = params.get("Key")
@@ -197,6 +192,65 @@ class _S3Calls:
         )
 
 
+class _DistantEndpoint:
+    """A TCP relay in front of the local S3 server that holds every byte `one_way` seconds in each direction (and
+    a new connection a round trip): a backup region far from the worker, paid by each round trip a request makes
+    (its connection, an `Expect: 100-continue` wait, the answer), not once a request. It runs in a process of its
+    own, so that relaying does not take the exporting process's CPU (or its GIL)."""
+
+    def __init__(self, endpoint: str, one_way: float) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        ours, theirs = context.Pipe()
+        self.process = context.Process(target=_relay_forever, args=(endpoint, one_way, theirs), daemon=True)
+        self.process.start()
+        self.url = f"http://127.0.0.1:{ours.recv()}"
+
+
+def _relay_forever(endpoint: str, one_way: float, port_to: Any) -> None:
+    import asyncio
+    from urllib.parse import urlsplit
+
+    target = urlsplit(endpoint)
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        held: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def deliver() -> None:
+            while True:
+                due, data = await held.get()
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                if not data:
+                    writer.close()
+                    return
+                writer.write(data)
+                await writer.drain()
+
+        sending = asyncio.ensure_future(deliver())
+        try:
+            while data := await reader.read(1 << 16):
+                held.put_nowait((loop.time() + one_way, data))
+        finally:
+            held.put_nowait((loop.time() + one_way, b""))
+            await sending
+
+    async def relay(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(2 * one_way)  # the handshake
+        server_reader, server_writer = await asyncio.open_connection(target.hostname, target.port)
+        await asyncio.gather(
+            pipe(client_reader, server_writer), pipe(server_reader, client_writer), return_exceptions=True
+        )
+
+    async def serve() -> None:
+        server = await asyncio.start_server(relay, "127.0.0.1", 0)
+        port_to.send(server.sockets[0].getsockname()[1])
+        await server.serve_forever()
+
+    asyncio.run(serve())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/backup_growth.py", description=__doc__.split("\n")[0])
     parser.add_argument("--users", type=int, default=2_000, help="accounts to seed (default 2,000)")
@@ -221,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=0.0,
         metavar="MS",
-        help="add MS milliseconds to every S3 request (a backup region far from the worker; default 0)",
+        help="put S3 MS milliseconds a round trip away (a relay holding every byte MS/2 each way: a backup region"
+        " far from the worker; default 0)",
     )
     args = parser.parse_args(argv)
 
@@ -236,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     from lethe.policy import load_policy
     from lethe.testing import insert_tombstones, seeded_platform
 
-    s3_calls = _S3Calls(args.s3_latency_ms / 1000)  # before any client is made
+    s3_calls = _S3Calls()  # before any client is made
     first, second = BACKUP_REGIONS[:2]
     full = load_policy()
     policy = full
@@ -251,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     tables = backed_up_tables(policy)
     with services() as (server_url, s3):
+        if args.s3_latency_ms:
+            s3 = _DistantEndpoint(s3, args.s3_latency_ms / 2000).url
         url = seeded_platform(server_url, s3, "lethe_bench_growth", args.users)
         clients = {r: region_client(r, s3) for r in (first, second)}
         buckets = {r: BUCKETS.backup(r) for r in (first, second)}
@@ -308,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         everything = _data_bytes(stored)
         manifests = _manifest_bytes(stored)
 
-        latency = f", {args.s3_latency_ms:g} ms added to each S3 request" if args.s3_latency_ms else ""
+        latency = f", S3 {args.s3_latency_ms:g} ms a round trip away" if args.s3_latency_ms else ""
         changed = f"{args.change:.0%} of rows changed a night"
         print(f"{args.users:,} users, {args.nights} nights, {changed}, {layout_name}{latency}")
         print(
@@ -356,6 +413,15 @@ def main(argv: list[str] | None = None) -> int:
             f" ({sum(1 for k in alone if '/data/' in k[0])} objects) + {(alone_all - alone_data) / 1e6:.3f} MB of"
             f" manifest, in {alone_s:.1f} s; Lethe counted {alone_result.objects_read} objects read"
         )
+        for side, new in (("across the nights", many), ("into one", alone)):
+            kinds: dict[str, list[int]] = {}
+            for (key, _), size in new.items():
+                kind = next((k for k in ("/data/", "/index/", "/digests/") if k in key), "manifest")
+                kinds.setdefault(kind.strip("/"), []).append(size)
+            print(
+                f"written {side}: "
+                + ", ".join(f"{kind} {len(s)} objects {sum(s) / 1e6:.3f} MB" for kind, s in sorted(kinds.items()))
+            )
         print(
             f"one erasure: data {many_data / alone_data:.2f}x into one, with manifests {many_all / alone_all:.2f}x"
             " (target at most 2x)"
