@@ -12,6 +12,10 @@ from botocore.exceptions import ClientError
 from lethe.config import BUCKETS, local_s3_credentials
 from lethe.db import ConfigurationError
 
+# An export's uploads, writers and chain reads at once (lethe.backup.store, snapshot), with room: a request beyond
+# the pool opens a connection of its own, a round trip more, and drops it after.
+MAX_CONNECTIONS = 32
+
 
 def s3_client(region: str, endpoint_url: str | None = None) -> Any:
     """A boto3 S3 client for `region`; LETHE_S3_ENDPOINT_URL points it at MinIO or the local server."""
@@ -24,7 +28,12 @@ def s3_client(region: str, endpoint_url: str | None = None) -> Any:
         "s3",
         region_name=region,
         endpoint_url=endpoint_url,
-        config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60),
+        config=Config(
+            retries={"max_attempts": 3, "mode": "standard"},
+            connect_timeout=5,
+            read_timeout=60,
+            max_pool_connections=MAX_CONNECTIONS,
+        ),
         **extra,
     )
     client.meta.events.register("before-send.s3", _send_small_bodies_at_once)

@@ -36,12 +36,13 @@ from lethe.db import connect, session_lock, transaction
 from lethe.policy.model import Policy
 
 log = logging.getLogger(__name__)
-# Objects encoded and stored at once: each holds a row group or two, whatever its table's size.
+# Objects encoded at once (small ones are stored by store.Uploads' threads meanwhile): each holds a row group or
+# two, whatever its table's size.
 WRITE_THREADS = 4
 IN_MEMORY_OBJECT_BYTES = 4 << 20  # an object whose rows spilled to at most this is encoded in memory
 # An incremental night reads the chain back for its digests, an object a GET (most of a few KB: round trips, not
-# bytes): FETCH_THREADS read for all tables' deltas at once (with WRITE_THREADS' uploads, within botocore's 10
-# connections), each table's reads running up to FETCH_AHEAD objects ahead of the bucket it is at.
+# bytes): FETCH_THREADS read for all tables' deltas at once (with the uploads, within the client's connections:
+# lethe.storage.s3_client), each table's reads running up to FETCH_AHEAD objects ahead of the bucket it is at.
 FETCH_THREADS = 4
 FETCH_AHEAD = 8
 OWNER = "__lethe_owner"  # the computed owner column of a referenced table, dropped after use
@@ -227,12 +228,17 @@ def _export(
             tombstones = {row[0] for row in cur.fetchall()}
             manifest.tombstones_at_export = len(tombstones)
 
-            def upload(table: str, bucket_no: int | None, body: BinaryIO, last: int | None = None) -> tuple[str, str]:
-                object_key = layout.object_key(sid, table, bucket_no, last)
-                return object_key, store.put_file(client, bucket, object_key, body)
+            with store.Uploads(client, bucket) as uploads:
 
-            since = None if previous is None else Since(previous, client, bucket, sid)
-            manifest.tables = export_tables(cur, backed_up_tables(policy), policy, key, tombstones, upload, since=since)
+                def upload(
+                    table: str, bucket_no: int | None, body: BinaryIO, last: int | None = None
+                ) -> tuple[str, str]:
+                    object_key = layout.object_key(sid, table, bucket_no, last)
+                    return object_key, uploads.put_file(object_key, body)
+
+                since = None if previous is None else Since(previous, client, bucket, sid)
+                tables = backed_up_tables(policy)
+                manifest.tables = export_tables(cur, tables, policy, key, tombstones, upload, since=since)
         own = layout.snapshot_prefix(sid)
         if previous is not None and any(not o.key.startswith(own) for o in manifest.objects):
             # Objects shared with earlier snapshots hold whom those hold: only the people already erased from them

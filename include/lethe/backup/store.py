@@ -7,8 +7,11 @@ the old bytes stay readable: erasing means deleting each version by its id.
 from __future__ import annotations
 
 import hashlib
+import io
+import threading
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from types import TracebackType
 from typing import Any, BinaryIO
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -123,6 +126,56 @@ def put_file(client: Any, bucket: str, key: str, body: BinaryIO) -> str:
     body.seek(0)
     _put_object(client, bucket, key, body, "application/octet-stream")
     return digest.hexdigest()
+
+
+# A snapshot's small objects (most of a small platform's, and every night's deltas) are PUT on threads of their
+# own while the writers encode the next: a PUT is a round trip, hundreds a night, and a writer that waited for
+# each spent most of a small snapshot's time waiting (bench/backup_growth.py --s3-latency-ms, BENCHMARKS.md).
+UPLOAD_THREADS = 16
+
+
+class Uploads:
+    """`put_file` for an export's objects: a body up to CHUNK is read into memory and PUT on an upload thread (the
+    caller goes on; its sha256 is known at once), a larger one streamed by the caller. At most 2 x UPLOAD_THREADS
+    bodies wait. Leaving the `with` waits for every PUT and raises the first that failed; a failure also stops
+    the next `put_file`, so an export does not encode on for nothing."""
+
+    def __init__(self, client: Any, bucket: str) -> None:
+        self.client, self.bucket = client, bucket
+        self._pool = ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="upload")
+        self._room = threading.BoundedSemaphore(2 * UPLOAD_THREADS)
+        self._sent: list[Future[None]] = []
+        self._failed: BaseException | None = None
+
+    def put_file(self, key: str, body: BinaryIO) -> str:
+        if self._failed is not None:
+            raise self._failed
+        body.seek(0, 2)
+        if body.tell() > CHUNK:
+            return put_file(self.client, self.bucket, key, body)
+        body.seek(0)
+        data = body.read()
+        self._room.acquire()
+        self._sent.append(self._pool.submit(self._put, key, data))
+        return hashlib.sha256(data).hexdigest()
+
+    def _put(self, key: str, data: bytes) -> None:
+        try:
+            put_file(self.client, self.bucket, key, io.BytesIO(data))  # every object goes by put_file
+        except BaseException as exc:
+            self._failed = exc
+            raise
+        finally:
+            self._room.release()
+
+    def __enter__(self) -> Uploads:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=kind is not None)
+        if kind is None:
+            for sent in self._sent:
+                sent.result()
 
 
 # Small requests asked at once (exists_many's HEADs, manifest.IndexReader's GETs): a night asks one a retained
