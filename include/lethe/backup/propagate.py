@@ -41,7 +41,7 @@ import tempfile
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, BinaryIO, TypeVar
@@ -72,6 +72,8 @@ from lethe.storage import delete_versions
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 REWRITE_THREADS = 4
+DOWNLOAD_THREADS = 8
+DOWNLOAD_AHEAD = 16  # objects downloaded, waiting for a rewrite: on disk, each up to an object's size
 
 
 class PropagationInterrupted(RuntimeError):
@@ -390,14 +392,13 @@ def _rewrite_chain(
         )  # fmt: skip
         into[name] += n
 
-    def rewrite(chain_job: _ChainJob) -> None:
+    def rewrite(chain_job: _ChainJob, original: BinaryIO, data_digest: str) -> None:
         job = chain_job.job
         with lock:
             indexer = indexers.get(job.table)
             if indexer is None and job.entry.free_text:
                 indexer = indexers[job.table] = TermIndexer(finder.key, job.entry.free_text, memo)
-        with tempfile.TemporaryFile() as original, tempfile.TemporaryFile() as rewritten:
-            data_digest = store.download(client, bucket, job.obj.key, original)
+        with tempfile.TemporaryFile() as rewritten:
             done = _rewrite_rows(job, original, rewritten, finder)
             with lock:
                 result.objects_read += 1
@@ -456,7 +457,7 @@ def _rewrite_chain(
                     per_subject[first.snapshot_id][pseudonym]["objects"] += 1
                     per_subject[first.snapshot_id][pseudonym]["bytes"] += body_bytes
 
-    _rewrite_each(jobs, rewrite)
+    _rewrite_each(client, bucket, jobs, lambda chain_job: chain_job.job.obj.key, rewrite)
     result.manifest_entries_repaired += sum(c.get("repaired", 0) for c in changed.values())
     return changed
 
@@ -621,11 +622,10 @@ def _rewrite_snapshot(
     indexers = {t: TermIndexer(finder.key, e.free_text, memo) for t, e in manifest.tables.items() if e.free_text}
     changed = {"objects": 0, "deleted": 0, "pseudonymised": 0, "bytes": 0, "repaired": 0, "mentions": 0}
 
-    def rewrite(job: _Job) -> None:
+    def rewrite(job: _Job, original: BinaryIO, data_digest: str) -> None:
         # The object goes through unnamed temporary files (gone with the process, even a killed one), a row
         # group at a time: a worker's memory is bounded by the row group, whatever the object's size.
-        with tempfile.TemporaryFile() as original, tempfile.TemporaryFile() as rewritten:
-            data_digest = store.download(client, bucket, job.obj.key, original)
+        with tempfile.TemporaryFile() as rewritten:
             done = _rewrite_rows(job, original, rewritten, finder)
             with lock:
                 result.objects_read += 1
@@ -672,7 +672,7 @@ def _rewrite_snapshot(
 
     result.bytes_in_touched_snapshots += manifest.total_bytes
 
-    _rewrite_each(jobs, rewrite)
+    _rewrite_each(client, bucket, jobs, lambda job: job.obj.key, rewrite)
     if changed["objects"] or changed["repaired"]:
         for entry in manifest.tables.values():
             entry.rows = sum(o.rows for o in entry.objects)
@@ -697,20 +697,70 @@ def _rewrite_snapshot(
     result.manifest_entries_repaired += changed["repaired"]
 
 
-def _rewrite_each(jobs: Sequence[T], rewrite: Callable[[T], None]) -> None:
-    """Run `rewrite` on every job, REWRITE_THREADS at once, the heap given back after each (an object's rewrite
-    frees its row groups' memory); the first failure is raised."""
+def _rewrite_each(
+    client: Any,
+    bucket: str,
+    jobs: Sequence[T],
+    key_of: Callable[[T], str],
+    rewrite: Callable[[T, BinaryIO, str], None],
+) -> None:
+    """Run `rewrite(job, its object, the object's sha256)` on every job, REWRITE_THREADS at once, the heap given
+    back after each (an object's rewrite frees its row groups' memory); the first failure is raised, and no
+    download begins after it.
 
-    def rewrite_and_give_back(job: T) -> None:
+    The objects are downloaded ahead, in the jobs' order, on DOWNLOAD_THREADS into unnamed files (disk, not
+    memory), at most DOWNLOAD_AHEAD not yet rewritten: a GET is a round trip, and a rewrite that waited for its
+    own spent most of a propagation over a distant region waiting (bench/backup_growth.py --s3-latency-ms)."""
+    room = threading.BoundedSemaphore(DOWNLOAD_AHEAD)  # taken in the jobs' order, before each download
+    failed = threading.Event()
+
+    def download(job: T) -> tuple[BinaryIO, str]:
+        original = tempfile.TemporaryFile()  # noqa: SIM115 (closed by its rewrite, or by discard)
         try:
-            rewrite(job)
+            return original, store.download(client, bucket, key_of(job), original)
+        except BaseException:
+            original.close()
+            raise
+
+    def rewrite_and_give_back(job: T, downloaded: Future[tuple[BinaryIO, str]]) -> None:
+        try:
+            original, digest = downloaded.result()
+        except BaseException:
+            failed.set()
+            room.release()
+            raise
+        try:
+            rewrite(job, original, digest)
+        except BaseException:
+            failed.set()
+            raise
         finally:
+            original.close()
+            room.release()
             heap.give_back()
 
+    def discard(downloaded: Future[tuple[BinaryIO, str]]) -> None:  # of a rewrite that will not run
+        if not downloaded.cancelled() and downloaded.exception() is None:
+            downloaded.result()[0].close()
+
     heap.few_arenas()
-    with ThreadPoolExecutor(REWRITE_THREADS) as pool:
-        for future in [pool.submit(rewrite_and_give_back, job) for job in jobs]:
-            future.result()
+    started: list[tuple[Future[None], Future[tuple[BinaryIO, str]]]] = []
+    with ThreadPoolExecutor(DOWNLOAD_THREADS) as downloads, ThreadPoolExecutor(REWRITE_THREADS) as pool:
+        try:
+            for job in jobs:
+                room.acquire()
+                if failed.is_set():  # no more downloads: the failure is raised below
+                    break
+                downloaded = downloads.submit(download, job)
+                started.append((pool.submit(rewrite_and_give_back, job, downloaded), downloaded))
+            for rewritten, _ in started:
+                rewritten.result()
+        except BaseException:
+            for rewritten, downloaded in started:
+                if rewritten.cancel():
+                    downloaded.cancel()
+                    downloaded.add_done_callback(discard)
+            raise
 
 
 @dataclass
