@@ -202,6 +202,14 @@ def subject_key_type(cur: psycopg2.extensions.cursor, policy: Any) -> str:
     return column_type(cur, policy.subject.table, policy.subject.key)
 
 
+def owners_join(link: sql.Composable, key_type: str, owners: sql.Composable) -> sql.Composable:
+    """`JOIN unnest(<owners>::text[]) o(owner) ON <link> = o.owner::<key_type>`: each row under the owner it was
+    asked for (`o.owner`), not under its own text. The database compares the values in the key's type, so a
+    citext key spelt in another case in a child row ('anna@x' for 'Anna@x') is that one owner, as its foreign
+    key says, and everything keyed by the owner (footprints, plans, pseudonyms) sees one person."""
+    return sql.SQL("JOIN unnest({}::text[]) AS o(owner) ON {} = o.owner::{}").format(owners, link, sql.SQL(key_type))
+
+
 def subject_link(policy: Any, table: str) -> str | None:
     """The column of `table` holding the subject's key (the key itself in the subject table)."""
     if table == policy.subject.table:

@@ -48,7 +48,14 @@ from lethe import masking
 from lethe.policy import Policy
 from lethe.pseudonym import normalise as pseudonym_normalise
 from lethe.pseudonym import subject_pseudonym
-from lethe.relations import EXPIRED_PARTITION_MARK, policy_oids, regclass_literal, relation, subject_key_type
+from lethe.relations import (
+    EXPIRED_PARTITION_MARK,
+    owners_join,
+    policy_oids,
+    regclass_literal,
+    relation,
+    subject_key_type,
+)
 
 DEFAULT_REGION = "IN"  # until a policy says otherwise (subject.phone_region): re:Skill's members are in India
 _phone_region = DEFAULT_REGION
@@ -561,7 +568,7 @@ def footprints(
         for uid, person in people.items():
             person.pseudonym = subject_pseudonym(key, uid)
             by_pseudonym[person.pseudonym] = uid
-    key_type = sql.SQL(subject_key_type(cur, policy))  # format_type() from the catalogue
+    key_type = subject_key_type(cur, policy)  # format_type() from the catalogue
     for table, rule in policy.tables.items():
         link = rule.subject or (policy.subject.key if table == policy.subject.table else None)
         if link is None:
@@ -569,18 +576,22 @@ def footprints(
         columns = [(c, FOOTPRINT_CLASSES[cls]) for c, cls in rule.columns.items() if cls in FOOTPRINT_CLASSES]
         if not columns:
             continue
-        cols = sql.SQL(", ").join(_as_text(sql.Identifier(c)) for c, _ in columns)
-        cur.execute(
-            sql.SQL("SELECT {link}::text, {cols} FROM {t} WHERE {link} = ANY(%s::text[]::{kt}[])").format(
-                link=sql.Identifier(link), cols=cols, t=relation(table), kt=key_type
+        cols = sql.SQL(", ").join(_as_text(sql.Identifier("t", c)) for c, _ in columns)
+        cur.execute(  # each row under the value given, as the database compares it (a citext key in any case)
+            sql.SQL("SELECT o.owner, {cols} FROM {t} t {o} WHERE t.{link} = ANY(%s::text[]::{kt}[])").format(
+                cols=cols,
+                t=relation(table),
+                o=owners_join(sql.Identifier("t", link), key_type, sql.Placeholder()),
+                link=sql.Identifier(link),
+                kt=sql.SQL(key_type),
             ),
-            (list(people),),
+            (list(people), list(people)),
         )
         rows = cur.fetchall()
         cut = _cut_link_column(rule)
         if cut and by_pseudonym:
             cur.execute(
-                sql.SQL("SELECT {c}, {cols} FROM {t} WHERE {c} = ANY(%s::text[])").format(
+                sql.SQL("SELECT t.{c}, {cols} FROM {t} t WHERE t.{c} = ANY(%s::text[])").format(
                     c=sql.Identifier(cut), cols=cols, t=relation(table)
                 ),
                 (list(by_pseudonym),),

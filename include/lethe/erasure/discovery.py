@@ -182,11 +182,15 @@ def materialise(
         pk_cols = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in pk)
         sources: list[sql.Composable] = []
         link = key if table == graph.subject_table else policy.tables[table].subject
-        if link:
+        if link:  # the owner as given, not as this row spells it (a citext key is equal in any case)
             sources.append(
-                sql.SQL(
-                    "SELECT {pk}, t.{link}::text AS owner FROM {t} t WHERE t.{link} = ANY(%(owners)s::text[]::{kt}[])"
-                ).format(pk=pk_cols, link=sql.Identifier(link), t=relation(table), kt=sql.SQL(graph.key_type))
+                sql.SQL("SELECT {pk}, o.owner FROM {t} t {o} WHERE t.{link} = ANY(%(owners)s::text[]::{kt}[])").format(
+                    pk=pk_cols,
+                    t=relation(table),
+                    o=relations.owners_join(sql.Identifier("t", link), graph.key_type, sql.Placeholder("owners")),
+                    link=sql.Identifier(link),
+                    kt=sql.SQL(graph.key_type),
+                )
             )
         cut = policy.tables[table].link_pseudonym if table in policy.tables else None
         if cut and pseudonyms:
