@@ -199,3 +199,46 @@ def test_a_citext_key_spelt_in_other_cases_is_one_person_erased_once(
     assert not leaks, leaks
     logged = [r.getMessage() for r in caplog.records if "anna@example" in r.getMessage().lower()]
     assert not logged, logged
+
+
+# Left as found (see the commit): a snapshot pseudonymises each row's own link text (backup.frames.with_subject),
+# so her rows spelt otherwise than her customer row carry another pseudonym than her tombstone's, and propagation,
+# which erases by that pseudonym, leaves them in the backup. Strict: it fails (XPASS) once backups see one person.
+@pytest.mark.xfail(strict=True, reason="backups pseudonymise a citext link per spelling: propagation misses her rows")
+def test_propagation_leaves_none_of_her_rows_in_a_backup_whatever_their_spelling(shop: str, s3_endpoint: str) -> None:
+    import io
+
+    import pyarrow.parquet as pq
+    from lethe.backup.propagate import propagate_region
+    from lethe.backup.snapshot import take_snapshot
+    from lethe.config import BUCKETS
+    from lethe.db import migrate, transaction
+    from lethe.erasure import certificate
+    from lethe.policy import load_policy
+    from lethe.storage import s3_client
+
+    region = "us-east-1"
+    migrate(shop)
+    take_snapshot(shop, region, s3_endpoint, "20261201T020000Z", load_policy(), KEY)
+    assert erase(shop, ANNA)["outcomes"] == {"erased": 1}
+    with transaction(shop) as cur:
+        cur.execute("SELECT request_id::text, subject_pseudonym FROM erasure_tombstones")
+        request_id, pseudonym = cur.fetchone()  # type: ignore[misc]
+    request = {"request_id": request_id, "subject_pseudonym": pseudonym, "detail": {"outcome": "erased"}}
+    certificate.write(s3_client("ap-south-1", s3_endpoint), certificate.build(request, "test"))
+    propagate_region(shop, region, s3_endpoint, key=KEY)
+
+    client, bucket = s3_client(region, s3_endpoint), BUCKETS.backup(region)
+    rows: dict[str, list[dict[str, Any]]] = {"orders": [], "invoices": []}
+    for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket):
+        for v in page.get("Versions", []):
+            for table, found in rows.items():
+                if f"/data/{table}/" in v["Key"]:
+                    body = client.get_object(Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"])["Body"].read()
+                    found += pq.read_table(io.BytesIO(body)).to_pylist()
+    assert sorted(r["order_id"] for r in rows["orders"]) == [4], rows["orders"]
+    assert sorted((r["invoice_no"], r["customer"]) for r in rows["invoices"]) == [
+        (10, PLACEHOLDER),
+        (11, PLACEHOLDER),
+        (12, "BOB@example.org"),
+    ], rows["invoices"]
