@@ -202,6 +202,27 @@ def subject_key_type(cur: psycopg2.extensions.cursor, policy: Any) -> str:
     return column_type(cur, policy.subject.table, policy.subject.key)
 
 
+def key_text_is_canonical(cur: psycopg2.extensions.cursor, policy: Any) -> bool:
+    """Whether equal subject keys are equal as text: not so for a citext key, or one of a nondeterministic
+    collation, whose rows may spell one key in several ways ('Anna@x' and 'anna@x' are the same customer)."""
+    cur.execute(
+        "SELECT t.typname <> 'citext' AND coalesce(c.collisdeterministic, true) FROM pg_attribute a"
+        " JOIN pg_type t ON t.oid = a.atttypid LEFT JOIN pg_collation c ON c.oid = a.attcollation"
+        " WHERE a.attrelid = to_regclass(%s) AND a.attname = %s AND a.attnum > 0 AND NOT a.attisdropped",
+        (regclass_literal(policy.subject.table), policy.subject.key),
+    )
+    row = cur.fetchone()
+    return bool(row[0]) if row else True
+
+
+def stored_key(policy: Any, link: sql.Composable) -> sql.Composable:
+    """The SQL of the subject key (as text) as the subject row stores it, for a link value `link`; the link's own
+    text when no subject row has it. Pseudonyms are of this one spelling (see key_text_is_canonical)."""
+    return sql.SQL("coalesce((SELECT s.{k}::text FROM {s} s WHERE s.{k} = {l} LIMIT 1), {l}::text)").format(
+        k=sql.Identifier(policy.subject.key), s=relation(policy.subject.table), l=link
+    )
+
+
 def owners_join(link: sql.Composable, key_type: str, owners: sql.Composable) -> sql.Composable:
     """`JOIN unnest(<owners>::text[]) o(owner) ON <link> = o.owner::<key_type>`: each row under the owner it was
     asked for (`o.owner`), not under its own text. The database compares the values in the key's type, so a

@@ -201,10 +201,8 @@ def test_a_citext_key_spelt_in_other_cases_is_one_person_erased_once(
     assert not logged, logged
 
 
-# Left as found (see the commit): a snapshot pseudonymises each row's own link text (backup.frames.with_subject),
-# so her rows spelt otherwise than her customer row carry another pseudonym than her tombstone's, and propagation,
-# which erases by that pseudonym, leaves them in the backup. Strict: it fails (XPASS) once backups see one person.
-@pytest.mark.xfail(strict=True, reason="backups pseudonymise a citext link per spelling: propagation misses her rows")
+# Her rows spelt otherwise than her customer row are hers in a backup too: a snapshot pseudonymises the key as the
+# customer row stores it (the tombstone's), so propagation erases every spelling.
 def test_propagation_leaves_none_of_her_rows_in_a_backup_whatever_their_spelling(shop: str, s3_endpoint: str) -> None:
     import io
 

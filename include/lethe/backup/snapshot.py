@@ -453,6 +453,10 @@ def _export_table(
     if rule.subject is None and erasure is not None:
         fks = relations.foreign_keys(cur, policy.tables)
         owner = relations.referenced_owner(policy, fks, table) or relations.inherited_owner(policy, fks, table)
+    elif rule.subject and table != policy.subject.table and not relations.key_text_is_canonical(cur, policy):
+        # a citext link may spell the key otherwise than the subject row: the pseudonym is of the stored spelling,
+        # the one an erasure's tombstone holds, so every spelling of the person is in one bucket and erased with it
+        owner = relations.stored_key(policy, sql.SQL("t.{}").format(sql.Identifier(rule.subject)))
     exported = columns if owner is None else [*columns, frames.Column(OWNER, "text", owner)]
     spill = frames.BucketSpill(buckets)
 
@@ -461,7 +465,8 @@ def _export_table(
         if owner is None:
             rows = frames.with_subject(rows, rule.subject, key, pseudonyms, rule.link_pseudonym)
         else:  # a row the subject points to (an address), or one pointing at hers: its owner is that row's
-            rows = frames.with_subject(rows, OWNER, key, pseudonyms).drop_columns([OWNER])
+            cut = rule.link_pseudonym if rule.subject else None
+            rows = frames.with_subject(rows, OWNER, key, pseudonyms, cut).drop_columns([OWNER])
         rows, _ = frames.erase_subjects(
             rows, tombstones, entry.erasure_action, entry.erasure_columns, entry.pseudonym_column
         )
