@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterator
 from datetime import date
 from importlib import resources
+from typing import Any
 
 import psycopg2
 import psycopg2.errorcodes
@@ -113,10 +114,36 @@ def search_path() -> str:
     return f"{PLATFORM_SCHEMA},{lethe_schema()}"
 
 
+def _bindable(query: Any, cur: psycopg2.extensions.cursor) -> Any:
+    """A composed statement as text parameters can be bound into: the `%` of its names and literals doubled."""
+    if isinstance(query, sql.Composed):
+        return "".join(_bindable(part, cur) for part in query.seq)
+    if isinstance(query, (sql.Identifier, sql.Literal)):
+        return query.as_string(cur).replace("%", "%%")
+    return query.as_string(cur) if isinstance(query, sql.Composable) else query
+
+
+class Cursor(psycopg2.extensions.cursor):
+    """Lethe's cursor: binds parameters into a composed statement that names a table or column holding a `%`.
+
+    psycopg2 renders a `sql.Composable` to text and then reads every `%` in it as a placeholder when parameters
+    are given: a company's table `"100%"` failed with IndexError (or took a parameter's place). The `%` of names
+    and literals are doubled first, as psycopg2 reads a literal `%`; a statement without parameters goes as is."""
+
+    def execute(self, query: Any, vars: Any = None) -> Any:
+        return super().execute(query if vars is None else _bindable(query, self), vars)
+
+    def executemany(self, query: Any, vars_list: Any) -> Any:
+        return super().executemany(_bindable(query, self), vars_list)
+
+    def mogrify(self, query: Any, vars: Any = None) -> bytes:
+        return super().mogrify(query if vars is None else _bindable(query, self), vars)
+
+
 def connect(url: str | None = None) -> psycopg2.extensions.connection:
     url = url or database_url()
     try:
-        return psycopg2.connect(url, options=f"-c search_path={search_path()}")
+        return psycopg2.connect(url, options=f"-c search_path={search_path()}", cursor_factory=Cursor)
     except psycopg2.OperationalError as exc:
         host = psycopg2.extensions.parse_dsn(url).get("host", "?")
         raise ConfigurationError(f"cannot reach the primary database at host {host}: {exc}".strip()) from exc
