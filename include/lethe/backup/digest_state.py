@@ -43,7 +43,8 @@ ROWS_AT_ONCE = 1 << 18  # digests written and decoded at a time (3 MiB with thei
 
 
 def key(sid: str, table: str) -> str:
-    return f"{layout.snapshot_prefix(sid)}digests/{table}.parquet"
+    """Where snapshot `sid` keeps the digests of `table` (its name encoded as in every key: `layout.key_part`)."""
+    return f"{layout.snapshot_prefix(sid)}digests/{layout.key_part(table)}.parquet"
 
 
 class Writer:

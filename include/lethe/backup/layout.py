@@ -11,6 +11,7 @@ import math
 import os
 import re
 from datetime import UTC, datetime
+from urllib.parse import quote
 
 SNAPSHOT_PREFIX = "snapshots/"
 SUBJECT_COLUMN = "_lethe_subject"  # the row's subject pseudonym, stored beside the row
@@ -44,6 +45,19 @@ def snapshot_prefix(sid: str) -> str:
 def written_by(key: str) -> str:
     """The snapshot whose prefix holds object `key` (an incremental snapshot names objects of earlier ones)."""
     return key[len(SNAPSHOT_PREFIX) :].split("/", 1)[0]
+
+
+def key_part(name: str) -> str:
+    """A table's name (the policy's `schema.table`) as one segment of an object key.
+
+    PostgreSQL takes any name: put in a key as it is, `a/b` made table `a/b`'s objects look like a folder of table
+    `a`'s, `a/` landed on `a`'s own (a filer-backed S3 such as SeaweedFS reads `a//b` as `a/b`), and `..` climbed
+    out of the snapshot's prefix (or was refused). So every byte but [A-Za-z0-9_.~-] is percent-encoded (UTF-8,
+    `%` itself too: `a%2Fb` and `a/b` stay apart), and a name of dots alone has them encoded: a plain name is
+    unchanged, and with it the keys of every backup written before. Keys are read from manifests, never parsed
+    back into names."""
+    part = quote(name, safe="")
+    return part.replace(".", "%2E") if not part.strip(".") else part
 
 
 def manifest_key(sid: str) -> str:
@@ -100,7 +114,7 @@ def object_key(sid: str, table: str, bucket: int | None, last: int | None = None
         name = "unbucketed" if bucket is None else f"b{bucket:04d}"
     else:
         name = "unbucketed-delta" if bucket is None else f"d{bucket:04d}-{last:04d}"
-    return f"{snapshot_prefix(sid)}data/{table}/{name}.parquet"
+    return f"{snapshot_prefix(sid)}data/{key_part(table)}/{name}.parquet"
 
 
 def region_endpoint(region: str, default: str | None) -> str | None:
