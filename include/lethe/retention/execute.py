@@ -130,6 +130,17 @@ def ledger_payload(plan: Plan, rp: RulePlan, rows: int, partitions: int) -> dict
     }
 
 
+def partition_step(rp: RulePlan, part: PartitionPlan) -> str:
+    """The progress step of one expired partition: `partition:<name>`, or, when another partition of the rule's
+    plan has the same name (partitions of one table may live in two schemas under one name), the name qualified
+    and quoted, `partition:"<schema>"."<name>"`. Sharing one step, the second was counted as the first (one
+    partition dropped in the ledger for two) and, on a rerun of the plan after it died there, skipped as done.
+    A plan's other steps are as they were recorded, so a plan made before resumes on its own progress."""
+    if sum(p.name == part.name for p in rp.partitions) < 2:
+        return f"partition:{part.name}"
+    return "partition:" + ".".join('"' + n.replace('"', '""') + '"' for n in (part.schema, part.name))
+
+
 def _drop_partition(
     conn: psycopg2.extensions.connection,
     cur: psycopg2.extensions.cursor,
@@ -145,7 +156,7 @@ def _drop_partition(
     after the parent's lock is released. A run killed between them leaves `<name>__expired`
     detached: a retry of the same plan drops it here, a new plan lists it (`detached`).
     """
-    step = f"partition:{part.name}"
+    step = partition_step(rp, part)
     started = time.perf_counter()
     # Every name qualified by the partition's schema, which need not be on the search path, where a table of the
     # same name may be; a RENAME's new name takes none (the table stays in its schema).
@@ -365,7 +376,7 @@ def _execute_rule_once(
                 return result
             if not plan.dry_run:
                 for part in rp.partitions:
-                    step = f"partition:{part.name}"
+                    step = partition_step(rp, part)
                     if step in progress and progress[step][3]:
                         continue
                     _drop_partition(conn, cur, preds, rp, part, plan.plan_id, result.batch_ms)
