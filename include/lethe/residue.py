@@ -610,16 +610,20 @@ def _cut_link_column(rule: Any) -> str | None:
     return next((c for c, cls in rule.columns.items() if cls == "pseudonym"), None)
 
 
-def pseudonymised_rows(cur: psycopg2.extensions.cursor, policy: Policy, people: Sequence[Footprint]) -> Findings:
+def pseudonymised_rows(
+    cur: psycopg2.extensions.cursor, policy: Policy, people: Sequence[Footprint], skip: Iterable[str] = ()
+) -> Findings:
     """Rows per person and `table.column` that name the person only by their keyed subject pseudonym
-    (the link cut by retention): no text of them holds an identifier, yet they are the person's."""
+    (the link cut by retention): no text of them holds an identifier, yet they are the person's. Tables in
+    `skip` (the policy's names) are not read."""
     owners = {p.pseudonym: p.user_id for p in people if p.pseudonym}  # keyed as the scan keys its findings
     out: dict[str, dict[str, int]] = defaultdict(dict)
     if not owners:
         return {}
+    skipped = set(skip)
     for table, rule in policy.tables.items():
         cut = _cut_link_column(rule)
-        if not cut:
+        if not cut or table in skipped:
             continue
         cur.execute(
             sql.SQL("SELECT {c}, count(*) FROM {t} WHERE {c} = ANY(%s::text[]) GROUP BY {c}").format(
@@ -1173,6 +1177,7 @@ def scan(
             for owner in owners:
                 out[owner][f"{hit.table.name}.{column}"] += 1
     if isinstance(index, PlainIndex):  # rows naming a person only by pseudonym hold no text of theirs
-        for owner, found in pseudonymised_rows(cur, policy, index.people).items():
-            out[owner].update({k: n for k, n in found.items() if k.split(".")[0] not in skipped})
+        # skipped by the policy's name: `k` is `<table>.<column>`, and a table's name may hold dots itself
+        for owner, found in pseudonymised_rows(cur, policy, index.people, skipped).items():
+            out[owner].update(found)
     return {owner: dict(sorted(c.items())) for owner, c in out.items()}
