@@ -246,6 +246,7 @@ def _export(
             tombstones &= _applied(db_url, region, previous.snapshot_id)
         record_honoured(db_url, region, sid, tombstones)
         write_manifest(client, bucket, manifest)  # last: from here on the snapshot exists
+        writer.remove_strays(client, bucket, manifest)
         if previous is not None:  # tonight's digests supersede the night before's
             digest_state.delete_previous(client, bucket, previous)
         return manifest, leftovers

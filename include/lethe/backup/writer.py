@@ -16,10 +16,13 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lethe.backup import layout, store
 from lethe.db import session_lock, transaction
+
+if TYPE_CHECKING:
+    from lethe.backup.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,29 @@ def remove_incomplete(
                 (region, incomplete),
             )
     return removed, deleted
+
+
+def remove_strays(client: Any, bucket: str, manifest: Manifest) -> int:
+    """Right after a snapshot's manifest: delete every version under its prefix that the manifest does not name as
+    current. A killed attempt's PUTs that the server completed after the rerun's `remove_incomplete` (found from
+    outside: a killed export rerun at once) would otherwise stay, unnamed, holding rows of people erased meanwhile,
+    where propagation, which rewrites what manifests name, never looks. Returns the versions deleted."""
+    from lethe.storage import delete_versions
+
+    named = {o.key for o in manifest.objects} | set(manifest.indexes) | {layout.manifest_key(manifest.snapshot_id)}
+    named |= {t.digests["key"] for t in manifest.tables.values() if t.digests}
+    doomed = [
+        v
+        for v in store.versions(client, bucket, layout.snapshot_prefix(manifest.snapshot_id))
+        if v["Key"] not in named or not v["IsLatest"]
+    ]
+    if doomed:
+        log.warning(
+            "snapshot %s: %d object versions of an earlier attempt landed under it after its cleanup; deleted",
+            manifest.snapshot_id,
+            len(doomed),
+        )
+    return delete_versions(client, bucket, doomed)
 
 
 def being_written(db_url: str, region: str) -> str | None:
