@@ -13,7 +13,7 @@ from psycopg2 import sql
 
 from lethe.db import table
 from lethe.policy.model import Policy
-from lethe.relations import subject_key_type
+from lethe.relations import key_text_is_canonical, subject_key_type
 
 HOLDS = "legal_holds"
 
@@ -33,6 +33,23 @@ def active_keys_sql(type_: str) -> sql.Composable:
 def active_keys(cur: psycopg2.extensions.cursor) -> list[str]:
     cur.execute(sql.SQL("SELECT DISTINCT subject_key FROM {} WHERE released_at IS NULL").format(table(HOLDS)))
     return [str(r[0]) for r in cur.fetchall()]
+
+
+def held_spellings(cur: psycopg2.extensions.cursor, policy: Policy, owners: set[str]) -> set[str]:
+    """The subject keys under an active hold, as text, and of `owners` (keys as rows spell them) those the database
+    finds equal to one in the key's type: on a citext key, a hold on 'Anna@x' holds her row spelt 'anna@x' too."""
+    held = set(active_keys(cur))
+    rest = sorted(o for o in owners if o not in held and not o.startswith("pseudonym:"))
+    if not held or not rest or key_text_is_canonical(cur, policy):
+        return held
+    type_ = key_type(cur, policy)
+    cur.execute(
+        sql.SQL("SELECT o.owner FROM unnest(%s::text[]) AS o(owner) WHERE o.owner::{} IN ({})").format(
+            sql.SQL(type_), active_keys_sql(type_)
+        ),
+        (rest,),
+    )
+    return held | {str(r[0]) for r in cur.fetchall()}
 
 
 def forget_subjects(cur: psycopg2.extensions.cursor, erased: list[tuple[str, str]]) -> None:

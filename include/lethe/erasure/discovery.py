@@ -470,8 +470,9 @@ def find_mentions(
             query += sql.SQL(" AND NOT EXISTS (SELECT 1 FROM {e} e WHERE {m})").format(e=temp_name(table), m=match_pk)
         subject = policy.tables[table].subject
         if subject:
-            query += sql.SQL(" AND NOT coalesce(t.{s}::text IN ({held}), false)").format(
-                s=sql.Identifier(subject), held=holds.active_keys_sql("text")
+            # compared in the key's type, as the hold's own rows are: a hold on a citext key holds every spelling
+            query += sql.SQL(" AND NOT coalesce(t.{s} IN ({held}), false)").format(
+                s=sql.Identifier(subject), held=holds.active_keys_sql(graph.key_type)
             )
         cur.execute(query, (likes,))
         hits = []

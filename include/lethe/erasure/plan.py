@@ -20,6 +20,7 @@ from lethe.erasure.discovery import Graph, Subject
 from lethe.holds import HOLDS
 from lethe.policy import Policy
 from lethe.pseudonym import pseudonym, subject_pseudonym
+from lethe.relations import owners_join
 from psycopg2 import sql
 
 HOLD_REASON = "An active legal hold on the person keeps every row of the person until it is released."
@@ -106,13 +107,17 @@ def tombstone_match(cur: psycopg2.extensions.cursor, key: bytes, kind: str, iden
     return cur.fetchone() is not None
 
 
-def active_holds(cur: psycopg2.extensions.cursor, owners: list[str]) -> dict[str, list[int]]:
-    """Owner -> ids of the active legal holds on them (holds name their subject by key value, as text)."""
+def active_holds(cur: psycopg2.extensions.cursor, owners: list[str], key_type: str) -> dict[str, list[int]]:
+    """Owner -> ids of the active legal holds on them. Holds name their subject by key value, as text: the database
+    compares it with the owner in the key's type (`key_type`), so a hold on a citext key in any case is hers."""
     cur.execute(
         sql.SQL(
-            "SELECT subject_key, array_agg(hold_id ORDER BY hold_id) FROM {}"
-            " WHERE subject_key = ANY(%s) AND released_at IS NULL GROUP BY subject_key"
-        ).format(lethe_table(HOLDS)),
+            "SELECT o.owner, array_agg(DISTINCT h.hold_id ORDER BY h.hold_id) FROM {} h {}"
+            " WHERE h.released_at IS NULL GROUP BY o.owner"
+        ).format(
+            lethe_table(HOLDS),
+            owners_join(sql.SQL("h.subject_key::{}").format(sql.SQL(key_type)), key_type, sql.Placeholder()),
+        ),
         (list(owners),),
     )
     return {str(u): [int(h) for h in ids] for u, ids in cur.fetchall()}
@@ -140,7 +145,7 @@ def build(
         first_for[person.user_id] = work
 
     owners = sorted(first_for)
-    holds = active_holds(cur, owners) if owners else {}
+    holds = active_holds(cur, owners, graph.key_type) if owners else {}
     per_owner: dict[str, dict[str, int]] = {}
     if owners:  # the scanner's footprint, before anything goes: what the dry run shows by table and column
         prints = residue.footprints(cur, policy, owners, key)

@@ -34,8 +34,9 @@ from lethe.policy import Policy
 from psycopg2 import sql
 
 
-def held_people(cur: psycopg2.extensions.cursor) -> set[str]:
-    return set(holds.active_keys(cur))
+def held_people(cur: psycopg2.extensions.cursor, policy: Policy, hits: list[residue.Hit]) -> set[str]:
+    """The owners of `hits` under an active hold (compared in the key's type: a citext key in any case)."""
+    return holds.held_spellings(cur, policy, {o for o in map(owner_of, hits) if o is not None})
 
 
 def referenced_tables(cur: psycopg2.extensions.cursor) -> set[int]:
@@ -132,7 +133,6 @@ def sweep(
     these tables instead of the policy's schemas', and `since`: only the rows this transaction (or a later
     one) wrote (lethe.erasure.side_effects).
     """
-    held = held_people(cur)
     kept = kept_columns(policy)
     names = own_names(policy)
     pointed_to = referenced_tables(cur)
@@ -140,6 +140,7 @@ def sweep(
     if tables is None:
         tables = [t for t in scanned_tables(cur, policy) if only_tables is None or t.name in only_tables]
     hits = list(residue.scan_rows(cur, tables, index, subject_links(policy), only, since=since))
+    held = held_people(cur, policy, hits)
     for hit in hits:
         rule = policy.tables.get(hit.table.name)
         owner = owner_of(hit)
@@ -196,13 +197,14 @@ def left(
     Allowed: a column the policy keeps, and rows of someone under an active hold. `only`, `tables` and
     `since` as for `sweep`.
     """
-    held = held_people(cur)
     kept = kept_columns(policy)
     names = own_names(policy)
     residue_left: Counter[str] = Counter()
     allowed: Counter[str] = Counter()
     read = scanned_tables(cur, policy) if tables is None else tables
-    for hit in residue.scan_rows(cur, read, index, subject_links(policy), only, since=since):
+    hits = list(residue.scan_rows(cur, read, index, subject_links(policy), only, since=since))
+    held = held_people(cur, policy, hits)
+    for hit in hits:
         owner = owner_of(hit)
         for name in _relevant(hit, people, owner, names):
             key = f"{hit.table.name}.{name}"
