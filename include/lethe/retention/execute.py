@@ -31,7 +31,7 @@ from lethe.db import DatabaseError, connect, table
 from lethe.holds import HOLDS, active_keys
 from lethe.policy import Policy
 from lethe.pseudonym import subject_pseudonym
-from lethe.relations import relation
+from lethe.relations import key_text_is_canonical, relation, stored_key
 from lethe.retention.catalog import EXPIRED_SUFFIX, column_types, expired_marker
 from lethe.retention.plan import PartitionPlan, Plan, RulePlan
 from lethe.retention.predicates import Predicates, anonymised_value
@@ -277,12 +277,25 @@ def _batch_params(
         return params
     subject = preds.policy.tables[rp.table].subject
     assert subject is not None
-    cur.execute(
-        sql.SQL("SELECT DISTINCT t.{}::text FROM {} t WHERE {} AND {}").format(
-            sql.Identifier(subject), relation(rp.table), key_range, preds.matched(rp.table, rule)
-        ),
-        params,
-    )
+    link = sql.SQL("t.{}").format(sql.Identifier(subject))
+    if key_text_is_canonical(cur, preds.policy):
+        keys_sql = sql.SQL("SELECT DISTINCT {}::text FROM {} t WHERE {} AND {}").format(
+            link, relation(rp.table), key_range, preds.matched(rp.table, rule)
+        )
+    else:
+        # A citext key spelt in several cases in these rows is one person: her one key, as her subject row stores
+        # it (the spelling her tombstone and erasure pseudonymise), once per key as the database compares keys.
+        keys_sql = sql.SQL(
+            "SELECT DISTINCT ON (s.k::{kt}) s.k FROM (SELECT {owner} AS k FROM {t} t WHERE {r} AND {m}) s"
+            " ORDER BY s.k::{kt}, s.k"
+        ).format(
+            kt=sql.SQL(preds.key_type),
+            owner=stored_key(preds.policy, link),
+            t=relation(rp.table),
+            r=key_range,
+            m=preds.matched(rp.table, rule),
+        )
+    cur.execute(keys_sql, params)
     keys = [k for (k,) in cur.fetchall() if k is not None]
     assert preds.links.key is not None  # links.load reads the key whenever a rule cuts a link
     return {**params, "cut_subjects": keys, "cut_pseudonyms": [subject_pseudonym(preds.links.key, k) for k in keys]}
