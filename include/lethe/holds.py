@@ -13,7 +13,7 @@ from psycopg2 import sql
 
 from lethe.db import table
 from lethe.policy.model import Policy
-from lethe.relations import key_text_is_canonical, subject_key_type
+from lethe.relations import key_text_is_canonical, stored_key, subject_key_type
 
 HOLDS = "legal_holds"
 
@@ -33,6 +33,18 @@ def active_keys_sql(type_: str) -> sql.Composable:
 def active_keys(cur: psycopg2.extensions.cursor) -> list[str]:
     cur.execute(sql.SQL("SELECT DISTINCT subject_key FROM {} WHERE released_at IS NULL").format(table(HOLDS)))
     return [str(r[0]) for r in cur.fetchall()]
+
+
+def active_keys_as_stored(cur: psycopg2.extensions.cursor, policy: Policy) -> list[str]:
+    """active_keys; for a key whose equal values are not equal as text (citext), each held key also as the subject
+    row stores it (relations.stored_key): the spelling her keyed pseudonym is made of, so that rows whose link
+    retention cut to that pseudonym are held whatever the case the hold spells her key in."""
+    keys = active_keys(cur)
+    if not keys or key_text_is_canonical(cur, policy):
+        return keys
+    held = sql.SQL("h.k::{}").format(sql.SQL(key_type(cur, policy)))
+    cur.execute(sql.SQL("SELECT DISTINCT {} FROM unnest(%s::text[]) AS h(k)").format(stored_key(policy, held)), (keys,))
+    return sorted(set(keys) | {str(r[0]) for r in cur.fetchall() if r[0] is not None})
 
 
 def held_spellings(cur: psycopg2.extensions.cursor, policy: Policy, owners: set[str]) -> set[str]:

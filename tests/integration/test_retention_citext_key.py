@@ -35,6 +35,7 @@ VISITS_POLICY = (
     columns: {visit_id: identifier, customer: identifier, customer_pseudonym: pseudonym, visited_at: timestamp}
     retention:
       - {name: visits_unlinked, keep: PT24H, after: visited_at, action: anonymise, columns: {customer: pseudonym_link}}
+      - {name: visits_expired, keep: P20D, after: visited_at, action: delete}
     erasure: {action: delete}
 """
 )
@@ -93,3 +94,28 @@ def test_cut_links_of_one_person_in_any_case_carry_her_one_pseudonym_and_her_era
 
     assert erase(shop, "anna@example.com")["outcomes"] == {"erased": 1}
     assert q(shop, "SELECT visit_id, customer_pseudonym FROM visits ORDER BY 1") == [(23, bob)]
+
+
+# A hold on her placed after retention cut her visits' links, spelt as her customer row or one of her visits did:
+# those visits are hers by her one pseudonym, so held.
+@pytest.mark.parametrize("held", [ANNA, "anna@example.com"])
+def test_a_hold_in_any_spelling_keeps_her_cut_link_rows_from_deletion(shop: str, held: str) -> None:
+    from lethe.db import migrate, transaction
+    from lethe.policy import load_policy
+    from lethe.retention.execute import execute_rule
+    from lethe.retention.plan import build_plan
+
+    migrate(shop)
+    for rule in ("visits_unlinked", "visits_expired"):
+        if rule == "visits_expired":  # placed once her visits name her by pseudonym only
+            q(
+                shop,
+                "INSERT INTO lethe.legal_holds (hold_id, subject_key, reference, reason, placed_at)"
+                " VALUES (1, %s, 'case 7', 'litigation', now())",
+                (held,),
+            )
+        with transaction(shop) as cur:
+            plan = build_plan(cur, NOW, policy=load_policy(), rules=[rule])
+        execute_rule(shop, plan, rule, policy=load_policy())
+    # Bob's visit (2026-11-04, past 20 days) went; none of hers did
+    assert q(shop, "SELECT visit_id FROM visits ORDER BY 1") == [(20,), (21,), (22,)]

@@ -28,7 +28,7 @@ import psycopg2.errors
 import psycopg2.extensions
 from lethe import ledger
 from lethe.db import DatabaseError, connect, table
-from lethe.holds import HOLDS, active_keys
+from lethe.holds import HOLDS, active_keys_as_stored
 from lethe.policy import Policy
 from lethe.pseudonym import subject_pseudonym
 from lethe.relations import key_text_is_canonical, relation, stored_key
@@ -225,10 +225,11 @@ def _lock_table(cur: psycopg2.extensions.cursor, table: str) -> None:
         ) from None
 
 
-def _held_ids(cur: psycopg2.extensions.cursor) -> list[str]:
-    """Subject keys under legal hold, read under a lock that makes a hold placed now wait for this batch."""
+def _held_ids(cur: psycopg2.extensions.cursor, policy: Policy) -> list[str]:
+    """Subject keys under legal hold, read under a lock that makes a hold placed now wait for this batch (a citext
+    key also as the subject row stores it, the spelling of its pseudonym: holds.active_keys_as_stored)."""
     cur.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(sql.Identifier(HOLDS)))
-    return active_keys(cur)
+    return active_keys_as_stored(cur, policy)
 
 
 def _statement(preds: Predicates, rp: RulePlan, rule: Any, key_range: sql.Composable) -> sql.Composable:
@@ -271,7 +272,7 @@ def _batch_params(
 ) -> dict[str, Any]:
     """The batch's parameters: held people read now (by key and by pseudonym) and, for a rule cutting
     the subject link, the pseudonyms of the subjects of the batch's rows, computed in memory."""
-    held = _held_ids(cur)
+    held = _held_ids(cur, preds.policy)
     params = {**params, "held_ids": held, "held_pseudonyms": preds.links.held_pseudonyms(held)}
     if not rule.cuts_link:
         return params

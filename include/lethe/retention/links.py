@@ -66,5 +66,5 @@ def load(cur: psycopg2.extensions.cursor, policy: Policy, key: bytes | None = No
         )
         subjects |= {k for (k,) in cur.fetchall() if k is not None}
     ordered = sorted(subjects)
-    held = [subject_pseudonym(key, k) for k in holds.active_keys(cur)]
+    held = [subject_pseudonym(key, k) for k in holds.active_keys_as_stored(cur, policy)]
     return Links(key, ordered, [subject_pseudonym(key, k) for k in ordered], held)
