@@ -183,12 +183,14 @@ def erasure_residue(
         )
     )
     erased_ids = [uid for (uid,) in cur.fetchall() if subject_pseudonym(key, uid) in subjects]
+    # compared in the key's type: a row spelling an erased citext key in another case is hers too
+    key_type = sql.SQL(holds.key_type(cur, policy) if erased_ids else "text")
     for table, subject in linked.items():
         n = 0
         if erased_ids:
             cur.execute(
-                sql.SQL("SELECT count(*) FROM {t} WHERE {s}::text = ANY(%s::text[])").format(
-                    t=relation(table), s=sql.Identifier(subject)
+                sql.SQL("SELECT count(*) FROM {t} WHERE {s} = ANY(%s::text[]::{k}[])").format(
+                    t=relation(table), s=sql.Identifier(subject), k=key_type
                 ),
                 (erased_ids,),
             )
