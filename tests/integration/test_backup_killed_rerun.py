@@ -16,7 +16,7 @@ from lethe.config import BUCKETS
 from lethe.db import transaction
 from lethe.policy import load_policy
 
-from tests.integration.test_backup_faults import KEY, REGION, erase, fill, kill, s3, traces
+from test_backup_faults import KEY, REGION, erase, fill, kill, s3, traces
 
 pytestmark = pytest.mark.integration
 BUCKET = BUCKETS.backup(REGION)
