@@ -15,7 +15,6 @@ from lethe.backup.snapshot import take_snapshot
 from lethe.config import BUCKETS
 from lethe.db import transaction
 from lethe.policy import load_policy
-
 from test_backup_faults import KEY, REGION, erase, fill, kill, s3, traces
 
 pytestmark = pytest.mark.integration
