@@ -16,7 +16,9 @@ from lethe.storage import s3_client
 
 pytestmark = pytest.mark.dags
 
-MIDNIGHT = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+# Every run is pinned to the moment the module was read: a suite crossing midnight UTC must not move the window.
+RUN_AT = datetime.now(UTC).replace(microsecond=0)
+MIDNIGHT = RUN_AT.replace(hour=0, minute=0, second=0)
 
 
 def crowd(db_url: str, people: int, *, withdrawn: tuple[int, ...] = ()) -> None:
@@ -63,7 +65,7 @@ def test_usage_sharing_publishes_each_recipient_and_advances_the_watermark(
     db_url: str, s3_endpoint: str, airflow_home: Path
 ) -> None:
     crowd(db_url, 30, withdrawn=(29, 30))
-    run_dag("usage_sharing")
+    run_dag("usage_sharing", logical_date=RUN_AT)
     assert releases(db_url) == {"research_partner": "published", "public_report": "published"}
     loaded = load_latest_release("research_partner", s3_endpoint)
     assert loaded is not None and loaded.manifest["days"] == 7
@@ -80,7 +82,7 @@ def test_usage_sharing_publishes_each_recipient_and_advances_the_watermark(
         cur.execute("SELECT count(*) FROM ledger WHERE kind = 'sharing_release' AND payload->>'status' = 'published'")
         assert cur.fetchone()[0] == 2
     # A second run the same day has nothing left to publish.
-    run_dag("usage_sharing")
+    run_dag("usage_sharing", logical_date=RUN_AT)
     with transaction(db_url) as cur:
         cur.execute("SELECT count(*) FROM sharing_releases")
         assert cur.fetchone()[0] == 2
@@ -106,7 +108,7 @@ def test_usage_sharing_refuses_a_release_over_budget_and_writes_nothing(
     monkeypatch.setenv("LETHE_POLICY_FILE", str(path))
     crowd(db_url, 12)
     with pytest.raises(DagRunFailed, match="publish"):
-        run_dag("usage_sharing")
+        run_dag("usage_sharing", logical_date=RUN_AT)
     assert releases(db_url) == {"tight": "refused"}
     client = s3_client(PRIMARY_REGION, s3_endpoint)
     assert client.list_objects_v2(Bucket=BUCKETS.sharing).get("KeyCount", 0) == 0
