@@ -12,7 +12,7 @@ target database's own catalogue, so a restore verifies the links it loaded rathe
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import psycopg2.extensions
@@ -25,9 +25,16 @@ from lethe.db import ConfigurationError
 from lethe.holds import HOLDS
 from lethe.pseudonym import subject_pseudonym
 
+KEYS_PER_QUERY = 50_000  # link values asked of the database at once (`rows_without_parent`)
+
 
 class LinkError(ConfigurationError):
     """A kept row references an erased row through a NOT NULL link: names table, columns and count."""
+
+
+class MissingParentError(ConfigurationError):
+    """Restored rows link to rows of a table the snapshot does not hold, and the target lacks them: names the
+    links (tables and columns) and row counts, never a value."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,47 @@ def foreign_keys(cur: psycopg2.extensions.cursor, tables: list[str]) -> list[For
         if fk.child in named and fk.parent in named
     ]
     return sorted(found, key=lambda fk: (fk.child, fk.parent, fk.child_columns))
+
+
+def outside_foreign_keys(
+    cur: psycopg2.extensions.cursor, tables: list[str], names: Iterable[str] = ()
+) -> list[ForeignKey]:
+    """Foreign keys from one of `tables` (a snapshot's) to a table not among them: a table the snapshot does not
+    hold (`backup: false` in the policy, or not in the policy at all), whose rows a restore cannot bring. The
+    parent is named as `names` (the policy's tables) name it, else `schema.table`."""
+    inside, named = set(tables), set(names)
+    not_null = relations.not_null_columns(cur, tables)
+    found = []
+    for fk in relations.foreign_keys(cur, [*named, *tables]):  # the snapshot's names win for a table named twice
+        if fk.child not in inside or fk.parent in inside:
+            continue
+        parent = fk.parent
+        if parent not in named:  # regclass's text (quoted, or bare on the search path): as `relation` reads it
+            cur.execute(
+                "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE c.oid = %s::regclass",
+                (parent,),
+            )
+            schema, table = cur.fetchone()  # type: ignore[misc]
+            parent = f"{schema}.{table}"
+        nulls = not_null.get(fk.child, set())
+        found.append(
+            ForeignKey(fk.child, fk.child_columns, parent, fk.parent_columns, any(c in nulls for c in fk.child_columns))
+        )
+    return sorted(found, key=lambda fk: (fk.child, fk.parent, fk.child_columns))
+
+
+def rows_without_parent(cur: psycopg2.extensions.cursor, fk: ForeignKey, frame: pa.Table) -> int:
+    """Rows of `frame` (rows of `fk.child` about to be loaded) whose link (every column set, as PostgreSQL checks
+    it) finds no row of `fk.parent` in the database, compared as the foreign key compares (`missing_parents`)."""
+    if frame.num_rows == 0 or any(c not in frame.column_names for c in fk.child_columns):
+        return 0
+    keys = _keys(frame, fk.child_columns)
+    linked = sorted({key for key in keys if all(v is not None for v in key)}, key=repr)
+    missing: set[tuple[object, ...]] = set()
+    for start in range(0, len(linked), KEYS_PER_QUERY):
+        missing |= missing_parents(cur, fk, linked[start : start + KEYS_PER_QUERY])
+    return sum(1 for key in keys if key in missing)
 
 
 def orphans(cur: psycopg2.extensions.cursor, fk: ForeignKey) -> int:

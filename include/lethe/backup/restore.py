@@ -11,7 +11,9 @@ same way (lethe.backup.links): a kept row pointing at an erased row loses that
 link, an erased person's legal hold names them by pseudonym only. The result is
 then checked by recomputing the keyed pseudonym of every subject in the target and
 by counting, for every foreign key among the restored tables, rows whose link finds
-no parent; a foreign key the primary has and the target lacks fails the check too.
+no parent; a foreign key the primary has and the target lacks fails the check too. A link to a table the snapshot
+does not hold (not backed up) must find its row in the target already: checked before each table is loaded, and
+when some do not, the restore names every such link and loads nothing (one transaction, rolled back).
 """
 
 from __future__ import annotations
@@ -184,6 +186,7 @@ def restore_snapshot(
                 f"target database is not empty (rows in {', '.join(not_empty)}): restore into an empty database"
             )
         fks = links.foreign_keys(cur, tables)
+        outside = links.outside_foreign_keys(cur, tables, load_policy().tables)
 
     snapshot_tombstones = (
         _read_table(client, bucket, TOMBSTONES, manifest.tables[TOMBSTONES]) if TOMBSTONES in tables else None
@@ -217,6 +220,7 @@ def restore_snapshot(
     with transaction(target_url) as cur:
         order = load_order(cur, tables, expected)
     present: dict[tuple[str, tuple[str, ...]], set[tuple[object, ...]]] = {}  # parent keys left after erasure
+    unfound: dict[str, int] = {}  # link to a table outside the snapshot -> rows whose parent the target lacks
     with transaction(target_url) as cur:
         for table in order:
             entry = manifest.tables[table]
@@ -226,6 +230,9 @@ def restore_snapshot(
             frame, done = frames.erase_subjects(
                 frame, erased, entry.erasure_action, entry.erasure_columns, entry.pseudonym_column
             )
+            if unfound:  # the restore fails (rolled back): the other tables are only checked, to name every link
+                _check_outside_links(cur, table, frame, outside, unfound)
+                continue
             if links.is_holds_table(table):
                 frame, report.holds_forgotten = links.forget_holds(frame, key, erased)
             free_text = entry.free_text or (policy.tables[table].free_text if table in policy.tables else [])
@@ -247,6 +254,8 @@ def restore_snapshot(
                     confirm = functools.partial(links.missing_parents, cur, fk, among=among)
                     frame, n = links.cut_dangling(frame, fk, parents, confirm)
                     cut += n
+            if _check_outside_links(cur, table, frame, outside, unfound):
+                continue
             report.rows_loaded[table] = frames.copy_into(cur, table, frame)
             if placeholder:
                 _ensure_placeholder(cur, policy)  # kept rows re-pointed after this snapshot was taken need it
@@ -258,6 +267,8 @@ def restore_snapshot(
                 report.rows_removed[table] = done.deleted
             if done.pseudonymised:
                 report.rows_pseudonymised[table] = done.pseudonymised
+        if unfound:
+            raise _missing_parents_error(sid, unfound, outside)
         for row in primary_only:  # the tombstones themselves must survive the restore too
             cur.execute(
                 "INSERT INTO erasure_tombstones (subject_pseudonym, identifier_pseudonyms, request_id, erased_at,"
@@ -302,6 +313,42 @@ def restore_snapshot(
             "do not use this database"
         )
     return report
+
+
+def _check_outside_links(
+    cur: psycopg2.extensions.cursor,
+    table: str,
+    frame: pa.Table,
+    outside: list[links.ForeignKey],
+    unfound: dict[str, int],
+) -> bool:
+    """Whether some rows `table` is about to load link to rows of a table outside the snapshot that the target
+    does not hold (the COPY would fail on them, its message quoting the value); counted into `unfound`."""
+    found = False
+    for fk in outside:
+        if fk.child == table:
+            n = links.rows_without_parent(cur, fk, frame)
+            if n:
+                unfound[fk.describe()] = n
+                found = True
+    return found
+
+
+def _missing_parents_error(sid: str, unfound: dict[str, int], outside: list[links.ForeignKey]) -> ConfigurationError:
+    """What the target lacks, by link and row count (no value), and what to do."""
+    lines = [
+        f"  {name}: {n} row{'' if n == 1 else 's'} of the snapshot link{'s' if n == 1 else ''} to no row there"
+        for name, n in unfound.items()
+    ]
+    parents = sorted({fk.parent for fk in outside if fk.describe() in unfound})
+    return links.MissingParentError(
+        f"cannot restore snapshot {sid}: rows of it link to tables it does not hold, and the target database lacks "
+        "the rows they point at:\n"
+        + "\n".join(lines)
+        + f"\n{', '.join(parents)} {'is' if len(parents) == 1 else 'are'} not in the snapshot (not backed up): "
+        "load those rows into the target first (from the live database, or the table's own "
+        "source), or restore into a database that holds them, then run the restore again. Nothing was restored."
+    )
 
 
 def _primary_foreign_keys(primary_url: str | None, target_url: str, tables: list[str]) -> list[links.ForeignKey]:
