@@ -16,7 +16,7 @@ from lethe import holds
 from lethe.connections import pseudonym_key_or_local
 from lethe.policy import Policy
 from lethe.pseudonym import subject_pseudonym
-from lethe.relations import relation
+from lethe.relations import key_text_is_canonical, relation, stored_key
 from psycopg2 import sql
 
 
@@ -47,24 +47,35 @@ def load(cur: psycopg2.extensions.cursor, policy: Policy, key: bytes | None = No
         return Links()
     key = key or pseudonym_key_or_local()
     events = {r.event for t in policy.tables.values() if t.link_pseudonym for r in t.retention if r.event}
+    # The clock's people as its rows spell their keys, and, on a key whose equal values are not equal as text
+    # (citext), also as the subject row stores each (relations.stored_key): the spelling the executor made her
+    # cut-link rows' pseudonym of, whatever the case her consent or account row spells her key in.
+    canonical = key_text_is_canonical(cur, policy)
+
+    def spellings(column: sql.Composable) -> sql.Composable:
+        text = sql.SQL("{}::text").format(column)
+        return text if canonical else sql.SQL("{}, {}").format(text, stored_key(policy, column))
+
     subjects: set[str] = set()
     if "consent_ended" in events:
         clock = policy.clock_consent_ended()
-        ended = sql.SQL(" OR ").join(sql.SQL("{} IS NOT NULL").format(sql.Identifier(c)) for c in clock.ended)
+        ended = sql.SQL(" OR ").join(sql.SQL("c.{} IS NOT NULL").format(sql.Identifier(c)) for c in clock.ended)
         cur.execute(
-            sql.SQL("SELECT DISTINCT {}::text FROM {} WHERE {}").format(
-                sql.Identifier(clock.subject), relation(clock.table), ended
+            sql.SQL("SELECT DISTINCT {} FROM {} c WHERE {}").format(
+                spellings(sql.SQL("c.{}").format(sql.Identifier(clock.subject))), relation(clock.table), ended
             )
         )
-        subjects |= {k for (k,) in cur.fetchall() if k is not None}
+        subjects |= {k for row in cur.fetchall() for k in row if k is not None}
     if "account_closed" in events:
         closed = policy.clock_account_closed()
         cur.execute(
-            sql.SQL("SELECT {}::text FROM {} WHERE {} IS NOT NULL").format(
-                sql.Identifier(closed.subject), relation(closed.table), sql.Identifier(closed.column)
+            sql.SQL("SELECT {} FROM {} c WHERE c.{} IS NOT NULL").format(
+                spellings(sql.SQL("c.{}").format(sql.Identifier(closed.subject))),
+                relation(closed.table),
+                sql.Identifier(closed.column),
             )
         )
-        subjects |= {k for (k,) in cur.fetchall() if k is not None}
+        subjects |= {k for row in cur.fetchall() for k in row if k is not None}
     ordered = sorted(subjects)
     held = [subject_pseudonym(key, k) for k in holds.active_keys_as_stored(cur, policy)]
     return Links(key, ordered, [subject_pseudonym(key, k) for k in ordered], held)
