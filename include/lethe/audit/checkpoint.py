@@ -67,8 +67,10 @@ def run(
     stale_after: timedelta,
     run_name: str = "audit",
     only: set[str] | None = None,
+    key_type: str | None = None,
 ) -> dict[str, CheckResult]:
-    """Run every SQL suite (or those in `only`) through one Checkpoint; suite name -> its CheckResult."""
+    """Run every SQL suite (or those in `only`) through one Checkpoint; suite name -> its CheckResult.
+    `key_type`: the subject key's SQL type when its equal values are not equal as text (suites.generate)."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -85,7 +87,7 @@ def run(
         clock = source.add_query_asset("audit_clock", clock_query(now, stale_after))
         batch = clock.add_batch_definition_whole_table("audit_clock")
         definitions = []
-        for name, spec in suites.generate(policy, fks).items():
+        for name, spec in suites.generate(policy, fks, key_type).items():
             if only is not None and name not in only:
                 continue
             suite = context.suites.add(suites.build(spec))

@@ -20,7 +20,7 @@ from lethe.erasure import lifecycle
 from lethe.policy.model import Policy
 from lethe.pseudonym import pseudonym, subject_pseudonym
 from lethe.quality import CheckResult, expect_counts, merge
-from lethe.relations import relation
+from lethe.relations import key_text_is_canonical, relation
 
 # 'held': a legal hold keeps the person's rows and the request open; it is reported, not failed.
 OPEN_STATUSES = lifecycle.OPEN
@@ -71,7 +71,9 @@ def sql_checks(
 
     with transaction(db_url) as cur:
         fks = foreign_keys(cur)
-    return checkpoint.run(db_url, policy, fks, now, stale_after, run_name, only)
+        # a citext key: holds compared in its type (a hold on 'Anna@x' holds her row spelt 'anna@x')
+        key_type = None if key_text_is_canonical(cur, policy) else holds.key_type(cur, policy)
+    return checkpoint.run(db_url, policy, fks, now, stale_after, run_name, only, key_type)
 
 
 def retention_result(sql_result: CheckResult, runs: dict[str, LastRun], stale_after: timedelta) -> CheckResult:
@@ -267,14 +269,21 @@ def erasure_residue_scan(
         names = {t: {c for c, cls in r.columns.items() if cls == "name"} for t, r in policy.tables.items()}
         links = {t: [r.subject] for t, r in policy.tables.items() if r.subject}
         links[holds.HOLDS] = ["subject_key"]  # a hold's own row belongs to the held person
-        held = set(holds.active_keys(cur))
         tables = [
             t
             for t in residue.text_tables(cur, residue.policy_schemas(cur, policy), policy.tables)
             if t.name not in records
         ]
-        for hit in residue.scan_rows(cur, tables, index, links):
-            owner = str(hit.extra[0]) if hit.extra and hit.extra[0] is not None else None
+        hits = list(residue.scan_rows(cur, tables, index, links))
+
+        def owner_of(hit: residue.Hit) -> str | None:
+            return str(hit.extra[0]) if hit.extra and hit.extra[0] is not None else None
+
+        # compared in the key's type, as the erasure sweep leaves them: a hold on a citext key in one spelling
+        # holds her rows spelt in any other case
+        held = holds.held_spellings(cur, policy, {o for o in map(owner_of, hits) if o is not None})
+        for hit in hits:
+            owner = owner_of(hit)
             for column in hit.owners:
                 name = f"{hit.table.name}.{column}"
                 if owner is not None and column in names.get(hit.table.name, set()):

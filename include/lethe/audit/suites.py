@@ -113,10 +113,18 @@ def _clock_started(policy: Policy, table: str, rule: RetentionRule, cutoff: str)
     return f"coalesce({started}, false)"
 
 
-def _unheld(policy: Policy, table: str) -> str | None:
+def _unheld(policy: Policy, table: str, key_type: str | None = None) -> str | None:
+    """Not a row of a person under an active hold. `key_type`: the subject key's SQL type (format_type) when equal
+    keys are not equal as text (citext): the hold is compared in that type, so a hold on 'Anna@x' holds her row
+    spelt 'anna@x', as the retention executor holds it; None compares the key as text (the committed suites)."""
     subject = policy.tables[table].subject
     if subject is None:
         return None
+    if key_type is not None:
+        return (
+            f"NOT coalesce(t.{_q(subject)} IN (SELECT h.subject_key::{key_type} FROM {_lethe(HOLDS)} h"
+            " WHERE h.released_at IS NULL), false)"
+        )
     return (
         f"NOT coalesce(t.{_q(subject)}::text IN"
         f" (SELECT h.subject_key FROM {_lethe(HOLDS)} h WHERE h.released_at IS NULL), false)"
@@ -151,12 +159,15 @@ def _anonymised(rule: RetentionRule, subject: str | None) -> str:
     return " AND ".join(parts)
 
 
-def expired_rows_query(policy: Policy, table: str, rule: RetentionRule, fks: list[ForeignKey]) -> str:
-    """Rows the rule's last run should have deleted or anonymised and that are still here as they were."""
+def expired_rows_query(
+    policy: Policy, table: str, rule: RetentionRule, fks: list[ForeignKey], key_type: str | None = None
+) -> str:
+    """Rows the rule's last run should have deleted or anonymised and that are still here as they were.
+    `key_type`: see _unheld."""
     key = next(iter(policy.tables[table].columns))
     cutoff = last_cutoff(rule.name)
     where = [_clock_started(policy, table, rule, cutoff)]
-    unheld = _unheld(policy, table)
+    unheld = _unheld(policy, table, key_type)
     if unheld:
         where.append(unheld)
     if rule.action == "anonymise":
@@ -209,8 +220,9 @@ def _statuses(values: tuple[str, ...]) -> str:
     return ", ".join(_lit(v) for v in values)
 
 
-def generate(policy: Policy, fks: list[ForeignKey]) -> dict[str, dict[str, Any]]:
-    """Suite name -> GX suite JSON (name, expectations, meta), the same for the same policy and keys."""
+def generate(policy: Policy, fks: list[ForeignKey], key_type: str | None = None) -> dict[str, dict[str, Any]]:
+    """Suite name -> GX suite JSON (name, expectations, meta), the same for the same policy and keys.
+    `key_type`: the subject key's SQL type when its equal values are not equal as text (citext), else None."""
     retention = []
     for table, rule in policy.rules():
         where = _where(table, rule)
@@ -226,7 +238,7 @@ def generate(policy: Policy, fks: list[ForeignKey]) -> dict[str, dict[str, Any]]
         retention.append(
             _expectation(
                 f"expired_rows.{rule.name}",
-                expired_rows_query(policy, table, rule, fks),
+                expired_rows_query(policy, table, rule, fks, key_type),
                 where,
                 f"No unheld row of {table} is past the cutoff of rule {rule.name}'s last completed run"
                 + (
