@@ -239,10 +239,14 @@ def subject_link(policy: Any, table: str) -> str | None:
     return rule.subject if rule is not None else None
 
 
-def referenced_owner(policy: Any, fks: list[ForeignKey], table: str, alias: str = "t") -> sql.Composable | None:
+def referenced_owner(
+    policy: Any, fks: list[ForeignKey], table: str, alias: str = "t", canonical: bool = True
+) -> sql.Composable | None:
     """For a table the subject's rows point to (an address, no subject column of its own): the SQL of the
     subject key (as text) of the one person whose rows point at each of its rows; NULL when rows of more
-    than one person, or rows linked to no one, point at it, since then the row is not that person's alone."""
+    than one person, or rows linked to no one, point at it, since then the row is not that person's alone.
+    `canonical`: key_text_is_canonical; when not (citext), each pointing row's key is read as the subject row
+    stores it (stored_key), so her rows spelling it in several cases are one person, and her pseudonym's."""
     rule = policy.tables.get(table)
     if rule is None or rule.subject is not None or rule.erasure is None or table == policy.subject.table:
         return None
@@ -256,18 +260,26 @@ def referenced_owner(policy: Any, fks: list[ForeignKey], table: str, alias: str 
             sql.SQL("r.{} = {}.{}").format(sql.Identifier(cc), sql.Identifier(alias), sql.Identifier(pc))
             for cc, pc in zip(fk.child_columns, fk.parent_columns, strict=True)
         )
-        owner = sql.SQL("r.{}::text").format(sql.Identifier(link)) if link else sql.SQL("NULL::text")
+        owner = _owner_text(policy, sql.Identifier("r", link), canonical) if link else sql.SQL("NULL::text")
         return sql.SQL("SELECT {} AS o FROM {} r WHERE {}").format(owner, relation(fk.child), match)
 
     return _one_owner([owner_of(fk) for fk in pointing])
 
 
-def inherited_owner(policy: Any, fks: list[ForeignKey], table: str, alias: str = "t") -> sql.Composable | None:
+def _owner_text(policy: Any, link: sql.Composable, canonical: bool) -> sql.Composable:
+    """The subject key of a row's link as text: its own text for a canonical key, else as stored (stored_key)."""
+    return sql.SQL("{}::text").format(link) if canonical else stored_key(policy, link)
+
+
+def inherited_owner(
+    policy: Any, fks: list[ForeignKey], table: str, alias: str = "t", canonical: bool = True
+) -> sql.Composable | None:
     """For a table with no subject link of its own whose rows point at rows that have one (a delivery to a
     customer's address): the SQL of the subject key (as text) of the one person whose rows each of its rows points
     at; NULL when it points at rows of more than one person, or at none. The primary's erasure takes such a row
     with that person's rows (lethe.erasure.discovery: a table without a link of its own inherits through its
-    keys), so snapshots must know whose it is to leave it out of a restore and a rewritten backup."""
+    keys), so snapshots must know whose it is to leave it out of a restore and a rewritten backup.
+    `canonical`: as for referenced_owner."""
     rule = policy.tables.get(table)
     if rule is None or rule.subject is not None or rule.erasure is None or table == policy.subject.table:
         return None
@@ -280,9 +292,8 @@ def inherited_owner(policy: Any, fks: list[ForeignKey], table: str, alias: str =
             sql.SQL("p.{} = {}.{}").format(sql.Identifier(pc), sql.Identifier(alias), sql.Identifier(cc))
             for cc, pc in zip(fk.child_columns, fk.parent_columns, strict=True)
         )
-        return sql.SQL("SELECT p.{}::text AS o FROM {} p WHERE {}").format(
-            sql.Identifier(str(subject_link(policy, fk.parent))), relation(fk.parent), match
-        )
+        owner = _owner_text(policy, sql.Identifier("p", str(subject_link(policy, fk.parent))), canonical)
+        return sql.SQL("SELECT {} AS o FROM {} p WHERE {}").format(owner, relation(fk.parent), match)
 
     return _one_owner([owner_of(fk) for fk in pointing])
 

@@ -451,10 +451,15 @@ def _export_table(
         buckets=buckets,
     )
     owner = None
+    canonical = relations.key_text_is_canonical(cur, policy)
     if rule.subject is None and erasure is not None:
+        # a citext key: the pointing rows' keys as the subject row stores them (one person in any case, and the
+        # spelling of her tombstone's pseudonym)
         fks = relations.foreign_keys(cur, policy.tables)
-        owner = relations.referenced_owner(policy, fks, table) or relations.inherited_owner(policy, fks, table)
-    elif rule.subject and table != policy.subject.table and not relations.key_text_is_canonical(cur, policy):
+        owner = relations.referenced_owner(policy, fks, table, canonical=canonical) or relations.inherited_owner(
+            policy, fks, table, canonical=canonical
+        )
+    elif rule.subject and table != policy.subject.table and not canonical:
         # a citext link may spell the key otherwise than the subject row: the pseudonym is of the stored spelling,
         # the one an erasure's tombstone holds, so every spelling of the person is in one bucket and erased with it
         owner = relations.stored_key(policy, sql.SQL("t.{}").format(sql.Identifier(rule.subject)))
