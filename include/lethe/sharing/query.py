@@ -30,7 +30,7 @@ from psycopg2 import sql
 from lethe.connections import pseudonym_key_or_local
 from lethe.db import ConfigurationError, connect
 from lethe.pseudonym import subject_pseudonym
-from lethe.relations import relation
+from lethe.relations import key_text_is_canonical, relation, stored_key
 from lethe.sharing.aggregate import CELL_KEYS, MEASURES, Aggregate, normalise
 from lethe.sharing.config import ALL, RecipientConfig
 
@@ -316,9 +316,13 @@ def link_pseudonyms(policy: Any, source: Any) -> dict[str, str | None]:
     }
 
 
-def prepare_links(cur: Any, source: Any, consent_table: Any, key: bytes) -> None:
+def prepare_links(cur: Any, source: Any, consent_table: Any, key: bytes, policy: Any = None) -> None:
     """pg_temp.lethe_share_links: each consenting person's keyed pseudonym, computed here (the key never
-    reaches the database) and gone with the transaction; so a person counts once, linked rows or cut."""
+    reaches the database) and gone with the transaction; so a person counts once, linked rows or cut.
+
+    `policy`: on a subject key whose equal values are not equal as text (citext), each consenting person also with
+    the pseudonym of her key as the subject row stores it (relations.stored_key), the one retention cut her rows'
+    links to, whatever the case her consent row spells her key in. One row per pseudonym: a cut row joins once."""
     cur.execute(
         sql.SQL(
             "CREATE TEMP TABLE {links} ON COMMIT DROP AS SELECT {subject} AS person, ''::text AS pseudonym"
@@ -329,15 +333,25 @@ def prepare_links(cur: Any, source: Any, consent_table: Any, key: bytes) -> None
             table=relation(consent_table.table),
         )
     )
+    subject = sql.Identifier("c", consent_table.subject)
+    stored: sql.Composable = sql.SQL("NULL::text")
+    if policy is not None and not key_text_is_canonical(cur, policy):
+        stored = stored_key(policy, subject)
     cur.execute(
-        sql.SQL("SELECT DISTINCT {subject} FROM {table} WHERE {purpose} = %s").format(
-            subject=sql.Identifier(consent_table.subject),
+        sql.SQL("SELECT DISTINCT {subject}, {stored} FROM {table} c WHERE c.{purpose} = %s").format(
+            subject=subject,
+            stored=stored,
             table=relation(consent_table.table),
             purpose=sql.Identifier(consent_table.purpose),
         ),
         (source.consent.purpose,),
     )
-    rows = [(p, subject_pseudonym(key, p)) for (p,) in cur.fetchall() if p is not None]
+    people: dict[str, Any] = {}
+    for p, as_stored in cur.fetchall():
+        for spelling in (p, as_stored):
+            if p is not None and spelling is not None:
+                people.setdefault(subject_pseudonym(key, str(spelling)), p)
+    rows = [(p, pseudonym) for pseudonym, p in people.items()]
     psycopg2.extras.execute_values(
         cur, sql.SQL("INSERT INTO {} VALUES %s").format(sql.Identifier(LINKS)), rows, page_size=10_000
     )
@@ -369,7 +383,7 @@ def compute(
         with conn.cursor() as cur:
             cur.execute("SET LOCAL TIME ZONE 'UTC'")  # days are UTC days
             if any(pseudonyms.values()):
-                prepare_links(cur, source, consent_table, key or pseudonym_key_or_local())
+                prepare_links(cur, source, consent_table, key or pseudonym_key_or_local(), policy)
             body = run_copy(cur, statement, params(source, Window(start, end)))
         conn.rollback()
     finally:
