@@ -64,17 +64,24 @@ def held_spellings(cur: psycopg2.extensions.cursor, policy: Policy, owners: set[
     return held | {str(r[0]) for r in cur.fetchall()}
 
 
-def forget_subjects(cur: psycopg2.extensions.cursor, erased: list[tuple[str, str]]) -> None:
+def forget_subjects(
+    cur: psycopg2.extensions.cursor, erased: list[tuple[str, str]], policy: Policy | None = None
+) -> None:
     """(subject key, keyed pseudonym) of people just erased: their (released) holds stay as the record of a
-    legal obligation, but name them only by the pseudonym; the free reference goes too."""
+    legal obligation, but name them only by the pseudonym; the free reference goes too. `policy`: on a key whose
+    equal values are not equal as text (citext), a hold is hers when its key equals hers in the key's type, so a
+    hold spelling 'anna@x' forgets her too when her row stored 'Anna@x'."""
     if erased:
+        match: sql.Composable = sql.SQL("h.subject_key = v.k")
+        if policy is not None and not key_text_is_canonical(cur, policy):
+            match = sql.SQL("h.subject_key::{t} = v.k::{t}").format(t=sql.SQL(key_type(cur, policy)))
         psycopg2.extras.execute_values(
             cur,
             sql.SQL(
                 "UPDATE {} h SET subject_key = NULL, reference = NULL, subject_pseudonym = v.p"
-                " FROM (VALUES %s) v (k, p) WHERE h.subject_key = v.k"
+                " FROM (VALUES %s) v (k, p) WHERE {}"
             )
-            .format(table(HOLDS))
+            .format(table(HOLDS), match)
             .as_string(cur),
             erased,
         )

@@ -155,7 +155,7 @@ def apply(
                 )
         for owner, n in counts.items():
             done[owner][table] = n
-    holds.forget_subjects(cur, [(str(owner), p) for owner, p in targets if p is not None])
+    holds.forget_subjects(cur, [(str(owner), p) for owner, p in targets if p is not None], policy)
 
     target_ids = {owner for owner, _ in targets}
     terms = {w.subject.user_id: w.subject.search_terms() for w in works if w.outcome == "erased" and w.subject}
