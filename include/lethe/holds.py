@@ -13,6 +13,7 @@ from psycopg2 import sql
 
 from lethe.db import table
 from lethe.policy.model import Policy
+from lethe.pseudonym import subject_pseudonym
 from lethe.relations import key_text_is_canonical, stored_key, subject_key_type
 
 HOLDS = "legal_holds"
@@ -45,6 +46,12 @@ def active_keys_as_stored(cur: psycopg2.extensions.cursor, policy: Policy) -> li
     held = sql.SQL("h.k::{}").format(sql.SQL(key_type(cur, policy)))
     cur.execute(sql.SQL("SELECT DISTINCT {} FROM unnest(%s::text[]) AS h(k)").format(stored_key(policy, held)), (keys,))
     return sorted(set(keys) | {str(r[0]) for r in cur.fetchall() if r[0] is not None})
+
+
+def held_pseudonyms(cur: psycopg2.extensions.cursor, policy: Policy, key: bytes) -> set[str]:
+    """The keyed pseudonyms of the people under an active hold: a row whose link retention cut names its person by
+    that pseudonym alone, and is held as her linked rows are."""
+    return {subject_pseudonym(key, k) for k in active_keys_as_stored(cur, policy)}
 
 
 def held_spellings(cur: psycopg2.extensions.cursor, policy: Policy, owners: set[str]) -> set[str]:

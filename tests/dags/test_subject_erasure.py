@@ -357,6 +357,50 @@ def test_a_held_persons_mention_of_the_erased_person_is_left_for_the_hold(
     assert _query(db_url, "SELECT count(*) FROM ledger WHERE kind = 'erasure_after_hold'") == [(1,)]
 
 
+def _residue_found_by_the_audit(db_url: str) -> dict[str, int]:
+    from lethe.audit.primary import erasure_residue_scan
+    from lethe.policy import load_policy
+
+    with psycopg2.connect(db_url) as conn, conn.cursor() as cur:
+        counts, _ = erasure_residue_scan(cur, load_policy(), _key())
+    return counts
+
+
+def test_a_held_persons_visit_cut_from_her_account_waits_for_the_hold_too(
+    db_url: str, s3_endpoint: str, airflow_home: Path
+) -> None:
+    """Chitra is under a legal hold. A visit of hers is past its day tied to her account: retention cut the link and
+    the row keeps only her keyed pseudonym. It is still hers, so Asha's erasure leaves its referrer naming Asha for
+    the hold, as it leaves Chitra's linked rows; and the audit does not count it as residue while the hold lasts."""
+    people.insert_people(db_url)
+    referrer = "https://mail.example/inbox?from=asha.rao@example.com"
+    _query(
+        db_url,
+        "INSERT INTO visitor_logs (log_id, user_id, subject_pseudonym, visitor_id, occurred_at, referrer)"
+        " VALUES (399, NULL, %s, 'v-399', now() - interval '3 days', %s) RETURNING 1",
+        (_hmac("user_id", "3"), referrer),
+    )
+    _run({"identifier_kind": "email", "identifier": ASHA["email"], "dry_run": False})
+
+    assert _query(db_url, "SELECT count(*) FROM accounts WHERE user_id = 1") == [(0,)]
+    assert _query(db_url, "SELECT referrer FROM visitor_logs WHERE log_id = 399") == [(referrer,)]
+    ((status, detail),) = _query(db_url, "SELECT status, detail FROM erasure_requests")
+    assert status == "certified"
+    assert detail["residue"]["waiting_for_hold:visitor_logs.referrer"] == 1
+    assert _residue_found_by_the_audit(db_url) == {"erased_found_by_value": 0}
+
+    # Released: the next batch run masks the referrer; the audit still finds nothing of Asha.
+    _query(db_url, "UPDATE legal_holds SET released_at = now() WHERE hold_id = 301 RETURNING 1")
+    # now it is residue, with what else waited for the hold, until the batch masks it
+    assert _residue_found_by_the_audit(db_url)["erased_found_by_value.visitor_logs.referrer"] == 1
+    _run({"dry_run": False})
+    ((after,),) = _query(db_url, "SELECT referrer FROM visitor_logs WHERE log_id = 399")
+    assert "asha.rao@example.com" not in after.lower() and after.startswith("https://mail.example/inbox?from=")
+    ((detail,),) = _query(db_url, "SELECT detail FROM erasure_requests")
+    assert detail["residue"]["masked_after_hold:visitor_logs.referrer"] == 1
+    assert _residue_found_by_the_audit(db_url) == {"erased_found_by_value": 0}
+
+
 def test_usage_rows_tied_only_to_the_pseudonym_are_erased_too(
     db_url: str, s3_endpoint: str, airflow_home: Path
 ) -> None:

@@ -267,7 +267,12 @@ def erasure_residue_scan(
         records = {t for t, r in policy.tables.items() if r.purpose == "erasure_record"}
         kept = {t: set(r.erasure.keep) for t, r in policy.tables.items() if r.erasure}
         names = {t: {c for c, cls in r.columns.items() if cls == "name"} for t, r in policy.tables.items()}
-        links = {t: [r.subject] for t, r in policy.tables.items() if r.subject}
+        # whose a row is: its subject link, else the keyed pseudonym retention cut the link to
+        links = {
+            t: [r.subject, *([r.link_pseudonym] if r.link_pseudonym else [])]
+            for t, r in policy.tables.items()
+            if r.subject
+        }
         links[holds.HOLDS] = ["subject_key"]  # a hold's own row belongs to the held person
         tables = [
             t
@@ -277,11 +282,14 @@ def erasure_residue_scan(
         hits = list(residue.scan_rows(cur, tables, index, links))
 
         def owner_of(hit: residue.Hit) -> str | None:
-            return str(hit.extra[0]) if hit.extra and hit.extra[0] is not None else None
+            if hit.extra and hit.extra[0] is not None:
+                return str(hit.extra[0])
+            return f"cut:{hit.extra[1]}" if len(hit.extra) > 1 and hit.extra[1] is not None else None
 
         # compared in the key's type, as the erasure sweep leaves them: a hold on a citext key in one spelling
-        # holds her rows spelt in any other case
+        # holds her rows spelt in any other case; a row whose link was cut is held by her keyed pseudonym
         held = holds.held_spellings(cur, policy, {o for o in map(owner_of, hits) if o is not None})
+        held |= {f"cut:{p}" for p in holds.held_pseudonyms(cur, policy, key)}
         for hit in hits:
             owner = owner_of(hit)
             for column in hit.owners:

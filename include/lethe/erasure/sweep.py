@@ -30,13 +30,22 @@ from typing import Any
 
 import psycopg2.extensions
 from lethe import holds, residue
+from lethe.connections import pseudonym_key_or_local
 from lethe.policy import Policy
 from psycopg2 import sql
 
+CUT_OWNER = "pseudonym:"  # owner_of's prefix for a row whose link retention cut
+
 
 def held_people(cur: psycopg2.extensions.cursor, policy: Policy, hits: list[residue.Hit]) -> set[str]:
-    """The owners of `hits` under an active hold (compared in the key's type: a citext key in any case)."""
-    return holds.held_spellings(cur, policy, {o for o in map(owner_of, hits) if o is not None})
+    """The owners of `hits` under an active hold (compared in the key's type: a citext key in any case), a row
+    whose link retention cut (`pseudonym:<p>`) by its person's keyed pseudonym."""
+    owners = {o for o in map(owner_of, hits) if o is not None}
+    held = holds.held_spellings(cur, policy, owners)
+    if held and any(o.startswith(CUT_OWNER) for o in owners):
+        key = pseudonym_key_or_local()
+        held |= {CUT_OWNER + p for p in holds.held_pseudonyms(cur, policy, key)}
+    return held
 
 
 def referenced_tables(cur: psycopg2.extensions.cursor) -> set[int]:
@@ -86,7 +95,7 @@ def owner_of(hit: residue.Hit) -> str | None:
     if hit.extra and hit.extra[0] is not None:
         return str(hit.extra[0])
     if len(hit.extra) > 1 and hit.extra[1] is not None:
-        return f"pseudonym:{hit.extra[1]}"
+        return f"{CUT_OWNER}{hit.extra[1]}"
     return None
 
 
