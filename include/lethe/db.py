@@ -45,6 +45,7 @@ LETHE_TABLES = (
     "processor_receipts",
     "kept_pseudonyms",
     "restore_drills",
+    "held_pseudonyms",
 )
 LETHE_FUNCTIONS = ("ledger_append_only()",)
 # The platform's migration the previous release recorded among Lethe's; the platform is no longer Lethe's to migrate.

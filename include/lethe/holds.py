@@ -17,6 +17,7 @@ from lethe.pseudonym import subject_pseudonym
 from lethe.relations import key_text_is_canonical, stored_key, subject_key_type
 
 HOLDS = "legal_holds"
+HELD_PSEUDONYMS = "held_pseudonyms"  # the keyed pseudonyms of active holds, for the audit's SQL (migration 130)
 
 
 def key_type(cur: psycopg2.extensions.cursor, policy: Policy) -> str:
@@ -52,6 +53,46 @@ def held_pseudonyms(cur: psycopg2.extensions.cursor, policy: Policy, key: bytes)
     """The keyed pseudonyms of the people under an active hold: a row whose link retention cut names its person by
     that pseudonym alone, and is held as her linked rows are."""
     return {subject_pseudonym(key, k) for k in active_keys_as_stored(cur, policy)}
+
+
+def record_held_pseudonyms(cur: psycopg2.extensions.cursor, policy: Policy, key: bytes | None = None) -> int:
+    """Rewrite Lethe's held_pseudonyms: per active hold, the keyed pseudonyms of its key, as the hold spells it and,
+    on a citext key, as the subject row stores it (the spellings of active_keys_as_stored, the retention executor's).
+    The audit's SQL takes no parameters and cannot compute an HMAC: with these it allows a held person's rows whose
+    link retention cut to her pseudonym before the hold was placed. Empty when no table of the policy cuts links
+    (the key is then not read). `key`: default lethe.connections.pseudonym_key_or_local(). Returns the rows written."""
+    target = table(HELD_PSEUDONYMS)
+    cur.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(target))  # one rewrite at a time; reads go on
+    cur.execute(sql.SQL("DELETE FROM {}").format(target))
+    if not any(t.link_pseudonym for t in policy.tables.values()):
+        return 0
+    spellings: sql.Composable = sql.SQL("h.subject_key")
+    if not key_text_is_canonical(cur, policy):
+        typed = sql.SQL("h.subject_key::{}").format(sql.SQL(key_type(cur, policy)))
+        spellings = sql.SQL("h.subject_key, {}").format(stored_key(policy, typed))
+    cur.execute(
+        sql.SQL("SELECT h.hold_id, {} FROM {} h WHERE h.released_at IS NULL AND h.subject_key IS NOT NULL").format(
+            spellings, table(HOLDS)
+        )
+    )
+    rows = cur.fetchall()
+    if not rows:
+        return 0
+    if key is None:
+        from lethe.connections import pseudonym_key_or_local
+
+        key = pseudonym_key_or_local()
+    pairs = sorted(
+        {(hold_id, subject_pseudonym(key, str(k))) for hold_id, *keys in rows for k in keys if k is not None}
+    )
+    psycopg2.extras.execute_values(
+        cur,
+        sql.SQL("INSERT INTO {} (hold_id, subject_pseudonym) VALUES %s ON CONFLICT DO NOTHING")
+        .format(target)
+        .as_string(cur),
+        pairs,
+    )
+    return len(pairs)
 
 
 def held_spellings(cur: psycopg2.extensions.cursor, policy: Policy, owners: set[str]) -> set[str]:

@@ -35,6 +35,7 @@ RESIDUE = "erasure_residue"
 DEADLINES = "erasure_deadlines"
 REDACTED = "[redacted]"  # what a `redact` strategy leaves (lethe.retention writes it)
 HOLDS = "legal_holds"
+HELD_PSEUDONYMS = "held_pseudonyms"  # active holds' keyed pseudonyms, written by the audit (lethe.holds)
 LEDGER = "ledger"
 REQUESTS = "erasure_requests"
 CLOCK = "(SELECT audit_now FROM {batch})"
@@ -116,19 +117,31 @@ def _clock_started(policy: Policy, table: str, rule: RetentionRule, cutoff: str)
 def _unheld(policy: Policy, table: str, key_type: str | None = None) -> str | None:
     """Not a row of a person under an active hold. `key_type`: the subject key's SQL type (format_type) when equal
     keys are not equal as text (citext): the hold is compared in that type, so a hold on 'Anna@x' holds her row
-    spelt 'anna@x', as the retention executor holds it; None compares the key as text (the committed suites)."""
-    subject = policy.tables[table].subject
+    spelt 'anna@x', as the retention executor holds it; None compares the key as text (the committed suites).
+    On a table whose link a rule cuts (pseudonym_link), a row naming an active hold's person by her keyed pseudonym
+    is hers too: the audit writes those pseudonyms to held_pseudonyms before it runs (lethe.holds)."""
+    spec = policy.tables[table]
+    subject = spec.subject
     if subject is None:
         return None
     if key_type is not None:
-        return (
+        by_key = (
             f"NOT coalesce(t.{_q(subject)} IN (SELECT h.subject_key::{key_type} FROM {_lethe(HOLDS)} h"
             " WHERE h.released_at IS NULL), false)"
         )
-    return (
-        f"NOT coalesce(t.{_q(subject)}::text IN"
-        f" (SELECT h.subject_key FROM {_lethe(HOLDS)} h WHERE h.released_at IS NULL), false)"
+    else:
+        by_key = (
+            f"NOT coalesce(t.{_q(subject)}::text IN"
+            f" (SELECT h.subject_key FROM {_lethe(HOLDS)} h WHERE h.released_at IS NULL), false)"
+        )
+    cut = spec.link_pseudonym
+    if cut is None:
+        return by_key
+    by_pseudonym = (
+        f"NOT coalesce(t.{_q(cut)} IN (SELECT p.subject_pseudonym FROM {_lethe(HELD_PSEUDONYMS)} p"
+        f" JOIN {_lethe(HOLDS)} h ON h.hold_id = p.hold_id WHERE h.released_at IS NULL), false)"
     )
+    return f"{by_key}\n  AND {by_pseudonym}"
 
 
 def _unreferenced(table: str, fks: list[ForeignKey]) -> list[str]:
