@@ -77,5 +77,5 @@ def load(cur: psycopg2.extensions.cursor, policy: Policy, key: bytes | None = No
         )
         subjects |= {k for row in cur.fetchall() for k in row if k is not None}
     ordered = sorted(subjects)
-    held = [subject_pseudonym(key, k) for k in holds.active_keys_as_stored(cur, policy)]
+    held = sorted(holds.held_pseudonyms(cur, policy, key))
     return Links(key, ordered, [subject_pseudonym(key, k) for k in ordered], held)
