@@ -316,7 +316,7 @@ def link_pseudonyms(policy: Any, source: Any) -> dict[str, str | None]:
     }
 
 
-def prepare_links(cur: Any, source: Any, consent_table: Any, key: bytes, policy: Any = None) -> None:
+def prepare_links(cur: Any, source: Any, consent_table: Any, key: bytes, policy: Any) -> None:
     """pg_temp.lethe_share_links: each consenting person's keyed pseudonym, computed here (the key never
     reaches the database) and gone with the transaction; so a person counts once, linked rows or cut.
 
@@ -335,7 +335,7 @@ def prepare_links(cur: Any, source: Any, consent_table: Any, key: bytes, policy:
     )
     subject = sql.Identifier("c", consent_table.subject)
     stored: sql.Composable = sql.SQL("NULL::text")
-    if policy is not None and not key_text_is_canonical(cur, policy):
+    if not key_text_is_canonical(cur, policy):
         stored = stored_key(policy, subject)
     cur.execute(
         sql.SQL("SELECT DISTINCT {subject}, {stored} FROM {table} c WHERE c.{purpose} = %s").format(
