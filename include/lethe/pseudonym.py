@@ -37,6 +37,14 @@ def subject_pseudonym(key: bytes, user_id: int | str) -> str:
     return pseudonym(key, "user_id", user_id)
 
 
+def folded_subject_pseudonym(key: bytes, folded: str) -> str:
+    """The pseudonym of a case-insensitive (citext) subject key in its case-folded spelling: `folded` is the
+    database's lower() of the key, the spelling citext compares by. A tombstone keeps it beside the pseudonym of
+    the stored spelling, so a row spelling an erased key in any case is found hers (lethe.relations.key_folds_case).
+    Its own kind, so it is never one of the identifier kinds the scanner signs."""
+    return hmac.digest(key, f"user_id_folded:{folded}".encode(), "sha256").hex()
+
+
 def subject_digest(key: bytes, user_id: int) -> bytes:
     """`subject_pseudonym` of an integer subject as its 32 bytes: the same message (`user_id:<decimal>`, which
     normalise gives an integer), without the text handling, for the export's million people."""

@@ -215,6 +215,25 @@ def key_text_is_canonical(cur: psycopg2.extensions.cursor, policy: Any) -> bool:
     return bool(row[0]) if row else True
 
 
+def key_folds_case(cur: psycopg2.extensions.cursor, policy: Any) -> bool:
+    """Whether the subject key is citext: its values are equal when their lower() is, so a tombstone keeps the
+    pseudonym of that folded spelling too (lethe.pseudonym.folded_subject_pseudonym), and rows spelling an erased
+    key in a case no row of hers stored are still found hers."""
+    cur.execute(
+        "SELECT t.typname = 'citext' FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
+        " WHERE a.attrelid = to_regclass(%s) AND a.attname = %s AND a.attnum > 0 AND NOT a.attisdropped",
+        (regclass_literal(policy.subject.table), policy.subject.key),
+    )
+    row = cur.fetchone()
+    return bool(row[0]) if row else False
+
+
+def folded_keys(cur: psycopg2.extensions.cursor, keys: Iterable[str]) -> dict[str, str]:
+    """Each key text with the database's lower() of it: the spelling citext compares by (one query)."""
+    cur.execute("SELECT k, lower(k) FROM unnest(%s::text[]) AS u(k)", (sorted(set(keys)),))
+    return {k: f for k, f in cur.fetchall()}
+
+
 def stored_key(policy: Any, link: sql.Composable) -> sql.Composable:
     """The SQL of the subject key (as text) as the subject row stores it, for a link value `link`; the link's own
     text when no subject row has it. Pseudonyms are of this one spelling (see key_text_is_canonical)."""

@@ -18,9 +18,9 @@ from lethe.audit.limits import STALE_AFTER_HOURS
 from lethe.db import table as lethe_table
 from lethe.erasure import lifecycle
 from lethe.policy.model import Policy
-from lethe.pseudonym import pseudonym, subject_pseudonym
+from lethe.pseudonym import folded_subject_pseudonym, pseudonym, subject_pseudonym
 from lethe.quality import CheckResult, expect_counts, merge
-from lethe.relations import key_text_is_canonical, relation
+from lethe.relations import key_folds_case, key_text_is_canonical, relation
 
 # 'held': a legal hold keeps the person's rows and the request open; it is reported, not failed.
 OPEN_STATUSES = lifecycle.OPEN
@@ -179,16 +179,28 @@ def erasure_residue(
     subjects, identifier_pseudonyms = tombstones or tombstones_of(cur)
     counts: dict[str, int] = {}
     linked = {t: r.subject for t, r in policy.tables.items() if r.subject is not None}
-    # Pseudonyms are keyed HMACs, so the match runs here in Python over the subjects present.
+    # Pseudonyms are keyed HMACs, so the match runs here in Python over the subjects present. A citext key is
+    # also matched in its case-folded spelling (the tombstone keeps its pseudonym): her rows may come back spelt
+    # in a case none of hers stored, and with no row in her stored spelling left to find them by.
+    fold = key_folds_case(cur, policy)
     cur.execute(
         sql.SQL(" UNION ").join(
-            sql.SQL("SELECT DISTINCT {s}::text FROM {t} WHERE {s} IS NOT NULL").format(
-                s=sql.Identifier(s), t=relation(t)
+            sql.SQL("SELECT DISTINCT {s}::text, {f} FROM {t} WHERE {s} IS NOT NULL").format(
+                s=sql.Identifier(s),
+                t=relation(t),
+                f=sql.SQL("lower({}::text)").format(sql.Identifier(s)) if fold else sql.SQL("NULL::text"),
             )
             for t, s in linked.items()
         )
     )
-    erased_ids = [uid for (uid,) in cur.fetchall() if subject_pseudonym(key, uid) in subjects]
+    erased_ids = sorted(
+        {
+            uid
+            for uid, folded in cur.fetchall()
+            if subject_pseudonym(key, uid) in subjects
+            or (folded is not None and folded_subject_pseudonym(key, folded) in identifier_pseudonyms)
+        }
+    )
     # compared in the key's type: a row spelling an erased citext key in another case is hers too
     key_type = sql.SQL(holds.key_type(cur, policy) if erased_ids else "text")
     for table, subject in linked.items():

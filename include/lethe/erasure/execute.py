@@ -20,7 +20,7 @@ from lethe.erasure.discovery import ErasureGraphError, Graph
 from lethe.erasure.plan import Work
 from lethe.policy import Policy
 from lethe.policy.model import LINK_STRATEGIES
-from lethe.pseudonym import pseudonym
+from lethe.pseudonym import folded_subject_pseudonym, pseudonym
 from lethe.relations import ForeignKey, relation
 from psycopg2 import sql
 
@@ -296,13 +296,19 @@ def _cut_links_to_self(cur: psycopg2.extensions.cursor, graph: Graph, table: str
             _null_link(cur, graph, table, fk, others, problem)
 
 
-def write_tombstones(cur: psycopg2.extensions.cursor, key: bytes, works: list[Work]) -> int:
-    """One tombstone per erased person: keyed pseudonyms of the key and of every identifier."""
+def write_tombstones(cur: psycopg2.extensions.cursor, key: bytes, works: list[Work], fold_case: bool = False) -> int:
+    """One tombstone per erased person: keyed pseudonyms of the key and of every identifier. `fold_case`: the key
+    is citext (relations.key_folds_case): the pseudonym of its case-folded spelling is kept too, so her rows coming
+    back spelt in a case none of hers stored are still found hers (the audit, a restore's check)."""
+    erased = [w for w in works if w.outcome == "erased" and w.subject]
+    folded = relations.folded_keys(cur, [w.subject.user_id for w in erased if w.subject]) if fold_case else {}
     rows = []
-    for w in works:
-        if w.outcome != "erased" or not w.subject:
+    for w in erased:
+        if not w.subject:
             continue
         ids = {pseudonym(key, k, v) for k, v in w.subject.identifiers.items() if v and k != "user_id"}
+        if w.subject.user_id in folded:
+            ids.add(folded_subject_pseudonym(key, folded[w.subject.user_id]))
         if w.subject.footprint:  # every spelling the scanner matched: backups and audits match the same way
             ids |= set(w.subject.footprint.pseudonyms(key))
         terms = residue.tombstone_prefilter(key, w.subject.footprint, w.subject.identifiers)

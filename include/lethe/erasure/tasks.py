@@ -27,6 +27,7 @@ from lethe.erasure.discovery import read_graph
 from lethe.erasure.plan import Work
 from lethe.policy import Policy, load_policy
 from lethe.processors import workflow as processor_workflow
+from lethe.relations import key_folds_case
 
 log = logging.getLogger(__name__)
 
@@ -420,7 +421,7 @@ def _erase_chunk(db_url: str, policy: Policy, key: bytes, chunk: list[dict[str, 
             checks = verify.in_transaction(cur, policy, graph, people, dict(planned), dict(executed))
         # Before the commit: the relations this transaction wrote, so only they are vacuumed after it.
         written = vacuum.written(cur, vacuum.touched(w.as_detail() for w in targets))
-        execute.write_tombstones(cur, key, works)
+        execute.write_tombstones(cur, key, works, fold_case=key_folds_case(cur, policy))
         execute.record(cur, works, checks, written)
         processor_workflow.remember(cur, policy, works)  # before the rows holding the email are gone for good
         # A hold placed since the plan keeps the person: held, nothing of theirs was touched.
