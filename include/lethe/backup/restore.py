@@ -25,6 +25,7 @@ from typing import Any
 
 import psycopg2.extensions
 import pyarrow as pa
+import pyarrow.compute as pc
 from psycopg2 import sql
 
 from lethe import relations
@@ -34,7 +35,7 @@ from lethe.backup.mentions import MentionFinder, prefilter_of
 from lethe.config import BUCKETS
 from lethe.db import ConfigurationError, connect, migrate, transaction
 from lethe.policy import load_policy
-from lethe.pseudonym import subject_pseudonym
+from lethe.pseudonym import folded_subject_pseudonym, subject_pseudonym
 
 TOMBSTONES = "erasure_tombstones"
 
@@ -211,6 +212,17 @@ def restore_snapshot(
         terms += [(_array(i), None if t is None else _array(t)) for i, t in zip(ids, kept, strict=True)]
     finder = MentionFinder(key, frozenset(identifiers), prefilter_of(terms))
     policy = load_policy()
+    # identifier pseudonym -> its tombstone's subject: a citext key's case-folded pseudonym among them finds her
+    # rows the snapshot names under another spelling of her key (she re-cased it after the snapshot, then was erased)
+    owners = {i: row[0] for row in primary_only for i in row[1] or []}
+    if snapshot_tombstones is not None:
+        subjects_of = snapshot_tombstones.column("subject_pseudonym").to_pylist()
+        for subject, ids in zip(
+            subjects_of, snapshot_tombstones.column("identifier_pseudonyms").to_pylist(), strict=True
+        ):
+            owners.update((i, subject) for i in _array(ids))
+    with transaction(target_url) as cur:
+        fold = relations.key_folds_case(cur, policy)
     out(f"restoring snapshot {sid} from {region} (policy {manifest.policy_version}) into the target database")
     if report.primary_reachable is False:
         out("warning: the primary database could not be reached; only the snapshot's own tombstones are replayed")
@@ -227,6 +239,8 @@ def restore_snapshot(
             frame = snapshot_tombstones if table == TOMBSTONES and snapshot_tombstones else None
             if frame is None:
                 frame = _read_table(client, bucket, table, entry)
+            if fold and owners and entry.subject_column and entry.rewritable:
+                frame = _attribute_folded(cur, frame, entry.subject_column, key, owners)
             frame, done = frames.erase_subjects(
                 frame, erased, entry.erasure_action, entry.erasure_columns, entry.pseudonym_column
             )
@@ -275,7 +289,8 @@ def restore_snapshot(
                 " counts, prefilter_pseudonyms) VALUES (%s, %s, %s, %s, %s::jsonb, %s) ON CONFLICT DO NOTHING",
                 row,
             )
-    report.tombstoned_rows_left = verify_no_tombstoned_rows(target_url, manifest, erased, key)
+    folded = {i for i in owners if fold}
+    report.tombstoned_rows_left = verify_no_tombstoned_rows(target_url, manifest, erased, key, policy, folded)
     verify_links(target_url, tables, expected, report)
     out(
         f"replayed {report.tombstones_replayed} tombstones ({report.tombstones_in_snapshot} in the snapshot, "
@@ -377,22 +392,80 @@ def verify_links(target_url: str, tables: list[str], expected: list[links.Foreig
     report.foreign_keys_checked = len(checked)
 
 
-def verify_no_tombstoned_rows(target_url: str, manifest: Manifest, erased: set[str], key: bytes) -> int:
-    """Rows in the target whose subject's keyed pseudonym is tombstoned (tables whose erasure removes the link)."""
+def _attribute_folded(
+    cur: psycopg2.extensions.cursor, frame: pa.Table, link: str, key: bytes, owners: dict[str, str]
+) -> pa.Table:
+    """Rows whose citext key, case-folded by the database, is an erased person's (her tombstone's folded
+    pseudonym, lethe.pseudonym.folded_subject_pseudonym) are hers whatever pseudonym the snapshot stored beside
+    them: their SUBJECT_COLUMN becomes her tombstone's pseudonym, so her erasure's action applies to them."""
+    values = frame.column(link).cast(pa.string()).combine_chunks()
+    spellings = [v for v in pc.unique(values).to_pylist() if v is not None]
+    if not spellings:
+        return frame
+    hits = {
+        v: owners[p]
+        for v, f in relations.folded_keys(cur, spellings).items()
+        if (p := folded_subject_pseudonym(key, f)) in owners
+    }
+    if not hits:
+        return frame
+    found = pc.index_in(values, value_set=pa.array(list(hits), pa.string()))
+    theirs = pc.take(pa.array(list(hits.values()), pa.string()), found)
+    index = frame.column_names.index(layout.SUBJECT_COLUMN)
+    subjects = frame.column(index).cast(pa.string()).combine_chunks()
+    return frame.set_column(index, layout.SUBJECT_COLUMN, pc.if_else(pc.is_valid(found), theirs, subjects))
+
+
+def verify_no_tombstoned_rows(
+    target_url: str,
+    manifest: Manifest,
+    erased: set[str],
+    key: bytes,
+    policy: Any = None,
+    folded: set[str] | frozenset[str] = frozenset(),
+) -> int:
+    """Rows in the target whose subject's keyed pseudonym is tombstoned (tables whose erasure removes the link).
+
+    Each spelling of a key is read on its own (grouped as text: grouped as citext, 'Anna@x' and 'anna@x' are one
+    group giving one of them only), by its own pseudonym and, for a citext key, by the pseudonym of the key as the
+    target's subject row stores it (relations.stored_key; `policy`: default, the policy file's) and of its
+    case-folded spelling where the tombstones keep one (`folded`: their identifier pseudonyms)."""
     counts: dict[str, int] = {}
+    policy = policy if policy is not None else load_policy()
     conn = connect(target_url)
     try:
         with conn.cursor() as cur:
+            citext = relations.key_folds_case(cur, policy)
+            subject_there = citext and policy.subject.table in manifest.tables
+            fold = citext and bool(folded)
             for table, entry in manifest.tables.items():
                 if entry.subject_column is None or not entry.rewritable:
                     continue
                 column = sql.Identifier(entry.subject_column)
+                stored = (
+                    relations.stored_key(policy, sql.Identifier("g", entry.subject_column))
+                    if subject_there
+                    else sql.SQL("NULL::text")
+                )
                 cur.execute(
-                    sql.SQL("SELECT {c}::text, count(*) FROM {t} WHERE {c} IS NOT NULL GROUP BY {c}").format(
-                        c=column, t=relations.relation(table)
+                    sql.SQL(
+                        "SELECT v, {stored}, {low}, n FROM (SELECT {c}::text AS v, {one} AS {c}, count(*) AS n"
+                        " FROM {t} WHERE {c} IS NOT NULL GROUP BY {c}::text) g"
+                    ).format(
+                        c=column,
+                        one=sql.SQL("min({})").format(column) if subject_there else sql.SQL("NULL"),
+                        t=relations.relation(table),
+                        stored=stored,
+                        low=sql.SQL("lower(v)") if fold else sql.SQL("NULL::text"),
                     )
                 )
-                counts[table] = sum(n for value, n in cur.fetchall() if subject_pseudonym(key, value) in erased)
+                counts[table] = sum(
+                    n
+                    for value, as_stored, low, n in cur.fetchall()
+                    if subject_pseudonym(key, value) in erased
+                    or (as_stored is not None and subject_pseudonym(key, as_stored) in erased)
+                    or (low is not None and folded_subject_pseudonym(key, low) in folded)
+                )
     finally:
         conn.close()
     return sum(counts.values())
