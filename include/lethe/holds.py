@@ -64,8 +64,27 @@ def record_held_pseudonyms(cur: psycopg2.extensions.cursor, policy: Policy, key:
     target = table(HELD_PSEUDONYMS)
     cur.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(target))  # one rewrite at a time; reads go on
     cur.execute(sql.SQL("DELETE FROM {}").format(target))
-    if not any(t.link_pseudonym for t in policy.tables.values()):
+    pairs = held_pseudonym_pairs(cur, policy, key)
+    if not pairs:
         return 0
+    psycopg2.extras.execute_values(
+        cur,
+        sql.SQL("INSERT INTO {} (hold_id, subject_pseudonym) VALUES %s ON CONFLICT DO NOTHING")
+        .format(target)
+        .as_string(cur),
+        pairs,
+    )
+    return len(pairs)
+
+
+def held_pseudonym_pairs(
+    cur: psycopg2.extensions.cursor, policy: Policy, key: bytes | None = None
+) -> list[tuple[int, str]]:
+    """(hold id, keyed pseudonym) per active hold, for the spellings of its key record_held_pseudonyms writes:
+    a row whose link retention cut to one of them is that hold's person's. Empty when no table of the policy cuts
+    links or no hold is active (the key is then not read). `key`: default lethe.connections.pseudonym_key_or_local()."""
+    if not any(t.link_pseudonym for t in policy.tables.values()):
+        return []
     spellings: sql.Composable = sql.SQL("h.subject_key")
     if not key_text_is_canonical(cur, policy):
         typed = sql.SQL("h.subject_key::{}").format(sql.SQL(key_type(cur, policy)))
@@ -77,22 +96,14 @@ def record_held_pseudonyms(cur: psycopg2.extensions.cursor, policy: Policy, key:
     )
     rows = cur.fetchall()
     if not rows:
-        return 0
+        return []
     if key is None:
         from lethe.connections import pseudonym_key_or_local
 
         key = pseudonym_key_or_local()
-    pairs = sorted(
-        {(hold_id, subject_pseudonym(key, str(k))) for hold_id, *keys in rows for k in keys if k is not None}
+    return sorted(
+        {(int(hold_id), subject_pseudonym(key, str(k))) for hold_id, *keys in rows for k in keys if k is not None}
     )
-    psycopg2.extras.execute_values(
-        cur,
-        sql.SQL("INSERT INTO {} (hold_id, subject_pseudonym) VALUES %s ON CONFLICT DO NOTHING")
-        .format(target)
-        .as_string(cur),
-        pairs,
-    )
-    return len(pairs)
 
 
 def held_spellings(cur: psycopg2.extensions.cursor, policy: Policy, owners: set[str]) -> set[str]:

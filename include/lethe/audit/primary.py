@@ -117,10 +117,14 @@ def check_retention(
     return retention_result(sql_result, runs, stale_after)
 
 
-def held_rows(cur: psycopg2.extensions.cursor, policy: Policy) -> dict[str, dict[str, int]]:
-    """Rows per table of each person under an active hold: hold id -> table -> rows."""
+def held_rows(cur: psycopg2.extensions.cursor, policy: Policy, key: bytes | None = None) -> dict[str, dict[str, int]]:
+    """Rows per table of each person under an active hold: hold id -> table -> rows. Her rows are those naming
+    her by the subject key and, on a table whose link a retention rule cuts, those whose link is cut and that
+    name her by her keyed pseudonym alone (holds.held_pseudonym_pairs; `key`: the pseudonym key, default
+    lethe.connections.pseudonym_key_or_local(), read only when such a table and an active hold exist)."""
     counts: dict[str, dict[str, int]] = {}
     key_type = sql.SQL(holds.key_type(cur, policy))
+    pairs = holds.held_pseudonym_pairs(cur, policy, key)
     for table, rule in policy.tables.items():
         if rule.subject is None:
             continue
@@ -137,6 +141,21 @@ def held_rows(cur: psycopg2.extensions.cursor, policy: Policy) -> dict[str, dict
         )
         for hold_id, n in cur.fetchall():
             counts.setdefault(str(hold_id), {})[table] = int(n)
+        cut = rule.link_pseudonym
+        if cut is None or not pairs:
+            continue
+        # a row with its link cut is hers by her pseudonym alone (a row still linked was counted above)
+        cur.execute(
+            sql.SQL(
+                "SELECT p.hold_id, count(*) FROM {table} t"
+                " JOIN unnest(%s::bigint[], %s::text[]) AS p(hold_id, pseudonym) ON t.{c} = p.pseudonym"
+                " WHERE t.{s} IS NULL GROUP BY p.hold_id"
+            ).format(table=relation(table), c=sql.Identifier(cut), s=sql.Identifier(rule.subject)),
+            ([h for h, _ in pairs], [p for _, p in pairs]),
+        )
+        for hold_id, n in cur.fetchall():
+            tables = counts.setdefault(str(hold_id), {})
+            tables[table] = tables.get(table, 0) + int(n)
     return counts
 
 
