@@ -12,6 +12,13 @@ so the suites never change between runs. They are generated from the policy and 
 foreign keys, deterministically; the copies under `expectations/` are the repository's policy's
 (`python -m lethe.audit.suites --write` regenerates them; a test checks they are current).
 Queries select a row's key only, and the checkpoint's result format never keeps rows.
+
+A row whose subject link a rule cut (pseudonym_link) names its person by her keyed pseudonym alone, which
+PostgreSQL cannot compute. Where a check reads an event clock (account closed, consent ended) on such a table
+(`keyed_clocks`), the suite leaves the cut-link rows out and the audit judges them in its own transaction
+(lethe.audit.primary.cut_link_expired): the same query over the cut-link rows only, the event's people recognised
+through a temporary table of their keys and pseudonyms (`LINKS`, dropped with that transaction), as the retention
+executor recognises them through its parameters (lethe.retention.links).
 """
 
 # ruff: noqa: S608
@@ -39,6 +46,7 @@ HELD_PSEUDONYMS = "held_pseudonyms"  # active holds' keyed pseudonyms, written b
 LEDGER = "ledger"
 REQUESTS = "erasure_requests"
 CLOCK = "(SELECT audit_now FROM {batch})"
+LINKS = "lethe_audit_links"  # (k, p): event clocks' people, each key spelling with its pseudonym (a temp table)
 
 
 def _q(name: str) -> str:
@@ -86,8 +94,20 @@ def _row_clock(policy: Policy, rule: RetentionRule) -> str:
     return at
 
 
-def _clock_started(policy: Policy, table: str, rule: RetentionRule, cutoff: str) -> str:
-    subject = f"t.{_q(policy.tables[table].subject or '')}"
+def keyed_clocks(policy: Policy, table: str, rule: RetentionRule) -> bool:
+    """The rule's expired_rows check reads an event clock (its own, or a deleting rule's that takes rows from an
+    anonymising one) on a table whose link a rule cuts: its cut-link rows are judged by the audit's keyed part."""
+    spec = policy.tables[table]
+    if spec.link_pseudonym is None:
+        return False
+    if rule.event:
+        return True
+    return rule.action == "anonymise" and any(o.event for o in spec.retention if o.action != "anonymise")
+
+
+def _clock_started(policy: Policy, table: str, rule: RetentionRule, cutoff: str, subject: str | None = None) -> str:
+    """`subject`: the row's subject key as SQL (default: its link column)."""
+    subject = subject or f"t.{_q(policy.tables[table].subject or '')}"
     if rule.event == "account_closed":
         closed = policy.clock_account_closed()
         return (
@@ -173,13 +193,32 @@ def _anonymised(rule: RetentionRule, subject: str | None) -> str:
 
 
 def expired_rows_query(
-    policy: Policy, table: str, rule: RetentionRule, fks: list[ForeignKey], key_type: str | None = None
+    policy: Policy,
+    table: str,
+    rule: RetentionRule,
+    fks: list[ForeignKey],
+    key_type: str | None = None,
+    links_key_type: str | None = None,
 ) -> str:
     """Rows the rule's last run should have deleted or anonymised and that are still here as they were.
-    `key_type`: see _unheld."""
-    key = next(iter(policy.tables[table].columns))
+    `key_type`: see _unheld. Where the rule reads an event clock on a table whose link a rule cuts (keyed_clocks),
+    the rows with their link cut are left out; `links_key_type` (the subject key's SQL type) asks for those rows
+    instead, each the person's whose pseudonym it carries in the temporary table LINKS (the audit's keyed part)."""
+    spec = policy.tables[table]
+    key = next(iter(spec.columns))
     cutoff = last_cutoff(rule.name)
-    where = [_clock_started(policy, table, rule, cutoff)]
+    subject: str | None = None
+    where = []
+    if keyed_clocks(policy, table, rule):
+        link, cut = f"t.{_q(spec.subject or '')}", f"t.{_q(spec.link_pseudonym or '')}"
+        if links_key_type is None:
+            where.append(f"({link} IS NOT NULL OR {cut} IS NULL)")
+        else:
+            where += [f"{link} IS NULL", f"{cut} IS NOT NULL"]
+            subject = f"(SELECT m.k::{links_key_type} FROM pg_temp.{_q(LINKS)} m WHERE m.p = {cut} LIMIT 1)"
+    elif links_key_type is not None:
+        raise ValueError(f"rule {rule.name}: no event clock on a table whose link a rule cuts")
+    where.append(_clock_started(policy, table, rule, cutoff, subject))
     unheld = _unheld(policy, table, key_type)
     if unheld:
         where.append(unheld)
@@ -192,7 +231,7 @@ def expired_rows_query(
         for i, other in enumerate(rules):
             if other.action == "anonymise":
                 continue
-            started = _clock_started(policy, table, other, last_cutoff(other.name))
+            started = _clock_started(policy, table, other, last_cutoff(other.name), subject)
             if i < position or not unreferenced:
                 where.append(f"NOT {started}")
             else:
