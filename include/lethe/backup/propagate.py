@@ -10,6 +10,13 @@ and every object without an index (snapshots from before indexes). And the
 links the primary cuts in kept rows are cut too (lethe.backup.links: an erased person's
 legal holds name them by pseudonym only).
 
+A citext subject key may have been re-cased on the primary after a snapshot ('Anna@x' exported, 'anna@x' erased):
+the snapshot's pseudonyms (and buckets) are of the old spelling, her tombstone's of the new one. Her tombstone
+also keeps the pseudonym of her key case-folded (lethe.pseudonym.folded_subject_pseudonym), so the objects of the
+rewritable tables whose subject column is citext are read first, whatever their bucket, and every pseudonym the
+snapshot stored beside a key folding to hers is hers there too (_folded_aliases): the rows under it, in any table
+(those linked to hers through foreign keys included), are erased as hers, by the normal bucketed path.
+
 A region's run has three parts: plan_region (step 0), propagate_snapshot for each
 complete snapshot (steps 1-4; snapshots share nothing, so the DAG maps one task per
 snapshot and Celery workers share them) and finish_region (step 5). Order, so that a
@@ -49,7 +56,9 @@ from typing import Any, BinaryIO, TypeVar
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
+from lethe import relations
 from lethe.backup import chain, frames, heap, layout, links, store, writer
 from lethe.backup.certificate import update_certificates
 from lethe.backup.manifest import (
@@ -66,7 +75,8 @@ from lethe.backup.manifest import write as write_manifest
 from lethe.backup.mentions import MentionFinder, prefilter_of
 from lethe.backup.term_index import Query, TermIndexer, TermMemo, may_mention
 from lethe.config import BUCKETS
-from lethe.db import session_lock, transaction
+from lethe.db import connect, session_lock, transaction
+from lethe.pseudonym import folded_subject_pseudonym
 from lethe.storage import delete_versions
 
 log = logging.getLogger(__name__)
@@ -105,6 +115,7 @@ class RegionResult:
     free_text_objects: int = 0  # objects with free text in snapshots searched for erased identifiers
     free_text_objects_read: int = 0  # of those, read (for rows of erased people or for mentions)
     free_text_objects_searched: int = 0  # of those, searched for mentions (the term index may hold one)
+    folded_key_objects_read: int = 0  # objects with a citext subject column read for re-cased keys (_folded_aliases)
     noncurrent_versions_deleted: int = 0
     incomplete_snapshots_removed: int = 0
     holds_forgotten: int = 0  # legal holds of erased people now naming them by pseudonym only
@@ -144,6 +155,9 @@ class _Job:
     pseudonyms: set[str]  # subjects whose rows this object can hold (empty: searched for mentions only)
     mentions: bool = False  # search the table's free-text columns
     holds: set[str] = field(default_factory=set)  # a legal holds object: forget holds of these subjects
+    # a pseudonym the snapshot stored for a re-cased citext key -> the tombstone's (_folded_aliases): rows under it
+    # are hers, erased under her tombstone's pseudonym
+    aliases: dict[str, str] = field(default_factory=dict)
 
 
 class _Drill:
@@ -254,7 +268,8 @@ def _propagate_snapshot(
         )
         manifest = read_manifest(client, bucket, sid)
         per_subject: dict[str, dict[str, int]] = defaultdict(lambda: {"objects": 0, "bytes": 0})
-        jobs = _affected_jobs(manifest, pending, finder, use_term_index, result)
+        aliases = _folded_aliases(db_url, client, bucket, [manifest], identifiers, key, result)
+        jobs = _affected_jobs(manifest, pending, finder, use_term_index, result, aliases)
         _rewrite_snapshot(client, bucket, manifest, jobs, finder, len(pending), result, per_subject, drill)
     # Every run, every retained snapshot: no old version may outlive its rewrite, whoever wrote it.
     result.noncurrent_versions_deleted += sweep_versions(client, bucket, sid)
@@ -331,14 +346,16 @@ def _propagate_chain(
         finder = MentionFinder(key, wanted, prefilter_of((identifiers[p], terms[p]) for p in identifiers))
         jobs: dict[str, _ChainJob] = {}
         scratch = RegionResult(region=region)
-        for m in manifests:
-            if not pending[m.snapshot_id]:
-                continue
-            for job in _affected_jobs(m, pending[m.snapshot_id], finder, use_term_index, scratch):
+        with_pending = [m for m in manifests if pending[m.snapshot_id]]
+        aliases = _folded_aliases(db_url, client, bucket, with_pending, identifiers, key, result)
+        for m in with_pending:
+            theirs = {a: o for a, o in aliases.items() if o in pending[m.snapshot_id]}
+            for job in _affected_jobs(m, pending[m.snapshot_id], finder, use_term_index, scratch, theirs):
                 found = jobs.setdefault(job.obj.key, _ChainJob(_Job(job.table, job.entry, job.obj, set())))
                 found.job.pseudonyms |= job.pseudonyms
                 found.job.mentions |= job.mentions
                 found.job.holds |= job.holds
+                found.job.aliases.update(job.aliases)
         for m in manifests:  # every manifest naming an object to read, pending there or not
             for entry in m.tables.values():
                 for obj in entry.objects:
@@ -581,12 +598,22 @@ def record_applied(
 
 
 def _affected_jobs(
-    manifest: Manifest, pending: set[str], finder: MentionFinder, use_term_index: bool, result: RegionResult
+    manifest: Manifest,
+    pending: set[str],
+    finder: MentionFinder,
+    use_term_index: bool,
+    result: RegionResult,
+    aliases: dict[str, str] | None = None,
 ) -> list[_Job]:
-    """One job per object to read: the buckets that can hold the pending subjects' rows and, when
+    """One job per object to read: the buckets that can hold the pending subjects' rows (and those of the
+    pseudonyms the snapshot stored for their re-cased citext keys, `aliases`: see _folded_aliases) and, when
     they left identifiers behind, every object of a table with free text whose term index may hold
     one of them (mentions can be anywhere; an object without an index is always searched)."""
-    jobs = {obj.key: _Job(table, entry, obj, found) for table, entry, obj, found in manifest.holding(pending)}
+    aliases = {a: o for a, o in (aliases or {}).items() if a not in pending and o in pending}
+    jobs = {}
+    for table, entry, obj, found in manifest.holding(pending | set(aliases)):
+        theirs = {a: aliases[a] for a in found if a in aliases}
+        jobs[obj.key] = _Job(table, entry, obj, found | set(theirs.values()), aliases=theirs)
     if finder.identifier_pseudonyms:
         query = Query.of(finder.identifier_pseudonyms)
         for table, entry in manifest.tables.items():
@@ -601,6 +628,89 @@ def _affected_jobs(
     if finder.identifier_pseudonyms:
         result.free_text_objects_read += sum(1 for job in jobs.values() if job.entry.free_text)
     return list(jobs.values())
+
+
+def _folds_case(entry: TableEntry) -> bool:
+    """A rewritable table whose subject column is citext: a key in it may spell a person otherwise than her
+    tombstone does (she re-cased it after the snapshot)."""
+    return bool(entry.rewritable and entry.subject_column) and any(
+        c["name"] == entry.subject_column and c["pg_type"] == "citext" for c in entry.columns
+    )
+
+
+def _folded_aliases(
+    db_url: str,
+    client: Any,
+    bucket: str,
+    manifests: list[Manifest],
+    identifiers: dict[str, list[str]],
+    key: bytes,
+    result: RegionResult,
+) -> dict[str, str]:
+    """The pseudonyms the snapshots stored beside a citext key that folds to an erased person's, each with her
+    tombstone's subject pseudonym (`identifiers`: each pending tombstone's identifier pseudonyms).
+
+    A snapshot's pseudonym (and bucket) is of the key as her subject row stored it at export; re-cased on the
+    primary since ('Anna@x' to 'anna@x'), then erased, her tombstone's is of the new spelling, and matching by it
+    finds nothing. Her tombstone also keeps the pseudonym of her key case-folded by the database (kind
+    user_id_folded, lethe.pseudonym.folded_subject_pseudonym): every object of a rewritable table whose subject
+    column is citext is read (its key and pseudonym columns only), whatever its bucket, and each distinct key is
+    folded by the database's lower(), as citext compares. A table without such a column (no citext key, or rows
+    linked to hers by foreign keys only) is not read here: its rows carry the same stored pseudonyms, found then
+    in their buckets. Nothing is read when no table has a citext subject column."""
+    owners = {i: subject for subject, ids in identifiers.items() for i in ids}
+    objects: dict[str, tuple[TableEntry, ObjectEntry]] = {}
+    for m in manifests:
+        for entry in m.tables.values():
+            for obj in entry.objects if _folds_case(entry) else ():
+                objects.setdefault(obj.key, (entry, obj))
+    if not owners or not objects:
+        return {}
+    aliases: dict[str, str] = {}
+    lock = threading.Lock()
+    conn = connect(db_url)
+    conn.autocommit = True
+    try:
+
+        def read(item: tuple[TableEntry, ObjectEntry], original: BinaryIO, _digest: str) -> None:
+            entry, _ = item
+            column = str(entry.subject_column)
+            pairs: set[tuple[str, str]] = set()
+            parquet = pq.ParquetFile(original)
+            if not {column, layout.SUBJECT_COLUMN} <= set(parquet.schema_arrow.names):
+                raise RuntimeError(f"s3://{bucket}/{item[1].key}: no key or pseudonym column to match re-cased keys by")
+            for batch in parquet.iter_batches(columns=[column, layout.SUBJECT_COLUMN]):
+                frame = frames.plain_subject(pa.Table.from_batches([batch]))
+                keys, stored = frame.column(column).cast(pa.string()), frame.column(layout.SUBJECT_COLUMN)
+                frame = pa.table({"k": keys, "s": stored}).filter(pc.and_(pc.is_valid(keys), pc.is_valid(stored)))
+                grouped = frame.group_by(["k", "s"]).aggregate([])
+                pairs.update(zip(grouped.column("k").to_pylist(), grouped.column("s").to_pylist(), strict=True))
+            with lock:
+                result.objects_read += 1
+                result.folded_key_objects_read += 1
+                if not pairs:
+                    return
+                with conn.cursor() as cur:
+                    folded = relations.folded_keys(cur, {k for k, _ in pairs})
+                for k, stored in pairs:
+                    owner = owners.get(folded_subject_pseudonym(key, folded[k]))
+                    if owner is not None and stored != owner:
+                        aliases[stored] = owner
+
+        _rewrite_each(client, bucket, list(objects.values()), lambda item: item[1].key, read)
+    finally:
+        conn.close()
+    return aliases
+
+
+def _attribute(frame: pa.Table, aliases: dict[str, str]) -> pa.Table:
+    """Rows whose SUBJECT_COLUMN is an alias (_folded_aliases) take its tombstone's pseudonym instead, so her
+    erasure's action applies to them, and a pseudonymised row keeps the pseudonym the primary's erasure kept."""
+    index = frame.column_names.index(layout.SUBJECT_COLUMN)
+    subjects = frame.column(index).cast(pa.string()).combine_chunks()
+    found = pc.index_in(subjects, value_set=pa.array(list(aliases), pa.string()))
+    theirs = pc.take(pa.array(list(aliases.values()), pa.string()), found)
+    return frame.set_column(index, layout.SUBJECT_COLUMN, pc.if_else(pc.is_valid(found), theirs, subjects))
 
 
 def _rewrite_snapshot(
@@ -785,6 +895,8 @@ def _rewrite_rows(job: _Job, original: BinaryIO, rewritten: BinaryIO, finder: Me
     out: frames.ParquetStream | None = None
     for n, frame in enumerate(frames.parquet_batches(original)):
         done.rows += frame.num_rows
+        if job.aliases:  # rows the snapshot named under an old spelling of her citext key: hers, under her tombstone
+            frame = _attribute(frame, job.aliases)
         new, erased = frames.erase_subjects(
             frame, job.pseudonyms, job.entry.erasure_action, job.entry.erasure_columns, job.entry.pseudonym_column
         )
