@@ -17,6 +17,8 @@ from lethe.pseudonym import subject_pseudonym
 from lethe.relations import key_text_is_canonical, stored_key, subject_key_type
 
 HOLDS = "legal_holds"
+# The owner of a row whose link retention cut, as the erasure sweep and the audit name it: this, then its pseudonym
+CUT_OWNER = "pseudonym:"
 HELD_PSEUDONYMS = "held_pseudonyms"  # the keyed pseudonyms of active holds, for the audit's SQL (migration 130)
 
 
@@ -52,7 +54,7 @@ def active_keys_as_stored(cur: psycopg2.extensions.cursor, policy: Policy) -> li
 def held_pseudonyms(cur: psycopg2.extensions.cursor, policy: Policy, key: bytes) -> set[str]:
     """The keyed pseudonyms of the people under an active hold: a row whose link retention cut names its person by
     that pseudonym alone, and is held as her linked rows are."""
-    return {subject_pseudonym(key, k) for k in active_keys_as_stored(cur, policy)}
+    return {p for _, p in held_pseudonym_pairs(cur, policy, key)}
 
 
 def record_held_pseudonyms(cur: psycopg2.extensions.cursor, policy: Policy, key: bytes | None = None) -> int:
@@ -110,7 +112,7 @@ def held_spellings(cur: psycopg2.extensions.cursor, policy: Policy, owners: set[
     """The subject keys under an active hold, as text, and of `owners` (keys as rows spell them) those the database
     finds equal to one in the key's type: on a citext key, a hold on 'Anna@x' holds her row spelt 'anna@x' too."""
     held = set(active_keys(cur))
-    rest = sorted(o for o in owners if o not in held and not o.startswith("pseudonym:"))
+    rest = sorted(o for o in owners if o not in held and not o.startswith(CUT_OWNER))
     if not held or not rest or key_text_is_canonical(cur, policy):
         return held
     type_ = key_type(cur, policy)

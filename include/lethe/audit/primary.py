@@ -19,7 +19,7 @@ from lethe import holds, residue
 from lethe.audit import suites
 from lethe.audit.limits import STALE_AFTER_HOURS
 from lethe.db import table as lethe_table
-from lethe.erasure import lifecycle
+from lethe.erasure import lifecycle, sweep
 from lethe.policy.model import Policy
 from lethe.pseudonym import folded_subject_pseudonym, pseudonym, subject_pseudonym
 from lethe.quality import CheckResult, expect_counts, merge
@@ -378,31 +378,18 @@ def erasure_residue_scan(
         records = {t for t, r in policy.tables.items() if r.purpose == "erasure_record"}
         kept = {t: set(r.erasure.keep) for t, r in policy.tables.items() if r.erasure}
         names = {t: {c for c, cls in r.columns.items() if cls == "name"} for t, r in policy.tables.items()}
-        # whose a row is: its subject link, else the keyed pseudonym retention cut the link to
-        links = {
-            t: [r.subject, *([r.link_pseudonym] if r.link_pseudonym else [])]
-            for t, r in policy.tables.items()
-            if r.subject
-        }
-        links[holds.HOLDS] = ["subject_key"]  # a hold's own row belongs to the held person
         tables = [
             t
             for t in residue.text_tables(cur, residue.policy_schemas(cur, policy), policy.tables)
             if t.name not in records
         ]
-        hits = list(residue.scan_rows(cur, tables, index, links))
-
-        def owner_of(hit: residue.Hit) -> str | None:
-            if hit.extra and hit.extra[0] is not None:
-                return str(hit.extra[0])
-            return f"cut:{hit.extra[1]}" if len(hit.extra) > 1 and hit.extra[1] is not None else None
+        hits = list(residue.scan_rows(cur, tables, index, sweep.subject_links(policy)))
 
         # compared in the key's type, as the erasure sweep leaves them: a hold on a citext key in one spelling
         # holds her rows spelt in any other case; a row whose link was cut is held by her keyed pseudonym
-        held = holds.held_spellings(cur, policy, {o for o in map(owner_of, hits) if o is not None})
-        held |= {f"cut:{p}" for p in holds.held_pseudonyms(cur, policy, key)}
+        held = sweep.held_people(cur, policy, hits, key)
         for hit in hits:
-            owner = owner_of(hit)
+            owner = sweep.owner_of(hit)
             for column in hit.owners:
                 name = f"{hit.table.name}.{column}"
                 if owner is not None and column in names.get(hit.table.name, set()):

@@ -34,17 +34,17 @@ from lethe.connections import pseudonym_key_or_local
 from lethe.policy import Policy
 from psycopg2 import sql
 
-CUT_OWNER = "pseudonym:"  # owner_of's prefix for a row whose link retention cut
 
-
-def held_people(cur: psycopg2.extensions.cursor, policy: Policy, hits: list[residue.Hit]) -> set[str]:
-    """The owners of `hits` under an active hold (compared in the key's type: a citext key in any case), a row
-    whose link retention cut (`pseudonym:<p>`) by its person's keyed pseudonym."""
+def held_people(
+    cur: psycopg2.extensions.cursor, policy: Policy, hits: list[residue.Hit], key: bytes | None = None
+) -> set[str]:
+    """The owners (owner_of) of `hits` under an active hold (compared in the key's type: a citext key in any
+    case), a row whose link retention cut (`pseudonym:<p>`) by its person's keyed pseudonym. `key`: the
+    pseudonym key, default pseudonym_key_or_local()."""
     owners = {o for o in map(owner_of, hits) if o is not None}
     held = holds.held_spellings(cur, policy, owners)
-    if held and any(o.startswith(CUT_OWNER) for o in owners):
-        key = pseudonym_key_or_local()
-        held |= {CUT_OWNER + p for p in holds.held_pseudonyms(cur, policy, key)}
+    if held and any(o.startswith(holds.CUT_OWNER) for o in owners):
+        held |= {holds.CUT_OWNER + p for p in holds.held_pseudonyms(cur, policy, key or pseudonym_key_or_local())}
     return held
 
 
@@ -95,7 +95,7 @@ def owner_of(hit: residue.Hit) -> str | None:
     if hit.extra and hit.extra[0] is not None:
         return str(hit.extra[0])
     if len(hit.extra) > 1 and hit.extra[1] is not None:
-        return f"{CUT_OWNER}{hit.extra[1]}"
+        return f"{holds.CUT_OWNER}{hit.extra[1]}"
     return None
 
 
