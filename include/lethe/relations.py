@@ -228,9 +228,18 @@ def key_folds_case(cur: psycopg2.extensions.cursor, policy: Any) -> bool:
     return bool(row[0]) if row else False
 
 
+def fold_sql(value: sql.Composable) -> sql.Composable:
+    """SQL of a key's case-folded spelling, as citext's equality folds it: lower() in the database's default
+    collation, whatever collation the column (or the expression) carries (a citext column `COLLATE "tr-x-icu"`
+    still says 'INGRID' = 'ingrid', while lower() in its own collation gives a dotless i)."""
+    return sql.SQL('lower(({})::text COLLATE "default")').format(value)
+
+
 def folded_keys(cur: psycopg2.extensions.cursor, keys: Iterable[str]) -> dict[str, str]:
-    """Each key text with the database's lower() of it: the spelling citext compares by (one query)."""
-    cur.execute("SELECT k, lower(k) FROM unnest(%s::text[]) AS u(k)", (sorted(set(keys)),))
+    """Each key text with the database's lower() of it: the spelling citext compares by (one query; `fold_sql`)."""
+    cur.execute(
+        sql.SQL("SELECT k, {} FROM unnest(%s::text[]) AS u(k)").format(fold_sql(sql.SQL("k"))), (sorted(set(keys)),)
+    )
     return {k: f for k, f in cur.fetchall()}
 
 

@@ -23,7 +23,7 @@ from lethe.erasure import lifecycle, sweep
 from lethe.policy.model import Policy
 from lethe.pseudonym import folded_subject_pseudonym, pseudonym, subject_pseudonym
 from lethe.quality import CheckResult, expect_counts, merge
-from lethe.relations import ForeignKey, key_folds_case, key_text_is_canonical, relation
+from lethe.relations import ForeignKey, fold_sql, key_folds_case, key_text_is_canonical, relation
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +283,7 @@ def erasure_residue(
             sql.SQL("SELECT DISTINCT {s}::text, {f} FROM {t} WHERE {s} IS NOT NULL").format(
                 s=sql.Identifier(s),
                 t=relation(t),
-                f=sql.SQL("lower({}::text)").format(sql.Identifier(s)) if fold else sql.SQL("NULL::text"),
+                f=fold_sql(sql.Identifier(s)) if fold else sql.SQL("NULL::text"),
             )
             for t, s in linked.items()
         )

@@ -456,7 +456,7 @@ def verify_no_tombstoned_rows(
                         one=sql.SQL("min({})").format(column) if subject_there else sql.SQL("NULL"),
                         t=relations.relation(table),
                         stored=stored,
-                        low=sql.SQL("lower(v)") if fold else sql.SQL("NULL::text"),
+                        low=relations.fold_sql(sql.SQL("v")) if fold else sql.SQL("NULL::text"),
                     )
                 )
                 counts[table] = sum(
