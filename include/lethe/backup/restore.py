@@ -223,6 +223,9 @@ def restore_snapshot(
             owners.update((i, subject) for i in _array(ids))
     with transaction(target_url) as cur:
         fold = relations.key_folds_case(cur, policy)
+        # the pseudonyms the snapshot stored beside those keys: rows under them in any table are hers (those linked
+        # to hers by foreign keys only, with no key of their own, included), as propagation finds them
+        aliases = _folded_aliases(cur, client, bucket, manifest, key, owners) if fold and owners else {}
     out(f"restoring snapshot {sid} from {region} (policy {manifest.policy_version}) into the target database")
     if report.primary_reachable is False:
         out("warning: the primary database could not be reached; only the snapshot's own tombstones are replayed")
@@ -241,6 +244,8 @@ def restore_snapshot(
                 frame = _read_table(client, bucket, table, entry)
             if fold and owners and entry.subject_column and entry.rewritable:
                 frame = _attribute_folded(cur, frame, entry.subject_column, key, owners)
+            if aliases and entry.rewritable and layout.SUBJECT_COLUMN in frame.column_names:
+                frame = _attribute_aliases(frame, aliases)
             frame, done = frames.erase_subjects(
                 frame, erased, entry.erasure_action, entry.erasure_columns, entry.pseudonym_column
             )
@@ -390,6 +395,41 @@ def verify_links(target_url: str, tables: list[str], expected: list[links.Foreig
             if n:
                 report.orphan_rows[name] = n
     report.foreign_keys_checked = len(checked)
+
+
+def _folded_aliases(
+    cur: psycopg2.extensions.cursor, client: Any, bucket: str, manifest: Manifest, key: bytes, owners: dict[str, str]
+) -> dict[str, str]:
+    """Each pseudonym the snapshot stored beside a citext key that folds to an erased person's (her tombstone's
+    folded pseudonym among `owners`), with her tombstone's subject pseudonym: she re-cased her key after the
+    snapshot, so its rows, and those of tables linked to hers by foreign keys only, carry the old spelling's."""
+    aliases: dict[str, str] = {}
+    for table, entry in manifest.tables.items():
+        if table == TOMBSTONES or not entry.subject_column or not entry.rewritable:
+            continue
+        frame = frames.plain_subject(_read_table(client, bucket, table, entry))
+        keys = frame.column(entry.subject_column).cast(pa.string())
+        stored = frame.column(layout.SUBJECT_COLUMN).cast(pa.string())
+        pairs = pa.table({"k": keys, "s": stored}).filter(pc.and_(pc.is_valid(keys), pc.is_valid(stored)))
+        grouped = pairs.group_by(["k", "s"]).aggregate([])
+        found = list(zip(grouped.column("k").to_pylist(), grouped.column("s").to_pylist(), strict=True))
+        if not found:
+            continue
+        folded = relations.folded_keys(cur, {k for k, _ in found})
+        for k, s in found:
+            owner = owners.get(folded_subject_pseudonym(key, folded[k]))
+            if owner is not None and s != owner:
+                aliases[s] = owner
+    return aliases
+
+
+def _attribute_aliases(frame: pa.Table, aliases: dict[str, str]) -> pa.Table:
+    """Rows whose SUBJECT_COLUMN is an alias (_folded_aliases) take her tombstone's pseudonym instead."""
+    index = frame.column_names.index(layout.SUBJECT_COLUMN)
+    subjects = frame.column(index).cast(pa.string()).combine_chunks()
+    found = pc.index_in(subjects, value_set=pa.array(list(aliases), pa.string()))
+    theirs = pc.take(pa.array(list(aliases.values()), pa.string()), found)
+    return frame.set_column(index, layout.SUBJECT_COLUMN, pc.if_else(pc.is_valid(found), theirs, subjects))
 
 
 def _attribute_folded(
