@@ -494,3 +494,25 @@ def copy_into(cur: psycopg2.extensions.cursor, table: str, frame: pa.Table) -> i
     )
     cur.copy_expert(query.as_string(cur), buf)
     return int(frame.num_rows)
+
+
+def key_pseudonym_pairs(frame: pa.Table, column: str) -> set[tuple[str, str]]:
+    """The distinct (key as text, stored pseudonym) pairs of `frame`'s rows that have both: which pseudonym the
+    snapshot stored beside each spelling of a key (a citext key re-cased since: lethe.backup.propagate and
+    restore's _folded_aliases)."""
+    frame = plain_subject(frame.select([column, SUBJECT_COLUMN]))
+    keys, stored = frame.column(column).cast(pa.string()), frame.column(SUBJECT_COLUMN).cast(pa.string())
+    pairs = pa.table({"k": keys, "s": stored}).filter(pc.and_(pc.is_valid(keys), pc.is_valid(stored)))
+    grouped = pairs.group_by(["k", "s"]).aggregate([])
+    return set(zip(grouped.column("k").to_pylist(), grouped.column("s").to_pylist(), strict=True))
+
+
+def attribute_aliases(frame: pa.Table, aliases: dict[str, str]) -> pa.Table:
+    """Rows whose SUBJECT_COLUMN is an alias (a pseudonym stored for a re-cased citext key) take the pseudonym of
+    her tombstone instead, so her erasure's action applies to them and a pseudonymised row keeps the pseudonym the
+    primary's erasure kept."""
+    index = frame.column_names.index(SUBJECT_COLUMN)
+    subjects = frame.column(index).cast(pa.string()).combine_chunks()
+    found = pc.index_in(subjects, value_set=pa.array(list(aliases), pa.string()))
+    theirs = pc.take(pa.array(list(aliases.values()), pa.string()), found)
+    return frame.set_column(index, SUBJECT_COLUMN, pc.if_else(pc.is_valid(found), theirs, subjects))

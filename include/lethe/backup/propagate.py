@@ -680,11 +680,7 @@ def _folded_aliases(
             if not {column, layout.SUBJECT_COLUMN} <= set(parquet.schema_arrow.names):
                 raise RuntimeError(f"s3://{bucket}/{item[1].key}: no key or pseudonym column to match re-cased keys by")
             for batch in parquet.iter_batches(columns=[column, layout.SUBJECT_COLUMN]):
-                frame = frames.plain_subject(pa.Table.from_batches([batch]))
-                keys, stored = frame.column(column).cast(pa.string()), frame.column(layout.SUBJECT_COLUMN)
-                frame = pa.table({"k": keys, "s": stored}).filter(pc.and_(pc.is_valid(keys), pc.is_valid(stored)))
-                grouped = frame.group_by(["k", "s"]).aggregate([])
-                pairs.update(zip(grouped.column("k").to_pylist(), grouped.column("s").to_pylist(), strict=True))
+                pairs |= frames.key_pseudonym_pairs(pa.Table.from_batches([batch]), column)
             with lock:
                 result.objects_read += 1
                 result.folded_key_objects_read += 1
@@ -701,16 +697,6 @@ def _folded_aliases(
     finally:
         conn.close()
     return aliases
-
-
-def _attribute(frame: pa.Table, aliases: dict[str, str]) -> pa.Table:
-    """Rows whose SUBJECT_COLUMN is an alias (_folded_aliases) take its tombstone's pseudonym instead, so her
-    erasure's action applies to them, and a pseudonymised row keeps the pseudonym the primary's erasure kept."""
-    index = frame.column_names.index(layout.SUBJECT_COLUMN)
-    subjects = frame.column(index).cast(pa.string()).combine_chunks()
-    found = pc.index_in(subjects, value_set=pa.array(list(aliases), pa.string()))
-    theirs = pc.take(pa.array(list(aliases.values()), pa.string()), found)
-    return frame.set_column(index, layout.SUBJECT_COLUMN, pc.if_else(pc.is_valid(found), theirs, subjects))
 
 
 def _rewrite_snapshot(
@@ -896,7 +882,7 @@ def _rewrite_rows(job: _Job, original: BinaryIO, rewritten: BinaryIO, finder: Me
     for n, frame in enumerate(frames.parquet_batches(original)):
         done.rows += frame.num_rows
         if job.aliases:  # rows the snapshot named under an old spelling of her citext key: hers, under her tombstone
-            frame = _attribute(frame, job.aliases)
+            frame = frames.attribute_aliases(frame, job.aliases)
         new, erased = frames.erase_subjects(
             frame, job.pseudonyms, job.entry.erasure_action, job.entry.erasure_columns, job.entry.pseudonym_column
         )

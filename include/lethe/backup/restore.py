@@ -25,7 +25,6 @@ from typing import Any
 
 import psycopg2.extensions
 import pyarrow as pa
-import pyarrow.compute as pc
 from psycopg2 import sql
 
 from lethe import relations
@@ -242,10 +241,8 @@ def restore_snapshot(
             frame = snapshot_tombstones if table == TOMBSTONES and snapshot_tombstones else None
             if frame is None:
                 frame = _read_table(client, bucket, table, entry)
-            if fold and owners and entry.subject_column and entry.rewritable:
-                frame = _attribute_folded(cur, frame, entry.subject_column, key, owners)
             if aliases and entry.rewritable and layout.SUBJECT_COLUMN in frame.column_names:
-                frame = _attribute_aliases(frame, aliases)
+                frame = frames.attribute_aliases(frame, aliases)
             frame, done = frames.erase_subjects(
                 frame, erased, entry.erasure_action, entry.erasure_columns, entry.pseudonym_column
             )
@@ -407,12 +404,7 @@ def _folded_aliases(
     for table, entry in manifest.tables.items():
         if table == TOMBSTONES or not entry.subject_column or not entry.rewritable:
             continue
-        frame = frames.plain_subject(_read_table(client, bucket, table, entry))
-        keys = frame.column(entry.subject_column).cast(pa.string())
-        stored = frame.column(layout.SUBJECT_COLUMN).cast(pa.string())
-        pairs = pa.table({"k": keys, "s": stored}).filter(pc.and_(pc.is_valid(keys), pc.is_valid(stored)))
-        grouped = pairs.group_by(["k", "s"]).aggregate([])
-        found = list(zip(grouped.column("k").to_pylist(), grouped.column("s").to_pylist(), strict=True))
+        found = frames.key_pseudonym_pairs(_read_table(client, bucket, table, entry), entry.subject_column)
         if not found:
             continue
         folded = relations.folded_keys(cur, {k for k, _ in found})
@@ -421,39 +413,6 @@ def _folded_aliases(
             if owner is not None and s != owner:
                 aliases[s] = owner
     return aliases
-
-
-def _attribute_aliases(frame: pa.Table, aliases: dict[str, str]) -> pa.Table:
-    """Rows whose SUBJECT_COLUMN is an alias (_folded_aliases) take her tombstone's pseudonym instead."""
-    index = frame.column_names.index(layout.SUBJECT_COLUMN)
-    subjects = frame.column(index).cast(pa.string()).combine_chunks()
-    found = pc.index_in(subjects, value_set=pa.array(list(aliases), pa.string()))
-    theirs = pc.take(pa.array(list(aliases.values()), pa.string()), found)
-    return frame.set_column(index, layout.SUBJECT_COLUMN, pc.if_else(pc.is_valid(found), theirs, subjects))
-
-
-def _attribute_folded(
-    cur: psycopg2.extensions.cursor, frame: pa.Table, link: str, key: bytes, owners: dict[str, str]
-) -> pa.Table:
-    """Rows whose citext key, case-folded by the database, is an erased person's (her tombstone's folded
-    pseudonym, lethe.pseudonym.folded_subject_pseudonym) are hers whatever pseudonym the snapshot stored beside
-    them: their SUBJECT_COLUMN becomes her tombstone's pseudonym, so her erasure's action applies to them."""
-    values = frame.column(link).cast(pa.string()).combine_chunks()
-    spellings = [v for v in pc.unique(values).to_pylist() if v is not None]
-    if not spellings:
-        return frame
-    hits = {
-        v: owners[p]
-        for v, f in relations.folded_keys(cur, spellings).items()
-        if (p := folded_subject_pseudonym(key, f)) in owners
-    }
-    if not hits:
-        return frame
-    found = pc.index_in(values, value_set=pa.array(list(hits), pa.string()))
-    theirs = pc.take(pa.array(list(hits.values()), pa.string()), found)
-    index = frame.column_names.index(layout.SUBJECT_COLUMN)
-    subjects = frame.column(index).cast(pa.string()).combine_chunks()
-    return frame.set_column(index, layout.SUBJECT_COLUMN, pc.if_else(pc.is_valid(found), theirs, subjects))
 
 
 def verify_no_tombstoned_rows(
